@@ -1,0 +1,214 @@
+"""Command line: `toybb train`, `toybb plot`, and the subcommands of the other parts of toybb.
+
+Bad input gives one line on stderr and exit code 2; a diverged run exits with 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from toybb.errors import ConfigError, ToybbError, TrainingDiverged
+
+# parts of toybb that add their own subcommands: module with `register(subparsers)`
+SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints the whole usage otherwise)
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train toy models on the Bigram-Backcopy task and record the dynamics",
+        description="Train (seeds x learning rates, vmapped) and write config.json, metrics.csv, checkpoint, "
+        "active_dormant.csv, interventions.csv, summary.json and dynamics.png to --out. Settings come from "
+        "--preset (default: cpu), then --config FILE, then the flags. A folder with a checkpoint is resumed.",
+    )
+    p.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores, the default) or paper (SPEC §2)")
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON with sections model, task, optim, train")
+    p.add_argument("--out", metavar="DIR", default="runs/default", help="run folder (default: runs/default)")
+    g = p.add_argument_group("model")
+    g.add_argument("--layers", type=int, dest="n_layers")
+    g.add_argument("--heads", type=int, dest="n_heads")
+    g.add_argument("--kv-heads", type=int, dest="n_kv_heads")
+    g.add_argument("--d-model", type=int, dest="d_model")
+    g.add_argument("--d-mlp", type=int, dest="d_mlp")
+    g.add_argument("--max-len", type=int, dest="max_len", help="size of the position table")
+    g.add_argument("--attention", help="softmax or relu")
+    g.add_argument("--position", help="learned or none")
+    g.add_argument("--no-attention", type=_int_list, dest="no_attention", metavar="LAYERS", help="e.g. 0 or 0,2")
+    g.add_argument("--no-mlp", type=_int_list, dest="no_mlp", metavar="LAYERS")
+    g.add_argument("--linear-mlp", type=_int_list, dest="linear_mlp", metavar="LAYERS")
+    g = p.add_argument_group("task")
+    g.add_argument("--seq-len", type=int, dest="seq_len")
+    g.add_argument("--triggers", type=int, dest="n_triggers", metavar="K")
+    g.add_argument("--no-bos", action="store_true", help="sequences without a BOS token")
+    g.add_argument("--table", help="bigram table: tinyshakespeare or a .npz from toybb.task.build_bigram")
+    g = p.add_argument_group("optimiser")
+    g.add_argument("--optimizer", dest="optim_name", help="adam or sgd")
+    g.add_argument("--lr", type=_float_list, help="learning rate; several (comma-separated) are vmapped")
+    g.add_argument("--weight-decay", type=float, dest="weight_decay")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int)
+    g.add_argument("--batch", type=int)
+    g.add_argument("--seeds", type=int, metavar="N", help="train seeds 0..N-1 in one vmapped program")
+    g.add_argument("--eval-batch", type=int, dest="eval_batch")
+    g.add_argument("--eval-every", type=int, dest="eval_every", help="one evaluation grid step (default: "
+                   "every 20 steps to 10k, then every 200)")
+    g.add_argument("--ckpt-every", type=int, dest="ckpt_every")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-plot", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def build_config(args) -> "RunConfig":
+    from toybb.config import PRESETS, RunConfig, load_config_file
+
+    if args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = PRESETS[args.preset]()
+    if args.config:
+        d = load_config_file(args.config)
+        base = cfg.to_dict()
+        RunConfig.from_dict(d)  # validate the file on its own terms first (names unknown fields)
+        cfg = cfg.replace(**{sec: {**base[sec], **(d.get(sec) or {})} for sec in ("model", "task", "optim", "train")})
+    upd: dict[str, dict] = {"model": {}, "task": {}, "optim": {}, "train": {}}
+    for name in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp", "max_len", "attention", "position",
+                 "no_attention", "no_mlp", "linear_mlp"):
+        if getattr(args, name) is not None:
+            upd["model"][name] = getattr(args, name)
+    for name in ("seq_len", "n_triggers", "table"):
+        if getattr(args, name) is not None:
+            upd["task"][name] = getattr(args, name)
+    if args.no_bos:
+        upd["task"]["bos"] = False
+    if args.optim_name is not None:
+        upd["optim"]["name"] = args.optim_name
+        if args.lr is None and not (args.config and "lr" in (load_config_file(args.config).get("optim") or {})):
+            upd["optim"]["lr"] = None  # the optimiser's own default learning rate
+    if args.weight_decay is not None:
+        upd["optim"]["weight_decay"] = args.weight_decay
+    if args.lr is not None:
+        if len(args.lr) == 1:
+            upd["optim"]["lr"] = args.lr[0]
+            upd["train"]["lrs"] = ()
+        else:
+            upd["train"]["lrs"] = args.lr
+    for name in ("steps", "batch", "eval_batch", "ckpt_every"):
+        if getattr(args, name) is not None:
+            upd["train"][name] = getattr(args, name)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds must be a positive number of seeds, got {args.seeds}")
+        upd["train"]["seeds"] = tuple(range(args.seeds))
+    if args.eval_every is not None:
+        upd["train"]["eval_schedule"] = ((args.eval_every, 0),)
+    # a longer sequence than the preset's position table: grow the table with it unless set explicitly
+    seq = upd["task"].get("seq_len")
+    if seq is not None and args.max_len is None and seq > cfg.model.max_len:
+        upd["model"]["max_len"] = seq
+    return cfg.replace(**upd)
+
+
+def cmd_train(args) -> int:
+    cfg = build_config(args)
+    from toybb.train.loop import train
+
+    out = Path(args.out)
+    print(f"toybb train: {len(cfg.runs())} run(s) -> {out}", file=sys.stderr)
+    try:
+        result = train(cfg, out, progress=not args.no_progress, write_figure=not args.no_plot)
+    except TrainingDiverged as e:
+        print(f"toybb train: error: {e}", file=sys.stderr)
+        return 3
+    summary = json.loads((out / "summary.json").read_text())
+    fm = summary["final_median"]
+    keys = [k for k in ("loss", "backcopy_risk", "bigram_risk", "sink_attention_l0", "value_drain_l0",
+                        "value_others_l0", "residual_peak_l0") if k in fm]
+    print(f"step {summary['step']} (median over runs): " + ", ".join(f"{k}={fm[k]:.4g}" for k in keys))
+    for key, toks in summary["active_tokens"].items():
+        print(f"active tokens {key}: {''.join(toks)!r}")
+    print(f"wrote {out} in {result.wall_seconds:.1f} s")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from toybb.plot import plot_dynamics
+
+    path = plot_dynamics(args.run, args.out, attn_layer=args.attn_layer, resid_layer=args.resid_layer)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="draw the dynamics figure of a run folder")
+    p.add_argument("run", metavar="RUN", help="run folder written by `toybb train`")
+    p.add_argument("--out", metavar="FILE", help="image path (default: RUN/dynamics.png)")
+    p.add_argument("--attn-layer", type=int, help="layer for Attn<s> and ||Val<s>|| (default: 0, or 1 if deeper)")
+    p.add_argument("--resid-layer", type=int, help="layer after which ||Res<s>|| is read (default: 0)")
+    p.set_defaults(func=cmd_plot)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="toybb", description="Extreme-token phenomena sandbox (attention sinks, value drains, "
+                     "residual peaks) on toy models and pretrained LLMs.")
+    from toybb import __version__
+
+    parser.add_argument("--version", action="version", version=f"toybb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_train(sub)
+    _add_plot(sub)
+    for mod in SUBCOMMAND_MODULES:
+        try:
+            m = importlib.import_module(mod)
+        except ImportError as e:
+            if e.name and e.name.startswith(mod.rsplit(".", 1)[0]):
+                continue  # that part of toybb is not present
+            raise
+        m.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ToybbError as e:
+        print(f"toybb {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("toybb: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Frozen, validated configs for toy-model runs.
+
+Defaults are the reference (paper) settings of SPEC §1-2; `cpu_preset()` shrinks them to a run
+that finishes in minutes on two CPU cores. Every config validates itself when built and raises
+`ConfigError` naming the field and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from toybb.errors import ConfigError
+
+ATTENTION_KINDS = ("softmax", "relu")
+MLP_KINDS = ("relu", "linear", "none")
+POSITION_KINDS = ("learned", "none")
+OPTIMIZERS = ("adam", "sgd")
+DEFAULT_LR = {"adam": 3e-4, "sgd": 0.03}
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _layer_list(name: str, layers: tuple[int, ...], n_layers: int) -> None:
+    for l in layers:
+        _check(
+            isinstance(l, int) and 0 <= l < n_layers,
+            f"{name}: layer {l!r} is out of range for a {n_layers}-layer model (use 0..{n_layers - 1})",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Decoder-only toy transformer (SPEC §2)."""
+
+    vocab_size: int = 67
+    d_model: int = 256
+    n_layers: int = 1
+    n_heads: int = 1
+    n_kv_heads: int | None = None  # None: same as n_heads (multi-head)
+    d_mlp: int | None = None  # None: 4 * d_model
+    max_len: int = 256  # size of the learned position table
+    attention: str = "softmax"  # softmax | relu
+    position: str = "learned"  # learned | none
+    ln_eps: float = 1e-5
+    no_attention: tuple[int, ...] = ()  # layers built without attention (ablation)
+    no_mlp: tuple[int, ...] = ()  # layers built without MLP (ablation)
+    linear_mlp: tuple[int, ...] = ()  # layers whose MLP has no ReLU (ablation)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"model.{name} must be a positive integer, got {v!r}")
+        _check(
+            self.d_model % self.n_heads == 0,
+            f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})",
+        )
+        kv = self.kv_heads
+        _check(
+            isinstance(kv, int) and kv > 0 and self.n_heads % kv == 0,
+            f"model.n_kv_heads ({kv}) must be a positive divisor of model.n_heads ({self.n_heads})",
+        )
+        _check(self.mlp_dim > 0, f"model.d_mlp must be positive, got {self.d_mlp!r}")
+        _check(
+            self.attention in ATTENTION_KINDS,
+            f"model.attention must be one of {', '.join(ATTENTION_KINDS)}; got {self.attention!r}",
+        )
+        _check(
+            self.position in POSITION_KINDS,
+            f"model.position must be one of {', '.join(POSITION_KINDS)}; got {self.position!r}",
+        )
+        _check(self.ln_eps > 0, f"model.ln_eps must be positive, got {self.ln_eps!r}")
+        for name in ("no_attention", "no_mlp", "linear_mlp"):
+            _layer_list(f"model.{name}", getattr(self, name), self.n_layers)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return 4 * self.d_model if self.d_mlp is None else self.d_mlp
+
+    def mlp_kind(self, layer: int) -> str:
+        if layer in self.no_mlp:
+            return "none"
+        return "linear" if layer in self.linear_mlp else "relu"
+
+    def has_attention(self, layer: int) -> bool:
+        return layer not in self.no_attention
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Bigram-Backcopy task (SPEC §1)."""
+
+    seq_len: int = 256  # input tokens per sequence (sequences hold seq_len + 1 tokens)
+    n_triggers: int = 3
+    bos: bool = True
+    table: str = "tinyshakespeare"  # packaged bigram table, or a path to a .npz built by toybb.task.build_bigram
+
+    def __post_init__(self):
+        _check(
+            isinstance(self.seq_len, int) and self.seq_len >= 2,
+            f"task.seq_len must be an integer >= 2, got {self.seq_len!r}",
+        )
+        _check(
+            isinstance(self.n_triggers, int) and self.n_triggers >= 1,
+            f"task.n_triggers must be a positive integer, got {self.n_triggers!r}",
+        )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW or SGD with momentum, reference defaults (SPEC §2)."""
+
+    name: str = "adam"  # adam | sgd
+    lr: float | None = None  # None: 3e-4 for adam, 0.03 for sgd
+    b1: float = 0.9
+    b2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        _check(
+            self.name in OPTIMIZERS,
+            f"optim.name must be one of {', '.join(OPTIMIZERS)}; got {self.name!r}",
+        )
+        if self.lr is not None:
+            _check(
+                isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+                f"optim.lr must be a positive number, got {self.lr!r}",
+            )
+        _check(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "optim.b1 and optim.b2 must lie in [0, 1)")
+        _check(self.eps > 0, f"optim.eps must be positive, got {self.eps!r}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
+        _check(0 <= self.momentum < 1, f"optim.momentum must lie in [0, 1), got {self.momentum!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        return DEFAULT_LR[self.name] if self.lr is None else float(self.lr)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training loop, evaluation grid and checkpointing."""
+
+    steps: int = 10_000
+    batch: int = 512
+    seeds: tuple[int, ...] = (0,)
+    lrs: tuple[float, ...] = ()  # several learning rates vmapped with the seeds; () uses optim.lr
+    eval_batch: int = 512
+    eval_seed: int = 1234  # the fixed evaluation batch is drawn from this seed
+    # evaluation grid: (every, until) pairs; the reference logs every 20 steps to 10k, then every 200
+    eval_schedule: tuple[tuple[int, int], ...] = ((20, 10_000), (200, 0))
+    ckpt_every: int = 1000  # steps between checkpoints (rounded up to the next evaluation step)
+
+    def __post_init__(self):
+        _check(isinstance(self.steps, int) and self.steps > 0, f"train.steps must be a positive integer, got {self.steps!r}")
+        _check(isinstance(self.batch, int) and self.batch > 0, f"train.batch must be a positive integer, got {self.batch!r}")
+        _check(
+            isinstance(self.eval_batch, int) and self.eval_batch > 0,
+            f"train.eval_batch must be a positive integer, got {self.eval_batch!r}",
+        )
+        _check(len(self.seeds) > 0, "train.seeds must name at least one seed")
+        _check(len(set(self.seeds)) == len(self.seeds), f"train.seeds has duplicates: {self.seeds}")
+        for s in self.seeds:
+            _check(isinstance(s, int) and s >= 0, f"train.seeds must be non-negative integers, got {s!r}")
+        for lr in self.lrs:
+            _check(
+                isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
+                f"train.lrs: every learning rate must be a positive number, got {lr!r}",
+            )
+        _check(len(self.eval_schedule) > 0, "train.eval_schedule needs at least one (every, until) pair")
+        for every, until in self.eval_schedule:
+            _check(
+                isinstance(every, int) and every > 0 and isinstance(until, int) and until >= 0,
+                f"train.eval_schedule entries are (every > 0, until >= 0; 0 = forever), got {(every, until)!r}",
+            )
+        _check(
+            isinstance(self.ckpt_every, int) and self.ckpt_every > 0,
+            f"train.ckpt_every must be a positive integer, got {self.ckpt_every!r}",
+        )
+
+    def eval_steps(self) -> list[int]:
+        """Steps at which metrics are recorded: 0, the schedule's grid, and the last step."""
+        steps, s = [0], 0
+        for every, until in self.eval_schedule:
+            end = self.steps if until == 0 else min(until, self.steps)
+            while s + every <= end:
+                s += every
+                steps.append(s)
+            if end >= self.steps:
+                break
+        if steps[-1] != self.steps:
+            steps.append(self.steps)
+        return steps
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _check(
+            self.task.seq_len <= self.model.max_len or self.model.position == "none",
+            f"task.seq_len ({self.task.seq_len}) is longer than the position table "
+            f"(model.max_len = {self.model.max_len}); raise --max-len or shorten --seq-len",
+        )
+        _check(
+            self.model.vocab_size >= 67,
+            f"model.vocab_size ({self.model.vocab_size}) must hold the BB vocabulary (67 tokens)",
+        )
+        _check(
+            self.task.n_triggers < 65,
+            f"task.n_triggers ({self.task.n_triggers}) must be below the 65 characters of the vocabulary",
+        )
+
+    @property
+    def learning_rates(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in self.train.lrs) or (self.optim.learning_rate,)
+
+    def runs(self) -> list[tuple[int, float]]:
+        """(seed, lr) of every run in the vmapped batch, seed-major."""
+        return [(s, lr) for s in self.train.seeds for lr in self.learning_rates]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a run config must be a mapping with sections model/task/optim/train, got {type(d).__name__}")
+        unknown = set(d) - {"model", "task", "optim", "train"}
+        if unknown:
+            raise ConfigError(
+                f"unknown config section(s) {sorted(unknown)}; allowed: model, task, optim, train"
+            )
+        parts = {}
+        for name, sub in (("model", ModelConfig), ("task", TaskConfig), ("optim", OptimConfig), ("train", TrainConfig)):
+            parts[name] = section_from_dict(sub, d.get(name, {}) or {}, name)
+        return cls(**parts)
+
+    def replace(self, **sections: dict[str, Any]) -> "RunConfig":
+        """Copy with some fields of some sections replaced, e.g. replace(model={'n_layers': 3})."""
+        new = {}
+        for name in ("model", "task", "optim", "train"):
+            cur = getattr(self, name)
+            upd = sections.pop(name, None) or {}
+            new[name] = section_from_dict(type(cur), {**dataclasses.asdict(cur), **upd}, name)
+        if sections:
+            raise ConfigError(f"unknown config section(s) {sorted(sections)}")
+        return RunConfig(**new)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Coerce JSON/YAML values (lists, ints for floats) to the dataclass field type."""
+    s = str(tp)
+    if value is None:
+        if "None" in s:
+            return None
+        raise ConfigError(f"{where} may not be null")
+    if s.startswith("tuple[tuple"):
+        try:
+            return tuple(tuple(int(x) for x in pair) for pair in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a list of [every, until] integer pairs, got {value!r}") from None
+    if s.startswith("tuple"):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = float if "float" in s else int
+        try:
+            out = []
+            for x in value:
+                if inner is int and (isinstance(x, bool) or (isinstance(x, float) and not x.is_integer())):
+                    raise ValueError
+                out.append(inner(x))
+            return tuple(out)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a list of {inner.__name__}s, got {value!r}") from None
+    if "bool" in s:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if "float" in s:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        return float(value)
+    if "int" in s:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if "str" in s:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def section_from_dict(cls: type, d: dict[str, Any], section: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {section!r} must be a mapping, got {type(d).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(
+            f"unknown field(s) {sorted(unknown)} in config section {section!r}; allowed: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON run config into a dict (validated later by RunConfig.from_dict)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix == ".json":
+            d = json.loads(text)
+        else:
+            import yaml
+
+            d = yaml.safe_load(text)
+    except Exception as e:  # the parsers' own messages name the line
+        raise ConfigError(f"config file {str(p)!r} is malformed: {str(e).splitlines()[0]}") from None
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping with sections model/task/optim/train")
+    return d
+
+
+def cpu_preset() -> RunConfig:
+    """The embedded default: a 1-layer softmax model, Adam, 4 vmapped seeds, minutes on 2 CPU cores."""
+    return RunConfig(
+        model=ModelConfig(d_model=64, max_len=64),
+        task=TaskConfig(seq_len=64),
+        optim=OptimConfig(name="adam", lr=1e-3),
+        train=TrainConfig(steps=4000, batch=64, seeds=(0, 1, 2, 3), eval_batch=128, ckpt_every=1000),
+    )
+
+
+def paper_preset() -> RunConfig:
+    """Reference settings of SPEC §2 (1 layer, d 256, batch 512, sequence 256, 10k steps)."""
+    return RunConfig()
+
+
+PRESETS = {"cpu": cpu_preset, "paper": paper_preset}

@@ -1,0 +1,115 @@
+"""Probes of a toy model on the Bigram-Backcopy task: the dynamics metrics of SPEC §3 on a fixed
+evaluation batch, the active/dormant classification per token, and interventions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toybb.config import ModelConfig
+from toybb.models.capture import Capture, run_with_capture
+from toybb.probes import metrics as M
+
+
+def eval_capture(cfg: ModelConfig) -> Capture:
+    """The sites the dynamics metrics need, reduced inside the compiled function."""
+    sites = ["blocks.*.resid_post@norm"]
+    for l in range(cfg.n_layers):
+        if cfg.has_attention(l):
+            sites += [f"blocks.{l}.attn.pattern@key0", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.head_out@norm"]
+    return Capture(tuple(sites))
+
+
+def metric_names(cfg: ModelConfig) -> list[str]:
+    """Column names of `dynamics_metrics`, in order (layer-wise metrics carry `_l{layer}`, per-head
+    ones `_l{layer}h{head}` when the model has several heads)."""
+    names = ["loss", "backcopy_loss", "bigram_loss", "backcopy_risk", "bigram_risk"]
+    for l in range(cfg.n_layers):
+        if cfg.has_attention(l):
+            for base in ("sink_attention", "sink_attention_excl0", "sink_logit_gap", "value_drain", "value_others"):
+                names.append(f"{base}_l{l}")
+                if cfg.n_heads > 1:
+                    names += [f"{base}_l{l}h{h}" for h in range(cfg.n_heads)]
+        names += [f"residual_peak_l{l}", f"residual_others_l{l}", f"massive_norm_l{l}"]
+    return names
+
+
+def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
+    """All SPEC §3 dynamics metrics of `model` on a batch `tokens` [batch, seq+1] (jit-able).
+
+    Attention metrics average over non-trigger queries (query 0 included for `sink_attention`,
+    excluded for `sink_attention_excl0`); risks are excess cross-entropy over the oracle.
+    """
+    cfg: ModelConfig = model.cfg
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    logits, cap = run_with_capture(model, inputs, capture=eval_capture(cfg))
+    nll = M.token_nll(logits, targets)
+    oracle = task.oracle_nll(inputs, targets)
+    trig = task.trigger_mask(inputs)
+    out = {
+        "loss": nll.mean(),
+        "backcopy_loss": M._masked_mean(nll, trig, None),
+        "bigram_loss": M._masked_mean(nll, ~trig, None),
+        "backcopy_risk": M.backcopy_risk(nll, oracle, trig),
+        "bigram_risk": M.bigram_risk(nll, oracle, trig),
+    }
+    non_trig = ~trig
+    for l in range(cfg.n_layers):
+        if cfg.has_attention(l):
+            p = f"blocks.{l}.attn"
+            per_head = {
+                "sink_attention": M.sink_attention(cap[f"{p}.pattern@key0"], non_trig),
+                "sink_attention_excl0": M.sink_attention(cap[f"{p}.pattern@key0"], non_trig, exclude_sink_query=True),
+                "sink_logit_gap": M.sink_logit_gap(cap[f"{p}.logits"], non_trig),
+            }
+            per_head["value_drain"], per_head["value_others"] = M.value_drain(cap[f"{p}.head_out@norm"])
+            for base, v in per_head.items():
+                out[f"{base}_l{l}"] = v.mean()
+                if cfg.n_heads > 1:
+                    for h in range(cfg.n_heads):
+                        out[f"{base}_l{l}h{h}"] = v[h]
+        peak, others, excess = M.residual_peak(cap[f"blocks.{l}.resid_post@norm"])
+        out[f"residual_peak_l{l}"], out[f"residual_others_l{l}"], out[f"massive_norm_l{l}"] = peak, others, excess
+    return out
+
+
+def dormancy_probe_tokens(task) -> np.ndarray:
+    """[n_chars, L] probe sequences: [BOS] + every non-trigger character + [v], one row per character v
+    (SPEC §3). Without BOS the row starts at the first non-trigger character."""
+    n_chars = len(task.chars)
+    body = [c for c in range(n_chars) if not task.is_trigger[c]]
+    prefix = [task.bos_id] if task.bos else []
+    return np.array([prefix + body + [v] for v in range(n_chars)], np.int32)
+
+
+def sink_attention_of_last_query(model, probe_tokens: jax.Array) -> jax.Array:
+    """Attention of the last position on position 0, per layer and head: [layers, n_tokens, heads]
+    (NaN rows for layers without attention)."""
+    cfg: ModelConfig = model.cfg
+    _, cap = run_with_capture(model, probe_tokens, capture=Capture(("blocks.*.attn.pattern@key0",)))
+    rows = []
+    for l in range(cfg.n_layers):
+        key = f"blocks.{l}.attn.pattern@key0"
+        rows.append(cap[key][:, :, -1] if key in cap else jnp.full((probe_tokens.shape[0], cfg.n_heads), jnp.nan))
+    return jnp.stack(rows)
+
+
+def intervention_names(cfg: ModelConfig) -> list[tuple[str, frozenset[str]]]:
+    """(name, ablated sub-layers) for: the full model, all attention removed, all MLPs removed, and
+    each layer's attention / MLP removed (for models of more than one layer)."""
+    attn = [f"blocks.{l}.attn" for l in range(cfg.n_layers) if cfg.has_attention(l)]
+    mlp = [f"blocks.{l}.mlp" for l in range(cfg.n_layers) if cfg.mlp_kind(l) != "none"]
+    out = [("full", frozenset()), ("no_attention", frozenset(attn)), ("no_mlp", frozenset(mlp))]
+    if cfg.n_layers > 1:
+        out += [(f"no_{name.split('.', 1)[1].replace('.', '_')}", frozenset([name])) for name in attn + mlp]
+    return out
+
+
+def intervention_risks(model, tokens: jax.Array, task, ablate: frozenset[str]) -> tuple[jax.Array, jax.Array]:
+    """(back-copy excess risk, bigram excess risk) with the sub-layers in `ablate` removed."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    nll = M.token_nll(model(inputs, ablate=ablate), targets)
+    oracle = task.oracle_nll(inputs, targets)
+    trig = task.trigger_mask(inputs)
+    return M.backcopy_risk(nll, oracle, trig), M.bigram_risk(nll, oracle, trig)

@@ -1,0 +1,109 @@
+"""Extreme-token metrics (SPEC §3) as pure functions of captured arrays.
+
+One implementation each, shared by toy models and pretrained LLMs. Inputs are what the capture API
+returns (`toybb.models.capture`): attention patterns/logits `[batch, heads, q_seq, k_seq]`, norms of
+per-head value states `blocks.{l}.attn.head_out@norm` `[batch, seq, heads]`, residual norms
+`blocks.{l}.resid_post@norm` `[batch, seq]`. `sink` is the key/position of the sink token (0 = BOS).
+Masks select query positions (e.g. non-trigger queries) and are `[batch, seq]` booleans.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import jax
+
+# Reference threshold (SPEC §3): a token is dormant if the last query's attention on BOS is >= 0.89.
+DORMANT_THRESHOLD = 0.89
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array, axis) -> jax.Array:
+    mask = mask.astype(x.dtype)
+    return jnp.sum(x * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
+
+
+def sink_attention(
+    pattern: jax.Array,
+    query_mask: jax.Array | None = None,
+    *,
+    sink: int = 0,
+    exclude_sink_query: bool = False,
+) -> jax.Array:
+    """Attn<s>: attention weight on key `sink`, averaged over the selected queries, per head.
+
+    pattern: [batch, heads, q_seq, k_seq] (or the `@key0` reduction [batch, heads, q_seq] when sink=0).
+    query_mask: [batch, q_seq] bool (default: all queries). The sink query itself (where the weight is
+    1 by construction for sink=0) is included unless exclude_sink_query. Returns [heads].
+    """
+    on_sink = pattern[..., sink] if pattern.ndim == 4 else pattern
+    b, h, t = on_sink.shape
+    mask = jnp.ones((b, t), bool) if query_mask is None else query_mask.astype(bool)
+    if exclude_sink_query:
+        mask = mask & (jnp.arange(t) != sink)[None]
+    return _masked_mean(on_sink, mask[:, None, :], axis=(0, 2))
+
+
+def sink_logit_gap(logits: jax.Array, query_mask: jax.Array | None = None, *, sink: int = 0) -> jax.Array:
+    """Δlogit(., <s>): logit of query i on the sink minus the mean of its logits on keys sink+1..i-1.
+
+    logits: [batch, heads, q_seq, k_seq] (pre-softmax, causal). Queries with no such key are skipped.
+    Returns [heads], averaged over the selected queries.
+    """
+    b, h, t, s = logits.shape
+    i = jnp.arange(t)[:, None]
+    j = jnp.arange(s)[None, :]
+    others = (j > sink) & (j < i)  # keys strictly between the sink and the query
+    n_other = others.sum(-1)
+    mean_other = jnp.sum(jnp.where(others, logits, 0.0), -1) / jnp.maximum(n_other, 1)
+    gap = logits[..., sink] - mean_other  # [b, h, t]
+    mask = jnp.ones((b, t), bool) if query_mask is None else query_mask.astype(bool)
+    mask = mask & (n_other > 0)[None]
+    return _masked_mean(gap, mask[:, None, :], axis=(0, 2))
+
+
+def value_drain(head_out_norm: jax.Array, *, sink: int = 0, valid: jax.Array | None = None):
+    """||Val<s>||: norm of W_O^h v at the sink vs the mean over the other positions.
+
+    head_out_norm: [batch, seq, heads] (capture `blocks.{l}.attn.head_out@norm`).
+    valid: optional [batch, seq] mask of real (non-padding) positions. Returns (sink [heads], others [heads]).
+    """
+    b, t, h = head_out_norm.shape
+    m = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
+    at_sink = _masked_mean(head_out_norm[:, sink, :], m[:, sink, None], axis=0)
+    other = m & (jnp.arange(t) != sink)[None]
+    return at_sink, _masked_mean(head_out_norm, other[..., None], axis=(0, 1))
+
+
+def residual_peak(resid_norm: jax.Array, *, sink: int = 0, valid: jax.Array | None = None):
+    """||Res<s>||: residual-stream norm at the sink, the mean over other positions, and the excess
+    ("massive norm" = sink minus others). resid_norm: [batch, seq]. Returns three scalars."""
+    b, t = resid_norm.shape
+    m = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
+    at_sink = _masked_mean(resid_norm[:, sink], m[:, sink], axis=0)
+    others = _masked_mean(resid_norm, m & (jnp.arange(t) != sink)[None], axis=(0, 1))
+    return at_sink, others, at_sink - others
+
+
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Cross-entropy per position. logits [batch, seq, vocab], targets [batch, seq] -> [batch, seq]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def excess_risk(nll: jax.Array, oracle_nll: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean model cross-entropy minus mean oracle cross-entropy over the masked positions."""
+    return _masked_mean(nll - oracle_nll, mask, axis=None)
+
+
+def backcopy_risk(nll: jax.Array, oracle_nll: jax.Array, trigger_mask: jax.Array) -> jax.Array:
+    """Excess risk on positions whose input is a trigger (the next token is a back-copy)."""
+    return excess_risk(nll, oracle_nll, trigger_mask)
+
+
+def bigram_risk(nll: jax.Array, oracle_nll: jax.Array, trigger_mask: jax.Array) -> jax.Array:
+    """Excess risk on non-trigger positions (the next token follows the bigram table)."""
+    return excess_risk(nll, oracle_nll, ~trigger_mask)
+
+
+def classify_dormant(bos_attention: jax.Array, threshold: float = DORMANT_THRESHOLD) -> jax.Array:
+    """Active/dormant: True (dormant) where the attention on the sink is >= threshold."""
+    return bos_attention >= threshold

@@ -1,0 +1,446 @@
+"""Training of toy models on the BB task: all runs (seeds x learning rates) vmapped in one compiled
+program, metrics on a fixed evaluation batch on a grid of steps, atomic checkpoints and resume.
+
+Design: the model is split once (`nnx.split`); the training state of all runs is one pytree with a
+leading run axis. Between two evaluation steps a jitted `fori_loop` with a dynamic trip count runs
+the vmapped train step, so every segment length shares one compiled program and a resumed run
+replays exactly the same computation as an uninterrupted one. Batch `i` of a run is sampled on the
+device from `fold_in(data_key, i)`, so data never depends on how the steps were segmented.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from toybb.config import RunConfig
+from toybb.errors import CheckpointError, ConfigError, TrainingDiverged
+from toybb.models.toy import ToyTransformer
+from toybb.probes import bb as bbprobes
+from toybb.probes.metrics import token_nll
+from toybb.task import BBTask
+from toybb.train.optim import make_optimizer
+
+CKPT_NAME = "checkpoint.npz"
+
+
+def package_versions() -> dict[str, str]:
+    import flax
+    import jaxlib
+
+    import toybb
+
+    return {
+        "python": platform.python_version(),
+        "toybb": toybb.__version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "devices": str(jax.devices()),
+    }
+
+
+@dataclass
+class RunResult:
+    out_dir: Path | None
+    config: RunConfig
+    runs: list[tuple[int, float]]
+    steps: list[int]  # evaluation steps
+    metrics: dict[str, np.ndarray]  # name -> [n_eval_steps, n_runs]
+    state: Any  # final training state (params with a leading run axis, ...)
+    graphdef: Any
+    wall_seconds: float
+
+    def model(self, run: int = 0) -> ToyTransformer:
+        """The trained model of run `run` (index into `runs`)."""
+        params = jax.tree.map(lambda x: x[run], self.state["params"])
+        return nnx.merge(self.graphdef, params)
+
+    def final(self, name: str) -> np.ndarray:
+        return self.metrics[name][-1]
+
+
+class Trainer:
+    """Compiled functions of one run config (share one Trainer between calls to reuse compilation)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.task = BBTask(n_triggers=cfg.task.n_triggers, bos=cfg.task.bos, table=cfg.task.table)
+        if self.task.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the task's vocabulary ({self.task.vocab_size})")
+        self.runs = cfg.runs()
+        self.metric_names = bbprobes.metric_names(cfg.model)
+        abstract = nnx.eval_shape(lambda: ToyTransformer(cfg.model, rngs=nnx.Rngs(0)))
+        self.graphdef, _ = nnx.split(abstract)
+        self.tx = make_optimizer(cfg.optim)
+        n_dev = jax.device_count()
+        # shard the run axis over all local devices when it divides evenly (one device: no-op)
+        self.mesh = Mesh(np.array(jax.devices()), ("runs",)) if n_dev > 1 and len(self.runs) % n_dev == 0 else None
+        self._build()
+
+    # ---- pure functions -------------------------------------------------------------------
+    def _build(self):
+        cfg, task, graphdef = self.cfg, self.task, self.graphdef
+        B, T = cfg.train.batch, cfg.task.seq_len
+
+        def init_one(seed, lr):
+            init_key, data_key = jax.random.split(jax.random.key(seed))
+            model = ToyTransformer(cfg.model, rngs=nnx.Rngs(params=init_key))
+            _, params = nnx.split(model)
+            opt_state = make_optimizer(cfg.optim, lr).init(params)
+            return {"params": params, "opt_state": opt_state, "data_key": jax.random.key_data(data_key),
+                    "bad_step": jnp.int32(-1)}
+
+        def loss_fn(params, tokens):
+            model = nnx.merge(graphdef, params)
+            return token_nll(model(tokens[:, :-1]), tokens[:, 1:]).mean()
+
+        def step_one(state, i):
+            key = jax.random.fold_in(jax.random.wrap_key_data(state["data_key"]), i)
+            tokens = task.sample(key, B, T)
+            loss, grads = jax.value_and_grad(loss_fn)(state["params"], tokens)
+            updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            bad = jnp.where((state["bad_step"] < 0) & ~jnp.isfinite(loss), i, state["bad_step"])
+            return {**state, "params": params, "opt_state": opt_state, "bad_step": bad}
+
+        step_all = jax.vmap(step_one, in_axes=(0, None))
+
+        def segment(state, start, stop):
+            return jax.lax.fori_loop(start, stop, lambda i, s: step_all(s, i), state)
+
+        def evaluate_one(params, tokens):
+            return bbprobes.dynamics_metrics(nnx.merge(graphdef, params), tokens, task)
+
+        self._init = jax.jit(jax.vmap(init_one))
+        self._segment = jax.jit(segment, donate_argnums=0)
+        self._evaluate = jax.jit(jax.vmap(evaluate_one, in_axes=(0, None)))
+        self.eval_tokens = task.sample(jax.random.key(cfg.train.eval_seed), cfg.train.eval_batch, T)
+
+    # ---- state --------------------------------------------------------------------------------
+    def init_state(self):
+        seeds = jnp.array([s for s, _ in self.runs], jnp.uint32)
+        lrs = jnp.array([lr for _, lr in self.runs], jnp.float32)
+        return self._shard(self._init(seeds, lrs))
+
+    def _shard(self, state):
+        if self.mesh is None:
+            return state
+        return jax.device_put(state, NamedSharding(self.mesh, P("runs")))
+
+    def evaluate(self, state) -> dict[str, np.ndarray]:
+        out = self._evaluate(state["params"], self.eval_tokens)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path, state, step: int) -> None:
+        leaves = jax.tree.leaves(state)
+        arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
+        arrays["__step__"] = np.array(step, np.int64)
+        arrays["__n_leaves__"] = np.array(len(leaves), np.int64)
+        _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+    def load_checkpoint(self, path: Path):
+        template = jax.eval_shape(self.init_state)
+        leaves, treedef = jax.tree.flatten(template)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                n = int(z["__n_leaves__"])
+                step = int(z["__step__"])
+                if n != len(leaves):
+                    raise CheckpointError(
+                        f"checkpoint {path} holds {n} arrays but this config needs {len(leaves)}; "
+                        "it was written by a different model or optimiser: use another --out"
+                    )
+                new = []
+                for i, t in enumerate(leaves):
+                    a = z[f"leaf_{i:05d}"]
+                    if a.shape != t.shape or a.dtype != t.dtype:
+                        raise CheckpointError(
+                            f"checkpoint {path}: array {i} has shape {a.shape} {a.dtype}, expected {t.shape} {t.dtype}; "
+                            "it does not match this config: use another --out"
+                        )
+                    new.append(a)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); delete it to start over") from None
+        return self._shard(jax.tree.unflatten(treedef, [jnp.asarray(a) for a in new])), step
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_metrics_csv(path: Path, names: list[str], runs, steps: list[int], rows: list[dict[str, np.ndarray]]):
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(["step", "seed", "lr", *names])
+        for step, m in zip(steps, rows):
+            for r, (seed, lr) in enumerate(runs):
+                w.writerow([step, seed, f"{lr:g}", *(f"{float(m[n][r]):.7g}" for n in names)])
+
+    _atomic_write(path, write, mode="w")
+
+
+def _read_metrics_csv(path: Path, names: list[str], runs, upto: int) -> tuple[list[int], list[dict[str, np.ndarray]]]:
+    steps: list[int] = []
+    rows: list[dict[str, np.ndarray]] = []
+    if not path.exists():
+        return steps, rows
+    with open(path) as f:
+        reader = csv.DictReader(f)
+        by_step: dict[int, list[dict[str, str]]] = {}
+        for row in reader:
+            s = int(row["step"])
+            if s <= upto:
+                by_step.setdefault(s, []).append(row)
+    for s in sorted(by_step):
+        group = by_step[s]
+        if len(group) != len(runs):
+            continue
+        steps.append(s)
+        rows.append({n: np.array([float(g[n]) for g in group]) for n in names})
+    return steps, rows
+
+
+def _config_matches(saved: dict, cfg: RunConfig) -> list[str]:
+    """Fields that differ between a saved config and `cfg`, ignoring those a resumed run may change."""
+    now = cfg.to_dict()
+    diffs = []
+    for sec in now:
+        for k, v in now[sec].items():
+            if sec == "train" and k in ("steps", "ckpt_every"):
+                continue
+            old = saved.get(sec, {}).get(k)
+            if json.loads(json.dumps(v)) != old:
+                diffs.append(f"{sec}.{k}: {old!r} -> {v!r}")
+    return diffs
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    trainer: Trainer | None = None,
+    stop_after: int | None = None,
+    write_figure: bool = True,
+) -> RunResult:
+    """Train every run of `cfg` (seeds x learning rates, vmapped) and record the dynamics.
+
+    out_dir: run folder (config.json, metrics.csv, checkpoint.npz, final probes, dynamics.png); an
+      existing folder with a checkpoint of the same config is resumed. None: nothing is written.
+    stop_after: stop (as if interrupted) once this step is reached; used to test resumption.
+    """
+    t0 = time.perf_counter()
+    trainer = trainer or Trainer(cfg)
+    if trainer.cfg != cfg:
+        raise ValueError("trainer was built for another config")
+    out = Path(out_dir) if out_dir is not None else None
+    names, runs = trainer.metric_names, trainer.runs
+    grid = cfg.train.eval_steps()
+
+    state, step, steps_done, rows = None, 0, [], []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg_path = out / "config.json"
+        if cfg_path.exists():
+            try:
+                saved = json.loads(cfg_path.read_text())["config"]
+            except Exception:
+                raise CheckpointError(f"{cfg_path} is unreadable; use another --out or delete the folder") from None
+            diffs = _config_matches(saved, cfg)
+            if diffs:
+                raise ConfigError(
+                    f"run folder {out} holds a run with another config ({'; '.join(diffs[:4])}); "
+                    "use another --out or delete the folder"
+                )
+        meta = {"config": cfg.to_dict(), "runs": [{"seed": s, "lr": lr} for s, lr in runs],
+                "versions": package_versions(), "command": " ".join(sys.argv)}
+        _atomic_write(cfg_path, lambda f: f.write(json.dumps(meta, indent=2)), mode="w")
+        if (out / CKPT_NAME).exists():
+            state, step = trainer.load_checkpoint(out / CKPT_NAME)
+            steps_done, rows = _read_metrics_csv(out / "metrics.csv", names, runs, step)
+            if not steps_done or steps_done[-1] != step:
+                raise CheckpointError(
+                    f"{out}/metrics.csv does not reach the checkpoint's step {step}; delete {out} to start over"
+                )
+    if state is None:
+        state = trainer.init_state()
+        step = 0
+        rows = [trainer.evaluate(state)]
+        steps_done = [0]
+    last_ckpt = step if (out is not None and (out / CKPT_NAME).exists()) else None
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.train.steps, initial=step, unit="step", desc=f"train {len(runs)} run(s)",
+                   dynamic_ncols=True, file=sys.stderr)
+    try:
+        for target in grid:
+            if target <= step:
+                continue
+            state = trainer._segment(state, jnp.int32(step), jnp.int32(target))
+            bad = np.asarray(state["bad_step"])
+            if (bad >= 0).any():
+                first = int(bad[bad >= 0].min())
+                if out is not None:
+                    _write_metrics_csv(out / "metrics.csv", names, runs, steps_done, rows)
+                raise TrainingDiverged(first, [int(r) for r in np.nonzero(bad >= 0)[0]], last_ckpt,
+                                       str(out) if out else None)
+            prev, step = step, target
+            rows.append(trainer.evaluate(state))
+            steps_done.append(step)
+            if bar is not None:
+                bar.update(step - prev)
+                bar.set_postfix(loss=f"{np.median(rows[-1]['loss']):.3f}",
+                                sink=f"{np.median(rows[-1].get('sink_attention_l0', np.nan)):.2f}", refresh=False)
+            due = step // cfg.train.ckpt_every > prev // cfg.train.ckpt_every or step == cfg.train.steps
+            if out is not None and due:
+                # metrics first: a checkpoint never points past the rows on disk
+                _write_metrics_csv(out / "metrics.csv", names, runs, steps_done, rows)
+                trainer.save_checkpoint(out / CKPT_NAME, state, step)
+                last_ckpt = step
+            if stop_after is not None and step >= stop_after:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+
+    metrics = {n: np.stack([r[n] for r in rows]) for n in names}
+    result = RunResult(out, cfg, runs, steps_done, metrics, state, trainer.graphdef, time.perf_counter() - t0)
+    if out is not None and step == cfg.train.steps:
+        write_final_probes(result, trainer)
+        if write_figure:
+            from toybb.plot import plot_dynamics
+
+            plot_dynamics(out, out / "dynamics.png")
+    return result
+
+
+def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[dict]]:
+    """Active/dormant rows (run, token, layer, head, attention on BOS, dormant, is_trigger) and
+    intervention rows (run, intervention, back-copy risk, bigram risk) for every run."""
+    cfg, task = result.config, trainer.task
+    probe = jnp.asarray(bbprobes.dormancy_probe_tokens(task))
+    if probe.shape[1] > cfg.model.max_len and cfg.model.position == "learned":
+        raise ConfigError(
+            f"the active/dormant probe needs {probe.shape[1]} positions but model.max_len is {cfg.model.max_len}"
+        )
+    graphdef = trainer.graphdef
+
+    @jax.jit
+    @jax.vmap
+    def bos_attn(params):
+        return bbprobes.sink_attention_of_last_query(nnx.merge(graphdef, params), probe)
+
+    attn = np.asarray(bos_attn(result.state["params"]))  # [runs, layers, tokens, heads]
+    ad_rows = []
+    for r, (seed, lr) in enumerate(result.runs):
+        for l in range(cfg.model.n_layers):
+            if not cfg.model.has_attention(l):
+                continue
+            for v in range(attn.shape[2]):
+                for h in range(attn.shape[3]):
+                    a = float(attn[r, l, v, h])
+                    ad_rows.append({"seed": seed, "lr": lr, "layer": l, "head": h, "token": v,
+                                    "char": task.chars[v], "is_trigger": bool(task.is_trigger[v]),
+                                    "bos_attention": a, "dormant": a >= bbprobes.M.DORMANT_THRESHOLD})
+    iv_rows = []
+    for name, ablate in bbprobes.intervention_names(cfg.model):
+        fn = jax.jit(jax.vmap(lambda p, ab=ablate: bbprobes.intervention_risks(
+            nnx.merge(graphdef, p), trainer.eval_tokens, trainer.task, ab)))
+        bc, bg = (np.asarray(x) for x in fn(result.state["params"]))
+        for r, (seed, lr) in enumerate(result.runs):
+            iv_rows.append({"seed": seed, "lr": lr, "intervention": name,
+                            "backcopy_risk": float(bc[r]), "bigram_risk": float(bg[r])})
+    return ad_rows, iv_rows
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+    if rows:
+        _atomic_write(path, write, mode="w")
+
+
+def summarize(result: RunResult, ad_rows: list[dict], iv_rows: list[dict]) -> dict[str, Any]:
+    """Final metrics (median and per run), active tokens per run and layer, intervention medians."""
+    summary: dict[str, Any] = {"step": result.steps[-1], "wall_seconds": round(result.wall_seconds, 2),
+                               "runs": [{"seed": s, "lr": lr} for s, lr in result.runs],
+                               "initial_median": {}, "final_median": {}, "final_per_run": {}}
+    for n, v in result.metrics.items():
+        summary["initial_median"][n] = float(np.median(v[0]))
+        summary["final_median"][n] = float(np.median(v[-1]))
+        summary["final_per_run"][n] = [float(x) for x in v[-1]]
+    active: dict[str, list[str]] = {}
+    for row in ad_rows:
+        if not row["dormant"]:
+            key = f"seed{row['seed']}_lr{row['lr']:g}_l{row['layer']}h{row['head']}"
+            active.setdefault(key, []).append(row["char"])
+    summary["active_tokens"] = active
+    ivs: dict[str, dict[str, float]] = {}
+    for row in iv_rows:
+        ivs.setdefault(row["intervention"], {"backcopy_risk": [], "bigram_risk": []})
+        ivs[row["intervention"]]["backcopy_risk"].append(row["backcopy_risk"])
+        ivs[row["intervention"]]["bigram_risk"].append(row["bigram_risk"])
+    summary["interventions_median"] = {k: {m: float(np.median(v)) for m, v in d.items()} for k, d in ivs.items()}
+    return summary
+
+
+def write_final_probes(result: RunResult, trainer: Trainer) -> dict[str, Any]:
+    ad_rows, iv_rows = final_probes(result, trainer)
+    out = result.out_dir
+    _write_rows(out / "active_dormant.csv", ad_rows)
+    _write_rows(out / "interventions.csv", iv_rows)
+    summary = summarize(result, ad_rows, iv_rows)
+    _atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2)), mode="w")
+    return summary
+
+
+def load_metrics(run_dir: str | Path) -> tuple[dict, list[dict[str, str]]]:
+    """(config.json contents, metrics.csv rows) of a run folder."""
+    d = Path(run_dir)
+    if not (d / "metrics.csv").exists() or not (d / "config.json").exists():
+        raise ConfigError(f"{d} is not a toybb run folder (no metrics.csv/config.json); give the --out of `toybb train`")
+    meta = json.loads((d / "config.json").read_text())
+    with open(d / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return meta, rows
