@@ -120,7 +120,12 @@ class ToyTransformer(nnx.Module):
         """
         t = tokens.shape[1]
         positions = jnp.arange(t)
-        x = jnp.take(self.token_embed[...], tokens, axis=0)
+        emb = self.token_embed[...]
+        if emb.shape[0] <= 4096:
+            # exact, and much faster to differentiate on CPU than a gather (whose gradient is a scatter)
+            x = jax.nn.one_hot(tokens, emb.shape[0], dtype=emb.dtype) @ emb
+        else:
+            x = jnp.take(emb, tokens, axis=0)
         if self.pos_embed is not None:
             if t > self.cfg.max_len:
                 raise ValueError(f"sequence of {t} tokens is longer than the position table ({self.cfg.max_len})")

@@ -203,15 +203,30 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
         raise
 
 
+def _csv_lines(names: list[str], runs, step: int, m: dict[str, np.ndarray]) -> list[list[str]]:
+    return [[str(step), str(seed), f"{lr:g}", *(f"{float(m[n][r]):.9g}" for n in names)]
+            for r, (seed, lr) in enumerate(runs)]
+
+
 def _write_metrics_csv(path: Path, names: list[str], runs, steps: list[int], rows: list[dict[str, np.ndarray]]):
     def write(f):
         w = csv.writer(f)
         w.writerow(["step", "seed", "lr", *names])
         for step, m in zip(steps, rows):
-            for r, (seed, lr) in enumerate(runs):
-                w.writerow([step, seed, f"{lr:g}", *(f"{float(m[n][r]):.7g}" for n in names)])
+            w.writerows(_csv_lines(names, runs, step, m))
 
     _atomic_write(path, write, mode="w")
+
+
+def _append_metrics_csv(path: Path, names: list[str], runs, step: int, m: dict[str, np.ndarray]) -> None:
+    """Append one evaluation step's rows (a resumed run truncates to its checkpoint's step first)."""
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf).writerows(_csv_lines(names, runs, step, m))
+    with open(path, "a") as f:
+        f.write(buf.getvalue())
+        f.flush()
 
 
 def _read_metrics_csv(path: Path, names: list[str], runs, upto: int) -> tuple[list[int], list[dict[str, np.ndarray]]]:
@@ -223,7 +238,13 @@ def _read_metrics_csv(path: Path, names: list[str], runs, upto: int) -> tuple[li
         reader = csv.DictReader(f)
         by_step: dict[int, list[dict[str, str]]] = {}
         for row in reader:
-            s = int(row["step"])
+            # a row torn by an interruption has missing fields: skip it
+            if any(row.get(k) in (None, "") for k in ("step", "seed", *names)):
+                continue
+            try:
+                s = int(row["step"])
+            except ValueError:
+                continue
             if s <= upto:
                 by_step.setdefault(s, []).append(row)
     for s in sorted(by_step):
@@ -231,20 +252,21 @@ def _read_metrics_csv(path: Path, names: list[str], runs, upto: int) -> tuple[li
         if len(group) != len(runs):
             continue
         steps.append(s)
-        rows.append({n: np.array([float(g[n]) for g in group]) for n in names})
+        rows.append({n: np.array([float(g[n]) for g in group], np.float32) for n in names})
     return steps, rows
 
 
 def _config_matches(saved: dict, cfg: RunConfig) -> list[str]:
     """Fields that differ between a saved config and `cfg`, ignoring those a resumed run may change."""
-    now = cfg.to_dict()
+    now = json.loads(json.dumps(cfg.to_dict()))
+    saved = json.loads(json.dumps(saved))
     diffs = []
     for sec in now:
         for k, v in now[sec].items():
             if sec == "train" and k in ("steps", "ckpt_every"):
                 continue
             old = saved.get(sec, {}).get(k)
-            if json.loads(json.dumps(v)) != old:
+            if v != old:
                 diffs.append(f"{sec}.{k}: {old!r} -> {v!r}")
     return diffs
 
@@ -266,8 +288,8 @@ def train(
     """
     t0 = time.perf_counter()
     trainer = trainer or Trainer(cfg)
-    if trainer.cfg != cfg:
-        raise ValueError("trainer was built for another config")
+    if _config_matches(trainer.cfg.to_dict(), cfg):
+        raise ValueError("trainer was built for another config (only train.steps and train.ckpt_every may differ)")
     out = Path(out_dir) if out_dir is not None else None
     names, runs = trainer.metric_names, trainer.runs
     grid = cfg.train.eval_steps()
@@ -302,6 +324,8 @@ def train(
         step = 0
         rows = [trainer.evaluate(state)]
         steps_done = [0]
+    if out is not None:  # the rows up to the checkpoint; later rows are appended as they come
+        _write_metrics_csv(out / "metrics.csv", names, runs, steps_done, rows)
     last_ckpt = step if (out is not None and (out / CKPT_NAME).exists()) else None
 
     bar = None
@@ -318,21 +342,19 @@ def train(
             bad = np.asarray(state["bad_step"])
             if (bad >= 0).any():
                 first = int(bad[bad >= 0].min())
-                if out is not None:
-                    _write_metrics_csv(out / "metrics.csv", names, runs, steps_done, rows)
                 raise TrainingDiverged(first, [int(r) for r in np.nonzero(bad >= 0)[0]], last_ckpt,
                                        str(out) if out else None)
             prev, step = step, target
             rows.append(trainer.evaluate(state))
             steps_done.append(step)
+            if out is not None:
+                _append_metrics_csv(out / "metrics.csv", names, runs, step, rows[-1])
             if bar is not None:
                 bar.update(step - prev)
                 bar.set_postfix(loss=f"{np.median(rows[-1]['loss']):.3f}",
                                 sink=f"{np.median(rows[-1].get('sink_attention_l0', np.nan)):.2f}", refresh=False)
             due = step // cfg.train.ckpt_every > prev // cfg.train.ckpt_every or step == cfg.train.steps
-            if out is not None and due:
-                # metrics first: a checkpoint never points past the rows on disk
-                _write_metrics_csv(out / "metrics.csv", names, runs, steps_done, rows)
+            if out is not None and due:  # after the rows: a checkpoint never points past the rows on disk
                 trainer.save_checkpoint(out / CKPT_NAME, state, step)
                 last_ckpt = step
             if stop_after is not None and step >= stop_after:
@@ -361,14 +383,18 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
         raise ConfigError(
             f"the active/dormant probe needs {probe.shape[1]} positions but model.max_len is {cfg.model.max_len}"
         )
-    graphdef = trainer.graphdef
+    graphdef, tokens = trainer.graphdef, trainer.eval_tokens
+    interventions = bbprobes.intervention_names(cfg.model)
 
     @jax.jit
     @jax.vmap
-    def bos_attn(params):
-        return bbprobes.sink_attention_of_last_query(nnx.merge(graphdef, params), probe)
+    def probes(params):  # one compiled program for all final probes
+        model = nnx.merge(graphdef, params)
+        attn = bbprobes.sink_attention_of_last_query(model, probe)
+        risks = jnp.stack([jnp.stack(bbprobes.intervention_risks(model, tokens, task, ab)) for _, ab in interventions])
+        return attn, risks
 
-    attn = np.asarray(bos_attn(result.state["params"]))  # [runs, layers, tokens, heads]
+    attn, risks = (np.asarray(x) for x in probes(result.state["params"]))  # [runs, layers, tokens, heads], [runs, n_iv, 2]
     ad_rows = []
     for r, (seed, lr) in enumerate(result.runs):
         for l in range(cfg.model.n_layers):
@@ -381,13 +407,10 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
                                     "char": task.chars[v], "is_trigger": bool(task.is_trigger[v]),
                                     "bos_attention": a, "dormant": a >= bbprobes.M.DORMANT_THRESHOLD})
     iv_rows = []
-    for name, ablate in bbprobes.intervention_names(cfg.model):
-        fn = jax.jit(jax.vmap(lambda p, ab=ablate: bbprobes.intervention_risks(
-            nnx.merge(graphdef, p), trainer.eval_tokens, trainer.task, ab)))
-        bc, bg = (np.asarray(x) for x in fn(result.state["params"]))
+    for i, (name, _) in enumerate(interventions):
         for r, (seed, lr) in enumerate(result.runs):
             iv_rows.append({"seed": seed, "lr": lr, "intervention": name,
-                            "backcopy_risk": float(bc[r]), "bigram_risk": float(bg[r])})
+                            "backcopy_risk": float(risks[r, i, 0]), "bigram_risk": float(risks[r, i, 1])})
     return ad_rows, iv_rows
 
 

@@ -1,0 +1,73 @@
+"""CLI: bad input is one line on stderr with exit code 2 (no traceback); a tiny run end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from toybb.cli import main
+
+TINY = ["--d-model", "16", "--seq-len", "8", "--batch", "8", "--eval-batch", "8", "--steps", "20",
+        "--eval-every", "10", "--seeds", "2", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--optimizer", "lion"], "optim.name"),
+        (["train", "--attention", "linear"], "model.attention"),
+        (["train", "--seq-len", "300", "--max-len", "256"], "position table"),
+        (["train", "--triggers", "67"], "n_triggers"),
+        (["train", "--lr", "0"], "optim.lr"),
+        (["train", "--lr=-1e-3"], "optim.lr"),
+        (["train", "--steps", "0"], "train.steps"),
+        (["train", "--steps=-3"], "train.steps"),
+        (["train", "--seeds", "0"], "--seeds"),
+        (["train", "--preset", "huge"], "preset"),
+        (["train", "--lr", "fast"], "--lr"),
+        (["train", "--no-mlp", "3"], "out of range"),
+        (["plot", "/nonexistent/run"], "not a toybb run folder"),
+    ],
+)
+def test_bad_input_one_line_exit_2(argv, needle, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(argv + ["--out", str(tmp_path / "o")] if argv[0] == "train" else argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.parametrize("content, needle", [("model: {d_model: 32\n", "malformed"),
+                                              ("model:\n  depth: 3\n", "depth"),
+                                              ("[1, 2]\n", "mapping")])
+def test_bad_config_file(content, needle, capsys, tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(content)
+    assert main(["train", "--config", str(p), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_no_traceback_in_subprocess(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "toybb.cli", "train", "--attention", "cosine", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "model.attention" in r.stderr
+
+
+def test_train_and_plot_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"model": {"n_heads": 2}, "optim": {"lr": 0.003}}))
+    assert main(["train", *TINY, "--config", str(cfg), "--out", str(out)]) == 0
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["model"]["n_heads"] == 2 and meta["config"]["model"]["d_model"] == 16
+    assert meta["config"]["optim"]["lr"] == 0.003 and meta["config"]["train"]["seeds"] == [0, 1]
+    assert (out / "dynamics.png").stat().st_size > 10_000
+    assert "active tokens" in capsys.readouterr().out
+    (out / "dynamics.png").unlink()
+    assert main(["plot", str(out)]) == 0 and (out / "dynamics.png").exists()
+    # rerunning a finished run resumes from its final checkpoint and changes nothing
+    before = (out / "metrics.csv").read_text()
+    assert main(["train", *TINY, "--config", str(cfg), "--out", str(out)]) == 0
+    assert (out / "metrics.csv").read_text() == before
