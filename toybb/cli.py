@@ -52,6 +52,7 @@ def _add_train(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML/JSON with sections model, task, optim, train")
     p.add_argument("--out", metavar="DIR", default="runs/default", help="run folder (default: runs/default)")
     g = p.add_argument_group("model")
+    g.add_argument("--arch", help="transformer (default) or simple (the reduced SimpleModel of SPEC §4)")
     g.add_argument("--layers", type=int, dest="n_layers")
     g.add_argument("--heads", type=int, dest="n_heads")
     g.add_argument("--kv-heads", type=int, dest="n_kv_heads")
@@ -97,7 +98,7 @@ def build_config(args) -> "RunConfig":
         RunConfig.from_dict(d)  # validate the file on its own terms first (names unknown fields)
         cfg = cfg.replace(**{sec: {**base[sec], **(d.get(sec) or {})} for sec in ("model", "task", "optim", "train")})
     upd: dict[str, dict] = {"model": {}, "task": {}, "optim": {}, "train": {}}
-    for name in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp", "max_len", "attention", "position",
+    for name in ("arch", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp", "max_len", "attention", "position",
                  "no_attention", "no_mlp", "linear_mlp"):
         if getattr(args, name) is not None:
             upd["model"][name] = getattr(args, name)

@@ -19,6 +19,7 @@ from toybb.errors import ConfigError
 ATTENTION_KINDS = ("softmax", "relu")
 MLP_KINDS = ("relu", "linear", "none")
 POSITION_KINDS = ("learned", "none")
+ARCHS = ("transformer", "simple")  # simple: the reduced SimpleModel of SPEC §4 (toybb.theory.simple_model)
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 3e-4, "sgd": 0.03}
 
@@ -40,6 +41,7 @@ def _layer_list(name: str, layers: tuple[int, ...], n_layers: int) -> None:
 class ModelConfig:
     """Decoder-only toy transformer (SPEC §2)."""
 
+    arch: str = "transformer"  # transformer | simple
     vocab_size: int = 67
     d_model: int = 256
     n_layers: int = 1
@@ -68,6 +70,7 @@ class ModelConfig:
             f"model.n_kv_heads ({kv}) must be a positive divisor of model.n_heads ({self.n_heads})",
         )
         _check(self.mlp_dim > 0, f"model.d_mlp must be positive, got {self.d_mlp!r}")
+        _check(self.arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
         _check(
             self.attention in ATTENTION_KINDS,
             f"model.attention must be one of {', '.join(ATTENTION_KINDS)}; got {self.attention!r}",
