@@ -74,12 +74,15 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
     return out
 
 
-def dormancy_probe_tokens(task) -> np.ndarray:
+def dormancy_probe_tokens(task, max_len: int | None = None) -> np.ndarray:
     """[n_chars, L] probe sequences: [BOS] + every non-trigger character + [v], one row per character v
-    (SPEC §3). Without BOS the row starts at the first non-trigger character."""
+    (SPEC §3). Without BOS the row starts at the first non-trigger character. With `max_len` (the
+    trained sequence length) the non-trigger body is cut so the probe stays at trained positions."""
     n_chars = len(task.chars)
-    body = [c for c in range(n_chars) if not task.is_trigger[c]]
     prefix = [task.bos_id] if task.bos else []
+    body = [c for c in range(n_chars) if not task.is_trigger[c]]
+    if max_len is not None:
+        body = body[: max(1, max_len - len(prefix) - 1)]
     return np.array([prefix + body + [v] for v in range(n_chars)], np.int32)
 
 

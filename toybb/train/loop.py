@@ -379,7 +379,7 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
     """Active/dormant rows (run, token, layer, head, attention on BOS, dormant, is_trigger) and
     intervention rows (run, intervention, back-copy risk, bigram risk) for every run."""
     cfg, task = result.config, trainer.task
-    probe = jnp.asarray(bbprobes.dormancy_probe_tokens(task))
+    probe = jnp.asarray(bbprobes.dormancy_probe_tokens(task, cfg.task.seq_len))
     if probe.shape[1] > cfg.model.max_len and cfg.model.position == "learned":
         raise ConfigError(
             f"the active/dormant probe needs {probe.shape[1]} positions but model.max_len is {cfg.model.max_len}"
@@ -406,7 +406,7 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
                     a = float(attn[r, l, v, h])
                     ad_rows.append({"seed": seed, "lr": lr, "layer": l, "head": h, "token": v,
                                     "char": task.chars[v], "is_trigger": bool(task.is_trigger[v]),
-                                    "bos_attention": a, "dormant": a >= bbprobes.M.DORMANT_THRESHOLD})
+                                    "bos_attention": a, "probe_len": probe.shape[1], "dormant": a >= bbprobes.M.DORMANT_THRESHOLD})
     iv_rows = []
     for i, (name, _) in enumerate(interventions):
         for r, (seed, lr) in enumerate(result.runs):
