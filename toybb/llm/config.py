@@ -1,0 +1,337 @@
+"""One strict config for every pretrained decoder toybb runs, and its parsing from a Hugging Face
+config.json. A field toybb does not know, or a value it does not implement, is an error naming it:
+silently ignoring a field is how a port produces plausible but wrong logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from toybb.errors import ConfigError
+from toybb.models.positional import PAIRINGS, RopeScaling
+
+ARCHS = ("llama", "mistral", "qwen2", "olmo", "olmo2", "gpt2", "gpt_neox", "gemma2", "gemma3")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Architecture of a decoder-only transformer. Shapes: d_model, heads x head_dim, mlp_dim."""
+
+    arch: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    max_positions: int = 2048
+    # norms
+    norm: str = "rms"  # "rms" | "layer" (LayerNorm with weight and bias) | "layer_noparam" (OLMo)
+    norm_eps: float = 1e-5
+    norm_plus_one: bool = False  # Gemma stores RMSNorm weights as w, applies (1 + w)
+    placement: str = "pre"  # "pre" | "post" (OLMo-2: norm on sublayer outputs) | "sandwich" (Gemma 2/3)
+    parallel_residual: bool = False  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
+    qk_norm: str = "none"  # "none" | "head" (per head, Gemma 3) | "full" (across heads, OLMo-2)
+    clip_qkv: float | None = None
+    # positions
+    position: str = "rope"  # "rope" | "learned"
+    rope_theta: float = 10000.0
+    rope_local_theta: float | None = None  # Gemma 3: base for sliding-window layers
+    rope_dim: int | None = None  # partial rotary (GPT-NeoX); None = head_dim
+    rope_pairing: str = "half"
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    rope_local_scaling: RopeScaling = field(default_factory=RopeScaling)
+    # attention
+    qkv_bias: bool = False
+    o_bias: bool = False
+    query_scale: float | None = None  # None = head_dim ** -0.5
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()  # per layer "full" | "sliding"; () = all full
+    # MLP
+    mlp: str = "gated"  # "gated" (gate/up/down) | "plain" (in/out)
+    act: str = "silu"
+    mlp_bias: bool = False
+    # embeddings
+    tie_embeddings: bool = False
+    embed_scale: bool = False  # Gemma: x * sqrt(d_model)
+    dtype: str = "float32"
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ConfigError(f"LLMConfig.{name}={getattr(self, name)!r}: {why}")
+
+        if self.arch not in ARCHS:
+            bad("arch", f"must be one of {ARCHS}")
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
+                bad(f, "must be a positive integer")
+        if self.n_heads % self.n_kv_heads:
+            bad("n_kv_heads", f"must divide n_heads ({self.n_heads})")
+        if self.norm not in ("rms", "layer", "layer_noparam"):
+            bad("norm", "must be 'rms', 'layer' or 'layer_noparam'")
+        if self.placement not in ("pre", "post", "sandwich"):
+            bad("placement", "must be 'pre', 'post' or 'sandwich'")
+        if self.qk_norm not in ("none", "head", "full"):
+            bad("qk_norm", "must be 'none', 'head' or 'full'")
+        if self.position not in ("rope", "learned"):
+            bad("position", "must be 'rope' or 'learned'")
+        if self.rope_pairing not in PAIRINGS:
+            bad("rope_pairing", f"must be one of {PAIRINGS}")
+        if self.rope_dim is not None and (self.rope_dim % 2 or not 0 < self.rope_dim <= self.head_dim):
+            bad("rope_dim", f"must be even and in (0, head_dim={self.head_dim}]")
+        if self.mlp not in ("gated", "plain"):
+            bad("mlp", "must be 'gated' or 'plain'")
+        if self.act not in ACTIVATIONS:
+            bad("act", f"must be one of {ACTIVATIONS}")
+        if self.dtype not in DTYPES:
+            bad("dtype", f"must be one of {DTYPES}")
+        if self.layer_types:
+            if len(self.layer_types) != self.n_layers:
+                bad("layer_types", f"needs one entry per layer ({self.n_layers})")
+            if set(self.layer_types) - {"full", "sliding"}:
+                bad("layer_types", "entries must be 'full' or 'sliding'")
+            if "sliding" in self.layer_types and not self.sliding_window:
+                bad("sliding_window", "sliding layers need a window size")
+
+    def window(self, layer: int) -> int | None:
+        """Sliding-window size of `layer`, None for full causal attention."""
+        if self.layer_types:
+            return self.sliding_window if self.layer_types[layer] == "sliding" else None
+        return self.sliding_window
+
+    def with_dtype(self, dtype: str) -> "LLMConfig":
+        return replace(self, dtype=dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Fields of a Hugging Face config.json that do not change the forward pass of a decoder at inference.
+_NEUTRAL = {
+    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
+    "initializer_range", "pad_token_id", "bos_token_id", "eos_token_id", "attention_dropout",
+    "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "classifier_dropout", "_name_or_path",
+    "pretraining_tp", "is_decoder", "tokenizer_class", "output_attentions", "output_hidden_states",
+    "return_dict", "chunk_size_feed_forward", "id2label", "label2id", "problem_type", "summary_type",
+    "summary_use_proj", "summary_activation", "summary_proj_to_labels", "summary_first_dropout",
+    "task_specific_params", "n_ctx", "use_return_dict", "tie_encoder_decoder", "add_cross_attention",
+    "reorder_and_upcast_attn", "_attn_implementation_autoset",
+    "max_window_layers", "cache_implementation", "_sliding_window_pattern", "sliding_window_pattern",
+    "bos_token", "eos_token", "decoder_start_token_id",
+}
+
+_ACT = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
+        "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
+
+
+class _Fields:
+    """Reads fields from a config dict, recording which were consumed so leftovers can be refused."""
+
+    def __init__(self, d: dict[str, Any], where: str):
+        self.d, self.used, self.where = d, set(), where
+
+    def get(self, key, default=None):
+        self.used.add(key)
+        return self.d.get(key, default)
+
+    def need(self, key):
+        self.used.add(key)
+        if key not in self.d or self.d[key] is None:
+            raise ConfigError(f"{self.where}: required field {key!r} is missing")
+        return self.d[key]
+
+    def expect(self, key, allowed: tuple, default=None):
+        """A field toybb supports only with the given values."""
+        v = self.get(key, default)
+        if v not in allowed:
+            raise ConfigError(f"{self.where}: field {key!r}={v!r} is not supported (supported: {allowed})")
+        return v
+
+    def finish(self):
+        left = sorted(k for k in self.d if k not in self.used and k not in _NEUTRAL)
+        if left:
+            raise ConfigError(
+                f"{self.where}: unknown or unsupported config field(s) {left}; toybb refuses to guess "
+                "what they do. Remove them if they are irrelevant, or add support in toybb/llm/config.py."
+            )
+
+
+def _act(f: _Fields, key: str) -> str:
+    v = f.get(key)
+    if v not in _ACT:
+        raise ConfigError(f"{f.where}: activation {key}={v!r} is not supported (supported: {sorted(_ACT)})")
+    return _ACT[v]
+
+
+def _scaling(rp: dict, where: str) -> RopeScaling:
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    known = {"rope_type", "type", "rope_theta", "partial_rotary_factor", "factor", "low_freq_factor",
+             "high_freq_factor", "original_max_position_embeddings"}
+    extra = sorted(set(rp) - known)
+    if extra:
+        raise ConfigError(f"{where}: unsupported rope_parameters field(s) {extra}")
+    if kind == "default":
+        return RopeScaling()
+    if kind == "linear":
+        return RopeScaling("linear", float(rp["factor"]))
+    if kind == "llama3":
+        return RopeScaling("llama3", float(rp["factor"]), float(rp["low_freq_factor"]),
+                           float(rp["high_freq_factor"]), int(rp["original_max_position_embeddings"]))
+    raise ConfigError(f"{where}: RoPE type {kind!r} is not supported (supported: default, linear, llama3)")
+
+
+def _rope(f: _Fields) -> tuple[float, RopeScaling, float | None]:
+    """(theta, scaling, partial_rotary_factor) from rope_parameters (transformers 5) or the older
+    rope_theta / rope_scaling fields."""
+    rp = f.get("rope_parameters")
+    old_theta, old_scaling = f.get("rope_theta"), f.get("rope_scaling")
+    if rp is None:
+        rp = dict(old_scaling or {})
+        rp.setdefault("rope_theta", old_theta if old_theta is not None else 10000.0)
+    theta = float(rp.get("rope_theta", 10000.0))
+    return theta, _scaling(rp, f.where), rp.get("partial_rotary_factor")
+
+
+def _layer_types(f: _Fields, n_layers: int) -> tuple[str, ...]:
+    lt = f.get("layer_types")
+    if lt is None:
+        return ()
+    names = {"full_attention": "full", "sliding_attention": "sliding"}
+    bad = sorted(set(lt) - set(names))
+    if bad:
+        raise ConfigError(f"{f.where}: layer type(s) {bad} are not supported")
+    return tuple(names[t] for t in lt)
+
+
+def from_hf_config(d: dict[str, Any], *, dtype: str = "float32", where: str = "config.json") -> LLMConfig:
+    """Parse a Hugging Face config.json dict (transformers 4.x or 5.x layout) into an LLMConfig."""
+    mt = d.get("model_type")
+    if mt == "gemma3" and isinstance(d.get("text_config"), dict):
+        raise ConfigError(f"{where}: multimodal gemma3 checkpoints are not supported; use the text-only model")
+    f = _Fields(d, where)
+    if f.get("quantization_config") is not None:
+        raise ConfigError(f"{where}: quantised HF checkpoints (quantization_config) are not supported")
+    common = dict(bos_token_id=_int_or_none(d.get("bos_token_id")), eos_token_id=_int_or_none(d.get("eos_token_id")),
+                  dtype=dtype)
+    if mt == "gpt2":
+        d_model, h = f.need("n_embd"), f.need("n_head")
+        f.expect("scale_attn_weights", (True,), True)
+        f.expect("scale_attn_by_inverse_layer_idx", (False,), False)
+        inner = f.get("n_inner")
+        cfg = LLMConfig(
+            arch="gpt2", vocab_size=f.need("vocab_size"), d_model=d_model, n_layers=f.need("n_layer"),
+            n_heads=h, n_kv_heads=h, head_dim=d_model // h, mlp_dim=inner or 4 * d_model,
+            max_positions=f.need("n_positions"), norm="layer", norm_eps=f.get("layer_norm_epsilon", 1e-5),
+            position="learned", qkv_bias=True, o_bias=True, mlp="plain", act=_act(f, "activation_function"),
+            mlp_bias=True, tie_embeddings=f.expect("tie_word_embeddings", (True,), True), **common)
+        f.finish()
+        return cfg
+    if mt not in ("llama", "mistral", "qwen2", "olmo", "olmo2", "gpt_neox", "gemma2", "gemma3_text", "gemma3"):
+        raise ConfigError(
+            f"{where}: model_type {mt!r} is not supported; supported: llama, mistral, qwen2, olmo, olmo2, "
+            "gpt2, gpt_neox, gemma2, gemma3_text")
+    arch = "gemma3" if mt.startswith("gemma3") else mt
+    d_model, h = f.need("hidden_size"), f.need("num_attention_heads")
+    n_layers = f.need("num_hidden_layers")
+    kv = f.get("num_key_value_heads") or h
+    head_dim = f.get("head_dim") or d_model // h
+    kw: dict[str, Any] = dict(arch=arch, vocab_size=f.need("vocab_size"), d_model=d_model, n_layers=n_layers,
+                              n_heads=h, n_kv_heads=kv, head_dim=head_dim, mlp_dim=f.need("intermediate_size"),
+                              max_positions=f.get("max_position_embeddings", 2048),
+                              tie_embeddings=bool(f.get("tie_word_embeddings", arch.startswith("gemma"))))
+    if arch == "gemma3":
+        rp = f.get("rope_parameters")
+        f.get("rope_theta"), f.get("rope_local_base_freq"), f.get("rope_scaling")
+        if rp is not None and "full_attention" in rp:
+            kw["rope_theta"] = float(rp["full_attention"].get("rope_theta", 1e6))
+            kw["rope_scaling"] = _scaling(rp["full_attention"], where)
+            kw["rope_local_theta"] = float(rp["sliding_attention"].get("rope_theta", 1e4))
+            kw["rope_local_scaling"] = _scaling(rp["sliding_attention"], where)
+        else:
+            kw["rope_theta"] = float(d.get("rope_theta", 1e6))
+            kw["rope_scaling"] = _scaling(dict(d.get("rope_scaling") or {}), where)
+            kw["rope_local_theta"] = float(d.get("rope_local_base_freq", 1e4))
+    else:
+        theta, scaling, partial = _rope(f)
+        kw.update(rope_theta=theta, rope_scaling=scaling)
+        if arch == "gpt_neox":
+            pct = partial if partial is not None else f.get("rotary_pct", 0.25)
+            f.get("rotary_emb_base")
+            if d.get("rotary_emb_base") is not None and f.get("rope_parameters") is None:
+                kw["rope_theta"] = float(d["rotary_emb_base"])
+            kw["rope_dim"] = int(head_dim * pct)
+        elif partial not in (None, 1.0):
+            raise ConfigError(f"{where}: partial_rotary_factor={partial} is not supported for {mt}")
+    if arch in ("llama", "mistral", "qwen2"):
+        kw.update(norm="rms", norm_eps=f.get("rms_norm_eps", 1e-6), act=_act(f, "hidden_act"))
+        if arch == "llama":
+            kw["qkv_bias"] = kw["o_bias"] = bool(f.get("attention_bias", False))
+            kw["mlp_bias"] = bool(f.get("mlp_bias", False))
+        if arch == "qwen2":
+            kw["qkv_bias"] = True
+            lt = _layer_types(f, n_layers)
+            use_sw = f.get("use_sliding_window", False)
+            sw = f.get("sliding_window")
+            if use_sw and "sliding" in lt:
+                kw.update(layer_types=lt, sliding_window=sw)
+            elif use_sw:
+                raise ConfigError(f"{where}: use_sliding_window without layer_types is not supported")
+        if arch == "mistral":
+            kw["sliding_window"] = f.get("sliding_window")
+    elif arch in ("olmo", "olmo2"):
+        kw.update(act=_act(f, "hidden_act"), qkv_bias=bool(f.get("attention_bias", False)))
+        kw["o_bias"] = kw["qkv_bias"]
+        if arch == "olmo":
+            kw.update(norm="layer_noparam", norm_eps=1e-5, clip_qkv=f.get("clip_qkv"))
+        else:
+            kw.update(norm="rms", norm_eps=f.get("rms_norm_eps", 1e-5), placement="post", qk_norm="full")
+    elif arch == "gpt_neox":
+        kw.update(norm="layer", norm_eps=f.get("layer_norm_eps", 1e-5), act=_act(f, "hidden_act"),
+                  parallel_residual=bool(f.get("use_parallel_residual", True)), mlp="plain", mlp_bias=True)
+        kw["qkv_bias"] = kw["o_bias"] = bool(f.get("attention_bias", True))
+        kw["tie_embeddings"] = bool(d.get("tie_word_embeddings", False))
+    elif arch in ("gemma2", "gemma3"):
+        kw.update(norm="rms", norm_eps=f.get("rms_norm_eps", 1e-6), norm_plus_one=True, placement="sandwich",
+                  embed_scale=True, act=_act(f, "hidden_activation"),
+                  query_scale=float(f.need("query_pre_attn_scalar")) ** -0.5,
+                  attn_softcap=f.get("attn_logit_softcapping"), final_softcap=f.get("final_logit_softcapping"),
+                  sliding_window=f.get("sliding_window"))
+        kw["qkv_bias"] = kw["o_bias"] = bool(f.get("attention_bias", False))
+        f.get("hidden_act")  # gemma configs carry a legacy duplicate; hidden_activation is the one used
+        f.expect("use_bidirectional_attention", (None, False), None)
+        lt = _layer_types(f, n_layers)
+        if not lt:
+            # older configs: gemma2 alternates sliding/full; gemma3 has every N-th layer full
+            pat = d.get("sliding_window_pattern", d.get("_sliding_window_pattern", 2 if arch == "gemma2" else 6))
+            lt = tuple("full" if (i + 1) % pat == 0 else "sliding" for i in range(n_layers))
+        kw["layer_types"] = lt
+        if arch == "gemma3":
+            kw["qk_norm"] = "head"
+    if "attention_bias" in d:
+        f.get("attention_bias")
+    f.get("rope_parameters"), f.get("rope_theta"), f.get("rope_scaling")
+    cfg = LLMConfig(**kw, **common)
+    f.finish()
+    return cfg
+
+
+def _int_or_none(v):
+    if isinstance(v, list):
+        v = v[0] if v else None
+    return v if isinstance(v, int) else None
+
+
+def describe(cfg: LLMConfig) -> str:
+    """One human-readable line of the architecture."""
+    att = "MHA" if cfg.n_kv_heads == cfg.n_heads else ("MQA" if cfg.n_kv_heads == 1 else "GQA")
+    return (f"{cfg.arch}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads x {cfg.head_dim} "
+            f"({att}, {cfg.n_kv_heads} kv), mlp {cfg.mlp_dim} ({cfg.mlp}/{cfg.act}), vocab {cfg.vocab_size}, "
+            f"{cfg.position}{'' if cfg.position != 'rope' else f' theta={cfg.rope_theta:g} {cfg.rope_pairing}'}")

@@ -1,0 +1,236 @@
+"""Loading a GGUF file (llama.cpp's format) with the `gguf` package: metadata -> LLMConfig, tensors
+dequantised to float32, tokenizer rebuilt from the metadata.
+
+llama.cpp's converter permutes the q/k rows of each head of "llama"-architecture models so that its
+interleaved rotary pairing works; toybb undoes the permutation (`interleaved_to_half`) and runs
+half-split RoPE, unless asked to keep the stored rows and use interleaved RoPE (same logits).
+Gemma GGUF files store norm weights already as 1 + w, so the config applies them as stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from toybb.errors import CheckpointError
+from toybb.llm.config import LLMConfig
+from toybb.models.positional import interleaved_to_half
+
+# GGUF general.architecture -> toybb arch
+# (GPT-2, GPT-NeoX and OLMo load from Hugging Face directories; their GGUF tensor layouts are not mapped.)
+_ARCH = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gemma2": "gemma2", "gemma3": "gemma3"}
+# Metadata keys read here or irrelevant to the forward pass; any other "{arch}.*" key is refused.
+_KNOWN_ARCH_KEYS = {
+    "block_count", "context_length", "embedding_length", "feed_forward_length", "attention.head_count",
+    "attention.head_count_kv", "rope.freq_base", "attention.layer_norm_rms_epsilon",
+    "attention.layer_norm_epsilon", "vocab_size", "rope.dimension_count", "attention.key_length",
+    "attention.value_length", "attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping",
+    "rope.scaling.type", "rope.scaling.factor", "rope.scaling.original_context_length", "attention.clamp_kqv",
+}
+
+
+def _field_value(f) -> Any:
+    try:
+        return f.contents()
+    except Exception:  # unreadable field in a corrupted file
+        return None
+
+
+class GGUFFile:
+    def __init__(self, path: str | Path):
+        import gguf
+
+        self.path = str(path)
+        try:
+            self.reader = gguf.GGUFReader(self.path)
+        except Exception as e:  # truncated/corrupted files raise ValueError, IndexError, struct errors...
+            raise CheckpointError(f"{self.path}: not a readable GGUF file, truncated or corrupted ({type(e).__name__}: {e})") from None
+        self.meta = {k: _field_value(f) for k, f in self.reader.fields.items()}
+        self.tensors = {t.name: t for t in self.reader.tensors}
+
+    def get(self, name: str) -> np.ndarray:
+        """Tensor `name` as float32 numpy in PyTorch layout ([out, in] for matrices)."""
+        from gguf import GGMLQuantizationType, quants
+
+        t = self.tensors[name]
+        shape = tuple(int(s) for s in reversed(t.shape))
+        try:
+            if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+                arr = quants.dequantize(np.asarray(t.data), t.tensor_type) if t.tensor_type == \
+                    GGMLQuantizationType.BF16 else np.asarray(t.data, np.float32)
+            else:
+                arr = quants.dequantize(np.asarray(t.data), t.tensor_type)
+            return np.asarray(arr, np.float32).reshape(shape)
+        except (NotImplementedError, ValueError) as e:
+            raise CheckpointError(f"{self.path}: cannot dequantise {name} ({t.tensor_type.name}: {e})") from None
+
+
+def read_config(g: GGUFFile, *, dtype: str = "float32", rope_pairing: str = "half") -> LLMConfig:
+    m, where = g.meta, g.path
+    ga = m.get("general.architecture")
+    if ga not in _ARCH:
+        raise CheckpointError(f"{where}: GGUF architecture {ga!r} is not supported (supported: {sorted(_ARCH)})")
+    unknown = sorted(k for k in m if k.startswith(ga + ".") and k[len(ga) + 1:] not in _KNOWN_ARCH_KEYS)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown or unsupported GGUF metadata {unknown}")
+
+    def need(k):
+        v = m.get(f"{ga}.{k}")
+        if v is None:
+            raise CheckpointError(f"{where}: GGUF metadata {ga}.{k} is missing")
+        return v
+
+    def opt(k, default=None):
+        return m.get(f"{ga}.{k}", default)
+
+    d, h = int(need("embedding_length")), int(need("attention.head_count"))
+    kv = int(opt("attention.head_count_kv", h))
+    hd = int(opt("attention.key_length", d // h))
+    vocab = int(opt("vocab_size", len(m.get("tokenizer.ggml.tokens") or []) or 0))
+    if "token_embd.weight" in g.tensors:
+        vocab = int(g.tensors["token_embd.weight"].shape[-1])
+    n_layers = int(need("block_count"))
+    arch = _ARCH[ga]
+    kw: dict[str, Any] = dict(
+        arch=arch, vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=h, n_kv_heads=kv, head_dim=hd,
+        mlp_dim=int(need("feed_forward_length")), max_positions=int(opt("context_length", 2048)),
+        rope_theta=float(opt("rope.freq_base", 10000.0)), tie_embeddings="output.weight" not in g.tensors,
+        dtype=dtype, bos_token_id=m.get("tokenizer.ggml.bos_token_id"), eos_token_id=m.get("tokenizer.ggml.eos_token_id"),
+    )
+    rdim = opt("rope.dimension_count")
+    if rdim is not None and int(rdim) != hd:
+        kw["rope_dim"] = int(rdim)
+    if opt("rope.scaling.type") not in (None, "none"):
+        raise CheckpointError(f"{where}: GGUF RoPE scaling {opt('rope.scaling.type')!r} is not supported")
+    if arch in ("llama", "mistral", "qwen2"):
+        kw.update(norm="rms", norm_eps=float(need("attention.layer_norm_rms_epsilon")), act="silu",
+                  qkv_bias=arch == "qwen2", sliding_window=opt("attention.sliding_window"))
+        if arch in ("llama", "mistral"):
+            kw["rope_pairing"] = rope_pairing
+    elif arch in ("gemma2", "gemma3"):
+        win = opt("attention.sliding_window")
+        pat = 2 if arch == "gemma2" else 6
+        kw.update(norm="rms", norm_eps=float(need("attention.layer_norm_rms_epsilon")), norm_plus_one=False,
+                  placement="sandwich", embed_scale=True, act="gelu_tanh", query_scale=hd**-0.5,
+                  attn_softcap=opt("attn_logit_softcapping"), final_softcap=opt("final_logit_softcapping"),
+                  sliding_window=int(win) if win else None,
+                  layer_types=tuple("full" if (i + 1) % pat == 0 else "sliding" for i in range(n_layers)),
+                  tie_embeddings=True, qk_norm="head" if arch == "gemma3" else "none")
+        if arch == "gemma3":
+            kw["rope_local_theta"] = 10000.0
+    else:
+        raise CheckpointError(f"{where}: GGUF loading of {arch} is not supported")
+    return LLMConfig(**kw)
+
+
+def tensor_thunks(g: GGUFFile, cfg: LLMConfig, quantized: bool = False) -> dict[str, Callable[[], Any]]:
+    """GGUF tensors -> {toybb name: thunk}; unknown tensor names are an error.
+
+    quantized: Q4_0/Q4_1/Q8_0 matrices stay packed (`quant.QArray`), dequantised in the forward."""
+    h, hk, dh, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_model
+    permuted = cfg.arch in ("llama", "mistral")  # llama.cpp permutes q/k rows only for these
+    unpermute = permuted and cfg.rope_pairing == "half"
+
+    def heads(n, un):
+        def f(w):
+            if un:
+                w = interleaved_to_half(w, n)
+            return w.T.reshape(d, n, dh)
+        f.layout, f.unpermute = ("heads", n, dh), (n if un else None)
+        return f
+
+    def T(w):
+        return w.T
+    T.layout, T.unpermute = ("T",), None
+
+    def out_heads(w):
+        return w.T.reshape(h, dh, d)
+    out_heads.layout, out_heads.unpermute = ("out_heads", h, dh), None
+
+    post_attn = "ln2" if cfg.placement == "pre" else "ln_post_attn"
+    table: dict[str, tuple[str, Callable]] = {
+        "attn_q.weight": ("attn.wq", heads(h, unpermute)),
+        "attn_k.weight": ("attn.wk", heads(hk, unpermute)),
+        "attn_v.weight": ("attn.wv", heads(hk, False)),
+        "attn_output.weight": ("attn.wo", out_heads),
+        "attn_q.bias": ("attn.bq", lambda b: b.reshape(h, dh)),
+        "attn_k.bias": ("attn.bk", lambda b: b.reshape(hk, dh)),
+        "attn_v.bias": ("attn.bv", lambda b: b.reshape(hk, dh)),
+        "attn_q_norm.weight": ("attn.q_norm.scale", lambda w: w),
+        "attn_k_norm.weight": ("attn.k_norm.scale", lambda w: w),
+        "ffn_gate.weight": ("mlp.w_gate", T),
+        "ffn_up.weight": ("mlp.w_up", T),
+        "ffn_down.weight": ("mlp.w_down", T),
+        "attn_norm.weight": ("ln1.scale", lambda w: w),
+        "ffn_norm.weight": ("ln2.scale", lambda w: w),
+        "post_attention_norm.weight": (post_attn + ".scale", lambda w: w),
+        "post_ffw_norm.weight": ("ln_post_mlp.scale", lambda w: w),
+    }
+    if cfg.arch in ("gemma2", "gemma3"):
+        table["ffn_norm.weight"] = ("ln2.scale", lambda w: w)
+    out: dict[str, Callable[[], np.ndarray]] = {}
+    unknown = []
+    for name in g.tensors:
+        get = (lambda name=name: g.get(name))
+        if name == "token_embd.weight":
+            out["embed"] = _packed(g, name, ("id",), None, (cfg.vocab_size, d)) if quantized else get
+            if out["embed"] is None:
+                out["embed"] = get
+        elif name == "output_norm.weight":
+            out["final_norm.scale"] = get
+        elif name == "output.weight":
+            out["unembed"] = (_packed(g, name, ("T",), None, (d, cfg.vocab_size)) if quantized else None) or \
+                (lambda get=get: get().T)
+        elif name == "rope_freqs.weight":
+            unknown.append(name + " (llama3 rope scaling factors: not supported)")
+        elif name.startswith("blk."):
+            _, layer, rest = name.split(".", 2)
+            if rest not in table:
+                unknown.append(name)
+                continue
+            target, fn = table[rest]
+            packed = None
+            if quantized and hasattr(fn, "layout"):
+                packed = _packed(g, name, fn.layout, fn.unpermute, _param_shape(fn.layout, g.tensors[name]))
+            out[f"blocks.{layer}.{target}"] = packed or (lambda get=get, fn=fn: fn(get()))
+        else:
+            unknown.append(name)
+    if unknown:
+        raise CheckpointError(f"{g.path}: unexpected GGUF tensors: {unknown[:20]}")
+    return out
+
+
+def _param_shape(layout: tuple, t) -> tuple[int, ...]:
+    cols, rows = int(t.shape[0]), int(t.shape[1])  # GGUF lists dimensions innermost first
+    if layout[0] == "T":
+        return (cols, rows)
+    if layout[0] == "heads":
+        return (cols, layout[1], layout[2])
+    if layout[0] == "out_heads":
+        return (layout[1], layout[2], rows)
+    return (rows, cols)
+
+
+def _packed(g: GGUFFile, name: str, layout: tuple, unpermute: int | None, shape: tuple):
+    """A thunk giving the packed QArray of a Q4_0/Q4_1/Q8_0 matrix, or None for other types."""
+    from toybb.llm import quant
+
+    t = g.tensors[name]
+    kind = t.tensor_type.name
+    if kind not in quant.KINDS or len(t.shape) != 2:
+        return None
+    cols, rows = int(t.shape[0]), int(t.shape[1])
+
+    def thunk():
+        try:
+            dq, m, qs = quant.pack(np.asarray(t.data), kind, rows, cols)
+        except ValueError as e:
+            raise CheckpointError(f"{g.path}: tensor {name} is truncated or corrupted ({e})") from None
+        if unpermute is not None:  # q/k rows: permute whole rows, blocks stay intact
+            dq, qs = interleaved_to_half(dq, unpermute), interleaved_to_half(qs, unpermute)
+            m = interleaved_to_half(m, unpermute) if m is not None else None
+        return quant.QArray(dq, m, qs, kind, layout, tuple(shape))
+
+    return thunk

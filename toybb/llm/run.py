@@ -1,0 +1,54 @@
+"""Compiled forward passes with capture: the reductions of a `Capture` (`@norm`, `@key0`, `@absmax`)
+run inside the compiled function, so only the requested (reduced) arrays leave the device."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from toybb.llm.model import LLM
+from toybb.models.capture import NO_CAPTURE, Capture, run_with_capture
+
+
+@lru_cache(maxsize=32)
+def _compiled(graphdef, capture: Capture):
+    def f(state, tokens, positions):
+        model = nnx.merge(graphdef, state)
+        return run_with_capture(model, tokens, positions=positions, capture=capture)
+
+    return jax.jit(f)
+
+
+def forward(
+    model: LLM,
+    tokens,
+    *,
+    capture: Capture = NO_CAPTURE,
+    positions=None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """tokens [batch, seq] (or [seq]) -> (float32 logits [batch, seq, vocab], {site: array}).
+
+    One compilation per (model structure, capture request, input shape)."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if positions is None:
+        positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    graphdef, state = nnx.split(model)
+    return _compiled(graphdef, capture)(state, tokens, jnp.asarray(positions, jnp.int32))
+
+
+def token_logprobs(model: LLM, tokens) -> np.ndarray:
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) as float64 numpy [batch, seq - 1]."""
+    logits, _ = forward(model, tokens)
+    return np.asarray(_next_logprobs(logits, jnp.asarray(tokens, jnp.int32).reshape(logits.shape[:2])))
+
+
+@jax.jit
+def _next_logprobs(logits, tokens):
+    lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]

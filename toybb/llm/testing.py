@@ -1,0 +1,139 @@
+"""Tiny randomly initialised transformers models for parity tests and benchmarks (no network).
+
+Needs torch and transformers (the `parity` extra); imported lazily by the tests only."""
+
+from __future__ import annotations
+
+import math
+
+
+def tiny_configs():
+    """{case name: (config class name, kwargs)}; covers MHA, GQA and MQA layouts."""
+    rope = lambda theta=500.0, **kw: {"rope_theta": theta, "rope_type": "default", **kw}  # noqa: E731
+    base = dict(vocab_size=53, hidden_size=64, intermediate_size=96, num_hidden_layers=3)
+    return {
+        "llama_gqa": ("LlamaConfig", dict(base, num_attention_heads=4, num_key_value_heads=2, rope_parameters=rope())),
+        "llama_mha_bias": ("LlamaConfig", dict(base, num_attention_heads=4, num_key_value_heads=4, attention_bias=True,
+                                               mlp_bias=True, tie_word_embeddings=True, rope_parameters=rope())),
+        "llama3_mqa_scaled": ("LlamaConfig", dict(base, num_attention_heads=4, num_key_value_heads=1, rope_parameters={
+            "rope_theta": 500.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8})),
+        "mistral_window": ("MistralConfig", dict(base, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                                 sliding_window=4, rope_parameters=rope())),
+        "mistral_nowindow": ("MistralConfig", dict(base, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                                   sliding_window=None, rope_parameters=rope())),
+        "qwen2": ("Qwen2Config", dict(base, num_attention_heads=4, num_key_value_heads=2, rope_parameters=rope())),
+        "olmo": ("OlmoConfig", dict(base, num_attention_heads=4, num_key_value_heads=4, clip_qkv=0.5,
+                                    pad_token_id=1, eos_token_id=2, rope_parameters=rope())),
+        "olmo2": ("Olmo2Config", dict(base, num_attention_heads=4, num_key_value_heads=2, pad_token_id=1,
+                                      eos_token_id=2, rope_parameters=rope())),
+        "gpt2": ("GPT2Config", dict(vocab_size=53, n_embd=64, n_layer=3, n_head=4, n_positions=32)),
+        "gpt_neox": ("GPTNeoXConfig", dict(base, num_attention_heads=4, rope_parameters=rope(
+            partial_rotary_factor=0.5), use_parallel_residual=True)),
+        "gpt_neox_serial": ("GPTNeoXConfig", dict(base, num_attention_heads=2, rope_parameters=rope(
+            partial_rotary_factor=0.25), use_parallel_residual=False)),
+        "gemma2": ("Gemma2Config", dict(base, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                        query_pre_attn_scalar=16, sliding_window=4, attn_logit_softcapping=2.0,
+                                        final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1,
+                                        bos_token_id=2, rope_parameters=rope())),
+        "gemma3": ("Gemma3TextConfig", dict(base, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                            query_pre_attn_scalar=16, sliding_window=4, pad_token_id=0,
+                                            eos_token_id=1, bos_token_id=2,
+                                            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                            rope_parameters={"sliding_attention": rope(10.0),
+                                                             "full_attention": rope(1000.0)})),
+    }
+
+
+def make_tiny(name: str, out_dir: str, seed: int = 0):
+    """Build, randomise (weights large enough that errors show) and save a tiny HF model; returns it."""
+    import torch
+    import transformers
+
+    cls_name, kw = tiny_configs()[name]
+    cfg = getattr(transformers, cls_name)(**kw)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim >= 2:
+                fan_in = p.shape[0] if "wte" in pname or "wpe" in pname or "embed" in pname else p.shape[1]
+                if cls_name == "GPT2Config" and ".h." in pname:
+                    fan_in = p.shape[0]  # Conv1D stores [in, out]
+                p.copy_(torch.randn_like(p) * (1.0 if "embed" in pname or "wte" in pname or "wpe" in pname
+                                                else 1.5 / math.sqrt(fan_in)))
+            elif "norm" in pname or "ln_" in pname or "layernorm" in pname:
+                p.copy_((0.0 if cls_name.startswith("Gemma") else 1.0) + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out_dir)
+    return model
+
+
+def write_tiny_gguf(hf_model, path: str, arch: str = "llama") -> None:
+    """Write a tiny HF model as a float32 GGUF file the way llama.cpp's converter lays it out
+    (q/k rows permuted for interleaved RoPE in "llama"), with a placeholder byte-level vocabulary."""
+    import gguf
+    import numpy as np
+
+    from toybb.models.positional import half_to_interleaved
+
+    c = hf_model.config
+    sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
+    h, hk = c.num_attention_heads, c.num_key_value_heads
+    hd = getattr(c, "head_dim", None) or c.hidden_size // h
+    w = gguf.GGUFWriter(path, arch=arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(h)
+    w.add_head_count_kv(hk)
+    w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(float(c.rms_norm_eps))
+    w.add_rope_dimension_count(hd)
+    gemma = arch.startswith("gemma")
+    if gemma:  # llama.cpp stores Gemma's (1 + w) norms as 1 + w and implies the layer pattern
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+        w.add_sliding_window(c.sliding_window)
+        if getattr(c, "attn_logit_softcapping", None):
+            w.add_attn_logit_softcapping(c.attn_logit_softcapping)
+        if getattr(c, "final_logit_softcapping", None):
+            w.add_final_logit_softcapping(c.final_logit_softcapping)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([chr(ord("a") + i % 26) * (1 + i // 26) for i in range(c.vocab_size)])
+    w.add_token_types([1] * c.vocab_size)
+    w.add_token_merges([])
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+    if gemma:
+        names.update({"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+                      "post_feedforward_layernorm": "post_ffw_norm"})
+    for k, v in sd.items():
+        if k == "model.embed_tokens.weight":
+            out = "token_embd.weight"
+        elif k == "model.norm.weight":
+            out = "output_norm.weight"
+            v = v + 1 if gemma else v
+        elif k == "lm_head.weight":
+            if c.tie_word_embeddings:
+                continue
+            out = "output.weight"
+        else:
+            _, _, layer, rest = k.split(".", 3)
+            mod, leaf = rest.rsplit(".", 1)
+            out = f"blk.{layer}.{names[mod]}.{leaf}"
+            if gemma and "norm" in mod:
+                v = v + 1
+            if arch == "llama" and mod in ("self_attn.q_proj", "self_attn.k_proj"):
+                v = half_to_interleaved(v, h if mod == "self_attn.q_proj" else hk)
+        w.add_tensor(out, np.ascontiguousarray(v, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

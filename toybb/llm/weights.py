@@ -1,0 +1,75 @@
+"""Filling a model from named arrays, strictly: every parameter must be supplied with its exact shape,
+nothing may be left over, and every value must be finite (a corrupted file must fail here, not show
+up as garbage logits)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from toybb.errors import CheckpointError
+from toybb.llm.config import LLMConfig
+from toybb.llm.model import LLM, abstract_model
+from toybb.llm.quant import QArray
+
+
+def param_shapes(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:
+    """{"blocks.0.attn.wq": shape, ...} for every parameter of the model `cfg` describes."""
+    _, state = nnx.split(abstract_model(cfg))
+    return {".".join(map(str, p)): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
+
+
+def _list(names, n=12) -> str:
+    names = sorted(names)
+    more = f" ... and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def build_model(
+    cfg: LLMConfig,
+    arrays: dict[str, Callable[[], np.ndarray]],
+    source: str,
+    *,
+    put: Callable[[str, np.ndarray], jax.Array] | None = None,
+) -> LLM:
+    """arrays: {toybb parameter name: thunk returning the array}, loaded one at a time so a large
+    checkpoint never sits in host memory twice. put(name, array) places one array (sharding); default
+    jnp.asarray on the default device."""
+    graphdef, state = nnx.split(abstract_model(cfg))
+    flat = nnx.to_flat_state(state)
+    expected = {".".join(map(str, p)) for p, _ in flat}
+    missing, unexpected = expected - set(arrays), set(arrays) - expected
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing weights: {_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected weights: {_list(unexpected)}")
+        raise CheckpointError(f"{source}: checkpoint does not match the {cfg.arch} architecture; " + "; ".join(parts))
+    dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+    leaves = []
+    for path, var in flat:
+        name = ".".join(map(str, path))
+        arr = arrays[name]()
+        if isinstance(arr, QArray):  # packed GGUF weights stay packed (dequantised in the forward)
+            if tuple(arr.shape) != tuple(var.shape):
+                raise CheckpointError(f"{source}: weight {name} has shape {arr.shape}, expected {tuple(var.shape)}")
+            scales = [a for a in (arr.d, arr.m) if a is not None]
+            if not all(np.isfinite(np.asarray(a, np.float32)).all() for a in scales):
+                raise CheckpointError(f"{source}: weight {name} has NaN or inf scales (corrupted checkpoint?)")
+            leaves.append((path, var.replace(value=jax.tree.map(jnp.asarray, replace(arr, dtype=cfg.dtype)))))
+            continue
+        arr = np.asarray(arr)
+        if tuple(arr.shape) != tuple(var.shape):
+            raise CheckpointError(f"{source}: weight {name} has shape {arr.shape}, expected {tuple(var.shape)}")
+        arr32 = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr32).all():
+            raise CheckpointError(f"{source}: weight {name} contains NaN or inf values (corrupted checkpoint?)")
+        val = put(name, arr32.astype(dt)) if put is not None else jnp.asarray(arr32, dt)
+        leaves.append((path, var.replace(value=val)))
+    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
