@@ -194,6 +194,26 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _host_devices_per_core() -> None:
+    """On the CPU, expose one XLA host device per core (unless XLA_FLAGS already sets a count, or
+    TOYBB_HOST_DEVICES says otherwise). Small toy models barely use a second core inside one
+    computation; sharding the independent runs of a vmapped batch over per-core devices does.
+    Must run before JAX starts."""
+    if "jax" in sys.modules and getattr(sys.modules["jax"], "_src", None) is not None:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    n = os.environ.get("TOYBB_HOST_DEVICES", str(os.cpu_count() or 1))
+    if not n.isdigit() or int(n) < 1:
+        raise ConfigError(f"TOYBB_HOST_DEVICES must be a positive integer, got {n!r}")
+    if int(n) > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
