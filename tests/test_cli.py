@@ -71,3 +71,20 @@ def test_train_and_plot_end_to_end(tmp_path, capsys):
     before = (out / "metrics.csv").read_text()
     assert main(["train", *TINY, "--config", str(cfg), "--out", str(out)]) == 0
     assert (out / "metrics.csv").read_text() == before
+
+
+def test_missing_optional_package_names_the_extra(tmp_path):
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('gguf', 'safetensors', 'tokenizers'):\n"
+        "            raise ImportError(name, name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from toybb.cli import main\n"
+        f"sys.exit(main(['inspect', {str(tmp_path / 'm.gguf')!r}]))\n"
+    )
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert ".[llm]" in r.stderr

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from toybb.errors import ConfigError, ToybbError, TrainingDiverged
 
+# optional packages and the extra that installs them
+OPTIONAL_PACKAGES = {"gguf": "llm", "safetensors": "llm", "tokenizers": "llm", "torch": "parity",
+                     "transformers": "parity", "accelerate": "parity"}
+
 # parts of toybb that add their own subcommands: module with `register(subparsers)`
 SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli")
 
@@ -224,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ToybbError as e:
         print(f"toybb {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in OPTIONAL_PACKAGES:
+            raise
+        print(f"toybb {args.command}: error: this command needs the optional package {top!r}; "
+              f"install it with: python3 -m pip install -e \".[{OPTIONAL_PACKAGES[top]}]\"", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("toybb: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
