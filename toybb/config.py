@@ -364,8 +364,8 @@ def cpu_preset() -> RunConfig:
     return RunConfig(
         model=ModelConfig(d_model=64, max_len=64),
         task=TaskConfig(seq_len=64),
-        optim=OptimConfig(name="adam", lr=1e-3),
-        train=TrainConfig(steps=4000, batch=64, seeds=(0, 1, 2, 3), eval_batch=128, ckpt_every=1000),
+        optim=OptimConfig(name="adam", lr=4e-3),
+        train=TrainConfig(steps=5000, batch=64, seeds=(0, 1, 2, 3), eval_batch=128, ckpt_every=1000),
     )
 
 
