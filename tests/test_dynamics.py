@@ -82,8 +82,11 @@ def test_relu_attention_has_no_sink_or_drain():
 
 @pytest.mark.slow
 def test_sgd_residual_peak_much_smaller_than_adam_3_layers():
-    base = cpu_preset().replace(model={"n_layers": 3}, train={"seeds": (0, 1), "steps": 3000})
+    # the setting of the closing note: Adam lr 1e-3 vs SGD lr 0.03 (SPEC), 1,500 steps, 2 seeds
+    base = cpu_preset().replace(model={"n_layers": 3}, optim={"lr": 1e-3}, train={"seeds": (0, 1), "steps": 1500})
     adam = train(base, None, progress=False)
     sgd = train(base.replace(optim={"name": "sgd", "lr": None}), None, progress=False)
     growth = lambda r: r.metrics["residual_peak_l0"][-1] - r.metrics["residual_peak_l0"][0]
-    assert np.median(growth(adam)) > 3 * max(np.median(growth(sgd)), 1.0)
+    assert np.median(growth(adam)) > 2 * np.median(growth(sgd))
+    # under Adam the BOS residual after layer 0 stands out from the other positions (a peak)
+    assert (adam.metrics["massive_norm_l0"][-1] > 5).all()
