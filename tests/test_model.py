@@ -80,3 +80,12 @@ def test_step0_paper_config_matches_reference(task):
     for key, ref in (("sink_attention_l0", 0.023), ("value_drain_l0", 5.2), ("residual_peak_l0", 24.4),
                      ("backcopy_risk", 4.30)):
         assert abs(mean[key] - ref) < 0.15 * ref, (key, mean[key], ref)
+
+
+def test_simple_model_takes_the_tasks_triggers():
+    """The reduced SimpleModel hard-wires trigger ids: they must come from the run's task (k = 5 here)."""
+    from toybb.models import build_model
+
+    task5 = BBTask(n_triggers=5)
+    m = build_model(ModelConfig(arch="simple", max_len=16), nnx.Rngs(0), task5)
+    assert m.triggers == tuple(int(t) for t in task5.triggers) and len(m.triggers) == 5

@@ -7,13 +7,16 @@ from flax import nnx
 from toybb.config import ModelConfig
 
 
-def build_model(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+def build_model(cfg: ModelConfig, rngs: nnx.Rngs, task=None) -> nnx.Module:
     """The toy model named by `cfg.arch` (every one takes (cfg, rngs=...), maps tokens [batch, seq] to
-    logits [batch, seq, vocab], accepts capture=/ablate= and exposes `.cfg`)."""
+    logits [batch, seq, vocab], accepts capture=/ablate= and exposes `.cfg`). `task` (a BBTask)
+    supplies the trigger and BOS ids to models that hard-wire them (the SimpleModel)."""
     if cfg.arch == "simple":
         from toybb.theory.simple_model import SimpleModel
 
-        return SimpleModel(cfg, rngs=rngs)
+        if task is None:
+            return SimpleModel(cfg, rngs=rngs)
+        return SimpleModel(cfg, rngs=rngs, triggers=tuple(int(t) for t in task.triggers), bos_id=int(task.bos_id))
     from toybb.models.toy import ToyTransformer
 
     return ToyTransformer(cfg, rngs=rngs)

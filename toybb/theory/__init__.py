@@ -17,3 +17,4 @@ from toybb.theory.models import (  # noqa: F401
     stack,
 )
 from toybb.theory.rates import fit_rates, predicted_softmax, predicted_softmax_curves  # noqa: F401
+from toybb.theory.experiment import fit_table, fit_trajectory, load_trajectory, plot_overlay  # noqa: F401,E402

@@ -1,4 +1,6 @@
 """`toybb theory [--plot DIR] [--quick]`: each result of theory/ with its predicted and simulated numbers.
+`toybb theory --trained RUN_DIR [--trained RUN_DIR2 ...] [--plot DIR]`: the same rates fitted to trained
+runs of `toybb train` (theory/07_trained_fits.md), predicted vs trained per seed.
 
 Registered by toybb/cli.py through `register(subparsers)`; also runnable as `python -m toybb.theory.cli`.
 """
@@ -21,6 +23,11 @@ def register(subparsers) -> None:
     p.add_argument("--plot", metavar="DIR", help="write figures (PNG) of predicted vs simulated curves to DIR")
     p.add_argument("--quick", action="store_true", help="10x fewer steps for the rate statement (less accurate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random instances (default 0)")
+    p.add_argument("--trained", metavar="RUN_DIR", action="append",
+                   help="fit the predicted rates to a run folder of `toybb train` instead of simulating "
+                   "(repeatable); prints predicted vs trained (median [min, max] over seeds)")
+    p.add_argument("--decades", type=float, default=1.0,
+                   help="with --trained: fit over the last DECADES decade(s) of steps (default 1)")
     p.set_defaults(func=run)
 
 
@@ -35,6 +42,20 @@ def _fmt(v) -> str:
         return str(v)
 
 
+def run_trained(args, plot_dir: Path | None) -> int:
+    from toybb.theory import experiment as E
+
+    if not args.decades > 0:
+        raise ConfigError(f"--decades must be positive, got {args.decades}")
+    trajs = [E.load_trajectory(d) for d in args.trained]
+    rows = E.fit_table(trajs, decades=args.decades)
+    print(E.format_table(rows))
+    if plot_dir is not None:
+        path = E.plot_overlay(trajs, plot_dir / "theory_trained.png", decades=args.decades)
+        print(f"wrote {path}")
+    return 0
+
+
 def run(args) -> int:
     from toybb.theory import statements as S
 
@@ -45,6 +66,8 @@ def run(args) -> int:
         if plot_dir.exists() and not plot_dir.is_dir():
             raise ConfigError(f"--plot {plot_dir} exists and is not a folder")
         plot_dir.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "trained", None):
+        return run_trained(args, plot_dir)
     results = []
     for check in S.ALL_CHECKS:
         kw = {"seed": args.seed} if "seed" in check.__code__.co_varnames else {}

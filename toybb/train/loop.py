@@ -90,7 +90,7 @@ class Trainer:
             raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the task's vocabulary ({self.task.vocab_size})")
         self.runs = cfg.runs()
         self.metric_names = bbprobes.metric_names(cfg.model)
-        abstract = nnx.eval_shape(lambda: build_model(cfg.model, nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: build_model(cfg.model, nnx.Rngs(0), self.task))
         self.graphdef, _ = nnx.split(abstract)
         self.tx = make_optimizer(cfg.optim)
         n_dev = jax.device_count()
@@ -105,7 +105,7 @@ class Trainer:
 
         def init_one(seed, lr):
             init_key, data_key = jax.random.split(jax.random.key(seed))
-            model = build_model(cfg.model, nnx.Rngs(params=init_key))
+            model = build_model(cfg.model, nnx.Rngs(params=init_key), task)
             _, params = nnx.split(model)
             opt_state = make_optimizer(cfg.optim, lr).init(params)
             return {"params": params, "opt_state": opt_state, "data_key": jax.random.key_data(data_key),
