@@ -78,7 +78,8 @@ def configs(quick: bool):
         paper = RunConfig(train=TrainConfig(eval_batch=8))
         out += [("paper 1-layer d256 B512 T256, 1 seed", paper, 3),
                 ("paper 3-layer d256 B512 T256, 1 seed", paper.replace(model={"n_layers": 3}), 2),
-                ("paper 1-layer d256 B512 T256, 8 seeds", paper.replace(train={"seeds": tuple(range(8))}), 1)]
+                # 8 vmapped paper-size seeds need a 34.7 GB buffer: more than a 24 GB machine holds
+                ("paper 1-layer d256 B512 T256, 2 seeds", paper.replace(train={"seeds": (0, 1)}), 1)]
     return out
 
 

@@ -198,11 +198,10 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _host_devices_per_core() -> None:
-    """On the CPU, expose one XLA host device per core (unless XLA_FLAGS already sets a count, or
-    TOYBB_HOST_DEVICES says otherwise). Small toy models barely use a second core inside one
-    computation; sharding the independent runs of a vmapped batch over per-core devices does.
-    Must run before JAX starts."""
+def _host_devices_from_env() -> None:
+    """TOYBB_HOST_DEVICES=N exposes N XLA host (CPU) devices, over which the run axis of a vmapped
+    batch is sharded (measured: +20-24% run-steps/s for 4-8 runs of the CPU default on 2 cores). Opt-in,
+    because float round-off then differs slightly from a one-device run. Must run before JAX starts."""
     if "jax" in sys.modules and getattr(sys.modules["jax"], "_src", None) is not None:
         from jax._src import xla_bridge
 
@@ -211,7 +210,9 @@ def _host_devices_per_core() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" in flags:
         return
-    n = os.environ.get("TOYBB_HOST_DEVICES", str(os.cpu_count() or 1))
+    n = os.environ.get("TOYBB_HOST_DEVICES")
+    if n is None:
+        return
     if not n.isdigit() or int(n) < 1:
         raise ConfigError(f"TOYBB_HOST_DEVICES must be a positive integer, got {n!r}")
     if int(n) > 1:
@@ -219,6 +220,11 @@ def _host_devices_per_core() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        _host_devices_from_env()
+    except ConfigError as e:
+        print(f"toybb: error: {e}", file=sys.stderr)
+        return 2
     parser = make_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
