@@ -96,11 +96,11 @@ def build_config(args) -> "RunConfig":
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[args.preset]()
+    file_cfg: dict = {}
     if args.config:
-        d = load_config_file(args.config)
-        base = cfg.to_dict()
-        RunConfig.from_dict(d)  # validate the file on its own terms first (names unknown fields)
-        cfg = cfg.replace(**{sec: {**base[sec], **(d.get(sec) or {})} for sec in ("model", "task", "optim", "train")})
+        file_cfg = load_config_file(args.config)
+        RunConfig.from_dict(file_cfg)  # validate the file on its own terms first (names unknown fields)
+        cfg = cfg.replace(**{sec: file_cfg.get(sec) or {} for sec in ("model", "task", "optim", "train")})
     upd: dict[str, dict] = {"model": {}, "task": {}, "optim": {}, "train": {}}
     for name in ("arch", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp", "max_len", "attention", "position",
                  "no_attention", "no_mlp", "linear_mlp"):
@@ -113,7 +113,7 @@ def build_config(args) -> "RunConfig":
         upd["task"]["bos"] = False
     if args.optim_name is not None:
         upd["optim"]["name"] = args.optim_name
-        if args.lr is None and not (args.config and "lr" in (load_config_file(args.config).get("optim") or {})):
+        if args.lr is None and "lr" not in (file_cfg.get("optim") or {}):
             upd["optim"]["lr"] = None  # the optimiser's own default learning rate
     if args.weight_decay is not None:
         upd["optim"]["weight_decay"] = args.weight_decay

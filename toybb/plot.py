@@ -54,12 +54,12 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
         for ci, lr in enumerate(lrs):
             sub = [r for r in rows if r["lr"] == lr]
             steps = np.array(sorted({int(r["step"]) for r in sub}))
+            seed_ix = {s: i for i, s in enumerate(sorted({r["seed"] for r in sub}, key=int))}
+            step_ix = {s: i for i, s in enumerate(steps)}
             for key, style in ((col, "-"), (ref, "--")):
                 if key is None:
                     continue
-                vals = np.full((len(steps), len({r["seed"] for r in sub})), np.nan)
-                seed_ix = {s: i for i, s in enumerate(sorted({r["seed"] for r in sub}, key=int))}
-                step_ix = {s: i for i, s in enumerate(steps)}
+                vals = np.full((len(steps), len(seed_ix)), np.nan)
                 for r in sub:
                     vals[step_ix[int(r["step"])], seed_ix[r["seed"]]] = float(r[key])
                 x = np.maximum(steps, 1)
