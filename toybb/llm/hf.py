@@ -8,63 +8,41 @@ each with the reshape that turns a PyTorch [out, in] matrix into toybb's per-hea
 from __future__ import annotations
 
 import json
-import os
 import re
-import struct
 from pathlib import Path
 from typing import Callable
 
-import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from toybb.errors import CheckpointError
 from toybb.llm.config import LLMConfig, from_hf_config
 
-_ST_DTYPES = {
-    "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
-    "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_,
-}
-
-
 class SafetensorsFile:
-    """Minimal, strict reader (header + memory map): a truncated or corrupted file is a CheckpointError."""
+    """A safetensors file read with the `safetensors` library (numpy arrays; bfloat16 through ml_dtypes).
+
+    The library's parse errors become a CheckpointError naming the file; a header that does not
+    cover the file's bytes means the file was cut short."""
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        size = os.path.getsize(self.path)
-        with open(self.path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise CheckpointError(f"{self.path}: not a safetensors file (too short)")
-            (n,) = struct.unpack("<Q", raw)
-            if n <= 0 or 8 + n > size:
-                raise CheckpointError(f"{self.path}: corrupted or truncated safetensors header")
-            try:
-                header = json.loads(fh.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CheckpointError(f"{self.path}: corrupted safetensors header ({e})") from None
-        header.pop("__metadata__", None)
-        self.base, self.entries = 8 + n, {}
-        for name, e in header.items():
-            try:
-                dt, shape, (a, b) = _ST_DTYPES[e["dtype"]], tuple(e["shape"]), e["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{self.path}: unsupported or malformed entry for {name}: {e}") from None
-            if b - a != int(np.prod(shape)) * np.dtype(dt).itemsize:
-                raise CheckpointError(f"{self.path}: tensor {name} size does not match its shape {shape}")
-            if self.base + b > size:
-                raise CheckpointError(
-                    f"{self.path}: file is truncated ({size} bytes; tensor {name} needs {self.base + b})")
-            self.entries[name] = (dt, shape, a)
-        self._mm = np.memmap(self.path, dtype=np.uint8, mode="r") if self.entries else None
+        try:
+            self._f = safe_open(self.path, framework="np")
+            self._keys = list(self._f.keys())
+        except SafetensorError as e:
+            msg = str(e)
+            hint = " (the file is truncated or was not fully written; download or save it again)" \
+                if "not fully covered" in msg or "incomplete" in msg else ""
+            raise CheckpointError(f"{self.path}: not a valid safetensors file: {msg}{hint}") from None
 
     def keys(self):
-        return self.entries.keys()
+        return self._keys
 
     def get(self, name: str) -> np.ndarray:
-        dt, shape, a = self.entries[name]
-        nbytes = int(np.prod(shape)) * np.dtype(dt).itemsize
-        return self._mm[self.base + a : self.base + a + nbytes].view(dt).reshape(shape)
+        try:
+            return self._f.get_tensor(name)
+        except (SafetensorError, TypeError) as e:
+            raise CheckpointError(f"{self.path}: cannot read tensor {name}: {e}") from None
 
 
 def read_config(model_dir: str | Path, dtype: str = "float32") -> LLMConfig:
