@@ -93,9 +93,9 @@ class Trainer:
         abstract = nnx.eval_shape(lambda: build_model(cfg.model, nnx.Rngs(0), self.task))
         self.graphdef, _ = nnx.split(abstract)
         self.tx = make_optimizer(cfg.optim)
-        n_dev = jax.device_count()
+        devs = jax.local_devices()  # multi-host sweeps give each process its own groups (toybb.train.sweep)
         # shard the run axis over all local devices when it divides evenly (one device: no-op)
-        self.mesh = Mesh(np.array(jax.devices()), ("runs",)) if n_dev > 1 and len(self.runs) % n_dev == 0 else None
+        self.mesh = Mesh(np.array(devs), ("runs",)) if len(devs) > 1 and len(self.runs) % len(devs) == 0 else None
         self._build()
 
     # ---- pure functions -------------------------------------------------------------------
