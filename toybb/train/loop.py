@@ -387,13 +387,17 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
     graphdef, tokens = trainer.graphdef, trainer.eval_tokens
     interventions = bbprobes.intervention_names(cfg.model)
 
-    @jax.jit
-    @jax.vmap
-    def probes(params):  # one compiled program for all final probes
-        model = nnx.merge(graphdef, params)
-        attn = bbprobes.sink_attention_of_last_query(model, probe)
-        risks = jnp.stack([jnp.stack(bbprobes.intervention_risks(model, tokens, task, ab)) for _, ab in interventions])
-        return attn, risks
+    probes = getattr(trainer, "_final_probes", None)  # compiled once per Trainer (sweeps reuse it)
+    if probes is None:
+        @jax.jit
+        @jax.vmap
+        def probes(params):  # one compiled program for all final probes
+            model = nnx.merge(graphdef, params)
+            attn = bbprobes.sink_attention_of_last_query(model, probe)
+            risks = jnp.stack([jnp.stack(bbprobes.intervention_risks(model, tokens, task, ab)) for _, ab in interventions])
+            return attn, risks
+
+        trainer._final_probes = probes
 
     attn, risks = (np.asarray(x) for x in probes(result.state["params"]))  # [runs, layers, tokens, heads], [runs, n_iv, 2]
     ad_rows = []
