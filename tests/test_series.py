@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 
 from toybb.cli import main
-from toybb.config import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
 from toybb.series import run_series, step_from_path
-from toybb.train.loop import Trainer, train
+from toybb.train.loop import train
 
-CFG = RunConfig(model=ModelConfig(d_model=16, max_len=8), task=TaskConfig(seq_len=8), optim=OptimConfig(lr=3e-3),
-                train=TrainConfig(steps=10, batch=8, seeds=(0, 1), eval_batch=8, eval_schedule=((5, 0),), ckpt_every=5))
+from _shared import TINY as CFG, TRAINERS, trainer
 
 
 def _rows(path):
@@ -26,7 +24,7 @@ def toy_series(tmp_path_factory):
     """One run trained to step 10 then continued to 20; its folder copied at both steps."""
     root = tmp_path_factory.mktemp("toy")
     run = root / "run"
-    tr = Trainer(CFG)  # one compilation for both segments
+    tr = trainer(CFG)  # one compilation for both segments (and the other tests' tiny runs)
     train(CFG, run, progress=False, write_figure=False, trainer=tr)
     shutil.copytree(run, root / "step10")
     train(CFG.replace(train={"steps": 20}), run, progress=False, write_figure=False, trainer=tr)
@@ -42,7 +40,8 @@ def test_step_from_path():
 
 
 def test_toy_series_matches_logged_metrics(toy_series, tmp_path):
-    csv_path, png = run_series([str(toy_series / "step10"), str(toy_series / "step20")], tmp_path, log=lambda s: None)
+    csv_path, png = run_series([str(toy_series / "step10"), str(toy_series / "step20")], tmp_path, log=lambda s: None,
+                               trainers=TRAINERS)
     rows = _rows(csv_path)
     assert [(int(r["step"]), int(r["seed"])) for r in rows] == [(10, 0), (10, 1), (20, 0), (20, 1)]
     logged = {(int(r["step"]), int(r["seed"])): r for r in _rows(toy_series / "run" / "metrics.csv")}
@@ -54,7 +53,8 @@ def test_toy_series_matches_logged_metrics(toy_series, tmp_path):
 
 
 def test_toy_checkpoint_file_uses_its_own_step(toy_series, tmp_path):
-    csv_path, _ = run_series([str(toy_series / "run" / "checkpoint.npz")], tmp_path, log=lambda s: None)
+    csv_path, _ = run_series([str(toy_series / "run" / "checkpoint.npz")], tmp_path, log=lambda s: None,
+                              trainers=TRAINERS)
     assert {int(r["step"]) for r in _rows(csv_path)} == {20}
 
 

@@ -16,8 +16,7 @@ from toybb.errors import ConfigError
 from toybb.train import loop
 from toybb.train.sweep import estimate_group_bytes, plan_sweep, run_sweep
 
-TINY_BASE = {"preset": "cpu", "model": {"d_model": 16, "max_len": 8}, "task": {"seq_len": 8},
-             "train": {"steps": 20, "batch": 8, "eval_batch": 8, "eval_schedule": [[5, 0]], "ckpt_every": 5}}
+from _shared import TINY, TINY_BASE, TRAINERS
 # 4 runs in 2 groups; the groups differ only in train.steps, so they share one compiled Trainer
 SPEC = {"base": TINY_BASE, "seeds": [0, 1], "grid": {"train.steps": [10, 20], "optim.lr": [3e-3]}}
 
@@ -29,7 +28,7 @@ def _table(path):
 
 @pytest.fixture(scope="module")
 def trainers():
-    return {}
+    return TRAINERS
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +56,7 @@ def test_plan_groups_and_run_ids():
 
 def test_sweep_table_has_every_run_and_step_once(reference):
     plan = plan_sweep(SPEC)
+    assert plan.groups[0].cfg.replace(train={"steps": 10}) == TINY.replace(train={"steps": 10})  # shared compile
     keys = [(r["run_id"], int(r["step"])) for r in reference]
     assert len(keys) == len(set(keys))
     expected = {(r.run_id, s) for r in plan.runs for s in r.cfg.train.eval_steps()}

@@ -180,6 +180,7 @@ def fig_interventions(ctx: FigureContext) -> list[Path]:
             ax.bar(x + (j - 0.5) * 0.38, np.maximum(med, 1e-6), 0.38, yerr=[lo, hi], capsize=2,
                    label=f"{label} excess risk", color=f"C{j}")
         ax.set_xticks(x, [n.replace("_", " ") for n in names], rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel("model with the named sub-layers removed")
         ax.set_yscale("log")
         ax.set_ylabel("excess risk over the oracle (nats)")
         ax.set_title(f"{title}: interventions at the last step", fontsize=10)
@@ -241,6 +242,7 @@ def fig_active_dormant(ctx: FigureContext) -> list[Path]:
                 ax.add_patch(Rectangle((j - 0.5, -0.5), 1, len(seeds), fill=False, ec="red", lw=1.5))
         ax.set_yticks(range(len(seeds)), [f"seed {s}" for s in seeds], fontsize=7)
         ax.set_xlabel("last token v of the probe (triggers in red)")
+        ax.set_ylabel("run")
         ax.set_title(f"{title}: attention on BOS (dormant >= 0.89)", fontsize=10)
         fig.colorbar(im, ax=ax, label="attention on BOS", pad=0.01)
     return [_save(fig, ctx.out / "active_dormant.png")]

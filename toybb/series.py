@@ -123,8 +123,9 @@ def probe_llm(path: str | Path, text: str = FIXED_TEXT) -> list[dict]:
 
 # ---- series --------------------------------------------------------------------------------------------
 def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = None, text: str = FIXED_TEXT,
-               log=lambda s: print(s, file=sys.stderr)) -> tuple[Path, Path]:
-    """Probe every checkpoint and write DIR/series.csv and DIR/series.png; returns both paths."""
+               log=lambda s: print(s, file=sys.stderr), trainers: dict | None = None) -> tuple[Path, Path]:
+    """Probe every checkpoint and write DIR/series.csv and DIR/series.png; returns both paths.
+    trainers: a cache of compiled toy Trainers to reuse (see toybb.train.sweep.run_sweep)."""
     if not ckpts:
         raise ConfigError("give at least one checkpoint")
     if steps is not None and len(steps) != len(ckpts):
@@ -140,7 +141,7 @@ def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = 
             raise ConfigError(f"cannot tell the training step of {c}: name its folder like step1000 or give --steps")
         resolved.append(s)
     rows: list[dict] = []
-    trainers: dict = {}
+    trainers = {} if trainers is None else trainers
     for c, s in zip(ckpts, resolved):
         if kind == "toy":
             own, got = probe_toy(c, trainers)
