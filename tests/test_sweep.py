@@ -98,6 +98,17 @@ def test_keyboard_interrupt_mid_group_resumes(tmp_path, reference, trainers, mon
     assert _table(run_sweep(plan, tmp_path, progress=False, write_figure=False, trainers=trainers)) == reference
 
 
+def test_multi_host_split_process_zero_writes_the_table(tmp_path, reference, trainers):
+    plan = plan_sweep(SPEC)
+    # process 1 of 2 trains the odd groups and writes no table
+    assert run_sweep(plan, tmp_path, progress=False, write_figure=False, trainers=trainers, process=(1, 2)) is None
+    done = sorted(p.parent.name for p in tmp_path.glob("groups/*/done"))
+    assert done == [plan.groups[1].name] and not (tmp_path / "results.csv").exists()
+    path = run_sweep(plan, tmp_path, progress=False, write_figure=False, trainers=trainers, process=(0, 2),
+                     wait_timeout=60)
+    assert _table(path) == reference
+
+
 def test_other_sweep_in_same_folder_is_refused(tmp_path, trainers):
     run_sweep(plan_sweep({**SPEC, "grid": {"train.steps": [10], "optim.lr": [3e-3]}}), tmp_path, progress=False,
               write_figure=False, trainers=trainers)

@@ -375,6 +375,9 @@ def register(subparsers) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() (SLURM/TPU environment) and split "
                    "the groups over the processes; process 0 writes the table (also TOYBB_DISTRIBUTED=1)")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed, outside SLURM/TPU: process 0's address")
+    p.add_argument("--num-processes", type=int, help="with --distributed, outside SLURM/TPU")
+    p.add_argument("--process-id", type=int, help="with --distributed, outside SLURM/TPU")
     p.add_argument("--max-memory-gb", type=float, help="memory one group may use (default: detected)")
     p.add_argument("--dry-run", action="store_true", help="print the groups and their memory estimate, train nothing")
     p.add_argument("--no-progress", action="store_true")
@@ -391,7 +394,11 @@ def cmd_sweep(args) -> int:
     if args.distributed or os.environ.get("TOYBB_DISTRIBUTED") == "1":
         import jax
 
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        except Exception as e:  # no cluster environment found, coordinator unreachable, ...
+            raise ConfigError(f"jax.distributed.initialize() failed ({str(e).splitlines()[0]}); run under srun or "
+                              "on every TPU host, or give --coordinator, --num-processes and --process-id") from None
         process = (jax.process_index(), jax.process_count())
     limit = None if args.max_memory_gb is None else int(args.max_memory_gb * 2**30)
     check_memory(plan, limit)
