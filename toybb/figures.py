@@ -189,8 +189,9 @@ def fig_interventions(ctx: FigureContext) -> list[Path]:
     return [_save(fig, ctx.out / "interventions.png")]
 
 
-@register_figure("residual_peaks", "3-layer models: the BOS residual norm after layer 0 grows under Adam, not under "
-                 "SGD or with ReLU attention; sink and drain in layer 1 (median of 4 seeds, band min-max).")
+@register_figure("residual_peaks", "3-layer models under Adam, SGD and Adam with ReLU attention: BOS residual norm "
+                 "after layer 0 (SPEC: grows under Adam only, by 10k paper-size steps), sink and drain in layer 1 "
+                 "(median of 4 seeds, band min-max).")
 def fig_residual_peaks(ctx: FigureContext) -> list[Path]:
     plt = _plt()
     _, groups = ctx.peaks()
@@ -248,8 +249,8 @@ def fig_active_dormant(ctx: FigureContext) -> list[Path]:
     return [_save(fig, ctx.out / "active_dormant.png")]
 
 
-@register_figure("attention_maps", "Attention patterns of trained models on one BB sequence (seed 0): most queries "
-                 "put their weight on BOS, queries after a trigger (red) attend to the token before it.")
+@register_figure("attention_maps", "Attention patterns of the trained models (seed 0) on one BB sequence: in the "
+                 "sink layer, non-trigger queries attend to BOS and trigger queries (red) to the token before them.")
 def fig_attention_maps(ctx: FigureContext) -> list[Path]:
     import jax
     import jax.numpy as jnp
