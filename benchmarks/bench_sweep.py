@@ -11,6 +11,15 @@ depend on R), which the output says.
     python benchmarks/bench_sweep.py                 # d 32, batch 32, sequence 32 (the CPU gallery runs)
     python benchmarks/bench_sweep.py --d 64 --batch 64 --seq 64   # the CPU default
     python benchmarks/bench_sweep.py --scaling-only
+
+Measured 2026-11-23 on 2 CPU cores shared with other jobs (load average 4-12), run-steps/s:
+  d 32, B 32, T 32 (load ~12): one by one 188; vmapped 1 / 8 / 64 runs: 195 / 174 / 146
+    = 1.04x / 0.92x / 0.78x one by one; 64 runs on 1 / 2 / 4 forced devices: 157 / 172 / 161 (1.00 / 1.10 / 1.03x)
+  d 16, B 8, T 8 (load ~5): one by one 7219; vmapped 1 / 8 / 64: 7376 / 9101 / 8276
+    = 1.02x / 1.26x / 1.15x; 64 runs on 1 / 2 / 4 forced devices: 7478 / 8581 / 9501 (1.00 / 1.15 / 1.27x)
+The 5x target for 64 vmapped runs is not met on this CPU: each run's segment is already one compiled
+fori_loop (no per-step dispatch to amortise) and two cores are saturated by one run's matmuls, so
+vmapping only removes per-run compilation and start-up (not counted above: ~4-7 s per run).
 """
 
 from __future__ import annotations
