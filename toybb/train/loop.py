@@ -93,9 +93,9 @@ class Trainer:
         abstract = nnx.eval_shape(lambda: build_model(cfg.model, nnx.Rngs(0), self.task))
         self.graphdef, _ = nnx.split(abstract)
         self.tx = make_optimizer(cfg.optim)
-        n_dev = jax.device_count()
+        devs = jax.local_devices()  # multi-host sweeps give each process its own groups (toybb.train.sweep)
         # shard the run axis over all local devices when it divides evenly (one device: no-op)
-        self.mesh = Mesh(np.array(jax.devices()), ("runs",)) if n_dev > 1 and len(self.runs) % n_dev == 0 else None
+        self.mesh = Mesh(np.array(devs), ("runs",)) if len(devs) > 1 and len(self.runs) % len(devs) == 0 else None
         self._build()
 
     # ---- pure functions -------------------------------------------------------------------
@@ -387,13 +387,17 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
     graphdef, tokens = trainer.graphdef, trainer.eval_tokens
     interventions = bbprobes.intervention_names(cfg.model)
 
-    @jax.jit
-    @jax.vmap
-    def probes(params):  # one compiled program for all final probes
-        model = nnx.merge(graphdef, params)
-        attn = bbprobes.sink_attention_of_last_query(model, probe)
-        risks = jnp.stack([jnp.stack(bbprobes.intervention_risks(model, tokens, task, ab)) for _, ab in interventions])
-        return attn, risks
+    probes = getattr(trainer, "_final_probes", None)  # compiled once per Trainer (sweeps reuse it)
+    if probes is None:
+        @jax.jit
+        @jax.vmap
+        def probes(params):  # one compiled program for all final probes
+            model = nnx.merge(graphdef, params)
+            attn = bbprobes.sink_attention_of_last_query(model, probe)
+            risks = jnp.stack([jnp.stack(bbprobes.intervention_risks(model, tokens, task, ab)) for _, ab in interventions])
+            return attn, risks
+
+        trainer._final_probes = probes
 
     attn, risks = (np.asarray(x) for x in probes(result.state["params"]))  # [runs, layers, tokens, heads], [runs, n_iv, 2]
     ad_rows = []

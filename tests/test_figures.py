@@ -1,0 +1,70 @@
+"""Figure gallery: the registry names every figure; figures render from a tiny trained run with
+labelled axes (the gallery's own runs are far too long for a test)."""
+
+import numpy as np
+import pytest
+
+from toybb import figures as F
+from toybb.cli import main
+from toybb.train.loop import train
+
+from _shared import TINY, trainer
+
+
+def test_registry_lists_the_gallery(capsys):
+    expected = {"dynamics_1layer", "interventions", "residual_peaks", "active_dormant", "attention_maps", "theory"}
+    assert expected <= set(F.FIGURES)
+    assert all(f.caption.endswith(")") or f.caption.endswith(".") for f in F.FIGURES.values())
+    assert main(["figures", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in expected)
+
+
+def test_register_figure_rejects_duplicates():
+    with pytest.raises(ValueError, match="twice"):
+        F.register_figure("theory", "again")(lambda ctx: [])
+
+
+def test_unknown_figure_or_scale_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["figures", "--out", str(tmp_path), "--only", "nope"]) == 2
+    assert "unknown figure(s) ['nope']" in capsys.readouterr().err
+    assert main(["figures", "--out", str(tmp_path), "--scale", "huge"]) == 2
+    assert "unknown scale" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def tiny_ctx(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(TINY, run, progress=False, write_figure=False, trainer=trainer(TINY))
+
+    class Ctx(F.FigureContext):  # every panel reads the tiny 2-layer run
+        def one_layer(self):
+            return run
+
+        def peaks(self):
+            return run.parent, {"Adam, softmax": run, "SGD, softmax": run}
+
+    return Ctx(tmp_path_factory.mktemp("figs"), log=lambda s: None)
+
+
+@pytest.mark.parametrize("name", ["interventions", "residual_peaks", "active_dormant", "attention_maps"])
+def test_figure_renders_with_labelled_axes(tiny_ctx, monkeypatch, name):
+    seen = []
+    real = F._save
+
+    def save(fig, path):
+        for ax in fig.axes:
+            if ax.get_title():  # data panels (colour bars have none)
+                seen.append((ax.get_title(), ax.get_xlabel(), ax.get_ylabel()))
+        return real(fig, path)
+
+    monkeypatch.setattr(F, "_save", save)
+    paths = F.FIGURES[name].make(tiny_ctx)
+    assert len(paths) == 1 and paths[0].suffix == ".png"
+    assert 5_000 < paths[0].stat().st_size < 300_000
+    assert seen and all(x and y for _, x, y in seen), seen
+    import matplotlib.image
+
+    img = matplotlib.image.imread(paths[0])
+    assert img.ndim == 3 and np.std(img[..., :3]) > 0.05  # not blank

@@ -1,0 +1,354 @@
+"""The figure gallery: `toybb figures --out figures/ [--scale cpu|paper] [--only NAME ...] [--runs DIR]`.
+
+A registry maps a figure name to a function that draws it from run folders it trains on demand
+(cached under `--runs`, so a rerun only redraws). Other parts of toybb add a figure with
+
+    @register_figure("name", "one sentence of what it shows")
+    def _(ctx: FigureContext) -> list[Path]: ...
+
+Scales: `cpu` (minutes on 2 cores: d 32, sequence 32, batch 32, 2,000 steps, 4 seeds) and `paper`
+(SPEC §2: d 256, sequence 256, batch 512, 10k steps, 4 seeds; meant for a GPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from toybb.config import RunConfig, cpu_preset, paper_preset
+from toybb.errors import ConfigError
+
+SCALES = ("cpu", "paper")
+DPI = 100
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    caption: str
+    make: Callable[["FigureContext"], list[Path]]
+
+
+FIGURES: dict[str, Figure] = {}
+
+
+def register_figure(name: str, caption: str):
+    def deco(fn):
+        if name in FIGURES:
+            raise ValueError(f"figure {name!r} is registered twice")
+        FIGURES[name] = Figure(name, caption, fn)
+        return fn
+    return deco
+
+
+# ---- run configs of each scale ----------------------------------------------------------------------
+def base_config(scale: str) -> RunConfig:
+    if scale == "cpu":
+        return cpu_preset().replace(
+            model={"d_model": 32, "max_len": 32}, task={"seq_len": 32},
+            train={"steps": 2000, "batch": 32, "eval_batch": 64, "seeds": (0, 1, 2, 3), "ckpt_every": 500,
+                   "eval_schedule": ((20, 200), (50, 1000), (100, 0))})
+    if scale == "paper":
+        return paper_preset().replace(train={"seeds": (0, 1, 2, 3), "ckpt_every": 1000})
+    raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+
+
+def peaks_sweep(scale: str) -> dict:
+    """3-layer models: Adam vs SGD (SPEC lr 0.03) vs ReLU attention (Adam), one sweep of 3 groups."""
+    base = base_config(scale).replace(model={"n_layers": 3})
+    lr = 1e-3 if scale == "cpu" else 3e-4
+    sections = base.to_dict()
+    sections["train"].pop("seeds")
+    return {"base": sections, "seeds": list(base.train.seeds), "list": [
+        {"label": "Adam, softmax", "optim.name": "adam", "optim.lr": lr, "model.attention": "softmax"},
+        {"label": "SGD, softmax", "optim.name": "sgd", "optim.lr": 0.03, "model.attention": "softmax"},
+        {"label": "Adam, ReLU attention", "optim.name": "adam", "optim.lr": lr, "model.attention": "relu"},
+    ]}
+
+
+@dataclass
+class FigureContext:
+    out: Path
+    scale: str = "cpu"
+    runs: Path = Path("runs/figures")
+    progress: bool = True
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)
+
+    def one_layer(self) -> Path:
+        """The 1-layer softmax Adam run (trained unless finished in the cache)."""
+        from toybb.train.loop import train
+        from toybb.train.runs import is_finished
+
+        cfg = base_config(self.scale)
+        d = self.runs / f"{self.scale}_1layer"
+        if not is_finished(d, cfg):
+            self.log(f"training {d} ({len(cfg.runs())} runs, {cfg.train.steps} steps)")
+            train(cfg, d, progress=self.progress)
+        return d
+
+    def peaks(self) -> tuple[Path, dict[str, Path]]:
+        """The 3-layer sweep: (its folder, {label: group folder})."""
+        from toybb.train.sweep import plan_sweep, run_sweep
+
+        spec = peaks_sweep(self.scale)
+        labels = [s.pop("label") for s in spec["list"]]
+        plan = plan_sweep(spec, "peaks sweep")
+        d = self.runs / f"{self.scale}_3layer_peaks"
+        if not getattr(self, "_peaks_checked", False):  # finished groups are skipped: cheap when cached
+            run_sweep(plan, d, progress=self.progress, log=lambda s: None if "done already" in s else self.log(s))
+            self._peaks_checked = True
+        folders = {}
+        for label, g in zip(labels, plan.groups):
+            folders[label] = d / "groups" / g.name
+        return d, folders
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _series(rows, col) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values [steps, seeds]) of one metric from metrics.csv rows of one learning rate."""
+    steps = sorted({int(r["step"]) for r in rows})
+    seeds = sorted({int(r["seed"]) for r in rows})
+    si, ki = {s: i for i, s in enumerate(steps)}, {s: i for i, s in enumerate(seeds)}
+    v = np.full((len(steps), len(seeds)), np.nan)
+    for r in rows:
+        v[si[int(r["step"])], ki[int(r["seed"])]] = float(r[col])
+    return np.array(steps), v
+
+
+def _band(ax, steps, v, color, label, ls="-"):
+    x = np.maximum(steps, 1)
+    ax.plot(x, np.nanmedian(v, 1), ls, color=color, lw=1.5, label=label)
+    if v.shape[1] > 1 and ls == "-":
+        ax.fill_between(x, np.nanmin(v, 1), np.nanmax(v, 1), color=color, alpha=0.2, lw=0)
+
+
+def _char(c: str) -> str:
+    return {"\n": "\\n", " ": "sp", "$": r"\$"}.get(c, c)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+# ---- the figures ---------------------------------------------------------------------------------------
+@register_figure("dynamics_1layer", "1-layer softmax model under Adam: the attention sink forms, the BOS value "
+                 "drains and the BOS residual grows while back-copy risk collapses (median of 4 seeds, band min-max).")
+def fig_dynamics(ctx: FigureContext) -> list[Path]:
+    from toybb.plot import plot_dynamics
+
+    return [plot_dynamics(ctx.one_layer(), ctx.out / "dynamics_1layer.png")]
+
+
+@register_figure("interventions", "Excess risks of the trained models with attention or MLP removed: attention "
+                 "does the back-copy, the MLP the bigram (median over seeds, bars min-max).")
+def fig_interventions(ctx: FigureContext) -> list[Path]:
+    plt = _plt()
+    panels = [("1-layer, Adam", ctx.one_layer() / "interventions.csv"),
+              ("3-layer, Adam", ctx.peaks()[1]["Adam, softmax"] / "interventions.csv")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True,
+                             gridspec_kw={"width_ratios": [1, 2.2]})
+    for ax, (title, path) in zip(axes, panels):
+        rows = _rows(path)
+        names = list(dict.fromkeys(r["intervention"] for r in rows))
+        x = np.arange(len(names))
+        for j, (col, label) in enumerate((("backcopy_risk", "back-copy"), ("bigram_risk", "bigram"))):
+            vals = [np.array([float(r[col]) for r in rows if r["intervention"] == n]) for n in names]
+            med = np.array([np.median(v) for v in vals])
+            lo, hi = med - [v.min() for v in vals], [v.max() for v in vals] - med
+            ax.bar(x + (j - 0.5) * 0.38, np.maximum(med, 1e-6), 0.38, yerr=[lo, hi], capsize=2,
+                   label=f"{label} excess risk", color=f"C{j}")
+        ax.set_xticks(x, [n.replace("_", " ") for n in names], rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel("model with the named sub-layers removed")
+        ax.set_yscale("log")
+        ax.set_ylabel("excess risk over the oracle (nats)")
+        ax.set_title(f"{title}: interventions at the last step", fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    return [_save(fig, ctx.out / "interventions.png")]
+
+
+@register_figure("residual_peaks", "3-layer models under Adam, SGD and Adam with ReLU attention: BOS residual norm "
+                 "after layer 0 (SPEC: grows under Adam only, by 10k paper-size steps), sink and drain in layer 1 "
+                 "(median of 4 seeds, band min-max).")
+def fig_residual_peaks(ctx: FigureContext) -> list[Path]:
+    plt = _plt()
+    _, groups = ctx.peaks()
+    panels = [("residual_peak_l0", "residual_others_l0", "||Res<s>|| after layer 0", "L2 norm"),
+              ("sink_attention_l1", None, "Attn<s> (layer 1)", "attention weight on BOS"),
+              ("value_drain_l1", "value_others_l1", "||Val<s>|| (layer 1)", "L2 norm"),
+              ("backcopy_risk", None, "back-copy excess risk", "nats")]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
+    for ci, (label, gdir) in enumerate(groups.items()):
+        rows = _rows(gdir / "metrics.csv")
+        for ax, (col, ref, title, unit) in zip(axes, panels):
+            _band(ax, *_series(rows, col), f"C{ci}", label)
+            if ref is not None:
+                _band(ax, *_series(rows, ref), f"C{ci}", "other tokens" if ci == 0 else None, ls="--")
+            ax.set(xscale="log", xlabel="training step", ylabel=unit, title=title)
+    axes[3].set_yscale("log")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+    axes[0].legend(fontsize=7)
+    return [_save(fig, ctx.out / "residual_peaks.png")]
+
+
+@register_figure("active_dormant", "Per-token attention of the last query on BOS in the probe [BOS] + non-triggers "
+                 "+ [v]: the head is dormant (>= 0.89) on non-triggers and active on the triggers (boxed), per seed.")
+def fig_active_dormant(ctx: FigureContext) -> list[Path]:
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    panels = [("1-layer, Adam, layer 0", ctx.one_layer() / "active_dormant.csv", 0),
+              ("3-layer, Adam, layer 1", ctx.peaks()[1]["Adam, softmax"] / "active_dormant.csv", 1)]
+    fig, axes = plt.subplots(2, 1, figsize=(13, 4.6), constrained_layout=True)
+    for ax, (title, path, layer) in zip(axes, panels):
+        rows = [r for r in _rows(path) if int(r["layer"]) == layer and int(r["head"]) == 0]
+        seeds = sorted({int(r["seed"]) for r in rows})
+        toks = sorted({int(r["token"]) for r in rows})
+        m = np.full((len(seeds), len(toks)), np.nan)
+        chars, trig = {}, {}
+        for r in rows:
+            m[seeds.index(int(r["seed"])), toks.index(int(r["token"]))] = float(r["bos_attention"])
+            chars[int(r["token"])], trig[int(r["token"])] = r["char"], r["is_trigger"] == "True"
+        im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks(range(len(toks)), [_char(chars[t]) for t in toks], fontsize=6)
+        for lab, t in zip(ax.get_xticklabels(), toks):
+            if trig[t]:
+                lab.set_color("red")
+                lab.set_fontweight("bold")
+        for j, t in enumerate(toks):
+            if trig[t]:
+                ax.add_patch(Rectangle((j - 0.5, -0.5), 1, len(seeds), fill=False, ec="red", lw=1.5))
+        ax.set_yticks(range(len(seeds)), [f"seed {s}" for s in seeds], fontsize=7)
+        ax.set_xlabel("last token v of the probe (triggers in red)")
+        ax.set_ylabel("run")
+        ax.set_title(f"{title}: attention on BOS (dormant >= 0.89)", fontsize=10)
+        fig.colorbar(im, ax=ax, label="attention on BOS", pad=0.01)
+    return [_save(fig, ctx.out / "active_dormant.png")]
+
+
+@register_figure("attention_maps", "Attention patterns of the trained models (seed 0) on one BB sequence: in the "
+                 "sink layer, non-trigger queries attend to BOS and trigger queries (red) to the token before them.")
+def fig_attention_maps(ctx: FigureContext) -> list[Path]:
+    import jax
+    import jax.numpy as jnp
+
+    from toybb.models.capture import Capture, run_with_capture
+    from toybb.train.runs import load_models, model_of
+
+    plt = _plt()
+    models = []
+    for title, d in (("1-layer", ctx.one_layer()), ("3-layer Adam", ctx.peaks()[1]["Adam, softmax"])):
+        cfg, trainer, state, _ = load_models(d)
+        models.append((title, cfg, trainer.task, model_of(trainer, state, 0)))
+    n = min(24, models[0][1].task.seq_len)
+    task = models[0][2]
+    tokens = task.sample(jax.random.key(7), 1, n)[:, :n]
+    labels = ["BOS" if t == task.bos_id else _char(task.chars[t]) for t in np.asarray(tokens[0])]
+    is_trig = [bool(task.is_trigger[t]) for t in np.asarray(tokens[0])]
+    panels = []
+    for title, cfg, _, model in models:
+        _, cap = run_with_capture(model, jnp.asarray(tokens), capture=Capture(("blocks.*.attn.pattern",)))
+        for l in range(cfg.model.n_layers):
+            panels.append((f"{title}, layer {l}", np.asarray(cap[f"blocks.{l}.attn.pattern"])[0, 0]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), constrained_layout=True)
+    for ax, (title, p) in zip(np.atleast_1d(axes), panels):
+        im = ax.imshow(p, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks(range(n), labels, fontsize=6)
+        ax.set_yticks(range(n), labels, fontsize=6)
+        for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+            for i, lab in enumerate(ticks):
+                if is_trig[i]:
+                    lab.set_color("red")
+        ax.set(xlabel="key position (token)", ylabel="query position (token)", title=title)
+    fig.colorbar(im, ax=np.atleast_1d(axes).tolist(), label="attention weight", shrink=0.8)
+    return [_save(fig, ctx.out / "attention_maps.png")]
+
+
+@register_figure("theory", "Reduced-model theory (theory/): sink logit ~ 1/2 log t, drain ~ t^-1/2, loss ~ 1/t; "
+                 "residual norm under Adam vs SGD; shared value and ReLU attention keep the sink logit finite.")
+def fig_theory(ctx: FigureContext) -> list[Path]:
+    from toybb.theory import statements as S
+    from toybb.theory.plots import write_figures
+
+    results = []
+    for check in S.ALL_CHECKS:
+        kw = {"steps": 100_000} if (check is S.check_rates and ctx.scale == "cpu") else {}
+        results.append(check(**kw))
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    return write_figures(results, ctx.out)
+
+
+@register_figure("theory_trained_1layer", "Sink logit gap, ||Val<s>||, excess loss and ||Res<s>|| of the 1-layer "
+                 "run with the reduced-model rates fitted over the last decade of steps (theory/07_trained_fits.md).")
+def fig_theory_trained(ctx: FigureContext) -> list[Path]:
+    from toybb.theory import experiment as E
+
+    return [E.plot_overlay([E.load_trajectory(ctx.one_layer())], ctx.out / "theory_trained_1layer.png")]
+
+
+# ---- command line -----------------------------------------------------------------------------------
+def make_figures(out: str | Path, scale: str = "cpu", only: list[str] | None = None, runs: str | Path | None = None,
+                 progress: bool = True, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[Path]:
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    names = only or list(FIGURES)
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        raise ConfigError(f"unknown figure(s) {unknown}; known: {', '.join(FIGURES)}")
+    ctx = FigureContext(Path(out), scale, Path(runs) if runs else Path("runs/figures"), progress, log)
+    paths = []
+    for n in names:
+        t0 = time.perf_counter()
+        got = FIGURES[n].make(ctx)
+        for p in got:
+            log(f"{n}: wrote {p} ({time.perf_counter() - t0:.1f} s)")
+        paths += got
+    return paths
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("figures", help="regenerate the figure gallery (trains the runs it needs, cached)",
+                              description="Draw every registered figure (or --only some) into --out, training "
+                              "the runs they need into --runs (reused when finished).")
+    p.add_argument("--out", metavar="DIR", default="figures", help="where the PNGs go (default: figures)")
+    p.add_argument("--scale", default="cpu", help="cpu (minutes on 2 cores, default) or paper (SPEC §2, for a GPU)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these figures (see --list)")
+    p.add_argument("--runs", metavar="DIR", help="run cache (default: runs/figures)")
+    p.add_argument("--list", action="store_true", help="list the registered figures and exit")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_figures)
+
+
+def cmd_figures(args) -> int:
+    if args.list:
+        for f in FIGURES.values():
+            print(f"{f.name}: {f.caption}")
+        return 0
+    t0 = time.perf_counter()
+    paths = make_figures(args.out, args.scale, args.only, args.runs, progress=not args.no_progress)
+    print(f"wrote {len(paths)} figure(s) to {args.out} in {time.perf_counter() - t0:.1f} s")
+    return 0
