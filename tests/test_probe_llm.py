@@ -52,7 +52,7 @@ def model():
     mlp = m.blocks[lm].mlp
     wg, wu, wd = (np.array(v.get_value()) for v in (mlp.w_gate, mlp.w_up, mlp.w_down))
     wg[:, 0] = wu[:, 0] = 0.0
-    wg[0, 0] = wu[0, 0] = 3.0  # BOS: silu(3 x0) * 3 x0 in hidden unit 0, others exactly 0
+    wg[0, 0] = wu[0, 0] = 6.0  # BOS: silu(6 x0) * 6 x0 in hidden unit 0, others exactly 0
     wd[0] = 0.0
     wd[0, dim] = val / (12.0 * 12.0 / (1 + np.exp(-12.0)))
     _set(mlp.w_gate, wg), _set(mlp.w_up, wu), _set(mlp.w_down, wd)
@@ -87,7 +87,7 @@ def test_planted_massive_activation_found(stats):
     l, dim, val = MASSIVE
     assert info["first_layer"] == l
     assert info["dims"][0] == dim
-    assert info["dim_mean"][0] > 500  # the BOS is partly normalised away before the MLP: not exactly val
+    assert info["dim_mean"][0] > 2000  # the BOS is partly normalised away before the MLP: not exactly val
     assert info["dim_mean"][0] == pytest.approx(info["top"][l][0], rel=1e-4)  # the same value on every sample
     assert info["tokens"] == [(BOS, 6)]
     assert info["dims"] == [dim] and info["massive_layers"] == [1, 2]
