@@ -19,7 +19,8 @@ OPTIONAL_PACKAGES = {"gguf": "llm", "safetensors": "llm", "tokenizers": "llm", "
                      "transformers": "parity", "accelerate": "parity"}
 
 # parts of toybb that add their own subcommands: module with `register(subparsers)`
-SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli", "toybb.train.sweep", "toybb.series", "toybb.figures")
+SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli", "toybb.probes.cli", "toybb.train.sweep", "toybb.series",
+                      "toybb.figures")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +69,10 @@ def _add_train(sub) -> None:
     g.add_argument("--no-attention", type=_int_list, dest="no_attention", metavar="LAYERS", help="e.g. 0 or 0,2")
     g.add_argument("--no-mlp", type=_int_list, dest="no_mlp", metavar="LAYERS")
     g.add_argument("--linear-mlp", type=_int_list, dest="linear_mlp", metavar="LAYERS")
+    g.add_argument("--attn-bias", action="store_true", default=None,
+                   help="explicit attention bias: learned k', v' per head seen by every query")
+    g.add_argument("--sink-token", action="store_true", default=None,
+                   help="prepend a learned sink vector to every sequence (captures gain a position 0)")
     g = p.add_argument_group("task")
     g.add_argument("--seq-len", type=int, dest="seq_len")
     g.add_argument("--triggers", type=int, dest="n_triggers", metavar="K")
@@ -103,7 +108,7 @@ def build_config(args) -> "RunConfig":
         cfg = cfg.replace(**{sec: file_cfg.get(sec) or {} for sec in ("model", "task", "optim", "train")})
     upd: dict[str, dict] = {"model": {}, "task": {}, "optim": {}, "train": {}}
     for name in ("arch", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp", "max_len", "attention", "position",
-                 "no_attention", "no_mlp", "linear_mlp"):
+                 "no_attention", "no_mlp", "linear_mlp", "attn_bias", "sink_token"):
         if getattr(args, name) is not None:
             upd["model"][name] = getattr(args, name)
     for name in ("seq_len", "n_triggers", "table"):

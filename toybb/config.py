@@ -55,6 +55,8 @@ class ModelConfig:
     no_attention: tuple[int, ...] = ()  # layers built without attention (ablation)
     no_mlp: tuple[int, ...] = ()  # layers built without MLP (ablation)
     linear_mlp: tuple[int, ...] = ()  # layers whose MLP has no ReLU (ablation)
+    attn_bias: bool = False  # learned k', v' per head, prepended to every layer's keys and values
+    sink_token: bool = False  # a learned vector prepended to the sequence as an extra position
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
@@ -82,6 +84,11 @@ class ModelConfig:
         _check(self.ln_eps > 0, f"model.ln_eps must be positive, got {self.ln_eps!r}")
         for name in ("no_attention", "no_mlp", "linear_mlp"):
             _layer_list(f"model.{name}", getattr(self, name), self.n_layers)
+        for name in ("attn_bias", "sink_token"):
+            _check(isinstance(getattr(self, name), bool), f"model.{name} must be true or false, got "
+                   f"{getattr(self, name)!r}")
+            _check(not getattr(self, name) or self.arch == "transformer",
+                   f"model.{name} needs model.arch = transformer (the simple model has no such slot)")
 
     @property
     def kv_heads(self) -> int:

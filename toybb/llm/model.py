@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,44 @@ from toybb.models.attention import attention
 from toybb.models.capture import NO_CAPTURE, Capture
 from toybb.llm.quant import QArray, value as qvalue
 from toybb.models.positional import apply_rope, inv_frequencies, rope_angles
+
+
+class HeadEdit(NamedTuple):
+    """Per-head interventions, as dynamic arrays so one compilation serves every head.
+
+    scale: [n_layers, n_heads] multiplies each head's attention output z (1 = keep, 0 = zero the head).
+    to_bos: [n_layers, n_heads] in [0, 1]: fraction of each query's attention moved onto key 0 (the BOS
+      or first token); 1 replaces z by the value at key 0 (what full attention on key 0 gives)."""
+
+    scale: jax.Array
+    to_bos: jax.Array
+
+    @staticmethod
+    def identity(n_layers: int, n_heads: int) -> "HeadEdit":
+        return HeadEdit(jnp.ones((n_layers, n_heads), jnp.float32), jnp.zeros((n_layers, n_heads), jnp.float32))
+
+
+class ResidEdit(NamedTuple):
+    """Overwrite residual-stream activations after one block (massive-activation interventions).
+
+    After block `layer` (int32 scalar; -1 = none), entries x[b, t, dims[i]] with |x| >= min_abs are set to
+    value[i]. dims: [k] int32, value: [k] float32, min_abs: float32 scalar. All dynamic: zero and mean
+    interventions at any layer share one compilation."""
+
+    layer: jax.Array
+    dims: jax.Array
+    value: jax.Array
+    min_abs: jax.Array
+
+    @staticmethod
+    def none(k: int = 1) -> "ResidEdit":
+        return ResidEdit(jnp.int32(-1), jnp.zeros((k,), jnp.int32), jnp.zeros((k,), jnp.float32), jnp.float32(0))
+
+    def apply(self, x: jax.Array, layer: int) -> jax.Array:
+        """x: [batch, seq, d_model] -> x with the edit applied if `layer` is the edited one."""
+        cols = x[..., self.dims]  # [batch, seq, k]
+        new = jnp.where(jnp.abs(cols) >= self.min_abs, self.value.astype(x.dtype), cols)
+        return jnp.where(self.layer == layer, x.at[..., self.dims].set(new), x)
 
 
 def _dtype(cfg: LLMConfig):
@@ -116,8 +155,10 @@ class Attention(nnx.Module):
             return norm(x.reshape(b, t, n * dh)).reshape(b, t, n, dh)
         return norm(x)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE) -> jax.Array:
-        """x: [batch, seq, d_model], positions: [seq] or [batch, seq] -> [batch, seq, d_model]."""
+    def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE,
+                 head_edit: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """x: [batch, seq, d_model], positions: [seq] or [batch, seq] -> [batch, seq, d_model].
+        head_edit: this layer's (scale [heads], to_bos [heads]) of a `HeadEdit`."""
         cfg, p = self.cfg, self.prefix
         x, (wq, wk, wv) = _after(x, self.wq, self.wk, self.wv)
         q = jnp.einsum("btd,dhe->bthe", x, wq)
@@ -137,7 +178,13 @@ class Attention(nnx.Module):
             q, k = apply_rope(q, cos, sin, cfg.rope_pairing), apply_rope(k, cos, sin, cfg.rope_pairing)
         res = attention(q, k, v, q_pos=positions, k_pos=positions, window=self.window,
                         scale=cfg.query_scale, softcap=cfg.attn_softcap)
-        z, (wo,) = _after(res.out, self.wo)
+        z = res.out
+        if head_edit is not None:
+            scale, to_bos = (a.astype(z.dtype)[None, None, :, None] for a in head_edit)
+            g = q.shape[2] // v.shape[2]
+            v0 = jnp.repeat(v[:, :1], g, axis=2) if g > 1 else v[:, :1]  # value at key 0: [b, 1, heads, hd]
+            z = ((1 - to_bos) * z + to_bos * v0) * scale
+        z, (wo,) = _after(z, self.wo)
         out = jnp.einsum("bthe,hed->btd", z, wo)
         if self.bo is not None:
             out = out + _v(self.bo)
@@ -196,14 +243,15 @@ class Block(nnx.Module):
         self.attn = Attention(cfg, layer, rngs=rngs)
         self.mlp = MLP(cfg, layer, rngs=rngs)
 
-    def __call__(self, x, positions, capture: Capture = NO_CAPTURE, ablate: frozenset[str] = frozenset()):
+    def __call__(self, x, positions, capture: Capture = NO_CAPTURE, ablate: frozenset[str] = frozenset(),
+                 head_edit=None):
         p = self.prefix
         if capture:
             capture.sow(self, f"{p}.resid_pre", x)
         skip_attn, skip_mlp = f"{p}.attn" in ablate, f"{p}.mlp" in ablate
         a = 0.0
         if not skip_attn:
-            a = self.attn(self.ln1(x) if self.ln1 is not None else x, positions, capture)
+            a = self.attn(self.ln1(x) if self.ln1 is not None else x, positions, capture, head_edit)
             if self.ln_post_attn is not None:
                 a = self.ln_post_attn(a)
         h = x + a
@@ -240,9 +288,12 @@ class LLM(nnx.Module):
         positions: jax.Array | None = None,
         capture: Capture = NO_CAPTURE,
         ablate: frozenset[str] = frozenset(),
+        head_edit: HeadEdit | None = None,
+        resid_edit: ResidEdit | None = None,
     ) -> jax.Array:
         """tokens: [batch, seq]; positions: [seq] or [batch, seq] (default arange(seq)).
-        ablate: sub-layers to skip, e.g. {"blocks.0.mlp"}. Returns float32 logits [batch, seq, vocab]."""
+        ablate: sub-layers to skip, e.g. {"blocks.0.mlp"}. head_edit / resid_edit: interventions (see
+        `HeadEdit`, `ResidEdit`). Returns float32 logits [batch, seq, vocab]."""
         cfg = self.cfg
         t = tokens.shape[1]
         if positions is None:
@@ -257,8 +308,11 @@ class LLM(nnx.Module):
             x = x + jnp.take(_v(self.pos_embed), positions, axis=0)
         if capture:
             capture.sow(self, "embed", x)
-        for block in self.blocks:
-            x = block(x, positions, capture, ablate)
+        for l, block in enumerate(self.blocks):
+            he = None if head_edit is None else (head_edit.scale[l], head_edit.to_bos[l])
+            x = block(x, positions, capture, ablate, he)
+            if resid_edit is not None:
+                x = resid_edit.apply(x, l)
         x = self.final_norm(x)
         if capture:
             capture.sow(self, "final_norm", x)

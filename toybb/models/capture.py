@@ -13,6 +13,7 @@ compiled function so the full tensor is never materialised on the host:
   "@norm"  L2 norm over the last axis         ("blocks.*.resid_post@norm" -> [batch, seq])
   "@key0"  the slice on key position 0         ("blocks.*.attn.pattern@key0" -> [batch, heads, q_seq])
   "@absmax" max |x| over the last axis and its argmax (two arrays: name@absmax, name@absmax_idx)
+  "@qmean" mean over queries of a pattern      ("blocks.*.attn.pattern@qmean" -> [batch, heads, k_seq])
 Modules call `cap.sow(self, full_name, value)`; values are collected with `nnx.capture`.
 """
 
@@ -32,6 +33,7 @@ REDUCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "key0": lambda x: x[..., 0],
     "absmax": lambda x: jnp.max(jnp.abs(x), axis=-1),
     "absmax_idx": lambda x: jnp.argmax(jnp.abs(x), axis=-1),
+    "qmean": lambda x: jnp.mean(x.astype(jnp.float32), axis=-2),
 }
 _SEP = "__"  # stands for "@" in sown attribute names
 

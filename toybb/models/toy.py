@@ -4,6 +4,17 @@ Learned token + absolute position embeddings, pre-norm LayerNorm blocks, final L
 output projection; q/k/v/o without bias, head weights stored per head ([d_model, heads, head_dim]).
 Initialisation follows the reference PyTorch code (embeddings N(0, 1); linear weights
 U(-1/sqrt(fan_in), 1/sqrt(fan_in))), which sets the step-0 values of the SPEC §3 trajectory.
+
+Two options give the model a sink that is not a token of the input (SPEC §5):
+- attn_bias: every attention layer has a learned key k'_h and value v'_h per (kv) head, prepended to
+  the keys and values of every sequence and visible to every query (key position -1 in the core's
+  causal mask). Captured `attn.logits` / `attn.pattern` cover the real keys only (key 0 stays the
+  BOS); the attention on k' is the site `attn.pattern_bias` [batch, heads, q_seq].
+- sink_token: a learned vector s [d_model] is prepended to the embedded sequence as an extra
+  position (no token or position embedding added to it), seen by every later query like a BOS. The
+  residual stream and every captured site then have seq + 1 positions, position 0 being s (the BOS,
+  if the task has one, is position 1); the logits of the extra position are dropped, so the output
+  is [batch, seq, vocab] as without it.
 """
 
 from __future__ import annotations
@@ -30,17 +41,33 @@ class Attention(nnx.Module):
         self.wk = _uniform_fan_in(rngs, (d, hk, dh), d)
         self.wv = _uniform_fan_in(rngs, (d, hk, dh), d)
         self.wo = _uniform_fan_in(rngs, (h, dh, d), h * dh)
+        # explicit attention bias: one learned key/value per kv head (initialised like a projected input)
+        self.k_bias = _uniform_fan_in(rngs, (hk, dh), d) if cfg.attn_bias else None
+        self.v_bias = _uniform_fan_in(rngs, (hk, dh), d) if cfg.attn_bias else None
 
     def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE) -> jax.Array:
         """x: [batch, seq, d_model] -> [batch, seq, d_model]."""
         q = jnp.einsum("btd,dhe->bthe", x, self.wq[...])
         k = jnp.einsum("btd,dhe->bthe", x, self.wk[...])
         v = jnp.einsum("btd,dhe->bthe", x, self.wv[...])
-        res = attention(q, k, v, kind=self.kind, q_pos=positions, k_pos=positions)
+        if self.k_bias is not None:
+            b = x.shape[0]
+            kb = jnp.broadcast_to(self.k_bias[...][None, None], (b, 1) + k.shape[2:])
+            vb = jnp.broadcast_to(self.v_bias[...][None, None], (b, 1) + v.shape[2:])
+            # key position -1 lies before every query, so the causal mask makes k' visible to all
+            k_pos = jnp.concatenate([jnp.full((1,), -1, positions.dtype), positions])
+            res = attention(q, jnp.concatenate([kb, k], 1), jnp.concatenate([vb, v], 1), kind=self.kind,
+                            q_pos=positions, k_pos=k_pos)
+            logits, pattern, bias_pattern = res.logits[..., 1:], res.pattern[..., 1:], res.pattern[..., 0]
+        else:
+            res = attention(q, k, v, kind=self.kind, q_pos=positions, k_pos=positions)
+            logits, pattern, bias_pattern = res.logits, res.pattern, None
         out = jnp.einsum("bthe,hed->btd", res.out, self.wo[...])
         if capture:
             p = self.prefix
-            for name, val in (("q", q), ("k", k), ("v", v), ("logits", res.logits), ("pattern", res.pattern),
+            if bias_pattern is not None:
+                capture.sow(self, f"{p}.pattern_bias", bias_pattern)
+            for name, val in (("q", q), ("k", k), ("v", v), ("logits", logits), ("pattern", pattern),
                               ("z", res.out), ("out", out)):
                 capture.sow(self, f"{p}.{name}", val)
             if capture.wants(f"{p}.head_out"):
@@ -106,6 +133,9 @@ class ToyTransformer(nnx.Module):
         self.blocks = nnx.List([Block(cfg, l, rngs=rngs) for l in range(cfg.n_layers)])
         self.ln_f = nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, rngs=rngs)
         self.unembed = _uniform_fan_in(rngs, (cfg.d_model, cfg.vocab_size), cfg.d_model)
+        # learned sink token: drawn like a token embedding
+        self.sink_embed = (nnx.Param(jax.random.normal(rngs.params(), (cfg.d_model,), jnp.float32))
+                           if cfg.sink_token else None)
 
     def __call__(
         self,
@@ -130,6 +160,10 @@ class ToyTransformer(nnx.Module):
             if t > self.cfg.max_len:
                 raise ValueError(f"sequence of {t} tokens is longer than the position table ({self.cfg.max_len})")
             x = x + self.pos_embed[:t]
+        if self.sink_embed is not None:
+            s = jnp.broadcast_to(self.sink_embed[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
+            x = jnp.concatenate([s, x], axis=1)
+            positions = jnp.arange(t + 1)
         if capture:
             capture.sow(self, "embed", x)
         for block in self.blocks:
@@ -137,4 +171,5 @@ class ToyTransformer(nnx.Module):
         x = self.ln_f(x)
         if capture:
             capture.sow(self, "final_norm", x)
-        return x @ self.unembed[...]
+        logits = x @ self.unembed[...]
+        return logits[:, 1:] if self.sink_embed is not None else logits

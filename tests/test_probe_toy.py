@@ -1,0 +1,64 @@
+"""Toy-model counterparts of the LLM sinks: explicit attention bias (k', v') and a learned sink token,
+their config validation and `toybb train` flags."""
+
+from __future__ import annotations
+
+import argparse
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from toybb.config import ModelConfig
+from toybb.errors import ConfigError
+from toybb.models.capture import Capture, run_with_capture
+from toybb.models.toy import ToyTransformer
+
+TOKS = jnp.asarray(np.random.RandomState(0).randint(0, 67, (2, 9)))
+
+
+def _model(**kw):
+    return ToyTransformer(ModelConfig(d_model=16, n_heads=2, max_len=16, **kw), rngs=nnx.Rngs(0))
+
+
+def test_attention_bias_is_an_extra_always_visible_key():
+    m = _model(attn_bias=True)
+    m.blocks[0].attn.k_bias.set_value(jnp.zeros((2, 8)))  # logit 0 on k' for every query
+    m.blocks[0].attn.v_bias.set_value(jnp.zeros((2, 8)))
+    plain = _model()  # same seed: identical weights except the two bias parameters
+    sites = Capture(("blocks.0.attn.pattern", "blocks.0.attn.pattern_bias", "blocks.0.attn.logits"))
+    _, c = run_with_capture(m, TOKS, capture=sites)
+    _, p = run_with_capture(plain, TOKS, capture=sites)
+    pb, pat = np.asarray(c["blocks.0.attn.pattern_bias"]), np.asarray(c["blocks.0.attn.pattern"])
+    assert pat.shape == (2, 2, 9, 9) and pb.shape == (2, 2, 9)
+    np.testing.assert_allclose(pat.sum(-1) + pb, 1.0, atol=1e-5)
+    # softmax over [0, logits]: the real keys keep their relative weights, scaled by 1 - p(k')
+    np.testing.assert_allclose(pat, np.asarray(p["blocks.0.attn.pattern"]) * (1 - pb)[..., None], atol=1e-5)
+    expect = 1 / (1 + np.exp(np.asarray(p["blocks.0.attn.logits"])).sum(-1, where=np.tril(np.ones((9, 9), bool))))
+    np.testing.assert_allclose(pb, expect, rtol=1e-4)
+
+
+def test_sink_token_is_an_extra_first_position():
+    m = _model(sink_token=True, n_layers=2)
+    logits, c = run_with_capture(m, TOKS, capture=Capture(("blocks.1.attn.pattern", "blocks.0.resid_post")))
+    assert logits.shape == (2, 9, 67)
+    assert c["blocks.0.resid_post"].shape == (2, 10, 16)
+    pat = np.asarray(c["blocks.1.attn.pattern"])
+    assert pat.shape == (2, 2, 10, 10) and np.allclose(pat[:, :, 0, 0], 1.0) and (pat[:, :, 1:, 0] > 0).all()
+    m2 = nnx.clone(m)
+    m2.sink_embed.set_value(m.sink_embed.get_value() + 1.0)
+    assert not np.allclose(np.asarray(m2(TOKS)), np.asarray(logits))  # the slot is read by every query
+
+
+def test_config_validation_and_cli_flags():
+    with pytest.raises(ConfigError, match="attn_bias"):
+        ModelConfig(arch="simple", attn_bias=True)
+    with pytest.raises(ConfigError, match="sink_token must be true or false"):
+        ModelConfig(sink_token="yes")
+    from toybb.cli import build_config, make_parser
+
+    args = make_parser().parse_args(["train", "--layers", "3", "--attn-bias", "--sink-token"])
+    cfg = build_config(args)
+    assert cfg.model.attn_bias and cfg.model.sink_token and cfg.model.n_layers == 3
+    assert not build_config(make_parser().parse_args(["train"])).model.attn_bias

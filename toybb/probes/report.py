@@ -1,0 +1,244 @@
+"""`toybb probe`: extreme-token probes of a pretrained LLM on several text domains, written as tables
+(CSV and JSON) and figures. The statistics are `toybb.probes.llm`; this module orchestrates and reports.
+
+Outputs in the run folder:
+  config.json          command, settings, package versions
+  metrics.json         everything below plus per-domain summaries (perplexity, sink tokens, massive activations)
+  heads.csv            per layer and head: sink score, logit gap, value drain, attention on the sink tokens
+                       per domain, selectivity (sink score on the first domain minus the second), interventions
+  layers.csv           per layer: residual norm at position 0 vs others, massive-activation profile
+  interventions.csv    loss per domain for each head intervention and for the massive-activation ones
+  sink_heatmap.png, norms_by_position.png, massive_profile.png, interventions.png, attention_maps.png
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toybb.errors import ConfigError
+from toybb.probes import llm as P
+from toybb.probes.corpus import Domain, domain_batches
+from toybb.probes.metrics import classify_dormant
+
+SINK_HIGH = 0.9  # "heads with sink score > 0.9" in the summary
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    samples: int = 64
+    seq_len: int = 256
+    batch: int = 8
+    bos: bool = True
+    k_first: int = 32
+    intervene_samples: int = 8
+    intervene_heads: int = 12  # most domain-selective heads to intervene on; 0 = every head
+    max_per_doc: int = 16
+
+    def check(self, max_positions: int) -> None:
+        for name in ("samples", "batch", "k_first", "intervene_samples", "max_per_doc"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.intervene_heads < 0:
+            raise ConfigError(f"--intervene-heads must be >= 0 (0 = every head), got {self.intervene_heads}")
+        if self.seq_len < 2 + self.bos:
+            raise ConfigError(f"--seq-len must be at least {2 + self.bos}, got {self.seq_len}")
+        if self.seq_len > max_positions:
+            raise ConfigError(f"--seq-len {self.seq_len} is longer than the model context ({max_positions} tokens)")
+
+
+def _first_batches(batches, n: int, keep: list):
+    """Pass batches through, keeping copies of those that hold the first n samples (valid mask cut to n)."""
+    seen = 0
+    for tokens, valid in batches:
+        if seen < n:
+            v = valid.copy()
+            idx = np.flatnonzero(v)
+            v[idx[max(0, n - seen):]] = False
+            keep.append((tokens.copy(), v))
+            seen += int(v.sum())
+        yield tokens, valid
+
+
+def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *, progress: bool = True,
+              command: list[str] | None = None) -> dict:
+    """Probe `pre` (a loaded `Pretrained`) on each domain and write tables and figures to `out`."""
+    cfg, tok = pre.cfg, pre.tokenizer
+    if tok is None:
+        raise ConfigError(f"{pre.source}: no tokenizer found; pass --tokenizer tokenizer.json")
+    if not domains:
+        raise ConfigError("give at least one --domain NAME=SOURCE")
+    names = [d.name for d in domains]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--domain names must differ, got {names}")
+    settings.check(cfg.max_positions)
+    bos_id = tok.bos_id if settings.bos else None
+    if settings.bos and bos_id is None:
+        raise ConfigError(f"{pre.source}: the tokenizer has no BOS token; run with --no-bos")
+    encode = lambda text: tok.encode(text, add_bos=False)  # noqa: E731
+    out.mkdir(parents=True, exist_ok=True)
+    from toybb.train.loop import package_versions
+
+    (out / "config.json").write_text(json.dumps({
+        "command": command if command is not None else sys.argv, "model": pre.source, "dtype": cfg.dtype,
+        "domains": {d.name: d.source for d in domains}, "settings": settings.__dict__,
+        "massive_rule": {"abs": P.MASSIVE_ABS, "ratio_to_median": P.MASSIVE_RATIO},
+        "versions": package_versions()}, indent=2))
+
+    stats: dict[str, P.DomainStats] = {}
+    held: dict[str, list] = {}
+    for d in domains:
+        held[d.name] = []
+        batches = domain_batches(d, encode, n=settings.samples, seq_len=settings.seq_len, batch=settings.batch,
+                                 bos_id=bos_id, max_per_doc=settings.max_per_doc)
+        stats[d.name] = P.probe_domain(pre.model, _first_batches(batches, settings.intervene_samples,
+                                                                          held[d.name]),
+                                       k_first=settings.k_first, progress=f"probe {d.name}" if progress else None)
+        if stats[d.name].n < settings.samples:
+            print(f"toybb probe: warning: domain {d.name} gave {stats[d.name].n} of {settings.samples} samples",
+                  file=sys.stderr)
+
+    L, H = cfg.n_layers, cfg.n_heads
+    summary: dict = {"domains": {}}
+    for name, st in stats.items():
+        score = st.mean("sink_score")
+        sink_ids = st.sink_tokens()
+        m = st.massive()
+        m["tokens"] = [(i, c, tok.decode([i])) for i, c in m["tokens"]]
+        rs, ro = st.mean("resid_sink"), st.mean("resid_others")
+        summary["domains"][name] = {
+            "samples": st.n, "tokens_scored": int(st.sums["nll_count"]), "ppl": st.ppl,
+            "heads_sink_gt_0.9": int((score > SINK_HIGH).sum()),
+            "heads_dormant": int(np.asarray(classify_dormant(score)).sum()),
+            "sink_tokens": [(i, tok.decode([i]), float(st.mean("tok_attn").mean(axis=(0, 1))[i]),
+                             int(st.sums["tok_count"][i])) for i in sink_ids],
+            "resid_norm_pos0": rs.tolist(), "resid_norm_others": ro.tolist(),
+            "resid_ratio_pos0": (rs / ro).tolist(),
+            "massive": m,
+        }
+    # domain selectivity: sink score on the first domain minus the second
+    sel = None
+    if len(domains) >= 2:
+        a, b = names[0], names[1]
+        sel = stats[a].mean("sink_score") - stats[b].mean("sink_score")
+        order = np.argsort(sel, axis=None)
+        top_a = [np.unravel_index(i, sel.shape) for i in order[::-1][:5]]
+        top_b = [np.unravel_index(i, sel.shape) for i in order[:5]]
+        fmt = lambda lh: {"layer": int(lh[0]), "head": int(lh[1]), "selectivity": float(sel[lh]),  # noqa: E731
+                          **{f"sink_{n}": float(stats[n].mean("sink_score")[lh]) for n in names}}
+        summary["selective"] = {f"dormant_on_{a}_active_on_{b}": [fmt(x) for x in top_a],
+                                f"dormant_on_{b}_active_on_{a}": [fmt(x) for x in top_b]}
+
+    # interventions
+    if sel is not None and settings.intervene_heads:
+        k = settings.intervene_heads
+        order = np.argsort(-np.abs(sel), axis=None)[:k]
+        heads = sorted((int(i // H), int(i % H)) for i in order)
+    else:
+        heads = [(l, h) for l in range(L) for h in range(H)]
+    rows = []
+    for name in names:
+        bt = held[name]
+        base = P.edited_nll(pre.model, bt)
+        rows.append({"domain": name, "intervention": "none", "layer": "", "head": "", "nll": base,
+                     "ppl": math.exp(base), "delta_nll": 0.0})
+        it = heads
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(heads, desc=f"heads {name}", unit="head")
+        for l, h in it:
+            for kind in ("zero", "to_bos"):
+                v = P.edited_nll(pre.model, bt, head_edit=P.head_edit_for(cfg, l, h, kind))
+                rows.append({"domain": name, "intervention": f"head_{kind}", "layer": l, "head": h, "nll": v,
+                             "ppl": math.exp(v), "delta_nll": v - base})
+        m = summary["domains"][name]["massive"]
+        if m["first_layer"] is not None:
+            for mode in ("zero", "mean"):
+                v = P.edited_nll(pre.model, bt, resid_edit=P.massive_edit(m, mode))
+                rows.append({"domain": name, "intervention": f"massive_{mode}", "layer": m["first_layer"],
+                             "head": "", "nll": v, "ppl": math.exp(v) if v < 700 else float("inf"),
+                             "delta_nll": v - base})
+        summary["domains"][name]["intervention_ppl"] = {
+            r["intervention"]: r["ppl"] for r in rows if r["domain"] == name and r["intervention"] in
+            ("none", "massive_zero", "massive_mean")}
+        summary["domains"][name]["intervention_samples"] = int(sum(v.sum() for _, v in bt))
+
+    _write_tables(out, stats, names, sel, rows, cfg)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    maps = _attention_maps(pre, held, summary, names) if sel is not None else None
+    from toybb.probes import plots
+
+    plots.write_all(out, stats, names, sel, rows, maps, summary)
+    return summary
+
+
+def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
+    L, H = cfg.n_layers, cfg.n_heads
+    with open(out / "heads.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        cols = ["layer", "head"]
+        for n in names:
+            cols += [f"sink_score_{n}", f"logit_gap_{n}", f"value_pos0_{n}", f"value_others_{n}",
+                     f"attn_sink_token_{n}"]
+        if sel is not None:
+            cols.append(f"selectivity_{names[0]}_minus_{names[1]}")
+        w.writerow(cols)
+        per = {n: (stats[n].mean("sink_score"), stats[n].mean("logit_gap"), stats[n].mean("value_sink"),
+                   stats[n].mean("value_others"), stats[n].mean("tok_attn"), stats[n].sink_tokens(1)) for n in names}
+        for l in range(L):
+            for h in range(H):
+                row = [l, h]
+                for n in names:
+                    s, g, vs, vo, ta, st = per[n]
+                    row += [f"{s[l, h]:.5g}", f"{g[l, h]:.5g}", f"{vs[l, h]:.5g}", f"{vo[l, h]:.5g}",
+                            f"{ta[l, h, st[0]]:.5g}" if st else ""]
+                if sel is not None:
+                    row.append(f"{sel[l, h]:.5g}")
+                w.writerow(row)
+    with open(out / "layers.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        cols = ["layer"]
+        for n in names:
+            cols += [f"resid_pos0_{n}", f"resid_others_{n}", f"top1_{n}", f"top2_{n}", f"top3_{n}", f"median_{n}"]
+        w.writerow(cols)
+        for l in range(L):
+            row = [l]
+            for n in names:
+                st = stats[n]
+                top = st.mean("top")[l]
+                row += [f"{st.mean('resid_sink')[l]:.5g}", f"{st.mean('resid_others')[l]:.5g}",
+                        *(f"{x:.5g}" for x in top), f"{st.mean('median')[l]:.5g}"]
+            w.writerow(row)
+    with open(out / "interventions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["domain", "intervention", "layer", "head", "nll", "ppl", "delta_nll"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _attention_maps(pre, held, summary, names) -> dict:
+    """Full attention patterns of the two most selective heads each way, on the first sample of the first
+    two domains: {(layer, head): {domain: [T, T]}}."""
+    from toybb.llm.run import forward
+    from toybb.models.capture import Capture
+
+    sel = summary["selective"]
+    heads = []
+    for key in sel:
+        heads += [(x["layer"], x["head"]) for x in sel[key][:2]]
+    layers = sorted({l for l, _ in heads})
+    cap = Capture(tuple(f"blocks.{l}.attn.pattern" for l in layers))
+    maps: dict = {lh: {} for lh in heads}
+    for n in names[:2]:
+        tokens = held[n][0][0][:1]
+        _, c = forward(pre.model, tokens, capture=cap)
+        for l, h in heads:
+            maps[(l, h)][n] = np.asarray(c[f"blocks.{l}.attn.pattern"][0, h])
+    return maps
