@@ -62,3 +62,25 @@ def test_config_validation_and_cli_flags():
     cfg = build_config(args)
     assert cfg.model.attn_bias and cfg.model.sink_token and cfg.model.n_layers == 3
     assert not build_config(make_parser().parse_args(["train"])).model.attn_bias
+
+
+def test_bb_metrics_of_a_sink_token_model_measure_the_bos():
+    """With a learned sink token the dynamics metrics slice its slot away: Attn<s> is the attention on
+    the BOS (key 1 of the captured pattern), the residual and value norms are those of the input."""
+    import jax
+
+    from toybb.probes import bb
+    from toybb.probes import metrics as M
+    from toybb.task import BBTask
+
+    m = _model(sink_token=True, n_layers=2)
+    task = BBTask(n_triggers=3)
+    tokens = task.sample(jax.random.key(0), 2, 9)
+    out = bb.dynamics_metrics(m, tokens, task)
+    assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
+    inputs = tokens[:, :-1]
+    _, c = run_with_capture(m, inputs, capture=Capture(("blocks.1.attn.pattern", "blocks.1.resid_post@norm")))
+    pat = c["blocks.1.attn.pattern"][:, :, 1:, 1]  # input queries on the BOS key
+    expect = M.sink_attention(pat, ~task.trigger_mask(inputs)).mean()
+    np.testing.assert_allclose(out["sink_attention_l1"], expect, rtol=1e-5)
+    np.testing.assert_allclose(out["residual_peak_l1"], c["blocks.1.resid_post@norm"][:, 1].mean(), rtol=1e-5)

@@ -12,6 +12,7 @@ A request is an fnmatch pattern over these names, optionally with a reduction co
 compiled function so the full tensor is never materialised on the host:
   "@norm"  L2 norm over the last axis         ("blocks.*.resid_post@norm" -> [batch, seq])
   "@key0"  the slice on key position 0         ("blocks.*.attn.pattern@key0" -> [batch, heads, q_seq])
+  "@key1"  the slice on key position 1 (the BOS behind a learned sink token)
   "@absmax" max |x| over the last axis and its argmax (two arrays: name@absmax, name@absmax_idx)
   "@qmean" mean over queries of a pattern      ("blocks.*.attn.pattern@qmean" -> [batch, heads, k_seq])
 Modules call `cap.sow(self, full_name, value)`; values are collected with `nnx.capture`.
@@ -31,6 +32,7 @@ from flax import nnx
 REDUCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "norm": lambda x: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)),
     "key0": lambda x: x[..., 0],
+    "key1": lambda x: x[..., 1],  # the BOS of a model with a learned sink token in front
     "absmax": lambda x: jnp.max(jnp.abs(x), axis=-1),
     "absmax_idx": lambda x: jnp.argmax(jnp.abs(x), axis=-1),
     "qmean": lambda x: jnp.mean(x.astype(jnp.float32), axis=-2),

@@ -12,12 +12,19 @@ from toybb.models.capture import Capture, run_with_capture
 from toybb.probes import metrics as M
 
 
+def _offset(cfg: ModelConfig) -> int:
+    """Position of the first input token in the captured arrays: 1 when a learned sink token is
+    prepended (`model.sink_token`). The BB metrics are always those of the input sequence, so with a
+    sink token they measure what is left on the BOS; the learned slot itself is sliced away."""
+    return 1 if cfg.sink_token else 0
+
+
 def eval_capture(cfg: ModelConfig) -> Capture:
     """The sites the dynamics metrics need, reduced inside the compiled function."""
     sites = ["blocks.*.resid_post@norm"]
     for l in range(cfg.n_layers):
         if cfg.has_attention(l):
-            sites += [f"blocks.{l}.attn.pattern@key0", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.head_out@norm"]
+            sites += [f"blocks.{l}.attn.pattern@key{_offset(cfg)}", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.head_out@norm"]
     return Capture(tuple(sites))
 
 
@@ -42,8 +49,13 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
     excluded for `sink_attention_excl0`); risks are excess cross-entropy over the oracle.
     """
     cfg: ModelConfig = model.cfg
+    o = _offset(cfg)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     logits, cap = run_with_capture(model, inputs, capture=eval_capture(cfg))
+    if o:  # drop the learned sink token's position: queries, keys, residual and value positions
+        cap = {k: (v[..., o:] if k.endswith(f"@key{o}") else v[..., o:, o:] if k.endswith(".logits")
+                   else v[:, o:]) for k, v in cap.items()}
+        cap = {k.replace(f"@key{o}", "@key0"): v for k, v in cap.items()}
     nll = M.token_nll(logits, targets)
     oracle = task.oracle_nll(inputs, targets)
     trig = task.trigger_mask(inputs)
@@ -90,10 +102,11 @@ def sink_attention_of_last_query(model, probe_tokens: jax.Array) -> jax.Array:
     """Attention of the last position on position 0, per layer and head: [layers, n_tokens, heads]
     (NaN rows for layers without attention)."""
     cfg: ModelConfig = model.cfg
-    _, cap = run_with_capture(model, probe_tokens, capture=Capture(("blocks.*.attn.pattern@key0",)))
+    key0 = f"key{_offset(cfg)}"  # the BOS (behind a learned sink token, if any)
+    _, cap = run_with_capture(model, probe_tokens, capture=Capture((f"blocks.*.attn.pattern@{key0}",)))
     rows = []
     for l in range(cfg.n_layers):
-        key = f"blocks.{l}.attn.pattern@key0"
+        key = f"blocks.{l}.attn.pattern@{key0}"
         rows.append(cap[key][:, :, -1] if key in cap else jnp.full((probe_tokens.shape[0], cfg.n_heads), jnp.nan))
     return jnp.stack(rows)
 
