@@ -21,7 +21,8 @@ from toybb.llm.config import LLMConfig
 from toybb.models.attention import attention
 from toybb.models.capture import NO_CAPTURE, Capture
 from toybb.llm.quant import QArray, value as qvalue
-from toybb.models.positional import apply_rope, inv_frequencies, rope_angles
+from toybb.models.positional import (apply_rope, inv_frequencies, rope_angles, selfextend_far_positions,
+                                    sink_far_positions)
 
 
 def _dtype(cfg: LLMConfig):
@@ -133,10 +134,24 @@ class Attention(nnx.Module):
             if capture:
                 capture.sow(self, f"{p}.q_pre", q)
                 capture.sow(self, f"{p}.k_pre", k)
+            q_raw, k_raw = q, k
             cos, sin = rope_angles(positions, jnp.asarray(self.inv_freq))
             q, k = apply_rope(q, cos, sin, cfg.rope_pairing), apply_rope(k, cos, sin, cfg.rope_pairing)
-        res = attention(q, k, v, q_pos=positions, k_pos=positions, window=self.window,
-                        scale=cfg.query_scale, softcap=cfg.attn_softcap)
+        opts = dict(window=self.window)
+        far_pos = None
+        if cfg.selfextend is not None:
+            w, g = cfg.selfextend
+            far_pos, opts["near"] = selfextend_far_positions(positions, positions, w, g), w
+        elif cfg.sink_cache is not None:
+            n_sink, cache_w = cfg.sink_cache
+            far_pos, opts["near"] = sink_far_positions(positions, positions, n_sink, cache_w), cache_w
+            opts.update(window=cache_w if self.window is None else min(cache_w, self.window), keep_first=n_sink)
+        if far_pos is not None:  # the same q/k rotated at the scheme's positions, merged by the core
+            fq, fk = (rope_angles(p_, jnp.asarray(self.inv_freq)) for p_ in far_pos)
+            opts["far"] = (apply_rope(q_raw, *fq, cfg.rope_pairing), apply_rope(k_raw, *fk, cfg.rope_pairing))
+        block = None if capture.wants(f"{p}.logits") or capture.wants(f"{p}.pattern") else cfg.attn_block
+        res = attention(q, k, v, q_pos=positions, k_pos=positions, scale=cfg.query_scale,
+                        softcap=cfg.attn_softcap, block=block, **opts)
         z, (wo,) = _after(res.out, self.wo)
         out = jnp.einsum("bthe,hed->btd", z, wo)
         if self.bo is not None:
