@@ -126,3 +126,16 @@ def test_selfextend_errors():
     with pytest.raises(ConfigError):
         selfextend_max_length(100, 100, 2)
     assert selfextend_max_length(8192, 1024, 2) == 15360
+
+
+@pytest.mark.parametrize("kind", ["softmax", "relu"])
+@pytest.mark.parametrize("kw", [dict(), dict(window=7), dict(window=9, keep_first=3, far="x", near=5),
+                                dict(window=3, keep_first=6)])
+def test_contiguous_blocked_equals_dense(qkv, kind, kw):
+    q, k, v = qkv
+    kw = dict(kw)
+    if kw.get("far"):
+        kw["far"] = (q * 0.5, k * 2.0)
+    dense = attention(q, k, v, kind=kind, **kw)
+    blocked = attention(q, k, v, kind=kind, block=8, contiguous=True, **kw)
+    np.testing.assert_allclose(blocked.out, dense.out, atol=1e-5)

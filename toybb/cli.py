@@ -19,7 +19,7 @@ OPTIONAL_PACKAGES = {"gguf": "llm", "safetensors": "llm", "tokenizers": "llm", "
                      "transformers": "parity", "accelerate": "parity"}
 
 # parts of toybb that add their own subcommands: module with `register(subparsers)`
-SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli")
+SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli", "toybb.longctx.cli")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -117,8 +117,10 @@ class Attention(nnx.Module):
             return norm(x.reshape(b, t, n * dh)).reshape(b, t, n, dh)
         return norm(x)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE) -> jax.Array:
-        """x: [batch, seq, d_model], positions: [seq] or [batch, seq] -> [batch, seq, d_model]."""
+    def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE,
+                 contiguous: bool = False) -> jax.Array:
+        """x: [batch, seq, d_model], positions: [seq] or [batch, seq] -> [batch, seq, d_model].
+        contiguous: positions are arange(seq) (lets blocked attention skip invisible key blocks)."""
         cfg, p = self.cfg, self.prefix
         x, (wq, wk, wv) = _after(x, self.wq, self.wk, self.wv)
         q = jnp.einsum("btd,dhe->bthe", x, wq)
@@ -151,7 +153,7 @@ class Attention(nnx.Module):
             opts["far"] = (apply_rope(q_raw, *fq, cfg.rope_pairing), apply_rope(k_raw, *fk, cfg.rope_pairing))
         block = None if capture.wants(f"{p}.logits") or capture.wants(f"{p}.pattern") else cfg.attn_block
         res = attention(q, k, v, q_pos=positions, k_pos=positions, scale=cfg.query_scale,
-                        softcap=cfg.attn_softcap, block=block, **opts)
+                        softcap=cfg.attn_softcap, block=block, contiguous=contiguous, **opts)
         z, (wo,) = _after(res.out, self.wo)
         out = jnp.einsum("bthe,hed->btd", z, wo)
         if self.bo is not None:
@@ -211,14 +213,15 @@ class Block(nnx.Module):
         self.attn = Attention(cfg, layer, rngs=rngs)
         self.mlp = MLP(cfg, layer, rngs=rngs)
 
-    def __call__(self, x, positions, capture: Capture = NO_CAPTURE, ablate: frozenset[str] = frozenset()):
+    def __call__(self, x, positions, capture: Capture = NO_CAPTURE, ablate: frozenset[str] = frozenset(),
+                 contiguous: bool = False):
         p = self.prefix
         if capture:
             capture.sow(self, f"{p}.resid_pre", x)
         skip_attn, skip_mlp = f"{p}.attn" in ablate, f"{p}.mlp" in ablate
         a = 0.0
         if not skip_attn:
-            a = self.attn(self.ln1(x) if self.ln1 is not None else x, positions, capture)
+            a = self.attn(self.ln1(x) if self.ln1 is not None else x, positions, capture, contiguous)
             if self.ln_post_attn is not None:
                 a = self.ln_post_attn(a)
         h = x + a
@@ -255,11 +258,15 @@ class LLM(nnx.Module):
         positions: jax.Array | None = None,
         capture: Capture = NO_CAPTURE,
         ablate: frozenset[str] = frozenset(),
+        resid_add: dict[int, jax.Array] | None = None,
     ) -> jax.Array:
         """tokens: [batch, seq]; positions: [seq] or [batch, seq] (default arange(seq)).
-        ablate: sub-layers to skip, e.g. {"blocks.0.mlp"}. Returns float32 logits [batch, seq, vocab]."""
+        ablate: sub-layers to skip, e.g. {"blocks.0.mlp"}. resid_add: {layer: [seq, d_model] or
+        [batch, seq, d_model]} added to the residual stream after that block (interventions such as
+        positional-vector removal). Returns float32 logits [batch, seq, vocab]."""
         cfg = self.cfg
         t = tokens.shape[1]
+        contiguous = positions is None
         if positions is None:
             positions = jnp.arange(t)
         emb = self.embed.get_value()
@@ -272,8 +279,10 @@ class LLM(nnx.Module):
             x = x + jnp.take(_v(self.pos_embed), positions, axis=0)
         if capture:
             capture.sow(self, "embed", x)
-        for block in self.blocks:
-            x = block(x, positions, capture, ablate)
+        for l, block in enumerate(self.blocks):
+            x = block(x, positions, capture, ablate, contiguous)
+            if resid_add and l in resid_add:
+                x = x + resid_add[l].astype(x.dtype)
         x = self.final_norm(x)
         if capture:
             capture.sow(self, "final_norm", x)
