@@ -15,6 +15,8 @@ from flax import nnx
 from toybb.config import ModelConfig
 from toybb.models.attention import attention
 from toybb.models.capture import NO_CAPTURE, Capture
+from toybb.models.positional import (RopeScaling, alibi_slopes, apply_rope, inv_frequencies, rope_angles,
+                                     selfextend_far_positions)
 
 
 def _uniform_fan_in(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> nnx.Param:
@@ -30,13 +32,45 @@ class Attention(nnx.Module):
         self.wk = _uniform_fan_in(rngs, (d, hk, dh), d)
         self.wv = _uniform_fan_in(rngs, (d, hk, dh), d)
         self.wo = _uniform_fan_in(rngs, (h, dh, d), h * dh)
+        self.cfg = cfg
+        scaling = RopeScaling("linear", cfg.rope_scale) if cfg.rope_scale > 1 else RopeScaling()
+        self.inv_freq = (tuple(float(f) for f in inv_frequencies(dh, cfg.rope_theta, scaling))
+                         if cfg.position == "rope" else None)
+        self.slopes = tuple(float(s) for s in alibi_slopes(h)) if cfg.position == "alibi" else None
+
+    def _position_options(self, q, k, positions) -> tuple[jax.Array, jax.Array, dict]:
+        """RoPE rotation, ALiBi slopes, window, SelfExtend and logit temperature for the core."""
+        cfg, opts = self.cfg, {}
+        if cfg.window is not None:
+            opts["window"] = cfg.window
+        if cfg.logit_scale != 1.0:
+            opts["scale"] = cfg.logit_scale * q.shape[-1] ** -0.5
+        w, g = cfg.selfextend_window, cfg.selfextend_group
+        if self.inv_freq is not None:
+            inv = jnp.asarray(self.inv_freq)
+            rot = lambda x, p: apply_rope(x, *rope_angles(p, inv))  # noqa: E731
+            if w is not None:
+                qf, kf = selfextend_far_positions(positions, positions, w, g)
+                opts.update(far=(rot(q, qf), rot(k, kf)), near=w)
+            q, k = rot(q, positions), rot(k, positions)
+        if self.slopes is not None:
+            slopes = jnp.asarray(self.slopes, jnp.float32)
+            if w is None:
+                opts["alibi"] = slopes
+            else:  # ALiBi at SelfExtend's merged relative positions
+                qf, kf = selfextend_far_positions(positions, positions, w, g)
+                rel = positions[:, None] - positions[None, :]
+                rel = jnp.where(rel < w, rel, qf[:, None] - kf[None, :])
+                opts["bias"] = -slopes[:, None, None] * rel.astype(jnp.float32)
+        return q, k, opts
 
     def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE) -> jax.Array:
         """x: [batch, seq, d_model] -> [batch, seq, d_model]."""
         q = jnp.einsum("btd,dhe->bthe", x, self.wq[...])
         k = jnp.einsum("btd,dhe->bthe", x, self.wk[...])
         v = jnp.einsum("btd,dhe->bthe", x, self.wv[...])
-        res = attention(q, k, v, kind=self.kind, q_pos=positions, k_pos=positions)
+        q, k, opts = self._position_options(q, k, positions)
+        res = attention(q, k, v, kind=self.kind, q_pos=positions, k_pos=positions, **opts)
         out = jnp.einsum("bthe,hed->btd", res.out, self.wo[...])
         if capture:
             p = self.prefix
@@ -113,10 +147,13 @@ class ToyTransformer(nnx.Module):
         *,
         capture: Capture = NO_CAPTURE,
         ablate: frozenset[str] = frozenset(),
+        resid_add: dict[int, jax.Array] | None = None,
     ) -> jax.Array:
         """tokens: [batch, seq] -> logits [batch, seq, vocab].
 
         ablate: names of sub-layers to skip, e.g. {"blocks.0.attn", "blocks.0.mlp"} (interventions).
+        resid_add: {layer: [seq, d_model]} added to the residual stream after that block (e.g.
+          positional-vector replacement).
         """
         t = tokens.shape[1]
         positions = jnp.arange(t)
@@ -132,8 +169,10 @@ class ToyTransformer(nnx.Module):
             x = x + self.pos_embed[:t]
         if capture:
             capture.sow(self, "embed", x)
-        for block in self.blocks:
+        for l, block in enumerate(self.blocks):
             x = block(x, positions, capture, ablate)
+            if resid_add and l in resid_add:
+                x = x + resid_add[l]
         x = self.ln_f(x)
         if capture:
             capture.sow(self, "final_norm", x)
