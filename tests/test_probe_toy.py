@@ -84,3 +84,10 @@ def test_bb_metrics_of_a_sink_token_model_measure_the_bos():
     expect = M.sink_attention(pat, ~task.trigger_mask(inputs)).mean()
     np.testing.assert_allclose(out["sink_attention_l1"], expect, rtol=1e-5)
     np.testing.assert_allclose(out["residual_peak_l1"], c["blocks.1.resid_post@norm"][:, 1].mean(), rtol=1e-5)
+
+
+def test_attention_bias_refuses_position_options_that_would_misplace_it():
+    for kw in ({"window": 4}, {"position": "alibi"}, {"position": "rope", "selfextend_window": 4}):
+        with pytest.raises(ConfigError, match="attn_bias"):
+            ModelConfig(attn_bias=True, **kw)
+    ModelConfig(attn_bias=True, position="rope")  # rotation of the real keys leaves k' position-free

@@ -19,8 +19,8 @@ OPTIONAL_PACKAGES = {"gguf": "llm", "safetensors": "llm", "tokenizers": "llm", "
                      "transformers": "parity", "accelerate": "parity"}
 
 # parts of toybb that add their own subcommands: module with `register(subparsers)`
-SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli", "toybb.probes.cli", "toybb.train.sweep", "toybb.series",
-                      "toybb.figures")
+SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli", "toybb.probes.cli", "toybb.longctx.cli", "toybb.train.sweep",
+                      "toybb.series", "toybb.figures")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,7 +18,7 @@ from toybb.errors import ConfigError
 
 ATTENTION_KINDS = ("softmax", "relu")
 MLP_KINDS = ("relu", "linear", "none")
-POSITION_KINDS = ("learned", "none")
+POSITION_KINDS = ("learned", "none", "rope", "alibi")
 ARCHS = ("transformer", "simple")  # simple: the reduced SimpleModel of SPEC §4 (toybb.theory.simple_model)
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 3e-4, "sgd": 0.03}
@@ -50,13 +50,20 @@ class ModelConfig:
     d_mlp: int | None = None  # None: 4 * d_model
     max_len: int = 256  # size of the learned position table
     attention: str = "softmax"  # softmax | relu
-    position: str = "learned"  # learned | none
+    position: str = "learned"  # learned | none | rope | alibi
     ln_eps: float = 1e-5
     no_attention: tuple[int, ...] = ()  # layers built without attention (ablation)
     no_mlp: tuple[int, ...] = ()  # layers built without MLP (ablation)
     linear_mlp: tuple[int, ...] = ()  # layers whose MLP has no ReLU (ablation)
     attn_bias: bool = False  # learned k', v' per head, prepended to every layer's keys and values
     sink_token: bool = False  # a learned vector prepended to the sequence as an extra position
+    # long context (SPEC §6)
+    window: int | None = None  # sliding-window attention (keys with q_pos - k_pos < window)
+    rope_theta: float = 10000.0  # RoPE base (position = rope)
+    rope_scale: float = 1.0  # RoPE position interpolation factor (positions / rope_scale)
+    selfextend_window: int | None = None  # SelfExtend neighbour window w (position = rope or alibi)
+    selfextend_group: int = 1  # SelfExtend group size G
+    logit_scale: float = 1.0  # attention logit temperature (multiplies the logits)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
@@ -82,6 +89,16 @@ class ModelConfig:
             f"model.position must be one of {', '.join(POSITION_KINDS)}; got {self.position!r}",
         )
         _check(self.ln_eps > 0, f"model.ln_eps must be positive, got {self.ln_eps!r}")
+        _check(self.window is None or (isinstance(self.window, int) and self.window > 0),
+               f"model.window must be a positive integer or null, got {self.window!r}")
+        _check(self.rope_theta > 0 and self.rope_scale >= 1 and self.logit_scale > 0,
+               f"model.rope_theta and model.logit_scale must be positive and model.rope_scale >= 1")
+        _check(self.selfextend_window is None or (isinstance(self.selfextend_window, int) and self.selfextend_window > 0),
+               f"model.selfextend_window must be a positive integer or null, got {self.selfextend_window!r}")
+        _check(isinstance(self.selfextend_group, int) and self.selfextend_group >= 1,
+               f"model.selfextend_group (G) must be an integer >= 1, got {self.selfextend_group!r}")
+        _check(self.selfextend_window is None or self.position in ("rope", "alibi"),
+               f"model.selfextend_window needs relative positions (position rope or alibi), got {self.position!r}")
         for name in ("no_attention", "no_mlp", "linear_mlp"):
             _layer_list(f"model.{name}", getattr(self, name), self.n_layers)
         for name in ("attn_bias", "sink_token"):
@@ -89,6 +106,11 @@ class ModelConfig:
                    f"{getattr(self, name)!r}")
             _check(not getattr(self, name) or self.arch == "transformer",
                    f"model.{name} needs model.arch = transformer (the simple model has no such slot)")
+        # k' sits at key position -1: a window would hide it and ALiBi / SelfExtend would give it a distance
+        _check(not self.attn_bias or (self.window is None and self.selfextend_window is None
+                                      and self.position in ("learned", "none", "rope")),
+               "model.attn_bias works with position learned, none or rope and no window or SelfExtend; "
+               "drop one of the two options")
 
     @property
     def kv_heads(self) -> int:
@@ -228,7 +250,7 @@ class RunConfig:
 
     def __post_init__(self):
         _check(
-            self.task.seq_len <= self.model.max_len or self.model.position == "none",
+            self.task.seq_len <= self.model.max_len or self.model.position != "learned",
             f"task.seq_len ({self.task.seq_len}) is longer than the position table "
             f"(model.max_len = {self.model.max_len}); raise --max-len or shorten --seq-len",
         )

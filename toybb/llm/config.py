@@ -53,6 +53,10 @@ class LLMConfig:
     final_softcap: float | None = None
     sliding_window: int | None = None
     layer_types: tuple[str, ...] = ()  # per layer "full" | "sliding"; () = all full
+    # long context (SPEC §6); not read from checkpoints, set with `toybb.llm.longctx.with_options`
+    attn_block: int | None = None  # query rows per attention block (exact; for long inputs)
+    selfextend: tuple[int, int] | None = None  # (neighbour window w, group size G), RoPE models
+    sink_cache: tuple[int, int] | None = None  # StreamingLLM (sink tokens k, recent window W)
     # MLP
     mlp: str = "gated"  # "gated" (gate/up/down) | "plain" (in/out)
     act: str = "silu"
@@ -93,6 +97,23 @@ class LLMConfig:
             bad("act", f"must be one of {ACTIVATIONS}")
         if self.dtype not in DTYPES:
             bad("dtype", f"must be one of {DTYPES}")
+        if self.attn_block is not None and (not isinstance(self.attn_block, int) or self.attn_block < 1):
+            bad("attn_block", "must be a positive number of query rows or None")
+        if self.selfextend is not None:
+            if self.position != "rope":
+                bad("selfextend", "SelfExtend regroups rotary positions; this model has learned positions")
+            if len(self.selfextend) != 2 or any(not isinstance(x, int) or x < 1 for x in self.selfextend):
+                bad("selfextend", "must be (w, G) with neighbour window w >= 1 and group size G >= 1")
+            if self.selfextend[0] >= self.max_positions:
+                bad("selfextend", f"neighbour window w must be smaller than the context ({self.max_positions})")
+        if self.sink_cache is not None:
+            if len(self.sink_cache) != 2 or not all(isinstance(x, int) for x in self.sink_cache) \
+                    or self.sink_cache[0] < 0 or self.sink_cache[1] < 1:
+                bad("sink_cache", "must be (sink tokens k >= 0, recent window W >= 1)")
+            if self.position != "rope":
+                bad("sink_cache", "re-assigned cache positions need rotary positions")
+            if self.selfextend is not None:
+                bad("sink_cache", "cannot be combined with selfextend")
         if self.layer_types:
             if len(self.layer_types) != self.n_layers:
                 bad("layer_types", f"needs one entry per layer ({self.n_layers})")

@@ -22,7 +22,8 @@ from toybb.llm.config import LLMConfig
 from toybb.models.attention import attention
 from toybb.models.capture import NO_CAPTURE, Capture
 from toybb.llm.quant import QArray, value as qvalue
-from toybb.models.positional import apply_rope, inv_frequencies, rope_angles
+from toybb.models.positional import (apply_rope, inv_frequencies, rope_angles, selfextend_far_positions,
+                                    sink_far_positions)
 
 
 class HeadEdit(NamedTuple):
@@ -156,9 +157,10 @@ class Attention(nnx.Module):
         return norm(x)
 
     def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE,
-                 head_edit: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+                 head_edit: tuple[jax.Array, jax.Array] | None = None, contiguous: bool = False) -> jax.Array:
         """x: [batch, seq, d_model], positions: [seq] or [batch, seq] -> [batch, seq, d_model].
-        head_edit: this layer's (scale [heads], to_bos [heads]) of a `HeadEdit`."""
+        head_edit: this layer's (scale [heads], to_bos [heads]) of a `HeadEdit`.
+        contiguous: positions are arange(seq) (lets blocked attention skip invisible key blocks)."""
         cfg, p = self.cfg, self.prefix
         x, (wq, wk, wv) = _after(x, self.wq, self.wk, self.wv)
         q = jnp.einsum("btd,dhe->bthe", x, wq)
@@ -174,10 +176,24 @@ class Attention(nnx.Module):
             if capture:
                 capture.sow(self, f"{p}.q_pre", q)
                 capture.sow(self, f"{p}.k_pre", k)
+            q_raw, k_raw = q, k
             cos, sin = rope_angles(positions, jnp.asarray(self.inv_freq))
             q, k = apply_rope(q, cos, sin, cfg.rope_pairing), apply_rope(k, cos, sin, cfg.rope_pairing)
-        res = attention(q, k, v, q_pos=positions, k_pos=positions, window=self.window,
-                        scale=cfg.query_scale, softcap=cfg.attn_softcap)
+        opts = dict(window=self.window)
+        far_pos = None
+        if cfg.selfextend is not None:
+            w, g = cfg.selfextend
+            far_pos, opts["near"] = selfextend_far_positions(positions, positions, w, g), w
+        elif cfg.sink_cache is not None:
+            n_sink, cache_w = cfg.sink_cache
+            far_pos, opts["near"] = sink_far_positions(positions, positions, n_sink, cache_w), cache_w
+            opts.update(window=cache_w if self.window is None else min(cache_w, self.window), keep_first=n_sink)
+        if far_pos is not None:  # the same q/k rotated at the scheme's positions, merged by the core
+            fq, fk = (rope_angles(p_, jnp.asarray(self.inv_freq)) for p_ in far_pos)
+            opts["far"] = (apply_rope(q_raw, *fq, cfg.rope_pairing), apply_rope(k_raw, *fk, cfg.rope_pairing))
+        block = None if capture.wants(f"{p}.logits") or capture.wants(f"{p}.pattern") else cfg.attn_block
+        res = attention(q, k, v, q_pos=positions, k_pos=positions, scale=cfg.query_scale,
+                        softcap=cfg.attn_softcap, block=block, contiguous=contiguous, **opts)
         z = res.out
         if head_edit is not None:
             scale, to_bos = (a.astype(z.dtype)[None, None, :, None] for a in head_edit)
@@ -244,14 +260,14 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, layer, rngs=rngs)
 
     def __call__(self, x, positions, capture: Capture = NO_CAPTURE, ablate: frozenset[str] = frozenset(),
-                 head_edit=None):
+                 head_edit=None, contiguous: bool = False):
         p = self.prefix
         if capture:
             capture.sow(self, f"{p}.resid_pre", x)
         skip_attn, skip_mlp = f"{p}.attn" in ablate, f"{p}.mlp" in ablate
         a = 0.0
         if not skip_attn:
-            a = self.attn(self.ln1(x) if self.ln1 is not None else x, positions, capture, head_edit)
+            a = self.attn(self.ln1(x) if self.ln1 is not None else x, positions, capture, head_edit, contiguous)
             if self.ln_post_attn is not None:
                 a = self.ln_post_attn(a)
         h = x + a
@@ -290,12 +306,16 @@ class LLM(nnx.Module):
         ablate: frozenset[str] = frozenset(),
         head_edit: HeadEdit | None = None,
         resid_edit: ResidEdit | None = None,
+        resid_add: dict[int, jax.Array] | None = None,
     ) -> jax.Array:
         """tokens: [batch, seq]; positions: [seq] or [batch, seq] (default arange(seq)).
         ablate: sub-layers to skip, e.g. {"blocks.0.mlp"}. head_edit / resid_edit: interventions (see
-        `HeadEdit`, `ResidEdit`). Returns float32 logits [batch, seq, vocab]."""
+        `HeadEdit`, `ResidEdit`). resid_add: {layer: [seq, d_model] or [batch, seq, d_model]} added to
+        the residual stream after that block (e.g. positional-vector removal). Returns float32 logits
+        [batch, seq, vocab]."""
         cfg = self.cfg
         t = tokens.shape[1]
+        contiguous = positions is None
         if positions is None:
             positions = jnp.arange(t)
         emb = self.embed.get_value()
@@ -310,9 +330,11 @@ class LLM(nnx.Module):
             capture.sow(self, "embed", x)
         for l, block in enumerate(self.blocks):
             he = None if head_edit is None else (head_edit.scale[l], head_edit.to_bos[l])
-            x = block(x, positions, capture, ablate, he)
+            x = block(x, positions, capture, ablate, he, contiguous)
             if resid_edit is not None:
                 x = resid_edit.apply(x, l)
+            if resid_add and l in resid_add:
+                x = x + resid_add[l].astype(x.dtype)
         x = self.final_norm(x)
         if capture:
             capture.sow(self, "final_norm", x)

@@ -3,7 +3,11 @@
 Inputs are per-head projections; the core handles grouped-query layouts, causal and sliding-window
 masks from explicit positions, softmax and ReLU attention (SPEC §2), logit soft-capping, an additive
 bias and an optional learned sink. Position schemes that rotate q/k (RoPE) are applied before the
-core; schemes that act on logits (ALiBi) enter as `bias`.
+core; schemes that act on logits (ALiBi) enter as `bias` or, blockable, as `alibi` slopes.
+Long-context schemes (SPEC §6) are options too: a second "far" (q, k) pair whose logits replace the
+normal ones where q_pos - k_pos >= near (SelfExtend's grouped positions, StreamingLLM's cache
+positions for sink tokens), `keep_first` sink keys that stay visible outside a sliding window, and
+`block`: the same computation in query blocks (one softmax per query row, so exact) for long inputs.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 KINDS = ("softmax", "relu")
 
@@ -45,6 +50,12 @@ def attention(
     scale: float | None = None,
     softcap: float | None = None,
     bias: jax.Array | None = None,
+    far: tuple[jax.Array, jax.Array] | None = None,
+    near: int | None = None,
+    keep_first: int | None = None,
+    alibi: jax.Array | None = None,
+    block: int | None = None,
+    contiguous: bool = False,
 ) -> AttentionResult:
     """Multi-head / grouped-query attention.
 
@@ -54,7 +65,91 @@ def attention(
       combined with the causal(/window) mask from positions.
     bias: optional additive logits, broadcastable to [batch, heads, q_seq, k_seq] (e.g. ALiBi).
     kind: "softmax", or "relu": A_ij = ReLU(s_ij) / (q_pos_i + 1) on visible keys (no normalisation).
+    far: (q_far [batch, q_seq, heads, head_dim], k_far [batch, k_seq, kv_heads, head_dim]), e.g. q/k
+      rotated at other positions; their logits replace the normal ones where q_pos - k_pos >= near
+      (one softmax over the merged logit matrix). Needs `near`.
+    keep_first: keys with k_pos < keep_first stay visible outside the sliding window (attention sinks).
+    alibi: slopes [heads]; adds -slope_h * (q_pos_i - k_pos_j) to the logits (ALiBi).
+    block: compute in blocks of `block` query rows (lax.map), so only [batch, heads, block, k_seq]
+      logits exist at a time. Exact (same rows, same softmax); the result then carries
+      logits = pattern = None. `mask` and `bias` must then broadcast over query rows (size 1 there).
+    contiguous: the caller guarantees key index j has position j and query index i position
+      i + k_seq - q_seq (the default positions). Blocked attention then gives each query block only
+      the keys it can see (causal, window, first `keep_first`): about half the work for causal
+      attention, much less with a window. Blocks are then unrolled (one shape per block).
     """
+    if far is not None and near is None:
+        raise ValueError("attention: `far` logits need `near` (the relative distance where they start)")
+    tq = q.shape[1]
+    if block is not None and block < 1:
+        raise ValueError(f"attention block must be a positive number of query rows, got {block}")
+    if block is not None and tq > block:
+        kw = dict(kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale, softcap=softcap,
+                  bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi, block=block)
+        return _blocked_contiguous(q, k, v, **kw) if contiguous else _blocked(q, k, v, **kw)
+    return _dense(q, k, v, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale,
+                  softcap=softcap, bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi)
+
+
+def _blocked(q, k, v, *, q_pos, k_pos, block, mask, bias, far, **kw) -> AttentionResult:
+    b, tq = q.shape[:2]
+    tk = k.shape[1]
+    for name, a in (("mask", mask), ("bias", bias)):
+        if a is not None and a.ndim >= 2 and a.shape[-2] != 1:
+            raise ValueError(f"blocked attention: {name} must broadcast over query rows (shape[-2] == 1)")
+    if q_pos is None:
+        q_pos = jnp.arange(tq) + (tk - tq)
+    if k_pos is None:
+        k_pos = jnp.arange(tk)
+    nb = -(-tq // block)
+    pad = nb * block - tq
+
+    def rows(x, axis):  # [.., tq, ..] -> [nb, .., block, ..] (padded rows repeat the last one)
+        if pad:
+            x = jnp.concatenate([x, jnp.repeat(jax.lax.slice_in_dim(x, tq - 1, tq, axis=axis), pad, axis)], axis)
+        x = x.reshape(x.shape[:axis] + (nb, block) + x.shape[axis + 1 :])
+        return jnp.moveaxis(x, axis, 0)
+
+    xs = (rows(q, 1), rows(q_pos, q_pos.ndim - 1), rows(far[0], 1) if far is not None else None)
+
+    def one(args):
+        qb, pb, qfb = args
+        fb = None if far is None else (qfb, far[1])
+        return _dense(qb, k, v, q_pos=pb, k_pos=k_pos, mask=mask, bias=bias, far=fb, **kw).out
+
+    out = jax.lax.map(one, xs)  # [nb, b, block, h, dh]
+    out = jnp.moveaxis(out, 0, 1).reshape(b, nb * block, *out.shape[3:])[:, :tq]
+    return AttentionResult(out, None, None)
+
+
+def _blocked_contiguous(q, k, v, *, q_pos, k_pos, block, mask, bias, far, window, keep_first, **kw):
+    tq, tk = q.shape[1], k.shape[1]
+    for name, a in (("mask", mask), ("bias", bias)):
+        if a is not None and a.ndim >= 2 and (a.shape[-2] != 1 or a.shape[-1] != 1):
+            raise ValueError(f"contiguous blocked attention: {name} must broadcast over query and key axes")
+    off = tk - tq
+    q_pos = jnp.arange(tq) + off if q_pos is None else q_pos
+    k_pos = jnp.arange(tk) if k_pos is None else k_pos
+    outs = []
+    for s in range(0, tq, block):
+        e = min(s + block, tq)
+        hi = e + off  # keys [lo, hi) (+ the first keep_first ones) are all this block can see
+        lo = 0 if window is None else max(0, s + off - window + 1)
+        idx = np.arange(lo, hi)
+        if keep_first and lo > 0:
+            idx = np.concatenate([np.arange(min(keep_first, lo)), idx])
+        take = (lambda a: a[:, lo:hi]) if idx[0] == lo else (lambda a: jnp.take(a, jnp.asarray(idx), axis=1))
+        kp = k_pos[..., lo:hi] if idx[0] == lo else jnp.take(k_pos, jnp.asarray(idx), axis=-1)
+        fb = None if far is None else (far[0][:, s:e], take(far[1]))
+        outs.append(_dense(q[:, s:e], take(k), take(v), q_pos=q_pos[..., s:e], k_pos=kp, mask=mask, bias=bias,
+                           far=fb, window=window, keep_first=keep_first, **kw).out)
+    return AttentionResult(jnp.concatenate(outs, axis=1), None, None)
+
+
+def _dense(
+    q, k, v, *, kind, q_pos, k_pos, mask, window, scale, softcap, bias, far, near, keep_first, alibi
+) -> AttentionResult:
+    """The attention of `attention` on all query rows at once."""
     if kind not in KINDS:
         raise ValueError(f"attention kind must be one of {KINDS}, got {kind!r}")
     b, tq, h, dh = q.shape
@@ -71,12 +166,22 @@ def attention(
     qg = q.reshape(b, tq, hk, g, dh)
     # [b, hk, g, tq, tk] -> [b, h, tq, tk]; head index = kv_head * g + group (the usual GQA order)
     logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).reshape(b, h, tq, tk) * scale
+    rel = q_pos[..., :, None] - k_pos[..., None, :]  # [tq, tk] or [b, tq, tk]
+    rel4 = rel[:, None] if rel.ndim == 3 else rel[None, None]
+    if far is not None:
+        qf = far[0].reshape(b, tq, hk, g, dh)
+        lf = jnp.einsum("bqkgd,bskd->bkgqs", qf, far[1]).reshape(b, h, tq, tk) * scale
+        logits = jnp.where(rel4 >= near, lf, logits)
     if softcap is not None:
         logits = softcap * jnp.tanh(logits / softcap)
     if bias is not None:
         logits = logits + bias
+    if alibi is not None:
+        logits = logits - jnp.asarray(alibi, jnp.float32)[:, None, None] * rel4.astype(jnp.float32)
 
     vis = causal_mask(q_pos, k_pos, window)
+    if keep_first is not None:
+        vis = vis | ((k_pos[..., None, :] < keep_first) & (rel >= 0))
     vis = vis[:, None] if vis.ndim == 3 else vis[None, None]
     if mask is not None:
         vis = vis & mask

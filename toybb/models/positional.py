@@ -22,7 +22,9 @@ PAIRINGS = ("half", "interleaved")
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Frequency rescaling. kind: "none", "linear" (positions / factor) or "llama3" (Llama 3.1 bands)."""
+    """Frequency rescaling. kind: "none", "linear" (positions / factor: position interpolation, PI),
+    "ntk" (NTK-aware base scaling: theta * factor ** (rot_dim / (rot_dim - 2)), so the lowest
+    frequency is divided by `factor` and the highest is unchanged) or "llama3" (Llama 3.1 bands)."""
 
     kind: str = "none"
     factor: float = 1.0
@@ -36,6 +38,9 @@ def inv_frequencies(rot_dim: int, theta: float, scaling: RopeScaling = RopeScali
     inv = 1.0 / theta ** (np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim)
     if scaling.kind == "linear":
         inv = inv / scaling.factor
+    elif scaling.kind == "ntk":
+        base = theta * scaling.factor ** (rot_dim / (rot_dim - 2))
+        inv = 1.0 / base ** (np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim)
     elif scaling.kind == "llama3":
         low_wl = scaling.original_max_positions / scaling.low_freq_factor
         high_wl = scaling.original_max_positions / scaling.high_freq_factor
@@ -91,3 +96,73 @@ def half_to_interleaved(w: np.ndarray, n_heads: int) -> np.ndarray:
     out_dim, d = w.shape[0], w.shape[1:]
     hd = out_dim // n_heads
     return w.reshape(n_heads, 2, hd // 2, *d).swapaxes(1, 2).reshape(out_dim, *d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Long-context position schemes (SPEC §6). The attention core receives them as a second, "far"
+# (q, k) pair whose logits replace the normal ones where q_pos - k_pos >= near (see
+# `toybb.models.attention.attention`), or as ALiBi slopes.
+
+
+def alibi_slopes(n_heads: int) -> np.ndarray:
+    """ALiBi head slopes [n_heads] float64: 2^(-8 i / n) for a power-of-2 n; otherwise the slopes of
+    the next lower power of 2, p, followed by every other slope of 2p (Press et al.)."""
+    if n_heads < 1:
+        raise ValueError(f"ALiBi needs at least one head, got {n_heads}")
+
+    def pow2(n):
+        return 2.0 ** (-8.0 * np.arange(1, n + 1) / n)
+
+    p = 2 ** int(math.floor(math.log2(n_heads)))
+    if p == n_heads:
+        return pow2(n_heads)
+    return np.concatenate([pow2(p), pow2(2 * p)[0::2][: n_heads - p]])
+
+
+def alibi_bias(q_pos: jax.Array, k_pos: jax.Array, slopes) -> jax.Array:
+    """Additive logits -slope_h * (q_pos_i - k_pos_j): q_pos [tq], k_pos [tk], slopes [h] -> [h, tq, tk]."""
+    dist = (q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)
+    return -jnp.asarray(slopes, jnp.float32)[:, None, None] * dist
+
+
+def check_selfextend(window: int, group: int) -> None:
+    """SelfExtend needs a neighbour window w >= 1 and a group size G >= 1."""
+    from toybb.errors import ConfigError
+
+    if not isinstance(group, int) or group < 1:
+        raise ConfigError(f"SelfExtend group size G must be an integer >= 1, got {group!r}")
+    if not isinstance(window, int) or window < 1:
+        raise ConfigError(f"SelfExtend neighbour window w must be an integer >= 1, got {window!r}")
+
+
+def selfextend_max_length(train_len: int, window: int, group: int) -> int:
+    """Longest sequence SelfExtend keeps within the trained relative positions: (L - w) * G + w."""
+    check_selfextend(window, group)
+    if window >= train_len:
+        from toybb.errors import ConfigError
+
+        raise ConfigError(f"SelfExtend neighbour window w={window} must be smaller than the trained length {train_len}")
+    return (train_len - window) * group + window
+
+
+def selfextend_far_positions(q_pos: jax.Array, k_pos: jax.Array, window: int, group: int):
+    """Grouped positions (q_far [.., tq], k_far [.., tk]) for SelfExtend: floor(i/G) + (w - w//G) and
+    floor(j/G), so that their difference is the grouped relative position of SPEC §6."""
+    check_selfextend(window, group)
+    return q_pos // group + (window - window // group), k_pos // group
+
+
+def selfextend_relative(q_pos, k_pos, window: int, group: int) -> np.ndarray:
+    """Merged relative positions [tq, tk] (int numpy): i - j if i - j < w else
+    floor(i/G) - floor(j/G) + (w - w//G). For tests and plots; the model uses the rotated pairs."""
+    check_selfextend(window, group)
+    qp, kp = np.asarray(q_pos)[:, None], np.asarray(k_pos)[None, :]
+    far = qp // group - kp // group + (window - window // group)
+    return np.where(qp - kp < window, qp - kp, far)
+
+
+def sink_far_positions(q_pos: jax.Array, k_pos: jax.Array, n_sink: int, window: int):
+    """StreamingLLM cache positions for the sink keys: with k sink tokens and a recent window of W
+    tokens, query i sits at cache index min(i, k + W - 1) and sink j < k at index j (window keys keep
+    their relative distance i - j, so they use the normal positions)."""
+    return jnp.minimum(q_pos, n_sink + window - 1), k_pos

@@ -26,6 +26,8 @@ from flax import nnx
 from toybb.config import ModelConfig
 from toybb.models.attention import attention
 from toybb.models.capture import NO_CAPTURE, Capture
+from toybb.models.positional import (RopeScaling, alibi_slopes, apply_rope, inv_frequencies, rope_angles,
+                                     selfextend_far_positions)
 
 
 def _uniform_fan_in(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> nnx.Param:
@@ -44,12 +46,44 @@ class Attention(nnx.Module):
         # explicit attention bias: one learned key/value per kv head (initialised like a projected input)
         self.k_bias = _uniform_fan_in(rngs, (hk, dh), d) if cfg.attn_bias else None
         self.v_bias = _uniform_fan_in(rngs, (hk, dh), d) if cfg.attn_bias else None
+        self.cfg = cfg
+        scaling = RopeScaling("linear", cfg.rope_scale) if cfg.rope_scale > 1 else RopeScaling()
+        self.inv_freq = (tuple(float(f) for f in inv_frequencies(dh, cfg.rope_theta, scaling))
+                         if cfg.position == "rope" else None)
+        self.slopes = tuple(float(s) for s in alibi_slopes(h)) if cfg.position == "alibi" else None
+
+    def _position_options(self, q, k, positions) -> tuple[jax.Array, jax.Array, dict]:
+        """RoPE rotation, ALiBi slopes, window, SelfExtend and logit temperature for the core."""
+        cfg, opts = self.cfg, {}
+        if cfg.window is not None:
+            opts["window"] = cfg.window
+        if cfg.logit_scale != 1.0:
+            opts["scale"] = cfg.logit_scale * q.shape[-1] ** -0.5
+        w, g = cfg.selfextend_window, cfg.selfextend_group
+        if self.inv_freq is not None:
+            inv = jnp.asarray(self.inv_freq)
+            rot = lambda x, p: apply_rope(x, *rope_angles(p, inv))  # noqa: E731
+            if w is not None:
+                qf, kf = selfextend_far_positions(positions, positions, w, g)
+                opts.update(far=(rot(q, qf), rot(k, kf)), near=w)
+            q, k = rot(q, positions), rot(k, positions)
+        if self.slopes is not None:
+            slopes = jnp.asarray(self.slopes, jnp.float32)
+            if w is None:
+                opts["alibi"] = slopes
+            else:  # ALiBi at SelfExtend's merged relative positions
+                qf, kf = selfextend_far_positions(positions, positions, w, g)
+                rel = positions[:, None] - positions[None, :]
+                rel = jnp.where(rel < w, rel, qf[:, None] - kf[None, :])
+                opts["bias"] = -slopes[:, None, None] * rel.astype(jnp.float32)
+        return q, k, opts
 
     def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE) -> jax.Array:
         """x: [batch, seq, d_model] -> [batch, seq, d_model]."""
         q = jnp.einsum("btd,dhe->bthe", x, self.wq[...])
         k = jnp.einsum("btd,dhe->bthe", x, self.wk[...])
         v = jnp.einsum("btd,dhe->bthe", x, self.wv[...])
+        q, k, opts = self._position_options(q, k, positions)
         if self.k_bias is not None:
             b = x.shape[0]
             kb = jnp.broadcast_to(self.k_bias[...][None, None], (b, 1) + k.shape[2:])
@@ -57,10 +91,10 @@ class Attention(nnx.Module):
             # key position -1 lies before every query, so the causal mask makes k' visible to all
             k_pos = jnp.concatenate([jnp.full((1,), -1, positions.dtype), positions])
             res = attention(q, jnp.concatenate([kb, k], 1), jnp.concatenate([vb, v], 1), kind=self.kind,
-                            q_pos=positions, k_pos=k_pos)
+                            q_pos=positions, k_pos=k_pos, **opts)
             logits, pattern, bias_pattern = res.logits[..., 1:], res.pattern[..., 1:], res.pattern[..., 0]
         else:
-            res = attention(q, k, v, kind=self.kind, q_pos=positions, k_pos=positions)
+            res = attention(q, k, v, kind=self.kind, q_pos=positions, k_pos=positions, **opts)
             logits, pattern, bias_pattern = res.logits, res.pattern, None
         out = jnp.einsum("bthe,hed->btd", res.out, self.wo[...])
         if capture:
@@ -143,10 +177,13 @@ class ToyTransformer(nnx.Module):
         *,
         capture: Capture = NO_CAPTURE,
         ablate: frozenset[str] = frozenset(),
+        resid_add: dict[int, jax.Array] | None = None,
     ) -> jax.Array:
         """tokens: [batch, seq] -> logits [batch, seq, vocab].
 
         ablate: names of sub-layers to skip, e.g. {"blocks.0.attn", "blocks.0.mlp"} (interventions).
+        resid_add: {layer: [seq, d_model]} added to the residual stream after that block (e.g.
+          positional-vector replacement).
         """
         t = tokens.shape[1]
         positions = jnp.arange(t)
@@ -166,8 +203,10 @@ class ToyTransformer(nnx.Module):
             positions = jnp.arange(t + 1)
         if capture:
             capture.sow(self, "embed", x)
-        for block in self.blocks:
+        for l, block in enumerate(self.blocks):
             x = block(x, positions, capture, ablate)
+            if resid_add and l in resid_add:
+                x = x + resid_add[l]
         x = self.ln_f(x)
         if capture:
             capture.sow(self, "final_norm", x)

@@ -1,0 +1,62 @@
+"""Long-context options on a small random pretrained-style model (LLM class) and the CLI errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from toybb.errors import ConfigError
+from toybb.llm.config import LLMConfig
+from toybb.llm.model import LLM
+from toybb.llm.run import forward
+from toybb.longctx.options import rope_scaling, with_options
+
+T = 40
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = LLMConfig(arch="llama", vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                    mlp_dim=64, max_positions=64)
+    return LLM(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return np.random.default_rng(0).integers(0, 50, (1, T))
+
+
+@pytest.fixture(scope="module")
+def plain(model, tokens):
+    return np.asarray(forward(model, tokens)[0])
+
+
+def test_blocked_selfextend_sink_equal_plain_when_inactive(model, tokens, plain):
+    for opts in (dict(attn_block=16), dict(selfextend=(T, 4)), dict(sink_cache=(4, T)), dict(sink_cache=(0, T + 5))):
+        got = np.asarray(forward(with_options(model, **opts), tokens)[0])
+        np.testing.assert_allclose(got, plain, atol=2e-4, err_msg=str(opts))
+
+
+def test_active_options_change_logits_and_blocking_is_exact(model, tokens, plain):
+    se = with_options(model, selfextend=(8, 4))
+    a = np.asarray(forward(se, tokens)[0])
+    assert np.abs(a[0, 8:] - plain[0, 8:]).max() > 1e-3 and np.allclose(a[0, :8], plain[0, :8], atol=2e-4)
+    b = np.asarray(forward(with_options(model, selfextend=(8, 4), attn_block=16), tokens)[0])
+    np.testing.assert_allclose(b, a, atol=2e-4)
+    s = np.asarray(forward(with_options(model, sink_cache=(2, 10), attn_block=16), tokens)[0])
+    s2 = np.asarray(forward(with_options(model, sink_cache=(2, 10)), tokens)[0])
+    np.testing.assert_allclose(s, s2, atol=2e-4)
+    assert np.abs(s[0, 12:] - plain[0, 12:]).max() > 1e-3
+
+
+def test_config_errors(model):
+    for bad in (dict(selfextend=(8, 0)), dict(selfextend=(64, 2)), dict(attn_block=0), dict(sink_cache=(-1, 4)),
+                dict(sink_cache=(1, 0))):
+        with pytest.raises(ConfigError):
+            with_options(model, **bad)
+    with pytest.raises(ConfigError):
+        rope_scaling(pi=0.5)
+    with pytest.raises(ConfigError):
+        with_options(model, bogus=1)

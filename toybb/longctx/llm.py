@@ -1,0 +1,113 @@
+"""Long-context measurements on a pretrained model: per-token NLL of one long forward (perplexity
+against length from a single pass: the model is causal, so the first L tokens' NLL is the perplexity
+at length L), passkey retrieval, hidden states for positional vectors, and their ablation."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from toybb.errors import ToybbError
+from toybb.llm.model import LLM
+from toybb.models.capture import Capture, run_with_capture
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+                 "I will quiz you about the important information there.\n")
+
+
+@lru_cache(maxsize=16)
+def _nll_fn(graphdef):
+    def f(state, tokens, resid_add):
+        model = nnx.merge(graphdef, state)
+        logits = model(tokens, resid_add=resid_add or None)
+        lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+        return -jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
+
+    return jax.jit(f)
+
+
+def token_nll(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """tokens [batch, T] -> -log p(x_{t+1} | x_{<=t}) as float64 [batch, T - 1] (one forward)."""
+    tokens = jnp.asarray(np.atleast_2d(tokens), jnp.int32)
+    graphdef, state = nnx.split(model)
+    ra = {int(k): jnp.asarray(v) for k, v in (resid_add or {}).items()}
+    return np.asarray(_nll_fn(graphdef)(state, tokens, ra), np.float64)
+
+
+def ppl_by_length(nll: np.ndarray, lengths) -> dict[int, float]:
+    """nll [batch, T - 1] -> {L: exp(mean NLL of the first L - 1 predictions)} over the batch."""
+    out = {}
+    for L in lengths:
+        if L - 1 > nll.shape[1]:
+            raise ToybbError(f"length {L} is longer than the scored sequence ({nll.shape[1] + 1} tokens)")
+        out[int(L)] = float(np.exp(nll[:, : L - 1].mean()))
+    return out
+
+
+def passkey_ids(tokenizer, length: int, depth: float, key: str, bos: list[int]) -> tuple[list[int], list[int]]:
+    """Prompt of about `length` tokens with "The pass key is KEY." at relative `depth` in [0, 1] of the
+    filler, followed by the question and the key. Returns (ids, answer token ids) where the answer ids
+    are the last tokens of ids (scored by teacher forcing = greedy decoding of the key)."""
+    if not 0.0 <= depth <= 1.0:
+        raise ToybbError(f"passkey depth must be in [0, 1], got {depth}")
+    enc = lambda s: tokenizer.encode(s, add_bos=False)  # noqa: E731
+    intro, fill = enc(PASSKEY_INTRO), enc(FILLER)
+    needle = enc(f"The pass key is {key}. Remember it. {key} is the pass key. ")
+    question = enc("What is the pass key? The pass key is")
+    answer = enc(" " + key)
+    n_fill = length - len(bos) - len(intro) - len(needle) - len(question) - len(answer)
+    if n_fill < len(fill):
+        raise ToybbError(f"passkey length {length} is too short for the prompt")
+    reps = n_fill // len(fill)
+    at = int(round(depth * reps))
+    body = fill * at + needle + fill * (reps - at)
+    return bos + intro + body + question + answer, answer
+
+
+def passkey_correct(model: LLM, ids: list[int], answer: list[int]) -> bool:
+    """True iff greedy decoding after the question reproduces every answer token."""
+    toks = jnp.asarray([ids], jnp.int32)
+    graphdef, state = nnx.split(model)
+    pred = np.asarray(_argmax_fn(graphdef, len(answer))(state, toks))[0]
+    return bool(np.array_equal(pred, np.asarray(answer)))
+
+
+@lru_cache(maxsize=16)
+def _argmax_fn(graphdef, n_answer: int):
+    def f(state, tokens):
+        model = nnx.merge(graphdef, state)
+        logits = model(tokens)
+        return jnp.argmax(logits[:, -n_answer - 1 : -1], axis=-1)
+
+    return jax.jit(f)
+
+
+@lru_cache(maxsize=16)
+def _hidden_fn(graphdef, capture: Capture):
+    def f(state, tokens, resid_add):
+        model = nnx.merge(graphdef, state)
+        logits, cap = run_with_capture(model, tokens, capture=capture, resid_add=resid_add or None)
+        return cap
+
+    return jax.jit(f)
+
+
+def hidden_states(model: LLM, tokens) -> np.ndarray:
+    """tokens [n, T] -> residual stream after every block [layers, n, T, d_model] (float32)."""
+    graphdef, state = nnx.split(model)
+    cap = _hidden_fn(graphdef, Capture(("blocks.*.resid_post",)))(state, jnp.asarray(tokens, jnp.int32), {})
+    return np.stack([np.asarray(cap[f"blocks.{l}.resid_post"], np.float32) for l in range(model.cfg.n_layers)])
+
+
+def sink_attention(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None, skip: int = 4) -> np.ndarray:
+    """Mean attention weight on key 0 over heads, batch and queries t >= skip, per layer -> [layers]."""
+    graphdef, state = nnx.split(model)
+    ra = {int(k): jnp.asarray(v) for k, v in (resid_add or {}).items()}
+    cap = _hidden_fn(graphdef, Capture(("blocks.*.attn.pattern@key0",)))(state, jnp.asarray(tokens, jnp.int32), ra)
+    return np.array([float(np.asarray(cap[f"blocks.{l}.attn.pattern@key0"])[..., skip:].mean())
+                     for l in range(model.cfg.n_layers)])

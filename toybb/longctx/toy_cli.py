@@ -1,0 +1,116 @@
+"""`toybb longctx toy`: char-level LMs with NoPE, RoPE, ALiBi and window attention trained at context C,
+evaluated at multiples of C directly and with SelfExtend, PI, positional-vector replacement and window
+extension with a logit temperature; one figure of perplexity against length."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("toy", help="toy char-LMs: position schemes and context extension (Tiny Shakespeare)")
+    common(p, model=False)
+    p.add_argument("--text", default="tinyshakespeare.txt")
+    p.add_argument("--context", type=int, default=64, help="training context C")
+    p.add_argument("--factors", default="1,2,4", help="evaluation lengths as multiples of C")
+    p.add_argument("--schemes", default="none,rope,alibi,window")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--window", type=int, default=0, help="window of the window model (default C/2)")
+    p.add_argument("--selfextend-window", type=int, default=0, help="SelfExtend w (default C/4)")
+    p.add_argument("--alphas", default="1.0,1.2", help="positional-vector replacement scales")
+    p.add_argument("--temperatures", default="1.0,1.2", help="logit temperatures of the window extension")
+    p.add_argument("--replace-layer", type=int, default=0, help="layer of the positional-vector replacement")
+    p.add_argument("--eval-windows", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_toy)
+
+
+def cmd_toy(args) -> int:
+    import numpy as np
+
+    from toybb.config import ModelConfig
+    from toybb.errors import ConfigError
+    from toybb.longctx.cli import _floats, _ints, _plt, _read, write_config, write_table
+    from toybb.longctx.toy import (char_data, eval_windows, mean_nll, replacement_delta, toy_positional_vectors,
+                                   train_char_lm, with_model_options)
+
+    C = args.context
+    factors = _ints(args.factors)
+    schemes = [s for s in args.schemes.split(",") if s]
+    if any(s not in ("none", "rope", "alibi", "window") for s in schemes):
+        raise ConfigError(f"--schemes takes none, rope, alibi, window; got {args.schemes!r}")
+    if not 0 <= args.replace_layer < args.layers:
+        raise ConfigError(f"--replace-layer must be in [0, {args.layers})")
+    W = args.window or C // 2
+    w_se = args.selfextend_window or C // 4
+    Lmax = C * max(factors)
+    G = max(1, math.ceil((Lmax - w_se) / (C - w_se)))  # smallest G with (C - w) * G + w >= Lmax
+    train, val, vocab = char_data(_read(args.text))
+    write_config(args.out, args, {"vocab": len(vocab), "selfextend": [w_se, G], "window": W})
+    rows, curves = [], {}
+    wins = {f: eval_windows(val, C * f, args.eval_windows) for f in factors}
+
+    def record(label, scheme, f, nll, **extra):
+        rows.append({"method": label, "scheme": scheme, "length": C * f, "factor": f, "nll": nll,
+                     "ppl": float(np.exp(nll)), **extra})
+        curves.setdefault(label, {})[C * f] = float(np.exp(nll))
+
+    for scheme in schemes:
+        position = "none" if scheme == "window" else scheme
+        cfg = ModelConfig(vocab_size=len(vocab), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                          max_len=C, position=position, window=W if scheme == "window" else None)
+        t0 = time.time()
+        model, losses = train_char_lm(cfg, train, seq=C, steps=args.steps, batch=args.batch, lr=args.lr,
+                                      seed=args.seed)
+        print(f"{scheme}: trained {args.steps} steps in {time.time() - t0:.0f} s, last loss {losses[-1]:.3f}", flush=True)
+        name = {"none": "NoPE", "rope": "RoPE", "alibi": "ALiBi", "window": f"NoPE window {W}"}[scheme]
+        for f in factors:
+            record(name, scheme, f, mean_nll(model, wins[f]), train_loss=losses[-1])
+        if scheme in ("rope", "alibi"):
+            se = with_model_options(model, selfextend_window=w_se, selfextend_group=G)
+            for f in factors:
+                record(f"{name} + SelfExtend w={w_se} G={G}", scheme, f, mean_nll(se, wins[f]))
+        if scheme == "rope":
+            for f in factors:
+                record(f"{name} + PI", scheme, f, mean_nll(with_model_options(model, rope_scale=float(f)), wins[f]))
+        if scheme == "none":
+            p_train = toy_positional_vectors(model, wins[1][:, :-1])
+            for a in _floats(args.alphas):
+                for f in factors:
+                    p_long = toy_positional_vectors(model, wins[f][:, :-1])
+                    d = replacement_delta(p_train[args.replace_layer], p_long[args.replace_layer], float(f), a)
+                    record(f"{name} + PV replacement a={a:g}", scheme, f,
+                           mean_nll(model, wins[f], {args.replace_layer: d}))
+        if scheme == "window":
+            for tau in _floats(args.temperatures):
+                for f in factors:
+                    m = with_model_options(model, window=W * f, logit_scale=1.0 if f == 1 else tau)
+                    record(f"{name} + window x r, temp {tau:g}", scheme, f, mean_nll(m, wins[f]))
+        print("  " + "; ".join(f"{k}: " + ", ".join(f"{v:.2f}" for v in c.values())
+                               for k, c in curves.items() if k.startswith(name)), flush=True)
+    write_table(args.out, "toy_ppl_length", rows)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    styles = {"none": "-", "rope": "--", "alibi": "-.", "window": ":"}
+    for label, c in curves.items():
+        scheme = next(r["scheme"] for r in rows if r["method"] == label)
+        ax.plot(list(c), list(c.values()), styles[scheme], marker="o", ms=4, label=label)
+    ax.axvline(C, color="gray", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks([C * f for f in factors], [str(C * f) for f in factors])
+    ax.set_xlabel("evaluation length (characters)")
+    ax.set_ylabel("perplexity (per character)")
+    ax.set_title(f"char-LMs trained at C={C} (d {args.d_model}, {args.layers} layers, {args.steps} steps), "
+                 f"{args.eval_windows} windows", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "toy_ppl_length.png"), dpi=90)
+    return 0
