@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
 from toybb.errors import CheckpointError
 from toybb.llm.config import LLMConfig, from_hf_config
@@ -25,6 +24,8 @@ class SafetensorsFile:
     cover the file's bytes means the file was cut short."""
 
     def __init__(self, path: str | Path):
+        from safetensors import SafetensorError, safe_open  # optional package (extra "llm"): imported on use
+
         self.path = str(path)
         try:
             self._f = safe_open(self.path, framework="np")
@@ -41,7 +42,7 @@ class SafetensorsFile:
     def get(self, name: str) -> np.ndarray:
         try:
             return self._f.get_tensor(name)
-        except (SafetensorError, TypeError) as e:
+        except Exception as e:  # the library's SafetensorError, or a dtype numpy cannot hold
             raise CheckpointError(f"{self.path}: cannot read tensor {name}: {e}") from None
 
 

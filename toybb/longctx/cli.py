@@ -13,7 +13,8 @@ import sys
 from toybb.errors import ConfigError, ToybbError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
+# the development corpora beside a checkout (../shared/data); $TOYBB_DATA points elsewhere
+DATA = os.environ.get("TOYBB_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 DEFAULT_TEXTS = ("prose/austen/emma.txt", "prose/melville_moby_dick.txt", "prose/austen/mansfieldpark.txt")
 
 
@@ -110,7 +111,8 @@ def _text_path(t: str) -> str:
     for cand in (t, os.path.join(DATA, t)):
         if os.path.isfile(cand):
             return cand
-    raise ToybbError(f"{t}: no such text file (paths are tried as given and under shared/data)")
+    raise ToybbError(f"{t}: no such text file (paths are tried as given and under {os.path.normpath(DATA)}; "
+                     "give a path, or set TOYBB_DATA to the folder that holds the texts)")
 
 
 def _read(t: str) -> str:
