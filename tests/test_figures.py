@@ -68,3 +68,19 @@ def test_figure_renders_with_labelled_axes(tiny_ctx, monkeypatch, name):
 
     img = matplotlib.image.imread(paths[0])
     assert img.ndim == 3 and np.std(img[..., :3]) > 0.05  # not blank
+
+
+def test_cli_figures_reuse_a_finished_run_and_copy_its_files(tmp_path):
+    """Figures drawn by other toybb commands: a cached run folder is copied, not run again; a failing
+    command is one ToybbError naming the figure."""
+    from toybb.errors import ToybbError
+
+    ctx = F.FigureContext(tmp_path / "out", "cpu", tmp_path / "runs", progress=False, log=lambda s: None)
+    run = tmp_path / "runs" / "cpu_demo"
+    run.mkdir(parents=True)
+    (run / "a.png").write_bytes(b"png")
+    got = F.cli_figures(ctx, "demo", ["no-such-command"], {"a.png": "demo_a.png"})
+    assert got == [tmp_path / "out" / "demo_a.png"] and got[0].read_bytes() == b"png"
+    with pytest.raises(ToybbError, match="figure demo"):
+        F.cli_figures(ctx, "demo", ["probe", "no-such-model", "--domain", "x=stdlib"], {"b.png": "demo_b.png"})
+    assert {"probe_smollm2", "longctx_toy"} <= set(F.FIGURES)

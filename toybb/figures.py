@@ -310,6 +310,47 @@ def fig_theory_trained(ctx: FigureContext) -> list[Path]:
     return [E.plot_overlay([E.load_trajectory(ctx.one_layer())], ctx.out / "theory_trained_1layer.png")]
 
 
+# ---- figures drawn by other toybb commands (LLM probes, long context) ----------------------------------
+def cli_figures(ctx: FigureContext, run_name: str, argv: list[str], files: dict[str, str],
+                has_progress_flag: bool = True) -> list[Path]:
+    """Run the toybb command `argv` (with `--out` set to a folder of the run cache) unless that folder
+    already holds every file of `files` ({file the command writes: gallery file name}), then copy them."""
+    import shutil
+
+    from toybb.cli import main
+    from toybb.errors import ToybbError
+
+    d = ctx.runs / f"{ctx.scale}_{run_name}"
+    if not all((d / f).is_file() for f in files):
+        ctx.log(f"running toybb {' '.join(argv)} --out {d}")
+        code = main([*argv, "--out", str(d)] + ([] if ctx.progress or not has_progress_flag else ["--no-progress"]))
+        if code != 0:
+            raise ToybbError(f"figure {run_name}: `toybb {' '.join(argv)}` exited with code {code}")
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copyfile(d / src, ctx.out / dst)) for src, dst in files.items()]
+
+
+@register_figure("probe_smollm2", "SmolLM2-135M on Austen prose vs standard-library code: per-head sink scores, "
+                 "residual/value norms by position, massive activations per layer, interventions, attention maps.")
+def fig_probe_smollm2(ctx: FigureContext) -> list[Path]:
+    from toybb.longctx.cli import DATA
+
+    n, heads = (16, 4) if ctx.scale == "cpu" else (64, 12)
+    argv = ["probe", "smollm2-135m-instruct", "--domain", f"prose={Path(DATA) / 'prose' / 'austen'}",
+            "--domain", "code=stdlib", "--samples", str(n), "--seq-len", "256", "--intervene-heads", str(heads)]
+    names = ("sink_heatmap", "norms_by_position", "massive_profile", "interventions", "attention_maps")
+    return cli_figures(ctx, "probe_smollm2", argv, {f"{k}.png": f"probe_smollm2_{k}.png" for k in names})
+
+
+@register_figure("longctx_toy", "Character LMs trained at context 64 with NoPE, RoPE, ALiBi and window attention, "
+                 "evaluated at 2x and 4x directly and with SelfExtend, PI, positional-vector replacement and "
+                 "window extension.")
+def fig_longctx_toy(ctx: FigureContext) -> list[Path]:
+    argv = ["longctx", "toy", "--steps", "3000" if ctx.scale == "cpu" else "10000"]
+    return cli_figures(ctx, "longctx_toy", argv, {"toy_ppl_length.png": "longctx_toy_ppl_length.png"},
+                       has_progress_flag=False)
+
+
 # ---- command line -----------------------------------------------------------------------------------
 def make_figures(out: str | Path, scale: str = "cpu", only: list[str] | None = None, runs: str | Path | None = None,
                  progress: bool = True, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[Path]:
