@@ -111,12 +111,9 @@ class FigureContext:
 
 # ---- helpers ------------------------------------------------------------------------------------------
 def _plt():
-    import matplotlib
+    from toybb.plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

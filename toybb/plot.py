@@ -17,14 +17,21 @@ def _layers(meta: dict) -> tuple[int, int]:
     return (0, 0) if n == 1 else (1, 0)
 
 
-def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, attn_layer: int | None = None,
-                  resid_layer: int | None = None) -> Path:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on servers and CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, attn_layer: int | None = None,
+                  resid_layer: int | None = None) -> Path:
     from toybb.train.loop import load_metrics
+
+    plt = pyplot()
 
     run_dir = Path(run_dir)
     meta, rows = load_metrics(run_dir)

@@ -168,11 +168,9 @@ def _layers(rows: list[dict], base: str) -> list[int]:
 def plot_series(rows: list[dict], path: Path, kind: str, max_layers: int = 8) -> Path:
     """Metrics against step: one colour per layer (at most `max_layers`, evenly spread), median over
     runs with a min-max band (toy runs with several seeds), dashed = other tokens."""
-    import matplotlib
+    from toybb.plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [("sink_attention", None, "attention on BOS", "attention weight"),
               ("value_drain", "value_others", "||Val<s>|| (BOS value norm)", "L2 norm"),
               ("residual_peak", "residual_others", "||Res<s>|| (BOS residual norm)", "L2 norm")]

