@@ -37,9 +37,11 @@ import jax.numpy as jnp
 from toybb.config import cpu_preset
 
 
-def config(d: int, batch: int, seq: int, n_runs: int):
+def config(d: int, batch: int, seq: int, n_runs: int, chunk: int | None = -1):
+    """chunk -1: all runs vmapped together; None: toybb's automatic train.run_chunk; k: k at a time."""
     return cpu_preset().replace(model={"d_model": d, "max_len": seq}, task={"seq_len": seq},
-                                train={"batch": batch, "eval_batch": batch, "seeds": tuple(range(n_runs))})
+                                train={"batch": batch, "eval_batch": batch, "seeds": tuple(range(n_runs)),
+                                       "run_chunk": n_runs if chunk == -1 else chunk})
 
 
 def time_vmapped(cfg, steps: int) -> tuple[float, float]:
@@ -72,6 +74,32 @@ def time_sequential(cfg, n_measured: int, steps: int) -> float:
         s = tr1._segment(s, jnp.int32(0), jnp.int32(steps))
         jax.block_until_ready(s)
     return n_measured * steps / (time.perf_counter() - t)
+
+
+def end_to_end(d, batch, seq, R, steps, n_measured) -> dict:
+    """Wall time of R runs as one `toybb train --seeds R` process vs `toybb train --seeds 1` processes
+    one after another (n_measured of them timed, extrapolated to R): what a researcher waits for."""
+    import tempfile
+
+    base = [sys.executable, "-m", "toybb.cli", "train", "--d-model", str(d), "--batch", str(batch),
+            "--eval-batch", str(batch), "--seq-len", str(seq), "--steps", str(steps), "--no-progress", "--no-plot"]
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+
+    def wall(seeds: int) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            r = subprocess.run(base + ["--seeds", str(seeds), "--out", tmp], capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                raise SystemExit(r.stderr[-2000:])
+            return time.perf_counter() - t
+
+    one = sorted(wall(1) for _ in range(n_measured))[n_measured // 2]
+    together = wall(R)
+    out = {"runs": R, "steps": steps, "one_run_process_s": one, "one_by_one_s": R * one,
+           "one_process_s": together, "ratio": R * one / together}
+    print(f"end to end, {R} runs x {steps} steps: one by one {R * one:.0f} s (one process {one:.1f} s, median of "
+          f"{n_measured}, x {R}); one `toybb train --seeds {R}` {together:.0f} s  = {R * one / together:.2f}x")
+    return out
 
 
 SCALING_SCRIPT = """
@@ -108,6 +136,10 @@ def main():
     ap.add_argument("--work", type=int, default=1600, help="about this many run-steps per measurement")
     ap.add_argument("--scaling-runs", type=int, default=64)
     ap.add_argument("--scaling-only", action="store_true")
+    ap.add_argument("--end-to-end", type=int, default=0, metavar="R",
+                    help="also time R runs as one `toybb train --seeds R` process against `toybb train --seeds 1` "
+                         "processes one after another (start-up, compilation and evaluation included)")
+    ap.add_argument("--e2e-steps", type=int, default=300)
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     print(f"devices: {jax.devices()}  os.cpu_count(): {os.cpu_count()}  load average: {os.getloadavg()}")
@@ -127,6 +159,13 @@ def main():
                                    "compile_s": comp, "steps": steps})
             print(f"{R:3d} runs vmapped: {rate:8.1f} run-steps/s  = {rate / seq_rate:5.2f}x one by one  "
                   f"(compile {comp:.1f} s, {steps} steps timed)")
+        R = max(int(x) for x in args.runs.split(","))
+        steps = max(10, args.work // R)
+        rate, comp = time_vmapped(config(args.d, args.batch, args.seq, R, chunk=None), steps)
+        res["automatic_chunk"] = {"runs": R, "run_steps_per_s": rate, "ratio_vs_sequential": rate / seq_rate}
+        print(f"{R:3d} runs, automatic train.run_chunk: {rate:8.1f} run-steps/s  = {rate / seq_rate:5.2f}x one by one")
+    if args.end_to_end:
+        res["end_to_end"] = end_to_end(args.d, args.batch, args.seq, args.end_to_end, args.e2e_steps, args.seq_measured)
     sc = scaling(args.d, args.batch, args.seq, args.scaling_runs, max(10, args.work // args.scaling_runs))
     base = sc[0]["run_steps_per_s"]
     for r in sc:

@@ -61,11 +61,12 @@ def time_config(name: str, cfg: RunConfig, steps: int) -> dict:
     jax.block_until_ready(state)
     dt = (time.perf_counter() - t) / steps
     runs = len(cfg.runs())
+    print(f"  [{name}: {tr.run_chunk} run(s) vmapped together]", flush=True)
     flops = model_flops_per_step(cfg.model, cfg.train.batch, cfg.task.seq_len) * runs
     return {
         "config": name, "runs": runs, "s_per_step": dt, "steps_per_s": 1 / dt, "run_steps_per_s": runs / dt,
         "tokens_per_s": runs * cfg.train.batch * cfg.task.seq_len / dt, "model_flops_per_step": flops,
-        "gflops": flops / dt / 1e9, "compile_s": compile_s,
+        "gflops": flops / dt / 1e9, "compile_s": compile_s, "runs_vmapped_together": tr.run_chunk,
     }
 
 
@@ -73,7 +74,8 @@ def configs(quick: bool):
     cpu = RunConfig(model=ModelConfig(d_model=64, max_len=64), task=TaskConfig(seq_len=64),
                     train=TrainConfig(batch=64, eval_batch=64))
     out = [("cpu-default d64 B64 T64, 1 seed", cpu.replace(train={"seeds": (0,)}), 50),
-           ("cpu-default d64 B64 T64, 8 seeds", cpu.replace(train={"seeds": tuple(range(8))}), 20)]
+           ("cpu-default d64 B64 T64, 8 seeds (auto)", cpu.replace(train={"seeds": tuple(range(8))}), 20),
+           ("cpu-default d64 B64 T64, 8 seeds all vmapped", cpu.replace(train={"seeds": tuple(range(8)), "run_chunk": 8}), 20)]
     if not quick:
         paper = RunConfig(train=TrainConfig(eval_batch=8))
         out += [("paper 1-layer d256 B512 T256, 1 seed", paper, 3),

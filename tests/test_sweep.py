@@ -122,6 +122,10 @@ def test_memory_estimate_grows_with_runs_and_width():
     wide = small.replace(model={"d_model": 64})
     b = estimate_group_bytes(small)
     assert estimate_group_bytes(many) == 8 * b and estimate_group_bytes(wide) > 4 * b
+    # runs trained one at a time (train.run_chunk 1) hold one run's training activations
+    big_batch = small.replace(train={"seeds": tuple(range(8)), "batch": 512, "eval_batch": 8})
+    assert estimate_group_bytes(big_batch.replace(train={"run_chunk": 1})) < estimate_group_bytes(
+        big_batch.replace(train={"run_chunk": 8})) / 4
 
 
 @pytest.mark.parametrize("text, needle", [

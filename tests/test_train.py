@@ -93,6 +93,29 @@ def test_vmapped_runs_equal_single_runs(full_run):
     np.testing.assert_allclose(single.metrics["loss"][:, 0], full_run[0].metrics["loss"][:, 1], rtol=2e-5)
 
 
+def test_run_chunks_equal_all_vmapped(full_run):
+    # runs vmapped one at a time (jax.lax.map over the run axis) = all runs vmapped together
+    cfg = TINY.replace(train={"run_chunk": 1})
+    tr = Trainer(cfg)
+    assert tr.run_chunk == 1
+    chunked = train(cfg, None, progress=False, trainer=tr)
+    np.testing.assert_allclose(chunked.metrics["loss"], full_run[0].metrics["loss"], rtol=2e-5)
+    np.testing.assert_allclose(chunked.metrics["sink_attention_l0"], full_run[0].metrics["sink_attention_l0"],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_run_chunk_automatic_and_checked():
+    from toybb.config import cpu_preset
+
+    import jax
+
+    if jax.default_backend() == "cpu" and jax.local_device_count() == 1:
+        assert Trainer(TINY).run_chunk == 2  # small runs: all vmapped together
+        assert Trainer(cpu_preset()).run_chunk == 1  # d 64, batch 64, sequence 64: one run at a time
+    with pytest.raises(ConfigError, match="run_chunk"):
+        TINY.replace(train={"run_chunk": 0})
+
+
 def test_learning_rates_vmapped(trainer):
     cfg = TINY.replace(train={"seeds": (0,), "lrs": (3e-3, 1e-4), "steps": 20})
     r = train(cfg, None, progress=False)

@@ -90,6 +90,8 @@ def _add_train(sub) -> None:
     g.add_argument("--eval-every", type=int, dest="eval_every", help="one evaluation grid step (default: "
                    "every 20 steps to 10k, then every 200)")
     g.add_argument("--ckpt-every", type=int, dest="ckpt_every")
+    g.add_argument("--run-chunk", type=int, dest="run_chunk", metavar="K",
+                   help="vmap K runs at a time inside the compiled step (default: automatic; speed only)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plot", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -128,7 +130,7 @@ def build_config(args) -> "RunConfig":
             upd["train"]["lrs"] = ()
         else:
             upd["train"]["lrs"] = args.lr
-    for name in ("steps", "batch", "eval_batch", "ckpt_every"):
+    for name in ("steps", "batch", "eval_batch", "ckpt_every", "run_chunk"):
         if getattr(args, name) is not None:
             upd["train"][name] = getattr(args, name)
     if args.seeds is not None:

@@ -198,6 +198,12 @@ class TrainConfig:
     # evaluation grid: (every, until) pairs; the reference logs every 20 steps to 10k, then every 200
     eval_schedule: tuple[tuple[int, int], ...] = ((20, 10_000), (200, 0))
     ckpt_every: int = 1000  # steps between checkpoints (rounded up to the next evaluation step)
+    # runs vmapped together inside the one compiled step; the chunks run one after another in the
+    # same program (jax.lax.map). None: all runs on accelerators or several devices; on one CPU
+    # device, as many runs as keep a chunk's MLP activations within ~1 MiB (cache-sized: wide
+    # vmapped batches are memory-bound there; see benchmarks/bench_train.py). Speed only: the
+    # numbers agree to float32 round-off whatever the chunk.
+    run_chunk: int | None = None
 
     def __post_init__(self):
         _check(isinstance(self.steps, int) and self.steps > 0, f"train.steps must be a positive integer, got {self.steps!r}")
@@ -224,6 +230,10 @@ class TrainConfig:
         _check(
             isinstance(self.ckpt_every, int) and self.ckpt_every > 0,
             f"train.ckpt_every must be a positive integer, got {self.ckpt_every!r}",
+        )
+        _check(
+            self.run_chunk is None or (isinstance(self.run_chunk, int) and self.run_chunk > 0),
+            f"train.run_chunk must be a positive integer or null (automatic), got {self.run_chunk!r}",
         )
 
     def eval_steps(self) -> list[int]:

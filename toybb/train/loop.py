@@ -80,6 +80,28 @@ class RunResult:
         return self.metrics[name][-1]
 
 
+def runs_vmapped_together(cfg: RunConfig, n_devices: int = 1) -> int:
+    """How many runs the compiled training step vmaps together (train.run_chunk resolved); the
+    remaining chunks run one after another in the same program. With several devices the run axis
+    is sharded and all runs are vmapped."""
+    R = len(cfg.runs())
+    if n_devices > 1:
+        if cfg.train.run_chunk is not None and cfg.train.run_chunk < R // n_devices:
+            raise ConfigError(
+                f"train.run_chunk={cfg.train.run_chunk} applies on one device; with {n_devices} devices "
+                "the runs are vmapped across them: set run_chunk to null (automatic)"
+            )
+        return R
+    if cfg.train.run_chunk is not None:
+        return min(cfg.train.run_chunk, R)
+    if jax.default_backend() != "cpu":
+        return R
+    # CPU: keep one chunk's MLP activations within ~1 MiB (2^18 floats); wider vmapped batches are
+    # memory-bound (measured in benchmarks/bench_train.py)
+    per_run = cfg.train.batch * cfg.task.seq_len * max(cfg.model.mlp_dim, cfg.model.d_model)
+    return int(max(1, min(R, (1 << 18) // per_run)))
+
+
 class Trainer:
     """Compiled functions of one run config (share one Trainer between calls to reuse compilation)."""
 
@@ -96,6 +118,7 @@ class Trainer:
         devs = jax.local_devices()  # multi-host sweeps give each process its own groups (toybb.train.sweep)
         # shard the run axis over all local devices when it divides evenly (one device: no-op)
         self.mesh = Mesh(np.array(devs), ("runs",)) if len(devs) > 1 and len(self.runs) % len(devs) == 0 else None
+        self.run_chunk = runs_vmapped_together(cfg, 1 if self.mesh is None else self.mesh.devices.size)
         self._build()
 
     # ---- pure functions -------------------------------------------------------------------
@@ -124,7 +147,12 @@ class Trainer:
             bad = jnp.where((state["bad_step"] < 0) & ~jnp.isfinite(loss), i, state["bad_step"])
             return {**state, "params": params, "opt_state": opt_state, "bad_step": bad}
 
-        step_all = jax.vmap(step_one, in_axes=(0, None))
+        chunk = self.run_chunk
+        if chunk >= len(self.runs):
+            step_all = jax.vmap(step_one, in_axes=(0, None))
+        else:  # chunks of `chunk` vmapped runs, one after another inside the compiled step
+            def step_all(state, i):
+                return jax.lax.map(lambda st: step_one(st, i), state, batch_size=chunk)
 
         def segment(state, start, stop):
             return jax.lax.fori_loop(start, stop, lambda i, s: step_all(s, i), state)
@@ -264,7 +292,7 @@ def _config_matches(saved: dict, cfg: RunConfig) -> list[str]:
     diffs = []
     for sec in now:
         for k, v in now[sec].items():
-            if sec == "train" and k in ("steps", "ckpt_every"):
+            if sec == "train" and k in ("steps", "ckpt_every", "run_chunk"):
                 continue
             old = saved.get(sec, {}).get(k)
             if v != old:
@@ -290,7 +318,7 @@ def train(
     t0 = time.perf_counter()
     trainer = trainer or Trainer(cfg)
     if _config_matches(trainer.cfg.to_dict(), cfg):
-        raise ValueError("trainer was built for another config (only train.steps and train.ckpt_every may differ)")
+        raise ValueError("trainer was built for another config (only train.steps, ckpt_every and run_chunk may differ)")
     out = Path(out_dir) if out_dir is not None else None
     names, runs = trainer.metric_names, trainer.runs
     grid = cfg.train.eval_steps()
@@ -311,7 +339,8 @@ def train(
                     "use another --out or delete the folder"
                 )
         meta = {"config": cfg.to_dict(), "runs": [{"seed": s, "lr": lr} for s, lr in runs],
-                "versions": package_versions(), "command": " ".join(sys.argv)}
+                "versions": package_versions(), "command": " ".join(sys.argv),
+                "runs_vmapped_together": trainer.run_chunk}
         _atomic_write(cfg_path, lambda f: f.write(json.dumps(meta, indent=2)), mode="w")
         if (out / CKPT_NAME).exists():
             state, step = trainer.load_checkpoint(out / CKPT_NAME)

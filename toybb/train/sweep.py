@@ -206,9 +206,13 @@ def estimate_group_bytes(cfg: RunConfig) -> int:
     m, T = cfg.model, cfg.task.seq_len
     # per token and layer: residual, LN, q/k/v/out, MLP hidden (x2 for ReLU input/output), attention row
     per_tok = m.n_layers * (8 * m.d_model + 2 * m.mlp_dim + 3 * m.n_heads * T) + 2 * m.vocab_size
-    acts = 4 * per_tok * T * max(cfg.train.batch, cfg.train.eval_batch)
+    from toybb.train.loop import runs_vmapped_together
+
     n_runs = len(cfg.runs())
-    return n_runs * (4 * n_params * (2 + opt_copies) + acts)
+    together = runs_vmapped_together(cfg, max(1, len(__import__("jax").local_devices())))
+    # training activations exist for the runs vmapped together at a time; the evaluation vmaps all runs
+    acts = 4 * per_tok * T * max(together * cfg.train.batch, n_runs * cfg.train.eval_batch)
+    return n_runs * 4 * n_params * (2 + opt_copies) + acts
 
 
 def available_bytes() -> tuple[int, str]:
