@@ -72,6 +72,31 @@ def peaks_sweep(scale: str) -> dict:
     ]}
 
 
+def theory_trained_configs(scale: str) -> dict[str, RunConfig]:
+    """Runs fitted against the theory (theory/07): `tf3_adam`/`tf3_sgd`, 3-layer transformers (residual
+    peak read after layer 0, sink and drain in layer 1; SPEC §3), Adam vs SGD (SPEC lr 0.03, momentum
+    0.9); `tf1_long`, a 1-layer Adam run over a long horizon for the sink and drain rates.
+    cpu: d 64 for the 3-layer pair (at d 32 no peak forms), 5k steps; d 32 for the 30k-step 1-layer run."""
+    if scale == "cpu":
+        three = cpu_preset().replace(
+            model={"n_layers": 3, "d_model": 64, "max_len": 64}, task={"seq_len": 64},
+            train={"steps": 5000, "batch": 32, "eval_batch": 64, "seeds": (0, 1), "ckpt_every": 1000,
+                   "eval_schedule": ((25, 250), (100, 2000), (250, 0))})
+        one = cpu_preset().replace(
+            model={"d_model": 32, "max_len": 32}, task={"seq_len": 32}, optim={"lr": 1e-3},
+            train={"steps": 30_000, "batch": 32, "eval_batch": 64, "seeds": (0, 1), "ckpt_every": 5000,
+                   "eval_schedule": ((20, 200), (100, 2000), (500, 0))})
+    elif scale == "paper":
+        three = paper_preset().replace(model={"n_layers": 3}, train={"seeds": (0, 1), "ckpt_every": 1000})
+        one = paper_preset().replace(train={"steps": 100_000, "seeds": (0, 1), "ckpt_every": 5000})
+    else:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    lr = 1e-3 if scale == "cpu" else 3e-4
+    return {"tf3_adam": three.replace(optim={"name": "adam", "lr": lr}),
+            "tf3_sgd": three.replace(optim={"name": "sgd", "lr": 0.03}),
+            "tf1_long": one}
+
+
 @dataclass
 class FigureContext:
     out: Path
@@ -87,6 +112,20 @@ class FigureContext:
 
         cfg = base_config(self.scale)
         d = self.runs / f"{self.scale}_1layer"
+        if not is_finished(d, cfg):
+            self.log(f"training {d} ({len(cfg.runs())} runs, {cfg.train.steps} steps)")
+            train(cfg, d, progress=self.progress)
+        return d
+
+    def theory_run(self, name: str) -> Path:
+        """One run of `theory_trained_configs` (trained, or resumed, unless finished in the cache)."""
+        from toybb.train.loop import train
+        from toybb.train.runs import is_finished
+
+        cfgs = theory_trained_configs(self.scale)
+        if name not in cfgs:
+            raise ConfigError(f"unknown theory run {name!r}; known: {', '.join(cfgs)}")
+        cfg, d = cfgs[name], self.runs / f"{self.scale}_theory_{name}"
         if not is_finished(d, cfg):
             self.log(f"training {d} ({len(cfg.runs())} runs, {cfg.train.steps} steps)")
             train(cfg, d, progress=self.progress)
