@@ -72,10 +72,26 @@ def peaks_sweep(scale: str) -> dict:
     ]}
 
 
-def theory_trained_configs(scale: str) -> dict[str, RunConfig]:
+EQUAL_SUPPORT_MIX = 0.05  # weight of the uniform row mixed into every bigram row (theory/07, equal support)
+
+
+def equal_support_table(table_dir: Path) -> Path:
+    """The Tiny Shakespeare table with every row mixed with the uniform distribution (weight
+    EQUAL_SUPPORT_MIX), so all rows share one support; written once under `table_dir`."""
+    from toybb.task.bb import load_bigram_table
+    from toybb.task.build_bigram import mix_uniform, save_table
+
+    p = Path(table_dir) / f"tinyshakespeare_mix{EQUAL_SUPPORT_MIX:g}.npz"
+    if not p.is_file():
+        save_table(mix_uniform(load_bigram_table("tinyshakespeare"), EQUAL_SUPPORT_MIX), p)
+    return p
+
+
+def theory_trained_configs(scale: str, table_dir: Path | None = None) -> dict[str, RunConfig]:
     """Runs fitted against the theory (theory/07): `tf3_adam`/`tf3_sgd`, 3-layer transformers (residual
     peak read after layer 0, sink and drain in layer 1; SPEC §3), Adam vs SGD (SPEC lr 0.03, momentum
-    0.9); `tf1_long`, a 1-layer Adam run over a long horizon for the sink and drain rates.
+    0.9); `tf1_long`, a 1-layer Adam run over a long horizon for the sink and drain rates; with
+    `table_dir`, also `simple_equal_sgd`: the SimpleModel (SGD) on the equal-support table.
     cpu: d 64 for the 3-layer pair (at d 32 no peak forms), 5k steps; d 32 for the 30k-step 1-layer run."""
     if scale == "cpu":
         three = cpu_preset().replace(
@@ -92,9 +108,17 @@ def theory_trained_configs(scale: str) -> dict[str, RunConfig]:
     else:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     lr = 1e-3 if scale == "cpu" else 3e-4
-    return {"tf3_adam": three.replace(optim={"name": "adam", "lr": lr}),
+    cfgs = {"tf3_adam": three.replace(optim={"name": "adam", "lr": lr}),
             "tf3_sgd": three.replace(optim={"name": "sgd", "lr": 0.03}),
             "tf1_long": one}
+    if table_dir is not None:
+        simple = cpu_preset().replace(
+            model={"arch": "simple"}, task={"table": str(Path(table_dir) / f"tinyshakespeare_mix{EQUAL_SUPPORT_MIX:g}.npz")},
+            optim={"name": "sgd", "lr": 0.5},
+            train={"steps": 20_000 if scale == "cpu" else 100_000, "seeds": (0, 1), "ckpt_every": 5000,
+                   "eval_schedule": ((20, 200), (100, 2000), (500, 0))})
+        cfgs["simple_equal_sgd"] = simple
+    return cfgs
 
 
 @dataclass
@@ -122,7 +146,10 @@ class FigureContext:
         from toybb.train.loop import train
         from toybb.train.runs import is_finished
 
-        cfgs = theory_trained_configs(self.scale)
+        tables = self.runs / "tables"
+        if name == "simple_equal_sgd":
+            equal_support_table(tables)
+        cfgs = theory_trained_configs(self.scale, tables)
         if name not in cfgs:
             raise ConfigError(f"unknown theory run {name!r}; known: {', '.join(cfgs)}")
         cfg, d = cfgs[name], self.runs / f"{self.scale}_theory_{name}"
