@@ -373,6 +373,28 @@ def fig_theory_trained(ctx: FigureContext) -> list[Path]:
     return [E.plot_overlay([E.load_trajectory(ctx.one_layer())], ctx.out / "theory_trained_1layer.png")]
 
 
+THEORY_TRAINED_LABELS = {"tf3_adam": "3-layer, Adam", "tf3_sgd": "3-layer, SGD", "tf1_long": "1-layer, Adam, long",
+                         "simple_equal_sgd": "SimpleModel, SGD, equal support"}
+
+
+@register_figure("theory_trained", "The reduced-model laws fitted to trained runs (theory/07): 3-layer Adam vs SGD "
+                 "(||Res<s>|| after layer 0: linear vs sqrt(log t)), a long 1-layer Adam run (sink logit, drain, "
+                 "loss) and the SimpleModel on an equal-support table; dashed: predicted law anchored at the start "
+                 "of the fitted last decade; seeds as min-max bands. Also writes the fits as theory_trained_fits.csv.")
+def fig_theory_trained_all(ctx: FigureContext) -> list[Path]:
+    from toybb.theory import experiment as E
+
+    runs = {name: ctx.theory_run(name) for name in THEORY_TRAINED_LABELS}
+    trajs = [E.load_trajectory(d) for d in runs.values()]
+    for t, name in zip(trajs, runs):
+        t.name = name
+    rows = E.fit_table(trajs)
+    ctx.log(E.format_table(rows))
+    csv_path = E.write_fit_csv(rows, ctx.out / "theory_trained_fits.csv")
+    png = E.plot_overlay(trajs, ctx.out / "theory_trained.png", labels=list(THEORY_TRAINED_LABELS.values()))
+    return [png, csv_path]
+
+
 # ---- figures drawn by other toybb commands (LLM probes, long context) ----------------------------------
 def cli_figures(ctx: FigureContext, run_name: str, argv: list[str], files: dict[str, str],
                 has_progress_flag: bool = True) -> list[Path]:
