@@ -329,5 +329,6 @@ def test_theory_trained_configs_cpu():
     assert (a.optim.name, s.optim.name, s.optim.lr, s.optim.momentum) == ("adam", "sgd", 0.03, 0.9)
     assert cfgs["tf1_long"].train.steps >= 20_000
     assert cfgs["simple_equal_sgd"].model.arch == "simple" and "mix" in cfgs["simple_equal_sgd"].task.table
+    assert cfgs["simple_equal_sgd_wd0"].optim.weight_decay == 0 < cfgs["simple_equal_sgd"].optim.weight_decay
     with pytest.raises(ConfigError, match="unknown scale"):
         F.theory_trained_configs("huge")

@@ -118,6 +118,9 @@ def theory_trained_configs(scale: str, table_dir: Path | None = None) -> dict[st
             train={"steps": 20_000 if scale == "cpu" else 100_000, "seeds": (0, 1), "ckpt_every": 5000,
                    "eval_schedule": ((20, 200), (100, 2000), (500, 0))})
         cfgs["simple_equal_sgd"] = simple
+        # the same without weight decay (theory/03: decay caps the SGD sink logit at 1/2 W(2 sigma^2 / lam))
+        cfgs["simple_equal_sgd_wd0"] = simple.replace(optim={"weight_decay": 0.0}, train={
+            "steps": 6000 if scale == "cpu" else 100_000, "ckpt_every": 1000, "eval_schedule": ((100, 0),)})
     return cfgs
 
 
@@ -147,7 +150,7 @@ class FigureContext:
         from toybb.train.runs import is_finished
 
         tables = self.runs / "tables"
-        if name == "simple_equal_sgd":
+        if name.startswith("simple_equal_sgd"):
             equal_support_table(tables)
         cfgs = theory_trained_configs(self.scale, tables)
         if name not in cfgs:
@@ -374,7 +377,8 @@ def fig_theory_trained(ctx: FigureContext) -> list[Path]:
 
 
 THEORY_TRAINED_LABELS = {"tf3_adam": "3-layer, Adam", "tf3_sgd": "3-layer, SGD", "tf1_long": "1-layer, Adam, long",
-                         "simple_equal_sgd": "SimpleModel, SGD, equal support"}
+                         "simple_equal_sgd": "SimpleModel, SGD, equal support",
+                         "simple_equal_sgd_wd0": "SimpleModel, SGD, equal support, no weight decay"}
 
 
 @register_figure("theory_trained", "The reduced-model laws fitted to trained runs (theory/07): 3-layer Adam vs SGD "
