@@ -316,3 +316,26 @@ def test_rates_ten_million_steps_within_two_percent():
     r = S.check_rates(steps=10_000_000, lr=1.0)
     c = np.asarray(r["rows"][0][2])
     assert np.all(np.abs(c / 0.5 - 1) < 0.02) and abs(r["rows"][1][2] / 0.5 - 1) < 0.02
+
+
+def test_weight_decay_caps_the_sink_logit_at_the_lambert_w_fixed_point():
+    from toybb.theory.rates import sink_logit_with_weight_decay
+
+    sigma2 = np.array([0.1, 0.5, 1.0, 3.0])
+    for lam in (1e-2, 1e-4):
+        ystar = sink_logit_with_weight_decay(sigma2, lam)
+        np.testing.assert_allclose(2 * ystar * np.exp(2 * ystar), 2 * sigma2 / lam, rtol=1e-10)
+        # the flow dy/dt = sigma2 e^{-2y} - lam y (explicit Euler, steps growing with t), started below and
+        # above y*, settles at y*
+        for y0 in (0.0, ystar.max() + 2):
+            y, t, dt = np.full_like(sigma2, y0), 0.0, 0.05
+            while t < 50 / lam:
+                y = y + dt * (sigma2 * np.exp(-2 * y) - lam * y)
+                t += dt
+                dt = min(dt * 1.01, 0.002 / lam)
+            np.testing.assert_allclose(y, ystar, rtol=1e-3)
+    # without decay the logit would grow like 1/2 log(2 sigma2 t); with decay the cap grows like 1/2 log(1/lam)
+    caps = sink_logit_with_weight_decay(1.0, np.array([1e-2, 1e-4, 1e-6]))
+    assert np.all(np.diff(caps) > 0) and np.all(caps < 0.5 * np.log(2 / np.array([1e-2, 1e-4, 1e-6])))
+    with pytest.raises(ConfigError, match="positive"):
+        sink_logit_with_weight_decay(1.0, 0.0)

@@ -226,3 +226,109 @@ def test_cli_trained_errors_one_line_exit_2(tmp_path, capsys, make, needle):
     assert main(["theory", "--trained", str(make(tmp_path))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+# ---- residual growth laws, equal-support table, the gallery entry ---------------------------------------
+
+
+def test_residual_forms_pick_the_law_that_generated_the_data():
+    k = np.arange(500.0, 5001.0, 100.0)
+    lin = E.residual_forms(k, 20 + 0.004 * k, 500, 5000)
+    assert lin["better"] == "linear" and lin["linear_slope"] == pytest.approx(0.004, rel=1e-9)
+    assert lin["linear_rms"] < 1e-12 < lin["sqrtlog_rms"]
+    sq = E.residual_forms(k, np.sqrt(30 * np.log(k) + 5), 500, 5000)
+    assert sq["better"] == "sqrt(log)" and sq["sqrtlog_A"] == pytest.approx(30, rel=1e-9)
+    assert sq["sqrtlog_rms"] < 1e-12 < sq["linear_rms"]
+    with pytest.raises(ConfigError, match="at least 3 points"):
+        E.residual_forms(k, k, 6000, 7000)
+    with pytest.raises(ConfigError, match="equal length"):
+        E.residual_forms(k, k[:-1], 500, 5000)
+
+
+def test_fit_table_reports_residual_forms():
+    rows = E.fit_table([_synthetic("adam", lr=1e-3, n=2)])
+    assert _row(rows, "residual_linear_rms")["median"] < 1e-9 < _row(rows, "residual_sqrtlog_rms")["median"]
+    g = _row(rows, "residual_growth")  # rho lr (T - T/10) on the window [2000, 20000]
+    assert g["median"] == pytest.approx(R.adam_linear_rate(1e-3) * 1e-3 * 18_000, rel=1e-6)
+    rows = E.fit_table([_synthetic("sgd", lr=0.1, n=2)])
+    assert _row(rows, "residual_sqrtlog_rms")["median"] < _row(rows, "residual_linear_rms")["median"]
+
+
+def test_mix_uniform_gives_equal_support_rows(tmp_path):
+    from toybb.task.bb import load_bigram_table
+    from toybb.task.build_bigram import main as build_main
+    from toybb.task.build_bigram import mix_uniform
+
+    tab = load_bigram_table("tinyshakespeare")
+    mixed = mix_uniform(tab, 0.05)
+    assert (tab.counts == 0).any() and (mixed.counts > 0).all()
+    p = tab.counts / tab.counts.sum(1, keepdims=True)
+    q = mixed.counts / mixed.counts.sum(1, keepdims=True)
+    np.testing.assert_allclose(q, 0.95 * p + 0.05 / len(tab.chars), atol=2e-5)  # integer counts, ~1e6 a row
+    np.testing.assert_array_equal(mixed.unigram, tab.unigram)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="mixing weight"):
+            mix_uniform(tab, bad)
+    text = tmp_path / "t.txt"
+    text.write_text("abcabcabd" * 20)
+    assert build_main([str(text), "-o", str(tmp_path / "m.npz"), "--uniform-mix", "0.5"]) == 0
+    task = BBTask(n_triggers=1, table=str(tmp_path / "m.npz"))
+    assert (task.bigram[:4, :4] >= 0.5 / 4 - 1e-6).all()
+
+
+def test_overlay_png_is_small_and_fit_csv_round_trips(tmp_path):
+    trajs = [_synthetic("adam", n=2, T=4000), _synthetic("sgd", lr=0.03, n=2, T=4000)]
+    png = E.plot_overlay(trajs, tmp_path / "o.png", labels=["Adam", "SGD"])
+    assert 5_000 < png.stat().st_size < 150_000
+    from PIL import Image
+
+    with Image.open(png) as im:  # 2 rows x 4 panels at 80 dpi
+        assert im.size == (int(3.6 * 4 * 80), int(2.7 * 2 * 80))
+    with pytest.raises(ConfigError, match="labels"):
+        E.plot_overlay(trajs, tmp_path / "x.png", labels=["one"])
+    rows = E.fit_table(trajs)
+    back = list(csv.DictReader(open(E.write_fit_csv(rows, tmp_path / "f.csv"))))
+    assert len(back) == len(rows)
+    assert float(_row(back, "drain")["median"]) == pytest.approx(_row(rows, "drain")["median"], rel=1e-5)
+    assert _row(back, "residual_growth")["predicted"] == ""
+
+
+@pytest.mark.slow  # trains two tiny runs: ~20 s quiet, minutes on a loaded CPU
+def test_theory_trained_gallery_entry_trains_once_and_writes_small_png(tmp_path, monkeypatch):
+    from _shared import TINY
+    from toybb import figures as F
+
+    tiny = TINY.replace(train={"steps": 40, "eval_schedule": ((2, 0),), "ckpt_every": 20})
+    monkeypatch.setattr(F, "THEORY_TRAINED_LABELS", {"tf3_adam": "Adam", "tf3_sgd": "SGD"})
+    monkeypatch.setattr(F, "theory_trained_configs", lambda scale, table_dir=None: {
+        "tf3_adam": tiny, "tf3_sgd": tiny.replace(optim={"name": "sgd", "lr": 0.03})})
+    logs = []
+    paths = F.make_figures(tmp_path / "out", only=["theory_trained"], runs=tmp_path / "runs", progress=False,
+                           log=logs.append)
+    png, csv_path = paths
+    assert png.name == "theory_trained.png" and 5_000 < png.stat().st_size < 150_000
+    rows = list(csv.DictReader(open(csv_path)))
+    assert {r["run"] for r in rows} == {"tf3_adam", "tf3_sgd"}
+    assert {"sink", "drain", "loss", "residual", "residual_linear_rms", "residual_sqrtlog_rms"} <= {
+        r["quantity"] for r in rows}
+    assert sum("training" in m for m in logs) == 2
+    logs.clear()  # the run cache is reused: nothing is trained again
+    F.make_figures(tmp_path / "out", only=["theory_trained"], runs=tmp_path / "runs", progress=False,
+                   log=logs.append)
+    assert not any("training" in m for m in logs)
+
+
+def test_theory_trained_configs_cpu():
+    from pathlib import Path
+
+    from toybb import figures as F
+
+    cfgs = F.theory_trained_configs("cpu", Path("tables"))
+    a, s = cfgs["tf3_adam"], cfgs["tf3_sgd"]
+    assert a.model.n_layers == s.model.n_layers == 3 and a.model.d_model == 64
+    assert (a.optim.name, s.optim.name, s.optim.lr, s.optim.momentum) == ("adam", "sgd", 0.03, 0.9)
+    assert cfgs["tf1_long"].train.steps >= 20_000
+    assert cfgs["simple_equal_sgd"].model.arch == "simple" and "mix" in cfgs["simple_equal_sgd"].task.table
+    assert cfgs["simple_equal_sgd_wd0"].optim.weight_decay == 0 < cfgs["simple_equal_sgd"].optim.weight_decay
+    with pytest.raises(ConfigError, match="unknown scale"):
+        F.theory_trained_configs("huge")

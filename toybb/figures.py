@@ -72,6 +72,58 @@ def peaks_sweep(scale: str) -> dict:
     ]}
 
 
+EQUAL_SUPPORT_MIX = 0.05  # weight of the uniform row mixed into every bigram row (theory/07, equal support)
+
+
+def equal_support_table(table_dir: Path) -> Path:
+    """The Tiny Shakespeare table with every row mixed with the uniform distribution (weight
+    EQUAL_SUPPORT_MIX), so all rows share one support; written once under `table_dir`."""
+    from toybb.task.bb import load_bigram_table
+    from toybb.task.build_bigram import mix_uniform, save_table
+
+    p = Path(table_dir) / f"tinyshakespeare_mix{EQUAL_SUPPORT_MIX:g}.npz"
+    if not p.is_file():
+        save_table(mix_uniform(load_bigram_table("tinyshakespeare"), EQUAL_SUPPORT_MIX), p)
+    return p
+
+
+def theory_trained_configs(scale: str, table_dir: Path | None = None) -> dict[str, RunConfig]:
+    """Runs fitted against the theory (theory/07): `tf3_adam`/`tf3_sgd`, 3-layer transformers (residual
+    peak read after layer 0, sink and drain in layer 1; SPEC §3), Adam vs SGD (SPEC lr 0.03, momentum
+    0.9); `tf1_long`, a 1-layer Adam run over a long horizon for the sink and drain rates; with
+    `table_dir`, also `simple_equal_sgd`: the SimpleModel (SGD) on the equal-support table.
+    cpu: d 64 for the 3-layer pair (at d 32 no peak forms), 5k steps; d 32 for the 30k-step 1-layer run."""
+    if scale == "cpu":
+        three = cpu_preset().replace(
+            model={"n_layers": 3, "d_model": 64, "max_len": 64}, task={"seq_len": 64},
+            train={"steps": 5000, "batch": 32, "eval_batch": 64, "seeds": (0, 1), "ckpt_every": 1000,
+                   "eval_schedule": ((25, 250), (100, 2000), (250, 0))})
+        one = cpu_preset().replace(
+            model={"d_model": 32, "max_len": 32}, task={"seq_len": 32}, optim={"lr": 1e-3},
+            train={"steps": 30_000, "batch": 32, "eval_batch": 64, "seeds": (0, 1), "ckpt_every": 5000,
+                   "eval_schedule": ((20, 200), (100, 2000), (500, 0))})
+    elif scale == "paper":
+        three = paper_preset().replace(model={"n_layers": 3}, train={"seeds": (0, 1), "ckpt_every": 1000})
+        one = paper_preset().replace(train={"steps": 100_000, "seeds": (0, 1), "ckpt_every": 5000})
+    else:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    lr = 1e-3 if scale == "cpu" else 3e-4
+    cfgs = {"tf3_adam": three.replace(optim={"name": "adam", "lr": lr}),
+            "tf3_sgd": three.replace(optim={"name": "sgd", "lr": 0.03}),
+            "tf1_long": one}
+    if table_dir is not None:
+        simple = cpu_preset().replace(
+            model={"arch": "simple"}, task={"table": str(Path(table_dir) / f"tinyshakespeare_mix{EQUAL_SUPPORT_MIX:g}.npz")},
+            optim={"name": "sgd", "lr": 0.5},
+            train={"steps": 20_000 if scale == "cpu" else 100_000, "seeds": (0, 1), "ckpt_every": 5000,
+                   "eval_schedule": ((20, 200), (100, 2000), (500, 0))})
+        cfgs["simple_equal_sgd"] = simple
+        # the same without weight decay (theory/03: decay caps the SGD sink logit at 1/2 W(2 sigma^2 / lam))
+        cfgs["simple_equal_sgd_wd0"] = simple.replace(optim={"weight_decay": 0.0}, train={
+            "steps": 6000 if scale == "cpu" else 100_000, "ckpt_every": 1000, "eval_schedule": ((100, 0),)})
+    return cfgs
+
+
 @dataclass
 class FigureContext:
     out: Path
@@ -87,6 +139,23 @@ class FigureContext:
 
         cfg = base_config(self.scale)
         d = self.runs / f"{self.scale}_1layer"
+        if not is_finished(d, cfg):
+            self.log(f"training {d} ({len(cfg.runs())} runs, {cfg.train.steps} steps)")
+            train(cfg, d, progress=self.progress)
+        return d
+
+    def theory_run(self, name: str) -> Path:
+        """One run of `theory_trained_configs` (trained, or resumed, unless finished in the cache)."""
+        from toybb.train.loop import train
+        from toybb.train.runs import is_finished
+
+        tables = self.runs / "tables"
+        if name.startswith("simple_equal_sgd"):
+            equal_support_table(tables)
+        cfgs = theory_trained_configs(self.scale, tables)
+        if name not in cfgs:
+            raise ConfigError(f"unknown theory run {name!r}; known: {', '.join(cfgs)}")
+        cfg, d = cfgs[name], self.runs / f"{self.scale}_theory_{name}"
         if not is_finished(d, cfg):
             self.log(f"training {d} ({len(cfg.runs())} runs, {cfg.train.steps} steps)")
             train(cfg, d, progress=self.progress)
@@ -305,6 +374,29 @@ def fig_theory_trained(ctx: FigureContext) -> list[Path]:
     from toybb.theory import experiment as E
 
     return [E.plot_overlay([E.load_trajectory(ctx.one_layer())], ctx.out / "theory_trained_1layer.png")]
+
+
+THEORY_TRAINED_LABELS = {"tf3_adam": "3-layer, Adam", "tf3_sgd": "3-layer, SGD", "tf1_long": "1-layer, Adam, long",
+                         "simple_equal_sgd": "SimpleModel, SGD, equal support",
+                         "simple_equal_sgd_wd0": "SimpleModel, SGD, equal support, no weight decay"}
+
+
+@register_figure("theory_trained", "The reduced-model laws fitted to trained runs (theory/07): 3-layer Adam vs SGD "
+                 "(||Res<s>|| after layer 0: linear vs sqrt(log t)), a long 1-layer Adam run (sink logit, drain, "
+                 "loss) and the SimpleModel on an equal-support table; dashed: predicted law anchored at the start "
+                 "of the fitted last decade; seeds as min-max bands. Also writes the fits as theory_trained_fits.csv.")
+def fig_theory_trained_all(ctx: FigureContext) -> list[Path]:
+    from toybb.theory import experiment as E
+
+    runs = {name: ctx.theory_run(name) for name in THEORY_TRAINED_LABELS}
+    trajs = [E.load_trajectory(d) for d in runs.values()]
+    for t, name in zip(trajs, runs):
+        t.name = name
+    rows = E.fit_table(trajs)
+    ctx.log(E.format_table(rows))
+    csv_path = E.write_fit_csv(rows, ctx.out / "theory_trained_fits.csv")
+    png = E.plot_overlay(trajs, ctx.out / "theory_trained.png", labels=list(THEORY_TRAINED_LABELS.values()))
+    return [png, csv_path]
 
 
 # ---- figures drawn by other toybb commands (LLM probes, long context) ----------------------------------

@@ -58,6 +58,23 @@ def build_table(text: str) -> BigramTable:
     return BigramTable(chars, counts, unigram)
 
 
+def mix_uniform(table: BigramTable, weight: float, scale: int = 1_000_000) -> BigramTable:
+    """Every row mixed with the uniform distribution: P'[a] = (1 - weight) P[a] + weight / n, stored as
+    integer counts summing to about ``scale`` per row (the unigram is kept). All rows then share one
+    support (every character), the condition of theory/03 that the raw Tiny Shakespeare table breaks."""
+    if not 0.0 < weight <= 1.0:
+        raise ConfigError(f"uniform mixing weight must lie in (0, 1], got {weight!r}")
+    if not (isinstance(scale, int) and scale >= 10 * len(table.chars)):
+        raise ConfigError(f"scale must be an integer >= 10 x the number of characters, got {scale!r}")
+    counts = np.asarray(table.counts, np.float64)
+    rows = counts.sum(1, keepdims=True)
+    # a character that is never followed by anything (the last one of the text) gets the uniform row
+    p = np.divide(counts, rows, out=np.full_like(counts, 1.0 / counts.shape[1]), where=rows > 0)
+    p = (1.0 - weight) * p + weight / counts.shape[1]
+    mixed = np.maximum(np.rint(p * scale), 1).astype(np.int64)
+    return BigramTable(table.chars, mixed, np.asarray(table.unigram, np.int64))
+
+
 def build_table_from_file(path: str | Path) -> BigramTable:
     """Read a UTF-8 text file and build its table; unreadable files raise ConfigError."""
     p = Path(path)
@@ -101,9 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("textfile", help="UTF-8 text file (e.g. tinyshakespeare.txt)")
     ap.add_argument("-o", "--out", required=True, help="output .npz path")
+    ap.add_argument("--uniform-mix", type=float, metavar="W",
+                    help="mix every bigram row with the uniform distribution at weight W in (0, 1]: all rows "
+                    "then share one support (theory/03's condition)")
     args = ap.parse_args(argv)
     try:
         table = build_table_from_file(args.textfile)
+        if args.uniform_mix is not None:
+            table = mix_uniform(table, args.uniform_mix)
         out = save_table(table, args.out)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -116,6 +116,30 @@ def fit_window(traj: Trajectory, decades: float = 1.0) -> tuple[float, float]:
     return lo, hi
 
 
+def residual_forms(steps, values, lo: float, hi: float) -> dict:
+    """Fit the two growth laws of theory/05 to ||Res<s>|| on the window [lo, hi] (steps > 0), each with two
+    free constants: Adam's linear m = a + b k, and SGD's m = sqrt(A log k + B) (m^2 linear in log k).
+
+    Returns {"linear_rms", "sqrtlog_rms": relative RMS error of each fit, "linear_slope": b,
+    "sqrtlog_A": A, "better": "linear" or "sqrt(log)" (the smaller error)}."""
+    k = np.asarray(steps, np.float64)
+    m = np.asarray(values, np.float64)
+    if k.shape != m.shape or k.ndim != 1:
+        raise ConfigError(f"steps and values must be 1-d arrays of equal length, got {k.shape} and {m.shape}")
+    sel = (k >= lo) & (k <= hi) & (k > 0) & np.isfinite(m)
+    if sel.sum() < 3:
+        raise ConfigError(f"need at least 3 points in [{lo:g}, {hi:g}] to fit the residual growth laws")
+    k, m = k[sel], m[sel]
+    b, a = np.polyfit(k, m, 1)
+    A, B = np.polyfit(np.log(k), m**2, 1)
+    lin = a + b * k
+    sql = np.sqrt(np.maximum(A * np.log(k) + B, 0.0))
+    rms = lambda f: float(np.sqrt(np.mean(((f - m) / m) ** 2)))  # noqa: E731
+    out = {"linear_rms": rms(lin), "sqrtlog_rms": rms(sql), "linear_slope": float(b), "sqrtlog_A": float(A)}
+    out["better"] = "linear" if out["linear_rms"] <= out["sqrtlog_rms"] else "sqrt(log)"
+    return out
+
+
 def fit_trajectory(traj: Trajectory, decades: float = 1.0) -> dict:
     """Per-seed fits of every quantity over the last `decades` decade(s).
 
@@ -145,6 +169,10 @@ def fit_trajectory(traj: Trajectory, decades: float = 1.0) -> dict:
             ob = traj.config.get("optim", {})
             entry["predicted_slope_per_lr"] = (R.adam_linear_rate(float(np.median(traj.lrs)), ob.get("b1", 0.9),
                                                                   ob.get("b2", 0.99)) if adam else 0.0)
+            forms = [residual_forms(traj.steps, vals[:, r], lo, hi) for r in range(vals.shape[1])]
+            entry["linear_rms"] = np.array([f["linear_rms"] for f in forms])
+            entry["sqrtlog_rms"] = np.array([f["sqrtlog_rms"] for f in forms])
+            entry["growth"] = vals[-1] - vals[int(np.argmax(traj.steps >= lo))]
         out[q] = entry
     return out
 
@@ -184,6 +212,14 @@ def fit_table(runs, decades: float = 1.0) -> list[dict]:
                              "quantity": "residual_slope", "description": "d||Res<s>||/d step / lr (Adam: rho)",
                              "predicted": e["predicted_slope_per_lr"], "median": med, "min": lo, "max": hi,
                              "window": fits["window"], "n_seeds": len(e["slope_per_lr"])})
+                for key, desc in (("linear_rms", "||Res<s>|| = a + b k: relative RMS error"),
+                                  ("sqrtlog_rms", "||Res<s>|| = sqrt(A log k + B): relative RMS error"),
+                                  ("growth", "||Res<s>|| growth over the fit window")):
+                    med, lo, hi = _stat(e[key])
+                    rows.append({"run": traj.name, "optimizer": traj.optimizer, "arch": traj.arch,
+                                 "quantity": f"residual_{key}", "description": desc, "predicted": None,
+                                 "median": med, "min": lo, "max": hi, "window": fits["window"],
+                                 "n_seeds": len(e[key])})
     return rows
 
 
@@ -221,50 +257,91 @@ def predicted_curve(quantity: str, steps: np.ndarray, anchor_step: float, anchor
     raise ConfigError(f"unknown quantity {quantity!r}; known: {', '.join(QUANTITIES)}")
 
 
-def plot_overlay(runs, out_path, decades: float = 1.0) -> Path:
+def plot_overlay(runs, out_path, decades: float = 1.0, labels: list[str] | None = None, dpi: int = 80) -> Path:
     """One row per run, one column per quantity: measured median over seeds with a min-max band, and
-    the predicted law anchored at the start of the fit window (dashed). Writes a PNG."""
-    import matplotlib
+    the predicted law anchored at the start of the fit window (dashed; Adam runs also show the linear
+    law rho lr per step, dotted, on the sink logit). Writes a PNG quantised to 256 colours (the plot
+    uses a handful, so nothing visible is lost and the file is ~3x smaller)."""
+    from toybb.plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     trajs = [r if isinstance(r, Trajectory) else load_trajectory(r) for r in runs]
+    if labels is not None and len(labels) != len(trajs):
+        raise ConfigError(f"plot_overlay: {len(labels)} labels for {len(trajs)} runs")
     qs = list(QUANTITIES)
-    fig, axes = plt.subplots(len(trajs), len(qs), figsize=(4.2 * len(qs), 3.4 * len(trajs)), squeeze=False)
-    ylabels = {"sink": "Δlogit(., <s>)", "drain": "||Val<s>||", "loss": "bigram excess risk",
-               "residual": "||Res<s>||"}
+    fig, axes = plt.subplots(len(trajs), len(qs), figsize=(3.6 * len(qs), 2.7 * len(trajs)), squeeze=False)
+    ylabels = {"sink": "Δlogit(., <s>) (logit units)", "drain": "||Val<s>|| (L2 norm)",
+               "loss": "bigram excess risk (nats)", "residual": "||Res<s>|| (L2 norm)"}
     for i, traj in enumerate(trajs):
         lo, hi = fit_window(traj, decades)
         pos = traj.steps > 0
         st = traj.steps[pos]
+        lr = float(np.median(traj.lrs))
+        title = labels[i] if labels else f"{Path(traj.name).name} ({traj.arch}, {traj.optimizer})"
         for j, q in enumerate(qs):
             ax = axes[i, j]
-            v = _metric(traj, QUANTITIES[q][0])[pos]
+            base = QUANTITIES[q][0]
+            v = _metric(traj, base)[pos]
             med = np.median(v, axis=1)
             ax.fill_between(st, v.min(1), v.max(1), alpha=0.3, color="C0", lw=0, label="seeds (min-max)")
-            ax.plot(st, med, color="C0", label="trained (median)")
-            # anchor at the first evaluation in the window
-            k0 = int(np.argmax(st >= lo))
+            ax.plot(st, med, color="C0", lw=1.2, label="trained (median)")
+            k0 = int(np.argmax(st >= lo))  # anchor at the first evaluation in the window
             grid = st[k0:]
-            pred = predicted_curve(q, grid, st[k0], med[k0], traj.optimizer, float(np.median(traj.lrs)))
-            law = {"sink": "c = 1/2", "drain": "t^-1/2", "loss": "t^-1",
-                   "residual": "linear (Adam)" if traj.optimizer == "adam" else "sqrt(log t) (SGD)"}[q]
-            ax.plot(grid, pred, "--", color="C3", label=f"predicted {law}")
+            pred = predicted_curve(q, grid, st[k0], med[k0], traj.optimizer, lr)
+            law = {"sink": "1/2 log t", "drain": "t^-1/2", "loss": "t^-1",
+                   "residual": "rho lr k (Adam)" if traj.optimizer == "adam" else "sqrt(log t) (SGD)"}[q]
+            ax.plot(grid, pred, "--", color="C3", lw=1.2, label=f"predicted {law}")
+            if q == "sink" and traj.optimizer == "adam":
+                ax.plot(grid, med[k0] + R.adam_linear_rate(lr) * lr * (grid - st[k0]), ":", color="C2", lw=1.4,
+                        label="Adam: rho lr k")
             ax.axvline(lo, color="0.6", lw=0.8, ls=":")
             ax.set_xscale("log")
             if q in ("drain", "loss") and np.all(v > 0):
                 ax.set_yscale("log")
             ax.set_xlabel("training step")
-            ax.set_ylabel(ylabels[q])
-            ax.set_title(f"{Path(traj.name).name} ({traj.arch}, {traj.optimizer})", fontsize=9)
-            ax.legend(fontsize=7)
+            ax.set_ylabel(ylabels[q], fontsize=8)
+            layer = "" if base in ("bigram_risk",) else (
+                " L0" if (base == "residual_peak" or traj.n_layers == 1) else " L1")
+            ax.set_title(f"{title}{layer}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3, lw=0.5)
+            ax.legend(fontsize=6)
     fig.tight_layout()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
+    _quantise_png(out)
     return out
+
+
+def _quantise_png(path: Path) -> None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        q = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    q.save(path, optimize=True)
+
+
+def write_fit_csv(rows: list[dict], path) -> Path:
+    """The rows of `fit_table` as CSV (run, quantity, predicted, median, min, max, window, n_seeds)."""
+    import csv
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    cols = ["run", "arch", "optimizer", "quantity", "description", "predicted", "median", "min", "max",
+            "window_lo", "window_hi", "n_seeds"]
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            d = {k: r[k] for k in cols if k in r}
+            d["window_lo"], d["window_hi"] = r["window"]
+            d["predicted"] = "" if r["predicted"] is None else f"{r['predicted']:.6g}"
+            for k in ("median", "min", "max"):
+                d[k] = f"{r[k]:.6g}"
+            w.writerow(d)
+    return p
 
 
 def table_json(rows: list[dict]) -> str:

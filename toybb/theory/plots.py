@@ -25,10 +25,10 @@ def write_figures(results: list[dict], out_dir: Path) -> list[Path]:
         ax[0].set(xscale="log", xlabel="flow time t", ylabel="sink logit y_v", title="y_v vs 1/2 log t - log k_v (dashed)")
         ax[1].loglog(t, c["drain"], label="simulated")
         ax[1].loglog(t, pr["drain"], "--", label="D t^-1/2")
-        ax[1].set(xlabel="flow time t", title="||s - mean s||")
+        ax[1].set(xlabel="flow time t", ylabel="drain ||s - mean s|| (value norm)", title="||s - mean s|| vs D t^-1/2")
         ax[2].loglog(t, c["loss"], label="simulated")
         ax[2].loglog(t, pr["loss"], "--", label="N / (4t)")
-        ax[2].set(xlabel="flow time t", title="loss")
+        ax[2].set(xlabel="flow time t", ylabel="loss (nats)", title="loss vs N/(4t)")
         for a in ax:
             a.legend(fontsize=7)
         fig.tight_layout()
@@ -46,7 +46,7 @@ def write_figures(results: list[dict], out_dir: Path) -> list[Path]:
         for j, be in enumerate(c["betas"]):
             ax[1].semilogx(st[1:], c["sgd"][j][1:], color=f"C{j}", label=f"SGD beta={be}")
             ax[1].semilogx(st[1:], c["pred_sgd"][j][1:], color=f"C{j}", ls="--")
-        ax[1].set(xlabel="step", title="SGD: simulated vs flow prediction (dashed)")
+        ax[1].set(xlabel="step", ylabel="||Res<s>|| = m", title="SGD: simulated vs flow prediction (dashed)")
         for a in ax:
             a.legend(fontsize=7)
         fig.tight_layout()
@@ -71,7 +71,7 @@ def write_figures(results: list[dict], out_dir: Path) -> list[Path]:
         else:
             ax[1].loglog(t[sel], np.maximum(c["loss"][sel], 1e-18))
         ax[0].set(xlabel="flow time t", ylabel="BOS logit y_v", title=f"{name}: y_v (solid) stays finite")
-        ax[1].set(xlabel="flow time t", title="loss")
+        ax[1].set(xlabel="flow time t", ylabel="loss (nats)", title="loss")
         fig.tight_layout()
         paths.append(out_dir / f"theory_{name}.png")
         fig.savefig(paths[-1], dpi=120)

@@ -146,6 +146,21 @@ def adam_linear_rate(lr: float, b1: float = 0.9, b2: float = 0.99) -> float:
 # fits
 
 
+def sink_logit_with_weight_decay(sigma2, lam):
+    """Finite sink logit under L2 weight decay lam (theory/03, "Weight decay"): the single-type flow
+    dy/dt = sigma2 e^{-2y} - lam y has the stable fixed point y* = W(2 sigma2 / lam) / 2 (W: Lambert W),
+    so with decay the sink logit stops growing near 1/2 log(2 sigma2 / lam) instead of diverging like
+    1/2 log t. Arrays broadcast."""
+    sigma2, lam = np.asarray(sigma2, np.float64), np.asarray(lam, np.float64)
+    if np.any(sigma2 <= 0) or np.any(lam <= 0):
+        raise ConfigError("sigma2 and the weight decay lam must be positive")
+    x = 2.0 * sigma2 / lam
+    u = np.log1p(x)  # Newton on u e^u = x from log(1 + x) (an upper bound of W for x > 0), monotone
+    for _ in range(60):
+        u = u - (u * np.exp(u) - x) / (np.exp(u) * (1.0 + u))
+    return 0.5 * u
+
+
 def fit_rates(steps, values, *, decades: float = 1.0) -> dict:
     """Fit rates on the last `decades` decade(s) of a curve (steps > 0).
 
