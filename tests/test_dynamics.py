@@ -24,7 +24,11 @@ def _check_sink_formed(result, trainer, min_final=0.6, exact_dormancy=True):
         rows = [r for r in ad if r["seed"] == seed]
         active = {r["token"] for r in rows if not r["dormant"]}
         if exact_dormancy:
-            # the triggers are active; any other active token is a rare character (< 0.5% of the text)
+            # the triggers are active; any other active token is a rare character (< 0.5% of the text).
+            # At the CPU default seed 1 keeps 'z' active through 10k steps: on the evaluation batch too the
+            # head attends the previous position for 'z' (a trigger-like rare token whose extra error is
+            # ~0.02 nats, so nothing pushes it back), and the probe adds 'Q'/'j', which attend the probe's
+            # preceding 'z' but are dormant on real text (natural_bos_attention in active_dormant.csv).
             assert triggers <= active, (seed, sorted(active))
             assert all(trainer.task.unigram[v] < 0.005 for v in active - triggers), (seed, sorted(active - triggers))
             exact += active == triggers
@@ -70,8 +74,9 @@ def test_relu_attention_has_no_sink_or_drain():
     relu = soft.replace(model={"attention": "relu"})
     rs, rr = (train(c, None, progress=False) for c in (soft, relu))
     # no drain: the BOS value state grows instead of shrinking, and relative to the other tokens it
-    # stays many times larger than under softmax. (At this scale it stays below the others' mean,
-    # 0.57-0.65x after 2k steps; see the closing note of issue 2.)
+    # stays many times larger than under softmax. (At this scale it stays below the others' mean: with
+    # lr 3e-3 the ratio dips to 0.44-0.46 at 500 steps, climbs to 0.80/0.62 at 5k, max 0.85/0.92,
+    # the same for the mean over token types; softmax: 0.04.)
     v = rr.metrics["value_drain_l0"]
     assert (v[-1] > 3 * v[0]).all()
     ratio = lambda r: r.metrics["value_drain_l0"][-1] / r.metrics["value_others_l0"][-1]

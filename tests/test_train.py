@@ -53,6 +53,12 @@ def test_run_folder_contents(full_run):
     assert ivs == {"full", "no_attention", "no_mlp"}
     ad = _csv(out / "active_dormant.csv")
     assert len(ad) == 2 * 65 * 2  # runs x characters x heads
+    # the in-text counterpart counts every non-BOS query of the evaluation batch once per run and head
+    one = [r for r in ad if r["seed"] == "0" and r["head"] == "0"]
+    assert sum(int(r["natural_count"]) for r in one) == TINY.train.eval_batch * (TINY.task.seq_len - 1)
+    assert all((r["natural_bos_attention"] == "nan") == (r["natural_count"] == "0") for r in ad)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["active_tokens_in_text"]) <= set(summary["active_tokens"])
 
 
 def test_same_seed_same_numbers(full_run, trainer):

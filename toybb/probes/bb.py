@@ -111,6 +111,30 @@ def sink_attention_of_last_query(model, probe_tokens: jax.Array) -> jax.Array:
     return jnp.stack(rows)
 
 
+def bos_attention_by_token(model, inputs: jax.Array, n_tokens: int) -> tuple[jax.Array, jax.Array]:
+    """In-distribution counterpart of the dormancy probe: the attention on BOS of every query of token v
+    in natural sequences `inputs` [batch, seq] (query 0, the BOS itself, left out), averaged per token.
+
+    Returns (mean [layers, n_tokens, heads], count [n_tokens]); the mean is NaN for tokens that never
+    occur and for layers without attention. A token active in the probe but dormant here reacts to the
+    probe's unusual context; one active here too behaves like a trigger on real text."""
+    cfg: ModelConfig = model.cfg
+    key0 = f"key{_offset(cfg)}"
+    _, cap = run_with_capture(model, inputs, capture=Capture((f"blocks.*.attn.pattern@{key0}",)))
+    onehot = jax.nn.one_hot(inputs[:, 1:], n_tokens, dtype=jnp.float32)  # [b, t-1, n]
+    count = onehot.sum((0, 1))
+    rows = []
+    for l in range(cfg.n_layers):
+        key = f"blocks.{l}.attn.pattern@{key0}"
+        if key not in cap:
+            rows.append(jnp.full((n_tokens, cfg.n_heads), jnp.nan))
+            continue
+        a = cap[key][:, :, _offset(cfg) + 1:].astype(jnp.float32)  # [b, h, t-1]: queries 1.. of the input
+        total = jnp.einsum("bht,btn->nh", a, onehot)
+        rows.append(jnp.where(count[:, None] > 0, total / jnp.maximum(count, 1.0)[:, None], jnp.nan))
+    return jnp.stack(rows), count
+
+
 def intervention_names(cfg: ModelConfig) -> list[tuple[str, frozenset[str]]]:
     """(name, ablated sub-layers) for: the full model, all attention removed, all MLPs removed, and
     each layer's attention / MLP removed (for models of more than one layer)."""

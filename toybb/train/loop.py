@@ -423,12 +423,14 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
         def probes(params):  # one compiled program for all final probes
             model = nnx.merge(graphdef, params)
             attn = bbprobes.sink_attention_of_last_query(model, probe)
+            natural, count = bbprobes.bos_attention_by_token(model, tokens[:, :-1], probe.shape[0])
             risks = jnp.stack([jnp.stack(bbprobes.intervention_risks(model, tokens, task, ab)) for _, ab in interventions])
-            return attn, risks
+            return attn, natural, count, risks
 
         trainer._final_probes = probes
 
-    attn, risks = (np.asarray(x) for x in probes(result.state["params"]))  # [runs, layers, tokens, heads], [runs, n_iv, 2]
+    # [runs, layers, tokens, heads] x2, [runs, tokens], [runs, n_iv, 2]
+    attn, natural, count, risks = (np.asarray(x) for x in probes(result.state["params"]))
     ad_rows = []
     for r, (seed, lr) in enumerate(result.runs):
         for l in range(cfg.model.n_layers):
@@ -439,7 +441,9 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
                     a = float(attn[r, l, v, h])
                     ad_rows.append({"seed": seed, "lr": lr, "layer": l, "head": h, "token": v,
                                     "char": task.chars[v], "is_trigger": bool(task.is_trigger[v]),
-                                    "bos_attention": a, "probe_len": probe.shape[1], "dormant": a >= bbprobes.M.DORMANT_THRESHOLD})
+                                    "bos_attention": a, "probe_len": probe.shape[1], "dormant": a >= bbprobes.M.DORMANT_THRESHOLD,
+                                    # the same query on the evaluation batch (NaN: token absent there)
+                                    "natural_bos_attention": float(natural[r, l, v, h]), "natural_count": int(count[r, v])})
     iv_rows = []
     for i, (name, _) in enumerate(interventions):
         for r, (seed, lr) in enumerate(result.runs):
@@ -468,11 +472,15 @@ def summarize(result: RunResult, ad_rows: list[dict], iv_rows: list[dict]) -> di
         summary["final_median"][n] = float(np.median(v[-1]))
         summary["final_per_run"][n] = [float(x) for x in v[-1]]
     active: dict[str, list[str]] = {}
+    in_text: dict[str, list[str]] = {}  # probe-active and also off BOS on the evaluation batch
     for row in ad_rows:
         if not row["dormant"]:
             key = f"seed{row['seed']}_lr{row['lr']:g}_l{row['layer']}h{row['head']}"
             active.setdefault(key, []).append(row["char"])
+            if row["natural_bos_attention"] < bbprobes.M.DORMANT_THRESHOLD:  # False for NaN (absent token)
+                in_text.setdefault(key, []).append(row["char"])
     summary["active_tokens"] = active
+    summary["active_tokens_in_text"] = in_text
     ivs: dict[str, dict[str, float]] = {}
     for row in iv_rows:
         ivs.setdefault(row["intervention"], {"backcopy_risk": [], "bigram_risk": []})
