@@ -89,3 +89,23 @@ def test_value_ablation_matches_manual_computation(model, tokens, plain):
     assert np.abs(token_nll(model, tokens, value_scale=vs) - nll_id).max() > 1e-4
     with pytest.raises(ValueError, match="value_scale"):
         model(tk, value_scale=jnp.ones((n_layers, T + 1)))
+
+
+class _DigitTokenizer:
+    """Character-level tokenizer that, like SmolLM2's, keeps a space before digits as its own token."""
+
+    def encode(self, s, add_bos=False):
+        return [ord(c) for c in s]
+
+
+def test_passkey_answer_is_the_key_only():
+    from toybb.longctx.llm import passkey_ids
+
+    for depth in (0.0, 0.5, 1.0):
+        ids, ans = passkey_ids(_DigitTokenizer(), 2000, depth, "48213", [1])
+        assert "".join(map(chr, ans)) == "48213"  # not " 48213": the separating space is context
+        text = "".join(map(chr, ids[1:]))
+        assert text.endswith("The pass key is 48213") and ids[-5:] == ans and ids[0] == 1
+        needle = text.index("The pass key is 48213. Remember")
+        assert needle < text.index("What is the pass key?")  # key before the question at every depth
+        assert abs(len(ids) - 2000) < 100

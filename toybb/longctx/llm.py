@@ -71,7 +71,13 @@ def passkey_ids(tokenizer, length: int, depth: float, key: str, bos: list[int]) 
     intro, fill = enc(PASSKEY_INTRO), enc(FILLER)
     needle = enc(f"The pass key is {key}. Remember it. {key} is the pass key. ")
     question = enc("What is the pass key? The pass key is")
-    answer = enc(" " + key)
+    # Score only the key's own tokens: digit-splitting tokenizers encode " 48213" as a lone " " token
+    # plus digits, and scoring that space made the model's " the" (a fine continuation) count as a miss.
+    spaced, bare = enc(" " + key), enc(key)
+    if len(spaced) > len(bare) and spaced[-len(bare):] == bare:
+        question, answer = question + spaced[: -len(bare)], bare
+    else:
+        answer = spaced
     n_fill = length - len(bos) - len(intro) - len(needle) - len(question) - len(answer)
     if n_fill < len(fill):
         raise ToybbError(f"passkey length {length} is too short for the prompt")
