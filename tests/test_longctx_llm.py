@@ -60,3 +60,52 @@ def test_config_errors(model):
         rope_scaling(pi=0.5)
     with pytest.raises(ConfigError):
         with_options(model, bogus=1)
+
+
+def test_value_ablation_matches_manual_computation(model, tokens, plain):
+    """Zeroing the values of the first K tokens in layer 1 only: layer 0 is untouched, and layer 1's
+    attention output z equals the unedited pattern times the unedited values with rows < K set to 0."""
+    from toybb.longctx.llm import token_nll, value_ablation
+    from toybb.models.capture import Capture, run_with_capture
+
+    K, n_layers = 3, model.cfg.n_layers
+    vs = value_ablation(n_layers, T, slice(0, K), from_layer=1)
+    assert vs[0].all() and not vs[1, :K].any() and vs[1, K:].all()
+    cap = Capture(("blocks.*.resid_post", "blocks.1.attn.pattern", "blocks.1.attn.v", "blocks.1.attn.z"))
+    tk = jnp.asarray(tokens, jnp.int32)
+    _, ref = run_with_capture(model, tk, capture=cap)
+    logits, got = run_with_capture(model, tk, capture=cap, value_scale=jnp.asarray(vs))
+    np.testing.assert_allclose(got["blocks.0.resid_post"], ref["blocks.0.resid_post"], atol=1e-6)
+    pat, v = np.asarray(ref["blocks.1.attn.pattern"]), np.asarray(ref["blocks.1.attn.v"]).copy()
+    v[:, :K] = 0.0
+    g = model.cfg.n_heads // model.cfg.n_kv_heads
+    z = np.einsum("bhqk,bkhd->bqhd", pat, np.repeat(v, g, axis=2))  # [b, q, heads, hd]
+    np.testing.assert_allclose(np.asarray(got["blocks.1.attn.z"]), z, atol=1e-5)
+    assert np.abs(z[:, :K]).max() == 0.0  # queries < K only see removed values
+    assert np.abs(np.asarray(logits)[0] - plain[0]).max() > 1e-3  # the edit changes the output
+    # the same edit through the jitted NLL path; all-ones is the identity
+    nll_id = token_nll(model, tokens, value_scale=np.ones((n_layers, T), np.float32))
+    np.testing.assert_allclose(nll_id, token_nll(model, tokens), atol=1e-5)
+    assert np.abs(token_nll(model, tokens, value_scale=vs) - nll_id).max() > 1e-4
+    with pytest.raises(ValueError, match="value_scale"):
+        model(tk, value_scale=jnp.ones((n_layers, T + 1)))
+
+
+class _DigitTokenizer:
+    """Character-level tokenizer that, like SmolLM2's, keeps a space before digits as its own token."""
+
+    def encode(self, s, add_bos=False):
+        return [ord(c) for c in s]
+
+
+def test_passkey_answer_is_the_key_only():
+    from toybb.longctx.llm import passkey_ids
+
+    for depth in (0.0, 0.5, 1.0):
+        ids, ans = passkey_ids(_DigitTokenizer(), 2000, depth, "48213", [1])
+        assert "".join(map(chr, ans)) == "48213"  # not " 48213": the separating space is context
+        text = "".join(map(chr, ids[1:]))
+        assert text.endswith("The pass key is 48213") and ids[-5:] == ans and ids[0] == 1
+        needle = text.index("The pass key is 48213. Remember")
+        assert needle < text.index("What is the pass key?")  # key before the question at every depth
+        assert abs(len(ids) - 2000) < 100

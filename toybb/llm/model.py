@@ -157,9 +157,11 @@ class Attention(nnx.Module):
         return norm(x)
 
     def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE,
-                 head_edit: tuple[jax.Array, jax.Array] | None = None, contiguous: bool = False) -> jax.Array:
+                 head_edit: tuple[jax.Array, jax.Array] | None = None, contiguous: bool = False,
+                 value_scale: jax.Array | None = None) -> jax.Array:
         """x: [batch, seq, d_model], positions: [seq] or [batch, seq] -> [batch, seq, d_model].
         head_edit: this layer's (scale [heads], to_bos [heads]) of a `HeadEdit`.
+        value_scale: [seq] multiplies the value vector of each key (0 = remove that token's value).
         contiguous: positions are arange(seq) (lets blocked attention skip invisible key blocks)."""
         cfg, p = self.cfg, self.prefix
         x, (wq, wk, wv) = _after(x, self.wq, self.wk, self.wv)
@@ -170,6 +172,8 @@ class Attention(nnx.Module):
             q, k, v = q + _v(self.bq), k + _v(self.bk), v + _v(self.bv)
         if cfg.clip_qkv is not None:
             q, k, v = (jnp.clip(a, -cfg.clip_qkv, cfg.clip_qkv) for a in (q, k, v))
+        if value_scale is not None:  # value ablation: the pattern is unchanged, key t contributes scale_t * v_t
+            v = v * value_scale.astype(v.dtype)[None, :, None, None]
         if self.q_norm is not None:
             q, k = self._qk_norm(q, self.q_norm), self._qk_norm(k, self.k_norm)
         if self.inv_freq is not None:
@@ -260,14 +264,15 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, layer, rngs=rngs)
 
     def __call__(self, x, positions, capture: Capture = NO_CAPTURE, ablate: frozenset[str] = frozenset(),
-                 head_edit=None, contiguous: bool = False):
+                 head_edit=None, contiguous: bool = False, value_scale=None):
         p = self.prefix
         if capture:
             capture.sow(self, f"{p}.resid_pre", x)
         skip_attn, skip_mlp = f"{p}.attn" in ablate, f"{p}.mlp" in ablate
         a = 0.0
         if not skip_attn:
-            a = self.attn(self.ln1(x) if self.ln1 is not None else x, positions, capture, head_edit, contiguous)
+            a = self.attn(self.ln1(x) if self.ln1 is not None else x, positions, capture, head_edit, contiguous,
+                          value_scale)
             if self.ln_post_attn is not None:
                 a = self.ln_post_attn(a)
         h = x + a
@@ -307,14 +312,19 @@ class LLM(nnx.Module):
         head_edit: HeadEdit | None = None,
         resid_edit: ResidEdit | None = None,
         resid_add: dict[int, jax.Array] | None = None,
+        value_scale: jax.Array | None = None,
     ) -> jax.Array:
         """tokens: [batch, seq]; positions: [seq] or [batch, seq] (default arange(seq)).
         ablate: sub-layers to skip, e.g. {"blocks.0.mlp"}. head_edit / resid_edit: interventions (see
         `HeadEdit`, `ResidEdit`). resid_add: {layer: [seq, d_model] or [batch, seq, d_model]} added to
-        the residual stream after that block (e.g. positional-vector removal). Returns float32 logits
-        [batch, seq, vocab]."""
+        the residual stream after that block (e.g. positional-vector removal). value_scale: [n_layers, seq]
+        multiplies the value vector of key t in layer l (0 = remove the value of that token there, keeping
+        the attention pattern; a dynamic array, so every choice shares one compilation). Returns float32
+        logits [batch, seq, vocab]."""
         cfg = self.cfg
         t = tokens.shape[1]
+        if value_scale is not None and value_scale.shape != (cfg.n_layers, t):
+            raise ValueError(f"value_scale must have shape [n_layers, seq] = {(cfg.n_layers, t)}, got {value_scale.shape}")
         contiguous = positions is None
         if positions is None:
             positions = jnp.arange(t)
@@ -330,7 +340,8 @@ class LLM(nnx.Module):
             capture.sow(self, "embed", x)
         for l, block in enumerate(self.blocks):
             he = None if head_edit is None else (head_edit.scale[l], head_edit.to_bos[l])
-            x = block(x, positions, capture, ablate, he, contiguous)
+            vs = None if value_scale is None else value_scale[l]
+            x = block(x, positions, capture, ablate, he, contiguous, vs)
             if resid_edit is not None:
                 x = resid_edit.apply(x, l)
             if resid_add and l in resid_add:

@@ -94,7 +94,10 @@ def register(subparsers) -> None:
     p.add_argument("--layers", default="0,1,2,5,15,29", help="layers to plot")
     p.add_argument("--tau", type=float, default=0.9, help="cosine threshold of the distinct-vector rule")
     p.add_argument("--ablate-layer", type=int, default=1, help="layer after which positional vectors are removed")
-    p.add_argument("--ablate-first", type=int, default=4, help="remove the positional vectors of the first K tokens")
+    p.add_argument("--ablate-first", type=int, default=4,
+                   help="remove the positional vectors (and, separately, the values) of the first K tokens")
+    p.add_argument("--value-from-layer", type=int, default=0,
+                   help="value ablation: zero the first K tokens' value vectors in this layer and all later ones")
     p.set_defaults(func=cmd_posvec)
 
     try:
@@ -356,14 +359,16 @@ def cmd_stream(args) -> int:
 def cmd_posvec(args) -> int:
     import numpy as np
 
-    from toybb.longctx.llm import hidden_states, sink_attention, token_nll
+    from toybb.longctx.llm import hidden_states, sink_attention, token_nll, value_ablation
     from toybb.longctx.posvec import cosine_matrix, decompose, n_distinct, pca, positional_vectors
 
     if args.samples < 1:
         raise ConfigError(f"positional vectors need at least one sample, got --samples {args.samples}")
     pre = _load(args)
     layers = _ints(args.layers)
-    if any(not 0 <= l < pre.cfg.n_layers for l in layers + (args.ablate_layer,)):
+    if not 1 <= args.ablate_first <= args.seq // 2:
+        raise ConfigError(f"--ablate-first must be in [1, --seq / 2], got {args.ablate_first}")
+    if any(not 0 <= l < pre.cfg.n_layers for l in layers + (args.ablate_layer, args.value_from_layer)):
         raise ConfigError(f"layers must be in [0, {pre.cfg.n_layers})")
     write_config(args.out, args)
     bos = _bos(pre)
@@ -391,20 +396,28 @@ def cmd_posvec(args) -> int:
                      "pca_var_1": float(ev[0]), "pca_var_2": float(ev[1])})
     write_table(args.out, "posvec", rows)
     np.savez_compressed(os.path.join(args.out, "posvec.npz"), u=u.astype(np.float32), m=m.astype(np.float32))
-    # ablation: remove the positional vectors of the first K tokens after one layer (control: tokens K..2K)
-    K, la = args.ablate_first, args.ablate_layer
+    # ablations on held-out windows (control: the same removal on tokens K..2K-1):
+    # the positional vectors m of the first K tokens after one layer, or their value vectors from a layer on
+    K, la, lv = args.ablate_first, args.ablate_layer, args.value_from_layer
     abl = []
-    for name, sl in (("none", None), (f"first {K} tokens", slice(0, K)), (f"tokens {K}-{2 * K - 1} (control)", slice(K, 2 * K))):
-        delta = None
-        if sl is not None:
+    cases = [("none", "none", None)]
+    for what in ("posvec", "value"):
+        cases += [(what, f"first {K} tokens", slice(0, K)), (what, f"tokens {K}-{2 * K - 1} (control)", slice(K, 2 * K))]
+    for what, name, sl in cases:
+        delta = vscale = None
+        if what == "posvec":
             d = np.zeros((args.seq, pre.cfg.d_model), np.float32)
             d[sl] = -m[la, sl]
             delta = {la: d}
-        nll = token_nll(pre.model, held, delta)
-        sink = sink_attention(pre.model, held, delta)
-        abl.append({"removed": name, "layer": la, "ppl": float(np.exp(nll.mean())),
-                    "sink_attention_mean": float(sink[2:].mean()), "sink_attention_by_layer": [round(float(s), 4) for s in sink]})
-        print(f"ablation {name}: ppl {abl[-1]['ppl']:.3f}, mean attention on token 0 (layers >= 2) "
+        elif what == "value":
+            vscale = value_ablation(pre.cfg.n_layers, args.seq, sl, lv)
+        nll = token_nll(pre.model, held, delta, vscale)
+        sink = sink_attention(pre.model, held, delta, value_scale=vscale)
+        where = {"none": "", "posvec": f"after layer {la}", "value": f"layers >= {lv}"}[what]
+        abl.append({"ablation": what, "removed": name, "where": where, "ppl": float(np.exp(nll.mean())),
+                    "sink_attention_mean": float(sink[2:].mean()),
+                    "sink_attention_by_layer": [round(float(s), 4) for s in sink]})
+        print(f"ablation {what} {name} {where}: ppl {abl[-1]['ppl']:.3f}, mean attention on token 0 (layers >= 2) "
               f"{abl[-1]['sink_attention_mean']:.3f}", flush=True)
     write_table(args.out, "ablation", abl)
     plt = _plt()
@@ -422,5 +435,18 @@ def cmd_posvec(args) -> int:
     fig.suptitle(f"positional vectors of {args.model}, N={n} samples of {args.seq} tokens", fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "posvec.png"), dpi=80)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    styles = {"none": "k-", "posvec": "-", "value": "--"}
+    for r in abl:
+        ax.plot(range(pre.cfg.n_layers), r["sink_attention_by_layer"], styles[r["ablation"]], lw=1.4,
+                label=f"{r['ablation']}: {r['removed']} {r['where']} (ppl {r['ppl']:.1f})".replace("none: none ", "none "))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("attention on token 0 (mean, queries t >= 4)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{args.model}: ablations of the first {K} tokens, {len(held)} held-out windows of {args.seq} tokens",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "ablation.png"), dpi=90)
     print(f"distinct positional vectors per layer (tau {args.tau}): {[r['n_distinct'] for r in rows]}")
     return 0

@@ -22,21 +22,33 @@ PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant t
 
 @lru_cache(maxsize=16)
 def _nll_fn(graphdef):
-    def f(state, tokens, resid_add):
+    def f(state, tokens, resid_add, value_scale):
         model = nnx.merge(graphdef, state)
-        logits = model(tokens, resid_add=resid_add or None)
+        logits = model(tokens, resid_add=resid_add or None, value_scale=value_scale)
         lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
         return -jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
 
     return jax.jit(f)
 
 
-def token_nll(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None) -> np.ndarray:
-    """tokens [batch, T] -> -log p(x_{t+1} | x_{<=t}) as float64 [batch, T - 1] (one forward)."""
+def token_nll(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None,
+              value_scale: np.ndarray | None = None) -> np.ndarray:
+    """tokens [batch, T] -> -log p(x_{t+1} | x_{<=t}) as float64 [batch, T - 1] (one forward).
+    resid_add / value_scale: the model's interventions (see `LLM.__call__`)."""
     tokens = jnp.asarray(np.atleast_2d(tokens), jnp.int32)
     graphdef, state = nnx.split(model)
     ra = {int(k): jnp.asarray(v) for k, v in (resid_add or {}).items()}
-    return np.asarray(_nll_fn(graphdef)(state, tokens, ra), np.float64)
+    vs = None if value_scale is None else jnp.asarray(value_scale, jnp.float32)
+    return np.asarray(_nll_fn(graphdef)(state, tokens, ra, vs), np.float64)
+
+
+def value_ablation(n_layers: int, seq: int, tokens: slice, from_layer: int = 0) -> np.ndarray:
+    """value_scale [n_layers, seq] (float32) that zeroes the values of `tokens` in layers >= from_layer."""
+    if not 0 <= from_layer < n_layers:
+        raise ToybbError(f"value ablation: from_layer must be in [0, {n_layers}), got {from_layer}")
+    s = np.ones((n_layers, seq), np.float32)
+    s[from_layer:, tokens] = 0.0
+    return s
 
 
 def ppl_by_length(nll: np.ndarray, lengths) -> dict[int, float]:
@@ -59,7 +71,13 @@ def passkey_ids(tokenizer, length: int, depth: float, key: str, bos: list[int]) 
     intro, fill = enc(PASSKEY_INTRO), enc(FILLER)
     needle = enc(f"The pass key is {key}. Remember it. {key} is the pass key. ")
     question = enc("What is the pass key? The pass key is")
-    answer = enc(" " + key)
+    # Score only the key's own tokens: digit-splitting tokenizers encode " 48213" as a lone " " token
+    # plus digits, and scoring that space made the model's " the" (a fine continuation) count as a miss.
+    spaced, bare = enc(" " + key), enc(key)
+    if len(spaced) > len(bare) and spaced[-len(bare):] == bare:
+        question, answer = question + spaced[: -len(bare)], bare
+    else:
+        answer = spaced
     n_fill = length - len(bos) - len(intro) - len(needle) - len(question) - len(answer)
     if n_fill < len(fill):
         raise ToybbError(f"passkey length {length} is too short for the prompt")
@@ -89,9 +107,10 @@ def _argmax_fn(graphdef, n_answer: int):
 
 @lru_cache(maxsize=16)
 def _hidden_fn(graphdef, capture: Capture):
-    def f(state, tokens, resid_add):
+    def f(state, tokens, resid_add, value_scale):
         model = nnx.merge(graphdef, state)
-        logits, cap = run_with_capture(model, tokens, capture=capture, resid_add=resid_add or None)
+        logits, cap = run_with_capture(model, tokens, capture=capture, resid_add=resid_add or None,
+                                       value_scale=value_scale)
         return cap
 
     return jax.jit(f)
@@ -100,14 +119,16 @@ def _hidden_fn(graphdef, capture: Capture):
 def hidden_states(model: LLM, tokens) -> np.ndarray:
     """tokens [n, T] -> residual stream after every block [layers, n, T, d_model] (float32)."""
     graphdef, state = nnx.split(model)
-    cap = _hidden_fn(graphdef, Capture(("blocks.*.resid_post",)))(state, jnp.asarray(tokens, jnp.int32), {})
+    cap = _hidden_fn(graphdef, Capture(("blocks.*.resid_post",)))(state, jnp.asarray(tokens, jnp.int32), {}, None)
     return np.stack([np.asarray(cap[f"blocks.{l}.resid_post"], np.float32) for l in range(model.cfg.n_layers)])
 
 
-def sink_attention(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None, skip: int = 4) -> np.ndarray:
+def sink_attention(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None, skip: int = 4,
+                   value_scale: np.ndarray | None = None) -> np.ndarray:
     """Mean attention weight on key 0 over heads, batch and queries t >= skip, per layer -> [layers]."""
     graphdef, state = nnx.split(model)
     ra = {int(k): jnp.asarray(v) for k, v in (resid_add or {}).items()}
-    cap = _hidden_fn(graphdef, Capture(("blocks.*.attn.pattern@key0",)))(state, jnp.asarray(tokens, jnp.int32), ra)
+    vs = None if value_scale is None else jnp.asarray(value_scale, jnp.float32)
+    cap = _hidden_fn(graphdef, Capture(("blocks.*.attn.pattern@key0",)))(state, jnp.asarray(tokens, jnp.int32), ra, vs)
     return np.array([float(np.asarray(cap[f"blocks.{l}.attn.pattern@key0"])[..., skip:].mean())
                      for l in range(model.cfg.n_layers)])
