@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -84,3 +85,17 @@ def test_cli_errors_one_line_exit_2(tmp_path, argv):
     r = subprocess.run([sys.executable, "-m", "toybb.cli", "longctx", *argv], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_toy_cli_end_to_end_with_beyond_similarity(tmp_path):
+    # tiny models, a few steps: the command runs through and its tables hold sane numbers
+    argv = ["toy", "--out", str(tmp_path), "--context", "16", "--factors", "1,2", "--schemes", "none,window",
+            "--d-model", "16", "--layers", "1", "--heads", "2", "--steps", "3", "--batch", "4",
+            "--eval-windows", "4", "--alphas", "1.0", "--temperatures", "1.0"]
+    r = subprocess.run([sys.executable, "-m", "toybb.cli", "longctx", *argv], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "toy_beyond_similarity.json").read_text())
+    assert [(x["scheme"], x["layer"]) for x in rows] == [("none", 0), ("window", 0)]
+    for x in rows:
+        assert x["positions_beyond"] == 16 and -1.0 <= x["min_max_cosine"] <= x["mean_max_cosine"] <= 1.0 + 1e-6
+    assert (tmp_path / "toy_ppl_length.png").exists()

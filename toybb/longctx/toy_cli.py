@@ -1,6 +1,7 @@
 """`toybb longctx toy`: char-level LMs with NoPE, RoPE, ALiBi and window attention trained at context C,
 evaluated at multiples of C directly and with SelfExtend, PI, positional-vector replacement and window
-extension with a logit temperature; one figure of perplexity against length."""
+extension with a logit temperature; one figure of perplexity against length, and a table of how similar
+each model's positional vectors beyond C are to those inside (toy_beyond_similarity.csv)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def cmd_toy(args) -> int:
     from toybb.config import ModelConfig
     from toybb.errors import ConfigError
     from toybb.longctx.cli import _floats, _ints, _plt, _read, write_config, write_table
+    from toybb.longctx.posvec import beyond_similarity
     from toybb.longctx.toy import (char_data, eval_windows, mean_nll, replacement_delta, toy_positional_vectors,
                                    train_char_lm, with_model_options)
 
@@ -54,7 +56,7 @@ def cmd_toy(args) -> int:
     G = max(1, math.ceil((Lmax - w_se) / (C - w_se)))  # smallest G with (C - w) * G + w >= Lmax
     train, val, vocab = char_data(_read(args.text))
     write_config(args.out, args, {"vocab": len(vocab), "selfextend": [w_se, G], "window": W})
-    rows, curves = [], {}
+    rows, curves, beyond_rows = [], {}, []
     wins = {f: eval_windows(val, C * f, args.eval_windows) for f in factors}
 
     def record(label, scheme, f, nll, **extra):
@@ -73,6 +75,15 @@ def cmd_toy(args) -> int:
         name = {"none": "NoPE", "rope": "RoPE", "alibi": "ALiBi", "window": f"NoPE window {W}"}[scheme]
         for f in factors:
             record(name, scheme, f, mean_nll(model, wins[f]), train_loss=losses[-1])
+        if max(factors) > 1:  # positional vectors beyond C against those inside (Dong et al.: OOD beyond)
+            p_long = toy_positional_vectors(model, wins[max(factors)][:, :-1])
+            m = p_long - p_long[:, :C].mean(axis=1, keepdims=True)  # minus u of the trained positions
+            for layer in range(args.layers):
+                sim = beyond_similarity(m[layer, :C], m[layer, C:])
+                beyond_rows.append({"model": name, "scheme": scheme, "layer": layer, "length": C * max(factors),
+                                    "positions_beyond": int(sim.size), "mean_max_cosine": float(sim.mean()),
+                                    "min_max_cosine": float(sim.min()),
+                                    "share_below_0.9": float((sim < 0.9).mean())})
         if scheme in ("rope", "alibi"):
             se = with_model_options(model, selfextend_window=w_se, selfextend_group=G)
             for f in factors:
@@ -96,6 +107,10 @@ def cmd_toy(args) -> int:
         print("  " + "; ".join(f"{k}: " + ", ".join(f"{v:.2f}" for v in c.values())
                                for k, c in curves.items() if k.startswith(name)), flush=True)
     write_table(args.out, "toy_ppl_length", rows)
+    write_table(args.out, "toy_beyond_similarity", beyond_rows)
+    for r in beyond_rows:
+        print(f"{r['model']} layer {r['layer']}: positions {C}..{r['length'] - 1} vs 0..{C - 1}: max cosine mean "
+              f"{r['mean_max_cosine']:.3f}, min {r['min_max_cosine']:.3f}, {100 * r['share_below_0.9']:.0f}% below 0.9")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.6))
     styles = {"none": "-", "rope": "--", "alibi": "-.", "window": ":"}
