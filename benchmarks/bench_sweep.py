@@ -17,9 +17,15 @@ Measured 2026-11-23 on 2 CPU cores shared with other jobs (load average 4-12), r
     = 1.04x / 0.92x / 0.78x one by one; 64 runs on 1 / 2 / 4 forced devices: 157 / 172 / 161 (1.00 / 1.10 / 1.03x)
   d 16, B 8, T 8 (load ~5): one by one 7219; vmapped 1 / 8 / 64: 7376 / 9101 / 8276
     = 1.02x / 1.26x / 1.15x; 64 runs on 1 / 2 / 4 forced devices: 7478 / 8581 / 9501 (1.00 / 1.15 / 1.27x)
-The 5x target for 64 vmapped runs is not met on this CPU: each run's segment is already one compiled
-fori_loop (no per-step dispatch to amortise) and two cores are saturated by one run's matmuls, so
-vmapping only removes per-run compilation and start-up (not counted above: ~4-7 s per run).
+Session 11, quiet machine (load ~3), d 32, B 32, T 32, `--runs 1,8,64 --seq-measured 3 --end-to-end 64
+--e2e-steps 300`: one by one 267; vmapped 1 / 8 / 64: 374 / 329 / 369 (1.40 / 1.24 / 1.38x); 64 runs with
+the automatic train.run_chunk (2 at a time): 398 (1.49x); 1 / 2 / 4 forced devices 401 / 470 / 445
+(1.00 / 1.17 / 1.11x). End to end (`toybb train` processes: start-up, compilation, evaluation and
+writing included), 64 runs x 300 steps: one by one 64 x 7.2 s = 461 s, one `toybb train --seeds 64`
+57 s = 8.1x.
+The 5x target is met end to end but not by the compiled step alone: each run's segment is already one
+compiled fori_loop (no per-step dispatch to amortise) and two cores are saturated by one run's matmuls,
+so vmapping removes per-run start-up, compilation and evaluation calls, not compute.
 """
 
 from __future__ import annotations
