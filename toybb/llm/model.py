@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from toybb.llm.config import LLMConfig
@@ -146,7 +147,10 @@ class Attention(nnx.Module):
             local = self.window is not None and cfg.rope_local_theta is not None
             theta = cfg.rope_local_theta if local else cfg.rope_theta
             scaling = cfg.rope_local_scaling if local else cfg.rope_scaling
-            self.inv_freq = tuple(float(f) for f in inv_frequencies(cfg.rope_dim or dh, theta, scaling))
+            inv = inv_frequencies(cfg.rope_dim or dh, theta, scaling)
+            if cfg.rope_freq_factors is not None and not local:
+                inv = inv / np.asarray(cfg.rope_freq_factors, np.float64)
+            self.inv_freq = tuple(float(f) for f in inv)
         else:
             self.inv_freq = None
 
