@@ -76,8 +76,6 @@ def load(
             tok = (from_tokenizer_json(tokenizer, cfg.bos_token_id) if tokenizer
                    else from_gguf_metadata(g.meta, path))
             check_matches(tok, cfg.vocab_size, path)
-        if quantized and mesh is not None:
-            raise CheckpointError("quantized=True cannot be combined with a mesh yet")
         model = build_model(cfg, gguf_loader.tensor_thunks(g, cfg, quantized), path, put=put)
         fmt = "gguf"
     else:

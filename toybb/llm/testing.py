@@ -92,9 +92,10 @@ def make_tiny(name: str, out_dir: str, seed: int = 0):
     return model
 
 
-def write_tiny_gguf(hf_model, path: str, arch: str = "llama") -> None:
+def write_tiny_gguf(hf_model, path: str, arch: str = "llama", quant: str | None = None) -> None:
     """Write a tiny HF model as a float32 GGUF file the way llama.cpp's converter lays it out
-    (q/k rows permuted for interleaved RoPE in "llama"), with a placeholder byte-level vocabulary."""
+    (q/k rows permuted for interleaved RoPE in "llama"), with a placeholder byte-level vocabulary.
+    quant: "Q4_0" | "Q4_1" | "Q8_0" quantises every matrix whose rows are whole 32-weight blocks."""
     import gguf
     import numpy as np
 
@@ -161,7 +162,12 @@ def write_tiny_gguf(hf_model, path: str, arch: str = "llama") -> None:
                 v = v + 1
             if arch == "llama" and mod in ("self_attn.q_proj", "self_attn.k_proj"):
                 v = half_to_interleaved(v, h if mod == "self_attn.q_proj" else hk)
-        w.add_tensor(out, np.ascontiguousarray(v, np.float32))
+        v = np.ascontiguousarray(v, np.float32)
+        if quant is not None and v.ndim == 2 and v.shape[1] % 32 == 0:
+            qtype = gguf.GGMLQuantizationType[quant]
+            w.add_tensor(out, gguf.quants.quantize(v, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(out, v)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
