@@ -4,7 +4,10 @@ dequantised to float32, tokenizer rebuilt from the metadata.
 llama.cpp's converter permutes the q/k rows of each head of "llama"-architecture models so that its
 interleaved rotary pairing works; toybb undoes the permutation (`interleaved_to_half`) and runs
 half-split RoPE, unless asked to keep the stored rows and use interleaved RoPE (same logits).
-Gemma GGUF files store norm weights already as 1 + w, so the config applies them as stored.
+Gemma GGUF files store norm weights already as 1 + w, so the config applies them as stored; what a
+Gemma file leaves implicit (layer pattern, local RoPE base, query scale, Gemma 2's soft-caps) follows
+llama.cpp. Llama 3.x files carry a `rope_freqs` tensor: per-frequency factors that divide the inverse
+frequencies (`LLMConfig.rope_freq_factors`).
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def load(
     rope_pairing (GGUF llama only): "half" undoes llama.cpp's q/k permutation; "interleaved" keeps the
       stored rows and rotates interleaved pairs (same logits).
     quantized (GGUF only): keep Q4_0/Q4_1/Q8_0 weights packed and dequantise them inside the compiled
-      forward (same logits, a fraction of the memory)."""
+      forward (same logits, a fraction of the memory); with a mesh, packed matrices are split over whole
+      rows or 32-weight blocks."""
     path = resolve(path)
     put = None
     if mesh is not None:
