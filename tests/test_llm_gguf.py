@@ -145,7 +145,8 @@ def _rewrite(src, dst, arch="llama", drop=(), extra_kv=(), extra_tensors=()):
     w = gguf.GGUFWriter(str(dst), arch=arch)
     for k, f in r.fields.items():
         if (k.startswith(arch + ".") or k.startswith("tokenizer.")) and k not in drop:
-            w.add_key_value(k, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+            sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+            w.add_key_value(k, f.contents(), f.types[0], sub)
     for k, v, t in extra_kv:
         w.add_key_value(k, v, t)
     for t in r.tensors:
@@ -213,7 +214,8 @@ def test_gemma_gguf_implicit_settings(tmp_path):
     assert cfg.layer_types[:3] == ("sliding", "full", "sliding") and cfg.rope_local_theta == 10000.0
     _gemma_meta_only(tmp_path / "c.gguf", "gemma3", 62, sliding_window=512)
     cfg, _ = read_config(str(tmp_path / "c.gguf"))
-    assert cfg.query_scale == pytest.approx(32**-0.5) and cfg.layer_types[5] == "full" and cfg.layer_types[4] == "sliding"
+    assert cfg.query_scale == pytest.approx(32**-0.5)
+    assert cfg.layer_types[4:6] == ("sliding", "full")
     _gemma_meta_only(tmp_path / "d.gguf", "gemma3", 26)
     with pytest.raises(CheckpointError, match="sliding_window is missing"):
         read_config(str(tmp_path / "d.gguf"))

@@ -69,7 +69,8 @@ def test_sentencepiece_gguf_tokenizer_matches_transformers(tmp_path, arch):
             assert mine.decode(ids[1:]) == text  # then the decoder strips one (as transformers does)
     # the merges follow the scores (llama) or the file order (gemma): whole words come out as one piece
     ids = mine.encode("the cat", add_bos=False)
-    assert [mine.backend.id_to_token(i) for i in ids] == (["▁the", "▁cat"] if arch == "llama" else ["t", "he", "▁cat"])
+    pieces = [mine.backend.id_to_token(i) for i in ids]
+    assert pieces == (["▁the", "▁cat"] if arch == "llama" else ["t", "he", "▁cat"])
 
 
 def test_sentencepiece_gguf_tokenizer_errors(tmp_path):
