@@ -65,6 +65,9 @@ class ResidEdit(NamedTuple):
         return jnp.where(self.layer == layer, x.at[..., self.dims].set(new), x)
 
 
+_KEY_COLS = ("key0", "key1")  # pattern reductions that are single key columns
+
+
 def _dtype(cfg: LLMConfig):
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
@@ -195,9 +198,15 @@ class Attention(nnx.Module):
         if far_pos is not None:  # the same q/k rotated at the scheme's positions, merged by the core
             fq, fk = (rope_angles(p_, jnp.asarray(self.inv_freq)) for p_ in far_pos)
             opts["far"] = (apply_rope(q_raw, *fq, cfg.rope_pairing), apply_rope(k_raw, *fk, cfg.rope_pairing))
-        block = None if capture.wants(f"{p}.logits") or capture.wants(f"{p}.pattern") else cfg.attn_block
+        # @key0/@key1 of the pattern come out of blocked attention as key columns; anything else of the
+        # logits or the pattern needs the full [q_seq, k_seq] matrices (no blocking)
+        pat_reds = capture.requests_for(f"{p}.pattern")
+        key_cols = tuple(int(r[3:]) for r in pat_reds if r in _KEY_COLS)
+        full = capture.wants(f"{p}.logits") or any(r not in _KEY_COLS for r in pat_reds)
+        block = None if full else cfg.attn_block
         res = attention(q, k, v, q_pos=positions, k_pos=positions, scale=cfg.query_scale,
-                        softcap=cfg.attn_softcap, block=block, contiguous=contiguous, **opts)
+                        softcap=cfg.attn_softcap, block=block, contiguous=contiguous,
+                        key_cols=() if full else key_cols, **opts)
         z = res.out
         if head_edit is not None:
             scale, to_bos = (a.astype(z.dtype)[None, None, :, None] for a in head_edit)
@@ -209,9 +218,13 @@ class Attention(nnx.Module):
         if self.bo is not None:
             out = out + _v(self.bo)
         if capture:
-            for name, val in (("q", q), ("k", k), ("v", v), ("logits", res.logits), ("pattern", res.pattern),
-                              ("z", res.out), ("out", out)):
+            for name, val in (("q", q), ("k", k), ("v", v), ("logits", res.logits), ("z", res.out), ("out", out)):
                 capture.sow(self, f"{p}.{name}", val)
+            if full:
+                capture.sow(self, f"{p}.pattern", res.pattern)
+            else:
+                for i, c in enumerate(key_cols):
+                    capture.sow_reduced(self, f"{p}.pattern", f"key{c}", res.key_cols[..., i])
             if capture.wants(f"{p}.head_out"):
                 g = q.shape[2] // v.shape[2]
                 vh = jnp.repeat(v, g, axis=2) if g > 1 else v
