@@ -122,6 +122,28 @@ def _after(x: jax.Array, *vars: nnx.Variable) -> tuple[jax.Array, list[jax.Array
     return x, [qvalue(v) for v in vals]
 
 
+UNEMBED_CHUNK = 8192  # vocabulary rows dequantised at a time by `_packed_unembed`
+
+
+def _packed_unembed(x: jax.Array, w: QArray) -> jax.Array:
+    """x [b, t, d] @ a packed unembedding -> float32 logits [b, t, vocab], dequantising UNEMBED_CHUNK
+    vocabulary rows at a time (the packed rows are vocabulary rows in both layouts: the tied embedding
+    ("id", [vocab, d]) and output.weight ("T", stored [vocab, d])). Each chunk's scales get an exact zero
+    computed from the previous chunk's logits, so XLA cannot hoist all dequantisations and hold the whole
+    float matrix (113 MB for SmolLM2's 49k x 576)."""
+    assert w.layout in (("id",), ("T",)), w.layout
+    rows = w.d.shape[0]
+    outs, prev = [], x
+    for s in range(0, rows, UNEMBED_CHUNK):
+        e = min(s + UNEMBED_CHUNK, rows)
+        zero = jnp.isnan(prev.reshape(-1)[0]).astype(jnp.float16) * jnp.float16(0)
+        chunk = dataclasses.replace(w, d=w.d[s:e] + zero, m=None if w.m is None else w.m[s:e], qs=w.qs[s:e],
+                                    layout=("id",), shape=(e - s, w.d.shape[1] * 32))
+        prev = jnp.einsum("btd,vd->btv", x, chunk.dequantize(), preferred_element_type=jnp.float32)
+        outs.append(prev)
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+
+
 def _act(name: str, x: jax.Array) -> jax.Array:
     if name == "silu":
         return jax.nn.silu(x)
@@ -355,8 +377,12 @@ class LLM(nnx.Module):
         x = self.final_norm(x)
         if capture:
             capture.sow(self, "final_norm", x)
-        w = _v(self.embed).T if self.unembed is None else _v(self.unembed)
-        logits = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+        packed = (self.embed if self.unembed is None else self.unembed).get_value()
+        if isinstance(packed, QArray):
+            logits = _packed_unembed(x, packed)
+        else:
+            w = _v(self.embed).T if self.unembed is None else _v(self.unembed)
+            logits = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
         if cfg.final_softcap is not None:
             logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
         return logits
