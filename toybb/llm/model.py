@@ -133,15 +133,15 @@ def _packed_unembed(x: jax.Array, w: QArray) -> jax.Array:
     float matrix (113 MB for SmolLM2's 49k x 576)."""
     assert w.layout in (("id",), ("T",)), w.layout
     rows = w.d.shape[0]
-    outs, prev = [], x
-    for s in range(0, rows, UNEMBED_CHUNK):
+    logits, prev = jnp.zeros(x.shape[:-1] + (rows,), jnp.float32), x
+    for s in range(0, rows, UNEMBED_CHUNK):  # written in place (dynamic-update-slice), no concatenation
         e = min(s + UNEMBED_CHUNK, rows)
         zero = jnp.isnan(prev.reshape(-1)[0]).astype(jnp.float16) * jnp.float16(0)
         chunk = dataclasses.replace(w, d=w.d[s:e] + zero, m=None if w.m is None else w.m[s:e], qs=w.qs[s:e],
                                     layout=("id",), shape=(e - s, w.d.shape[1] * 32))
         prev = jnp.einsum("btd,vd->btv", x, chunk.dequantize(), preferred_element_type=jnp.float32)
-        outs.append(prev)
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+        logits = logits.at[..., s:e].set(prev)
+    return logits
 
 
 def _act(name: str, x: jax.Array) -> jax.Array:
