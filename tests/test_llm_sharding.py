@@ -54,3 +54,44 @@ def test_four_device_mesh_matches_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "SHARDING_OK" in r.stdout, r.stderr[-3000:]
+
+
+PACKED_SCRIPT = textwrap.dedent("""
+    import sys, jax, numpy as np
+    from toybb.llm import forward, load
+    from toybb.llm.quant import QArray
+    from toybb.llm.sharding import make_mesh, shard_tokens
+    from toybb.llm.testing import make_tiny, write_tiny_gguf
+
+    assert len(jax.devices()) == 4, jax.devices()
+    d = sys.argv[1]
+    write_tiny_gguf(make_tiny("llama_gqa", d), d + "/q.gguf", "llama", quant="Q4_1")
+    toks = np.random.RandomState(0).randint(0, 53, (4, 12))
+    one = load(d + "/q.gguf", quantized=True, with_tokenizer=False)
+    assert isinstance(one.model.blocks[0].attn.wq.get_value(), QArray)
+    ref = np.asarray(forward(one.model, toks)[0])
+    dense = np.asarray(forward(load(d + "/q.gguf", with_tokenizer=False).model, toks)[0])
+    assert np.abs(ref - dense).max() <= 1e-4  # packed = dequantised at load
+    for mp in (2, 4):
+        mesh = make_mesh(4, model_parallel=mp)
+        pre = load(d + "/q.gguf", quantized=True, mesh=mesh, with_tokenizer=False)
+        wq, wo = pre.model.blocks[0].attn.wq.get_value(), pre.model.blocks[0].attn.wo.get_value()
+        assert isinstance(wq, QArray) and tuple(wq.qs.sharding.spec)[:1] == ("model",), wq.qs.sharding
+        assert len(wq.qs.sharding.device_set) == 4 and wq.qs.addressable_shards[0].data.shape[0] == 64 // mp
+        if mp == 2:  # attn_output is [d, heads*hd] = 2 blocks per row: split over blocks
+            assert tuple(wo.qs.sharding.spec)[:2] == (None, "model"), wo.qs.sharding
+        logits = forward(pre.model, shard_tokens(toks, mesh))[0]
+        err = float(np.abs(np.asarray(logits) - ref).max())
+        print("mp", mp, "max abs diff", err)
+        assert err <= 1e-4, err  # sharded reductions sum in another order
+    print("PACKED_SHARDING_OK")
+""")
+
+
+def test_packed_gguf_weights_on_a_mesh_match_one_device(tmp_path):
+    """quantized=True with a mesh: packed Q4_1 matrices split over whole rows or blocks give the
+    logits of the single-device packed model."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", PACKED_SCRIPT, str(tmp_path)], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "PACKED_SHARDING_OK" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]

@@ -45,6 +45,9 @@ class LLMConfig:
     rope_pairing: str = "half"
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
     rope_local_scaling: RopeScaling = field(default_factory=RopeScaling)
+    # llama.cpp's rope_freqs tensor (Llama 3.x GGUF): the global layers' inverse frequencies are divided by
+    # these, one per rotary pair [rot_dim // 2]; None = no factors
+    rope_freq_factors: tuple[float, ...] | None = None
     # attention
     qkv_bias: bool = False
     o_bias: bool = False
@@ -91,6 +94,11 @@ class LLMConfig:
             bad("rope_pairing", f"must be one of {PAIRINGS}")
         if self.rope_dim is not None and (self.rope_dim % 2 or not 0 < self.rope_dim <= self.head_dim):
             bad("rope_dim", f"must be even and in (0, head_dim={self.head_dim}]")
+        if self.rope_freq_factors is not None:
+            n = (self.rope_dim or self.head_dim) // 2
+            if self.position != "rope" or len(self.rope_freq_factors) != n or \
+                    not all(isinstance(f, float) and f > 0 for f in self.rope_freq_factors):
+                bad("rope_freq_factors", f"must be {n} positive floats (one per rotary pair) on a RoPE model")
         if self.mlp not in ("gated", "plain"):
             bad("mlp", "must be 'gated' or 'plain'")
         if self.act not in ACTIVATIONS:

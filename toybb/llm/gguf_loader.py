@@ -4,7 +4,10 @@ dequantised to float32, tokenizer rebuilt from the metadata.
 llama.cpp's converter permutes the q/k rows of each head of "llama"-architecture models so that its
 interleaved rotary pairing works; toybb undoes the permutation (`interleaved_to_half`) and runs
 half-split RoPE, unless asked to keep the stored rows and use interleaved RoPE (same logits).
-Gemma GGUF files store norm weights already as 1 + w, so the config applies them as stored.
+Gemma GGUF files store norm weights already as 1 + w, so the config applies them as stored; what a
+Gemma file leaves implicit (layer pattern, local RoPE base, query scale, Gemma 2's soft-caps) follows
+llama.cpp. Llama 3.x files carry a `rope_freqs` tensor: per-frequency factors that divide the inverse
+frequencies (`LLMConfig.rope_freq_factors`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from toybb.errors import CheckpointError
 from toybb.llm.config import LLMConfig
-from toybb.models.positional import interleaved_to_half
+from toybb.models.positional import RopeScaling, interleaved_to_half
 
 # GGUF general.architecture -> toybb arch
 # (GPT-2, GPT-NeoX and OLMo load from Hugging Face directories; their GGUF tensor layouts are not mapped.)
@@ -27,7 +30,8 @@ _KNOWN_ARCH_KEYS = {
     "attention.head_count_kv", "rope.freq_base", "attention.layer_norm_rms_epsilon",
     "attention.layer_norm_epsilon", "vocab_size", "rope.dimension_count", "attention.key_length",
     "attention.value_length", "attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping",
-    "rope.scaling.type", "rope.scaling.factor", "rope.scaling.original_context_length", "attention.clamp_kqv",
+    "rope.scaling.type", "rope.scaling.factor", "rope.scaling.original_context_length", "rope.freq_base_swa",
+    "attention.sliding_window_pattern",
 }
 
 
@@ -49,6 +53,9 @@ class GGUFFile:
             raise CheckpointError(f"{self.path}: not a readable GGUF file, truncated or corrupted ({type(e).__name__}: {e})") from None
         self.meta = {k: _field_value(f) for k, f in self.reader.fields.items()}
         self.tensors = {t.name: t for t in self.reader.tensors}
+        # the reader keeps one numpy array per part of every metadata field (~250k for a 49k-token
+        # vocabulary, ~90 MB of host memory); `meta` holds the converted values
+        self.reader.fields = {}
 
     def get(self, name: str) -> np.ndarray:
         """Tensor `name` as float32 numpy in PyTorch layout ([out, in] for matrices)."""
@@ -65,6 +72,48 @@ class GGUFFile:
             return np.asarray(arr, np.float32).reshape(shape)
         except (NotImplementedError, ValueError) as e:
             raise CheckpointError(f"{self.path}: cannot dequantise {name} ({t.tensor_type.name}: {e})") from None
+
+
+def _f(v) -> float | None:
+    return None if v is None else float(v)
+
+
+def _rope_scaling(g: GGUFFile, ga: str) -> RopeScaling:
+    kind = g.meta.get(f"{ga}.rope.scaling.type")
+    if kind in (None, "none"):
+        return RopeScaling()
+    if kind == "linear":  # llama.cpp's freq_scale = 1 / factor: position interpolation
+        factor = g.meta.get(f"{ga}.rope.scaling.factor")
+        if not factor or factor <= 0:
+            raise CheckpointError(f"{g.path}: GGUF RoPE scaling 'linear' needs a positive {ga}.rope.scaling.factor")
+        return RopeScaling("linear", float(factor))
+    raise CheckpointError(f"{g.path}: GGUF RoPE scaling {kind!r} is not supported (supported: none, linear)")
+
+
+def _rope_freq_factors(g: GGUFFile, n: int) -> tuple[float, ...]:
+    t = g.tensors["rope_freqs.weight"]
+    if int(np.prod(t.shape)) != n:
+        raise CheckpointError(f"{g.path}: rope_freqs.weight has {int(np.prod(t.shape))} entries, expected one per "
+                              f"rotary frequency ({n})")
+    f = g.get("rope_freqs.weight").reshape(-1)
+    if not np.all(np.isfinite(f)) or np.any(f <= 0):
+        raise CheckpointError(f"{g.path}: rope_freqs.weight must hold positive finite factors")
+    return tuple(float(x) for x in f)
+
+
+def _layer_pattern(pattern, default: int, n_layers: int, where: str) -> tuple[str, ...]:
+    """llama.cpp's sliding-window pattern: an int N (every N-th layer global) or one bool per layer
+    (True = sliding)."""
+    if pattern is None:
+        pattern = default
+    if isinstance(pattern, (list, tuple)):
+        if len(pattern) != n_layers:
+            raise CheckpointError(f"{where}: attention.sliding_window_pattern has {len(pattern)} entries for "
+                                  f"{n_layers} layers")
+        return tuple("sliding" if p else "full" for p in pattern)
+    if int(pattern) < 1:
+        raise CheckpointError(f"{where}: attention.sliding_window_pattern={pattern!r} is not supported")
+    return tuple("full" if (i + 1) % int(pattern) == 0 else "sliding" for i in range(n_layers))
 
 
 def read_config(g: GGUFFile, *, dtype: str = "float32", rope_pairing: str = "half") -> LLMConfig:
@@ -102,24 +151,38 @@ def read_config(g: GGUFFile, *, dtype: str = "float32", rope_pairing: str = "hal
     rdim = opt("rope.dimension_count")
     if rdim is not None and int(rdim) != hd:
         kw["rope_dim"] = int(rdim)
-    if opt("rope.scaling.type") not in (None, "none"):
-        raise CheckpointError(f"{where}: GGUF RoPE scaling {opt('rope.scaling.type')!r} is not supported")
+    scaling = _rope_scaling(g, ga)
     if arch in ("llama", "mistral", "qwen2"):
         kw.update(norm="rms", norm_eps=float(need("attention.layer_norm_rms_epsilon")), act="silu",
-                  qkv_bias=arch == "qwen2", sliding_window=opt("attention.sliding_window"))
+                  qkv_bias=arch == "qwen2", sliding_window=opt("attention.sliding_window"), rope_scaling=scaling)
         if arch in ("llama", "mistral"):
             kw["rope_pairing"] = rope_pairing
+        if "rope_freqs.weight" in g.tensors:  # llama3-style per-frequency factors, one tensor for all layers
+            kw["rope_freq_factors"] = _rope_freq_factors(g, (kw.get("rope_dim") or hd) // 2)
     elif arch in ("gemma2", "gemma3"):
         win = opt("attention.sliding_window")
-        pat = 2 if arch == "gemma2" else 6
+        # llama.cpp's conventions for what the file leaves implicit: the layer pattern (Gemma 2 alternates,
+        # Gemma 3 has every 6th layer global), Gemma 2's soft-capping defaults, the local RoPE base (10000,
+        # unscaled) and the query scale: 1/sqrt(head_dim), except the 27B models (46 / 62 layers), whose
+        # query_pre_attn_scalar is d_model / n_heads.
+        if win is None and arch == "gemma2":
+            win = 4096
+        if win is None:
+            raise CheckpointError(f"{where}: GGUF metadata {ga}.attention.sliding_window is missing")
+        big = n_layers == (46 if arch == "gemma2" else 62)
+        softcaps = (50.0, 30.0) if arch == "gemma2" else (None, None)
         kw.update(norm="rms", norm_eps=float(need("attention.layer_norm_rms_epsilon")), norm_plus_one=False,
-                  placement="sandwich", embed_scale=True, act="gelu_tanh", query_scale=hd**-0.5,
-                  attn_softcap=opt("attn_logit_softcapping"), final_softcap=opt("final_logit_softcapping"),
-                  sliding_window=int(win) if win else None,
-                  layer_types=tuple("full" if (i + 1) % pat == 0 else "sliding" for i in range(n_layers)),
-                  tie_embeddings=True, qk_norm="head" if arch == "gemma3" else "none")
-        if arch == "gemma3":
-            kw["rope_local_theta"] = 10000.0
+                  placement="sandwich", embed_scale=True, act="gelu_tanh",
+                  query_scale=(d / h) ** -0.5 if big else hd**-0.5,
+                  attn_softcap=_f(opt("attn_logit_softcapping", softcaps[0])),
+                  final_softcap=_f(opt("final_logit_softcapping", softcaps[1])),
+                  sliding_window=int(win), layer_types=_layer_pattern(opt("attention.sliding_window_pattern"),
+                                                                    2 if arch == "gemma2" else 6, n_layers, where),
+                  tie_embeddings=True, qk_norm="head" if arch == "gemma3" else "none", rope_scaling=scaling)
+        if arch == "gemma3":  # the file's RoPE scaling applies to the global layers only
+            kw["rope_local_theta"] = float(opt("rope.freq_base_swa", 10000.0))
+        elif scaling.kind != "none":
+            raise CheckpointError(f"{where}: GGUF RoPE scaling is not supported for gemma2")
     else:
         raise CheckpointError(f"{where}: GGUF loading of {arch} is not supported")
     return LLMConfig(**kw)
@@ -184,7 +247,8 @@ def tensor_thunks(g: GGUFFile, cfg: LLMConfig, quantized: bool = False) -> dict[
             out["unembed"] = (_packed(g, name, ("T",), None, (d, cfg.vocab_size)) if quantized else None) or \
                 (lambda get=get: get().T)
         elif name == "rope_freqs.weight":
-            unknown.append(name + " (llama3 rope scaling factors: not supported)")
+            if cfg.rope_freq_factors is None:  # read into the config by read_config for llama-style models
+                unknown.append(name + f" (rotary frequency factors: not supported for {cfg.arch})")
         elif name.startswith("blk."):
             _, layer, rest = name.split(".", 2)
             if rest not in table:

@@ -51,7 +51,8 @@ def load(
     rope_pairing (GGUF llama only): "half" undoes llama.cpp's q/k permutation; "interleaved" keeps the
       stored rows and rotates interleaved pairs (same logits).
     quantized (GGUF only): keep Q4_0/Q4_1/Q8_0 weights packed and dequantise them inside the compiled
-      forward (same logits, a fraction of the memory)."""
+      forward (same logits, a fraction of the memory); with a mesh, packed matrices are split over whole
+      rows or 32-weight blocks."""
     path = resolve(path)
     put = None
     if mesh is not None:
@@ -76,13 +77,28 @@ def load(
             tok = (from_tokenizer_json(tokenizer, cfg.bos_token_id) if tokenizer
                    else from_gguf_metadata(g.meta, path))
             check_matches(tok, cfg.vocab_size, path)
-        if quantized and mesh is not None:
-            raise CheckpointError("quantized=True cannot be combined with a mesh yet")
         model = build_model(cfg, gguf_loader.tensor_thunks(g, cfg, quantized), path, put=put)
         fmt = "gguf"
+        del g
     else:
         raise CheckpointError(f"{path}: not a Hugging Face model directory or a .gguf file")
+    release_host_memory()
     return Pretrained(model, cfg, tok, path, fmt)
+
+
+def release_host_memory() -> None:
+    """Free what loading left behind: reference cycles holding the file reader (and its memory map), and
+    the C heap's free pages (glibc's malloc_trim; a no-op elsewhere). Loading converts every tensor
+    through transient numpy arrays, which otherwise stay resident as free heap."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _hf_adds_bos(model_dir: str) -> bool:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from toybb.llm.config import LLMConfig
@@ -62,6 +63,9 @@ class ResidEdit(NamedTuple):
         cols = x[..., self.dims]  # [batch, seq, k]
         new = jnp.where(jnp.abs(cols) >= self.min_abs, self.value.astype(x.dtype), cols)
         return jnp.where(self.layer == layer, x.at[..., self.dims].set(new), x)
+
+
+_KEY_COLS = ("key0", "key1")  # pattern reductions that are single key columns
 
 
 def _dtype(cfg: LLMConfig):
@@ -118,6 +122,28 @@ def _after(x: jax.Array, *vars: nnx.Variable) -> tuple[jax.Array, list[jax.Array
     return x, [qvalue(v) for v in vals]
 
 
+UNEMBED_CHUNK = 8192  # vocabulary rows dequantised at a time by `_packed_unembed`
+
+
+def _packed_unembed(x: jax.Array, w: QArray) -> jax.Array:
+    """x [b, t, d] @ a packed unembedding -> float32 logits [b, t, vocab], dequantising UNEMBED_CHUNK
+    vocabulary rows at a time (the packed rows are vocabulary rows in both layouts: the tied embedding
+    ("id", [vocab, d]) and output.weight ("T", stored [vocab, d])). Each chunk's scales get an exact zero
+    computed from the previous chunk's logits, so XLA cannot hoist all dequantisations and hold the whole
+    float matrix (113 MB for SmolLM2's 49k x 576)."""
+    assert w.layout in (("id",), ("T",)), w.layout
+    rows = w.d.shape[0]
+    logits, prev = jnp.zeros(x.shape[:-1] + (rows,), jnp.float32), x
+    for s in range(0, rows, UNEMBED_CHUNK):  # written in place (dynamic-update-slice), no concatenation
+        e = min(s + UNEMBED_CHUNK, rows)
+        zero = jnp.isnan(prev.reshape(-1)[0]).astype(jnp.float16) * jnp.float16(0)
+        chunk = dataclasses.replace(w, d=w.d[s:e] + zero, m=None if w.m is None else w.m[s:e], qs=w.qs[s:e],
+                                    layout=("id",), shape=(e - s, w.d.shape[1] * 32))
+        prev = jnp.einsum("btd,vd->btv", x, chunk.dequantize(), preferred_element_type=jnp.float32)
+        logits = logits.at[..., s:e].set(prev)
+    return logits
+
+
 def _act(name: str, x: jax.Array) -> jax.Array:
     if name == "silu":
         return jax.nn.silu(x)
@@ -146,7 +172,10 @@ class Attention(nnx.Module):
             local = self.window is not None and cfg.rope_local_theta is not None
             theta = cfg.rope_local_theta if local else cfg.rope_theta
             scaling = cfg.rope_local_scaling if local else cfg.rope_scaling
-            self.inv_freq = tuple(float(f) for f in inv_frequencies(cfg.rope_dim or dh, theta, scaling))
+            inv = inv_frequencies(cfg.rope_dim or dh, theta, scaling)
+            if cfg.rope_freq_factors is not None and not local:
+                inv = inv / np.asarray(cfg.rope_freq_factors, np.float64)
+            self.inv_freq = tuple(float(f) for f in inv)
         else:
             self.inv_freq = None
 
@@ -195,9 +224,15 @@ class Attention(nnx.Module):
         if far_pos is not None:  # the same q/k rotated at the scheme's positions, merged by the core
             fq, fk = (rope_angles(p_, jnp.asarray(self.inv_freq)) for p_ in far_pos)
             opts["far"] = (apply_rope(q_raw, *fq, cfg.rope_pairing), apply_rope(k_raw, *fk, cfg.rope_pairing))
-        block = None if capture.wants(f"{p}.logits") or capture.wants(f"{p}.pattern") else cfg.attn_block
+        # @key0/@key1 of the pattern come out of blocked attention as key columns; anything else of the
+        # logits or the pattern needs the full [q_seq, k_seq] matrices (no blocking)
+        pat_reds = capture.requests_for(f"{p}.pattern")
+        key_cols = tuple(int(r[3:]) for r in pat_reds if r in _KEY_COLS)
+        full = capture.wants(f"{p}.logits") or any(r not in _KEY_COLS for r in pat_reds)
+        block = None if full else cfg.attn_block
         res = attention(q, k, v, q_pos=positions, k_pos=positions, scale=cfg.query_scale,
-                        softcap=cfg.attn_softcap, block=block, contiguous=contiguous, **opts)
+                        softcap=cfg.attn_softcap, block=block, contiguous=contiguous,
+                        key_cols=() if full else key_cols, **opts)
         z = res.out
         if head_edit is not None:
             scale, to_bos = (a.astype(z.dtype)[None, None, :, None] for a in head_edit)
@@ -209,9 +244,13 @@ class Attention(nnx.Module):
         if self.bo is not None:
             out = out + _v(self.bo)
         if capture:
-            for name, val in (("q", q), ("k", k), ("v", v), ("logits", res.logits), ("pattern", res.pattern),
-                              ("z", res.out), ("out", out)):
+            for name, val in (("q", q), ("k", k), ("v", v), ("logits", res.logits), ("z", res.out), ("out", out)):
                 capture.sow(self, f"{p}.{name}", val)
+            if full:
+                capture.sow(self, f"{p}.pattern", res.pattern)
+            else:
+                for i, c in enumerate(key_cols):
+                    capture.sow_reduced(self, f"{p}.pattern", f"key{c}", res.key_cols[..., i])
             if capture.wants(f"{p}.head_out"):
                 g = q.shape[2] // v.shape[2]
                 vh = jnp.repeat(v, g, axis=2) if g > 1 else v
@@ -349,8 +388,12 @@ class LLM(nnx.Module):
         x = self.final_norm(x)
         if capture:
             capture.sow(self, "final_norm", x)
-        w = _v(self.embed).T if self.unembed is None else _v(self.unembed)
-        logits = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+        packed = (self.embed if self.unembed is None else self.unembed).get_value()
+        if isinstance(packed, QArray):
+            logits = _packed_unembed(x, packed)
+        else:
+            w = _v(self.embed).T if self.unembed is None else _v(self.unembed)
+            logits = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
         if cfg.final_softcap is not None:
             logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
         return logits

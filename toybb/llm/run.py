@@ -39,7 +39,14 @@ def forward(
     if positions is None:
         positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
     graphdef, state = nnx.split(model)
-    return _compiled(graphdef, capture)(state, tokens, jnp.asarray(positions, jnp.int32))
+    f = _compiled(graphdef, capture)
+    size = getattr(f, "_cache_size", lambda: None)()
+    out = f(state, tokens, jnp.asarray(positions, jnp.int32))
+    if size is not None and f._cache_size() != size:  # this call compiled: XLA leaves free heap behind
+        from toybb.llm.load import release_host_memory
+
+        release_host_memory()
+    return out
 
 
 def token_logprobs(model: LLM, tokens) -> np.ndarray:

@@ -37,9 +37,40 @@ def param_spec(name: str, shape: tuple[int, ...], mesh: Mesh) -> P:
     return P()
 
 
+# packed GGUF matrices (`quant.QArray`) are stored as GGUF rows [rows, blocks, ...]: which stored axis
+# (0 rows, 1 blocks) holds each axis of the toybb parameter, per layout
+_PACKED_AXIS = {"id": (0, 1), "T": (1, 0), "heads": (1, 0, 0), "out_heads": (1, 1, 0)}
+
+
+def _packed_put(name: str, q, mesh: Mesh):
+    """A packed matrix split over "model" along the stored axis that holds the parameter's split axis
+    (rows or whole 32-weight blocks, never inside a block), or replicated if that axis does not divide."""
+    import dataclasses
+
+    spec = tuple(param_spec(name, q.shape, mesh))
+    axis = next((_PACKED_AXIS[q.layout[0]][i] for i, a in enumerate(spec) if a == "model"), None)
+    if axis is not None and q.d.shape[axis] % mesh.shape["model"]:
+        axis = None
+
+    def place(a):
+        if a is None:
+            return None
+        s = [None] * a.ndim
+        if axis is not None:
+            s[axis] = "model"
+        return jax.device_put(a, NamedSharding(mesh, P(*s)))
+
+    return dataclasses.replace(q, d=place(q.d), m=place(q.m), qs=place(q.qs))
+
+
 def param_putter(mesh: Mesh):
-    """put(name, array) for `weights.build_model`: places each parameter with its sharding."""
+    """put(name, array) for `weights.build_model`: places each parameter with its sharding (packed
+    GGUF weights stay packed, split over whole rows or blocks)."""
+    from toybb.llm.quant import QArray
+
     def put(name: str, arr):
+        if isinstance(arr, QArray):
+            return _packed_put(name, arr, mesh)
         return jax.device_put(arr, NamedSharding(mesh, param_spec(name, arr.shape, mesh)))
     return put
 
@@ -56,5 +87,5 @@ def shard_model(model, mesh: Mesh):
 
     graphdef, state = nnx.split(model)
     put = param_putter(mesh)
-    leaves = [(p, v.replace(value=put(".".join(map(str, p)), v[...]))) for p, v in nnx.to_flat_state(state)]
+    leaves = [(p, v.replace(value=put(".".join(map(str, p)), v.get_value()))) for p, v in nnx.to_flat_state(state)]
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))

@@ -45,12 +45,33 @@ def tiny_configs():
     }
 
 
+def gguf_tiny_configs():
+    """Tiny models for GGUF files, with every setting either stated in the file or equal to what
+    llama.cpp implies and transformers' GGUF reader assumes (Gemma: head_dim = query_pre_attn_scalar =
+    256, Gemma 2's soft-caps 50 / 30, Gemma 3's global layer every 6th, local RoPE base 10000)."""
+    rope = lambda theta, **kw: {"rope_theta": theta, "rope_type": "default", **kw}  # noqa: E731
+    base = dict(vocab_size=53, hidden_size=64, intermediate_size=96, num_attention_heads=2, num_key_value_heads=1,
+                head_dim=256, query_pre_attn_scalar=256, sliding_window=4, pad_token_id=0, eos_token_id=1,
+                bos_token_id=2)
+    g3 = dict(base, num_hidden_layers=7, layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                                                      for i in range(7)])
+    return {
+        "gemma2_gguf": ("Gemma2Config", dict(base, num_hidden_layers=4, attn_logit_softcapping=50.0,
+                                             final_logit_softcapping=30.0, rope_parameters=rope(10000.0))),
+        "gemma3_gguf": ("Gemma3TextConfig", dict(g3, rope_parameters={"sliding_attention": rope(10000.0),
+                                                                      "full_attention": rope(1000.0)})),
+        # Gemma 3 4B+ scale the global layers' positions by 8 (GGUF rope.scaling.type "linear")
+        "gemma3_gguf_linear": ("Gemma3TextConfig", dict(g3, rope_parameters={
+            "sliding_attention": rope(10000.0), "full_attention": rope(1000.0, rope_type="linear", factor=8.0)})),
+    }
+
+
 def make_tiny(name: str, out_dir: str, seed: int = 0):
     """Build, randomise (weights large enough that errors show) and save a tiny HF model; returns it."""
     import torch
     import transformers
 
-    cls_name, kw = tiny_configs()[name]
+    cls_name, kw = {**tiny_configs(), **gguf_tiny_configs()}[name]
     cfg = getattr(transformers, cls_name)(**kw)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
@@ -71,9 +92,10 @@ def make_tiny(name: str, out_dir: str, seed: int = 0):
     return model
 
 
-def write_tiny_gguf(hf_model, path: str, arch: str = "llama") -> None:
+def write_tiny_gguf(hf_model, path: str, arch: str = "llama", quant: str | None = None) -> None:
     """Write a tiny HF model as a float32 GGUF file the way llama.cpp's converter lays it out
-    (q/k rows permuted for interleaved RoPE in "llama"), with a placeholder byte-level vocabulary."""
+    (q/k rows permuted for interleaved RoPE in "llama"), with a placeholder byte-level vocabulary.
+    quant: "Q4_0" | "Q4_1" | "Q8_0" quantises every matrix whose rows are whole 32-weight blocks."""
     import gguf
     import numpy as np
 
@@ -90,7 +112,15 @@ def write_tiny_gguf(hf_model, path: str, arch: str = "llama") -> None:
     w.add_feed_forward_length(c.intermediate_size)
     w.add_head_count(h)
     w.add_head_count_kv(hk)
-    w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
+    rp = c.rope_parameters.get("full_attention", c.rope_parameters)  # Gemma 3: the global layers' RoPE
+    w.add_rope_freq_base(float(rp["rope_theta"]))
+    if rp.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(rp["factor"]))
+    elif rp.get("rope_type") == "llama3":  # llama.cpp's converter stores the factors as a tensor
+        w.add_tensor("rope_freqs.weight", llama3_freq_factors(rp, hd))
+    elif rp.get("rope_type", "default") != "default":
+        raise ValueError(f"write_tiny_gguf: RoPE type {rp['rope_type']!r} not handled")
     w.add_layer_norm_rms_eps(float(c.rms_norm_eps))
     w.add_rope_dimension_count(hd)
     gemma = arch.startswith("gemma")
@@ -132,8 +162,27 @@ def write_tiny_gguf(hf_model, path: str, arch: str = "llama") -> None:
                 v = v + 1
             if arch == "llama" and mod in ("self_attn.q_proj", "self_attn.k_proj"):
                 v = half_to_interleaved(v, h if mod == "self_attn.q_proj" else hk)
-        w.add_tensor(out, np.ascontiguousarray(v, np.float32))
+        v = np.ascontiguousarray(v, np.float32)
+        if quant is not None and v.ndim == 2 and v.shape[1] % 32 == 0:
+            qtype = gguf.GGMLQuantizationType[quant]
+            w.add_tensor(out, gguf.quants.quantize(v, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(out, v)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def llama3_freq_factors(rp: dict, head_dim: int):
+    """The factors that divide each inverse frequency under Llama 3.1's RoPE scaling (float32
+    [head_dim // 2]): 1 for short wavelengths, `factor` for long ones, a smooth blend between."""
+    import numpy as np
+
+    inv = 1.0 / rp["rope_theta"] ** (np.arange(0, head_dim, 2) / head_dim)
+    wavelen = 2 * math.pi / inv
+    old, lo, hi = rp["original_max_position_embeddings"], rp["low_freq_factor"], rp["high_freq_factor"]
+    blend = (old / wavelen - lo) / (hi - lo)
+    mid = 1.0 / ((1 - blend) / rp["factor"] + blend)
+    f = np.where(wavelen < old / hi, 1.0, np.where(wavelen > old / lo, rp["factor"], mid))
+    return f.astype(np.float32)

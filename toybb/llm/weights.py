@@ -62,7 +62,8 @@ def build_model(
             scales = [a for a in (arr.d, arr.m) if a is not None]
             if not all(np.isfinite(np.asarray(a, np.float32)).all() for a in scales):
                 raise CheckpointError(f"{source}: weight {name} has NaN or inf scales (corrupted checkpoint?)")
-            leaves.append((path, var.replace(value=jax.tree.map(jnp.asarray, replace(arr, dtype=cfg.dtype)))))
+            q = replace(arr, dtype=cfg.dtype)
+            leaves.append((path, var.replace(value=put(name, q) if put is not None else jax.tree.map(jnp.asarray, q))))
             continue
         arr = np.asarray(arr)
         if tuple(arr.shape) != tuple(var.shape):

@@ -25,6 +25,7 @@ class AttentionResult(NamedTuple):
     out: jax.Array  # [batch, q_seq, heads, head_dim]  attention-weighted values (z)
     logits: jax.Array  # [batch, heads, q_seq, k_seq]  pre-softmax scores (after scale, soft-cap, bias)
     pattern: jax.Array  # [batch, heads, q_seq, k_seq]  attention weights (0 on masked keys)
+    key_cols: jax.Array | None = None  # [batch, heads, q_seq, len(key_cols)]  pattern[..., key_cols]
 
 
 def causal_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None = None) -> jax.Array:
@@ -56,6 +57,7 @@ def attention(
     alibi: jax.Array | None = None,
     block: int | None = None,
     contiguous: bool = False,
+    key_cols: tuple[int, ...] = (),
 ) -> AttentionResult:
     """Multi-head / grouped-query attention.
 
@@ -77,6 +79,9 @@ def attention(
       i + k_seq - q_seq (the default positions). Blocked attention then gives each query block only
       the keys it can see (causal, window, first `keep_first`): about half the work for causal
       attention, much less with a window. Blocks are then unrolled (one shape per block).
+    key_cols: key indices whose attention weights are also returned as `key_cols`
+      [batch, heads, q_seq, len(key_cols)], blocked or not (`@key0`-style capture without ever holding a
+      full [q_seq, k_seq] pattern when `block` is set).
     """
     if far is not None and near is None:
         raise ValueError("attention: `far` logits need `near` (the relative distance where they start)")
@@ -85,13 +90,23 @@ def attention(
         raise ValueError(f"attention block must be a positive number of query rows, got {block}")
     if block is not None and tq > block:
         kw = dict(kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale, softcap=softcap,
-                  bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi, block=block)
+                  bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi, block=block, key_cols=key_cols)
         return _blocked_contiguous(q, k, v, **kw) if contiguous else _blocked(q, k, v, **kw)
-    return _dense(q, k, v, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale,
-                  softcap=softcap, bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi)
+    res = _dense(q, k, v, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale,
+                 softcap=softcap, bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi)
+    return res._replace(key_cols=_cols(res.pattern, key_cols, np.arange(k.shape[1])))
 
 
-def _blocked(q, k, v, *, q_pos, k_pos, block, mask, bias, far, **kw) -> AttentionResult:
+def _cols(pattern: jax.Array, key_cols: tuple[int, ...], idx: np.ndarray) -> jax.Array | None:
+    """pattern[..., key_cols] of a pattern whose key axis holds the keys `idx` (0 for a key not there)."""
+    if not key_cols:
+        return None
+    where = {int(j): i for i, j in enumerate(idx)}
+    z = jnp.zeros(pattern.shape[:-1], pattern.dtype)
+    return jnp.stack([pattern[..., where[c]] if c in where else z for c in key_cols], axis=-1)
+
+
+def _blocked(q, k, v, *, q_pos, k_pos, block, mask, bias, far, key_cols, **kw) -> AttentionResult:
     b, tq = q.shape[:2]
     tk = k.shape[1]
     for name, a in (("mask", mask), ("bias", bias)):
@@ -115,14 +130,17 @@ def _blocked(q, k, v, *, q_pos, k_pos, block, mask, bias, far, **kw) -> Attentio
     def one(args):
         qb, pb, qfb = args
         fb = None if far is None else (qfb, far[1])
-        return _dense(qb, k, v, q_pos=pb, k_pos=k_pos, mask=mask, bias=bias, far=fb, **kw).out
+        r = _dense(qb, k, v, q_pos=pb, k_pos=k_pos, mask=mask, bias=bias, far=fb, **kw)
+        return r.out, _cols(r.pattern, key_cols, np.arange(tk))
 
-    out = jax.lax.map(one, xs)  # [nb, b, block, h, dh]
+    out, cols = jax.lax.map(one, xs)  # [nb, b, block, h, dh], [nb, b, h, block, c]
     out = jnp.moveaxis(out, 0, 1).reshape(b, nb * block, *out.shape[3:])[:, :tq]
-    return AttentionResult(out, None, None)
+    if cols is not None:
+        cols = jnp.moveaxis(cols, 0, 2).reshape(b, cols.shape[2], nb * block, -1)[:, :, :tq]
+    return AttentionResult(out, None, None, cols)
 
 
-def _blocked_contiguous(q, k, v, *, q_pos, k_pos, block, mask, bias, far, window, keep_first, **kw):
+def _blocked_contiguous(q, k, v, *, q_pos, k_pos, block, mask, bias, far, window, keep_first, key_cols, **kw):
     tq, tk = q.shape[1], k.shape[1]
     for name, a in (("mask", mask), ("bias", bias)):
         if a is not None and a.ndim >= 2 and (a.shape[-2] != 1 or a.shape[-1] != 1):
@@ -130,7 +148,7 @@ def _blocked_contiguous(q, k, v, *, q_pos, k_pos, block, mask, bias, far, window
     off = tk - tq
     q_pos = jnp.arange(tq) + off if q_pos is None else q_pos
     k_pos = jnp.arange(tk) if k_pos is None else k_pos
-    outs = []
+    outs, cols = [], []
     for s in range(0, tq, block):
         e = min(s + block, tq)
         hi = e + off  # keys [lo, hi) (+ the first keep_first ones) are all this block can see
@@ -141,9 +159,12 @@ def _blocked_contiguous(q, k, v, *, q_pos, k_pos, block, mask, bias, far, window
         take = (lambda a: a[:, lo:hi]) if idx[0] == lo else (lambda a: jnp.take(a, jnp.asarray(idx), axis=1))
         kp = k_pos[..., lo:hi] if idx[0] == lo else jnp.take(k_pos, jnp.asarray(idx), axis=-1)
         fb = None if far is None else (far[0][:, s:e], take(far[1]))
-        outs.append(_dense(q[:, s:e], take(k), take(v), q_pos=q_pos[..., s:e], k_pos=kp, mask=mask, bias=bias,
-                           far=fb, window=window, keep_first=keep_first, **kw).out)
-    return AttentionResult(jnp.concatenate(outs, axis=1), None, None)
+        r = _dense(q[:, s:e], take(k), take(v), q_pos=q_pos[..., s:e], k_pos=kp, mask=mask, bias=bias,
+                   far=fb, window=window, keep_first=keep_first, **kw)
+        outs.append(r.out)
+        cols.append(_cols(r.pattern, key_cols, idx))
+    cols = jnp.concatenate(cols, axis=2) if key_cols else None
+    return AttentionResult(jnp.concatenate(outs, axis=1), None, None, cols)
 
 
 def _dense(

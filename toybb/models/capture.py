@@ -78,6 +78,12 @@ class Capture:
             module.sow(nnx.Intermediate, leaf + (_SEP + red if red else ""), v)
 
 
+    def sow_reduced(self, module: nnx.Module, name: str, red: str, value: jax.Array) -> None:
+        """Record `value`, already reduced by `red` elsewhere (e.g. key columns of blocked attention), as
+        site `name@red`."""
+        module.sow(nnx.Intermediate, name.rsplit(".", 1)[-1] + _SEP + red, value)
+
+
 NO_CAPTURE = Capture()
 
 
