@@ -41,6 +41,22 @@ return 30 x 9 x T^2 float32 patterns, so full capture stays at ~0.9-1.0x. Tokens
 row, at 1024 the float32 rows; NOT at 2048 (0.8-1.5x): there toybb's full rows compute dense masked
 [T, T] attention per layer and the reduced rows are slower per token than at 1024; one noisy sample
 each, not yet profiled.
+
+Quiet machine, 2026-11-23 14:30 UTC (load average 1.8), `--tokens 512 2048 --repeats 1`: transformers
+is much faster unloaded (the numbers above under load flattered toybb):
+tokens row               tokens/s  peak RSS MB   x tok/s  x peak
+   512 transformers         458.0         1445      1.00    1.00
+   512 toybb                404.7         1443      0.88    1.00
+   512 toybb_reduced        449.5         1086      0.98    0.75
+   512 toybb_q4             315.7          977      0.69    0.68
+   512 toybb_q4_reduced     350.1          677      0.76    0.47
+  2048 transformers         131.8         6194      1.00    1.00
+  2048 toybb                105.4         6145      0.80    0.99
+  2048 toybb_reduced        201.2         1508      1.53    0.24
+  2048 toybb_q4             112.8         5664      0.86    0.91
+  2048 toybb_q4_reduced     194.0         1105      1.47    0.18
+So on a quiet machine the memory target is met by the reduced rows (0.18-0.47x) and the speed target
+is not met by any row (0.69-1.53x).
 """
 
 from __future__ import annotations
