@@ -75,13 +75,17 @@ def peaks_sweep(scale: str) -> dict:
 EQUAL_SUPPORT_MIX = 0.05  # weight of the uniform row mixed into every bigram row (theory/07, equal support)
 
 
+def equal_support_path(table_dir: Path) -> Path:
+    return Path(table_dir) / f"tinyshakespeare_mix{EQUAL_SUPPORT_MIX:g}.npz"
+
+
 def equal_support_table(table_dir: Path) -> Path:
     """The Tiny Shakespeare table with every row mixed with the uniform distribution (weight
     EQUAL_SUPPORT_MIX), so all rows share one support; written once under `table_dir`."""
     from toybb.task.bb import load_bigram_table
     from toybb.task.build_bigram import mix_uniform, save_table
 
-    p = Path(table_dir) / f"tinyshakespeare_mix{EQUAL_SUPPORT_MIX:g}.npz"
+    p = equal_support_path(table_dir)
     if not p.is_file():
         save_table(mix_uniform(load_bigram_table("tinyshakespeare"), EQUAL_SUPPORT_MIX), p)
     return p
@@ -113,7 +117,7 @@ def theory_trained_configs(scale: str, table_dir: Path | None = None) -> dict[st
             "tf1_long": one}
     if table_dir is not None:
         simple = cpu_preset().replace(
-            model={"arch": "simple"}, task={"table": str(Path(table_dir) / f"tinyshakespeare_mix{EQUAL_SUPPORT_MIX:g}.npz")},
+            model={"arch": "simple"}, task={"table": str(equal_support_path(table_dir))},
             optim={"name": "sgd", "lr": 0.5},
             train={"steps": 20_000 if scale == "cpu" else 100_000, "seeds": (0, 1), "ckpt_every": 5000,
                    "eval_schedule": ((20, 200), (100, 2000), (500, 0))})

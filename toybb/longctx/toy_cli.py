@@ -75,8 +75,15 @@ def cmd_toy(args) -> int:
         name = {"none": "NoPE", "rope": "RoPE", "alibi": "ALiBi", "window": f"NoPE window {W}"}[scheme]
         for f in factors:
             record(name, scheme, f, mean_nll(model, wins[f]), train_loss=losses[-1])
+        pv: dict[int, np.ndarray] = {}  # positional vectors [layers, C * f, d] of this model, per factor
+
+        def pvec(f):
+            if f not in pv:
+                pv[f] = toy_positional_vectors(model, wins[f][:, :-1])
+            return pv[f]
+
         if max(factors) > 1:  # positional vectors beyond C against those inside (Dong et al.: OOD beyond)
-            p_long = toy_positional_vectors(model, wins[max(factors)][:, :-1])
+            p_long = pvec(max(factors))
             m = p_long - p_long[:, :C].mean(axis=1, keepdims=True)  # minus u of the trained positions
             for layer in range(args.layers):
                 sim = beyond_similarity(m[layer, :C], m[layer, C:])
@@ -92,11 +99,10 @@ def cmd_toy(args) -> int:
             for f in factors:
                 record(f"{name} + PI", scheme, f, mean_nll(with_model_options(model, rope_scale=float(f)), wins[f]))
         if scheme == "none":
-            p_train = toy_positional_vectors(model, wins[1][:, :-1])
+            p_train = pvec(1)
             for a in _floats(args.alphas):
                 for f in factors:
-                    p_long = toy_positional_vectors(model, wins[f][:, :-1])
-                    d = replacement_delta(p_train[args.replace_layer], p_long[args.replace_layer], float(f), a)
+                    d = replacement_delta(p_train[args.replace_layer], pvec(f)[args.replace_layer], float(f), a)
                     record(f"{name} + PV replacement a={a:g}", scheme, f,
                            mean_nll(model, wins[f], {args.replace_layer: d}))
         if scheme == "window":

@@ -80,6 +80,13 @@ class RunResult:
         return self.metrics[name][-1]
 
 
+def run_axis_devices(n_runs: int) -> list:
+    """Local devices the run axis is sharded over: all of them when they divide the runs evenly, else
+    none (one device runs everything)."""
+    devs = jax.local_devices()  # multi-host sweeps give each process its own groups (toybb.train.sweep)
+    return devs if len(devs) > 1 and n_runs % len(devs) == 0 else []
+
+
 def runs_vmapped_together(cfg: RunConfig, n_devices: int = 1) -> int:
     """How many runs the compiled training step vmaps together (train.run_chunk resolved); the
     remaining chunks run one after another in the same program. With several devices the run axis
@@ -115,10 +122,9 @@ class Trainer:
         abstract = nnx.eval_shape(lambda: build_model(cfg.model, nnx.Rngs(0), self.task))
         self.graphdef, _ = nnx.split(abstract)
         self.tx = make_optimizer(cfg.optim)
-        devs = jax.local_devices()  # multi-host sweeps give each process its own groups (toybb.train.sweep)
-        # shard the run axis over all local devices when it divides evenly (one device: no-op)
-        self.mesh = Mesh(np.array(devs), ("runs",)) if len(devs) > 1 and len(self.runs) % len(devs) == 0 else None
-        self.run_chunk = runs_vmapped_together(cfg, 1 if self.mesh is None else self.mesh.devices.size)
+        devs = run_axis_devices(len(self.runs))
+        self.mesh = Mesh(np.array(devs), ("runs",)) if devs else None
+        self.run_chunk = runs_vmapped_together(cfg, max(1, len(devs)))
         self._build()
 
     # ---- pure functions -------------------------------------------------------------------

@@ -206,10 +206,10 @@ def estimate_group_bytes(cfg: RunConfig) -> int:
     m, T = cfg.model, cfg.task.seq_len
     # per token and layer: residual, LN, q/k/v/out, MLP hidden (x2 for ReLU input/output), attention row
     per_tok = m.n_layers * (8 * m.d_model + 2 * m.mlp_dim + 3 * m.n_heads * T) + 2 * m.vocab_size
-    from toybb.train.loop import runs_vmapped_together
+    from toybb.train.loop import run_axis_devices, runs_vmapped_together
 
     n_runs = len(cfg.runs())
-    together = runs_vmapped_together(cfg, max(1, len(__import__("jax").local_devices())))
+    together = runs_vmapped_together(cfg, max(1, len(run_axis_devices(n_runs))))  # as the Trainer will
     # training activations exist for the runs vmapped together at a time; the evaluation vmaps all runs
     acts = 4 * per_tok * T * max(together * cfg.train.batch, n_runs * cfg.train.eval_batch)
     return n_runs * 4 * n_params * (2 + opt_copies) + acts
