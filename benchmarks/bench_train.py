@@ -66,12 +66,12 @@ def time_config(name: str, cfg: RunConfig, steps: int) -> dict:
     jax.block_until_ready(state)
     dt = (time.perf_counter() - t) / steps
     runs = len(cfg.runs())
-    print(f"  [{name}: {tr.run_chunk} run(s) vmapped together]", flush=True)
+    print(f"  [{name}: {tr.run_chunk} run(s) vmapped together, micro-batches of {tr.microbatch}]", flush=True)
     flops = model_flops_per_step(cfg.model, cfg.train.batch, cfg.task.seq_len) * runs
     return {
         "config": name, "runs": runs, "s_per_step": dt, "steps_per_s": 1 / dt, "run_steps_per_s": runs / dt,
         "tokens_per_s": runs * cfg.train.batch * cfg.task.seq_len / dt, "model_flops_per_step": flops,
-        "gflops": flops / dt / 1e9, "compile_s": compile_s, "runs_vmapped_together": tr.run_chunk,
+        "gflops": flops / dt / 1e9, "compile_s": compile_s, "runs_vmapped_together": tr.run_chunk, "microbatch": tr.microbatch,
     }
 
 
@@ -84,6 +84,7 @@ def configs(quick: bool):
     if not quick:
         paper = RunConfig(train=TrainConfig(eval_batch=8))
         out += [("paper 1-layer d256 B512 T256, 1 seed", paper, 3),
+                ("paper 1-layer d256 B512 T256, 1 seed, whole batch", paper.replace(train={"microbatch": 512}), 3),
                 ("paper 3-layer d256 B512 T256, 1 seed", paper.replace(model={"n_layers": 3}), 2),
                 # 8 vmapped paper-size seeds need a 34.7 GB buffer: more than a 24 GB machine holds
                 ("paper 1-layer d256 B512 T256, 2 seeds", paper.replace(train={"seeds": (0, 1)}), 1)]

@@ -27,6 +27,7 @@ TINY = ["--d-model", "16", "--seq-len", "8", "--batch", "8", "--eval-batch", "8"
         (["train", "--preset", "huge"], "preset"),
         (["train", "--lr", "fast"], "--lr"),
         (["train", "--no-mlp", "3"], "out of range"),
+        (["train", "--batch", "64", "--microbatch", "5"], "train.microbatch"),
         (["plot", "/nonexistent/run"], "not a toybb run folder"),
     ],
 )

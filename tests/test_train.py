@@ -122,6 +122,31 @@ def test_run_chunk_automatic_and_checked():
         TINY.replace(train={"run_chunk": 0})
 
 
+def test_microbatches_equal_whole_batch(full_run):
+    # gradients summed over 4 micro-batches of 4 sequences = the whole-batch gradient (round-off)
+    cfg = TINY.replace(train={"microbatch": 4})
+    tr = Trainer(cfg)
+    assert tr.microbatch == 4
+    micro = train(cfg, None, progress=False, trainer=tr)
+    np.testing.assert_allclose(micro.metrics["loss"], full_run[0].metrics["loss"], rtol=2e-5)
+    np.testing.assert_allclose(micro.metrics["sink_attention_l0"], full_run[0].metrics["sink_attention_l0"],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_microbatch_automatic_and_checked():
+    from toybb.config import cpu_preset
+    from toybb.train.loop import microbatch_size
+
+    import jax
+
+    assert microbatch_size(TINY) == 16 and microbatch_size(cpu_preset()) == 64  # small batches stay whole
+    if jax.default_backend() == "cpu":  # paper size (d 256, batch 512, sequence 256): cache-sized slices
+        assert microbatch_size(RunConfig()) == 16
+    for bad in (0, 5, 1.5):
+        with pytest.raises(ConfigError, match="microbatch"):
+            TINY.replace(train={"microbatch": bad})
+
+
 def test_learning_rates_vmapped(trainer):
     cfg = TINY.replace(train={"seeds": (0,), "lrs": (3e-3, 1e-4), "steps": 20})
     r = train(cfg, None, progress=False)

@@ -92,6 +92,9 @@ def _add_train(sub) -> None:
     g.add_argument("--ckpt-every", type=int, dest="ckpt_every")
     g.add_argument("--run-chunk", type=int, dest="run_chunk", metavar="K",
                    help="vmap K runs at a time inside the compiled step (default: automatic; speed only)")
+    g.add_argument("--microbatch", type=int, metavar="M",
+                   help="sum the gradients of micro-batches of M sequences (a divisor of --batch; default: "
+                        "automatic; speed only)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plot", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -130,7 +133,7 @@ def build_config(args) -> "RunConfig":
             upd["train"]["lrs"] = ()
         else:
             upd["train"]["lrs"] = args.lr
-    for name in ("steps", "batch", "eval_batch", "ckpt_every", "run_chunk"):
+    for name in ("steps", "batch", "eval_batch", "ckpt_every", "run_chunk", "microbatch"):
         if getattr(args, name) is not None:
             upd["train"][name] = getattr(args, name)
     if args.seeds is not None:

@@ -204,6 +204,11 @@ class TrainConfig:
     # vmapped batches are memory-bound there; see benchmarks/bench_train.py). Speed only: the
     # numbers agree to float32 round-off whatever the chunk.
     run_chunk: int | None = None
+    # sequences per gradient micro-batch: each step sums the gradients of batch / microbatch slices
+    # (lax.scan), the same mean gradient to float32 round-off. None: the whole batch on accelerators;
+    # on a CPU, slices whose MLP activations stay within ~16 MiB (half a typical L3 cache; the
+    # paper configuration runs ~25% faster with 8 sequences than with 512). Speed only.
+    microbatch: int | None = None
 
     def __post_init__(self):
         _check(isinstance(self.steps, int) and self.steps > 0, f"train.steps must be a positive integer, got {self.steps!r}")
@@ -234,6 +239,12 @@ class TrainConfig:
         _check(
             self.run_chunk is None or (isinstance(self.run_chunk, int) and self.run_chunk > 0),
             f"train.run_chunk must be a positive integer or null (automatic), got {self.run_chunk!r}",
+        )
+        _check(
+            self.microbatch is None or (isinstance(self.microbatch, int) and self.microbatch > 0
+                                        and self.batch % self.microbatch == 0),
+            f"train.microbatch must be null (automatic) or a positive divisor of train.batch ({self.batch}), "
+            f"got {self.microbatch!r}",
         )
 
     def eval_steps(self) -> list[int]:

@@ -109,6 +109,20 @@ def runs_vmapped_together(cfg: RunConfig, n_devices: int = 1) -> int:
     return int(max(1, min(R, (1 << 18) // per_run)))
 
 
+def microbatch_size(cfg: RunConfig) -> int:
+    """Sequences per gradient micro-batch (train.microbatch resolved): the whole batch on
+    accelerators; on a CPU the largest divisor of the batch whose MLP activations stay within
+    ~16 MiB (2^22 floats), so a slice's forward and backward run in cache (bench_train.py)."""
+    B = cfg.train.batch
+    if cfg.train.microbatch is not None:
+        return cfg.train.microbatch
+    if jax.default_backend() != "cpu":
+        return B
+    per_seq = cfg.task.seq_len * max(cfg.model.mlp_dim, cfg.model.d_model)
+    fit = max(1, (1 << 22) // per_seq)
+    return max(m for m in range(1, B + 1) if B % m == 0 and (m <= fit or m == 1))
+
+
 class Trainer:
     """Compiled functions of one run config (share one Trainer between calls to reuse compilation)."""
 
@@ -125,6 +139,7 @@ class Trainer:
         devs = run_axis_devices(len(self.runs))
         self.mesh = Mesh(np.array(devs), ("runs",)) if devs else None
         self.run_chunk = runs_vmapped_together(cfg, max(1, len(devs)))
+        self.microbatch = microbatch_size(cfg)
         self._build()
 
     # ---- pure functions -------------------------------------------------------------------
@@ -147,7 +162,16 @@ class Trainer:
         def step_one(state, i):
             key = jax.random.fold_in(jax.random.wrap_key_data(state["data_key"]), i)
             tokens = task.sample(key, B, T)
-            loss, grads = jax.value_and_grad(loss_fn)(state["params"], tokens)
+            n_mb = B // self.microbatch
+            if n_mb == 1:
+                loss, grads = jax.value_and_grad(loss_fn)(state["params"], tokens)
+            else:  # the mean over equal slices of the slices' means: the full-batch loss and gradient
+                def acc(total, part):
+                    return jax.tree.map(jnp.add, total, jax.value_and_grad(loss_fn)(state["params"], part)), None
+
+                zero = (jnp.float32(0), jax.tree.map(jnp.zeros_like, state["params"]))
+                total, _ = jax.lax.scan(acc, zero, tokens.reshape(n_mb, self.microbatch, T + 1))
+                loss, grads = jax.tree.map(lambda x: x / n_mb, total)
             updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
             bad = jnp.where((state["bad_step"] < 0) & ~jnp.isfinite(loss), i, state["bad_step"])
@@ -298,7 +322,7 @@ def _config_matches(saved: dict, cfg: RunConfig) -> list[str]:
     diffs = []
     for sec in now:
         for k, v in now[sec].items():
-            if sec == "train" and k in ("steps", "ckpt_every", "run_chunk"):
+            if sec == "train" and k in ("steps", "ckpt_every", "run_chunk", "microbatch"):
                 continue
             old = saved.get(sec, {}).get(k)
             if v != old:
@@ -324,7 +348,7 @@ def train(
     t0 = time.perf_counter()
     trainer = trainer or Trainer(cfg)
     if _config_matches(trainer.cfg.to_dict(), cfg):
-        raise ValueError("trainer was built for another config (only train.steps, ckpt_every and run_chunk may differ)")
+        raise ValueError("trainer was built for another config (only train.steps, ckpt_every, run_chunk and microbatch may differ)")
     out = Path(out_dir) if out_dir is not None else None
     names, runs = trainer.metric_names, trainer.runs
     grid = cfg.train.eval_steps()
@@ -346,7 +370,7 @@ def train(
                 )
         meta = {"config": cfg.to_dict(), "runs": [{"seed": s, "lr": lr} for s, lr in runs],
                 "versions": package_versions(), "command": " ".join(sys.argv),
-                "runs_vmapped_together": trainer.run_chunk}
+                "runs_vmapped_together": trainer.run_chunk, "microbatch": trainer.microbatch}
         _atomic_write(cfg_path, lambda f: f.write(json.dumps(meta, indent=2)), mode="w")
         if (out / CKPT_NAME).exists():
             state, step = trainer.load_checkpoint(out / CKPT_NAME)

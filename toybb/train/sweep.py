@@ -206,13 +206,15 @@ def estimate_group_bytes(cfg: RunConfig) -> int:
     m, T = cfg.model, cfg.task.seq_len
     # per token and layer: residual, LN, q/k/v/out, MLP hidden (x2 for ReLU input/output), attention row
     per_tok = m.n_layers * (8 * m.d_model + 2 * m.mlp_dim + 3 * m.n_heads * T) + 2 * m.vocab_size
-    from toybb.train.loop import run_axis_devices, runs_vmapped_together
+    from toybb.train.loop import microbatch_size, run_axis_devices, runs_vmapped_together
 
     n_runs = len(cfg.runs())
     together = runs_vmapped_together(cfg, max(1, len(run_axis_devices(n_runs))))  # as the Trainer will
-    # training activations exist for the runs vmapped together at a time; the evaluation vmaps all runs
-    acts = 4 * per_tok * T * max(together * cfg.train.batch, n_runs * cfg.train.eval_batch)
-    return n_runs * 4 * n_params * (2 + opt_copies) + acts
+    # training activations exist for one micro-batch of the runs vmapped together at a time (micro-
+    # batches add one gradient accumulator per run); the evaluation vmaps all runs
+    acts = 4 * per_tok * T * max(together * microbatch_size(cfg), n_runs * cfg.train.eval_batch)
+    grad_copies = 3 if microbatch_size(cfg) < cfg.train.batch else 2
+    return n_runs * 4 * n_params * (grad_copies + opt_copies) + acts
 
 
 def available_bytes() -> tuple[int, str]:
