@@ -75,6 +75,44 @@ def time_config(name: str, cfg: RunConfig, steps: int) -> dict:
     }
 
 
+def matmul_only_seconds(m: ModelConfig, batch: int, seq: int, microbatch: int, runs: int = 1, reps: int = 3) -> float:
+    """Seconds per training step of the step's matmuls alone (forward and backward of the embedding,
+    q/k/v/o, q.k and p.v, MLP and unembedding with the model's shapes, in the trainer's micro-batches,
+    runs one after another), with no softmax, normalisation, sampling or optimiser: a floor for the
+    step on this machine. One head, every layer with attention and MLP."""
+    d, f, v = m.d_model, m.mlp_dim, m.vocab_size
+    shapes = {"e": (v, d), "u": (d, v)}
+    for l in range(m.n_layers):
+        shapes.update({f"{n}{l}": (d, d) for n in "qkvo"} | {f"w1{l}": (d, f), f"w2{l}": (f, d)})
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    params = {n: jax.random.normal(k, s) * 0.02 for k, (n, s) in zip(keys, shapes.items())}
+
+    def loss(p, x1h):
+        x = x1h @ p["e"]
+        for l in range(m.n_layers):
+            s = jnp.einsum("bqd,bkd->bqk", x @ p[f"q{l}"], x @ p[f"k{l}"])
+            x = x + jnp.einsum("bqk,bkd->bqd", s, x @ p[f"v{l}"]) @ p[f"o{l}"]
+            x = x + (x @ p[f"w1{l}"]) @ p[f"w2{l}"]
+        return jnp.sum(x @ p["u"])
+
+    grad = jax.grad(loss)
+
+    @jax.jit
+    def step(p, xs):  # xs [runs * micro-batches, microbatch, seq, vocab]
+        return jax.lax.scan(lambda c, x: (jax.tree.map(jnp.add, c, grad(p, x)), None),
+                            jax.tree.map(jnp.zeros_like, p), xs)[0]
+
+    n = runs * batch // microbatch
+    xs = jax.nn.one_hot(jax.random.randint(jax.random.key(1), (n, microbatch, seq), 0, v), v)
+    jax.block_until_ready(step(params, xs))
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(step(params, xs))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def configs(quick: bool):
     cpu = RunConfig(model=ModelConfig(d_model=64, max_len=64), task=TaskConfig(seq_len=64),
                     train=TrainConfig(batch=64, eval_batch=64))
@@ -102,10 +140,16 @@ def main():
     for name, cfg, steps in configs(args.quick):
         r = time_config(name, cfg, steps)
         r["fraction_of_peak"] = r["gflops"] * 1e9 / peak
+        if r["runs_vmapped_together"] == 1:  # the floor: the same matmuls alone, run by run
+            r["matmul_only_s_per_step"] = matmul_only_seconds(cfg.model, cfg.train.batch, cfg.task.seq_len,
+                                                              r["microbatch"], r["runs"])
         rows.append(r)
+        floor = r.get("matmul_only_s_per_step")
         print(f"{name:40s} {r['s_per_step']:8.4f} s/step  {r['run_steps_per_s']:8.1f} run-steps/s  "
               f"{r['tokens_per_s']:10.0f} tok/s  {r['gflops']:6.1f} GFLOP/s ({100 * r['fraction_of_peak']:.0f}% of peak)"
-              f"  compile {r['compile_s']:.1f} s")
+              f"  compile {r['compile_s']:.1f} s"
+              + ("" if floor is None else f"\n{'':40s} matmuls alone {floor:8.4f} s/step  "
+                 f"{r['runs'] / floor:8.1f} run-steps/s (ceiling; the step takes {r['s_per_step'] / floor:.2f}x)"))
     print("targets: paper 1-layer <= 4.5 s/step (>= 160 GFLOP/s); 8 seeds d64 B64 T64 >= 90 run-steps/s; "
           "reference PyTorch: 14.5 s/step paper, 11.5 steps/s one seed")
     if args.json:

@@ -53,9 +53,9 @@ def test_run_folder_contents(full_run):
     assert ivs == {"full", "no_attention", "no_mlp"}
     ad = _csv(out / "active_dormant.csv")
     assert len(ad) == 2 * 65 * 2  # runs x characters x heads
-    # the in-text counterpart counts every non-BOS query of the evaluation batch once per run and head
+    # the in-text counterpart counts every non-BOS query of a 2^16-token natural sample once per run and head
     one = [r for r in ad if r["seed"] == "0" and r["head"] == "0"]
-    assert sum(int(r["natural_count"]) for r in one) == TINY.train.eval_batch * (TINY.task.seq_len - 1)
+    assert sum(int(r["natural_count"]) for r in one) == (1 << 16) // TINY.task.seq_len * (TINY.task.seq_len - 1)
     assert all((r["natural_bos_attention"] == "nan") == (r["natural_count"] == "0") for r in ad)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["active_tokens_in_text"]) <= set(summary["active_tokens"])
@@ -141,7 +141,7 @@ def test_microbatch_automatic_and_checked():
 
     assert microbatch_size(TINY) == 16 and microbatch_size(cpu_preset()) == 64  # small batches stay whole
     if jax.default_backend() == "cpu":  # paper size (d 256, batch 512, sequence 256): cache-sized slices
-        assert microbatch_size(RunConfig()) == 16
+        assert microbatch_size(RunConfig()) == 8
     for bad in (0, 5, 1.5):
         with pytest.raises(ConfigError, match="microbatch"):
             TINY.replace(train={"microbatch": bad})
