@@ -244,6 +244,9 @@ def main() -> int:
                   f"{sp:8.2f} {mem:7.2f}" + ("" if k == "torch" else
                                              f"   {'>=2x' if sp >= 2 else '<2x'} {'<=0.5x' if mem <= 0.5 else '>0.5x'}"))
     # what this machine's matmuls allow: model FLOPs per token against a measured fp32 matmul peak
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_train import matmul_peak
+
     peak = matmul_peak()
     print(f"fp32 matmul peak of this machine (XLA, 2048^2): {peak / 1e9:.0f} GFLOP/s. Matmul-bound ceiling "
           "(model FLOPs per token, causal attention counted once) against 2x transformers:")
@@ -260,22 +263,6 @@ def main() -> int:
         json.dump({"load_average": load, "table": table, "runs": results, "matmul_peak_flops": peak,
                    "bounds": bounds}, open(a.json, "w"), indent=1)
     return 0
-
-
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """Best-of fp32 matmul FLOP/s of this machine (XLA), as in bench_train.py."""
-    import jax
-    import jax.numpy as jnp
-
-    x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda y: y @ y)
-    f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def model_flops_per_token(path: str, n_tok: int) -> float:
