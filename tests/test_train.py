@@ -99,14 +99,18 @@ def test_vmapped_runs_equal_single_runs(full_run):
     np.testing.assert_allclose(single.metrics["loss"][:, 0], full_run[0].metrics["loss"][:, 1], rtol=2e-5)
 
 
-def test_run_chunks_equal_all_vmapped(full_run):
-    # runs vmapped one at a time (jax.lax.map over the run axis) = all runs vmapped together
-    cfg = TINY.replace(train={"run_chunk": 1})
+@pytest.mark.parametrize("field, value", [
+    ("run_chunk", 1),  # runs vmapped one at a time (jax.lax.map over the run axis)
+    ("microbatch", 4),  # gradients summed over 4 micro-batches of 4 sequences
+])
+def test_speed_settings_equal_defaults(full_run, field, value):
+    # = all runs vmapped together over the whole batch, to float32 round-off
+    cfg = TINY.replace(train={field: value})
     tr = Trainer(cfg)
-    assert tr.run_chunk == 1
-    chunked = train(cfg, None, progress=False, trainer=tr)
-    np.testing.assert_allclose(chunked.metrics["loss"], full_run[0].metrics["loss"], rtol=2e-5)
-    np.testing.assert_allclose(chunked.metrics["sink_attention_l0"], full_run[0].metrics["sink_attention_l0"],
+    assert getattr(tr, field) == value
+    other = train(cfg, None, progress=False, trainer=tr)
+    np.testing.assert_allclose(other.metrics["loss"], full_run[0].metrics["loss"], rtol=2e-5)
+    np.testing.assert_allclose(other.metrics["sink_attention_l0"], full_run[0].metrics["sink_attention_l0"],
                                rtol=1e-4, atol=1e-6)
 
 
@@ -120,17 +124,6 @@ def test_run_chunk_automatic_and_checked():
         assert Trainer(cpu_preset()).run_chunk == 1  # d 64, batch 64, sequence 64: one run at a time
     with pytest.raises(ConfigError, match="run_chunk"):
         TINY.replace(train={"run_chunk": 0})
-
-
-def test_microbatches_equal_whole_batch(full_run):
-    # gradients summed over 4 micro-batches of 4 sequences = the whole-batch gradient (round-off)
-    cfg = TINY.replace(train={"microbatch": 4})
-    tr = Trainer(cfg)
-    assert tr.microbatch == 4
-    micro = train(cfg, None, progress=False, trainer=tr)
-    np.testing.assert_allclose(micro.metrics["loss"], full_run[0].metrics["loss"], rtol=2e-5)
-    np.testing.assert_allclose(micro.metrics["sink_attention_l0"], full_run[0].metrics["sink_attention_l0"],
-                               rtol=1e-4, atol=1e-6)
 
 
 def test_microbatch_automatic_and_checked():

@@ -121,7 +121,7 @@ def microbatch_size(cfg: RunConfig) -> int:
         return B
     per_seq = cfg.task.seq_len * max(cfg.model.mlp_dim, cfg.model.d_model)
     fit = max(1, (1 << 21) // per_seq)
-    return max(m for m in range(1, B + 1) if B % m == 0 and (m <= fit or m == 1))
+    return max(m for m in range(1, min(B, fit) + 1) if B % m == 0)
 
 
 class Trainer:

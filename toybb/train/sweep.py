@@ -212,8 +212,9 @@ def estimate_group_bytes(cfg: RunConfig) -> int:
     together = runs_vmapped_together(cfg, max(1, len(run_axis_devices(n_runs))))  # as the Trainer will
     # training activations exist for one micro-batch of the runs vmapped together at a time (micro-
     # batches add one gradient accumulator per run); the evaluation vmaps all runs
-    acts = 4 * per_tok * T * max(together * microbatch_size(cfg), n_runs * cfg.train.eval_batch)
-    grad_copies = 3 if microbatch_size(cfg) < cfg.train.batch else 2
+    micro = microbatch_size(cfg)
+    acts = 4 * per_tok * T * max(together * micro, n_runs * cfg.train.eval_batch)
+    grad_copies = 3 if micro < cfg.train.batch else 2
     return n_runs * 4 * n_params * (grad_copies + opt_copies) + acts
 
 
