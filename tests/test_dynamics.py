@@ -55,6 +55,7 @@ SMALL = RunConfig(
 )
 
 
+@pytest.mark.slow  # the default suite's version: tests/test_phenomena.py
 def test_sink_and_drain_form_small():
     trainer = Trainer(SMALL)
     result = train(SMALL, None, progress=False, trainer=trainer)

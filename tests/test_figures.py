@@ -45,10 +45,13 @@ def tiny_ctx(tmp_path_factory):
         def peaks(self):
             return run.parent, {"Adam, softmax": run, "SGD, softmax": run}
 
+        def variant(self, name):
+            return run
+
     return Ctx(tmp_path_factory.mktemp("figs"), log=lambda s: None)
 
 
-@pytest.mark.parametrize("name", ["interventions", "residual_peaks", "active_dormant", "attention_maps"])
+@pytest.mark.parametrize("name", ["interventions", "residual_peaks", "active_dormant", "attention_maps", "sink_variants"])
 def test_figure_renders_with_labelled_axes(tiny_ctx, monkeypatch, name):
     seen = []
     real = F._save

@@ -66,3 +66,25 @@ def test_risks_and_nll():
 
 def test_classify_dormant_threshold():
     assert M.classify_dormant(jnp.array([0.95, 0.89, 0.5])).tolist() == [True, True, False]
+
+
+def test_type_mean_averages_each_type_first_then_types_unweighted():
+    # type 0 at 3 positions (values 1, 1, 1), type 1 at one position (value 5), type 2 masked out
+    vals = jnp.asarray(np.array([[[1.0, 1.0, 1.0, 5.0, 100.0]]], np.float32))  # [b=1, h=1, t=5]
+    types = jnp.asarray(np.array([[0, 0, 0, 1, 2]]))
+    mask = jnp.asarray(np.array([[True, True, True, True, False]]))
+    np.testing.assert_allclose(M.type_mean(vals, types, mask, 3), [3.0])  # (1 + 5) / 2, not 8 / 4
+    # ids >= n_types (e.g. BOS) never count
+    np.testing.assert_allclose(M.type_mean(vals, types, jnp.ones((1, 5), bool), 2), [3.0])
+
+
+def test_expected_cross_entropy_and_entropy():
+    p = jnp.asarray([[[0.25, 0.75, 0.0]]])
+    logits = jnp.log(jnp.asarray([[[0.5, 0.25, 0.25]]]))
+    ce = -(0.25 * np.log(0.5) + 0.75 * np.log(0.25))
+    np.testing.assert_allclose(M.expected_cross_entropy(logits, p), [[ce]], rtol=1e-6)
+    np.testing.assert_allclose(M.entropy(p), [[-(0.25 * np.log(0.25) + 0.75 * np.log(0.75))]], rtol=1e-6)
+    # the model equal to the target: expected CE = entropy (zero excess)
+    np.testing.assert_allclose(M.expected_cross_entropy(jnp.log(jnp.asarray([[[0.25, 0.75]]])),
+                                                        jnp.asarray([[[0.25, 0.75]]])),
+                               M.entropy(jnp.asarray([[[0.25, 0.75]]])), rtol=1e-6)

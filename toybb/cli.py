@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from toybb.config import PRECISIONS
 from toybb.errors import ConfigError, ToybbError, TrainingDiverged
 
 # optional packages and the extra that installs them
@@ -20,7 +21,7 @@ OPTIONAL_PACKAGES = {"gguf": "llm", "safetensors": "llm", "tokenizers": "llm", "
 
 # parts of toybb that add their own subcommands: module with `register(subparsers)`
 SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli", "toybb.probes.cli", "toybb.longctx.cli", "toybb.train.sweep",
-                      "toybb.series", "toybb.figures")
+                      "toybb.series", "toybb.figures", "toybb.reference.compare")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,7 +65,8 @@ def _add_train(sub) -> None:
     g.add_argument("--d-model", type=int, dest="d_model")
     g.add_argument("--d-mlp", type=int, dest="d_mlp")
     g.add_argument("--max-len", type=int, dest="max_len", help="size of the position table")
-    g.add_argument("--attention", help="softmax or relu")
+    g.add_argument("--attention", help="softmax or relu (with --preset paper and no --lr, a 1-layer ReLU model "
+                   "trains at the paper's 3e-3; its 3-layer ReLU run used the default 3e-4)")
     g.add_argument("--position", help="learned or none")
     g.add_argument("--no-attention", type=_int_list, dest="no_attention", metavar="LAYERS", help="e.g. 0 or 0,2")
     g.add_argument("--no-mlp", type=_int_list, dest="no_mlp", metavar="LAYERS")
@@ -95,13 +97,16 @@ def _add_train(sub) -> None:
     g.add_argument("--microbatch", type=int, metavar="M",
                    help="sum the gradients of micro-batches of M sequences (a divisor of --batch; default: "
                         "automatic; speed only)")
+    g.add_argument("--precision", choices=tuple(PRECISIONS),
+                   help="float32 matmul precision (default: highest = full float32 on every backend, as the "
+                        "paper; tf32 / bf16 are faster on GPUs and TPUs). Recorded in config.json")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plot", action="store_true")
     p.set_defaults(func=cmd_train)
 
 
 def build_config(args) -> "RunConfig":
-    from toybb.config import PRESETS, RunConfig, load_config_file
+    from toybb.config import PRESETS, RunConfig, load_config_file, paper_learning_rate
 
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -142,11 +147,19 @@ def build_config(args) -> "RunConfig":
         upd["train"]["seeds"] = tuple(range(args.seeds))
     if args.eval_every is not None:
         upd["train"]["eval_schedule"] = ((args.eval_every, 0),)
+    if args.precision is not None:
+        upd["train"]["precision"] = args.precision
     # a longer sequence than the preset's position table: grow the table with it unless set explicitly
     seq = upd["task"].get("seq_len")
     if seq is not None and args.max_len is None and seq > cfg.model.max_len:
         upd["model"]["max_len"] = seq
-    return cfg.replace(**upd)
+    cfg = cfg.replace(**upd)
+    lr_given = args.lr is not None or "lr" in (file_cfg.get("optim") or {}) or bool((file_cfg.get("train") or {}).get("lrs"))
+    if args.preset == "paper" and not lr_given and not cfg.train.lrs:
+        lr = paper_learning_rate(cfg)  # e.g. 3e-3 for the paper's 1-layer ReLU-attention run
+        if lr is not None:
+            cfg = cfg.replace(optim={"lr": lr})
+    return cfg
 
 
 def cmd_train(args) -> int:
@@ -165,6 +178,10 @@ def cmd_train(args) -> int:
     keys = [k for k in ("loss", "backcopy_risk", "bigram_risk", "sink_attention_l0", "value_drain_l0",
                         "value_others_l0", "residual_peak_l0") if k in fm]
     print(f"step {summary['step']} (median over runs): " + ", ".join(f"{k}={fm[k]:.4g}" for k in keys))
+    probe = summary.get("active_dormant_probe", {})
+    if probe.get("kind") == "truncated":
+        print(f"note: the active/dormant probe is cut to the trained length ({probe['length']} tokens), so it is not "
+              "the paper's [BOS] + all non-triggers + [v]; train with --seq-len 64 or more for that")
     for key, toks in summary["active_tokens"].items():
         print(f"active tokens {key}: {''.join(toks)!r}")
     print(f"wrote {out} in {result.wall_seconds:.1f} s")
@@ -174,7 +191,8 @@ def cmd_train(args) -> int:
 def cmd_plot(args) -> int:
     from toybb.plot import plot_dynamics
 
-    path = plot_dynamics(args.run, args.out, attn_layer=args.attn_layer, resid_layer=args.resid_layer)
+    path = plot_dynamics(args.run, args.out, attn_layer=args.attn_layer, resid_layer=args.resid_layer,
+                         reference=args.reference)
     print(f"wrote {path}")
     return 0
 
@@ -185,6 +203,8 @@ def _add_plot(sub) -> None:
     p.add_argument("--out", metavar="FILE", help="image path (default: RUN/dynamics.png)")
     p.add_argument("--attn-layer", type=int, help="layer for Attn<s> and ||Val<s>|| (default: 0, or 1 if deeper)")
     p.add_argument("--resid-layer", type=int, help="layer after which ||Res<s>|| is read (default: 0)")
+    p.add_argument("--reference", metavar="NAME", help="draw this reference (a built-in name or a CSV) even if the "
+                   "run's configuration differs, labelled as such (default: the matching built-in one, if any)")
     p.set_defaults(func=cmd_plot)
 
 

@@ -22,6 +22,11 @@ POSITION_KINDS = ("learned", "none", "rope", "alibi")
 ARCHS = ("transformer", "simple")  # simple: the reduced SimpleModel of SPEC §4 (toybb.theory.simple_model)
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 3e-4, "sgd": 0.03}
+# the paper's 1-layer ReLU-attention run used AdamW at 3e-3; its 3-layer ReLU-attention run 3e-4 (SPEC §2)
+PAPER_RELU_1LAYER_LR = 3e-3
+# float32 matmul precision of training and evaluation -> jax.default_matmul_precision. "highest" is full
+# float32 on every backend (the authors trained in fp32); on NVIDIA GPUs JAX's default would be TF32.
+PRECISIONS = {"highest": "highest", "tf32": "tensorfloat32", "bf16": "bfloat16"}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -209,6 +214,7 @@ class TrainConfig:
     # on a CPU, slices whose MLP activations stay within ~8 MiB (cache-sized: the paper configuration
     # takes 4.6 s per step in slices of 8 sequences against 6.3 s whole). Speed only.
     microbatch: int | None = None
+    precision: str = "highest"  # matmul precision: highest (full float32) | tf32 | bf16 (speed, on GPUs/TPUs)
 
     def __post_init__(self):
         _check(isinstance(self.steps, int) and self.steps > 0, f"train.steps must be a positive integer, got {self.steps!r}")
@@ -226,6 +232,8 @@ class TrainConfig:
                 isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
                 f"train.lrs: every learning rate must be a positive number, got {lr!r}",
             )
+        _check(self.precision in PRECISIONS,
+               f"train.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         _check(len(self.eval_schedule) > 0, "train.eval_schedule needs at least one (every, until) pair")
         for every, until in self.eval_schedule:
             _check(
@@ -422,6 +430,15 @@ def cpu_preset() -> RunConfig:
 def paper_preset() -> RunConfig:
     """Reference settings of SPEC §2 (1 layer, d 256, batch 512, sequence 256, 10k steps)."""
     return RunConfig()
+
+
+def paper_learning_rate(cfg: RunConfig) -> float | None:
+    """The learning rate the paper used for this model where it differs from the optimiser's default:
+    3e-3 for the 1-layer ReLU-attention model under Adam (its 3-layer one used the default 3e-4)."""
+    m = cfg.model
+    if m.attention == "relu" and m.n_layers == 1 and cfg.optim.name == "adam":
+        return PAPER_RELU_1LAYER_LR
+    return None
 
 
 PRESETS = {"cpu": cpu_preset, "paper": paper_preset}

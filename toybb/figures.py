@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from toybb.config import RunConfig, cpu_preset, paper_preset
+from toybb.config import RunConfig, cpu_preset, paper_learning_rate, paper_preset
 from toybb.errors import ConfigError
 
 SCALES = ("cpu", "paper")
@@ -49,20 +49,47 @@ def register_figure(name: str, caption: str):
 
 # ---- run configs of each scale ----------------------------------------------------------------------
 def base_config(scale: str) -> RunConfig:
+    """The gallery's 1-layer softmax Adam run. cpu: the CPU default itself (d 64, sequence 64, so the
+    active/dormant probe holds every non-trigger; batch 64, lr 4e-3, 5,000 steps, 4 seeds)."""
     if scale == "cpu":
-        return cpu_preset().replace(
-            model={"d_model": 32, "max_len": 32}, task={"seq_len": 32},
-            train={"steps": 2000, "batch": 32, "eval_batch": 64, "seeds": (0, 1, 2, 3), "ckpt_every": 500,
-                   "eval_schedule": ((20, 200), (50, 1000), (100, 0))})
+        return cpu_preset().replace(train={"ckpt_every": 1000, "eval_schedule": ((20, 200), (50, 1000), (100, 0))})
     if scale == "paper":
         return paper_preset().replace(train={"seeds": (0, 1, 2, 3), "ckpt_every": 1000})
     raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
 
 
+def small_config(scale: str, n_layers: int = 1) -> RunConfig:
+    """The shorter runs of the 3-layer comparison and of the sink variants. cpu: d 64, sequence 64,
+    batch 32, 2,000 steps, 2 seeds (Adam lr 4e-3 for 1 layer, 1e-3 for 3); paper: the SPEC §2 runs."""
+    if scale == "cpu":
+        return cpu_preset().replace(
+            model={"n_layers": n_layers}, optim={"lr": 4e-3 if n_layers == 1 else 1e-3},
+            train={"steps": 2000, "batch": 32, "eval_batch": 64, "seeds": (0, 1), "ckpt_every": 500,
+                   "eval_schedule": ((20, 200), (50, 1000), (100, 0))})
+    if scale == "paper":
+        return paper_preset().replace(model={"n_layers": n_layers}, train={"seeds": (0, 1), "ckpt_every": 1000})
+    raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+
+
+def variant_configs(scale: str) -> dict[str, RunConfig]:
+    """The sink variants, each beside the plain model of the same size: ReLU attention, no BOS (the first
+    token should become the sink), a learned sink token (does it take the sink from the BOS?), and the
+    explicit attention bias k', v' in the 3-layer model (the sink on BOS and the residual peak should
+    disappear). The ReLU run uses the paper's 3e-3 at the paper scale."""
+    one, three = small_config(scale, 1), small_config(scale, 3)
+    relu_lr = paper_learning_rate(one.replace(model={"attention": "relu"})) if scale == "paper" else None
+    return {"1layer": one,
+            "1layer_relu": one.replace(model={"attention": "relu"}, optim={"lr": relu_lr or one.optim.lr}),
+            "1layer_no_bos": one.replace(task={"bos": False}),
+            "1layer_sink_token": one.replace(model={"sink_token": True}),
+            # its plain counterpart is the Adam group of `peaks_sweep` (the same config)
+            "3layer_attn_bias": three.replace(model={"attn_bias": True})}
+
+
 def peaks_sweep(scale: str) -> dict:
     """3-layer models: Adam vs SGD (SPEC lr 0.03) vs ReLU attention (Adam), one sweep of 3 groups."""
-    base = base_config(scale).replace(model={"n_layers": 3})
-    lr = 1e-3 if scale == "cpu" else 3e-4
+    base = small_config(scale, 3)
+    lr = base.optim.learning_rate
     sections = base.to_dict()
     sections["train"].pop("seeds")
     return {"base": sections, "seeds": list(base.train.seeds), "list": [
@@ -136,34 +163,38 @@ class FigureContext:
     progress: bool = True
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)
 
-    def one_layer(self) -> Path:
-        """The 1-layer softmax Adam run (trained unless finished in the cache)."""
+    def _trained(self, cfg: RunConfig, d: Path) -> Path:
+        """Run folder `d` of `cfg`, trained (or resumed) unless finished in the cache."""
         from toybb.train.loop import train
         from toybb.train.runs import is_finished
 
-        cfg = base_config(self.scale)
-        d = self.runs / f"{self.scale}_1layer"
         if not is_finished(d, cfg):
             self.log(f"training {d} ({len(cfg.runs())} runs, {cfg.train.steps} steps)")
+            t0 = time.perf_counter()
             train(cfg, d, progress=self.progress)
+            self.log(f"trained {d} in {time.perf_counter() - t0:.0f} s")
         return d
+
+    def one_layer(self) -> Path:
+        """The 1-layer softmax Adam run (trained unless finished in the cache)."""
+        return self._trained(base_config(self.scale), self.runs / f"{self.scale}_1layer")
+
+    def variant(self, name: str) -> Path:
+        """One run of `variant_configs` (trained unless finished in the cache)."""
+        cfgs = variant_configs(self.scale)
+        if name not in cfgs:
+            raise ConfigError(f"unknown variant run {name!r}; known: {', '.join(cfgs)}")
+        return self._trained(cfgs[name], self.runs / f"{self.scale}_variant_{name}")
 
     def theory_run(self, name: str) -> Path:
         """One run of `theory_trained_configs` (trained, or resumed, unless finished in the cache)."""
-        from toybb.train.loop import train
-        from toybb.train.runs import is_finished
-
         tables = self.runs / "tables"
         if name.startswith("simple_equal_sgd"):
             equal_support_table(tables)
         cfgs = theory_trained_configs(self.scale, tables)
         if name not in cfgs:
             raise ConfigError(f"unknown theory run {name!r}; known: {', '.join(cfgs)}")
-        cfg, d = cfgs[name], self.runs / f"{self.scale}_theory_{name}"
-        if not is_finished(d, cfg):
-            self.log(f"training {d} ({len(cfg.runs())} runs, {cfg.train.steps} steps)")
-            train(cfg, d, progress=self.progress)
-        return d
+        return self._trained(cfgs[name], self.runs / f"{self.scale}_theory_{name}")
 
     def peaks(self) -> tuple[Path, dict[str, Path]]:
         """The 3-layer sweep: (its folder, {label: group folder})."""
@@ -210,6 +241,22 @@ def _band(ax, steps, v, color, label, ls="-"):
     ax.plot(x, np.nanmedian(v, 1), ls, color=color, lw=1.5, label=label)
     if v.shape[1] > 1 and ls == "-":
         ax.fill_between(x, np.nanmin(v, 1), np.nanmax(v, 1), color=color, alpha=0.2, lw=0)
+
+
+def _reference_line(ax, run_dir: Path, rows, col: str, color: str) -> None:
+    """The authors' trajectory of `col` (dotted, same colour) where the run's configuration matches a
+    built-in reference (the paper scale), up to the run's last step."""
+    import json
+
+    from toybb.plot import reference_for
+
+    meta = json.loads((run_dir / "config.json").read_text())
+    found = reference_for(meta, rows[0]["lr"])
+    if found is None or col not in found[0].values:
+        return
+    table, label = found
+    keep = (table.steps <= max(int(r["step"]) for r in rows)) & ~np.isnan(table.values[col])
+    ax.plot(np.maximum(table.steps[keep], 1), table.values[col][keep], ":", color=color, lw=1.4, label=label)
 
 
 def _char(c: str) -> str:
@@ -277,6 +324,7 @@ def fig_residual_peaks(ctx: FigureContext) -> list[Path]:
             _band(ax, *_series(rows, col), f"C{ci}", label)
             if ref is not None:
                 _band(ax, *_series(rows, ref), f"C{ci}", "other tokens" if ci == 0 else None, ls="--")
+            _reference_line(ax, gdir, rows, col, f"C{ci}")
             ax.set(xscale="log", xlabel="training step", ylabel=unit, title=title)
     axes[3].set_yscale("log")
     for ax in axes:
@@ -285,8 +333,9 @@ def fig_residual_peaks(ctx: FigureContext) -> list[Path]:
     return [_save(fig, ctx.out / "residual_peaks.png")]
 
 
-@register_figure("active_dormant", "Per-token attention of the last query on BOS in the probe [BOS] + non-triggers "
-                 "+ [v]: the head is dormant (>= 0.89) on non-triggers and active on the triggers (boxed), per seed.")
+@register_figure("active_dormant", "Per-token attention of the last query on BOS in the probe [BOS] + all "
+                 "non-triggers + [v], per seed: the triggers (boxed) are active (attention off BOS, on the token "
+                 "before them); the other tokens are dormant (>= 0.89) where the sink has formed.")
 def fig_active_dormant(ctx: FigureContext) -> list[Path]:
     plt = _plt()
     from matplotlib.patches import Rectangle
@@ -315,7 +364,9 @@ def fig_active_dormant(ctx: FigureContext) -> list[Path]:
         ax.set_yticks(range(len(seeds)), [f"seed {s}" for s in seeds], fontsize=7)
         ax.set_xlabel("last token v of the probe (triggers in red)")
         ax.set_ylabel("run")
-        ax.set_title(f"{title}: attention on BOS (dormant >= 0.89)", fontsize=10)
+        kind = {r["probe"] for r in rows} if "probe" in rows[0] else {"?"}
+        note = "" if kind == {"paper"} else f" (probe cut to {rows[0].get('probe_len', '?')} tokens: not the paper's)"
+        ax.set_title(f"{title}: attention on BOS (dormant >= 0.89){note}", fontsize=10)
         fig.colorbar(im, ax=ax, label="attention on BOS", pad=0.01)
     return [_save(fig, ctx.out / "active_dormant.png")]
 
@@ -356,6 +407,48 @@ def fig_attention_maps(ctx: FigureContext) -> list[Path]:
         ax.set(xlabel="key position (token)", ylabel="query position (token)", title=title)
     fig.colorbar(im, ax=np.atleast_1d(axes).tolist(), label="attention weight", shrink=0.8)
     return [_save(fig, ctx.out / "attention_maps.png")]
+
+
+@register_figure("sink_variants", "Where the sink goes (median of seeds, band min-max): with ReLU attention there is "
+                 "no sink and the BOS value grows; without a BOS the first token becomes the sink; a learned sink "
+                 "token beside the BOS; an explicit attention bias k', v' takes the sink from the BOS and removes the "
+                 "residual peak of the 3-layer model.")
+def fig_sink_variants(ctx: FigureContext) -> list[Path]:
+    plt = _plt()
+    plain3 = ctx.peaks()[1]["Adam, softmax"]
+    # (panel title, [(run folder, column, label, line style)], y label)
+    one, relu, nobos, tok = (ctx.variant(n) for n in ("1layer", "1layer_relu", "1layer_no_bos", "1layer_sink_token"))
+    bias = ctx.variant("3layer_attn_bias")
+    panels = [
+        ("ReLU attention: Attn<s>", [(one, "sink_attention_excl0_l0", "softmax", "-"),
+                                     (relu, "sink_attention_excl0_l0", "ReLU", "-")], "attention on BOS (queries > 0)"),
+        ("ReLU attention: ||Val<s>||", [(one, "value_drain_l0", "softmax", "-"), (relu, "value_drain_l0", "ReLU", "-"),
+                                        (relu, "value_others_l0", "ReLU, other tokens", "--")], "L2 norm"),
+        ("no BOS: first token", [(one, "sink_attention_excl0_l0", "with BOS: on BOS", "-"),
+                                 (nobos, "sink_attention_excl0_l0", "no BOS: on the first token", "-")],
+         "attention on position 0 (queries > 0)"),
+        ("learned sink token", [(tok, "slot_attention_l0", "on the sink token", "-"),
+                                (tok, "sink_attention_l0", "on the BOS", "-"),
+                                (one, "sink_attention_l0", "plain model: on the BOS", "--")], "attention weight"),
+        ("3-layer: attention bias, layer 1", [(bias, "bias_attention_l1", "on k' (with bias)", "-"),
+                                              (bias, "sink_attention_l1", "on BOS (with bias)", "-"),
+                                              (plain3, "sink_attention_l1", "on BOS (plain)", "--")], "attention weight"),
+        ("3-layer: ||Res<s>|| after layer 0", [(plain3, "residual_peak_l0", "plain: BOS", "-"),
+                                               (plain3, "residual_others_l0", "plain: other tokens", "--"),
+                                               (bias, "residual_peak_l0", "with bias: BOS", "-"),
+                                               (bias, "residual_others_l0", "with bias: other tokens", "--")], "L2 norm"),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.4), constrained_layout=True)
+    for ax, (title, lines, unit) in zip(axes.flat, panels):
+        for ci, (d, col, label, ls) in enumerate(lines):
+            rows = _rows(d / "metrics.csv")
+            if col not in rows[0]:
+                continue
+            _band(ax, *_series(rows, col), f"C{ci}", label, ls=ls)
+        ax.set(xscale="log", xlabel="training step", ylabel=unit, title=title)
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+        ax.legend(fontsize=7)
+    return [_save(fig, ctx.out / "sink_variants.png")]
 
 
 @register_figure("theory", "Reduced-model theory (theory/): sink logit ~ 1/2 log t, drain ~ t^-1/2, loss ~ 1/t; "

@@ -27,8 +27,28 @@ def pyplot():
     return plt
 
 
+def reference_for(meta: dict, lr: str, forced: str | None = None):
+    """(reference table, label) to draw beside a run's learning rate `lr`: the built-in reference of
+    the run's configuration, if one matches; `forced` (a name or CSV) is drawn whatever the
+    configuration, labelled as another configuration where it differs. None: nothing to draw."""
+    from toybb.config import RunConfig
+    from toybb.reference import config_differences, load_reference, matching_reference
+
+    cfg = RunConfig.from_dict(meta["config"])
+    if forced is None:
+        ref = matching_reference(cfg, float(lr))
+        return None if ref is None else (load_reference(ref.name), ref.label)
+    table = load_reference(forced)
+    if table.reference is None:
+        return table, f"{table.label} (configuration unknown)"
+    other = bool(config_differences(table.reference, cfg, float(lr)))
+    return table, table.label + (" (another configuration)" if other else "")
+
+
 def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, attn_layer: int | None = None,
-                  resid_layer: int | None = None) -> Path:
+                  resid_layer: int | None = None, reference: str | None = None) -> Path:
+    """The dynamics figure; the authors' trajectory is drawn dashed (black) where the run's configuration
+    matches a built-in reference, or the `reference` given (a name or CSV, labelled as such)."""
     from toybb.train.loop import load_metrics
 
     plt = pyplot()
@@ -54,6 +74,7 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
     ]
     panels = [p for p in panels if p[0] in cols]
     lrs = sorted({r["lr"] for r in rows}, key=float)
+    refs = {lr: reference_for(meta, lr, reference) for lr in lrs}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), constrained_layout=True)
     axes = np.atleast_1d(axes)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -78,6 +99,15 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
                 if vals.shape[1] > 1:
                     ax.fill_between(x, np.nanmin(vals, 1), np.nanmax(vals, 1), color=colors[ci % len(colors)],
                                     alpha=0.2, lw=0)
+        drawn = set()
+        for lr, found in refs.items():
+            if found is None or col not in found[0].values or id(found[0]) in drawn:
+                continue
+            table, label = found
+            last = max(int(r["step"]) for r in rows if r["lr"] == lr)
+            keep = (table.steps <= last) & ~np.isnan(table.values[col])
+            ax.plot(np.maximum(table.steps[keep], 1), table.values[col][keep], "--", color="k", lw=1.1, label=label)
+            drawn.add(id(found[0]))
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")

@@ -24,20 +24,32 @@ def eval_capture(cfg: ModelConfig) -> Capture:
     sites = ["blocks.*.resid_post@norm"]
     for l in range(cfg.n_layers):
         if cfg.has_attention(l):
-            sites += [f"blocks.{l}.attn.pattern@key{_offset(cfg)}", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.head_out@norm"]
+            sites += [f"blocks.{l}.attn.pattern@key{_offset(cfg)}", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.head_out@norm",
+                      f"blocks.{l}.attn.v@norm"]
+            if cfg.sink_token:  # the learned slot itself (key 0; the BOS is key 1)
+                sites.append(f"blocks.{l}.attn.pattern@key0")
+            if cfg.attn_bias:
+                sites.append(f"blocks.{l}.attn.pattern_bias")
     return Capture(tuple(sites))
 
 
 def metric_names(cfg: ModelConfig) -> list[str]:
     """Column names of `dynamics_metrics`, in order (layer-wise metrics carry `_l{layer}`, per-head
     ones `_l{layer}h{head}` when the model has several heads)."""
-    names = ["loss", "backcopy_loss", "bigram_loss", "backcopy_risk", "bigram_risk"]
+    names = ["loss", "backcopy_loss", "bigram_loss", "backcopy_risk", "bigram_risk", "bigram_ce_expected",
+             "bigram_kl_expected"]
     for l in range(cfg.n_layers):
         if cfg.has_attention(l):
-            for base in ("sink_attention", "sink_attention_excl0", "sink_logit_gap", "value_drain", "value_others"):
+            for base in ("sink_attention", "sink_attention_excl0", "sink_logit_gap", "sink_logit_gap_types",
+                         "sink_logit_types", "value_drain", "value_others"):
                 names.append(f"{base}_l{l}")
                 if cfg.n_heads > 1:
                     names += [f"{base}_l{l}h{h}" for h in range(cfg.n_heads)]
+            names += [f"value_drain_v_l{l}", f"value_others_v_l{l}"]  # per kv head, averaged
+            if cfg.sink_token:
+                names.append(f"slot_attention_l{l}")
+            if cfg.attn_bias:
+                names.append(f"bias_attention_l{l}")
         names += [f"residual_peak_l{l}", f"residual_others_l{l}", f"massive_norm_l{l}"]
     return names
 
@@ -46,12 +58,26 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
     """All SPEC §3 dynamics metrics of `model` on a batch `tokens` [batch, seq+1] (jit-able).
 
     Attention metrics average over non-trigger queries (query 0 included for `sink_attention`,
-    excluded for `sink_attention_excl0`); risks are excess cross-entropy over the oracle.
+    excluded for `sink_attention_excl0`). `sink_logit_gap` pools the queries (frequency-weighted);
+    `sink_logit_gap_types` and `sink_logit_types` (the logit on the sink) average each non-trigger
+    character type first, then the types unweighted: the paper's figures. `backcopy_risk` and
+    `bigram_risk` are realised excess cross-entropy over the oracle; `bigram_ce_expected` is the
+    authors' bigram risk, the expected cross-entropy sum_v P[x, v] (-log p(v)) over non-trigger
+    positions (at BOS the unigram row, triggers included), a total, and `bigram_kl_expected` the same
+    minus the rows' entropy (its excess over the oracle). `value_drain` is ||W_O v|| at the sink,
+    `value_drain_v` ||v|| before W_O (`value_others*`: the mean over the other positions).
+    `slot_attention` (model.sink_token) and `bias_attention` (model.attn_bias) are the attention of the
+    non-trigger queries on the learned slot and on k', next to `sink_attention` on the BOS.
     """
     cfg: ModelConfig = model.cfg
     o = _offset(cfg)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     logits, cap = run_with_capture(model, inputs, capture=eval_capture(cfg))
+    # attention on the learned sink slot (its queries dropped) and on the explicit bias k', per layer
+    slot = {l: cap.pop(f"blocks.{l}.attn.pattern@key0")[..., o:] for l in range(cfg.n_layers)
+            if o and cfg.has_attention(l)}
+    bias = {l: cap.pop(f"blocks.{l}.attn.pattern_bias")[..., o:] for l in range(cfg.n_layers)
+            if cfg.attn_bias and cfg.has_attention(l)}
     if o:  # drop the learned sink token's position: queries, keys, residual and value positions
         cap = {k: (v[..., o:] if k.endswith(f"@key{o}") else v[..., o:, o:] if k.endswith(".logits")
                    else v[:, o:]) for k, v in cap.items()}
@@ -67,6 +93,11 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
         "bigram_risk": M.bigram_risk(nll, oracle, trig),
     }
     non_trig = ~trig
+    rows = jnp.asarray(task.bigram, jnp.float32)[inputs]  # the authors' rows: the unigram at BOS
+    out["bigram_ce_expected"] = M._masked_mean(M.expected_cross_entropy(logits, rows), non_trig, None)
+    out["bigram_kl_expected"] = out["bigram_ce_expected"] - M._masked_mean(M.entropy(rows), non_trig, None)
+    # the paper's per-type averages: non-trigger character queries (BOS is no character type)
+    char_query = non_trig & (jnp.arange(inputs.shape[1]) > 0)[None]
     for l in range(cfg.n_layers):
         if cfg.has_attention(l):
             p = f"blocks.{l}.attn"
@@ -75,12 +106,21 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
                 "sink_attention_excl0": M.sink_attention(cap[f"{p}.pattern@key0"], non_trig, exclude_sink_query=True),
                 "sink_logit_gap": M.sink_logit_gap(cap[f"{p}.logits"], non_trig),
             }
+            gap, defined = M.logit_gap_per_query(cap[f"{p}.logits"])
+            per_head["sink_logit_gap_types"] = M.type_mean(gap, inputs, char_query & defined[None], task.n_chars)
+            per_head["sink_logit_types"] = M.type_mean(cap[f"{p}.logits"][..., 0], inputs, char_query, task.n_chars)
             per_head["value_drain"], per_head["value_others"] = M.value_drain(cap[f"{p}.head_out@norm"])
             for base, v in per_head.items():
                 out[f"{base}_l{l}"] = v.mean()
                 if cfg.n_heads > 1:
                     for h in range(cfg.n_heads):
                         out[f"{base}_l{l}h{h}"] = v[h]
+            v_sink, v_others = M.value_drain(cap[f"{p}.v@norm"])
+            out[f"value_drain_v_l{l}"], out[f"value_others_v_l{l}"] = v_sink.mean(), v_others.mean()
+            if l in slot:
+                out[f"slot_attention_l{l}"] = M.sink_attention(slot[l], non_trig).mean()
+            if l in bias:
+                out[f"bias_attention_l{l}"] = M.sink_attention(bias[l], non_trig).mean()
         peak, others, excess = M.residual_peak(cap[f"blocks.{l}.resid_post@norm"])
         out[f"residual_peak_l{l}"], out[f"residual_others_l{l}"], out[f"massive_norm_l{l}"] = peak, others, excess
     return out

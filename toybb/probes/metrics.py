@@ -42,22 +42,43 @@ def sink_attention(
     return _masked_mean(on_sink, mask[:, None, :], axis=(0, 2))
 
 
-def sink_logit_gap(logits: jax.Array, query_mask: jax.Array | None = None, *, sink: int = 0) -> jax.Array:
-    """Δlogit(., <s>): logit of query i on the sink minus the mean of its logits on keys sink+1..i-1.
+def logit_gap_per_query(logits: jax.Array, *, sink: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Per query i: the logit on the sink minus the mean of its logits on keys sink+1..i-1.
 
-    logits: [batch, heads, q_seq, k_seq] (pre-softmax, causal). Queries with no such key are skipped.
-    Returns [heads], averaged over the selected queries.
-    """
-    b, h, t, s = logits.shape
+    logits: [batch, heads, q_seq, k_seq] (pre-softmax, causal). Returns (gap [batch, heads, q_seq],
+    defined [q_seq]: False for queries with no such key)."""
+    t, s = logits.shape[-2:]
     i = jnp.arange(t)[:, None]
     j = jnp.arange(s)[None, :]
     others = (j > sink) & (j < i)  # keys strictly between the sink and the query
     n_other = others.sum(-1)
     mean_other = jnp.sum(jnp.where(others, logits, 0.0), -1) / jnp.maximum(n_other, 1)
-    gap = logits[..., sink] - mean_other  # [b, h, t]
+    return logits[..., sink] - mean_other, n_other > 0
+
+
+def sink_logit_gap(logits: jax.Array, query_mask: jax.Array | None = None, *, sink: int = 0) -> jax.Array:
+    """Δlogit(., <s>), pooled: `logit_gap_per_query` averaged over the selected queries (each query
+    weighs the same, so frequent token types dominate). Queries with no other key are skipped.
+
+    logits: [batch, heads, q_seq, k_seq]. Returns [heads]."""
+    b, h, t, s = logits.shape
+    gap, defined = logit_gap_per_query(logits, sink=sink)
     mask = jnp.ones((b, t), bool) if query_mask is None else query_mask.astype(bool)
-    mask = mask & (n_other > 0)[None]
+    mask = mask & defined[None]
     return _masked_mean(gap, mask[:, None, :], axis=(0, 2))
+
+
+def type_mean(values: jax.Array, types: jax.Array, mask: jax.Array, n_types: int) -> jax.Array:
+    """The paper's per-token-type average: each type's mean over its selected positions first, then the
+    unweighted mean over the types present (SPEC §3; the reference's "mean60").
+
+    values: [batch, heads, seq]; types: [batch, seq] int (ids >= n_types are never counted, e.g. BOS);
+    mask: [batch, seq] bool. Returns [heads] (0 where no position is selected)."""
+    onehot = jax.nn.one_hot(types, n_types, dtype=jnp.float32) * mask[..., None].astype(jnp.float32)
+    count = onehot.sum((0, 1))  # [n_types]
+    per_type = jnp.einsum("bht,btn->hn", values.astype(jnp.float32), onehot) / jnp.maximum(count, 1.0)
+    present = (count > 0).astype(jnp.float32)
+    return jnp.sum(per_type * present, -1) / jnp.maximum(present.sum(), 1.0)
 
 
 def value_drain(head_out_norm: jax.Array, *, sink: int = 0, valid: jax.Array | None = None):
@@ -92,6 +113,18 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def excess_risk(nll: jax.Array, oracle_nll: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean model cross-entropy minus mean oracle cross-entropy over the masked positions."""
     return _masked_mean(nll - oracle_nll, mask, axis=None)
+
+
+def expected_cross_entropy(logits: jax.Array, probs: jax.Array) -> jax.Array:
+    """Cross-entropy of the model against a target distribution per position, sum_v p(v) (-log q(v)).
+    logits [batch, seq, vocab], probs [batch, seq, vocab] -> [batch, seq]."""
+    logq = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.sum(jnp.where(probs > 0, probs * logq, 0.0), axis=-1)
+
+
+def entropy(probs: jax.Array) -> jax.Array:
+    """Entropy of each distribution over the last axis, in nats ([..., vocab] -> [...])."""
+    return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
 
 
 def backcopy_risk(nll: jax.Array, oracle_nll: jax.Array, trigger_mask: jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from toybb.config import RunConfig
+from toybb.config import PRECISIONS, RunConfig
 from toybb.errors import CheckpointError, ConfigError, TrainingDiverged
 from toybb.models import build_model
 from toybb.models.toy import ToyTransformer
@@ -124,6 +124,15 @@ def microbatch_size(cfg: RunConfig) -> int:
     return max(m for m in range(1, min(B, fit) + 1) if B % m == 0)
 
 
+def with_precision(fn: Callable, precision: str) -> Callable:
+    """`fn` traced under the run's float32 matmul precision (train.precision; "highest" = full float32,
+    which JAX's GPU default, TF32, is not)."""
+    def wrapped(*args, **kwargs):
+        with jax.default_matmul_precision(PRECISIONS[precision]):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
 class Trainer:
     """Compiled functions of one run config (share one Trainer between calls to reuse compilation)."""
 
@@ -191,9 +200,10 @@ class Trainer:
         def evaluate_one(params, tokens):
             return bbprobes.dynamics_metrics(nnx.merge(graphdef, params), tokens, task)
 
+        prec = cfg.train.precision
         self._init = jax.jit(jax.vmap(init_one))
-        self._segment = jax.jit(segment, donate_argnums=0)
-        self._evaluate = jax.jit(jax.vmap(evaluate_one, in_axes=(0, None)))
+        self._segment = jax.jit(with_precision(segment, prec), donate_argnums=0)
+        self._evaluate = jax.jit(with_precision(jax.vmap(evaluate_one, in_axes=(0, None)), prec))
         self.eval_tokens = task.sample(jax.random.key(cfg.train.eval_seed), cfg.train.eval_batch, T)
 
     # ---- state --------------------------------------------------------------------------------
@@ -326,6 +336,8 @@ def _config_matches(saved: dict, cfg: RunConfig) -> list[str]:
             if sec == "train" and k in ("steps", "ckpt_every", "run_chunk", "microbatch"):
                 continue
             old = saved.get(sec, {}).get(k)
+            if sec == "train" and k == "precision" and old is None:
+                old = "highest"  # folders written before the field existed trained at full float32 on CPU
             if v != old:
                 diffs.append(f"{sec}.{k}: {old!r} -> {v!r}")
     return diffs
@@ -435,11 +447,19 @@ def train(
     return result
 
 
+def probe_label(task, cfg: RunConfig) -> str:
+    """"paper" when the active/dormant probe [BOS] + every non-trigger + [v] fits the trained sequence
+    length; otherwise "truncated" (its body cut to the trained positions: not the paper's probe)."""
+    full = bbprobes.dormancy_probe_tokens(task).shape[1]
+    return "paper" if full <= cfg.task.seq_len else "truncated"
+
+
 def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[dict]]:
     """Active/dormant rows (run, token, layer, head, attention on BOS, dormant, is_trigger) and
     intervention rows (run, intervention, back-copy risk, bigram risk) for every run."""
     cfg, task = result.config, trainer.task
     probe = jnp.asarray(bbprobes.dormancy_probe_tokens(task, cfg.task.seq_len))
+    probe_kind = probe_label(task, cfg)
     if probe.shape[1] > cfg.model.max_len and cfg.model.position == "learned":
         raise ConfigError(
             f"the active/dormant probe needs {probe.shape[1]} positions but model.max_len is {cfg.model.max_len}"
@@ -454,9 +474,7 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
 
     probes = getattr(trainer, "_final_probes", None)  # compiled once per Trainer (sweeps reuse it)
     if probes is None:
-        @jax.jit
         def probes(all_params, natural_tokens):  # one compiled program for all final probes
-            @jax.vmap
             def probe_one(params):
                 model = nnx.merge(graphdef, params)
                 attn = bbprobes.sink_attention_of_last_query(model, probe)
@@ -466,10 +484,13 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
             def natural_one(params):  # run by run: the large sample's patterns exist for one run at a time
                 return bbprobes.bos_attention_by_token(nnx.merge(graphdef, params), natural_tokens, probe.shape[0])
 
-            attn, risks = probe_one(all_params)
+            # run by run: at the paper's size the interventions' activations of many runs at once exceed
+            # the memory of a CPU machine
+            attn, risks = jax.lax.map(probe_one, all_params)
             natural, count = jax.lax.map(natural_one, all_params)
             return attn, natural, count, risks
 
+        probes = jax.jit(with_precision(probes, cfg.train.precision))
         trainer._final_probes = probes
 
     # [runs, layers, tokens, heads] x2, [runs, tokens], [runs, n_iv, 2]
@@ -484,7 +505,7 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
                     a = float(attn[r, l, v, h])
                     ad_rows.append({"seed": seed, "lr": lr, "layer": l, "head": h, "token": v,
                                     "char": task.chars[v], "is_trigger": bool(task.is_trigger[v]),
-                                    "bos_attention": a, "probe_len": probe.shape[1], "dormant": a >= bbprobes.M.DORMANT_THRESHOLD,
+                                    "bos_attention": a, "probe": probe_kind, "probe_len": probe.shape[1], "dormant": a >= bbprobes.M.DORMANT_THRESHOLD,
                                     # the same query on a natural sample of >= 2^16 tokens (NaN: absent there)
                                     "natural_bos_attention": float(natural[r, l, v, h]), "natural_count": int(count[r, v])})
     iv_rows = []
@@ -524,6 +545,8 @@ def summarize(result: RunResult, ad_rows: list[dict], iv_rows: list[dict]) -> di
                 in_text.setdefault(key, []).append(row["char"])
     summary["active_tokens"] = active
     summary["active_tokens_in_text"] = in_text
+    if ad_rows:  # "truncated": the probe was cut to the trained length and is not the paper's
+        summary["active_dormant_probe"] = {"kind": ad_rows[0]["probe"], "length": ad_rows[0]["probe_len"]}
     ivs: dict[str, dict[str, float]] = {}
     for row in iv_rows:
         ivs.setdefault(row["intervention"], {"backcopy_risk": [], "bigram_risk": []})

@@ -1,0 +1,83 @@
+"""Rebuild the packaged reference tables from the authors' extracted trajectories.
+
+Usage::
+
+    python -m toybb.reference.build [SRC] [-o OUT]
+
+SRC is the folder of the authors' CSVs (default: ../shared/reference/ada beside the repository); OUT
+the package's `toybb/reference/data`. Each table keeps the step and the columns toybb also measures,
+renamed to toybb's metric names (`COLUMNS`: the authors' column -> toybb's), at 7 significant digits.
+The authors' columns toybb does not define (one evaluation sequence's positions 1..9, the mean logit
+on keys 1..i-1) are left out. This module imports only the standard library and numpy-free toybb
+modules, so it runs without a device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+
+from toybb.errors import ConfigError
+from toybb.reference import DATA, REFERENCES
+
+# the authors' column -> toybb's metric (README of the reference data; SPEC §3)
+COLUMNS = {
+    "attn_bos": "sink_attention_l0",  # Attn<s>: non-trigger queries, query 0 included
+    "attn_bos_excl_q0": "sink_attention_excl0_l0",
+    "val_bos_WOv": "value_drain_l0",  # ||W_O v<s>||, the paper's ||Val<s>||
+    "val_bos_v": "value_drain_v_l0",  # ||v<s>|| before W_O
+    "res_bos_l0": "residual_peak_l0",  # ||Res<s>|| after block 0
+    "icl_risk": "backcopy_risk",  # the oracle is certain there: total = excess
+    "markov_risk": "bigram_ce_expected",  # expected cross-entropy under the oracle row, a total
+    "markov_excess_vs_oracle": "bigram_kl_expected",  # the same minus the oracle's (the rows' entropy)
+    "logit_bos_mean60": "sink_logit_types_l0",  # per-type mean of the logit on BOS
+    "logit_bos_l0_mean60": "sink_logit_types_l0",
+    "dlogit_bos_mean60": "sink_logit_gap_types_l0",  # the paper's Δlogit (per type, then unweighted)
+    "dlogit_bos_pooled": "sink_logit_gap_l0",  # toybb's pooled Δlogit
+}
+DEFAULT_SRC = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "ada"
+
+
+def convert(src: Path, dst: Path) -> int:
+    """Write the toybb-named table of one authors' CSV; returns the number of rows."""
+    with open(src, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "step" not in rows[0]:
+        raise ConfigError(f"{src} is not one of the authors' trajectory tables (no 'step' column)")
+    keep = [c for c in rows[0] if c in COLUMNS]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(dst, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["step", *(COLUMNS[c] for c in keep)])
+        for r in rows:
+            vals = []
+            for c in keep:
+                v = r[c].strip()
+                vals.append("" if not v or math.isnan(float(v)) else f"{float(v):.7g}")
+            w.writerow([str(int(float(r["step"]))), *vals])
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m toybb.reference.build", description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", nargs="?", default=str(DEFAULT_SRC), help="folder of the authors' CSVs")
+    ap.add_argument("-o", "--out", default=str(DATA), help="output folder (default: the package's data)")
+    args = ap.parse_args(argv)
+    src, out = Path(args.src), Path(args.out)
+    try:
+        for ref in REFERENCES.values():
+            if not (src / ref.source).is_file():
+                raise ConfigError(f"{src / ref.source} does not exist; give the folder of the authors' CSVs")
+            n = convert(src / ref.source, out / f"{ref.name}.csv")
+            print(f"{ref.name}: {n} steps -> {out / (ref.name + '.csv')}")
+    except ConfigError as e:
+        print(f"build: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
