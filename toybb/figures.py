@@ -410,9 +410,9 @@ def fig_attention_maps(ctx: FigureContext) -> list[Path]:
 
 
 @register_figure("sink_variants", "Where the sink goes (median of seeds, band min-max): with ReLU attention there is "
-                 "no sink and the BOS value grows; without a BOS the first token becomes the sink; a learned sink "
-                 "token beside the BOS; an explicit attention bias k', v' takes the sink from the BOS and removes the "
-                 "residual peak of the 3-layer model.")
+                 "no sink and the BOS value grows; without a BOS, whether the first token becomes the sink; a learned "
+                 "sink token beside the BOS; an explicit attention bias k', v' in the 3-layer model, its attention "
+                 "and the BOS residual peak against the plain model.")
 def fig_sink_variants(ctx: FigureContext) -> list[Path]:
     plt = _plt()
     plain3 = ctx.peaks()[1]["Adam, softmax"]
