@@ -150,10 +150,12 @@ def build_config(args) -> "RunConfig":
 
 
 def cmd_train(args) -> int:
+    from toybb.records import out_folder
+
     cfg = build_config(args)
     from toybb.train.loop import train
 
-    out = Path(args.out)
+    out = out_folder(args.out)
     print(f"toybb train: {len(cfg.runs())} run(s) -> {out}", file=sys.stderr)
     try:
         result = train(cfg, out, progress=not args.no_progress, write_figure=not args.no_plot)
@@ -173,7 +175,10 @@ def cmd_train(args) -> int:
 
 def cmd_plot(args) -> int:
     from toybb.plot import plot_dynamics
+    from toybb.records import figure_path
 
+    if args.out is not None:
+        figure_path(args.out)
     path = plot_dynamics(args.run, args.out, attn_layer=args.attn_layer, resid_layer=args.resid_layer)
     print(f"wrote {path}")
     return 0

@@ -29,6 +29,7 @@ def pyplot():
 
 def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, attn_layer: int | None = None,
                   resid_layer: int | None = None) -> Path:
+    from toybb.records import save_figure
     from toybb.train.loop import load_metrics
 
     plt = pyplot()
@@ -93,6 +94,6 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
         f"{m['n_layers']}-layer {m['attention']} attention, {meta['config']['optim']['name']}, d={m['d_model']}; "
         f"median over {n_seeds} seed(s), band = min-max", fontsize=10)
     out_path = Path(out_path) if out_path is not None else run_dir / "dynamics.png"
-    fig.savefig(out_path, dpi=130)
+    save_figure(fig, out_path, dpi=130)
     plt.close(fig)
     return out_path
