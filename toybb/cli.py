@@ -234,6 +234,26 @@ def _host_devices_from_env() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
 
 
+def chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)parser of the command `args` were parsed for (`toybb longctx toy` -> its own parser)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
+
+def check_output_folders(parser: argparse.ArgumentParser, args) -> None:
+    """Every DIR option (output folders) must be a folder or creatable: checked before any work."""
+    from toybb.records import out_folder
+
+    for a in chosen_parser(parser, args)._actions:
+        value = getattr(args, a.dest, None)
+        if a.metavar == "DIR" and isinstance(value, str):
+            out_folder(value, a.option_strings[0] if a.option_strings else a.dest)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         _host_devices_from_env()
@@ -246,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_output_folders(parser, args)
         return int(args.func(args) or 0)
     except ToybbError as e:
         print(f"toybb {args.command}: error: {e}", file=sys.stderr)

@@ -46,8 +46,10 @@ def kind_of(path: str | Path) -> str:
     if p.is_file() and p.suffix == ".npz" and (p.parent / "config.json").exists():
         return "toy"
     if p.is_dir() and (p / "config.json").exists():
-        cfg = json.loads((p / "config.json").read_text())
-        if "config" in cfg and "model" in cfg["config"]:
+        from toybb.records import read_json
+
+        cfg = read_json(p / "config.json", "config", "repair or delete it")
+        if isinstance(cfg, dict) and isinstance(cfg.get("config"), dict) and "model" in cfg["config"]:
             return "toy"
         return "hf"
     if p.is_file() and p.suffix == ".gguf":
@@ -229,9 +231,9 @@ def cmd_series(args) -> int:
             raise ConfigError(f"--steps must be comma-separated integers, got {args.steps!r}") from None
     text = FIXED_TEXT
     if args.text:
-        if not Path(args.text).is_file():
-            raise ConfigError(f"--text {args.text} does not exist")
-        text = Path(args.text).read_text()
+        from toybb.records import read_text
+
+        text = read_text(args.text, "--text")
     csv_path, png = run_series(args.ckpts, args.out, steps, text)
     print(f"wrote {csv_path} and {png}")
     return 0

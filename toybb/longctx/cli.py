@@ -32,6 +32,39 @@ def _floats(text: str) -> tuple[float, ...]:
         raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _nonempty(values: tuple, flag: str, low: float = 1, high: float | None = None) -> tuple:
+    """A comma-separated flag's values: at least one, each in [low, high]."""
+    if not values:
+        raise ConfigError(f"{flag} needs at least one value (comma-separated), got none")
+    bad = [v for v in values if not (low <= v <= (high if high is not None else float("inf")))]
+    if bad:
+        rng = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ConfigError(f"{flag} values must be {rng}, got {bad[0]!r}")
+    return values
+
+
+METHODS = ("plain", "selfextend", "pi", "ntk", "window")
+
+
+def _methods(args) -> list[str]:
+    """--methods checked before any model is loaded, with the settings each method uses."""
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods or any(m not in METHODS for m in methods):
+        raise ConfigError(f"--methods takes a comma-separated subset of {', '.join(METHODS)}; got {args.methods!r}")
+    if "selfextend" in methods:
+        w, g = _pair(args.selfextend, "--selfextend") or (1, 1)
+        if w < 1 or g < 1:
+            raise ConfigError(f"--selfextend W,G needs W >= 1 and G >= 1, got {args.selfextend!r}")
+    for m in ("pi", "ntk"):
+        if m in methods:
+            v = getattr(args, m)
+            if not (v > 0 and v < float("inf")):
+                raise ConfigError(f"--{m} must be a positive factor, got {v!r}")
+    if "window" in methods and args.window < 1:
+        raise ConfigError(f"--window must be >= 1, got {args.window}")
+    return methods
+
+
 def _pair(text: str | None, name: str) -> tuple[int, int] | None:
     if text is None or text.lower() == "none":
         return None
@@ -211,11 +244,15 @@ def cmd_ppl_length(args) -> int:
 
     from toybb.longctx.llm import ppl_by_length, token_nll
 
-    lengths = _ints(args.lengths)
+    if args.length < 2:
+        raise ConfigError(f"--length must be >= 2 tokens, got {args.length}")
+    if args.offset < 0:
+        raise ConfigError(f"--offset must be >= 0 characters, got {args.offset}")
+    lengths = _nonempty(_ints(args.lengths), "--lengths", 2)
     if max(lengths) > args.length:
         raise ConfigError(f"--lengths goes up to {max(lengths)} but --length is {args.length}")
+    methods = _methods(args)
     pre = _load(args)
-    methods = [m for m in args.methods.split(",") if m]
     models = {m: _method_model(pre, m, args, args.length) for m in methods}  # validate all before running
     write_config(args.out, args, {"context": pre.cfg.max_positions})
     bos = _bos(pre)
@@ -271,11 +308,12 @@ def cmd_passkey(args) -> int:
 
     from toybb.longctx.llm import passkey_correct, passkey_ids
 
-    lengths, depths = _ints(args.lengths), _floats(args.depths)
+    lengths = _nonempty(_ints(args.lengths), "--lengths", 1)
+    depths = _nonempty(_floats(args.depths), "--depths", 0, 1)
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    methods = _methods(args)
     pre = _load(args)
-    methods = [m for m in args.methods.split(",") if m]
     models = {m: _method_model(pre, m, args, max(lengths)) for m in methods}
     write_config(args.out, args)
     rng = np.random.default_rng(args.seed)
@@ -319,6 +357,9 @@ def cmd_stream(args) -> int:
     sinks = _ints(args.sinks)
     if args.window < 1 or any(k < 0 for k in sinks):
         raise ConfigError(f"--window must be >= 1 and --sinks >= 0, got {args.window}, {sinks}")
+    if args.tokens < args.window + 6:  # the perplexity after the window needs tokens beyond it
+        raise ConfigError(f"--tokens must exceed --window + 5 = {args.window + 5} (perplexity after the window), "
+                          f"got {args.tokens}")
     pre = _load(args)
     if args.tokens > pre.cfg.max_positions:
         raise ConfigError(f"--tokens {args.tokens} exceeds the context {pre.cfg.max_positions} (full-attention baseline)")
@@ -364,10 +405,14 @@ def cmd_posvec(args) -> int:
 
     if args.samples < 1:
         raise ConfigError(f"positional vectors need at least one sample, got --samples {args.samples}")
-    pre = _load(args)
-    layers = _ints(args.layers)
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+    if not 0 <= args.tau <= 1:
+        raise ConfigError(f"--tau is a cosine threshold in [0, 1], got {args.tau!r}")
     if not 1 <= args.ablate_first <= args.seq // 2:
         raise ConfigError(f"--ablate-first must be in [1, --seq / 2], got {args.ablate_first}")
+    layers = _nonempty(_ints(args.layers), "--layers", 0)
+    pre = _load(args)
     if any(not 0 <= l < pre.cfg.n_layers for l in layers + (args.ablate_layer, args.value_from_layer)):
         raise ConfigError(f"layers must be in [0, {pre.cfg.n_layers})")
     write_config(args.out, args)
