@@ -175,7 +175,11 @@ class Trainer:
                 loss, grads = jax.tree.map(lambda x: x / n_mb, total)
             updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
-            bad = jnp.where((state["bad_step"] < 0) & ~jnp.isfinite(loss), i, state["bad_step"])
+            # the first step whose parameters give a non-finite loss or are non-finite themselves, so a
+            # checkpoint (saved only after a segment without one) never holds a diverged state
+            finite = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))
+            first = jnp.where(jnp.isfinite(loss), i + 1, i)
+            bad = jnp.where((state["bad_step"] < 0) & ~(jnp.isfinite(loss) & finite), first, state["bad_step"])
             return {**state, "params": params, "opt_state": opt_state, "bad_step": bad}
 
         chunk = self.run_chunk

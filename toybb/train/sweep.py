@@ -260,9 +260,9 @@ def _trainer_key(cfg: RunConfig) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def _write_plan(out: Path, plan: SweepPlan) -> None:
-    from toybb.records import atomic_write, read_json
-    from toybb.train.loop import package_versions
+def _plan_doc(out: Path, plan: SweepPlan) -> dict:
+    """The sweep.json document of `plan`; checks that `out` holds no other sweep (before any training)."""
+    from toybb.records import read_json
 
     path = out / "sweep.json"
     doc = {"spec": plan.spec, "keys": plan.keys,
@@ -272,6 +272,15 @@ def _write_plan(out: Path, plan: SweepPlan) -> None:
         old = read_json(path, "sweep record", "delete it (the groups' run folders are kept) or use another --out")
         if not isinstance(old, dict) or {k: old.get(k) for k in ("groups", "runs")} != {k: json.loads(json.dumps(doc[k])) for k in ("groups", "runs")}:
             raise ConfigError(f"{out} holds another sweep (its sweep.json differs); use another --out or delete it")
+    return doc
+
+
+def _write_plan(out: Path, plan: SweepPlan) -> None:
+    from toybb.records import atomic_write
+    from toybb.train.loop import package_versions
+
+    path = out / "sweep.json"
+    doc = _plan_doc(out, plan)
     doc["versions"] = package_versions()
     doc["command"] = " ".join(sys.argv)
     atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2)), mode="w")
@@ -403,7 +412,6 @@ def cmd_sweep(args) -> int:
     for flag, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id)):
         if v is not None and v < (1 if flag == "--num-processes" else 0):
             raise ConfigError(f"{flag} must be {'>= 1' if flag == '--num-processes' else '>= 0'}, got {v}")
-    out_folder(args.out)
     spec = load_sweep_file(args.file)
     plan = plan_sweep(spec, f"sweep file {args.file!r}")
     process = (0, 1)
@@ -418,6 +426,7 @@ def cmd_sweep(args) -> int:
         process = (jax.process_index(), jax.process_count())
     limit = None if args.max_memory_gb is None else int(min(args.max_memory_gb, 2.0**40) * 2**30)
     check_memory(plan, limit)
+    _plan_doc(out_folder(args.out), plan)
     if process[0] == 0:
         print(f"toybb sweep: {len(plan.runs)} run(s) in {len(plan.groups)} group(s) -> {args.out}", file=sys.stderr)
     if args.dry_run:
