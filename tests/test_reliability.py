@@ -18,11 +18,11 @@ TINY = ["--d-model", "16", "--seq-len", "8", "--batch", "4", "--eval-batch", "4"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compile_once(tmp_path_factory):
-    """The runs of this module share compiled programs through a persistent compilation cache."""
+def compile_once(xla_cache):
+    """The runs of this module (and of tests/test_kill.py, same shapes) share compiled programs."""
     from tests._shared import persistent_compile_cache
 
-    with persistent_compile_cache(tmp_path_factory.mktemp("xla")):
+    with persistent_compile_cache(xla_cache):
         yield
 
 

@@ -37,6 +37,13 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         raise
 
 
+def remove_temporaries(folder: str | Path) -> None:
+    """Delete what `atomic_write` left behind in `folder` when its process was killed mid-write (only
+    one process writes a folder, so none of these is in use)."""
+    for p in Path(folder).glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
 def append_lines(path: str | Path, text: str) -> None:
     """Append whole lines (`text` ends with a newline) in one write on an O_APPEND descriptor, so a
     killed process leaves either all of them or none (a crash of the machine at most a last line

@@ -33,7 +33,8 @@ from toybb.models import build_model
 from toybb.models.toy import ToyTransformer
 from toybb.probes import bb as bbprobes
 from toybb.probes.metrics import token_nll
-from toybb.records import append_lines, atomic_write as _atomic_write, out_folder, read_csv, read_run_config
+from toybb.records import (append_lines, atomic_write as _atomic_write, out_folder, read_csv, read_run_config,
+                           remove_temporaries)
 from toybb.task import BBTask
 from toybb.train.optim import make_optimizer
 
@@ -342,6 +343,7 @@ def train(
     state, step, steps_done, rows = None, 0, [], []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out)
         cfg_path = out / "config.json"
         if cfg_path.exists():
             saved = read_run_config(out)["config"]

@@ -305,13 +305,14 @@ def run_sweep(
     process: (index, count) of this process in a multi-host sweep; it trains groups index::count and
       only process 0 writes the table (after every group's `done` marker exists). Returns its path.
     """
-    from toybb.records import atomic_write
+    from toybb.records import atomic_write, remove_temporaries
     from toybb.train.loop import Trainer, train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pid, pcount = process
     if pid == 0:
+        remove_temporaries(out)
         _write_plan(out, plan)
     trainers = {} if trainers is None else trainers
     total = len(plan.groups)
