@@ -135,6 +135,15 @@ def test_train_out_is_a_file_fails_before_compiling(tmp_path, capsys, monkeypatc
     one_line_error(["train", *TINY, "--out", str(tmp_path / "f" / "sub")], capsys, "--out", "is a file")
 
 
+def test_train_into_another_runs_folder_fails_before_compiling(run_dir, tmp_path, capsys, monkeypatch):
+    import toybb.train.loop as loop
+
+    d = _copy(run_dir, tmp_path)
+    monkeypatch.setattr(loop, "Trainer", lambda *a, **k: pytest.fail("compiled before checking the run folder"))
+    one_line_error(["train", *TINY, "--lr", "0.5", "--d-model", "32", "--out", str(d)], capsys,
+                   "another config", "model.d_model")
+
+
 def test_divergence_exit_3_keeps_last_checkpoint(tmp_path, capsys):
     from toybb.train.loop import CKPT_NAME
     from toybb.train.runs import load_models

@@ -150,12 +150,11 @@ def build_config(args) -> "RunConfig":
 
 
 def cmd_train(args) -> int:
-    from toybb.records import out_folder
-
     cfg = build_config(args)
-    from toybb.train.loop import train
+    from toybb.train.loop import check_run_folder, train
 
-    out = out_folder(args.out)
+    out = Path(args.out)
+    check_run_folder(out, cfg)
     print(f"toybb train: {len(cfg.runs())} run(s) -> {out}", file=sys.stderr)
     try:
         result = train(cfg, out, progress=not args.no_progress, write_figure=not args.no_plot)

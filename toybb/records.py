@@ -8,6 +8,7 @@ tail of a row torn by a crash).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -15,19 +16,21 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from toybb.errors import ConfigError
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", newline: str | None = None) -> Iterator[IO]:
+    """`with atomic_open(path) as f:` writes a temporary file in the same folder, fsyncs it and renames
+    it over `path` when the block ends without an exception (else deletes it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": newline, "encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,6 +38,12 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call write(f) on a file opened with `atomic_open`."""
+    with atomic_open(path, mode) as f:
+        write(f)
 
 
 def remove_temporaries(folder: str | Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from toybb.errors import ConfigError
+from toybb.records import save_figure
 
 FIXED_TEXT = ("The history of science is full of surprises. When the first telescopes were pointed at the sky, "
               "astronomers saw moons around Jupiter and phases of Venus, and the old picture of the heavens "
@@ -156,7 +157,9 @@ def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = 
     out.mkdir(parents=True, exist_ok=True)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     csv_path = out / "series.csv"
-    with open(csv_path, "w", newline="") as f:
+    from toybb.records import atomic_open
+
+    with atomic_open(csv_path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, restval="")
         w.writeheader()
         w.writerows(rows)
@@ -205,7 +208,7 @@ def plot_series(rows: list[dict], path: Path, kind: str, max_layers: int = 8) ->
     n_runs = max(sum(1 for r in rows if int(r["step"]) == s) for s in steps)
     fig.suptitle(f"{len(steps)} checkpoint(s) of one model" + (f"; median over {n_runs} runs, band = min-max"
                                                               if n_runs > 1 else ""), fontsize=10)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

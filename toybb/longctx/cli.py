@@ -11,6 +11,7 @@ import os
 import sys
 
 from toybb.errors import ConfigError, ToybbError
+from toybb.records import atomic_open, save_figure
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # the development corpora beside a checkout (../shared/data); $TOYBB_DATA points elsewhere
@@ -175,7 +176,7 @@ def write_config(out: str, args, extra: dict | None = None) -> None:
            (sys.argv and sys.argv[0].endswith("cli.py")) else " ".join(sys.argv),
            "args": {k: v for k, v in vars(args).items() if k != "func"},
            "versions": vers, **(extra or {})}
-    with open(os.path.join(out, "config.json"), "w") as f:
+    with atomic_open(os.path.join(out, "config.json")) as f:
         json.dump(cfg, f, indent=2, default=str)
 
 
@@ -183,11 +184,11 @@ def write_table(out: str, name: str, rows: list[dict]) -> None:
     import csv
 
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, name + ".json"), "w") as f:
+    with atomic_open(os.path.join(out, name + ".json")) as f:
         json.dump(rows, f, indent=1)
     if rows:
         keys = list(dict.fromkeys(k for r in rows for k in r))
-        with open(os.path.join(out, name + ".csv"), "w", newline="") as f:
+        with atomic_open(os.path.join(out, name + ".csv"), newline="") as f:
             w = csv.DictWriter(f, keys)
             w.writeheader()
             w.writerows(rows)
@@ -299,7 +300,7 @@ def cmd_ppl_length(args) -> int:
     fig.suptitle(f"{args.model}: {len(curves[next(iter(curves))])} texts, context {pre.cfg.max_positions} (dashed)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "ppl_length.png"), dpi=90)
+    save_figure(fig, os.path.join(args.out, "ppl_length.png"), dpi=90)
     return 0
 
 
@@ -344,7 +345,7 @@ def cmd_passkey(args) -> int:
                 ax.text(b, a, f"{acc[a, b]:.1f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
     fig.suptitle(f"passkey retrieval, {args.model}, {args.trials} keys per cell", fontsize=10)
-    fig.savefig(os.path.join(args.out, "passkey.png"), dpi=90)
+    save_figure(fig, os.path.join(args.out, "passkey.png"), dpi=90)
     return 0
 
 
@@ -393,7 +394,7 @@ def cmd_stream(args) -> int:
     ax.set_title(f"StreamingLLM cache on {os.path.basename(args.text)}, {args.model}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "stream.png"), dpi=90)
+    save_figure(fig, os.path.join(args.out, "stream.png"), dpi=90)
     return 0
 
 
@@ -479,7 +480,7 @@ def cmd_posvec(args) -> int:
     axes[1, 0].set_ylabel("PC2 (colour = position,\nred = first 4)")
     fig.suptitle(f"positional vectors of {args.model}, N={n} samples of {args.seq} tokens", fontsize=10)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "posvec.png"), dpi=80)
+    save_figure(fig, os.path.join(args.out, "posvec.png"), dpi=80)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     styles = {"none": "k-", "posvec": "-", "value": "--"}
     for r in abl:
@@ -492,6 +493,6 @@ def cmd_posvec(args) -> int:
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "ablation.png"), dpi=90)
+    save_figure(fig, os.path.join(args.out, "ablation.png"), dpi=90)
     print(f"distinct positional vectors per layer (tau {args.tau}): {[r['n_distinct'] for r in rows]}")
     return 0

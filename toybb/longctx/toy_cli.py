@@ -9,6 +9,8 @@ import math
 import os
 import time
 
+from toybb.records import save_figure
+
 
 def register(sub, common) -> None:
     p = sub.add_parser("toy", help="toy char-LMs: position schemes and context extension (Tiny Shakespeare)")
@@ -151,5 +153,5 @@ def cmd_toy(args) -> int:
                  f"{args.eval_windows} windows", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "toy_ppl_length.png"), dpi=90)
+    save_figure(fig, os.path.join(args.out, "toy_ppl_length.png"), dpi=90)
     return 0

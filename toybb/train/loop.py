@@ -315,6 +315,18 @@ def _config_matches(saved: dict, cfg: RunConfig) -> list[str]:
     return diffs
 
 
+def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
+    """Before compiling: `out_dir` must be a folder (or creatable) holding no run of another config."""
+    out_folder(out_dir)
+    if (Path(out_dir) / "config.json").exists():
+        diffs = _config_matches(read_run_config(out_dir)["config"], cfg)
+        if diffs:
+            raise ConfigError(
+                f"run folder {out_dir} holds a run with another config ({'; '.join(diffs[:4])}); "
+                "use another --out or delete the folder"
+            )
+
+
 def train(
     cfg: RunConfig,
     out_dir: str | Path | None = None,
@@ -331,8 +343,8 @@ def train(
     stop_after: stop (as if interrupted) once this step is reached; used to test resumption.
     """
     t0 = time.perf_counter()
-    if out_dir is not None:  # before compiling: a file in the way is an input error
-        out_folder(out_dir)
+    if out_dir is not None:
+        check_run_folder(out_dir, cfg)
     trainer = trainer or Trainer(cfg)
     if _config_matches(trainer.cfg.to_dict(), cfg):
         raise ValueError("trainer was built for another config (only train.steps, ckpt_every, run_chunk and microbatch may differ)")
@@ -345,14 +357,6 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         remove_temporaries(out)
         cfg_path = out / "config.json"
-        if cfg_path.exists():
-            saved = read_run_config(out)["config"]
-            diffs = _config_matches(saved, cfg)
-            if diffs:
-                raise ConfigError(
-                    f"run folder {out} holds a run with another config ({'; '.join(diffs[:4])}); "
-                    "use another --out or delete the folder"
-                )
         meta = {"config": cfg.to_dict(), "runs": [{"seed": s, "lr": lr} for s, lr in runs],
                 "versions": package_versions(), "command": " ".join(sys.argv),
                 "runs_vmapped_together": trainer.run_chunk, "microbatch": trainer.microbatch}
