@@ -190,9 +190,10 @@ def no_model(monkeypatch):
     (["passkey", "--depths", "2"], ["--depths"]),
     (["stream", "--tokens", "0"], ["--tokens"]),
     (["ppl-length", "--methods", "magic"], ["--methods"]),
+    (["toy", "--out="], ["--out", "empty"]),  # found by tests/test_fuzz_cli.py
 ])
 def test_longctx_bad_flags(args, needles, tmp_path, capsys, no_model):
-    one_line_error(["longctx", args[0], "--out", str(tmp_path / "o"), *args[1:]], capsys, *needles)
+    one_line_error(["longctx", args[0], f"--out={tmp_path / 'o'}", *args[1:]], capsys, *needles)
 
 
 def test_ppl_negative_max_tokens(tmp_path, capsys, no_model):

@@ -122,6 +122,8 @@ def read_csv(path: str | Path, what: str = "table", required: tuple[str, ...] = 
 
 def out_folder(path: str | Path, flag: str = "--out") -> Path:
     """Check that `path` can be an output folder (an existing folder, or creatable) without creating it."""
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; give a folder path")
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {str(p)!r} is an existing file, not a folder; give a folder path")
@@ -141,6 +143,8 @@ def figure_path(path: str | Path, flag: str = "--out") -> Path:
     """Check an image path before drawing: an existing folder and an extension matplotlib can write."""
     from matplotlib.backend_bases import FigureCanvasBase
 
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; give an image file name such as dynamics.png")
     p = Path(path)
     kinds = FigureCanvasBase.get_supported_filetypes()
     ext = p.suffix.lstrip(".").lower()
