@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from toybb.cli import main, make_parser
 
-# default: 12 argument lists per subcommand, the same ones every run; TOYBB_FUZZ_EXAMPLES=N for N random ones
+# default: 8 argument lists per subcommand, the same ones every run; TOYBB_FUZZ_EXAMPLES=N for N random ones
 _N = int(os.environ.get("TOYBB_FUZZ_EXAMPLES", "0"))
-settings.register_profile("fuzz", max_examples=_N or 12, deadline=None, derandomize=not _N,
+settings.register_profile("fuzz", max_examples=_N or 8, deadline=None, derandomize=not _N,
                           suppress_health_check=list(HealthCheck))
 settings.register_profile("fuzz_slow", max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 TRIED: collections.Counter = collections.Counter()
