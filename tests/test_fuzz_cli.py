@@ -12,7 +12,6 @@ import contextlib
 import importlib
 import io
 import os
-import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
