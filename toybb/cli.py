@@ -164,9 +164,10 @@ def build_config(args) -> "RunConfig":
 
 def cmd_train(args) -> int:
     cfg = build_config(args)
-    from toybb.train.loop import train
+    from toybb.train.loop import check_run_folder, train
 
     out = Path(args.out)
+    check_run_folder(out, cfg)
     print(f"toybb train: {len(cfg.runs())} run(s) -> {out}", file=sys.stderr)
     try:
         result = train(cfg, out, progress=not args.no_progress, write_figure=not args.no_plot)
@@ -190,7 +191,10 @@ def cmd_train(args) -> int:
 
 def cmd_plot(args) -> int:
     from toybb.plot import plot_dynamics
+    from toybb.records import figure_path
 
+    if args.out is not None:
+        figure_path(args.out)
     path = plot_dynamics(args.run, args.out, attn_layer=args.attn_layer, resid_layer=args.resid_layer,
                          reference=args.reference)
     print(f"wrote {path}")
@@ -249,6 +253,26 @@ def _host_devices_from_env() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
 
 
+def chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)parser of the command `args` were parsed for (`toybb longctx toy` -> its own parser)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
+
+def check_output_folders(parser: argparse.ArgumentParser, args) -> None:
+    """Every DIR option (output folders) must be a folder or creatable: checked before any work."""
+    from toybb.records import out_folder
+
+    for a in chosen_parser(parser, args)._actions:
+        value = getattr(args, a.dest, None)
+        if a.metavar == "DIR" and isinstance(value, str):
+            out_folder(value, a.option_strings[0] if a.option_strings else a.dest)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         _host_devices_from_env()
@@ -261,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_output_folders(parser, args)
         return int(args.func(args) or 0)
     except ToybbError as e:
         print(f"toybb {args.command}: error: {e}", file=sys.stderr)

@@ -397,10 +397,10 @@ def section_from_dict(cls: type, d: dict[str, Any], section: str):
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON run config into a dict (validated later by RunConfig.from_dict)."""
+    from toybb.records import read_text
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
-    text = p.read_text()
+    text = read_text(p, "config file")
     try:
         if p.suffix == ".json":
             d = json.loads(text)

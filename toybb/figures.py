@@ -264,8 +264,10 @@ def _char(c: str) -> str:
 
 
 def _save(fig, path: Path) -> Path:
+    from toybb.records import save_figure
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     _plt().close(fig)
     return path
 

@@ -49,6 +49,7 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
                   resid_layer: int | None = None, reference: str | None = None) -> Path:
     """The dynamics figure; the authors' trajectory is drawn dashed (black) where the run's configuration
     matches a built-in reference, or the `reference` given (a name or CSV, labelled as such)."""
+    from toybb.records import save_figure
     from toybb.train.loop import load_metrics
 
     plt = pyplot()
@@ -123,6 +124,6 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
         f"{m['n_layers']}-layer {m['attention']} attention, {meta['config']['optim']['name']}, d={m['d_model']}; "
         f"median over {n_seeds} seed(s), band = min-max", fontsize=10)
     out_path = Path(out_path) if out_path is not None else run_dir / "dynamics.png"
-    fig.savefig(out_path, dpi=130)
+    save_figure(fig, out_path, dpi=130)
     plt.close(fig)
     return out_path

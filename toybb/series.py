@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from toybb.errors import ConfigError
+from toybb.records import save_figure
 
 FIXED_TEXT = ("The history of science is full of surprises. When the first telescopes were pointed at the sky, "
               "astronomers saw moons around Jupiter and phases of Venus, and the old picture of the heavens "
@@ -46,8 +47,10 @@ def kind_of(path: str | Path) -> str:
     if p.is_file() and p.suffix == ".npz" and (p.parent / "config.json").exists():
         return "toy"
     if p.is_dir() and (p / "config.json").exists():
-        cfg = json.loads((p / "config.json").read_text())
-        if "config" in cfg and "model" in cfg["config"]:
+        from toybb.records import read_json
+
+        cfg = read_json(p / "config.json", "config", "repair or delete it")
+        if isinstance(cfg, dict) and isinstance(cfg.get("config"), dict) and "model" in cfg["config"]:
             return "toy"
         return "hf"
     if p.is_file() and p.suffix == ".gguf":
@@ -154,7 +157,9 @@ def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = 
     out.mkdir(parents=True, exist_ok=True)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     csv_path = out / "series.csv"
-    with open(csv_path, "w", newline="") as f:
+    from toybb.records import atomic_open
+
+    with atomic_open(csv_path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, restval="")
         w.writeheader()
         w.writerows(rows)
@@ -203,7 +208,7 @@ def plot_series(rows: list[dict], path: Path, kind: str, max_layers: int = 8) ->
     n_runs = max(sum(1 for r in rows if int(r["step"]) == s) for s in steps)
     fig.suptitle(f"{len(steps)} checkpoint(s) of one model" + (f"; median over {n_runs} runs, band = min-max"
                                                               if n_runs > 1 else ""), fontsize=10)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -229,9 +234,9 @@ def cmd_series(args) -> int:
             raise ConfigError(f"--steps must be comma-separated integers, got {args.steps!r}") from None
     text = FIXED_TEXT
     if args.text:
-        if not Path(args.text).is_file():
-            raise ConfigError(f"--text {args.text} does not exist")
-        text = Path(args.text).read_text()
+        from toybb.records import read_text
+
+        text = read_text(args.text, "--text")
     csv_path, png = run_series(args.ckpts, args.out, steps, text)
     print(f"wrote {csv_path} and {png}")
     return 0

@@ -84,6 +84,8 @@ def cmd_ppl(args) -> int:
         raise ToybbError(f"{args.textfile}: not UTF-8 text") from None
     if args.window < 2:
         raise ToybbError(f"--window must be at least 2, got {args.window}")
+    if args.max_tokens < 0:
+        raise ToybbError(f"--max-tokens must be >= 0 (0 = all tokens), got {args.max_tokens}")
     pre = load(args.model, dtype=args.dtype, tokenizer=args.tokenizer)
     r = perplexity(pre, text, max_tokens=args.max_tokens or None, window=args.window,
                    progress=not args.no_progress)

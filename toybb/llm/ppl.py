@@ -33,6 +33,8 @@ def perplexity(
     """Perplexity over the first `max_tokens` tokens of `text`, in non-overlapping windows of `window`
     tokens (each window predicts all but its first token). With a BOS token the model expects, each
     window starts with it."""
+    if max_tokens is not None and max_tokens < 0:
+        raise ToybbError(f"max_tokens must be >= 0 (0 or None = all tokens), got {max_tokens}")
     if ids is None:
         if pre.tokenizer is None:
             raise ToybbError(f"{pre.source}: no tokenizer found; pass --tokenizer tokenizer.json")

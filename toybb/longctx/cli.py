@@ -11,6 +11,7 @@ import os
 import sys
 
 from toybb.errors import ConfigError, ToybbError
+from toybb.records import atomic_open, save_figure
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # the development corpora beside a checkout (../shared/data); $TOYBB_DATA points elsewhere
@@ -30,6 +31,39 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _nonempty(values: tuple, flag: str, low: float = 1, high: float | None = None) -> tuple:
+    """A comma-separated flag's values: at least one, each in [low, high]."""
+    if not values:
+        raise ConfigError(f"{flag} needs at least one value (comma-separated), got none")
+    bad = [v for v in values if not (low <= v <= (high if high is not None else float("inf")))]
+    if bad:
+        rng = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ConfigError(f"{flag} values must be {rng}, got {bad[0]!r}")
+    return values
+
+
+METHODS = ("plain", "selfextend", "pi", "ntk", "window")
+
+
+def _methods(args) -> list[str]:
+    """--methods checked before any model is loaded, with the settings each method uses."""
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods or any(m not in METHODS for m in methods):
+        raise ConfigError(f"--methods takes a comma-separated subset of {', '.join(METHODS)}; got {args.methods!r}")
+    if "selfextend" in methods:
+        w, g = _pair(args.selfextend, "--selfextend") or (1, 1)
+        if w < 1 or g < 1:
+            raise ConfigError(f"--selfextend W,G needs W >= 1 and G >= 1, got {args.selfextend!r}")
+    for m in ("pi", "ntk"):
+        if m in methods:
+            v = getattr(args, m)
+            if not (v > 0 and v < float("inf")):
+                raise ConfigError(f"--{m} must be a positive factor, got {v!r}")
+    if "window" in methods and args.window < 1:
+        raise ConfigError(f"--window must be >= 1, got {args.window}")
+    return methods
 
 
 def _pair(text: str | None, name: str) -> tuple[int, int] | None:
@@ -142,7 +176,7 @@ def write_config(out: str, args, extra: dict | None = None) -> None:
            (sys.argv and sys.argv[0].endswith("cli.py")) else " ".join(sys.argv),
            "args": {k: v for k, v in vars(args).items() if k != "func"},
            "versions": vers, **(extra or {})}
-    with open(os.path.join(out, "config.json"), "w") as f:
+    with atomic_open(os.path.join(out, "config.json")) as f:
         json.dump(cfg, f, indent=2, default=str)
 
 
@@ -150,11 +184,11 @@ def write_table(out: str, name: str, rows: list[dict]) -> None:
     import csv
 
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, name + ".json"), "w") as f:
+    with atomic_open(os.path.join(out, name + ".json")) as f:
         json.dump(rows, f, indent=1)
     if rows:
         keys = list(dict.fromkeys(k for r in rows for k in r))
-        with open(os.path.join(out, name + ".csv"), "w", newline="") as f:
+        with atomic_open(os.path.join(out, name + ".csv"), newline="") as f:
             w = csv.DictWriter(f, keys)
             w.writeheader()
             w.writerows(rows)
@@ -211,11 +245,15 @@ def cmd_ppl_length(args) -> int:
 
     from toybb.longctx.llm import ppl_by_length, token_nll
 
-    lengths = _ints(args.lengths)
+    if args.length < 2:
+        raise ConfigError(f"--length must be >= 2 tokens, got {args.length}")
+    if args.offset < 0:
+        raise ConfigError(f"--offset must be >= 0 characters, got {args.offset}")
+    lengths = _nonempty(_ints(args.lengths), "--lengths", 2)
     if max(lengths) > args.length:
         raise ConfigError(f"--lengths goes up to {max(lengths)} but --length is {args.length}")
+    methods = _methods(args)
     pre = _load(args)
-    methods = [m for m in args.methods.split(",") if m]
     models = {m: _method_model(pre, m, args, args.length) for m in methods}  # validate all before running
     write_config(args.out, args, {"context": pre.cfg.max_positions})
     bos = _bos(pre)
@@ -262,7 +300,7 @@ def cmd_ppl_length(args) -> int:
     fig.suptitle(f"{args.model}: {len(curves[next(iter(curves))])} texts, context {pre.cfg.max_positions} (dashed)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "ppl_length.png"), dpi=90)
+    save_figure(fig, os.path.join(args.out, "ppl_length.png"), dpi=90)
     return 0
 
 
@@ -271,11 +309,12 @@ def cmd_passkey(args) -> int:
 
     from toybb.longctx.llm import passkey_correct, passkey_ids
 
-    lengths, depths = _ints(args.lengths), _floats(args.depths)
+    lengths = _nonempty(_ints(args.lengths), "--lengths", 1)
+    depths = _nonempty(_floats(args.depths), "--depths", 0, 1)
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    methods = _methods(args)
     pre = _load(args)
-    methods = [m for m in args.methods.split(",") if m]
     models = {m: _method_model(pre, m, args, max(lengths)) for m in methods}
     write_config(args.out, args)
     rng = np.random.default_rng(args.seed)
@@ -306,7 +345,7 @@ def cmd_passkey(args) -> int:
                 ax.text(b, a, f"{acc[a, b]:.1f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
     fig.suptitle(f"passkey retrieval, {args.model}, {args.trials} keys per cell", fontsize=10)
-    fig.savefig(os.path.join(args.out, "passkey.png"), dpi=90)
+    save_figure(fig, os.path.join(args.out, "passkey.png"), dpi=90)
     return 0
 
 
@@ -319,6 +358,9 @@ def cmd_stream(args) -> int:
     sinks = _ints(args.sinks)
     if args.window < 1 or any(k < 0 for k in sinks):
         raise ConfigError(f"--window must be >= 1 and --sinks >= 0, got {args.window}, {sinks}")
+    if args.tokens < args.window + 6:  # the perplexity after the window needs tokens beyond it
+        raise ConfigError(f"--tokens must exceed --window + 5 = {args.window + 5} (perplexity after the window), "
+                          f"got {args.tokens}")
     pre = _load(args)
     if args.tokens > pre.cfg.max_positions:
         raise ConfigError(f"--tokens {args.tokens} exceeds the context {pre.cfg.max_positions} (full-attention baseline)")
@@ -352,7 +394,7 @@ def cmd_stream(args) -> int:
     ax.set_title(f"StreamingLLM cache on {os.path.basename(args.text)}, {args.model}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "stream.png"), dpi=90)
+    save_figure(fig, os.path.join(args.out, "stream.png"), dpi=90)
     return 0
 
 
@@ -364,10 +406,14 @@ def cmd_posvec(args) -> int:
 
     if args.samples < 1:
         raise ConfigError(f"positional vectors need at least one sample, got --samples {args.samples}")
-    pre = _load(args)
-    layers = _ints(args.layers)
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+    if not 0 <= args.tau <= 1:
+        raise ConfigError(f"--tau is a cosine threshold in [0, 1], got {args.tau!r}")
     if not 1 <= args.ablate_first <= args.seq // 2:
         raise ConfigError(f"--ablate-first must be in [1, --seq / 2], got {args.ablate_first}")
+    layers = _nonempty(_ints(args.layers), "--layers", 0)
+    pre = _load(args)
     if any(not 0 <= l < pre.cfg.n_layers for l in layers + (args.ablate_layer, args.value_from_layer)):
         raise ConfigError(f"layers must be in [0, {pre.cfg.n_layers})")
     write_config(args.out, args)
@@ -434,7 +480,7 @@ def cmd_posvec(args) -> int:
     axes[1, 0].set_ylabel("PC2 (colour = position,\nred = first 4)")
     fig.suptitle(f"positional vectors of {args.model}, N={n} samples of {args.seq} tokens", fontsize=10)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "posvec.png"), dpi=80)
+    save_figure(fig, os.path.join(args.out, "posvec.png"), dpi=80)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     styles = {"none": "k-", "posvec": "-", "value": "--"}
     for r in abl:
@@ -447,6 +493,6 @@ def cmd_posvec(args) -> int:
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "ablation.png"), dpi=90)
+    save_figure(fig, os.path.join(args.out, "ablation.png"), dpi=90)
     print(f"distinct positional vectors per layer (tau {args.tau}): {[r['n_distinct'] for r in rows]}")
     return 0

@@ -9,6 +9,8 @@ import math
 import os
 import time
 
+from toybb.records import save_figure
+
 
 def register(sub, common) -> None:
     p = sub.add_parser("toy", help="toy char-LMs: position schemes and context extension (Tiny Shakespeare)")
@@ -38,23 +40,43 @@ def cmd_toy(args) -> int:
 
     from toybb.config import ModelConfig
     from toybb.errors import ConfigError
-    from toybb.longctx.cli import _floats, _ints, _plt, _read, write_config, write_table
+    from toybb.longctx.cli import _floats, _ints, _nonempty, _plt, _read, write_config, write_table
     from toybb.longctx.posvec import beyond_similarity
     from toybb.longctx.toy import (char_data, eval_windows, mean_nll, replacement_delta, toy_positional_vectors,
                                    train_char_lm, with_model_options)
 
     C = args.context
-    factors = _ints(args.factors)
+    if C < 4:
+        raise ConfigError(f"--context must be >= 4 characters, got {C}")
+    factors = _nonempty(_ints(args.factors), "--factors", 1)
     schemes = [s for s in args.schemes.split(",") if s]
-    if any(s not in ("none", "rope", "alibi", "window") for s in schemes):
-        raise ConfigError(f"--schemes takes none, rope, alibi, window; got {args.schemes!r}")
+    if not schemes or any(s not in ("none", "rope", "alibi", "window") for s in schemes):
+        raise ConfigError(f"--schemes takes a comma-separated subset of none, rope, alibi, window; got {args.schemes!r}")
+    for flag, v in (("--d-model", args.d_model), ("--layers", args.layers), ("--heads", args.heads),
+                    ("--steps", args.steps), ("--batch", args.batch), ("--eval-windows", args.eval_windows)):
+        if v < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {v}")
+    if not 0 < args.lr < math.inf:
+        raise ConfigError(f"--lr must be a positive learning rate, got {args.lr!r}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     if not 0 <= args.replace_layer < args.layers:
         raise ConfigError(f"--replace-layer must be in [0, {args.layers})")
+    if args.window < 0:
+        raise ConfigError(f"--window must be >= 0 (0 = --context / 2), got {args.window}")
+    if not 0 <= args.selfextend_window < C:
+        raise ConfigError(f"--selfextend-window must be in [0, --context = {C}) (0 = --context / 4), "
+                          f"got {args.selfextend_window}")
+    _nonempty(_floats(args.alphas), "--alphas", -1e6, 1e6)
+    _nonempty(_floats(args.temperatures), "--temperatures", 1e-6, 1e6)
     W = args.window or C // 2
     w_se = args.selfextend_window or C // 4
     Lmax = C * max(factors)
     G = max(1, math.ceil((Lmax - w_se) / (C - w_se)))  # smallest G with (C - w) * G + w >= Lmax
     train, val, vocab = char_data(_read(args.text))
+    cfgs = {s: ModelConfig(vocab_size=len(vocab), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                           max_len=C, position="none" if s == "window" else s, window=W if s == "window" else None)
+            for s in schemes}  # validated before any training
     write_config(args.out, args, {"vocab": len(vocab), "selfextend": [w_se, G], "window": W})
     rows, curves, beyond_rows = [], {}, []
     wins = {f: eval_windows(val, C * f, args.eval_windows) for f in factors}
@@ -65,9 +87,7 @@ def cmd_toy(args) -> int:
         curves.setdefault(label, {})[C * f] = float(np.exp(nll))
 
     for scheme in schemes:
-        position = "none" if scheme == "window" else scheme
-        cfg = ModelConfig(vocab_size=len(vocab), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                          max_len=C, position=position, window=W if scheme == "window" else None)
+        cfg = cfgs[scheme]
         t0 = time.time()
         model, losses = train_char_lm(cfg, train, seq=C, steps=args.steps, batch=args.batch, lr=args.lr,
                                       seed=args.seed)
@@ -133,5 +153,5 @@ def cmd_toy(args) -> int:
                  f"{args.eval_windows} windows", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "toy_ppl_length.png"), dpi=90)
+    save_figure(fig, os.path.join(args.out, "toy_ppl_length.png"), dpi=90)
     return 0

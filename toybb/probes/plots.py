@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toybb.records import save_figure
+
 DPI = 90
 
 
@@ -30,7 +32,7 @@ def sink_heatmap(path: Path, stats, names, sel) -> None:
         ax.set_ylabel("layer")
         fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     plt.close(fig)
 
 
@@ -53,7 +55,7 @@ def norms_by_position(path: Path, stats, names) -> None:
         axes[1, j].set_title(f"{n}: ||W_O^h v|| by position, mean over heads", fontsize=9)
         axes[1, j].set_xlabel("position")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     plt.close(fig)
 
 
@@ -76,7 +78,7 @@ def massive_profile(path: Path, stats, names, summary) -> None:
         ax.set_title(n, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     plt.close(fig)
 
 
@@ -114,7 +116,7 @@ def intervention_bars(path: Path, rows, names) -> None:
     axes[1].legend(fontsize=7)
     axes[1].set_title("massive-activation interventions", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     plt.close(fig)
 
 
@@ -133,7 +135,7 @@ def attention_maps(path: Path, maps, names) -> None:
             axes[i, j].set_yticks([])
     fig.suptitle("attention (sqrt scale; rows = queries, columns = keys)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     plt.close(fig)
 
 

@@ -26,6 +26,7 @@ from toybb.errors import ConfigError
 from toybb.probes import llm as P
 from toybb.probes.corpus import Domain, domain_batches
 from toybb.probes.metrics import classify_dormant
+from toybb.records import atomic_open, atomic_write
 
 SINK_HIGH = 0.9  # "heads with sink score > 0.9" in the summary
 
@@ -86,11 +87,11 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
     out.mkdir(parents=True, exist_ok=True)
     from toybb.train.loop import package_versions
 
-    (out / "config.json").write_text(json.dumps({
+    atomic_write(out / "config.json", lambda f: f.write(json.dumps({
         "command": command if command is not None else sys.argv, "model": pre.source, "dtype": cfg.dtype,
         "domains": {d.name: d.source for d in domains}, "settings": settings.__dict__,
         "massive_rule": {"abs": P.MASSIVE_ABS, "ratio_to_median": P.MASSIVE_RATIO},
-        "versions": package_versions()}, indent=2))
+        "versions": package_versions()}, indent=2)), mode="w")
 
     stats: dict[str, P.DomainStats] = {}
     held: dict[str, list] = {}
@@ -172,7 +173,7 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
         summary["domains"][name]["intervention_samples"] = int(sum(v.sum() for _, v in bt))
 
     _write_tables(out, stats, names, sel, rows, cfg)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(summary, indent=2, default=float)), mode="w")
     maps = _attention_maps(pre, held, summary, names) if sel is not None else None
     from toybb.probes import plots
 
@@ -182,7 +183,7 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
 
 def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
     L, H = cfg.n_layers, cfg.n_heads
-    with open(out / "heads.csv", "w", newline="") as f:
+    with atomic_open(out / "heads.csv", newline="") as f:
         w = csv.writer(f)
         cols = ["layer", "head"]
         for n in names:
@@ -203,7 +204,7 @@ def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
                 if sel is not None:
                     row.append(f"{sel[l, h]:.5g}")
                 w.writerow(row)
-    with open(out / "layers.csv", "w", newline="") as f:
+    with atomic_open(out / "layers.csv", newline="") as f:
         w = csv.writer(f)
         cols = ["layer"]
         for n in names:
@@ -217,7 +218,7 @@ def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
                 row += [f"{st.mean('resid_sink')[l]:.5g}", f"{st.mean('resid_others')[l]:.5g}",
                         *(f"{x:.5g}" for x in top), f"{st.mean('median')[l]:.5g}"]
             w.writerow(row)
-    with open(out / "interventions.csv", "w", newline="") as f:
+    with atomic_open(out / "interventions.csv", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["domain", "intervention", "layer", "head", "nll", "ppl", "delta_nll"])
         w.writeheader()
         w.writerows(rows)

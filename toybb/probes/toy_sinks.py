@@ -51,13 +51,9 @@ def run_dir_metrics(run_dir: str | Path) -> list[dict]:
     import jax
     from flax import nnx
 
-    from toybb.config import RunConfig
-    from toybb.train.loop import Trainer
+    from toybb.train.runs import load_models
 
-    run_dir = Path(run_dir)
-    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
-    tr = Trainer(cfg)
-    state, _ = tr.load_checkpoint(run_dir / "checkpoint.npz")
+    cfg, tr, state, _ = load_models(run_dir)
     rows = []
     for r, (seed, lr) in enumerate(tr.runs):
         params = jax.tree.map(lambda x: x[r], state["params"])
@@ -68,9 +64,22 @@ def run_dir_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    for d in argv:
-        for row in run_dir_metrics(d):
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+    from toybb.errors import ToybbError
+    from toybb.train.runs import run_config
+
+    if not argv:
+        print("usage: python -m toybb.probes.toy_sinks RUN_DIR [RUN_DIR ...] (run folders of `toybb train`)",
+              file=sys.stderr)
+        return 2
+    try:
+        for d in argv:  # every folder's config before any model is built
+            run_config(d)
+        for d in argv:
+            for row in run_dir_metrics(d):
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+    except ToybbError as e:
+        print(f"toy_sinks: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

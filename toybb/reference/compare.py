@@ -19,6 +19,7 @@ import numpy as np
 
 from toybb.config import RunConfig
 from toybb.errors import ConfigError
+from toybb.records import atomic_open, out_folder, save_figure
 from toybb.reference import REFERENCES, ReferenceTable, config_differences, load_reference, matching_reference
 
 # the printed table's metrics, in order, with the paper's symbol (every metric both define is in the CSV)
@@ -205,29 +206,22 @@ def plot_comparison(comparisons: list[Comparison], path: Path, title: str = "") 
     axes.flat[0].legend(fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    from toybb.train.loop import _atomic_write
-
-    def write(f):
+    with atomic_open(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.7g}" if isinstance(v, float) else v) for k, v in r.items()})
 
-    _atomic_write(path, write, mode="w")
-
 
 def cmd_compare(args) -> int:
     run = Path(args.run[0])
-    out = Path(args.out) if args.out else run
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder")
+    out = out_folder(args.out) if args.out else run
     steps = None
     if args.steps:
         try:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from toybb.errors import ConfigError
+from toybb.records import save_figure
 from toybb.theory import rates as R
 
 # quantity -> (metric base, fitted key, predicted value, description)
@@ -309,7 +310,7 @@ def plot_overlay(runs, out_path, decades: float = 1.0, labels: list[str] | None 
     fig.tight_layout()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
+    save_figure(fig, out, dpi=dpi)
     plt.close(fig)
     _quantise_png(out)
     return out
@@ -331,7 +332,9 @@ def write_fit_csv(rows: list[dict], path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     cols = ["run", "arch", "optimizer", "quantity", "description", "predicted", "median", "min", "max",
             "window_lo", "window_hi", "n_seeds"]
-    with open(p, "w", newline="") as f:
+    from toybb.records import atomic_open
+
+    with atomic_open(p, newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in rows:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toybb.records import save_figure
+
 
 def write_figures(results: list[dict], out_dir: Path) -> list[Path]:
     import matplotlib
@@ -33,7 +35,7 @@ def write_figures(results: list[dict], out_dir: Path) -> list[Path]:
             a.legend(fontsize=7)
         fig.tight_layout()
         paths.append(out_dir / "theory_rates.png")
-        fig.savefig(paths[-1], dpi=120)
+        save_figure(fig, paths[-1], dpi=120)
         plt.close(fig)
     if "residual" in by:
         c = by["residual"]["curves"]
@@ -51,7 +53,7 @@ def write_figures(results: list[dict], out_dir: Path) -> list[Path]:
             a.legend(fontsize=7)
         fig.tight_layout()
         paths.append(out_dir / "theory_residual.png")
-        fig.savefig(paths[-1], dpi=120)
+        save_figure(fig, paths[-1], dpi=120)
         plt.close(fig)
     for name, key in (("shared_value", "y"), ("relu", "y_relu")):
         if name not in by or by[name]["curves"] is None:
@@ -74,6 +76,6 @@ def write_figures(results: list[dict], out_dir: Path) -> list[Path]:
         ax[1].set(xlabel="flow time t", ylabel="loss (nats)", title="loss")
         fig.tight_layout()
         paths.append(out_dir / f"theory_{name}.png")
-        fig.savefig(paths[-1], dpi=120)
+        save_figure(fig, paths[-1], dpi=120)
         plt.close(fig)
     return paths

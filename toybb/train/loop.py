@@ -15,11 +15,10 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,8 @@ from toybb.models import build_model
 from toybb.models.toy import ToyTransformer
 from toybb.probes import bb as bbprobes
 from toybb.probes.metrics import token_nll
+from toybb.records import (append_lines, atomic_write as _atomic_write, out_folder, read_csv, read_run_config,
+                           remove_temporaries)
 from toybb.task import BBTask
 from toybb.train.optim import make_optimizer
 
@@ -184,7 +185,11 @@ class Trainer:
                 loss, grads = jax.tree.map(lambda x: x / n_mb, total)
             updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
-            bad = jnp.where((state["bad_step"] < 0) & ~jnp.isfinite(loss), i, state["bad_step"])
+            # the first step whose parameters give a non-finite loss or are non-finite themselves, so a
+            # checkpoint (saved only after a segment without one) never holds a diverged state
+            finite = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))
+            first = jnp.where(jnp.isfinite(loss), i + 1, i)
+            bad = jnp.where((state["bad_step"] < 0) & ~(jnp.isfinite(loss) & finite), first, state["bad_step"])
             return {**state, "params": params, "opt_state": opt_state, "bad_step": bad}
 
         chunk = self.run_chunk
@@ -257,22 +262,6 @@ class Trainer:
         return self._shard(jax.tree.unflatten(treedef, [jnp.asarray(a) for a in new])), step
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _csv_lines(names: list[str], runs, step: int, m: dict[str, np.ndarray]) -> list[list[str]]:
     return [[str(step), str(seed), f"{lr:g}", *(f"{float(m[n][r]):.9g}" for n in names)]
             for r, (seed, lr) in enumerate(runs)]
@@ -289,14 +278,12 @@ def _write_metrics_csv(path: Path, names: list[str], runs, steps: list[int], row
 
 
 def _append_metrics_csv(path: Path, names: list[str], runs, step: int, m: dict[str, np.ndarray]) -> None:
-    """Append one evaluation step's rows (a resumed run truncates to its checkpoint's step first)."""
+    """Append one evaluation step's rows in one write (a resumed run truncates to its checkpoint's step first)."""
     import io
 
     buf = io.StringIO()
     csv.writer(buf).writerows(_csv_lines(names, runs, step, m))
-    with open(path, "a") as f:
-        f.write(buf.getvalue())
-        f.flush()
+    append_lines(path, buf.getvalue())
 
 
 def _read_metrics_csv(path: Path, names: list[str], runs, upto: int) -> tuple[list[int], list[dict[str, np.ndarray]]]:
@@ -304,19 +291,16 @@ def _read_metrics_csv(path: Path, names: list[str], runs, upto: int) -> tuple[li
     rows: list[dict[str, np.ndarray]] = []
     if not path.exists():
         return steps, rows
-    with open(path) as f:
-        reader = csv.DictReader(f)
-        by_step: dict[int, list[dict[str, str]]] = {}
-        for row in reader:
-            # a row torn by an interruption has missing fields: skip it
-            if any(row.get(k) in (None, "") for k in ("step", "seed", *names)):
-                continue
-            try:
-                s = int(row["step"])
-            except ValueError:
-                continue
-            if s <= upto:
-                by_step.setdefault(s, []).append(row)
+    by_step: dict[int, list[dict[str, str]]] = {}
+    for row in read_csv(path, "metrics table"):  # drops a torn last line
+        if any(row.get(k) in (None, "") for k in ("step", "seed", *names)):
+            continue
+        try:
+            s = int(row["step"])
+        except ValueError:
+            continue
+        if s <= upto:
+            by_step.setdefault(s, []).append(row)
     for s in sorted(by_step):
         group = by_step[s]
         if len(group) != len(runs):
@@ -343,6 +327,18 @@ def _config_matches(saved: dict, cfg: RunConfig) -> list[str]:
     return diffs
 
 
+def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
+    """Before compiling: `out_dir` must be a folder (or creatable) holding no run of another config."""
+    out_folder(out_dir)
+    if (Path(out_dir) / "config.json").exists():
+        diffs = _config_matches(read_run_config(out_dir)["config"], cfg)
+        if diffs:
+            raise ConfigError(
+                f"run folder {out_dir} holds a run with another config ({'; '.join(diffs[:4])}); "
+                "use another --out or delete the folder"
+            )
+
+
 def train(
     cfg: RunConfig,
     out_dir: str | Path | None = None,
@@ -359,6 +355,8 @@ def train(
     stop_after: stop (as if interrupted) once this step is reached; used to test resumption.
     """
     t0 = time.perf_counter()
+    if out_dir is not None:
+        check_run_folder(out_dir, cfg)
     trainer = trainer or Trainer(cfg)
     if _config_matches(trainer.cfg.to_dict(), cfg):
         raise ValueError("trainer was built for another config (only train.steps, ckpt_every, run_chunk and microbatch may differ)")
@@ -369,18 +367,8 @@ def train(
     state, step, steps_done, rows = None, 0, [], []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out)
         cfg_path = out / "config.json"
-        if cfg_path.exists():
-            try:
-                saved = json.loads(cfg_path.read_text())["config"]
-            except Exception:
-                raise CheckpointError(f"{cfg_path} is unreadable; use another --out or delete the folder") from None
-            diffs = _config_matches(saved, cfg)
-            if diffs:
-                raise ConfigError(
-                    f"run folder {out} holds a run with another config ({'; '.join(diffs[:4])}); "
-                    "use another --out or delete the folder"
-                )
         meta = {"config": cfg.to_dict(), "runs": [{"seed": s, "lr": lr} for s, lr in runs],
                 "versions": package_versions(), "command": " ".join(sys.argv),
                 "runs_vmapped_together": trainer.run_chunk, "microbatch": trainer.microbatch}
@@ -569,9 +557,8 @@ def write_final_probes(result: RunResult, trainer: Trainer) -> dict[str, Any]:
 def load_metrics(run_dir: str | Path) -> tuple[dict, list[dict[str, str]]]:
     """(config.json contents, metrics.csv rows) of a run folder."""
     d = Path(run_dir)
-    if not (d / "metrics.csv").exists() or not (d / "config.json").exists():
+    if not (d / "metrics.csv").is_file() or not (d / "config.json").is_file():
         raise ConfigError(f"{d} is not a toybb run folder (no metrics.csv/config.json); give the --out of `toybb train`")
-    meta = json.loads((d / "config.json").read_text())
-    with open(d / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    meta = read_run_config(d)
+    rows = read_csv(d / "metrics.csv", "metrics table", required=("step", "seed", "lr"))
     return meta, rows

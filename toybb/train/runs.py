@@ -3,7 +3,6 @@ a finished run of a config (so figures and series reuse it instead of training a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from toybb.config import RunConfig
@@ -11,11 +10,12 @@ from toybb.errors import ConfigError
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
+    from toybb.records import read_run_config
+
     d = Path(run_dir)
-    path = d / "config.json"
-    if not path.exists():
+    if not (d / "config.json").is_file():
         raise ConfigError(f"{d} is not a toybb run folder (no config.json); give the --out of `toybb train`")
-    return RunConfig.from_dict(json.loads(path.read_text())["config"])
+    return RunConfig.from_dict(read_run_config(d)["config"])
 
 
 def is_finished(run_dir: str | Path, cfg: RunConfig | None = None) -> bool:
@@ -28,7 +28,10 @@ def is_finished(run_dir: str | Path, cfg: RunConfig | None = None) -> bool:
     saved = run_config(d)
     if cfg is not None and (_config_matches(saved.to_dict(), cfg) or saved.train.steps != cfg.train.steps):
         return False
-    return json.loads((d / "summary.json").read_text())["step"] == saved.train.steps
+    from toybb.records import read_json
+
+    summary = read_json(d / "summary.json", "run summary", f"delete it to redo the final probes of {d}")
+    return isinstance(summary, dict) and summary.get("step") == saved.train.steps
 
 
 def load_models(run_dir: str | Path, trainer=None):

@@ -260,20 +260,30 @@ def _trainer_key(cfg: RunConfig) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def _write_plan(out: Path, plan: SweepPlan) -> None:
-    from toybb.train.loop import _atomic_write, package_versions
+def _plan_doc(out: Path, plan: SweepPlan) -> dict:
+    """The sweep.json document of `plan`; checks that `out` holds no other sweep (before any training)."""
+    from toybb.records import read_json
 
     path = out / "sweep.json"
     doc = {"spec": plan.spec, "keys": plan.keys,
            "groups": {g.name: [r.run_id for r in g.runs.values()] for g in plan.groups},
            "runs": [{"run_id": r.run_id, "setting": r.setting, "seed": r.seed} for r in plan.runs]}
     if path.exists():
-        old = json.loads(path.read_text())
-        if {k: old.get(k) for k in ("groups", "runs")} != {k: json.loads(json.dumps(doc[k])) for k in ("groups", "runs")}:
+        old = read_json(path, "sweep record", "delete it (the groups' run folders are kept) or use another --out")
+        if not isinstance(old, dict) or {k: old.get(k) for k in ("groups", "runs")} != {k: json.loads(json.dumps(doc[k])) for k in ("groups", "runs")}:
             raise ConfigError(f"{out} holds another sweep (its sweep.json differs); use another --out or delete it")
+    return doc
+
+
+def _write_plan(out: Path, plan: SweepPlan) -> None:
+    from toybb.records import atomic_write
+    from toybb.train.loop import package_versions
+
+    path = out / "sweep.json"
+    doc = _plan_doc(out, plan)
     doc["versions"] = package_versions()
     doc["command"] = " ".join(sys.argv)
-    _atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2)), mode="w")
+    atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2)), mode="w")
 
 
 def run_sweep(
@@ -295,12 +305,14 @@ def run_sweep(
     process: (index, count) of this process in a multi-host sweep; it trains groups index::count and
       only process 0 writes the table (after every group's `done` marker exists). Returns its path.
     """
-    from toybb.train.loop import Trainer, _atomic_write, train
+    from toybb.records import atomic_write, remove_temporaries
+    from toybb.train.loop import Trainer, train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pid, pcount = process
     if pid == 0:
+        remove_temporaries(out)
         _write_plan(out, plan)
     trainers = {} if trainers is None else trainers
     total = len(plan.groups)
@@ -320,7 +332,7 @@ def run_sweep(
         res = train(g.cfg, gdir, progress=progress, trainer=trainers[key], write_figure=write_figure)
         doc = {"wall_seconds": round(res.wall_seconds, 3), "runs": [r.run_id for r in g.runs.values()],
                "steps": res.steps[-1]}
-        _atomic_write(gdir / DONE, lambda f: f.write(json.dumps(doc)), mode="w")
+        atomic_write(gdir / DONE, lambda f: f.write(json.dumps(doc)), mode="w")
         log(f"[group {gi + 1}/{total}] {g.name}: done in {res.wall_seconds:.1f} s")
         if after_group is not None:
             after_group(g)
@@ -337,7 +349,7 @@ def run_sweep(
         w = csv.DictWriter(f, fieldnames=cols, restval="")
         w.writeheader()
         w.writerows(rows)
-    _atomic_write(path, write, mode="w")
+    atomic_write(path, write, mode="w")
     return path
 
 
@@ -395,6 +407,12 @@ def register(subparsers) -> None:
 def cmd_sweep(args) -> int:
     import os
 
+    from toybb.records import finite, out_folder
+
+    finite(args.max_memory_gb, "--max-memory-gb", positive=True)
+    for flag, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id)):
+        if v is not None and v < (1 if flag == "--num-processes" else 0):
+            raise ConfigError(f"{flag} must be {'>= 1' if flag == '--num-processes' else '>= 0'}, got {v}")
     spec = load_sweep_file(args.file)
     plan = plan_sweep(spec, f"sweep file {args.file!r}")
     process = (0, 1)
@@ -407,8 +425,9 @@ def cmd_sweep(args) -> int:
             raise ConfigError(f"jax.distributed.initialize() failed ({str(e).splitlines()[0]}); run under srun or "
                               "on every TPU host, or give --coordinator, --num-processes and --process-id") from None
         process = (jax.process_index(), jax.process_count())
-    limit = None if args.max_memory_gb is None else int(args.max_memory_gb * 2**30)
+    limit = None if args.max_memory_gb is None else int(min(args.max_memory_gb, 2.0**40) * 2**30)
     check_memory(plan, limit)
+    _plan_doc(out_folder(args.out), plan)
     if process[0] == 0:
         print(f"toybb sweep: {len(plan.runs)} run(s) in {len(plan.groups)} group(s) -> {args.out}", file=sys.stderr)
     if args.dry_run:

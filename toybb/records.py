@@ -1,0 +1,174 @@
+"""Files toybb writes and reads back: atomic writes, whole-row appends, and readers of JSON/CSV records
+that turn bad input (missing, not UTF-8, malformed, torn by a killed process) into one-line `ConfigError`s.
+
+A reader never sees a partial file: whole files are written to a temporary name and renamed; table rows
+are appended with one `write` of whole lines, and readers drop a last line without its newline (the
+tail of a row torn by a crash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+from toybb.errors import ConfigError
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", newline: str | None = None) -> Iterator[IO]:
+    """`with atomic_open(path) as f:` writes a temporary file in the same folder, fsyncs it and renames
+    it over `path` when the block ends without an exception (else deletes it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": newline, "encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call write(f) on a file opened with `atomic_open`."""
+    with atomic_open(path, mode) as f:
+        write(f)
+
+
+def remove_temporaries(folder: str | Path) -> None:
+    """Delete what `atomic_write` left behind in `folder` when its process was killed mid-write (only
+    one process writes a folder, so none of these is in use)."""
+    for p in Path(folder).glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def append_lines(path: str | Path, text: str) -> None:
+    """Append whole lines (`text` ends with a newline) in one write on an O_APPEND descriptor, so a
+    killed process leaves either all of them or none (a crash of the machine at most a last line
+    without newline, which `read_csv` drops)."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:  # a regular file takes the whole buffer in one call; loop only for safety
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of `path`; a missing, unreadable or binary file is a ConfigError naming it."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(p)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {str(p)!r} is a folder; give a file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text; give a text file") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {str(p)!r} cannot be read ({e.strerror})") from None
+
+
+def read_json(path: str | Path, what: str = "file", fix: str = "delete it or give another one") -> Any:
+    """The JSON document in `path`; errors name the file and say what to do (`fix`)."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} {str(path)!r} is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """The `config.json` of a `toybb train` folder, checked to hold a config mapping."""
+    path = Path(run_dir) / "config.json"
+    fix = f"rerun `toybb train --out {run_dir}` or delete the folder"
+    meta = read_json(path, "run config", fix)
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not all(
+            isinstance(meta["config"].get(s), dict) for s in ("model", "task", "optim", "train")):
+        raise ConfigError(f"run config {str(path)!r} has no config with sections model/task/optim/train; {fix}")
+    return meta
+
+
+def read_csv(path: str | Path, what: str = "table", required: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """Rows of a CSV table with a header. A last line without newline (torn by an interruption) and
+    rows with missing or extra fields are dropped; `required` columns must be in the header."""
+    text = read_text(path, what)
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []
+        rows = [r for r in reader if None not in r and None not in r.values()]
+    except csv.Error as e:
+        raise ConfigError(f"{what} {str(path)!r} is not a CSV table ({e}); delete it or rerun the command") from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ConfigError(f"{what} {str(path)!r} lacks the column(s) {missing}; it is not a toybb table")
+    return rows
+
+
+def out_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Check that `path` can be an output folder (an existing folder, or creatable) without creating it."""
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; give a folder path")
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {str(p)!r} is an existing file, not a folder; give a folder path")
+    q = p
+    while not q.exists():
+        if q.parent == q:
+            break
+        q = q.parent
+    if q.exists() and not q.is_dir():
+        raise ConfigError(f"{flag} {str(p)!r}: {str(q)!r} is a file, not a folder; give another path")
+    if q.exists() and not os.access(q, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {str(p)!r}: folder {str(q)!r} is not writable; give another path")
+    return p
+
+
+def figure_path(path: str | Path, flag: str = "--out") -> Path:
+    """Check an image path before drawing: an existing folder and an extension matplotlib can write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; give an image file name such as dynamics.png")
+    p = Path(path)
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    ext = p.suffix.lstrip(".").lower()
+    if ext not in kinds:
+        raise ConfigError(f"{flag} {str(p)!r}: unknown image type {p.suffix or '(none)'!r}; "
+                          f"end the name with one of .{', .'.join(sorted(kinds))}")
+    if p.is_dir():
+        raise ConfigError(f"{flag} {str(p)!r} is a folder; give an image file name")
+    if not p.parent.is_dir():
+        raise ConfigError(f"{flag} {str(p)!r}: folder {str(p.parent)!r} does not exist; create it first")
+    return p
+
+
+def save_figure(fig, path: str | Path, **kwargs) -> Path:
+    """fig.savefig, written atomically (the format from the extension)."""
+    p = Path(path)
+    atomic_write(p, lambda f: fig.savefig(f, format=p.suffix.lstrip(".").lower() or "png", **kwargs))
+    return p
+
+
+def finite(value: float | None, flag: str, *, positive: bool = False, minimum: float | None = None) -> None:
+    """A numeric flag must be a finite number (and > 0 / >= minimum)."""
+    if value is None:
+        return
+    if not math.isfinite(value) or (positive and value <= 0) or (minimum is not None and value < minimum):
+        need = "a positive number" if positive else f"a number >= {minimum:g}" if minimum is not None else "a finite number"
+        raise ConfigError(f"{flag} must be {need}, got {value!r}")
