@@ -24,8 +24,9 @@ def eval_capture(cfg: ModelConfig) -> Capture:
     sites = ["blocks.*.resid_post@norm"]
     for l in range(cfg.n_layers):
         if cfg.has_attention(l):
-            sites += [f"blocks.{l}.attn.pattern@key{_offset(cfg)}", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.head_out@norm",
-                      f"blocks.{l}.attn.v@norm"]
+            sites += [f"blocks.{l}.attn.pattern@key{_offset(cfg)}", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.head_out@norm"]
+            if cfg.arch == "transformer":
+                sites.append(f"blocks.{l}.attn.v@norm")
             if cfg.sink_token:  # the learned slot itself (key 0; the BOS is key 1)
                 sites.append(f"blocks.{l}.attn.pattern@key0")
             if cfg.attn_bias:
@@ -45,7 +46,8 @@ def metric_names(cfg: ModelConfig) -> list[str]:
                 names.append(f"{base}_l{l}")
                 if cfg.n_heads > 1:
                     names += [f"{base}_l{l}h{h}" for h in range(cfg.n_heads)]
-            names += [f"value_drain_v_l{l}", f"value_others_v_l{l}"]  # per kv head, averaged
+            if cfg.arch == "transformer":  # the SimpleModel learns W_O v directly: it has no v site
+                names += [f"value_drain_v_l{l}", f"value_others_v_l{l}"]  # per kv head, averaged
             if cfg.sink_token:
                 names.append(f"slot_attention_l{l}")
             if cfg.attn_bias:
@@ -115,8 +117,9 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
                 if cfg.n_heads > 1:
                     for h in range(cfg.n_heads):
                         out[f"{base}_l{l}h{h}"] = v[h]
-            v_sink, v_others = M.value_drain(cap[f"{p}.v@norm"])
-            out[f"value_drain_v_l{l}"], out[f"value_others_v_l{l}"] = v_sink.mean(), v_others.mean()
+            if cfg.arch == "transformer":
+                v_sink, v_others = M.value_drain(cap[f"{p}.v@norm"])
+                out[f"value_drain_v_l{l}"], out[f"value_others_v_l{l}"] = v_sink.mean(), v_others.mean()
             if l in slot:
                 out[f"slot_attention_l{l}"] = M.sink_attention(slot[l], non_trig).mean()
             if l in bias:

@@ -10,6 +10,7 @@ it only when its configuration matches (or on request, labelled as another confi
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,14 +69,13 @@ class ReferenceTable:
 
 def read_table(path: Path, name: str, label: str, reference: Reference | None = None) -> ReferenceTable:
     """Read a reference table: a CSV with a `step` column and toybb metric columns (empty = missing)."""
-    if not path.is_file():
-        raise ConfigError(f"reference table {str(path)!r} does not exist; rebuild the packaged ones with "
-                          "`python -m toybb.reference.build` or give an existing CSV")
+    from toybb.records import read_text
+
+    text = read_text(path, "reference table")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ConfigError(f"reference table {str(path)!r} is unreadable ({e}); give a CSV file") from None
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise ConfigError(f"reference table {str(path)!r} is not a CSV table ({e}); give a CSV file") from None
     if not rows or "step" not in rows[0] or len(rows) < 2:
         raise ConfigError(f"reference table {str(path)!r} is malformed: it needs a header with a 'step' column "
                           "and at least one row")

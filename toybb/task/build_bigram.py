@@ -77,21 +77,13 @@ def mix_uniform(table: BigramTable, weight: float, scale: int = 1_000_000) -> Bi
 
 def build_table_from_file(path: str | Path) -> BigramTable:
     """Read a UTF-8 text file and build its table; unreadable files raise ConfigError."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"text file {str(p)!r} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{str(p)!r} is a directory, not a text file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"text file {str(p)!r} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read text file {str(p)!r}: {e.strerror or e}") from None
+    from toybb.records import read_text
+
+    text = read_text(path, "text file")
     try:
         return build_table(text)
     except ConfigError as e:
-        raise ConfigError(f"{str(p)!r}: {e}") from None
+        raise ConfigError(f"{str(path)!r}: {e}") from None
 
 
 def save_table(table: BigramTable, path: str | Path) -> Path:
