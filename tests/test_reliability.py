@@ -134,6 +134,15 @@ def test_train_out_is_a_file_fails_before_compiling(tmp_path, capsys, monkeypatc
     one_line_error(["train", *TINY, "--out", str(tmp_path / "f" / "sub")], capsys, "--out", "is a file")
 
 
+def test_train_model_too_large_fails_before_compiling(tmp_path, capsys, monkeypatch):
+    import toybb.train.loop as loop
+
+    monkeypatch.setattr(loop, "Trainer", lambda *a, **k: pytest.fail("compiled a model that cannot fit"))
+    one_line_error(["train", *TINY, "--d-model", "262144", "--out", str(tmp_path / "big")], capsys,
+                   "needs about", "GiB", "smaller model")
+    assert not (tmp_path / "big" / "config.json").exists()
+
+
 def test_train_into_another_runs_folder_fails_before_compiling(run_dir, tmp_path, capsys, monkeypatch):
     import toybb.train.loop as loop
 
@@ -150,11 +159,11 @@ def test_divergence_exit_3_keeps_last_checkpoint(tmp_path, capsys):
     out = tmp_path / "div"
     argv = ["train", *TINY]
     code, err = run_cli([*argv, "--lr", "1000", "--out", str(out)], capsys)
-    assert code == 3 and len(err) == 2, err  # the "N run(s) -> DIR" line, then the error
-    step = int(err[1].split("at step ")[1].split()[0])
-    assert 1 < step < 12 and "NaN/inf" in err[1] and "--lr" in err[1], err
+    assert code == 3 and len(err) == 1, err  # the error alone ("N run(s) -> DIR" goes to stdout)
+    step = int(err[0].split("at step ")[1].split()[0])
+    assert 1 < step < 12 and "NaN/inf" in err[0] and "--lr" in err[0], err
     cfg, _, state, ck_step = load_models(out)
-    assert ck_step == step - 1 and f"checkpoint (step {ck_step})" in err[1]
+    assert ck_step == step - 1 and f"checkpoint (step {ck_step})" in err[0]
     assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(state["params"]))
     assert (out / CKPT_NAME).exists() and not (out / "summary.json").exists()
     steps = [int(line.split(",")[0]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]

@@ -14,7 +14,8 @@ import pytest
 from toybb.cli import main
 from toybb.errors import ConfigError
 from toybb.train import loop
-from toybb.train.sweep import estimate_group_bytes, plan_sweep, run_sweep
+from toybb.train.memory import estimate_group_bytes
+from toybb.train.sweep import plan_sweep, run_sweep
 
 from _shared import TINY, TINY_BASE, TRAINERS
 # 4 runs in 2 groups; the groups differ only in train.steps, so they share one compiled Trainer

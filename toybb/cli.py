@@ -165,10 +165,12 @@ def build_config(args) -> "RunConfig":
 def cmd_train(args) -> int:
     cfg = build_config(args)
     from toybb.train.loop import check_run_folder, train
+    from toybb.train.memory import check_memory
 
     out = Path(args.out)
     check_run_folder(out, cfg)
-    print(f"toybb train: {len(cfg.runs())} run(s) -> {out}", file=sys.stderr)
+    check_memory(cfg, "the run")
+    print(f"toybb train: {len(cfg.runs())} run(s) -> {out}", flush=True)
     try:
         result = train(cfg, out, progress=not args.no_progress, write_figure=not args.no_plot)
     except TrainingDiverged as e:

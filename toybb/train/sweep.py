@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from toybb.config import PRESETS, RunConfig, load_config_file
 from toybb.errors import ConfigError
+from toybb.train.memory import check_memory, estimate_group_bytes
 
 SECTIONS = ("model", "task", "optim", "train")
 DONE = "done"
@@ -188,69 +187,6 @@ def group_runs(runs: list[Run]) -> list[Group]:
             h = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
             groups.append(Group(f"g{len(groups):03d}_{h}", cfg, ordered))
     return groups
-
-
-# ---- memory estimate -----------------------------------------------------------------------------
-def estimate_group_bytes(cfg: RunConfig) -> int:
-    """Rough bytes of one group: params, gradients and optimizer state of every run, plus the
-    activations of one training step (kept for the backward pass) and of the evaluation batch."""
-    from flax import nnx
-
-    from toybb.models import build_model
-    from toybb.task import BBTask
-
-    task = BBTask(n_triggers=cfg.task.n_triggers, bos=cfg.task.bos, table=cfg.task.table)
-    abstract = nnx.eval_shape(lambda: build_model(cfg.model, nnx.Rngs(0), task))
-    n_params = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(nnx.state(abstract)))
-    opt_copies = 2 if cfg.optim.name == "adam" else 1
-    m, T = cfg.model, cfg.task.seq_len
-    # per token and layer: residual, LN, q/k/v/out, MLP hidden (x2 for ReLU input/output), attention row
-    per_tok = m.n_layers * (8 * m.d_model + 2 * m.mlp_dim + 3 * m.n_heads * T) + 2 * m.vocab_size
-    from toybb.train.loop import microbatch_size, run_axis_devices, runs_vmapped_together
-
-    n_runs = len(cfg.runs())
-    together = runs_vmapped_together(cfg, max(1, len(run_axis_devices(n_runs))))  # as the Trainer will
-    # training activations exist for one micro-batch of the runs vmapped together at a time (micro-
-    # batches add one gradient accumulator per run); the evaluation vmaps all runs
-    micro = microbatch_size(cfg)
-    acts = 4 * per_tok * T * max(together * micro, n_runs * cfg.train.eval_batch)
-    grad_copies = 3 if micro < cfg.train.batch else 2
-    return n_runs * 4 * n_params * (grad_copies + opt_copies) + acts
-
-
-def available_bytes() -> tuple[int, str]:
-    """(bytes available to one group, where from): the memory limit of all local accelerators, or
-    MemAvailable of /proc/meminfo for CPU devices (they share host memory)."""
-    import jax
-
-    devs = jax.local_devices()
-    if devs[0].platform != "cpu":
-        try:
-            stats = devs[0].memory_stats() or {}
-            if "bytes_limit" in stats:
-                return int(stats["bytes_limit"]) * len(devs), f"{len(devs)} x {devs[0].device_kind} memory limit"
-        except Exception:
-            pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024, "MemAvailable of /proc/meminfo"
-    except OSError:
-        pass
-    return 1 << 62, "unknown (no /proc/meminfo)"
-
-
-def check_memory(plan: SweepPlan, limit: int | None = None) -> None:
-    avail, src = (limit, "--max-memory") if limit is not None else available_bytes()
-    for g in plan.groups:
-        need = estimate_group_bytes(g.cfg)
-        if need > avail:
-            m = g.cfg.model
-            raise ConfigError(
-                f"group {g.name} ({g.n_runs} runs, d_model {m.d_model}, {m.n_layers} layer(s), batch "
-                f"{g.cfg.train.batch}, seq {g.cfg.task.seq_len}) needs about {need / 2**30:.1f} GiB "
-                f"(params + optimizer + activations) but {avail / 2**30:.1f} GiB are available ({src}); "
-                "use fewer seeds/learning rates per group, a smaller model or batch")
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -426,10 +362,11 @@ def cmd_sweep(args) -> int:
                               "on every TPU host, or give --coordinator, --num-processes and --process-id") from None
         process = (jax.process_index(), jax.process_count())
     limit = None if args.max_memory_gb is None else int(min(args.max_memory_gb, 2.0**40) * 2**30)
-    check_memory(plan, limit)
+    for g in plan.groups:
+        check_memory(g.cfg, f"group {g.name}", limit)
     _plan_doc(out_folder(args.out), plan)
     if process[0] == 0:
-        print(f"toybb sweep: {len(plan.runs)} run(s) in {len(plan.groups)} group(s) -> {args.out}", file=sys.stderr)
+        print(f"toybb sweep: {len(plan.runs)} run(s) in {len(plan.groups)} group(s) -> {args.out}", flush=True)
     if args.dry_run:
         for g in plan.groups:
             print(f"{g.name}: {g.n_runs} runs, ~{estimate_group_bytes(g.cfg) / 2**20:.0f} MiB")
