@@ -4,6 +4,8 @@
 #
 #   bash scripts/reproduce_paper.sh                 # CPU: 1-layer Adam, 600 steps, seeds 0..SEEDS-1
 #   STEPS=10000 FULL=1 bash scripts/reproduce_paper.sh   # GPU: 10k steps, plus the 3-layer Adam/SGD/ReLU runs
+#                                                        # and the 1-layer run without BOS (SPEC §3: does the
+#                                                        # first token become the sink? not at the CPU scale)
 #
 # SEEDS (default 1 on a CPU: one paper step takes ~4.6 s per seed on 2 cores), STEPS (default 600),
 # OUT (default runs/paper). Seeds can also be trained as separate jobs (`--config` with train.seeds) and
@@ -21,6 +23,7 @@ if [ "${FULL:-0}" = 1 ]; then
   toybb train --preset paper --layers 3 --optimizer sgd --steps "$STEPS" --seeds "$SEEDS" --out "$OUT/three_layer_sgd"
   toybb train --preset paper --layers 3 --attention relu --steps "$STEPS" --seeds "$SEEDS" \
     --out "$OUT/three_layer_relu_attention"
+  toybb train --preset paper --no-bos --steps "$STEPS" --seeds "$SEEDS" --out "$OUT/one_layer_no_bos"
   for name in three_layer_adam three_layer_sgd three_layer_relu_attention; do
     toybb compare "$OUT/$name" --steps "$PRINT"
   done

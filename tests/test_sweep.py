@@ -176,6 +176,7 @@ def _result(proc):
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 56 s; the 4-device Trainer itself is checked in the default suite (test_sharding.py)
 def test_four_devices_same_sweep_numbers(tmp_path):
     procs = [_start(1, tmp_path / "one"), _start(4, tmp_path / "four")]  # concurrently: two cores
     one, four = (_result(p) for p in procs)
