@@ -94,10 +94,10 @@ def time_torch(d: int, n_layers: int, batch: int, seq: int, steps: int, vocab: i
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss
+        return loss.detach()
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    first = float(step(pool[0]))
+    first = step(pool[0]).item()
     for i in range(1, warmup):
         step(pool[i % len(pool)])
     sync()
@@ -111,7 +111,7 @@ def time_torch(d: int, n_layers: int, batch: int, seq: int, steps: int, vocab: i
     dt = times[len(times) // 2]
     return {"framework": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": device, "d": d, "layers": n_layers, "batch": batch, "seq": seq, "steps_timed": steps,
-            "s_per_step": dt, "first_loss": first, "last_loss": float(loss),
+            "s_per_step": dt, "first_loss": first, "last_loss": loss.item(),
             "uniform_loss": math.log(vocab)}
 
 

@@ -131,7 +131,7 @@ def test_toy_model_fast_attention_matches_exact(monkeypatch):
 
     from toybb import device
     from toybb.config import ModelConfig
-    from toybb.models.capture import Capture
+    from toybb.models.capture import Capture, run_with_capture
     from toybb.models.toy import ToyTransformer
 
     model = ToyTransformer(ModelConfig(d_model=16, max_len=8, n_layers=2, window=5), rngs=nnx.Rngs(0))
@@ -144,8 +144,8 @@ def test_toy_model_fast_attention_matches_exact(monkeypatch):
     np.testing.assert_allclose(model(toks), exact, atol=1e-5, rtol=1e-5)
     assert len(calls) == 2  # both layers
     calls.clear()
-    model(toks, capture=Capture(("blocks.0.attn.pattern",)))
-    assert len(calls) == 1  # layer 0 is captured: exact there
+    _, cap = run_with_capture(model, toks, capture=Capture(("blocks.0.attn.pattern",)))
+    assert len(calls) == 1 and cap["blocks.0.attn.pattern"].shape == (2, 1, 8, 8)  # layer 0 captured: exact
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN flash attention needs an NVIDIA GPU")
