@@ -103,6 +103,10 @@ def peak_memory() -> float | None:
     return stats.get("peak_bytes_in_use")
 
 
+def _flops(x: float) -> str:
+    return f"{x / 1e12:.1f} TFLOP/s" if x >= 1e12 else f"{x / 1e9:.2f} GFLOP/s"
+
+
 def _mb(x: float | None) -> str:
     return "n/a (no memory_stats on this backend)" if x is None else f"{x / 2**20:.0f} MiB"
 
@@ -191,10 +195,10 @@ def row_paper1(t: Table, tiny: bool, peaks: dict):
     achieved = flops / dt
     sheet = datasheet_peak(prec)
     measured = peaks.get(prec)
-    parts = [f"{achieved / 1e12:.3f} TFLOP/s ({dt * 1e3:.2f} ms/step, {n} steps)"]
+    parts = [f"{_flops(achieved)} ({dt * 1e3:.2f} ms/step, {n} steps)"]
     if measured:
-        parts.append(f"MFU {100 * achieved / measured:.1f}% of measured {prec} matmul peak {measured / 1e12:.2f} TFLOP/s")
-    parts.append(f"{100 * achieved / sheet:.1f}% of datasheet {prec} peak {sheet / 1e12:.1f} TFLOP/s" if sheet
+        parts.append(f"MFU {100 * achieved / measured:.1f}% of measured {prec} matmul peak {_flops(measured)}")
+    parts.append(f"{100 * achieved / sheet:.1f}% of datasheet {prec} peak {_flops(sheet)}" if sheet
                  else f"no datasheet peak for {device_kind()!r}")
     t.add("paper1 MFU", "; ".join(parts), dt * n, "model FLOPs per step (bench_train.model_flops_per_step), "
           "compiled step only", tflops=achieved / 1e12, s_per_step=dt)
@@ -311,8 +315,8 @@ def row_precision(t: Table, tiny: bool, peaks: dict):
         dt = _step_seconds(tr, steps)
         times[prec] = dt
         flops = model_flops_per_step(base.model, base.train.batch, base.task.seq_len) / dt
-        note = f"measured {prec} matmul peak {peaks[prec] / 1e12:.2f} TFLOP/s" if prec in peaks else ""
-        t.add(f"prec-{prec}", f"{dt * 1e3:.2f} ms/step ({flops / 1e12:.3f} TFLOP/s), "
+        note = f"measured {prec} matmul peak {_flops(peaks[prec])}" if prec in peaks else ""
+        t.add(f"prec-{prec}", f"{dt * 1e3:.2f} ms/step ({_flops(flops)}), "
               f"speed-up over highest {times['highest'] / dt:.2f}x", time.perf_counter() - s,
               note + f"; {'tiny' if tiny else 'paper'} 1-layer step, {steps} steps", s_per_step=dt)
 
@@ -340,7 +344,7 @@ def main() -> int:
         n = SIZES["matmul_n"][tiny]
         for prec, mp in MATMUL_PRECISION.items():
             peaks[prec] = matmul_peak(n, reps=5, precision=mp)
-        t.add("matmul peak", ", ".join(f"{p} {v / 1e12:.3f}" for p, v in peaks.items()) + " TFLOP/s",
+        t.add("matmul peak", ", ".join(f"{p} {_flops(v)}" for p, v in peaks.items()),
               None, f"measured: float32 {n}x{n} matmul, best of 5, per jax.default_matmul_precision")
     work = {"tests": lambda: row_tests(t, tiny), "paper1": lambda: row_paper1(t, tiny, peaks),
             "paper3": lambda: row_paper3(t, tiny), "sweep": lambda: row_sweep(t, tiny),
