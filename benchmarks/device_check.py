@@ -238,11 +238,11 @@ def row_sweep(t: Table, tiny: bool):
     peak = peak_memory()
     rate = runs * steps / wall
     fits = "fits" if est <= avail else "does NOT fit"
-    measured = "" if peak is None else f", measured peak {peak / 2**30:.2f} GiB"
+    measured = "" if peak is None else f", measured peak {_mb(peak)}"
     t.add("sweep64" if not tiny else f"sweep{runs}",
-          f"{runs} runs x {steps} steps end to end {wall:.1f} s = {rate:.0f} run-steps/s", wall,
+          f"{runs} runs x {steps} steps end to end {wall:.1f} s = {rate:.1f} run-steps/s", wall,
           f"CPU default d {cfg.model.d_model}, {tr.run_chunk} run(s) vmapped together, micro-batch {tr.microbatch}; "
-          f"memory estimate {est / 2**30:.2f} GiB {fits} {avail / 2**30:.1f} GiB ({src}){measured}",
+          f"memory estimate {_mb(est)} {fits} {avail / 2**30:.1f} GiB ({src}){measured}",
           estimate_bytes=est, available_bytes=avail, peak_bytes=peak, run_steps_per_s=rate)
 
 
