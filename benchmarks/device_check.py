@@ -154,9 +154,21 @@ def row_tests(t: Table, tiny: bool):
           dt, note, returncode=r.returncode)
 
 
+TRAINERS: dict = {}  # one compiled Trainer per config (steps aside): paper1 and prec-highest share one
+
+
+def _trainer(cfg) -> Trainer:
+    from toybb.train.sweep import _trainer_key
+
+    key = _trainer_key(cfg)
+    if key not in TRAINERS:
+        TRAINERS[key] = Trainer(cfg)
+    return TRAINERS[key]
+
+
 def _end_to_end(cfg) -> tuple[float, Trainer, object]:
     s = time.perf_counter()
-    tr = Trainer(cfg)
+    tr = _trainer(cfg)
     res = train(cfg, None, progress=False, trainer=tr)
     jax.block_until_ready(res.state)
     return time.perf_counter() - s, tr, res
@@ -310,7 +322,7 @@ def row_precision(t: Table, tiny: bool, peaks: dict):
         base = tiny_model(base)
     times = {}
     for prec in ("highest", "tf32", "bf16"):
-        tr = Trainer(base.replace(train={"precision": prec}))
+        tr = _trainer(base.replace(train={"precision": prec}))
         s = time.perf_counter()
         dt = _step_seconds(tr, steps)
         times[prec] = dt
