@@ -238,7 +238,7 @@ def row_paper3(t: Table, tiny: bool):
 
 
 def row_sweep(t: Table, tiny: bool):
-    from toybb.train.sweep import available_bytes, estimate_group_bytes
+    from toybb.train.memory import available_bytes, estimate_group_bytes
 
     runs, steps = SIZES["sweep_runs"][tiny], SIZES["sweep_steps"][tiny]
     cfg = cpu_preset().replace(train={"seeds": tuple(range(runs)), "steps": steps, "ckpt_every": steps})
