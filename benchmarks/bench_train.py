@@ -7,6 +7,13 @@ real compiled training segment (sampling + forward + backward + optimiser), excl
 
     python benchmarks/bench_train.py            # all configurations
     python benchmarks/bench_train.py --quick    # CPU default only
+    python benchmarks/bench_train.py --no-torch # without the PyTorch baseline
+
+The PyTorch baseline (benchmarks/torch_baseline.py: the same model, AdamW step and shapes, written in
+plain PyTorch) is timed in a subprocess of this run for each single-seed configuration, with all cores
+(torch.set_num_threads(os.cpu_count()), as XLA's CPU client), and printed next to toybb with the ratio.
+PyTorch's timed steps exclude sampling (a pool of BB batches drawn before the clock); toybb's segment
+samples inside its compiled step, so the sampling time alone is printed too (`sample`).
 
 Each row whose runs go one at a time is followed by its floor: the same matmuls (forward and backward,
 same shapes and micro-batches) alone, with no softmax, normalisation, sampling or optimiser.
@@ -15,7 +22,7 @@ Session 12 (2026-11-23, quiet 2-core machine, measured peak 204-213 GFLOP/s; the
 ~15% between runs of the same program):
 - paper 1-layer (d 256, B 512, T 256), micro-batches of 8 (automatic): 4.56-4.62 s/step (164 GFLOP/s,
   80% of peak; target <= 4.5 s / >= 160 GFLOP/s: the FLOP/s target is met, the time 1-3% over), floor
-  3.91 s; whole batch 6.21-6.28 s. Reference PyTorch: 14.5 s end to end, 7.1 s the model alone.
+  3.91 s; whole batch 6.21-6.28 s.
 - paper 3-layer: 13.7 s/step (160 GFLOP/s), floor 13.0 s.
 - CPU default (d 64, B 64, T 64), 8 seeds: 50-64 run-steps/s one run at a time (automatic run_chunk),
   47-48 all vmapped; 1 seed 36-62. Target >= 90 run-steps/s is above this machine's ceiling: the step's
@@ -26,21 +33,28 @@ Session 12 (2026-11-23, quiet 2-core machine, measured peak 204-213 GFLOP/s; the
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
 from toybb.config import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
+from toybb.task import BBTask
 from toybb.train.loop import Trainer
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """Best-of fp32 matmul FLOP/s of this machine (XLA)."""
+def matmul_peak(n: int = 2048, reps: int = 10, precision: str = "highest") -> float:
+    """Best-of float32 matmul FLOP/s of this machine (XLA) at a `jax.default_matmul_precision`
+    ("highest": full float32; "tensorfloat32", "bfloat16": what train.precision tf32 / bf16 use)."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
+    with jax.default_matmul_precision(precision):
+        f = jax.jit(lambda x: x @ x)
+        f(a).block_until_ready()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
@@ -61,6 +75,40 @@ def model_flops_per_step(m: ModelConfig, batch: int, seq: int) -> float:
             per_token += 2 * 2 * d * f
     per_token += 2 * d * v + 2 * v * d  # unembedding and the one-hot embedding matmul
     return 3.0 * per_token * batch * seq
+
+
+def sampling_seconds(cfg: RunConfig, reps: int = 5) -> float:
+    """Seconds per training step that toybb's compiled step spends drawing its BB batch (each run's
+    `task.sample` alone, compiled, best of `reps`)."""
+    tr_task = BBTask(n_triggers=cfg.task.n_triggers, bos=cfg.task.bos, table=cfg.task.table)
+    runs = len(cfg.runs())
+    keys = jax.random.split(jax.random.key(0), runs)
+    f = jax.jit(jax.vmap(lambda k: tr_task.sample(k, cfg.train.batch, cfg.task.seq_len)))
+    jax.block_until_ready(f(keys))
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(f(keys))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def torch_seconds(cfg: RunConfig, steps: int) -> dict:
+    """The PyTorch baseline (torch_baseline.py) for `cfg`'s model shapes, in a subprocess of this run:
+    its result dict, or {"skipped": reason}."""
+    m = cfg.model
+    if not (m.attention == "softmax" and m.n_heads == 1 and m.position == "learned" and cfg.optim.name == "adam"):
+        return {"skipped": "the PyTorch baseline is the 1-head softmax, learned-position, AdamW model only"}
+    if importlib.util.find_spec("torch") is None:
+        return {"skipped": "torch not installed (pip install torch)"}
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_baseline.py")
+    cmd = [sys.executable, script, "--d", str(m.d_model), "--layers", str(m.n_layers), "--batch",
+           str(cfg.train.batch), "--seq", str(cfg.task.seq_len), "--steps", str(steps)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    if r.returncode or not line:
+        return {"skipped": f"PyTorch baseline failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}"}
+    return json.loads(line[-1][7:])
 
 
 def time_config(name: str, cfg: RunConfig, steps: int) -> dict:
@@ -141,6 +189,7 @@ def configs(quick: bool):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="CPU default only")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     peak = matmul_peak()
@@ -159,8 +208,18 @@ def main():
               f"  compile {r['compile_s']:.1f} s"
               + ("" if floor is None else f"\n{'':40s} matmuls alone {floor:8.4f} s/step  "
                  f"{r['runs'] / floor:8.1f} run-steps/s (ceiling; the step takes {r['s_per_step'] / floor:.2f}x)"))
-    print("targets: paper 1-layer <= 4.5 s/step (>= 160 GFLOP/s); 8 seeds d64 B64 T64 >= 90 run-steps/s; "
-          "reference PyTorch: 14.5 s/step paper, 11.5 steps/s one seed")
+        if r["runs"] == 1 and not args.no_torch:  # the same model and step in PyTorch, measured now
+            r["sample_s_per_step"] = sampling_seconds(cfg)
+            t = torch_seconds(cfg, max(3, steps))
+            r["pytorch"] = t
+            if "skipped" in t:
+                print(f"{'':40s} PyTorch: skipped: {t['skipped']}")
+            else:
+                print(f"{'':40s} PyTorch {t['torch']} ({t['threads']} threads) {t['s_per_step']:8.4f} s/step "
+                      f"(sampling excluded); toybb {r['s_per_step']:.4f} s/step incl. sampling "
+                      f"{r['sample_s_per_step']:.4f} s  -> PyTorch / toybb = {t['s_per_step'] / r['s_per_step']:.2f}x "
+                      f"({t['s_per_step'] / (r['s_per_step'] - r['sample_s_per_step']):.2f}x without toybb's sampling)")
+    print("targets: paper 1-layer <= 4.5 s/step (>= 160 GFLOP/s); 8 seeds d64 B64 T64 >= 90 run-steps/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"peak_flops": peak, "results": rows}, f, indent=2)

@@ -79,3 +79,80 @@ def test_bad_layout_and_kind():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="kind"):
         attention(q, k, v, kind="linear")
+
+
+# ---- the fast path (jax.nn.dot_product_attention) against the exact one ---------------------------
+@pytest.mark.parametrize("hk, window, scale", [(4, None, None), (2, None, 0.3), (1, 3, None), (2, 4, None)])
+def test_fast_path_matches_exact(hk, window, scale):
+    """Forced on the CPU (where it is off by default): same outputs to float32 round-off for MHA, GQA,
+    MQA, sliding windows and a custom logit scale, at default and at explicit contiguous positions."""
+    q, k, v = _qkv(hk=hk)
+    exact = attention(q, k, v, window=window, scale=scale)
+    fast = attention(q, k, v, window=window, scale=scale, weights=False, fast=True)
+    assert fast.logits is None and fast.pattern is None  # it really took the other path
+    np.testing.assert_allclose(fast.out, exact.out, atol=2e-6, rtol=1e-5)
+    pos = jnp.arange(q.shape[1])
+    fast2 = attention(q, k, v, window=window, scale=scale, q_pos=pos, k_pos=pos, contiguous=True, weights=False,
+                      fast=True)
+    np.testing.assert_allclose(fast2.out, exact.out, atol=2e-6, rtol=1e-5)
+
+
+def test_fast_path_only_where_exact():
+    q, k, v = _qkv()
+    for bad in (dict(kind="relu"), dict(softcap=5.0), dict(keep_first=1, window=3), dict(alibi=jnp.ones(4)),
+                dict(q_pos=jnp.arange(6), k_pos=jnp.arange(6)), dict(key_cols=(0,))):
+        with pytest.raises(ValueError, match="fast=True but"):
+            attention(q, k, v, weights=False, fast=True, **bad)
+        # automatic: the exact path, with its weights
+        assert attention(q, k, v, weights=False, **bad).out.shape == q.shape
+    with pytest.raises(ValueError, match="weights=False"):
+        attention(q, k, v, fast=True)
+
+
+def test_backend_decision(monkeypatch):
+    """One function per decision; forcing the backend flips both (CPU heuristics off, fast attention on)."""
+    from toybb import device
+
+    q, k, v = _qkv()
+    assert device.cpu_heuristics() and not device.fast_attention()
+    assert attention(q, k, v, weights=False).pattern is not None  # CPU default: exact path
+    monkeypatch.setattr(device, "backend", lambda: "tpu")
+    assert not device.cpu_heuristics() and device.fast_attention()
+    assert device.fast_attention_impl(jnp.bfloat16) == "xla"  # cuDNN only on NVIDIA GPUs
+    got = attention(q, k, v, weights=False)
+    assert got.pattern is None
+    np.testing.assert_allclose(got.out, attention(q, k, v).out, atol=2e-6, rtol=1e-5)
+
+
+def test_toy_model_fast_attention_matches_exact(monkeypatch):
+    """The toy model without capture takes the fast path when the backend decision says so; same logits;
+    with a captured pattern it keeps the exact path."""
+    from flax import nnx
+
+    from toybb import device
+    from toybb.config import ModelConfig
+    from toybb.models.capture import Capture, run_with_capture
+    from toybb.models.toy import ToyTransformer
+
+    model = ToyTransformer(ModelConfig(d_model=16, max_len=8, n_layers=2, window=5), rngs=nnx.Rngs(0))
+    toks = jax.random.randint(jax.random.key(1), (2, 8), 0, 60)
+    exact = model(toks)
+    monkeypatch.setattr(device, "fast_attention", lambda: True)
+    calls = []
+    real = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    np.testing.assert_allclose(model(toks), exact, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 2  # both layers
+    calls.clear()
+    _, cap = run_with_capture(model, toks, capture=Capture(("blocks.0.attn.pattern",)))
+    assert len(calls) == 1 and cap["blocks.0.attn.pattern"].shape == (2, 1, 8, 8)  # layer 0 captured: exact
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN flash attention needs an NVIDIA GPU")
+def test_cudnn_bf16_matches_exact():
+    """On a GPU under bfloat16 precision the fast path runs cuDNN on bfloat16 copies: within bf16 round-off."""
+    q, k, v = _qkv(b=2, t=128, h=4, hk=2, dh=64)
+    exact = attention(q, k, v, window=32)
+    with jax.default_matmul_precision("bfloat16"):
+        fast = jax.jit(lambda a, b, c: attention(a, b, c, window=32, weights=False, fast=True).out)(q, k, v)
+    np.testing.assert_allclose(fast, exact.out, atol=3e-2, rtol=3e-2)

@@ -88,11 +88,15 @@ def load(
 
 def release_host_memory() -> None:
     """Free what loading left behind: reference cycles holding the file reader (and its memory map), and
-    the C heap's free pages (glibc's malloc_trim; a no-op elsewhere). Loading converts every tensor
+    the C heap's free pages (glibc's malloc_trim, on CPU backends only; a no-op elsewhere). Loading converts every tensor
     through transient numpy arrays, which otherwise stay resident as free heap."""
     import gc
 
+    from toybb import device
+
     gc.collect()
+    if not device.cpu_heuristics():  # the weights live in device memory, not in the C heap
+        return
     try:
         import ctypes
 

@@ -232,7 +232,7 @@ class Attention(nnx.Module):
         block = None if full else cfg.attn_block
         res = attention(q, k, v, q_pos=positions, k_pos=positions, scale=cfg.query_scale,
                         softcap=cfg.attn_softcap, block=block, contiguous=contiguous,
-                        key_cols=() if full else key_cols, **opts)
+                        key_cols=() if full else key_cols, weights=full, **opts)
         z = res.out
         if head_edit is not None:
             scale, to_bos = (a.astype(z.dtype)[None, None, :, None] for a in head_edit)

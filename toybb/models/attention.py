@@ -8,6 +8,13 @@ Long-context schemes (SPEC §6) are options too: a second "far" (q, k) pair whos
 normal ones where q_pos - k_pos >= near (SelfExtend's grouped positions, StreamingLLM's cache
 positions for sink tokens), `keep_first` sink keys that stay visible outside a sliding window, and
 `block`: the same computation in query blocks (one softmax per query row, so exact) for long inputs.
+
+When the caller needs only the output (`weights=False`: no logits, pattern or key columns captured) and
+the options are those of plain causal softmax attention (at most a sliding window, default positions, no
+bias, soft-cap, far logits or sinks), the core can call `jax.nn.dot_product_attention` instead: cuDNN
+flash attention on NVIDIA GPUs for 16-bit inputs, XLA's fused attention elsewhere. Whether it does by
+default is one backend decision (`toybb.device.fast_attention`: on accelerators, not on the CPU);
+`fast=True` forces it (tests compare both paths on the CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from toybb import device
 
 KINDS = ("softmax", "relu")
 
@@ -58,6 +67,8 @@ def attention(
     block: int | None = None,
     contiguous: bool = False,
     key_cols: tuple[int, ...] = (),
+    weights: bool = True,
+    fast: bool | None = None,
 ) -> AttentionResult:
     """Multi-head / grouped-query attention.
 
@@ -82,12 +93,34 @@ def attention(
     key_cols: key indices whose attention weights are also returned as `key_cols`
       [batch, heads, q_seq, len(key_cols)], blocked or not (`@key0`-style capture without ever holding a
       full [q_seq, k_seq] pattern when `block` is set).
+    weights: the caller uses `logits`/`pattern`. With False they may come back None: the core is then
+      free to use `jax.nn.dot_product_attention` (see `fast`).
+    fast: use `jax.nn.dot_product_attention` when `weights` is False and the options allow it (softmax;
+      causal, or sliding-window, mask at default or `contiguous` positions with q_seq == k_seq; no mask,
+      bias, alibi, softcap, far, keep_first or key_cols). None: `toybb.device.fast_attention()` decides
+      (accelerators yes, CPU no) and options that do not allow it take the exact path; True: always, and
+      options that do not allow it are an error; False: never.
     """
     if far is not None and near is None:
         raise ValueError("attention: `far` logits need `near` (the relative distance where they start)")
     tq = q.shape[1]
     if block is not None and block < 1:
         raise ValueError(f"attention block must be a positive number of query rows, got {block}")
+    if fast is not False and not weights:
+        why = _fast_blocker(q, k, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, softcap=softcap, bias=bias,
+                            far=far, keep_first=keep_first, alibi=alibi, contiguous=contiguous,
+                            key_cols=key_cols)
+        if fast and why:
+            raise ValueError(f"attention: fast=True but {why}; use fast=None to fall back to the exact path")
+        if why is None and (fast or device.fast_attention()):
+            impl, dt = device.fast_attention_impl(q.dtype), q.dtype
+            if impl == "xla" and device.backend() == "gpu" and device.matmul_precision() == "bfloat16":
+                impl = device.fast_attention_impl(jnp.bfloat16)  # bf16 runs: cuDNN on 16-bit copies
+            # blocking is asked for to bound memory: XLA's attention holds [q_seq, k_seq], cuDNN's does not
+            if fast or block is None or tq <= block or impl == "cudnn":
+                return AttentionResult(_fast(q, k, v, window=window, scale=scale, impl=impl).astype(dt), None, None)
+    elif fast and weights:
+        raise ValueError("attention: fast=True needs weights=False (the fast path returns no logits or pattern)")
     if block is not None and tq > block:
         kw = dict(kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale, softcap=softcap,
                   bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi, block=block, key_cols=key_cols)
@@ -95,6 +128,39 @@ def attention(
     res = _dense(q, k, v, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale,
                  softcap=softcap, bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi)
     return res._replace(key_cols=_cols(res.pattern, key_cols, np.arange(k.shape[1])))
+
+
+def _fast_blocker(q, k, *, kind, q_pos, k_pos, mask, softcap, bias, far, keep_first, alibi, contiguous,
+                  key_cols) -> str | None:
+    """Why `jax.nn.dot_product_attention` cannot compute this attention exactly (None: it can)."""
+    if kind != "softmax":
+        return f"kind={kind!r} (only softmax)"
+    for name, val in (("mask", mask), ("bias", bias), ("alibi", alibi), ("softcap", softcap), ("far", far),
+                      ("keep_first", keep_first)):
+        if val is not None:
+            return f"{name} is set"
+    if key_cols:
+        return "key_cols are requested"
+    if q.shape[1] != k.shape[1]:
+        return "q_seq != k_seq"
+    if not contiguous and (q_pos is not None or k_pos is not None):
+        return "explicit positions are given without contiguous=True"
+    return None
+
+
+def _fast(q, k, v, *, window, scale, impl) -> jax.Array:
+    """Causal (sliding-window) softmax attention by `jax.nn.dot_product_attention`: [batch, seq, heads,
+    head_dim]. Same GQA head order as `_dense` (head = kv_head * group_size + group)."""
+    lw = None if window is None else (window - 1, 0)  # keys i - window + 1 .. i, as causal_mask
+    if impl == "cudnn":
+        dt = jnp.bfloat16 if q.dtype == jnp.float32 else q.dtype
+        try:
+            return jax.nn.dot_product_attention(q.astype(dt), k.astype(dt), v.astype(dt), scale=scale,
+                                                is_causal=True, local_window_size=lw, implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError):  # a shape or version cuDNN does not take
+            pass
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=lw,
+                                        implementation="xla")
 
 
 def _cols(pattern: jax.Array, key_cols: tuple[int, ...], idx: np.ndarray) -> jax.Array | None:

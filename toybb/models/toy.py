@@ -93,8 +93,10 @@ class Attention(nnx.Module):
             res = attention(q, jnp.concatenate([kb, k], 1), jnp.concatenate([vb, v], 1), kind=self.kind,
                             q_pos=positions, k_pos=k_pos, **opts)
             logits, pattern, bias_pattern = res.logits[..., 1:], res.pattern[..., 1:], res.pattern[..., 0]
-        else:
-            res = attention(q, k, v, kind=self.kind, q_pos=positions, k_pos=positions, **opts)
+        else:  # positions are arange(seq): contiguous; the weights only when captured
+            weights = capture.wants(f"{self.prefix}.logits") or capture.wants(f"{self.prefix}.pattern")
+            res = attention(q, k, v, kind=self.kind, q_pos=positions, k_pos=positions, contiguous=True,
+                            weights=weights, **opts)
             logits, pattern, bias_pattern = res.logits, res.pattern, None
         out = jnp.einsum("bthe,hed->btd", res.out, self.wo[...])
         if capture:

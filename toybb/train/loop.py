@@ -27,6 +27,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from toybb import device
 from toybb.config import PRECISIONS, RunConfig
 from toybb.errors import CheckpointError, ConfigError, TrainingDiverged
 from toybb.models import build_model
@@ -102,7 +103,7 @@ def runs_vmapped_together(cfg: RunConfig, n_devices: int = 1) -> int:
         return R
     if cfg.train.run_chunk is not None:
         return min(cfg.train.run_chunk, R)
-    if jax.default_backend() != "cpu":
+    if not device.cpu_heuristics():  # accelerators: all runs in one vmapped step
         return R
     # CPU: keep one chunk's MLP activations within ~1 MiB (2^18 floats); wider vmapped batches are
     # memory-bound (measured in benchmarks/bench_train.py)
@@ -118,7 +119,7 @@ def microbatch_size(cfg: RunConfig) -> int:
     B = cfg.train.batch
     if cfg.train.microbatch is not None:
         return cfg.train.microbatch
-    if jax.default_backend() != "cpu":
+    if not device.cpu_heuristics():  # accelerators: the whole batch
         return B
     per_seq = cfg.task.seq_len * max(cfg.model.mlp_dim, cfg.model.d_model)
     fit = max(1, (1 << 21) // per_seq)

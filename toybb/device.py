@@ -1,0 +1,50 @@
+"""Backend decisions, in one place: what toybb does differently on a CPU and on an accelerator.
+
+Every CPU-only heuristic (micro-batches sized for the cache, run chunks, giving freed heap pages back
+with `malloc_trim`) asks `cpu_heuristics()`; the attention core asks `fast_attention()` whether to use
+`jax.nn.dot_product_attention` where its options allow. Tests force either branch by monkeypatching these
+functions (call them through the module, `device.cpu_heuristics()`, so the patch is seen).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def backend() -> str:
+    """The default JAX backend: "cpu", "gpu" or "tpu"."""
+    return jax.default_backend()
+
+
+def cpu_heuristics() -> bool:
+    """True when the compiled programs run on a CPU: micro-batches and run chunks sized for the CPU's
+    caches (toybb.train.loop), `malloc_trim` after loading a checkpoint (toybb.llm.load). On an
+    accelerator a step takes the whole batch and all runs at once, and device memory is not the C heap."""
+    return backend() == "cpu"
+
+
+def fast_attention() -> bool:
+    """Whether the attention core uses `jax.nn.dot_product_attention` by default where the options allow
+    (softmax, causal or sliding-window mask at default positions, nothing captured). Off on the CPU: there
+    it is XLA's own einsum-softmax-einsum, no faster than the exact path (benchmarks/README.md,
+    attention micro-benchmark); on a GPU it can be cuDNN's flash attention (see `fast_attention_impl`)."""
+    return backend() != "cpu"
+
+
+def fast_attention_impl(dtype) -> str:
+    """`implementation` for `jax.nn.dot_product_attention`: "cudnn" (flash attention, which takes only
+    16-bit inputs) on an NVIDIA GPU for bfloat16/float16 inputs, else "xla" (which honours
+    `jax.default_matmul_precision`)."""
+    if backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        if "nvidia" in jax.devices()[0].device_kind.lower():
+            return "cudnn"
+    return "xla"
+
+
+def matmul_precision() -> str | None:
+    """The float32 matmul precision in force where this is called (inside `jax.default_matmul_precision`
+    or set globally): "highest", "tensorfloat32", "bfloat16", ... or None (the backend's default)."""
+    from jax._src import config as _config
+
+    return _config.default_matmul_precision.value
