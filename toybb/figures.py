@@ -12,7 +12,6 @@ Scales: `cpu` (minutes on 2 cores: d 32, sequence 32, batch 32, 2,000 steps, 4 s
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from dataclasses import dataclass
@@ -229,19 +228,17 @@ def _plt():
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    from toybb.records import read_csv
+
+    return read_csv(path)
 
 
 def _series(rows, col) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values [steps, seeds]) of one metric from metrics.csv rows of one learning rate."""
-    steps = sorted({int(r["step"]) for r in rows})
-    seeds = sorted({int(r["seed"]) for r in rows})
-    si, ki = {s: i for i, s in enumerate(steps)}, {s: i for i, s in enumerate(seeds)}
-    v = np.full((len(steps), len(seeds)), np.nan)
-    for r in rows:
-        v[si[int(r["step"])], ki[int(r["seed"])]] = float(r[col])
-    return np.array(steps), v
+    from toybb.records import seed_table
+
+    steps, _, vals = seed_table(rows, [col])
+    return steps, vals[col]
 
 
 def _band(ax, steps, v, color, label, ls="-"):
@@ -254,17 +251,11 @@ def _band(ax, steps, v, color, label, ls="-"):
 def _reference_line(ax, run_dir: Path, rows, col: str, color: str) -> None:
     """The authors' trajectory of `col` (dotted, same colour) where the run's configuration matches a
     built-in reference (the paper scale), up to the run's last step."""
-    import json
+    from toybb.plot import reference_for, reference_line
+    from toybb.records import read_run_config
 
-    from toybb.plot import reference_for
-
-    meta = json.loads((run_dir / "config.json").read_text())
-    found = reference_for(meta, rows[0]["lr"])
-    if found is None or col not in found[0].values:
-        return
-    table, label = found
-    keep = (table.steps <= max(int(r["step"]) for r in rows)) & ~np.isnan(table.values[col])
-    ax.plot(np.maximum(table.steps[keep], 1), table.values[col][keep], ":", color=color, lw=1.4, label=label)
+    found = reference_for(read_run_config(run_dir), rows[0]["lr"])
+    reference_line(ax, found, col, max(int(r["step"]) for r in rows), ":", color, 1.4)
 
 
 def _char(c: str) -> str:

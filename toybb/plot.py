@@ -45,11 +45,21 @@ def reference_for(meta: dict, lr: str, forced: str | None = None):
     return table, table.label + (" (another configuration)" if other else "")
 
 
+def reference_line(ax, found, col: str, last_step: int, style: str, color: str, lw: float) -> bool:
+    """Draw `col` of a reference found by `reference_for` up to `last_step`; False if it has no `col`."""
+    if found is None or col not in found[0].values:
+        return False
+    table, label = found
+    keep = (table.steps <= last_step) & ~np.isnan(table.values[col])
+    ax.plot(np.maximum(table.steps[keep], 1), table.values[col][keep], style, color=color, lw=lw, label=label)
+    return True
+
+
 def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, attn_layer: int | None = None,
                   resid_layer: int | None = None, reference: str | None = None) -> Path:
     """The dynamics figure; the authors' trajectory is drawn dashed (black) where the run's configuration
     matches a built-in reference, or the `reference` given (a name or CSV, labelled as such)."""
-    from toybb.records import save_figure
+    from toybb.records import save_figure, seed_table
     from toybb.train.loop import load_metrics
 
     plt = pyplot()
@@ -81,16 +91,11 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (col, ref, title, unit, logy) in zip(axes, panels):
         for ci, lr in enumerate(lrs):
-            sub = [r for r in rows if r["lr"] == lr]
-            steps = np.array(sorted({int(r["step"]) for r in sub}))
-            seed_ix = {s: i for i, s in enumerate(sorted({r["seed"] for r in sub}, key=int))}
-            step_ix = {s: i for i, s in enumerate(steps)}
+            steps, _, table = seed_table(rows, [k for k in (col, ref) if k is not None], lr)
             for key, style in ((col, "-"), (ref, "--")):
                 if key is None:
                     continue
-                vals = np.full((len(steps), len(seed_ix)), np.nan)
-                for r in sub:
-                    vals[step_ix[int(r["step"])], seed_ix[r["seed"]]] = float(r[key])
+                vals = table[key]
                 x = np.maximum(steps, 1)
                 med = np.nanmedian(vals, axis=1)
                 label = ("other tokens" if style == "--" else f"lr {lr}") if (len(lrs) > 1 or style == "--") else None
@@ -102,13 +107,10 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
                                     alpha=0.2, lw=0)
         drawn = set()
         for lr, found in refs.items():
-            if found is None or col not in found[0].values or id(found[0]) in drawn:
-                continue
-            table, label = found
-            last = max(int(r["step"]) for r in rows if r["lr"] == lr)
-            keep = (table.steps <= last) & ~np.isnan(table.values[col])
-            ax.plot(np.maximum(table.steps[keep], 1), table.values[col][keep], "--", color="k", lw=1.1, label=label)
-            drawn.add(id(found[0]))
+            if found is not None and id(found[0]) not in drawn:
+                last = max(int(r["step"]) for r in rows if r["lr"] == lr)
+                if reference_line(ax, found, col, last, "--", "k", 1.1):
+                    drawn.add(id(found[0]))
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+import numpy as np
+
 from toybb.errors import ConfigError
 
 
@@ -118,6 +120,25 @@ def read_csv(path: str | Path, what: str = "table", required: tuple[str, ...] = 
     if missing:
         raise ConfigError(f"{what} {str(path)!r} lacks the column(s) {missing}; it is not a toybb table")
     return rows
+
+
+def seed_table(rows: list[dict[str, str]], metrics: list[str], lr: str | None = None
+               ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+    """metrics.csv rows (those of learning rate `lr`, as written, when given) as (steps, seeds,
+    {metric: values [steps, seeds]}), steps and seeds in numeric order; a missing, empty or
+    non-numeric field is NaN."""
+    sub = rows if lr is None else [r for r in rows if r["lr"] == lr]
+    steps = sorted({int(r["step"]) for r in sub})
+    seeds = sorted({r["seed"] for r in sub}, key=int)
+    si, ki = {s: i for i, s in enumerate(steps)}, {s: i for i, s in enumerate(seeds)}
+    vals = {m: np.full((len(steps), len(seeds)), np.nan) for m in metrics}
+    for r in sub:
+        for m in metrics:
+            try:
+                vals[m][si[int(r["step"])], ki[r["seed"]]] = float(r[m])
+            except (KeyError, TypeError, ValueError):
+                pass
+    return np.array(steps, dtype=int), seeds, vals
 
 
 def out_folder(path: str | Path, flag: str = "--out") -> Path:

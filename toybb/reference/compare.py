@@ -19,7 +19,7 @@ import numpy as np
 
 from toybb.config import RunConfig
 from toybb.errors import ConfigError
-from toybb.records import atomic_open, out_folder, save_figure
+from toybb.records import atomic_open, out_folder, save_figure, seed_table
 from toybb.reference import REFERENCES, ReferenceTable, config_differences, load_reference, matching_reference
 
 # the printed table's metrics, in order, with the paper's symbol (every metric both define is in the CSV)
@@ -49,21 +49,6 @@ class Comparison:
         if self.reference.reference is None:
             return f"{self.reference.label} (configuration unknown)"
         return self.reference.label + (" (another configuration)" if self.differences else "")
-
-
-def _run_table(rows: list[dict[str, str]], lr: str, metrics: list[str]):
-    sub = [r for r in rows if r["lr"] == lr]
-    steps = sorted({int(r["step"]) for r in sub})
-    seeds = sorted({r["seed"] for r in sub}, key=int)
-    si, ki = {s: i for i, s in enumerate(steps)}, {s: i for i, s in enumerate(seeds)}
-    vals = {m: np.full((len(steps), len(seeds)), np.nan) for m in metrics}
-    for r in sub:
-        for m in metrics:
-            try:
-                vals[m][si[int(r["step"])], ki[r["seed"]]] = float(r[m])
-            except (TypeError, ValueError):
-                pass  # a torn or empty field stays NaN
-    return np.array(steps), len(seeds), vals
 
 
 def load_runs(run_dirs: list[str | Path]) -> tuple[RunConfig, list[dict[str, str]]]:
@@ -121,12 +106,12 @@ def compare_run(run_dir: str | Path | list, reference: str | None = None) -> lis
             raise ConfigError(f"run {run_dir} has none of the metrics of reference {table.name!r} "
                               f"({', '.join(list(table.values)[:4])}, ...); it was written by an older toybb: "
                               "retrain it")
-        steps, seeds, run = _run_table(rows, lr, metrics)
+        steps, seed_ids, run = seed_table(rows, metrics, lr)
         common = np.intersect1d(steps, table.steps)
         if common.size == 0:
             raise ConfigError(f"run {run_dir} and reference {table.name!r} share no logged step")
         ri, fi = np.searchsorted(steps, common), np.searchsorted(table.steps, common)
-        out.append(Comparison(float(lr), table, diffs, common, metrics, seeds,
+        out.append(Comparison(float(lr), table, diffs, common, metrics, len(seed_ids),
                               {m: run[m][ri] for m in metrics}, {m: table.values[m][fi] for m in metrics}))
     return out
 
