@@ -521,7 +521,7 @@ def cli_figures(ctx: FigureContext, run_name: str, argv: list[str], files: dict[
 @register_figure("probe_smollm2", "SmolLM2-135M on Austen prose vs standard-library code: per-head sink scores, "
                  "residual/value norms by position, massive activations per layer, interventions, attention maps.")
 def fig_probe_smollm2(ctx: FigureContext) -> list[Path]:
-    from toybb.longctx.cli import DATA
+    from toybb.longctx.common import DATA
 
     n, heads = (16, 4) if ctx.scale == "cpu" else (64, 12)
     argv = ["probe", "smollm2-135m-instruct", "--domain", f"prose={Path(DATA) / 'prose' / 'austen'}",

@@ -59,8 +59,7 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
                   resid_layer: int | None = None, reference: str | None = None) -> Path:
     """The dynamics figure; the authors' trajectory is drawn dashed (black) where the run's configuration
     matches a built-in reference, or the `reference` given (a name or CSV, labelled as such)."""
-    from toybb.records import save_figure, seed_table
-    from toybb.train.loop import load_metrics
+    from toybb.records import load_metrics, save_figure, seed_table
 
     plt = pyplot()
 

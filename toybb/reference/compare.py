@@ -19,7 +19,7 @@ import numpy as np
 
 from toybb.config import RunConfig
 from toybb.errors import ConfigError
-from toybb.records import atomic_open, out_folder, save_figure, seed_table
+from toybb.records import atomic_open, load_metrics, out_folder, save_figure, seed_table
 from toybb.reference import REFERENCES, ReferenceTable, config_differences, load_reference, matching_reference
 
 # the printed table's metrics, in order, with the paper's symbol (every metric both define is in the CSV)
@@ -54,7 +54,7 @@ class Comparison:
 def load_runs(run_dirs: list[str | Path]) -> tuple[RunConfig, list[dict[str, str]]]:
     """The config and pooled metrics rows of one or more run folders of the same configuration (seeds
     trained as separate jobs); a seed present in two folders is an error."""
-    from toybb.train.loop import _config_matches, load_metrics
+    from toybb.train.loop import _config_matches
 
     cfg, rows, seen = None, [], {}
     for d in run_dirs:

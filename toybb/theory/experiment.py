@@ -73,7 +73,7 @@ def load_trajectory(run) -> Trajectory:
         raise ConfigError(f"{d} is not a folder; give a run folder written by `toybb train --out DIR`")
     if not (d / "metrics.csv").is_file() or not (d / "config.json").is_file():
         raise ConfigError(f"{d} is not a toybb run folder (no metrics.csv/config.json); give the --out of `toybb train`")
-    from toybb.train.loop import load_metrics
+    from toybb.records import load_metrics
 
     meta, rows = load_metrics(d)
     cfg = meta.get("config", meta)
@@ -362,7 +362,8 @@ def simple_sink_values(run_dir, checkpoints=None) -> tuple[np.ndarray, np.ndarra
     from flax import nnx
 
     from toybb.config import RunConfig
-    from toybb.train.loop import CKPT_NAME, Trainer, load_metrics
+    from toybb.records import load_metrics
+    from toybb.train.loop import CKPT_NAME, Trainer
 
     meta, _ = load_metrics(run_dir)
     cfg = RunConfig.from_dict(meta.get("config", meta))

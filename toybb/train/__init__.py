@@ -1,3 +1,4 @@
 """Training loops for toy models."""
 
-from toybb.train.loop import RunResult, Trainer, load_metrics, train  # noqa: F401
+from toybb.records import load_metrics  # noqa: F401
+from toybb.train.loop import RunResult, Trainer, train  # noqa: F401

@@ -553,13 +553,3 @@ def write_final_probes(result: RunResult, trainer: Trainer) -> dict[str, Any]:
     summary = summarize(result, ad_rows, iv_rows)
     _atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2)), mode="w")
     return summary
-
-
-def load_metrics(run_dir: str | Path) -> tuple[dict, list[dict[str, str]]]:
-    """(config.json contents, metrics.csv rows) of a run folder."""
-    d = Path(run_dir)
-    if not (d / "metrics.csv").is_file() or not (d / "config.json").is_file():
-        raise ConfigError(f"{d} is not a toybb run folder (no metrics.csv/config.json); give the --out of `toybb train`")
-    meta = read_run_config(d)
-    rows = read_csv(d / "metrics.csv", "metrics table", required=("step", "seed", "lr"))
-    return meta, rows

@@ -291,7 +291,7 @@ def run_sweep(
 
 def collect_results(plan: SweepPlan, out: Path) -> tuple[list[dict[str, str]], list[str]]:
     """Rows (run x step) of every group's metrics.csv, labelled with run id, group and swept keys."""
-    from toybb.train.loop import load_metrics
+    from toybb.records import load_metrics
 
     rows: list[dict[str, str]] = []
     metric_cols: list[str] = []
