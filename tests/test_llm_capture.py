@@ -29,7 +29,7 @@ def test_all_sites_with_shapes(model, toks):
     logits, cap = forward(model, toks, capture=Capture(("*",)))
     b, t, h, hk, dh, d = 2, 10, 4, 2, 8, 32
     assert logits.shape == (b, t, 40)
-    expect = {"embed": (b, t, d), "final_norm": (b, t, d)}
+    expect = {"embed": (b, t, d), "final_norm": (b, t, d), "logits": (b, t, 40)}
     for l in range(2):
         p = f"blocks.{l}"
         expect.update({f"{p}.resid_pre": (b, t, d), f"{p}.resid_mid": (b, t, d), f"{p}.resid_post": (b, t, d),

@@ -59,7 +59,7 @@ def test_four_device_mesh_matches_one_device():
 PACKED_SCRIPT = textwrap.dedent("""
     import sys, jax, numpy as np
     from toybb.llm import forward, load
-    from toybb.llm.quant import QArray
+    from toybb.models.quant import QArray
     from toybb.llm.sharding import make_mesh, shard_tokens
     from toybb.llm.testing import make_tiny, write_tiny_gguf
 

@@ -168,7 +168,7 @@ def test_perplexity_1024_tokens(ours, kind):
 def test_packed_quantized_weights_match(path, batch, ref_logits):
     """Q4_1/Q8_0 weights kept packed and dequantised inside the forward: same logits."""
     from toybb.llm import forward, load
-    from toybb.llm.quant import QArray
+    from toybb.models.quant import QArray
 
     pre = load(path, quantized=True, with_tokenizer=False)
     assert isinstance(pre.model.blocks[0].attn.wq.get_value(), QArray)

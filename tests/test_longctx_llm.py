@@ -74,7 +74,9 @@ def test_value_ablation_matches_manual_computation(model, tokens, plain):
     cap = Capture(("blocks.*.resid_post", "blocks.1.attn.pattern", "blocks.1.attn.v", "blocks.1.attn.z"))
     tk = jnp.asarray(tokens, jnp.int32)
     _, ref = run_with_capture(model, tk, capture=cap)
-    logits, got = run_with_capture(model, tk, capture=cap, value_scale=jnp.asarray(vs))
+    from toybb.models.sites import value_scaling
+
+    logits, got = run_with_capture(model, tk, capture=cap, edits=value_scaling(model.sites(), vs, tk.shape))
     np.testing.assert_allclose(got["blocks.0.resid_post"], ref["blocks.0.resid_post"], atol=1e-6)
     pat, v = np.asarray(ref["blocks.1.attn.pattern"]), np.asarray(ref["blocks.1.attn.v"]).copy()
     v[:, :K] = 0.0
@@ -87,8 +89,8 @@ def test_value_ablation_matches_manual_computation(model, tokens, plain):
     nll_id = token_nll(model, tokens, value_scale=np.ones((n_layers, T), np.float32))
     np.testing.assert_allclose(nll_id, token_nll(model, tokens), atol=1e-5)
     assert np.abs(token_nll(model, tokens, value_scale=vs) - nll_id).max() > 1e-4
-    with pytest.raises(ValueError, match="value_scale"):
-        model(tk, value_scale=jnp.ones((n_layers, T + 1)))
+    with pytest.raises(ValueError, match="value scale"):
+        token_nll(model, tokens, value_scale=np.ones((n_layers, T + 1), np.float32))
 
 
 class _DigitTokenizer:

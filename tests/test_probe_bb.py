@@ -65,7 +65,7 @@ def test_bos_attention_by_token_with_a_sink_token_reads_the_bos():
     toks = TASK.sample(jax.random.key(1), 3, 14)[:, :-1]
     mean, _ = bbprobes.bos_attention_by_token(m, toks, len(TASK.chars))
     _, cap = run_with_capture(m, toks, capture=Capture(("blocks.0.attn.pattern",)))
-    on_bos = np.asarray(cap["blocks.0.attn.pattern"])[:, :, 2:, 1]  # skip the learned slot and the BOS query
+    on_bos = np.asarray(cap["blocks.0.attn.pattern"])[:, :, 1:, 0]  # the sites skip the slot; skip the BOS query
     v = int(np.asarray(toks)[0, 1])
     sel = np.asarray(toks)[:, 1:] == v
     np.testing.assert_allclose(np.asarray(mean[0, v]), on_bos.transpose(0, 2, 1)[sel].mean(0), rtol=1e-5)

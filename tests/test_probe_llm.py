@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from toybb.llm.config import LLMConfig
-from toybb.llm.model import LLM, HeadEdit, ResidEdit
+from toybb.llm.model import LLM
 from toybb.probes import llm as P
 from toybb.probes.corpus import iter_batches
 from toybb.probes.metrics import classify_dormant
@@ -109,7 +109,7 @@ def test_head_zero_equals_manual_weight_edit(model):
     toks = _tokens(4, seed=5)
     batches = [(toks, np.ones(4, bool))]
     l, h = 2, 1
-    got = P.edited_nll(model, batches, head_edit=P.head_edit_for(CFG, l, h, "zero"))
+    got = P.edited_nll(model, batches, P.head_edit_for(CFG, l, h, "zero"))
     manual = nnx.clone(model)
     wo = np.array(manual.blocks[l].attn.wo.get_value())
     wo[h] = 0.0
@@ -122,9 +122,9 @@ def test_to_bos_is_identity_on_a_sink_head(model):
     toks = _tokens(4, seed=6)
     batches = [(toks, np.ones(4, bool))]
     base = P.edited_nll(model, batches)
-    assert P.edited_nll(model, batches, head_edit=P.head_edit_for(CFG, *SINK_HEAD, "to_bos")) == \
+    assert P.edited_nll(model, batches, P.head_edit_for(CFG, *SINK_HEAD, "to_bos")) == \
         pytest.approx(base, rel=1e-5)
-    assert P.edited_nll(model, batches, head_edit=P.head_edit_for(CFG, 0, 0, "to_bos")) != \
+    assert P.edited_nll(model, batches, P.head_edit_for(CFG, 0, 0, "to_bos")) != \
         pytest.approx(base, rel=1e-4)
 
 
@@ -133,9 +133,7 @@ def test_massive_zero_vs_mean(model, stats):
     info = stats.massive()
     batches = [(toks, np.ones(4, bool))]
     base = P.edited_nll(model, batches)
-    mean = P.edited_nll(model, batches, resid_edit=P.massive_edit(info, "mean"))
+    mean = P.edited_nll(model, batches, P.massive_edit(info, "mean"))
     assert mean == pytest.approx(base, rel=1e-3)  # the value is the same on every sample
-    zero_x = model(jnp.asarray(toks), resid_edit=P.massive_edit(info, "zero"))
+    zero_x = model(jnp.asarray(toks), edits=P.massive_edit(info, "zero"))
     assert not np.allclose(np.asarray(zero_x), np.asarray(model(jnp.asarray(toks))))
-    ident = model(jnp.asarray(toks), head_edit=HeadEdit.identity(3, 4), resid_edit=ResidEdit.none())
-    np.testing.assert_allclose(np.asarray(ident), np.asarray(model(jnp.asarray(toks))), rtol=1e-6, atol=1e-6)

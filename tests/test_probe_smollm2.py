@@ -46,8 +46,8 @@ def test_zero_hurts_far_more_than_mean(pre, probed):
     st, batches = probed
     info = st.massive()
     base = P.edited_nll(pre.model, batches)
-    zero = P.edited_nll(pre.model, batches, resid_edit=P.massive_edit(info, "zero"))
-    mean = P.edited_nll(pre.model, batches, resid_edit=P.massive_edit(info, "mean"))
+    zero = P.edited_nll(pre.model, batches, P.massive_edit(info, "zero"))
+    mean = P.edited_nll(pre.model, batches, P.massive_edit(info, "mean"))
     assert abs(mean - base) < 0.05
     assert zero - base > 1.0  # nats per token: perplexity multiplied by more than e
     assert np.exp(base) == pytest.approx(st.ppl, rel=1e-4)

@@ -27,9 +27,9 @@ def test_attention_bias_is_an_extra_always_visible_key():
     m.blocks[0].attn.k_bias.set_value(jnp.zeros((2, 8)))  # logit 0 on k' for every query
     m.blocks[0].attn.v_bias.set_value(jnp.zeros((2, 8)))
     plain = _model()  # same seed: identical weights except the two bias parameters
-    sites = Capture(("blocks.0.attn.pattern", "blocks.0.attn.pattern_bias", "blocks.0.attn.logits"))
-    _, c = run_with_capture(m, TOKS, capture=sites)
-    _, p = run_with_capture(plain, TOKS, capture=sites)
+    sites = ("blocks.0.attn.pattern", "blocks.0.attn.logits")
+    _, c = run_with_capture(m, TOKS, capture=Capture(sites + ("blocks.0.attn.pattern_bias",)))
+    _, p = run_with_capture(plain, TOKS, capture=Capture(sites))
     pb, pat = np.asarray(c["blocks.0.attn.pattern_bias"]), np.asarray(c["blocks.0.attn.pattern"])
     assert pat.shape == (2, 2, 9, 9) and pb.shape == (2, 2, 9)
     np.testing.assert_allclose(pat.sum(-1) + pb, 1.0, atol=1e-5)
@@ -41,11 +41,14 @@ def test_attention_bias_is_an_extra_always_visible_key():
 
 def test_sink_token_is_an_extra_first_position():
     m = _model(sink_token=True, n_layers=2)
-    logits, c = run_with_capture(m, TOKS, capture=Capture(("blocks.1.attn.pattern", "blocks.0.resid_post")))
+    sites = ("blocks.1.attn.pattern", "blocks.1.attn.pattern_slot", "blocks.0.resid_post", "blocks.0.resid_post_slot")
+    logits, c = run_with_capture(m, TOKS, capture=Capture(sites))
     assert logits.shape == (2, 9, 67)
-    assert c["blocks.0.resid_post"].shape == (2, 10, 16)
-    pat = np.asarray(c["blocks.1.attn.pattern"])
-    assert pat.shape == (2, 2, 10, 10) and np.allclose(pat[:, :, 0, 0], 1.0) and (pat[:, :, 1:, 0] > 0).all()
+    # the sites cover the real positions; the slot has sites of its own
+    assert c["blocks.0.resid_post"].shape == (2, 9, 16) and c["blocks.0.resid_post_slot"].shape == (2, 16)
+    pat, slot = np.asarray(c["blocks.1.attn.pattern"]), np.asarray(c["blocks.1.attn.pattern_slot"])
+    assert pat.shape == (2, 2, 9, 9) and slot.shape == (2, 2, 9) and (slot > 0).all()
+    np.testing.assert_allclose(pat.sum(-1) + slot, 1.0, atol=1e-5)  # the slot is one more key of every row
     m2 = nnx.clone(m)
     m2.sink_embed.set_value(m.sink_embed.get_value() + 1.0)
     assert not np.allclose(np.asarray(m2(TOKS)), np.asarray(logits))  # the slot is read by every query
@@ -79,11 +82,14 @@ def test_bb_metrics_of_a_sink_token_model_measure_the_bos():
     out = bb.dynamics_metrics(m, tokens, task)
     assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
     inputs = tokens[:, :-1]
-    _, c = run_with_capture(m, inputs, capture=Capture(("blocks.1.attn.pattern", "blocks.1.resid_post@norm")))
-    pat = c["blocks.1.attn.pattern"][:, :, 1:, 1]  # input queries on the BOS key
+    sites = ("blocks.1.attn.pattern", "blocks.1.attn.pattern_slot", "blocks.1.resid_post@norm")
+    _, c = run_with_capture(m, inputs, capture=Capture(sites))
+    pat = c["blocks.1.attn.pattern"][:, :, :, 0]  # input queries on the BOS key (the sites skip the slot)
     expect = M.sink_attention(pat, ~task.trigger_mask(inputs)).mean()
     np.testing.assert_allclose(out["sink_attention_l1"], expect, rtol=1e-5)
-    np.testing.assert_allclose(out["residual_peak_l1"], c["blocks.1.resid_post@norm"][:, 1].mean(), rtol=1e-5)
+    slot = M.sink_attention(c["blocks.1.attn.pattern_slot"], ~task.trigger_mask(inputs)).mean()
+    np.testing.assert_allclose(out["slot_attention_l1"], slot, rtol=1e-5)
+    np.testing.assert_allclose(out["residual_peak_l1"], c["blocks.1.resid_post@norm"][:, 0].mean(), rtol=1e-5)
 
 
 def test_attention_bias_refuses_position_options_that_would_misplace_it():

@@ -18,7 +18,10 @@ from toybb.errors import ConfigError
 
 ATTENTION_KINDS = ("softmax", "relu")
 MLP_KINDS = ("relu", "linear", "none")
+# position schemes of the token positions ("learned" adds a table to the embeddings; the others act in
+# attention); every scheme, and each long-context option of PositionConfig, works on toy and pretrained models
 POSITION_KINDS = ("learned", "none", "rope", "alibi")
+PAIRINGS = ("half", "interleaved")  # RoPE feature pairings (toybb.models.positional)
 ARCHS = ("transformer", "simple")  # simple: the reduced SimpleModel of SPEC §4 (toybb.theory.simple_model)
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 3e-4, "sgd": 0.03}
@@ -40,6 +43,63 @@ def _layer_list(name: str, layers: tuple[int, ...], n_layers: int) -> None:
             isinstance(l, int) and 0 <= l < n_layers,
             f"{name}: layer {l!r} is out of range for a {n_layers}-layer model (use 0..{n_layers - 1})",
         )
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Frequency rescaling. kind: "none", "linear" (positions / factor: position interpolation, PI),
+    "ntk" (NTK-aware base scaling: theta * factor ** (rot_dim / (rot_dim - 2)), so the lowest
+    frequency is divided by `factor` and the highest is unchanged) or "llama3" (Llama 3.1 bands)."""
+
+    kind: str = "none"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+
+
+
+
+@dataclass(frozen=True)
+class PositionConfig:
+    """How one attention layer sees positions (SPEC §2, §6); built by `ModelConfig.position_config` and
+    `LLMConfig.position_config`, applied by `toybb.models.positional`.
+
+    kind: one of POSITION_KINDS. rope_*: RoPE base, frequency scaling, rotated features (None: all),
+    pairing and llama.cpp's per-pair frequency factors. window: sliding-window attention. selfextend
+    (w, G): SelfExtend's grouped positions beyond the neighbour window w. sink_cache (k, W): StreamingLLM,
+    a recent window of W keys plus the first k keys, at re-assigned cache positions (with learned or no
+    positions only the mask applies). block: query rows
+    per attention block (exact; bounds memory on long inputs)."""
+
+    kind: str = "none"
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling()
+    rope_dim: int | None = None
+    rope_pairing: str = "half"
+    rope_freq_factors: tuple[float, ...] | None = None
+    window: int | None = None
+    selfextend: tuple[int, int] | None = None
+    sink_cache: tuple[int, int] | None = None
+    block: int | None = None
+
+    def __post_init__(self):
+        _check(self.kind in POSITION_KINDS, f"position must be one of {', '.join(POSITION_KINDS)}; got {self.kind!r}")
+        _check(self.rope_pairing in PAIRINGS, f"RoPE pairing must be one of {PAIRINGS}, got {self.rope_pairing!r}")
+        _check(self.window is None or (isinstance(self.window, int) and self.window > 0),
+               f"sliding window must be a positive integer, got {self.window!r}")
+        _check(self.block is None or (isinstance(self.block, int) and self.block > 0),
+               f"attention block must be a positive number of query rows, got {self.block!r}")
+        if self.selfextend is not None:
+            _check(len(self.selfextend) == 2 and all(isinstance(x, int) and x >= 1 for x in self.selfextend),
+                   f"SelfExtend needs (w, G) with neighbour window w >= 1 and group size G >= 1, got {self.selfextend!r}")
+            _check(self.kind in ("rope", "alibi"),
+                   f"SelfExtend regroups relative positions (position rope or alibi), not {self.kind!r}")
+        if self.sink_cache is not None:
+            _check(len(self.sink_cache) == 2 and all(isinstance(x, int) for x in self.sink_cache)
+                   and self.sink_cache[0] >= 0 and self.sink_cache[1] >= 1,
+                   f"sink cache needs (sink tokens k >= 0, recent window W >= 1), got {self.sink_cache!r}")
+            _check(self.selfextend is None, "SelfExtend and a sink cache cannot be combined; choose one")
 
 
 @dataclass(frozen=True)
@@ -69,6 +129,8 @@ class ModelConfig:
     selfextend_window: int | None = None  # SelfExtend neighbour window w (position = rope or alibi)
     selfextend_group: int = 1  # SelfExtend group size G
     logit_scale: float = 1.0  # attention logit temperature (multiplies the logits)
+    sink_cache: tuple[int, ...] | None = None  # StreamingLLM (sink tokens k, recent window W)
+    attn_block: int | None = None  # query rows per attention block (exact; for long inputs)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
@@ -113,9 +175,26 @@ class ModelConfig:
                    f"model.{name} needs model.arch = transformer (the simple model has no such slot)")
         # k' sits at key position -1: a window would hide it and ALiBi / SelfExtend would give it a distance
         _check(not self.attn_bias or (self.window is None and self.selfextend_window is None
-                                      and self.position in ("learned", "none", "rope")),
-               "model.attn_bias works with position learned, none or rope and no window or SelfExtend; "
-               "drop one of the two options")
+                                      and self.sink_cache is None and self.position in ("learned", "none", "rope")),
+               "model.attn_bias works with position learned, none or rope and no window, sink cache or "
+               "SelfExtend; drop one of the two options")
+        if self.sink_cache is not None:
+            _check(isinstance(self.sink_cache, (tuple, list)) and len(self.sink_cache) == 2,
+                   f"model.sink_cache must be [k, W] (sink tokens, recent window), got {self.sink_cache!r}")
+        try:
+            for l in range(self.n_layers):
+                self.position_config(l)
+        except ConfigError as e:
+            raise ConfigError(f"model: {e}") from None
+
+    def position_config(self, layer: int) -> PositionConfig:
+        """The position scheme of attention layer `layer` (the same for every layer of a toy model)."""
+        return PositionConfig(
+            kind=self.position, rope_theta=self.rope_theta,
+            rope_scaling=RopeScaling("linear", self.rope_scale) if self.rope_scale > 1 else RopeScaling(),
+            window=self.window,
+            selfextend=None if self.selfextend_window is None else (self.selfextend_window, self.selfextend_group),
+            sink_cache=None if self.sink_cache is None else tuple(self.sink_cache), block=self.attn_block)
 
     @property
     def kv_heads(self) -> int:

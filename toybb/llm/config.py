@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from toybb.config import PAIRINGS, POSITION_KINDS, PositionConfig, RopeScaling
 from toybb.errors import ConfigError
-from toybb.models.positional import PAIRINGS, RopeScaling
 
 ARCHS = ("llama", "mistral", "qwen2", "olmo", "olmo2", "gpt2", "gpt_neox", "gemma2", "gemma3")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
@@ -38,7 +38,7 @@ class LLMConfig:
     qk_norm: str = "none"  # "none" | "head" (per head, Gemma 3) | "full" (across heads, OLMo-2)
     clip_qkv: float | None = None
     # positions
-    position: str = "rope"  # "rope" | "learned"
+    position: str = "rope"  # one of toybb.config.POSITION_KINDS (checkpoints: "rope" or "learned")
     rope_theta: float = 10000.0
     rope_local_theta: float | None = None  # Gemma 3: base for sliding-window layers
     rope_dim: int | None = None  # partial rotary (GPT-NeoX); None = head_dim
@@ -88,8 +88,8 @@ class LLMConfig:
             bad("placement", "must be 'pre', 'post' or 'sandwich'")
         if self.qk_norm not in ("none", "head", "full"):
             bad("qk_norm", "must be 'none', 'head' or 'full'")
-        if self.position not in ("rope", "learned"):
-            bad("position", "must be 'rope' or 'learned'")
+        if self.position not in POSITION_KINDS:
+            bad("position", f"must be one of {POSITION_KINDS}")
         if self.rope_pairing not in PAIRINGS:
             bad("rope_pairing", f"must be one of {PAIRINGS}")
         if self.rope_dim is not None and (self.rope_dim % 2 or not 0 < self.rope_dim <= self.head_dim):
@@ -108,8 +108,8 @@ class LLMConfig:
         if self.attn_block is not None and (not isinstance(self.attn_block, int) or self.attn_block < 1):
             bad("attn_block", "must be a positive number of query rows or None")
         if self.selfextend is not None:
-            if self.position != "rope":
-                bad("selfextend", "SelfExtend regroups rotary positions; this model has learned positions")
+            if self.position not in ("rope", "alibi"):
+                bad("selfextend", f"SelfExtend regroups relative positions (rope or alibi); this model has {self.position}")
             if len(self.selfextend) != 2 or any(not isinstance(x, int) or x < 1 for x in self.selfextend):
                 bad("selfextend", "must be (w, G) with neighbour window w >= 1 and group size G >= 1")
             if self.selfextend[0] >= self.max_positions:
@@ -118,8 +118,6 @@ class LLMConfig:
             if len(self.sink_cache) != 2 or not all(isinstance(x, int) for x in self.sink_cache) \
                     or self.sink_cache[0] < 0 or self.sink_cache[1] < 1:
                 bad("sink_cache", "must be (sink tokens k >= 0, recent window W >= 1)")
-            if self.position != "rope":
-                bad("sink_cache", "re-assigned cache positions need rotary positions")
             if self.selfextend is not None:
                 bad("sink_cache", "cannot be combined with selfextend")
         if self.layer_types:
@@ -135,6 +133,17 @@ class LLMConfig:
         if self.layer_types:
             return self.sliding_window if self.layer_types[layer] == "sliding" else None
         return self.sliding_window
+
+    def position_config(self, layer: int) -> PositionConfig:
+        """The position scheme of attention layer `layer` (Gemma 3's sliding layers have their own RoPE
+        base and scaling; llama.cpp's frequency factors apply to the global layers)."""
+        local = self.window(layer) is not None and self.rope_local_theta is not None
+        return PositionConfig(
+            kind=self.position, rope_theta=self.rope_local_theta if local else self.rope_theta,
+            rope_scaling=self.rope_local_scaling if local else self.rope_scaling, rope_dim=self.rope_dim,
+            rope_pairing=self.rope_pairing, rope_freq_factors=None if local else self.rope_freq_factors,
+            window=self.window(layer), selfextend=self.selfextend, sink_cache=self.sink_cache,
+            block=self.attn_block)
 
     def with_dtype(self, dtype: str) -> "LLMConfig":
         return replace(self, dtype=dtype)

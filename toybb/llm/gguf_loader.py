@@ -279,7 +279,7 @@ def _param_shape(layout: tuple, t) -> tuple[int, ...]:
 
 def _packed(g: GGUFFile, name: str, layout: tuple, unpermute: int | None, shape: tuple):
     """A thunk giving the packed QArray of a Q4_0/Q4_1/Q8_0 matrix, or None for other types."""
-    from toybb.llm import quant
+    from toybb.models import quant
 
     t = g.tensors[name]
     kind = t.tensor_type.name

@@ -66,7 +66,7 @@ def _packed_put(name: str, q, mesh: Mesh):
 def param_putter(mesh: Mesh):
     """put(name, array) for `weights.build_model`: places each parameter with its sharding (packed
     GGUF weights stay packed, split over whole rows or blocks)."""
-    from toybb.llm.quant import QArray
+    from toybb.models.quant import QArray
 
     def put(name: str, arr):
         if isinstance(arr, QArray):

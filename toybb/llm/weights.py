@@ -15,7 +15,7 @@ from flax import nnx
 from toybb.errors import CheckpointError
 from toybb.llm.config import LLMConfig
 from toybb.llm.model import LLM, abstract_model
-from toybb.llm.quant import QArray
+from toybb.models.quant import QArray
 
 
 def param_shapes(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:

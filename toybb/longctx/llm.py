@@ -14,6 +14,7 @@ from flax import nnx
 from toybb.errors import ToybbError
 from toybb.llm.model import LLM
 from toybb.models.capture import Capture, run_with_capture
+from toybb.models.sites import NO_EDITS, Edits, residual_add, value_scaling
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -22,9 +23,9 @@ PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant t
 
 @lru_cache(maxsize=16)
 def _nll_fn(graphdef):
-    def f(state, tokens, resid_add, value_scale):
+    def f(state, tokens, edits):
         model = nnx.merge(graphdef, state)
-        logits = model(tokens, resid_add=resid_add or None, value_scale=value_scale)
+        logits = model(tokens, edits=edits)
         lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
         return -jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
 
@@ -37,9 +38,15 @@ def token_nll(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None
     resid_add / value_scale: the model's interventions (see `LLM.__call__`)."""
     tokens = jnp.asarray(np.atleast_2d(tokens), jnp.int32)
     graphdef, state = nnx.split(model)
-    ra = {int(k): jnp.asarray(v) for k, v in (resid_add or {}).items()}
-    vs = None if value_scale is None else jnp.asarray(value_scale, jnp.float32)
-    return np.asarray(_nll_fn(graphdef)(state, tokens, ra, vs), np.float64)
+    return np.asarray(_nll_fn(graphdef)(state, tokens, _edits(model, tokens.shape, resid_add, value_scale)), np.float64)
+
+
+def _edits(model: LLM, shape, resid_add, value_scale) -> Edits:
+    """The long-context interventions (residual deltas, value ablation) as `Edits`."""
+    edits = residual_add(model.sites(), resid_add or {}, shape)
+    if value_scale is not None:
+        edits = edits + value_scaling(model.sites(), value_scale, shape)
+    return edits
 
 
 def value_ablation(n_layers: int, seq: int, tokens: slice, from_layer: int = 0) -> np.ndarray:
@@ -107,10 +114,9 @@ def _argmax_fn(graphdef, n_answer: int):
 
 @lru_cache(maxsize=16)
 def _hidden_fn(graphdef, capture: Capture):
-    def f(state, tokens, resid_add, value_scale):
+    def f(state, tokens, edits):
         model = nnx.merge(graphdef, state)
-        logits, cap = run_with_capture(model, tokens, capture=capture, resid_add=resid_add or None,
-                                       value_scale=value_scale)
+        logits, cap = run_with_capture(model, tokens, capture=capture, edits=edits)
         return cap
 
     return jax.jit(f)
@@ -119,7 +125,7 @@ def _hidden_fn(graphdef, capture: Capture):
 def hidden_states(model: LLM, tokens) -> np.ndarray:
     """tokens [n, T] -> residual stream after every block [layers, n, T, d_model] (float32)."""
     graphdef, state = nnx.split(model)
-    cap = _hidden_fn(graphdef, Capture(("blocks.*.resid_post",)))(state, jnp.asarray(tokens, jnp.int32), {}, None)
+    cap = _hidden_fn(graphdef, Capture(("blocks.*.resid_post",)))(state, jnp.asarray(tokens, jnp.int32), NO_EDITS)
     return np.stack([np.asarray(cap[f"blocks.{l}.resid_post"], np.float32) for l in range(model.cfg.n_layers)])
 
 
@@ -127,8 +133,8 @@ def sink_attention(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None =
                    value_scale: np.ndarray | None = None) -> np.ndarray:
     """Mean attention weight on key 0 over heads, batch and queries t >= skip, per layer -> [layers]."""
     graphdef, state = nnx.split(model)
-    ra = {int(k): jnp.asarray(v) for k, v in (resid_add or {}).items()}
-    vs = None if value_scale is None else jnp.asarray(value_scale, jnp.float32)
-    cap = _hidden_fn(graphdef, Capture(("blocks.*.attn.pattern@key0",)))(state, jnp.asarray(tokens, jnp.int32), ra, vs)
+    tokens = jnp.asarray(tokens, jnp.int32)
+    edits = _edits(model, tokens.shape, resid_add, value_scale)
+    cap = _hidden_fn(graphdef, Capture(("blocks.*.attn.pattern@key0",)))(state, tokens, edits)
     return np.array([float(np.asarray(cap[f"blocks.{l}.attn.pattern@key0"])[..., skip:].mean())
                      for l in range(model.cfg.n_layers)])

@@ -18,6 +18,7 @@ from flax import nnx
 from toybb.config import ModelConfig
 from toybb.errors import ConfigError, ToybbError
 from toybb.models.capture import Capture, run_with_capture
+from toybb.models.sites import residual_add
 from toybb.models.toy import ToyTransformer
 from toybb.longctx.posvec import decompose, positional_vectors
 
@@ -71,9 +72,9 @@ def with_model_options(model: ToyTransformer, **changes) -> ToyTransformer:
 
 @lru_cache(maxsize=64)
 def _nll_fn(graphdef):
-    def f(state, x, resid_add):
+    def f(state, x, edits):
         model = nnx.merge(graphdef, state)
-        logits = model(x[:, :-1], resid_add=resid_add or None)
+        logits = model(x[:, :-1], edits=edits)
         return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:])
 
     return jax.jit(f)
@@ -90,8 +91,9 @@ def eval_windows(val: np.ndarray, length: int, n: int) -> np.ndarray:
 def mean_nll(model: ToyTransformer, windows: np.ndarray, resid_add: dict | None = None) -> float:
     """Mean next-character NLL (nats) over all positions of windows [n, T + 1]."""
     graphdef, state = nnx.split(model)
-    ra = {int(k): jnp.asarray(v) for k, v in (resid_add or {}).items()}
-    return float(np.mean(np.asarray(_nll_fn(graphdef)(state, jnp.asarray(windows), ra))))
+    windows = jnp.asarray(windows)
+    edits = residual_add(model.sites(), resid_add or {}, (windows.shape[0], windows.shape[1] - 1))
+    return float(np.mean(np.asarray(_nll_fn(graphdef)(state, windows, edits))))
 
 
 @lru_cache(maxsize=64)

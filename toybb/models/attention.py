@@ -1,4 +1,12 @@
-"""The one attention core of toybb, shared by the toy models and the pretrained LLMs.
+"""The one attention layer of toybb (`Attention`, configured by an `AttentionSpec`), shared by the toy
+models and every pretrained family, and its core (`attention`).
+
+The layer projects q/k/v, applies biases, clipping, q/k norm and the position scheme of its frozen
+`PositionConfig` (RoPE, ALiBi, sliding window, SelfExtend, sink cache, blocked attention), optional
+learned sink key/value (`learned_kv`), passes every site through a `Tap` (capture and interventions,
+`toybb.models.sites`) and projects the heads back.
+
+The core:
 
 Inputs are per-head projections; the core handles grouped-query layouts, causal and sliding-window
 masks from explicit positions, softmax and ReLU attention (SPEC §2), logit soft-capping, an additive
@@ -19,13 +27,18 @@ default is one backend decision (`toybb.device.fast_attention`: on accelerators,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from toybb import device
+from toybb.models.capture import NO_TAP, Tap
+from toybb.models.layers import Norm, fetch, param, pv
+from toybb.models.positional import PositionConfig, attention_options, rotate
 
 KINDS = ("softmax", "relu")
 
@@ -69,6 +82,8 @@ def attention(
     key_cols: tuple[int, ...] = (),
     weights: bool = True,
     fast: bool | None = None,
+    edit_logits=None,
+    edit_pattern=None,
 ) -> AttentionResult:
     """Multi-head / grouped-query attention.
 
@@ -100,7 +115,12 @@ def attention(
       bias, alibi, softcap, far, keep_first or key_cols). None: `toybb.device.fast_attention()` decides
       (accelerators yes, CPU no) and options that do not allow it take the exact path; True: always, and
       options that do not allow it are an error; False: never.
+    edit_logits / edit_pattern: functions applied to the full logits (after scale, soft-cap and bias,
+      before masking) / pattern (after masking), before the pattern weighs the values (interventions);
+      they need the dense path (no `block`).
     """
+    if edit_logits is not None or edit_pattern is not None:
+        block, weights, fast = None, True, False
     if far is not None and near is None:
         raise ValueError("attention: `far` logits need `near` (the relative distance where they start)")
     tq = q.shape[1]
@@ -126,7 +146,8 @@ def attention(
                   bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi, block=block, key_cols=key_cols)
         return _blocked_contiguous(q, k, v, **kw) if contiguous else _blocked(q, k, v, **kw)
     res = _dense(q, k, v, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale,
-                 softcap=softcap, bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi)
+                 softcap=softcap, bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi,
+                 edit_logits=edit_logits, edit_pattern=edit_pattern)
     return res._replace(key_cols=_cols(res.pattern, key_cols, np.arange(k.shape[1])))
 
 
@@ -234,7 +255,8 @@ def _blocked_contiguous(q, k, v, *, q_pos, k_pos, block, mask, bias, far, window
 
 
 def _dense(
-    q, k, v, *, kind, q_pos, k_pos, mask, window, scale, softcap, bias, far, near, keep_first, alibi
+    q, k, v, *, kind, q_pos, k_pos, mask, window, scale, softcap, bias, far, near, keep_first, alibi,
+    edit_logits=None, edit_pattern=None,
 ) -> AttentionResult:
     """The attention of `attention` on all query rows at once."""
     if kind not in KINDS:
@@ -265,6 +287,8 @@ def _dense(
         logits = logits + bias
     if alibi is not None:
         logits = logits - jnp.asarray(alibi, jnp.float32)[:, None, None] * rel4.astype(jnp.float32)
+    if edit_logits is not None:
+        logits = edit_logits(logits)
 
     vis = causal_mask(q_pos, k_pos, window)
     if keep_first is not None:
@@ -281,6 +305,164 @@ def _dense(
         denom = (qp + 1).astype(jnp.float32)[:, None, :, None]
         pattern = jnp.where(vis, jax.nn.relu(logits.astype(jnp.float32)), 0.0) / denom
     pattern = pattern.astype(v.dtype)
+    if edit_pattern is not None:
+        pattern = edit_pattern(pattern)
     pg = pattern.reshape(b, hk, g, tq, tk)
     out = jnp.einsum("bkgqs,bskd->bqkgd", pg, v).reshape(b, tq, h, dh)
     return AttentionResult(out, logits, pattern)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The attention layer
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Everything one attention layer needs (shapes, attention kind, positions, family options).
+
+    scale: logit scale (None: head_dim ** -0.5). softcap: tanh soft-cap of the logits. qkv_bias/o_bias:
+    projection biases. clip_qkv: clip q, k, v to [-c, c]. qk_norm: "none" | "head" (per head) | "full"
+    (across heads), a `Norm` of kind `norm` (eps `norm_eps`, (1 + w) weights if `norm_plus_one`).
+    learned_kv: one learned key k' and value v' per kv head, visible to every query (key position -1).
+    init: "uniform" (the toy reference: U(+-1/sqrt(fan_in))) or "normal"; dtype of the parameters."""
+
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    kind: str = "softmax"
+    position: PositionConfig = PositionConfig()
+    scale: float | None = None
+    softcap: float | None = None
+    qkv_bias: bool = False
+    o_bias: bool = False
+    clip_qkv: float | None = None
+    qk_norm: str = "none"
+    norm: str = "rms"
+    norm_eps: float = 1e-6
+    norm_plus_one: bool = False
+    learned_kv: bool = False
+    init: str = "uniform"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"attention kind must be one of {KINDS}, got {self.kind!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"query heads ({self.n_heads}) must be a multiple of key/value heads ({self.n_kv_heads})")
+
+
+_KEY_COLS = ("key0", "key1")  # pattern reductions that are single key columns
+
+
+class Attention(nnx.Module):
+    """x [batch, seq, d_model] -> what the attention adds to the residual stream [batch, seq, d_model]."""
+
+    def __init__(self, spec: AttentionSpec, layer: int, *, rngs: nnx.Rngs | None = None):
+        d, h, hk, dh = spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim
+        dt = jnp.bfloat16 if spec.dtype == "bfloat16" else jnp.float32
+        self.spec, self.layer = spec, layer
+        init = spec.init
+        self.wq = param((d, h, dh), dt, init, rngs, d)
+        self.wk = param((d, hk, dh), dt, init, rngs, d)
+        self.wv = param((d, hk, dh), dt, init, rngs, d)
+        self.wo = param((h, dh, d), dt, init, rngs, h * dh)
+        self.k_bias = param((hk, dh), dt, init, rngs, d) if spec.learned_kv else None
+        self.v_bias = param((hk, dh), dt, init, rngs, d) if spec.learned_kv else None
+        self.bq = param((h, dh), dt) if spec.qkv_bias else None
+        self.bk = param((hk, dh), dt) if spec.qkv_bias else None
+        self.bv = param((hk, dh), dt) if spec.qkv_bias else None
+        self.bo = param((d,), dt) if spec.o_bias else None
+        if spec.qk_norm == "none":
+            self.q_norm = self.k_norm = None
+        else:
+            full = spec.qk_norm == "full"
+            kw = dict(kind=spec.norm, eps=spec.norm_eps, plus_one=spec.norm_plus_one, dtype=dt)
+            self.q_norm = Norm(h * dh if full else dh, **kw)
+            self.k_norm = Norm(hk * dh if full else dh, **kw)
+
+    def _qk_norm(self, x: jax.Array, norm: Norm) -> jax.Array:
+        if self.spec.qk_norm == "full":  # OLMo-2 normalises across all heads at once
+            b, t, n, dh = x.shape
+            return norm(x.reshape(b, t, n * dh)).reshape(b, t, n, dh)
+        return norm(x)
+
+    def _project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        spec = self.spec
+        x, (wq, wk, wv) = fetch(x, self.wq, self.wk, self.wv)
+        q = jnp.einsum("btd,dhe->bthe", x, wq)
+        k = jnp.einsum("btd,dhe->bthe", x, wk)
+        v = jnp.einsum("btd,dhe->bthe", x, wv)
+        if self.bq is not None:
+            q, k, v = q + pv(self.bq), k + pv(self.bk), v + pv(self.bv)
+        if spec.clip_qkv is not None:
+            q, k, v = (jnp.clip(a, -spec.clip_qkv, spec.clip_qkv) for a in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self._qk_norm(q, self.q_norm), self._qk_norm(k, self.k_norm)
+        return q, k, v
+
+    def __call__(self, x: jax.Array, positions: jax.Array, tap: Tap = NO_TAP, *, contiguous: bool = False,
+                 slot: bool = False) -> jax.Array:
+        """positions: [seq] or [batch, seq]. contiguous: positions are arange(seq) (lets blocked attention
+        skip invisible key blocks). slot: position 0 is a learned sink slot, not an input token: sites
+        cover the real positions, the attention on the slot is `attn.pattern_slot`."""
+        spec, l, pos = self.spec, self.layer, self.spec.position
+        real = (slice(None), slice(1, None)) if slot else None  # the real positions of [b, t, ...] sites
+
+        def site(kind, a):
+            return tap.part(self, l, kind, a, real) if slot else tap(self, l, kind, a)
+
+        q, k, v = self._project(x)
+        q_raw, k_raw, v = site("attn.q_pre", q), site("attn.k_pre", k), site("attn.v", v)
+        q, k = site("attn.q", rotate(pos, q_raw, positions)), site("attn.k", rotate(pos, k_raw, positions))
+        opts = attention_options(pos, q_raw, k_raw, positions, positions)
+        k_pos = positions
+        if self.k_bias is not None:  # k' at key position -1: the causal mask makes it visible to every query
+            b = x.shape[0]
+            k = jnp.concatenate([jnp.broadcast_to(pv(self.k_bias)[None, None], (b, 1) + k.shape[2:]).astype(k.dtype), k], 1)
+            v = jnp.concatenate([jnp.broadcast_to(pv(self.v_bias)[None, None], (b, 1) + v.shape[2:]).astype(v.dtype), v], 1)
+            k_pos = jnp.concatenate([jnp.full(positions.shape[:-1] + (1,), -1, positions.dtype), positions], -1)
+            contiguous = False
+        n_kv = 1 if self.k_bias is not None else 0
+        extra = n_kv + (1 if slot else 0)  # keys before the first real one: k', then the slot
+        idx = (slice(None), slice(None), slice(1 if slot else 0, None), slice(extra, None)) if extra else ()
+        res = self._core(q, k, v, positions, k_pos, tap, idx, extra, slot, contiguous, opts)
+        z = site("attn.z", res.out)
+        z, (wo,) = fetch(z, self.wo)
+        out = jnp.einsum("bthe,hed->btd", z, wo)
+        if self.bo is not None:
+            out = out + pv(self.bo)
+        if tap.capture.wants(f"blocks.{l}.attn.head_out"):
+            vh = v[:, n_kv:]  # without k'/v'; the slot position is dropped by the site
+            g = spec.n_heads // spec.n_kv_heads
+            vh = jnp.repeat(vh, g, axis=2) if g > 1 else vh
+            site("attn.head_out", jnp.einsum("bthe,hed->bthd", vh, wo))
+        return out
+
+    def _core(self, q, k, v, q_pos, k_pos, tap: Tap, idx, extra, slot, contiguous, opts) -> AttentionResult:
+        """The core call, with logits / pattern captured (or only their key columns) and edited."""
+        spec, l, cap = self.spec, self.layer, tap.capture
+        p = f"blocks.{l}.attn"
+        pat_reds = cap.requests_for(f"{p}.pattern")
+        key_cols = tuple(int(r[3:]) + extra for r in pat_reds if r in _KEY_COLS)
+        edit_lg, edit_pat = tap.editor(l, "attn.logits", idx), tap.editor(l, "attn.pattern", idx)
+        full = (cap.wants(f"{p}.logits") or any(r not in _KEY_COLS for r in pat_reds)
+                or cap.wants(f"{p}.pattern_slot") or cap.wants(f"{p}.pattern_bias"))
+        res = attention(q, k, v, kind=spec.kind, q_pos=q_pos, k_pos=k_pos, scale=spec.scale, softcap=spec.softcap,
+                        block=None if full else spec.position.block, contiguous=contiguous,
+                        key_cols=() if full else key_cols, weights=full, edit_logits=edit_lg,
+                        edit_pattern=edit_pat, **opts)
+        if not cap:
+            return res
+        qs = slice(1, None) if slot else slice(None)  # the real queries
+        if full:
+            cap.sow(self, f"{p}.logits", res.logits[idx] if idx else res.logits)
+            cap.sow(self, f"{p}.pattern", res.pattern[idx] if idx else res.pattern)
+            if self.k_bias is not None:
+                cap.sow(self, f"{p}.pattern_bias", res.pattern[:, :, qs, 0])
+            if slot:
+                cap.sow(self, f"{p}.pattern_slot", res.pattern[:, :, qs, extra - 1])
+        else:
+            for i, c in enumerate(key_cols):
+                cap.sow_reduced(self, f"{p}.pattern", f"key{c - extra}", res.key_cols[:, :, qs, i])
+        return res

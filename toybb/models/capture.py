@@ -1,21 +1,16 @@
 """The capture API shared by toy and pretrained models.
 
-Sites have stable names (TransformerLens-like):
-  embed, blocks.{l}.resid_pre, blocks.{l}.resid_mid, blocks.{l}.resid_post, final_norm,
-  blocks.{l}.attn.q | k | v   ([batch, seq, heads, head_dim]; q/k after rotary where a model has one,
-                                q_pre/k_pre before it),
-  blocks.{l}.attn.logits | pattern   ([batch, heads, q_seq, k_seq]),
-  blocks.{l}.attn.z          (attention-weighted values per head [batch, seq, heads, head_dim]),
-  blocks.{l}.attn.head_out   (W_O^h v_t per head, not weighted by attention [batch, seq, heads, d_model]),
-  blocks.{l}.attn.out, blocks.{l}.mlp.out   ([batch, seq, d_model]).
-A request is an fnmatch pattern over these names, optionally with a reduction computed inside the
-compiled function so the full tensor is never materialised on the host:
+Sites are declared, with their shapes, in `toybb.models.sites` (embed, blocks.{l}.resid_post,
+blocks.{l}.attn.pattern, ...). A request is an fnmatch pattern over these names (a pattern that
+matches no site of the model is an error naming the closest ones), optionally with a reduction
+computed inside the compiled function so the full tensor is never materialised on the host:
   "@norm"  L2 norm over the last axis         ("blocks.*.resid_post@norm" -> [batch, seq])
   "@key0"  the slice on key position 0         ("blocks.*.attn.pattern@key0" -> [batch, heads, q_seq])
   "@key1"  the slice on key position 1 (the BOS behind a learned sink token)
   "@absmax" max |x| over the last axis and its argmax (two arrays: name@absmax, name@absmax_idx)
   "@qmean" mean over queries of a pattern      ("blocks.*.attn.pattern@qmean" -> [batch, heads, k_seq])
-Modules call `cap.sow(self, full_name, value)`; values are collected with `nnx.capture`.
+Modules pass every site through a `Tap` (capture + interventions); values are collected with
+`nnx.capture`.
 """
 
 from __future__ import annotations
@@ -23,11 +18,13 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from toybb.models.sites import NO_EDITS, Edits, ModelSites, SiteError, resolve
 
 REDUCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "norm": lambda x: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)),
@@ -47,7 +44,13 @@ class Capture:
     sites: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if isinstance(self.sites, str):
+            object.__setattr__(self, "sites", (self.sites,))
+        elif not isinstance(self.sites, tuple):
+            object.__setattr__(self, "sites", tuple(self.sites))
         for s in self.sites:
+            if not isinstance(s, str):
+                raise SiteError(f"capture sites must be strings (site patterns), got {s!r}")
             base, _, red = s.partition("@")
             if red and red not in REDUCTIONS:
                 raise ValueError(f"unknown capture reduction '@{red}' in {s!r}; known: {sorted(REDUCTIONS)}")
@@ -66,6 +69,12 @@ class Capture:
                 if red == "absmax":
                     out.append("absmax_idx")
         return tuple(dict.fromkeys(out))
+
+    @lru_cache(maxsize=256)
+    def check(self, sites: ModelSites) -> None:
+        """Every requested pattern must match a site of the model (SiteError naming the closest)."""
+        for s in self.sites:
+            sites.match(s.partition("@")[0])
 
     def wants(self, name: str) -> bool:
         return bool(self.requests_for(name))
@@ -87,6 +96,45 @@ class Capture:
 NO_CAPTURE = Capture()
 
 
+class Tap(NamedTuple):
+    """What a forward does at each site: apply the interventions (`Edits`), then capture."""
+
+    capture: Capture = NO_CAPTURE
+    edits: Edits = NO_EDITS
+
+    def __bool__(self) -> bool:
+        return bool(self.capture) or bool(self.edits)
+
+    def __call__(self, module: nnx.Module, layer: int | None, kind: str, x: jax.Array) -> jax.Array:
+        """Site `kind` of layer `layer` (None: a model-level site) with value x -> the edited x."""
+        if self.edits.touches(kind):
+            x = self.edits.apply(kind, layer, x)
+        if self.capture:
+            self.capture.sow(module, kind if layer is None else f"blocks.{layer}.{kind}", x)
+        return x
+
+    def part(self, module: nnx.Module, layer: int | None, kind: str, x: jax.Array, index: tuple) -> jax.Array:
+        """Like calling the tap on x[index] (the real positions of a model with a sink slot), the edited
+        part written back into x."""
+        if not self:
+            return x
+        if self.edits.touches(kind):
+            return x.at[index].set(self(module, layer, kind, x[index]))
+        self(module, layer, kind, x[index])
+        return x
+
+    def editor(self, layer: int, kind: str, index: tuple = ()) -> Callable[[jax.Array], jax.Array] | None:
+        """x -> x with this site's edits applied to x[index] (for edits inside the attention core), or None."""
+        if not self.edits.touches(kind):
+            return None
+        if not index:
+            return lambda x: self.edits.apply(kind, layer, x)
+        return lambda x: x.at[index].set(self.edits.apply(kind, layer, x[index]))
+
+
+NO_TAP = Tap()
+
+
 def flatten_captured(state: Any) -> dict[str, jax.Array]:
     """nnx.capture's State -> {"blocks.0.attn.pattern": array, ...}."""
     out = {}
@@ -98,7 +146,28 @@ def flatten_captured(state: Any) -> dict[str, jax.Array]:
     return out
 
 
-def run_with_capture(model: nnx.Module, *args, capture: Capture, **kwargs) -> tuple[Any, dict[str, jax.Array]]:
-    """Call `model(*args, capture=capture, **kwargs)`, returning (output, {site name: array})."""
+def run_with_capture(model: nnx.Module, *args, capture: Capture, edits=None, **kwargs
+                     ) -> tuple[Any, dict[str, jax.Array]]:
+    """Call `model(*args, capture=capture, **kwargs)`, returning (output, {site name: array}).
+    edits: `Edit`s (or resolved `Edits`) applied inside the forward before capture (see
+    `toybb.models.sites`); mean / patch edits run the model on their source first."""
+    if not isinstance(capture, Capture):
+        capture = Capture(capture)
+    if edits is not None:
+        kwargs["edits"] = resolve_edits(model, edits, args[0])
     out, state = nnx.capture(model, nnx.Intermediate)(*args, capture=capture, **kwargs)
     return out, flatten_captured(state)
+
+
+def resolve_edits(model: nnx.Module, edits, tokens) -> Edits:
+    """`Edit` specs -> `Edits` for `model` on inputs `tokens` [batch, seq] (runs the model on the sources
+    of mean / patch edits). Pass the result to a jitted forward as `edits=`."""
+    if isinstance(edits, Edits):
+        return edits
+    shape = tuple(tokens.shape)
+
+    def activations(names, source):
+        _, cap = run_with_capture(model, jax.numpy.asarray(source), capture=Capture(tuple(names)))
+        return cap
+
+    return resolve(model.sites(), edits, shape, tokens=tokens, activations=activations)

@@ -11,26 +11,12 @@ Partial rotary (GPT-NeoX) rotates only the first `rot_dim` features of each head
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-PAIRINGS = ("half", "interleaved")
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """Frequency rescaling. kind: "none", "linear" (positions / factor: position interpolation, PI),
-    "ntk" (NTK-aware base scaling: theta * factor ** (rot_dim / (rot_dim - 2)), so the lowest
-    frequency is divided by `factor` and the highest is unchanged) or "llama3" (Llama 3.1 bands)."""
-
-    kind: str = "none"
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_positions: int = 8192
+from toybb.config import PAIRINGS, POSITION_KINDS, PositionConfig, RopeScaling  # noqa: F401 (re-exported)
 
 
 def inv_frequencies(rot_dim: int, theta: float, scaling: RopeScaling = RopeScaling()) -> np.ndarray:
@@ -166,3 +152,50 @@ def sink_far_positions(q_pos: jax.Array, k_pos: jax.Array, n_sink: int, window: 
     tokens, query i sits at cache index min(i, k + W - 1) and sink j < k at index j (window keys keep
     their relative distance i - j, so they use the normal positions)."""
     return jnp.minimum(q_pos, n_sink + window - 1), k_pos
+
+
+# ---------------------------------------------------------------------------------------------
+# The position scheme of one attention layer (`toybb.config.PositionConfig`), for every model family.
+
+
+def layer_inv_freq(pc: PositionConfig, head_dim: int) -> np.ndarray:
+    """The layer's RoPE inverse frequencies (scaling and llama.cpp frequency factors applied)."""
+    inv = inv_frequencies(pc.rope_dim or head_dim, pc.rope_theta, pc.rope_scaling)
+    if pc.rope_freq_factors is not None:
+        inv = inv / np.asarray(pc.rope_freq_factors, np.float64)
+    return inv
+
+
+def rotate(pc: PositionConfig, x: jax.Array, positions: jax.Array) -> jax.Array:
+    """x [batch, seq, heads, head_dim] rotated at `positions` (RoPE; unchanged otherwise)."""
+    if pc.kind != "rope":
+        return x
+    cos, sin = rope_angles(positions, jnp.asarray(layer_inv_freq(pc, x.shape[-1]), jnp.float32))
+    return apply_rope(x, cos, sin, pc.rope_pairing)
+
+
+def attention_options(pc: PositionConfig, q_raw: jax.Array, k_raw: jax.Array, q_pos: jax.Array,
+                      k_pos: jax.Array) -> dict:
+    """The attention core's position options (window, sink keys, far logits, ALiBi slopes or bias) for
+    the un-rotated q/k of one layer."""
+    opts: dict = {"window": pc.window}
+    near, far = None, None
+    if pc.selfextend is not None:
+        near = pc.selfextend[0]
+        far = selfextend_far_positions(q_pos, k_pos, *pc.selfextend)
+    elif pc.sink_cache is not None:
+        n_sink, near = pc.sink_cache
+        opts.update(window=near if pc.window is None else min(near, pc.window), keep_first=n_sink)
+        far = sink_far_positions(q_pos, k_pos, *pc.sink_cache)
+    if pc.kind == "rope" and far is not None:
+        opts.update(far=(rotate(pc, q_raw, far[0]), rotate(pc, k_raw, far[1])), near=near)
+    elif pc.kind == "alibi":
+        slopes = jnp.asarray(alibi_slopes(q_raw.shape[2]), jnp.float32)
+        if far is None:
+            opts["alibi"] = slopes
+        else:  # ALiBi at the scheme's merged relative positions
+            rel = q_pos[..., :, None] - k_pos[..., None, :]
+            rel = jnp.where(rel < near, rel, far[0][..., :, None] - far[1][..., None, :]).astype(jnp.float32)
+            opts["bias"] = (-slopes[:, None, None] * rel if rel.ndim == 2
+                            else -slopes[None, :, None, None] * rel[:, None])
+    return opts

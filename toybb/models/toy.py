@@ -24,135 +24,77 @@ import jax.numpy as jnp
 from flax import nnx
 
 from toybb.config import ModelConfig
-from toybb.models.attention import attention
-from toybb.models.capture import NO_CAPTURE, Capture
-from toybb.models.positional import (RopeScaling, alibi_slopes, apply_rope, inv_frequencies, rope_angles,
-                                     selfextend_far_positions)
+from toybb.models.attention import Attention, AttentionSpec
+from toybb.models.capture import NO_CAPTURE, NO_TAP, Capture, Tap
+from toybb.models.layers import param
+from toybb.models.sites import NO_EDITS, Edits, ModelSites, ablation_edits, resolve
 
 
 def _uniform_fan_in(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> nnx.Param:
-    bound = fan_in**-0.5
-    return nnx.Param(jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound))
+    return param(shape, jnp.float32, "uniform", rngs, fan_in)
 
 
-class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
-        d, h, hk, dh = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.kind, self.prefix = cfg.attention, f"blocks.{layer}.attn"
-        self.wq = _uniform_fan_in(rngs, (d, h, dh), d)
-        self.wk = _uniform_fan_in(rngs, (d, hk, dh), d)
-        self.wv = _uniform_fan_in(rngs, (d, hk, dh), d)
-        self.wo = _uniform_fan_in(rngs, (h, dh, d), h * dh)
-        # explicit attention bias: one learned key/value per kv head (initialised like a projected input)
-        self.k_bias = _uniform_fan_in(rngs, (hk, dh), d) if cfg.attn_bias else None
-        self.v_bias = _uniform_fan_in(rngs, (hk, dh), d) if cfg.attn_bias else None
-        self.cfg = cfg
-        scaling = RopeScaling("linear", cfg.rope_scale) if cfg.rope_scale > 1 else RopeScaling()
-        self.inv_freq = (tuple(float(f) for f in inv_frequencies(dh, cfg.rope_theta, scaling))
-                         if cfg.position == "rope" else None)
-        self.slopes = tuple(float(s) for s in alibi_slopes(h)) if cfg.position == "alibi" else None
-
-    def _position_options(self, q, k, positions) -> tuple[jax.Array, jax.Array, dict]:
-        """RoPE rotation, ALiBi slopes, window, SelfExtend and logit temperature for the core."""
-        cfg, opts = self.cfg, {}
-        if cfg.window is not None:
-            opts["window"] = cfg.window
-        if cfg.logit_scale != 1.0:
-            opts["scale"] = cfg.logit_scale * q.shape[-1] ** -0.5
-        w, g = cfg.selfextend_window, cfg.selfextend_group
-        if self.inv_freq is not None:
-            inv = jnp.asarray(self.inv_freq)
-            rot = lambda x, p: apply_rope(x, *rope_angles(p, inv))  # noqa: E731
-            if w is not None:
-                qf, kf = selfextend_far_positions(positions, positions, w, g)
-                opts.update(far=(rot(q, qf), rot(k, kf)), near=w)
-            q, k = rot(q, positions), rot(k, positions)
-        if self.slopes is not None:
-            slopes = jnp.asarray(self.slopes, jnp.float32)
-            if w is None:
-                opts["alibi"] = slopes
-            else:  # ALiBi at SelfExtend's merged relative positions
-                qf, kf = selfextend_far_positions(positions, positions, w, g)
-                rel = positions[:, None] - positions[None, :]
-                rel = jnp.where(rel < w, rel, qf[:, None] - kf[None, :])
-                opts["bias"] = -slopes[:, None, None] * rel.astype(jnp.float32)
-        return q, k, opts
-
-    def __call__(self, x: jax.Array, positions: jax.Array, capture: Capture = NO_CAPTURE) -> jax.Array:
-        """x: [batch, seq, d_model] -> [batch, seq, d_model]."""
-        q = jnp.einsum("btd,dhe->bthe", x, self.wq[...])
-        k = jnp.einsum("btd,dhe->bthe", x, self.wk[...])
-        v = jnp.einsum("btd,dhe->bthe", x, self.wv[...])
-        q, k, opts = self._position_options(q, k, positions)
-        if self.k_bias is not None:
-            b = x.shape[0]
-            kb = jnp.broadcast_to(self.k_bias[...][None, None], (b, 1) + k.shape[2:])
-            vb = jnp.broadcast_to(self.v_bias[...][None, None], (b, 1) + v.shape[2:])
-            # key position -1 lies before every query, so the causal mask makes k' visible to all
-            k_pos = jnp.concatenate([jnp.full((1,), -1, positions.dtype), positions])
-            res = attention(q, jnp.concatenate([kb, k], 1), jnp.concatenate([vb, v], 1), kind=self.kind,
-                            q_pos=positions, k_pos=k_pos, **opts)
-            logits, pattern, bias_pattern = res.logits[..., 1:], res.pattern[..., 1:], res.pattern[..., 0]
-        else:  # positions are arange(seq): contiguous; the weights only when captured
-            weights = capture.wants(f"{self.prefix}.logits") or capture.wants(f"{self.prefix}.pattern")
-            res = attention(q, k, v, kind=self.kind, q_pos=positions, k_pos=positions, contiguous=True,
-                            weights=weights, **opts)
-            logits, pattern, bias_pattern = res.logits, res.pattern, None
-        out = jnp.einsum("bthe,hed->btd", res.out, self.wo[...])
-        if capture:
-            p = self.prefix
-            if bias_pattern is not None:
-                capture.sow(self, f"{p}.pattern_bias", bias_pattern)
-            for name, val in (("q", q), ("k", k), ("v", v), ("logits", logits), ("pattern", pattern),
-                              ("z", res.out), ("out", out)):
-                capture.sow(self, f"{p}.{name}", val)
-            if capture.wants(f"{p}.head_out"):
-                g = q.shape[2] // v.shape[2]
-                vh = jnp.repeat(v, g, axis=2) if g > 1 else v
-                capture.sow(self, f"{p}.head_out", jnp.einsum("bthe,hed->bthd", vh, self.wo[...]))
-        return out
+def attention_spec(cfg: ModelConfig, layer: int) -> AttentionSpec:
+    """The toy model's attention layer `layer`: no projection biases, the reference initialisation."""
+    return AttentionSpec(
+        d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+        kind=cfg.attention, position=cfg.position_config(layer),
+        scale=None if cfg.logit_scale == 1.0 else cfg.logit_scale * cfg.head_dim**-0.5,
+        learned_kv=cfg.attn_bias, init="uniform")
 
 
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
         d, f = cfg.d_model, cfg.mlp_dim
-        self.relu, self.prefix = cfg.mlp_kind(layer) == "relu", f"blocks.{layer}.mlp"
+        self.relu, self.layer = cfg.mlp_kind(layer) == "relu", layer
         self.w_in = _uniform_fan_in(rngs, (d, f), d)
         self.w_out = _uniform_fan_in(rngs, (f, d), f)
 
-    def __call__(self, x: jax.Array, capture: Capture = NO_CAPTURE) -> jax.Array:
+    def __call__(self, x: jax.Array, tap: Tap = NO_TAP, real=None) -> jax.Array:
+        """x [batch, seq, d_model] -> the MLP output (before its site `mlp.out`, tapped by the block)."""
         h = x @ self.w_in[...]
         if self.relu:
             h = jax.nn.relu(h)
-        out = h @ self.w_out[...]
-        if capture:
-            capture.sow(self, f"{self.prefix}.hidden", h)
-            capture.sow(self, f"{self.prefix}.out", out)
-        return out
+        h = tap.part(self, self.layer, "mlp.hidden", h, real) if real else tap(self, self.layer, "mlp.hidden", h)
+        return h @ self.w_out[...]
 
 
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
-        self.prefix = f"blocks.{layer}"
+        self.layer, self.slot = layer, cfg.sink_token
         self.ln1 = nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, rngs=rngs) if cfg.has_attention(layer) else None
-        self.attn = Attention(cfg, layer, rngs=rngs) if cfg.has_attention(layer) else None
+        self.attn = Attention(attention_spec(cfg, layer), layer, rngs=rngs) if cfg.has_attention(layer) else None
         has_mlp = cfg.mlp_kind(layer) != "none"
         self.ln2 = nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, rngs=rngs) if has_mlp else None
         self.mlp = MLP(cfg, layer, rngs=rngs) if has_mlp else None
 
-    def __call__(self, x, positions, capture: Capture = NO_CAPTURE, ablate: frozenset[str] = frozenset()):
-        p = self.prefix
-        if capture:
-            capture.sow(self, f"{p}.resid_pre", x)
-        if self.attn is not None and f"{p}.attn" not in ablate:
-            x = x + self.attn(self.ln1(x), positions, capture)
-        if capture:
-            capture.sow(self, f"{p}.resid_mid", x)
-        if self.mlp is not None and f"{p}.mlp" not in ablate:
-            x = x + self.mlp(self.ln2(x), capture)
-        if capture:
-            capture.sow(self, f"{p}.resid_post", x)
+    def __call__(self, x, positions, tap: Tap = NO_TAP):
+        site = _site_fn(self, tap, self.layer, self.slot)
+        x = site("resid_pre", x)
+        if self.attn is not None:
+            a = self.attn(self.ln1(x), positions, tap, contiguous=True, slot=self.slot)
+            x = x + _site_fn(self.attn, tap, self.layer, self.slot)("attn.out", a)
+        x = site("resid_mid", x)
+        if self.mlp is not None:
+            m = self.mlp(self.ln2(x), tap, _REAL if self.slot else None)
+            x = x + _site_fn(self.mlp, tap, self.layer, self.slot)("mlp.out", m)
+        return site("resid_post", x)
+
+
+_REAL = (slice(None), slice(1, None))  # the real positions of a [batch, seq + 1, ...] site behind a sink slot
+
+
+def _site_fn(module, tap: Tap, layer: int | None, slot: bool):
+    """kind, x -> x through the tap; with a sink slot the real positions are site `kind` and, for the
+    residual stream, the slot is site `{kind}_slot`."""
+    def site(kind, x):
+        if not slot:
+            return tap(module, layer, kind, x)
+        x = tap.part(module, layer, kind, x, _REAL)
+        if kind.startswith("resid") or kind in ("embed", "final_norm"):
+            x = tap.part(module, layer, f"{kind}_slot", x, (slice(None), 0))
         return x
+    return site
 
 
 class ToyTransformer(nnx.Module):
@@ -173,20 +115,36 @@ class ToyTransformer(nnx.Module):
         self.sink_embed = (nnx.Param(jax.random.normal(rngs.params(), (cfg.d_model,), jnp.float32))
                            if cfg.sink_token else None)
 
+    def sites(self) -> ModelSites:
+        """The model's declared sites (`toybb.models.sites`)."""
+        cfg = self.cfg
+        extra = {n for n in ("attn_bias", "sink_token") if getattr(cfg, n)}
+        return ModelSites(cfg.n_layers, (("head", cfg.n_heads), ("kv_head", cfg.kv_heads), ("d_head", cfg.head_dim),
+                                         ("d_model", cfg.d_model), ("d_mlp", cfg.mlp_dim), ("vocab", cfg.vocab_size)),
+                          tuple(l for l in range(cfg.n_layers) if cfg.has_attention(l)),
+                          tuple(l for l in range(cfg.n_layers) if cfg.mlp_kind(l) != "none"), frozenset(extra))
+
     def __call__(
         self,
         tokens: jax.Array,
         *,
         capture: Capture = NO_CAPTURE,
+        edits: Edits = NO_EDITS,
         ablate: frozenset[str] = frozenset(),
-        resid_add: dict[int, jax.Array] | None = None,
     ) -> jax.Array:
         """tokens: [batch, seq] -> logits [batch, seq, vocab].
 
-        ablate: names of sub-layers to skip, e.g. {"blocks.0.attn", "blocks.0.mlp"} (interventions).
-        resid_add: {layer: [seq, d_model]} added to the residual stream after that block (e.g.
-          positional-vector replacement).
+        capture: sites to record (`toybb.models.capture`). edits: interventions applied inside the
+        forward (`toybb.models.sites`: `Edit` specs are resolved with `resolve_edits`). ablate: sub-layers
+        whose output is zeroed, e.g. {"blocks.0.attn", "blocks.0.mlp"} (shorthand for zero edits of
+        their `attn.out` / `mlp.out`).
         """
+        sites = self.sites()
+        capture.check(sites)
+        edits = resolve(sites, edits, tuple(tokens.shape))
+        if ablate:
+            edits = edits + ablation_edits(sites, ablate, tokens.shape)
+        tap = Tap(capture, edits)
         t = tokens.shape[1]
         positions = jnp.arange(t)
         emb = self.token_embed[...]
@@ -203,14 +161,10 @@ class ToyTransformer(nnx.Module):
             s = jnp.broadcast_to(self.sink_embed[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
             x = jnp.concatenate([s, x], axis=1)
             positions = jnp.arange(t + 1)
-        if capture:
-            capture.sow(self, "embed", x)
-        for l, block in enumerate(self.blocks):
-            x = block(x, positions, capture, ablate)
-            if resid_add and l in resid_add:
-                x = x + resid_add[l]
-        x = self.ln_f(x)
-        if capture:
-            capture.sow(self, "final_norm", x)
+        site = _site_fn(self, tap, None, self.sink_embed is not None)
+        x = site("embed", x)
+        for block in self.blocks:
+            x = block(x, positions, tap)
+        x = site("final_norm", self.ln_f(x))
         logits = x @ self.unembed[...]
-        return logits[:, 1:] if self.sink_embed is not None else logits
+        return tap(self, None, "logits", logits[:, 1:] if self.sink_embed is not None else logits)

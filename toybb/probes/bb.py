@@ -12,23 +12,16 @@ from toybb.models.capture import Capture, run_with_capture
 from toybb.probes import metrics as M
 
 
-def _offset(cfg: ModelConfig) -> int:
-    """Position of the first input token in the captured arrays: 1 when a learned sink token is
-    prepended (`model.sink_token`). The BB metrics are always those of the input sequence, so with a
-    sink token they measure what is left on the BOS; the learned slot itself is sliced away."""
-    return 1 if cfg.sink_token else 0
-
-
 def eval_capture(cfg: ModelConfig) -> Capture:
     """The sites the dynamics metrics need, reduced inside the compiled function."""
     sites = ["blocks.*.resid_post@norm"]
     for l in range(cfg.n_layers):
         if cfg.has_attention(l):
-            sites += [f"blocks.{l}.attn.pattern@key{_offset(cfg)}", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.head_out@norm"]
+            sites += [f"blocks.{l}.attn.pattern@key0", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.head_out@norm"]
             if cfg.arch == "transformer":
                 sites.append(f"blocks.{l}.attn.v@norm")
-            if cfg.sink_token:  # the learned slot itself (key 0; the BOS is key 1)
-                sites.append(f"blocks.{l}.attn.pattern@key0")
+            if cfg.sink_token:  # the learned slot itself (the sites cover the input; key 0 is the BOS)
+                sites.append(f"blocks.{l}.attn.pattern_slot")
             if cfg.attn_bias:
                 sites.append(f"blocks.{l}.attn.pattern_bias")
     return Capture(tuple(sites))
@@ -72,18 +65,14 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
     non-trigger queries on the learned slot and on k', next to `sink_attention` on the BOS.
     """
     cfg: ModelConfig = model.cfg
-    o = _offset(cfg)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     logits, cap = run_with_capture(model, inputs, capture=eval_capture(cfg))
-    # attention on the learned sink slot (its queries dropped) and on the explicit bias k', per layer
-    slot = {l: cap.pop(f"blocks.{l}.attn.pattern@key0")[..., o:] for l in range(cfg.n_layers)
-            if o and cfg.has_attention(l)}
-    bias = {l: cap.pop(f"blocks.{l}.attn.pattern_bias")[..., o:] for l in range(cfg.n_layers)
+    # attention on the learned sink slot and on the explicit bias k', per layer (the other sites cover
+    # the input positions only)
+    slot = {l: cap.pop(f"blocks.{l}.attn.pattern_slot") for l in range(cfg.n_layers)
+            if cfg.sink_token and cfg.has_attention(l)}
+    bias = {l: cap.pop(f"blocks.{l}.attn.pattern_bias") for l in range(cfg.n_layers)
             if cfg.attn_bias and cfg.has_attention(l)}
-    if o:  # drop the learned sink token's position: queries, keys, residual and value positions
-        cap = {k: (v[..., o:] if k.endswith(f"@key{o}") else v[..., o:, o:] if k.endswith(".logits")
-                   else v[:, o:]) for k, v in cap.items()}
-        cap = {k.replace(f"@key{o}", "@key0"): v for k, v in cap.items()}
     nll = M.token_nll(logits, targets)
     oracle = task.oracle_nll(inputs, targets)
     trig = task.trigger_mask(inputs)
@@ -145,11 +134,10 @@ def sink_attention_of_last_query(model, probe_tokens: jax.Array) -> jax.Array:
     """Attention of the last position on position 0, per layer and head: [layers, n_tokens, heads]
     (NaN rows for layers without attention)."""
     cfg: ModelConfig = model.cfg
-    key0 = f"key{_offset(cfg)}"  # the BOS (behind a learned sink token, if any)
-    _, cap = run_with_capture(model, probe_tokens, capture=Capture((f"blocks.*.attn.pattern@{key0}",)))
+    _, cap = run_with_capture(model, probe_tokens, capture=Capture(("blocks.*.attn.pattern@key0",)))
     rows = []
     for l in range(cfg.n_layers):
-        key = f"blocks.{l}.attn.pattern@{key0}"
+        key = f"blocks.{l}.attn.pattern@key0"
         rows.append(cap[key][:, :, -1] if key in cap else jnp.full((probe_tokens.shape[0], cfg.n_heads), jnp.nan))
     return jnp.stack(rows)
 
@@ -162,17 +150,16 @@ def bos_attention_by_token(model, inputs: jax.Array, n_tokens: int) -> tuple[jax
     occur and for layers without attention. A token active in the probe but dormant here reacts to the
     probe's unusual context; one active here too behaves like a trigger on real text."""
     cfg: ModelConfig = model.cfg
-    key0 = f"key{_offset(cfg)}"
-    _, cap = run_with_capture(model, inputs, capture=Capture((f"blocks.*.attn.pattern@{key0}",)))
+    _, cap = run_with_capture(model, inputs, capture=Capture(("blocks.*.attn.pattern@key0",)))
     onehot = jax.nn.one_hot(inputs[:, 1:], n_tokens, dtype=jnp.float32)  # [b, t-1, n]
     count = onehot.sum((0, 1))
     rows = []
     for l in range(cfg.n_layers):
-        key = f"blocks.{l}.attn.pattern@{key0}"
+        key = f"blocks.{l}.attn.pattern@key0"
         if key not in cap:
             rows.append(jnp.full((n_tokens, cfg.n_heads), jnp.nan))
             continue
-        a = cap[key][:, :, _offset(cfg) + 1:].astype(jnp.float32)  # [b, h, t-1]: queries 1.. of the input
+        a = cap[key][:, :, 1:].astype(jnp.float32)  # [b, h, t-1]: queries 1.. of the input
         total = jnp.einsum("bht,btn->nh", a, onehot)
         rows.append(jnp.where(count[:, None] > 0, total / jnp.maximum(count, 1.0)[:, None], jnp.nan))
     return jnp.stack(rows), count

@@ -33,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from toybb.llm.model import LLM, HeadEdit, ResidEdit
-from toybb.models.capture import Capture, run_with_capture
+from toybb.llm.model import LLM
+from toybb.models.capture import Capture, resolve_edits, run_with_capture
+from toybb.models.sites import NO_EDITS, Edit
 from toybb.probes import metrics as M
 
 MASSIVE_ABS = 100.0
@@ -190,8 +191,8 @@ def probe_domain(model: LLM, batches, *, k_first: int = 32, progress: str | None
 
 @lru_cache(maxsize=8)
 def _compiled_loss(graphdef):
-    def f(state, tokens, valid, head_edit, resid_edit):
-        logits = nnx.merge(graphdef, state)(tokens, head_edit=head_edit, resid_edit=resid_edit)
+    def f(state, tokens, valid, edits):
+        logits = nnx.merge(graphdef, state)(tokens, edits=edits)
         nll = M.token_nll(logits[:, :-1], tokens[:, 1:])
         w = valid.astype(jnp.float32)[:, None]
         return jnp.sum(nll * w), jnp.sum(w) * nll.shape[1]
@@ -199,41 +200,43 @@ def _compiled_loss(graphdef):
     return jax.jit(f)
 
 
-def edited_nll(model: LLM, batches: list, head_edit: HeadEdit | None = None,
-               resid_edit: ResidEdit | None = None) -> float:
-    """Mean next-token NLL (nats) over batches of (tokens, valid) under the interventions. One compilation
-    for every edit of the same shape (identity edits stand in for None)."""
-    cfg = model.cfg
-    he = head_edit if head_edit is not None else HeadEdit.identity(cfg.n_layers, cfg.n_heads)
-    re = resid_edit if resid_edit is not None else ResidEdit.none(8)
-    if re.dims.shape[0] < 8:  # pad to 8 dims so every ResidEdit has one shape (repeat the first dim)
-        k = re.dims.shape[0]
-        re = ResidEdit(re.layer, jnp.concatenate([re.dims, jnp.repeat(re.dims[:1], 8 - k)]),
-                       jnp.concatenate([re.value, jnp.repeat(re.value[:1], 8 - k)]), re.min_abs)
+def edited_nll(model: LLM, batches: list, edits=None) -> float:
+    """Mean next-token NLL (nats) over batches of (tokens, valid) under `edits` (`Edit`s, e.g. from
+    `head_edit_for` / `massive_edit`). Selectors and values are arrays: one compilation serves every
+    head, layer or value of the same edit structure."""
     graphdef, state = nnx.split(model)
     f = _compiled_loss(graphdef)
-    tot, cnt = 0.0, 0.0
+    tot, cnt, resolved = 0.0, 0.0, {}
     for tokens, valid in batches:
-        s, c = f(state, jnp.asarray(tokens, jnp.int32), jnp.asarray(valid, bool), he, re)
+        tokens = jnp.asarray(tokens, jnp.int32)
+        if tokens.shape not in resolved:
+            resolved[tokens.shape] = NO_EDITS if edits is None else resolve_edits(model, edits, tokens)
+        s, c = f(state, tokens, jnp.asarray(valid, bool), resolved[tokens.shape])
         tot, cnt = tot + float(s), cnt + float(c)
     return tot / cnt
 
 
-def head_edit_for(cfg, layer: int, head: int, kind: str) -> HeadEdit:
-    """'zero' or 'to_bos' on one head, identity elsewhere."""
-    e = HeadEdit.identity(cfg.n_layers, cfg.n_heads)
+HEAD_EDITS = ("zero", "to_bos")
+
+
+def head_edit_for(cfg, layer: int, head: int, kind: str) -> list[Edit]:
+    """'zero' (the head's attention output z) or 'to_bos' (all of the head's attention moved onto key
+    0, the BOS or first token) on one head."""
     if kind == "zero":
-        return HeadEdit(e.scale.at[layer, head].set(0.0), e.to_bos)
+        return [Edit("blocks.*.attn.z", "zero", layer=layer, head=head)]
     if kind == "to_bos":
-        return HeadEdit(e.scale, e.to_bos.at[layer, head].set(1.0))
-    raise ValueError(f"unknown head intervention {kind!r}; use 'zero' or 'to_bos'")
+        return [Edit("blocks.*.attn.pattern", "set", value=1.0, layer=layer, head=head, key=0),
+                Edit("blocks.*.attn.pattern", "zero", layer=layer, head=head, key="1:")]
+    raise ValueError(f"unknown head intervention {kind!r}; use one of {HEAD_EDITS}")
 
 
-def massive_edit(info: dict, mode: str) -> ResidEdit:
+def massive_edit(info: dict, mode: str) -> list[Edit]:
     """Set the massive activations found by `DomainStats.massive()` to zero or to their mean, after the
     first massive layer, wherever |h[dim]| exceeds the detection threshold."""
-    dims = jnp.asarray(info["dims"], jnp.int32)
-    vals = jnp.zeros(len(info["dims"]), jnp.float32) if mode == "zero" else jnp.asarray(info["dim_mean"], jnp.float32)
     if mode not in ("zero", "mean"):
         raise ValueError(f"unknown massive-activation intervention {mode!r}; use 'zero' or 'mean'")
-    return ResidEdit(jnp.int32(info["first_layer"]), dims, vals, jnp.float32(info["threshold"]))
+    order = np.argsort(info["dims"])  # the feature selector's values follow sorted dims
+    dims = [int(info["dims"][i]) for i in order]
+    vals = np.zeros(len(dims), np.float32) if mode == "zero" else np.asarray(info["dim_mean"], np.float32)[order]
+    return [Edit("blocks.*.resid_post", "set", value=vals, layer=int(info["first_layer"]), feature=dims,
+                 min_abs=float(info["threshold"]))]

@@ -157,13 +157,13 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
             it = tqdm(heads, desc=f"heads {name}", unit="head")
         for l, h in it:
             for kind in ("zero", "to_bos"):
-                v = P.edited_nll(pre.model, bt, head_edit=P.head_edit_for(cfg, l, h, kind))
+                v = P.edited_nll(pre.model, bt, P.head_edit_for(cfg, l, h, kind))
                 rows.append({"domain": name, "intervention": f"head_{kind}", "layer": l, "head": h, "nll": v,
                              "ppl": math.exp(v), "delta_nll": v - base})
         m = summary["domains"][name]["massive"]
         if m["first_layer"] is not None:
             for mode in ("zero", "mean"):
-                v = P.edited_nll(pre.model, bt, resid_edit=P.massive_edit(m, mode))
+                v = P.edited_nll(pre.model, bt, P.massive_edit(m, mode))
                 rows.append({"domain": name, "intervention": f"massive_{mode}", "layer": m["first_layer"],
                              "head": "", "nll": v, "ppl": math.exp(v) if v < 700 else float("inf"),
                              "delta_nll": v - base})

@@ -25,24 +25,24 @@ def bos_metrics(model, tokens, task, *, resid_layer: int = 0, attn_layer: int = 
     tokens, attention of non-trigger queries on BOS in `attn_layer`, and on the extra slot."""
     cfg = model.cfg
     inputs = tokens[:, :-1]
-    off = 1 if cfg.sink_token else 0  # captured positions include the sink slot at 0
     sites = [f"blocks.{resid_layer}.resid_post@norm", f"blocks.{attn_layer}.attn.pattern"]
     if cfg.attn_bias:
         sites.append(f"blocks.{attn_layer}.attn.pattern_bias")
+    if cfg.sink_token:  # the sites cover the input; the slot has sites of its own
+        sites += [f"blocks.{attn_layer}.attn.pattern_slot", f"blocks.{resid_layer}.resid_post_slot@norm"]
     _, cap = run_with_capture(model, inputs, capture=Capture(tuple(sites)))
     non_trig = ~task.trigger_mask(inputs)
-    rn = cap[f"blocks.{resid_layer}.resid_post@norm"][:, off:]  # real tokens only
-    peak, others, _ = M.residual_peak(rn)
-    pat = cap[f"blocks.{attn_layer}.attn.pattern"][:, :, off:, :]  # real queries; keys keep the slot
+    peak, others, _ = M.residual_peak(cap[f"blocks.{resid_layer}.resid_post@norm"])
+    pat = cap[f"blocks.{attn_layer}.attn.pattern"]
     out = {"resid_bos": float(peak), "resid_others": float(others),
-           "attn_bos": float(M.sink_attention(pat, non_trig, sink=off, exclude_sink_query=True).mean())}
+           "attn_bos": float(M.sink_attention(pat, non_trig, exclude_sink_query=True).mean())}
     if cfg.attn_bias:
         extra = cap[f"blocks.{attn_layer}.attn.pattern_bias"]
         out["attn_extra"] = float(M.sink_attention(extra, non_trig, exclude_sink_query=True).mean())
     elif cfg.sink_token:
-        out["attn_extra"] = float(M.sink_attention(pat, non_trig, sink=0, exclude_sink_query=True).mean())
-        slot = cap[f"blocks.{resid_layer}.resid_post@norm"][:, 0]
-        out["resid_sink_slot"] = float(jnp.mean(slot))
+        slot = cap[f"blocks.{attn_layer}.attn.pattern_slot"]
+        out["attn_extra"] = float(M.sink_attention(slot, non_trig, exclude_sink_query=True).mean())
+        out["resid_sink_slot"] = float(jnp.mean(cap[f"blocks.{resid_layer}.resid_post_slot@norm"]))
     return out
 
 
