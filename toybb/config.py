@@ -21,6 +21,7 @@ MLP_KINDS = ("relu", "linear", "none")
 # position schemes of the token positions ("learned" adds a table to the embeddings; the others act in
 # attention); every scheme, and each long-context option of PositionConfig, works on toy and pretrained models
 POSITION_KINDS = ("learned", "none", "rope", "alibi")
+RELATIVE_POSITIONS = ("rope", "alibi")  # the schemes SelfExtend can regroup
 PAIRINGS = ("half", "interleaved")  # RoPE feature pairings (toybb.models.positional)
 ARCHS = ("transformer", "simple")  # simple: the reduced SimpleModel of SPEC §4 (toybb.theory.simple_model)
 OPTIMIZERS = ("adam", "sgd")
@@ -93,7 +94,7 @@ class PositionConfig:
         if self.selfextend is not None:
             _check(len(self.selfextend) == 2 and all(isinstance(x, int) and x >= 1 for x in self.selfextend),
                    f"SelfExtend needs (w, G) with neighbour window w >= 1 and group size G >= 1, got {self.selfextend!r}")
-            _check(self.kind in ("rope", "alibi"),
+            _check(self.kind in RELATIVE_POSITIONS,
                    f"SelfExtend regroups relative positions (position rope or alibi), not {self.kind!r}")
         if self.sink_cache is not None:
             _check(len(self.sink_cache) == 2 and all(isinstance(x, int) for x in self.sink_cache)
@@ -164,7 +165,7 @@ class ModelConfig:
                f"model.selfextend_window must be a positive integer or null, got {self.selfextend_window!r}")
         _check(isinstance(self.selfextend_group, int) and self.selfextend_group >= 1,
                f"model.selfextend_group (G) must be an integer >= 1, got {self.selfextend_group!r}")
-        _check(self.selfextend_window is None or self.position in ("rope", "alibi"),
+        _check(self.selfextend_window is None or self.position in RELATIVE_POSITIONS,
                f"model.selfextend_window needs relative positions (position rope or alibi), got {self.position!r}")
         for name in ("no_attention", "no_mlp", "linear_mlp"):
             _layer_list(f"model.{name}", getattr(self, name), self.n_layers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from toybb.config import PAIRINGS, POSITION_KINDS, PositionConfig, RopeScaling
+from toybb.config import PAIRINGS, POSITION_KINDS, RELATIVE_POSITIONS, PositionConfig, RopeScaling
 from toybb.errors import ConfigError
 
 ARCHS = ("llama", "mistral", "qwen2", "olmo", "olmo2", "gpt2", "gpt_neox", "gemma2", "gemma3")
@@ -108,7 +108,7 @@ class LLMConfig:
         if self.attn_block is not None and (not isinstance(self.attn_block, int) or self.attn_block < 1):
             bad("attn_block", "must be a positive number of query rows or None")
         if self.selfextend is not None:
-            if self.position not in ("rope", "alibi"):
+            if self.position not in RELATIVE_POSITIONS:
                 bad("selfextend", f"SelfExtend regroups relative positions (rope or alibi); this model has {self.position}")
             if len(self.selfextend) != 2 or any(not isinstance(x, int) or x < 1 for x in self.selfextend):
                 bad("selfextend", "must be (w, G) with neighbour window w >= 1 and group size G >= 1")

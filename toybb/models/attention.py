@@ -36,11 +36,11 @@ import numpy as np
 from flax import nnx
 
 from toybb import device
+from toybb.config import ATTENTION_KINDS as KINDS
 from toybb.models.capture import NO_TAP, Tap
 from toybb.models.layers import Norm, fetch, param, pv
 from toybb.models.positional import PositionConfig, attention_options, rotate
 
-KINDS = ("softmax", "relu")
 
 
 class AttentionResult(NamedTuple):
