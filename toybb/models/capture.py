@@ -164,6 +164,9 @@ def resolve_edits(model: nnx.Module, edits, tokens) -> Edits:
     of mean / patch edits). Pass the result to a jitted forward as `edits=`."""
     if isinstance(edits, Edits):
         return edits
+    if not hasattr(model, "sites"):
+        raise SiteError(f"{type(model).__name__} declares no sites; interventions need the toy transformer "
+                        "or a pretrained model")
     shape = tuple(tokens.shape)
 
     def activations(names, source):
