@@ -24,7 +24,7 @@ from toybb.models.attention import Attention, AttentionSpec
 from toybb.models.capture import NO_CAPTURE, NO_TAP, Capture, Tap
 from toybb.models.layers import Norm, fetch, param, pv
 from toybb.models.quant import QArray
-from toybb.models.sites import NO_EDITS, Edits, ModelSites, ablation_edits, resolve
+from toybb.models.sites import NO_EDITS, Edits, ModelSites
 
 
 def _dtype(cfg: LLMConfig):
@@ -162,12 +162,7 @@ class LLM(nnx.Module):
         output is zeroed, e.g. {"blocks.0.mlp"}. Returns float32 logits [batch, seq, vocab]."""
         cfg = self.cfg
         t = tokens.shape[1]
-        sites = self.sites()
-        capture.check(sites)
-        edits = resolve(sites, edits, tuple(tokens.shape))
-        if ablate:
-            edits = edits + ablation_edits(sites, ablate, tokens.shape)
-        tap = Tap(capture, edits)
+        tap = Tap.of(self.sites(), capture, edits, ablate, tokens.shape)
         contiguous = positions is None
         if positions is None:
             positions = jnp.arange(t)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from toybb.models.sites import NO_EDITS, Edits, ModelSites, SiteError, resolve
+from toybb.models.sites import NO_EDITS, Edits, ModelSites, SiteError, ablation_edits, resolve
 
 REDUCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "norm": lambda x: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)),
@@ -104,6 +104,18 @@ class Tap(NamedTuple):
 
     def __bool__(self) -> bool:
         return bool(self.capture) or bool(self.edits)
+
+    @staticmethod
+    def of(sites: ModelSites, capture: Capture, edits, ablate, shape) -> "Tap":
+        """The tap of one forward of a model with `sites` on inputs of `shape`: the capture checked against
+        the sites, `Edit` specs resolved, `ablate` names ({"blocks.0.mlp"}) added as zero edits."""
+        if not isinstance(capture, Capture):
+            capture = Capture(capture)
+        capture.check(sites)
+        edits = resolve(sites, edits, tuple(shape))
+        if ablate:
+            edits = edits + ablation_edits(sites, ablate, shape)
+        return Tap(capture, edits)
 
     def __call__(self, module: nnx.Module, layer: int | None, kind: str, x: jax.Array) -> jax.Array:
         """Site `kind` of layer `layer` (None: a model-level site) with value x -> the edited x."""

@@ -27,7 +27,7 @@ from toybb.config import ModelConfig
 from toybb.models.attention import Attention, AttentionSpec
 from toybb.models.capture import NO_CAPTURE, NO_TAP, Capture, Tap
 from toybb.models.layers import param
-from toybb.models.sites import NO_EDITS, Edits, ModelSites, ablation_edits, resolve
+from toybb.models.sites import NO_EDITS, Edits, ModelSites
 
 
 def _uniform_fan_in(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> nnx.Param:
@@ -139,12 +139,7 @@ class ToyTransformer(nnx.Module):
         whose output is zeroed, e.g. {"blocks.0.attn", "blocks.0.mlp"} (shorthand for zero edits of
         their `attn.out` / `mlp.out`).
         """
-        sites = self.sites()
-        capture.check(sites)
-        edits = resolve(sites, edits, tuple(tokens.shape))
-        if ablate:
-            edits = edits + ablation_edits(sites, ablate, tokens.shape)
-        tap = Tap(capture, edits)
+        tap = Tap.of(self.sites(), capture, edits, ablate, tokens.shape)
         t = tokens.shape[1]
         positions = jnp.arange(t)
         emb = self.token_embed[...]
