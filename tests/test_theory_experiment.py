@@ -19,7 +19,7 @@ from toybb.probes import bb as bbprobes
 from toybb.task import BBTask
 from toybb.theory import experiment as E
 from toybb.theory import rates as R
-from toybb.theory.simple_model import COPY_SCALE, SimpleModel
+from toybb.models.simple import COPY_SCALE, SimpleModel
 
 TASK = BBTask()
 

@@ -23,7 +23,7 @@ MLP_KINDS = ("relu", "linear", "none")
 POSITION_KINDS = ("learned", "none", "rope", "alibi")
 RELATIVE_POSITIONS = ("rope", "alibi")  # the schemes SelfExtend can regroup
 PAIRINGS = ("half", "interleaved")  # RoPE feature pairings (toybb.models.positional)
-ARCHS = ("transformer", "simple")  # simple: the reduced SimpleModel of SPEC §4 (toybb.theory.simple_model)
+ARCHS = ("transformer", "simple")  # simple: the reduced SimpleModel of SPEC §4 (toybb.models.simple)
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 3e-4, "sgd": 0.03}
 # the paper's 1-layer ReLU-attention run used AdamW at 3e-3; its 3-layer ReLU-attention run 3e-4 (SPEC §2)

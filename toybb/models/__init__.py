@@ -1,4 +1,5 @@
-"""Model definitions: the shared attention core, the capture API, the toy transformer."""
+"""Model definitions: the one attention layer, the declared sites (capture and interventions), the toy
+transformer, the reduced SimpleModel of SPEC §4."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def build_model(cfg: ModelConfig, rngs: nnx.Rngs, task=None) -> nnx.Module:
     logits [batch, seq, vocab], accepts capture=/ablate= and exposes `.cfg`). `task` (a BBTask)
     supplies the trigger and BOS ids to models that hard-wire them (the SimpleModel)."""
     if cfg.arch == "simple":
-        from toybb.theory.simple_model import SimpleModel
+        from toybb.models.simple import SimpleModel
 
         if task is None:
             return SimpleModel(cfg, rngs=rngs)
