@@ -554,6 +554,8 @@ def fig_circuit(ctx: FigureContext) -> list[Path]:
         ctx.log(f"circuit: SmolLM2-135M in {time.perf_counter() - t0:.0f} s (loading included)")
         results["smollm2"] = [res]
         del pre
+        d.mkdir(parents=True, exist_ok=True)  # cached before the toy part, which may have to train
+        cached.write_text(json.dumps({k: [r.to_dict() for r in v] for k, v in results.items()}))
     if "toy" not in results:
         t0 = time.perf_counter()
         results["toy"] = C.toy_results(ctx.variant("3layer_bias_plain"), batch=st["toy_batch"], log=ctx.log)
@@ -584,14 +586,16 @@ def fig_circuit(ctx: FigureContext) -> list[Path]:
                        label="unmodified BOS" if j == 0 else None)
         if key == "smollm2":
             ax.set_yscale("log")
+            lo = min(min(r.bos[res.focus_layer], r.next_largest[res.focus_layer]) for res in runs for r in res.rows)
+            ax.set_ylim(bottom=lo / 3)
             runs0 = runs[0]
             how = (f"peak layer {runs0.peak_layer} (BOS > {runs0.ratio:g}x every other token)"
                    if runs0.peak_layer is not None else f"layer {runs0.focus_layer}")
             ax.set_title(f"{runs0.model}: residual norm at {how}\n{runs0.meta.get('samples')} samples of "
                          f"{runs0.meta.get('seq_len')} tokens ({runs0.meta.get('text')})", fontsize=9)
         else:
-            ax.set_title(f"toy 3-layer BB model (variant 3layer_bias_plain, step {runs[0].meta.get('step')}): "
-                         f"residual norm after layer {runs[0].focus_layer}\n{st['toy_batch']} task sequences",
+            ax.set_title(f"toy 3-layer BB model (3layer_bias_plain, step {runs[0].meta.get('step')}):\n"
+                         f"residual norm after layer {runs[0].focus_layer}, {st['toy_batch']} task sequences",
                          fontsize=9)
         ax.set_xticks(x, ["unmodified" if n == "none" else "zero " + n.removeprefix("blocks.") for n in names],
                       rotation=30, ha="right", fontsize=8)
