@@ -3,7 +3,7 @@
 The paper (Llama-3.1-8B, one sentence): the BOS residual norm after layer 24 is 496 against <= 37 for
 the other tokens; zeroing the output of the layer-0 MLP drops it to 34, of the layer-1 MLP to 27, while
 zeroing the layer-0 attention output leaves it at 500. Here the same measurement for any model that
-takes `model(tokens, capture=..., ablate=...)` (the toy `ToyTransformer` and the pretrained `LLM`):
+declares its sites (the toy `ToyTransformer` and the pretrained `LLM`):
 
 1. The unmodified model is run on a batch; the residual norm after every block
    (`blocks.{l}.resid_post@norm`, [layers, batch, seq]) locates the peak.
@@ -22,7 +22,7 @@ layer, each with its next-largest norm and the median over the other positions. 
 causal model the BOS residual does not depend on the text after it, so the BOS norm is the same for
 every sequence; the next-largest norm and the loss do depend on the batch.
 
-Zeroing happens in one function, `_forward`; everything else only sees its outputs.
+Zeroing is one edit (`zero_edit`: the sub-layer's output site set to zero).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 from toybb.models.capture import Capture, run_with_capture
+from toybb.models.sites import NO_EDITS, Edit, resolve
 from toybb.probes.metrics import token_nll
 
 PEAK_RATIO = 5.0
@@ -51,29 +52,24 @@ def early_components(n_layers: int, k: int | None = None) -> list[str]:
     return [f"blocks.{l}.{part}" for l in range(k) for part in ("attn", "mlp")]
 
 
-def _forward(model, tokens: jax.Array, zero: str | None, capture: Capture):
-    """(logits, {site: array}) of `model` on `tokens` with the output of sub-layer `zero` (e.g.
-    "blocks.0.mlp") set to zero, or unmodified when `zero` is None. The only place that knows how
-    zeroing is done."""
-    return run_with_capture(model, tokens, capture=capture, ablate=frozenset() if zero is None else frozenset({zero}))
-
-
-def _norms_and_nll(model, tokens, targets, zero: str | None):
-    logits, cap = _forward(model, tokens, zero, NORMS)
-    n_layers = sum(1 for k in cap if k.endswith(".resid_post@norm"))
-    norms = jnp.stack([cap[f"blocks.{l}.resid_post@norm"].astype(jnp.float32) for l in range(n_layers)])
-    if targets is None:
-        nll = token_nll(logits[:, :-1], tokens[:, 1:])
-    else:
-        nll = token_nll(logits, targets)
-    return norms, nll
+def zero_edit(model, shape, zero: str | None):
+    """The output of sub-layer `zero` (e.g. "blocks.0.mlp") set to zero, as an edit of its site
+    `blocks.{l}.mlp.out` (`toybb.models.sites`); the layer is an array, so every layer of one kind of
+    sub-layer shares one compilation. None: the unmodified model."""
+    if zero is None:
+        return NO_EDITS
+    return resolve(model.sites(), [Edit(f"{zero}.out", "zero")], tuple(shape))
 
 
 @lru_cache(maxsize=64)
-def _compiled(graphdef, zero: str | None, with_targets: bool):
-    """One compiled forward per (model structure, zeroed component)."""
-    def f(state, tokens, targets):
-        return _norms_and_nll(nnx.merge(graphdef, state), tokens, targets if with_targets else None, zero)
+def _compiled(graphdef, with_targets: bool):
+    """One compiled forward per model structure (and edit structure: none, attention or MLP zeroed)."""
+    def f(state, tokens, targets, edits):
+        logits, cap = run_with_capture(nnx.merge(graphdef, state), tokens, capture=NORMS, edits=edits)
+        n_layers = sum(1 for k in cap if k.endswith(".resid_post@norm"))
+        norms = jnp.stack([cap[f"blocks.{l}.resid_post@norm"].astype(jnp.float32) for l in range(n_layers)])
+        nll = token_nll(logits, targets) if with_targets else token_nll(logits[:, :-1], tokens[:, 1:])
+        return norms, nll
 
     return jax.jit(f)
 
@@ -85,7 +81,8 @@ def measure(model, tokens, zero: str | None = None, targets=None) -> tuple[np.nd
     graphdef, state = nnx.split(model)
     tok = jnp.asarray(tokens, jnp.int32)
     tgt = jnp.zeros((), jnp.int32) if targets is None else jnp.asarray(targets, jnp.int32)
-    norms, nll = _compiled(graphdef, zero, targets is not None)(state, tok, tgt)
+    edits = zero_edit(model, tok.shape, zero)
+    norms, nll = _compiled(graphdef, targets is not None)(state, tok, tgt, edits)
     return np.asarray(norms, np.float64), np.asarray(nll, np.float64)
 
 
