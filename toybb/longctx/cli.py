@@ -158,6 +158,7 @@ def cmd_ppl_length(args) -> int:
     import numpy as np
 
     from toybb.longctx.llm import ppl_by_length, token_nll
+    from toybb.probes.metrics import perplexity
 
     if args.length < 2:
         raise ConfigError(f"--length must be >= 2 tokens, got {args.length}")
@@ -195,7 +196,7 @@ def cmd_ppl_length(args) -> int:
         seg = 1024
         for s in range(0, nll.shape[1] - seg + 2, seg):
             rows.append({"text": "all-segment", "method": label, "length": s + seg,
-                         "ppl": float(np.exp(nll[:, s : s + seg].mean()))})
+                         "ppl": perplexity(nll[:, s : s + seg])})
     write_table(args.out, "ppl_length", rows)
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -268,6 +269,7 @@ def cmd_stream(args) -> int:
 
     from toybb.longctx.llm import token_nll
     from toybb.longctx.options import with_options
+    from toybb.probes.metrics import perplexity
 
     sinks = _ints(args.sinks)
     if args.window < 1 or any(k < 0 for k in sinks):
@@ -292,8 +294,8 @@ def cmd_stream(args) -> int:
         curves[label] = nll
         k = None if label == "full attention" else int(label.split("k=")[1].split(",")[0])
         rows.append({"method": label, "sinks": k, "window": None if k is None else args.window,
-                     "tokens": len(ids), "ppl": float(np.exp(nll.mean())),
-                     "ppl_after_window": float(np.exp(nll[args.window + 4 :].mean()))})
+                     "tokens": len(ids), "ppl": perplexity(nll),
+                     "ppl_after_window": perplexity(nll[args.window + 4 :])})
         print(f"{label}: ppl {rows[-1]['ppl']:.3f} (after the window {rows[-1]['ppl_after_window']:.3f})", flush=True)
     write_table(args.out, "stream", rows)
     plt = _plt()
@@ -301,7 +303,7 @@ def cmd_stream(args) -> int:
     seg = 256
     for label, nll in curves.items():
         n = len(nll) // seg
-        ax.plot((np.arange(n) + 1) * seg, np.exp(nll[: n * seg].reshape(n, seg).mean(1)), "o-", ms=3, label=label)
+        ax.plot((np.arange(n) + 1) * seg, [perplexity(s) for s in nll[: n * seg].reshape(n, seg)], "o-", ms=3, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("position (end of 256-token segment)")
     ax.set_ylabel("segment perplexity")
@@ -316,6 +318,7 @@ def cmd_posvec(args) -> int:
     import numpy as np
 
     from toybb.longctx.llm import hidden_states, sink_attention, token_nll, value_ablation
+    from toybb.probes.metrics import perplexity
     from toybb.longctx.posvec import cosine_matrix, decompose, n_distinct, pca, positional_vectors
 
     if args.samples < 1:
@@ -374,7 +377,7 @@ def cmd_posvec(args) -> int:
         nll = token_nll(pre.model, held, delta, vscale)
         sink = sink_attention(pre.model, held, delta, value_scale=vscale)
         where = {"none": "", "posvec": f"after layer {la}", "value": f"layers >= {lv}"}[what]
-        abl.append({"ablation": what, "removed": name, "where": where, "ppl": float(np.exp(nll.mean())),
+        abl.append({"ablation": what, "removed": name, "where": where, "ppl": perplexity(nll),
                     "sink_attention_mean": float(sink[2:].mean()),
                     "sink_attention_by_layer": [round(float(s), 4) for s in sink]})
         print(f"ablation {what} {name} {where}: ppl {abl[-1]['ppl']:.3f}, mean attention on token 0 (layers >= 2) "

@@ -59,7 +59,7 @@ def write_config(out: str, args, extra: dict | None = None) -> None:
     """config.json: the command, its arguments and package versions."""
     import importlib.metadata as md
 
-    from toybb.train.loop import package_versions
+    from toybb.records import package_versions
 
     os.makedirs(out, exist_ok=True)
     vers = package_versions()

@@ -42,6 +42,7 @@ def cmd_toy(args) -> int:
     from toybb.errors import ConfigError
     from toybb.longctx.common import _floats, _ints, _nonempty, _plt, _read, write_config, write_table
     from toybb.longctx.posvec import beyond_similarity
+    from toybb.probes.metrics import perplexity
     from toybb.longctx.toy import (char_data, eval_windows, mean_nll, replacement_delta, toy_positional_vectors,
                                    train_char_lm, with_model_options)
 
@@ -83,8 +84,8 @@ def cmd_toy(args) -> int:
 
     def record(label, scheme, f, nll, **extra):
         rows.append({"method": label, "scheme": scheme, "length": C * f, "factor": f, "nll": nll,
-                     "ppl": float(np.exp(nll)), **extra})
-        curves.setdefault(label, {})[C * f] = float(np.exp(nll))
+                     "ppl": perplexity(nll), **extra})
+        curves.setdefault(label, {})[C * f] = perplexity(nll)
 
     for scheme in schemes:
         cfg = cfgs[scheme]

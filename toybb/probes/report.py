@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from toybb.errors import ConfigError
 from toybb.probes import llm as P
 from toybb.probes.corpus import Domain, domain_batches
-from toybb.probes.metrics import classify_dormant
+from toybb.probes import metrics as M
 from toybb.records import atomic_open, atomic_write
 
 SINK_HIGH = 0.9  # "heads with sink score > 0.9" in the summary
@@ -85,12 +84,12 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
         raise ConfigError(f"{pre.source}: the tokenizer has no BOS token; run with --no-bos")
     encode = lambda text: tok.encode(text, add_bos=False)  # noqa: E731
     out.mkdir(parents=True, exist_ok=True)
-    from toybb.train.loop import package_versions
+    from toybb.records import package_versions
 
     atomic_write(out / "config.json", lambda f: f.write(json.dumps({
         "command": command if command is not None else sys.argv, "model": pre.source, "dtype": cfg.dtype,
         "domains": {d.name: d.source for d in domains}, "settings": settings.__dict__,
-        "massive_rule": {"abs": P.MASSIVE_ABS, "ratio_to_median": P.MASSIVE_RATIO},
+        "massive_rule": {"abs": M.MASSIVE_ABS, "ratio_to_median": M.MASSIVE_RATIO},
         "versions": package_versions()}, indent=2)), mode="w")
 
     stats: dict[str, P.DomainStats] = {}
@@ -117,7 +116,7 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
         summary["domains"][name] = {
             "samples": st.n, "tokens_scored": int(st.sums["nll_count"]), "ppl": st.ppl,
             "heads_sink_gt_0.9": int((score > SINK_HIGH).sum()),
-            "heads_dormant": int(np.asarray(classify_dormant(score)).sum()),
+            "heads_dormant": int(np.asarray(M.classify_dormant(score)).sum()),
             "sink_tokens": [(i, tok.decode([i]), float(st.mean("tok_attn").mean(axis=(0, 1))[i]),
                              int(st.sums["tok_count"][i])) for i in sink_ids],
             "resid_norm_pos0": rs.tolist(), "resid_norm_others": ro.tolist(),
@@ -149,7 +148,7 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
         bt = held[name]
         base = P.edited_nll(pre.model, bt)
         rows.append({"domain": name, "intervention": "none", "layer": "", "head": "", "nll": base,
-                     "ppl": math.exp(base), "delta_nll": 0.0})
+                     "ppl": M.perplexity(base), "delta_nll": 0.0})
         it = heads
         if progress:
             from tqdm import tqdm
@@ -159,13 +158,13 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
             for kind in ("zero", "to_bos"):
                 v = P.edited_nll(pre.model, bt, head_edit=P.head_edit_for(cfg, l, h, kind))
                 rows.append({"domain": name, "intervention": f"head_{kind}", "layer": l, "head": h, "nll": v,
-                             "ppl": math.exp(v), "delta_nll": v - base})
+                             "ppl": M.perplexity(v), "delta_nll": v - base})
         m = summary["domains"][name]["massive"]
         if m["first_layer"] is not None:
             for mode in ("zero", "mean"):
                 v = P.edited_nll(pre.model, bt, resid_edit=P.massive_edit(m, mode))
                 rows.append({"domain": name, "intervention": f"massive_{mode}", "layer": m["first_layer"],
-                             "head": "", "nll": v, "ppl": math.exp(v) if v < 700 else float("inf"),
+                             "head": "", "nll": v, "ppl": M.perplexity(v),
                              "delta_nll": v - base})
         summary["domains"][name]["intervention_ppl"] = {
             r["intervention"]: r["ppl"] for r in rows if r["domain"] == name and r["intervention"] in

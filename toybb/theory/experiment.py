@@ -363,7 +363,8 @@ def simple_sink_values(run_dir, checkpoints=None) -> tuple[np.ndarray, np.ndarra
 
     from toybb.config import RunConfig
     from toybb.records import load_metrics
-    from toybb.train.loop import CKPT_NAME, Trainer
+    from toybb.train.checkpoint import CKPT_NAME
+    from toybb.train.trainer import Trainer
 
     meta, _ = load_metrics(run_dir)
     cfg = RunConfig.from_dict(meta.get("config", meta))

@@ -190,12 +190,6 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 
 # ---- running ---------------------------------------------------------------------------------------
-def _trainer_key(cfg: RunConfig) -> str:
-    d = cfg.to_dict()
-    d["train"]["steps"], d["train"]["ckpt_every"] = 0, 0  # a Trainer serves any number of steps
-    return json.dumps(d, sort_keys=True)
-
-
 def _plan_doc(out: Path, plan: SweepPlan) -> dict:
     """The sweep.json document of `plan`; checks that `out` holds no other sweep (before any training)."""
     from toybb.records import read_json
@@ -213,7 +207,7 @@ def _plan_doc(out: Path, plan: SweepPlan) -> dict:
 
 def _write_plan(out: Path, plan: SweepPlan) -> None:
     from toybb.records import atomic_write
-    from toybb.train.loop import package_versions
+    from toybb.records import package_versions
 
     path = out / "sweep.json"
     doc = _plan_doc(out, plan)
@@ -242,7 +236,8 @@ def run_sweep(
       only process 0 writes the table (after every group's `done` marker exists). Returns its path.
     """
     from toybb.records import atomic_write, remove_temporaries
-    from toybb.train.loop import Trainer, train
+    from toybb.train.loop import train
+    from toybb.train.trainer import Trainer, trainer_key
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +257,7 @@ def run_sweep(
             log(f"[group {gi + 1}/{total}] {g.name}: done already ({g.n_runs} runs)")
             continue
         log(f"[group {gi + 1}/{total}] {g.name}: {g.n_runs} runs vmapped{' (' + label + ')' if label else ''}")
-        key = _trainer_key(g.cfg)
+        key = trainer_key(g.cfg)
         if key not in trainers:
             trainers[key] = Trainer(g.cfg)
         res = train(g.cfg, gdir, progress=progress, trainer=trainers[key], write_figure=write_figure)
