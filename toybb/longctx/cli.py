@@ -317,10 +317,30 @@ def cmd_stream(args) -> int:
 def cmd_posvec(args) -> int:
     import numpy as np
 
-    from toybb.longctx.llm import hidden_states, sink_attention, token_nll, value_ablation
-    from toybb.probes.metrics import perplexity
-    from toybb.longctx.posvec import cosine_matrix, decompose, n_distinct, pca, positional_vectors
+    from toybb.longctx.llm import hidden_states
+    from toybb.longctx.posvec import decompose, positional_vectors
 
+    layers = _posvec_check(args)
+    pre = _load(args)
+    if any(not 0 <= l < pre.cfg.n_layers for l in layers + (args.ablate_layer, args.value_from_layer)):
+        raise ConfigError(f"layers must be in [0, {pre.cfg.n_layers})")
+    write_config(args.out, args)
+    sel, held = _posvec_windows(pre, args)
+    batches = (np.asarray(sel[i : i + args.batch]) for i in range(0, len(sel), args.batch))
+    p, n = positional_vectors(lambda tk: hidden_states(pre.model, tk), batches)
+    u, m = decompose(p)
+    rows = _posvec_rows(u, m, args.tau)
+    write_table(args.out, "posvec", rows)
+    np.savez_compressed(os.path.join(args.out, "posvec.npz"), u=u.astype(np.float32), m=m.astype(np.float32))
+    abl = _posvec_ablations(pre, held, m, args)
+    write_table(args.out, "ablation", abl)
+    _posvec_figures(args, pre, layers, rows, m, n, abl, len(held))
+    print(f"distinct positional vectors per layer (tau {args.tau}): {[r['n_distinct'] for r in rows]}")
+    return 0
+
+
+def _posvec_check(args) -> tuple[int, ...]:
+    """The settings of `longctx posvec` that need no model checked; returns the layers to draw."""
     if args.samples < 1:
         raise ConfigError(f"positional vectors need at least one sample, got --samples {args.samples}")
     if args.batch < 1:
@@ -329,11 +349,14 @@ def cmd_posvec(args) -> int:
         raise ConfigError(f"--tau is a cosine threshold in [0, 1], got {args.tau!r}")
     if not 1 <= args.ablate_first <= args.seq // 2:
         raise ConfigError(f"--ablate-first must be in [1, --seq / 2], got {args.ablate_first}")
-    layers = _nonempty(_ints(args.layers), "--layers", 0)
-    pre = _load(args)
-    if any(not 0 <= l < pre.cfg.n_layers for l in layers + (args.ablate_layer, args.value_from_layer)):
-        raise ConfigError(f"layers must be in [0, {pre.cfg.n_layers})")
-    write_config(args.out, args)
+    return _nonempty(_ints(args.layers), "--layers", 0)
+
+
+def _posvec_windows(pre, args):
+    """(the --samples windows of --seq tokens for the positional vectors, a held-out [batch, seq] array
+    for the ablations), drawn in a fixed random order from the texts (each starting with the BOS)."""
+    import numpy as np
+
     bos = _bos(pre)
     n_tok = args.seq - len(bos)
     windows = []
@@ -346,21 +369,35 @@ def cmd_posvec(args) -> int:
         raise ToybbError(f"texts give {len(windows)} windows of {args.seq} tokens, need {args.samples + args.batch}")
     sel = [windows[i] for i in order[: args.samples]]
     held = np.asarray([windows[i] for i in order[args.samples : args.samples + args.batch]])
-    batches = (np.asarray(sel[i : i + args.batch]) for i in range(0, len(sel), args.batch))
-    p, n = positional_vectors(lambda tk: hidden_states(pre.model, tk), batches)
-    u, m = decompose(p)
+    return sel, held
+
+
+def _posvec_rows(u, m, tau: float) -> list[dict]:
+    """Per layer: distinct positional vectors, norms of u and m, cosines of the first tokens, PCA variance."""
+    import numpy as np
+
+    from toybb.longctx.posvec import cosine_matrix, n_distinct, pca
+
     rows = []
-    for l in range(pre.cfg.n_layers):
+    for l in range(m.shape[0]):
         c = cosine_matrix(m[l])
         _, ev = pca(m[l], 2)
-        rows.append({"layer": l, "n_distinct": n_distinct(m[l], args.tau), "norm_u": float(np.linalg.norm(u[l])),
+        rows.append({"layer": l, "n_distinct": n_distinct(m[l], tau), "norm_u": float(np.linalg.norm(u[l])),
                      "norm_m_t0": float(np.linalg.norm(m[l, 0])), "norm_m_median": float(np.median(np.linalg.norm(m[l], axis=-1))),
                      "cos_t0_rest": float(np.mean(c[0, 4:])), "cos_t4plus_mean": float(np.mean(c[4:, 4:])),
                      "pca_var_1": float(ev[0]), "pca_var_2": float(ev[1])})
-    write_table(args.out, "posvec", rows)
-    np.savez_compressed(os.path.join(args.out, "posvec.npz"), u=u.astype(np.float32), m=m.astype(np.float32))
-    # ablations on held-out windows (control: the same removal on tokens K..2K-1):
-    # the positional vectors m of the first K tokens after one layer, or their value vectors from a layer on
+    return rows
+
+
+def _posvec_ablations(pre, held, m, args) -> list[dict]:
+    """Ablations on the held-out windows (control: the same removal on tokens K..2K-1): the positional
+    vectors m of the first K tokens after one layer, or their value vectors from a layer on. Per case the
+    perplexity and the attention on token 0 per layer (queries t >= 4)."""
+    import numpy as np
+
+    from toybb.longctx.llm import sink_attention, token_nll, value_ablation
+    from toybb.probes.metrics import perplexity
+
     K, la, lv = args.ablate_first, args.ablate_layer, args.value_from_layer
     abl = []
     cases = [("none", "none", None)]
@@ -382,7 +419,15 @@ def cmd_posvec(args) -> int:
                     "sink_attention_by_layer": [round(float(s), 4) for s in sink]})
         print(f"ablation {what} {name} {where}: ppl {abl[-1]['ppl']:.3f}, mean attention on token 0 (layers >= 2) "
               f"{abl[-1]['sink_attention_mean']:.3f}", flush=True)
-    write_table(args.out, "ablation", abl)
+    return abl
+
+
+def _posvec_figures(args, pre, layers, rows, m, n: int, abl: list[dict], n_held: int) -> None:
+    """posvec.png (cosines and PCA of m per drawn layer) and ablation.png (attention on token 0 per layer)."""
+    import numpy as np
+
+    from toybb.longctx.posvec import cosine_matrix, pca
+
     plt = _plt()
     fig, axes = plt.subplots(2, len(layers), figsize=(2.6 * len(layers), 5.2), squeeze=False)
     for i, l in enumerate(layers):
@@ -406,10 +451,8 @@ def cmd_posvec(args) -> int:
     ax.set_xlabel("layer")
     ax.set_ylabel("attention on token 0 (mean, queries t >= 4)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{args.model}: ablations of the first {K} tokens, {len(held)} held-out windows of {args.seq} tokens",
+    ax.set_title(f"{args.model}: ablations of the first {args.ablate_first} tokens, {n_held} held-out windows of {args.seq} tokens",
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, os.path.join(args.out, "ablation.png"), dpi=90)
-    print(f"distinct positional vectors per layer (tau {args.tau}): {[r['n_distinct'] for r in rows]}")
-    return 0
