@@ -61,7 +61,7 @@ class Trajectory:
 
 
 def load_trajectory(run) -> Trajectory:
-    """A run folder (path) or a `toybb.train.loop.RunResult` -> Trajectory."""
+    """A run folder (path) or a `toybb.train.trainer.RunResult` -> Trajectory."""
     if hasattr(run, "metrics") and hasattr(run, "steps"):
         cfg = run.config.to_dict() if hasattr(run.config, "to_dict") else dict(run.config)
         name = str(run.out_dir) if getattr(run, "out_dir", None) else "run"

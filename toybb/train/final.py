@@ -4,7 +4,7 @@ counterpart, the interventions (attention or MLP removed), and the run summary w
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +15,7 @@ from toybb.config import RunConfig
 from toybb.errors import ConfigError
 from toybb.probes import bb as bbprobes
 from toybb.records import atomic_write, write_csv_rows
-from toybb.train.trainer import Trainer, with_precision
-
-if TYPE_CHECKING:
-    from toybb.train.loop import RunResult
+from toybb.train.trainer import RunResult, Trainer, with_precision
 
 
 def probe_label(task, cfg: RunConfig) -> str:

@@ -13,40 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from toybb.config import RunConfig
 from toybb.errors import CheckpointError, TrainingDiverged
-from toybb.models.toy import ToyTransformer
 from toybb.records import (append_metrics_csv, atomic_write, package_versions, read_metrics_csv, remove_temporaries,
                            write_metrics_csv)
 from toybb.train.checkpoint import CKPT_NAME
 from toybb.train.final import write_final_probes
 from toybb.train.runs import check_run_folder, config_diffs
-from toybb.train.trainer import Trainer
-
-
-@dataclass
-class RunResult:
-    out_dir: Path | None
-    config: RunConfig
-    runs: list[tuple[int, float]]
-    steps: list[int]  # evaluation steps
-    metrics: dict[str, np.ndarray]  # name -> [n_eval_steps, n_runs]
-    state: Any  # final training state (params with a leading run axis, ...)
-    graphdef: Any
-    wall_seconds: float
-
-    def model(self, run: int = 0) -> ToyTransformer:
-        """The trained model of run `run` (index into `runs`)."""
-        params = jax.tree.map(lambda x: x[run], self.state["params"])
-        return nnx.merge(self.graphdef, params)
-
-    def final(self, name: str) -> np.ndarray:
-        return self.metrics[name][-1]
+from toybb.train.trainer import RunResult, Trainer
 
 
 @dataclass

@@ -16,7 +16,6 @@ every group's `done` marker on the shared file system and alone writes the table
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import json
@@ -235,7 +234,7 @@ def run_sweep(
     process: (index, count) of this process in a multi-host sweep; it trains groups index::count and
       only process 0 writes the table (after every group's `done` marker exists). Returns its path.
     """
-    from toybb.records import atomic_write, remove_temporaries
+    from toybb.records import atomic_write, remove_temporaries, write_csv_rows
     from toybb.train.loop import train
     from toybb.train.trainer import Trainer, trainer_key
 
@@ -276,11 +275,7 @@ def run_sweep(
         time.sleep(5.0)
     path = out / "results.csv"
     rows, cols = collect_results(plan, out)
-    def write(f):
-        w = csv.DictWriter(f, fieldnames=cols, restval="")
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write(path, write, mode="w")
+    write_csv_rows(path, rows, cols)
     return path
 
 

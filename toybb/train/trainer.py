@@ -11,8 +11,9 @@ out (devices, vmapped chunks, micro-batches) is decided here too.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from toybb import device
 from toybb.config import PRECISIONS, RunConfig
 from toybb.errors import ConfigError
 from toybb.models import build_model
+from toybb.models.toy import ToyTransformer
 from toybb.probes import bb as bbprobes
 from toybb.probes.metrics import token_nll
 from toybb.task import BBTask
@@ -91,6 +93,28 @@ def with_precision(fn: Callable, precision: str) -> Callable:
         with jax.default_matmul_precision(PRECISIONS[precision]):
             return fn(*args, **kwargs)
     return wrapped
+
+
+@dataclass
+class RunResult:
+    """What `toybb.train.loop.train` returns: the evaluated metrics of every run and the final state."""
+
+    out_dir: Path | None
+    config: RunConfig
+    runs: list[tuple[int, float]]
+    steps: list[int]  # evaluation steps
+    metrics: dict[str, np.ndarray]  # name -> [n_eval_steps, n_runs]
+    state: Any  # final training state (params with a leading run axis, ...)
+    graphdef: Any
+    wall_seconds: float
+
+    def model(self, run: int = 0) -> ToyTransformer:
+        """The trained model of run `run` (index into `runs`)."""
+        params = jax.tree.map(lambda x: x[run], self.state["params"])
+        return nnx.merge(self.graphdef, params)
+
+    def final(self, name: str) -> np.ndarray:
+        return self.metrics[name][-1]
 
 
 class Trainer:
