@@ -95,7 +95,7 @@ def test_keyboard_interrupt_mid_group_resumes(tmp_path, reference, trainers, mon
     monkeypatch.setattr(loop, "append_metrics_csv", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(plan, tmp_path, progress=False, write_figure=False, trainers=trainers)
-    monkeypatch.setattr(loop, "_append_metrics_csv", real)
+    monkeypatch.setattr(loop, "append_metrics_csv", real)
     assert _table(run_sweep(plan, tmp_path, progress=False, write_figure=False, trainers=trainers)) == reference
 
 
