@@ -52,7 +52,7 @@ def config(d: int, batch: int, seq: int, n_runs: int, chunk: int | None = -1):
 
 def time_vmapped(cfg, steps: int) -> tuple[float, float]:
     """(run-steps/s, compile seconds) of all runs of `cfg` vmapped in one program."""
-    from toybb.train.loop import Trainer
+    from toybb.train.trainer import Trainer
 
     tr = Trainer(cfg)
     state = tr.init_state()
@@ -68,7 +68,7 @@ def time_vmapped(cfg, steps: int) -> tuple[float, float]:
 
 def time_sequential(cfg, n_measured: int, steps: int) -> float:
     """run-steps/s of single-run Trainers trained one after another (n_measured of them)."""
-    from toybb.train.loop import Trainer
+    from toybb.train.trainer import Trainer
 
     tr = Trainer(cfg.replace(train={"seeds": (0,)}))
     state = tr._segment(tr.init_state(), jnp.int32(0), jnp.int32(1))  # compile once

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 
 from toybb.config import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
 from toybb.task import BBTask
-from toybb.train.loop import Trainer
+from toybb.train.trainer import Trainer
 
 
 def matmul_peak(n: int = 2048, reps: int = 10, precision: str = "highest") -> float:

@@ -44,7 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import matmul_peak, model_flops_per_step  # noqa: E402
 
 from toybb.config import cpu_preset, paper_learning_rate, paper_preset  # noqa: E402
-from toybb.train.loop import Trainer, train  # noqa: E402
+from toybb.train.loop import train  # noqa: E402
+from toybb.train.trainer import Trainer  # noqa: E402
 
 # Dense (no sparsity) datasheet peaks, TFLOP/s, by device kind and train.precision: NVIDIA H100/H200 SXM
 # (FP32 67, TF32 tensor core 494.7, BF16 tensor core 989.4), H100 PCIe (51 / 378 / 756), A100 (19.5 /
@@ -158,9 +159,9 @@ TRAINERS: dict = {}  # one compiled Trainer per config (steps aside): paper1 and
 
 
 def _trainer(cfg) -> Trainer:
-    from toybb.train.sweep import _trainer_key
+    from toybb.train.trainer import trainer_key
 
-    key = _trainer_key(cfg)
+    key = trainer_key(cfg)
     if key not in TRAINERS:
         TRAINERS[key] = Trainer(cfg)
     return TRAINERS[key]

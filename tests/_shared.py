@@ -9,14 +9,13 @@ TINY = RunConfig(model=ModelConfig(d_model=16, max_len=8, n_layers=2), task=Task
 # the same config as a sweep file's base (cpu preset + these sections)
 TINY_BASE = {"preset": "cpu", "model": {"d_model": 16, "max_len": 8, "n_layers": 2}, "task": {"seq_len": 8},
              "train": {"steps": 20, "batch": 8, "eval_batch": 8, "eval_schedule": [[5, 0]], "ckpt_every": 5}}
-TRAINERS: dict = {}  # toybb.train.sweep._trainer_key(cfg) -> Trainer
+TRAINERS: dict = {}  # toybb.train.trainer.trainer_key(cfg) -> Trainer
 
 
 def trainer(cfg):
-    from toybb.train.loop import Trainer
-    from toybb.train.sweep import _trainer_key
+    from toybb.train.trainer import Trainer, trainer_key
 
-    key = _trainer_key(cfg)
+    key = trainer_key(cfg)
     if key not in TRAINERS:
         TRAINERS[key] = Trainer(cfg)
     return TRAINERS[key]

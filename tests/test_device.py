@@ -8,7 +8,8 @@ import pytest
 
 from toybb import device
 from toybb.config import RunConfig
-from toybb.train.loop import microbatch_size, runs_vmapped_together, train
+from toybb.train.loop import train
+from toybb.train.trainer import microbatch_size, runs_vmapped_together
 
 from _shared import TINY
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from toybb.config import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig, cpu_preset
-from toybb.train.loop import Trainer, final_probes, train
+from toybb.train.final import final_probes
+from toybb.train.loop import train
+from toybb.train.trainer import Trainer
 
 
 def _check_sink_formed(result, trainer, min_final=0.6, exact_dormancy=True):

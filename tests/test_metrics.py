@@ -88,3 +88,51 @@ def test_expected_cross_entropy_and_entropy():
     np.testing.assert_allclose(M.expected_cross_entropy(jnp.log(jnp.asarray([[[0.25, 0.75]]])),
                                                         jnp.asarray([[[0.25, 0.75]]])),
                                M.entropy(jnp.asarray([[[0.25, 0.75]]])), rtol=1e-6)
+
+
+def test_next_token_nll_and_perplexity_by_hand():
+    p = np.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # [b=1, T=3, V=3]
+    tokens = np.array([[2, 1, 0]])
+    nll = M.next_token_nll(jnp.log(jnp.asarray(p, jnp.float32)), jnp.asarray(tokens))
+    by_hand = [-np.log(p[0, 0, 1]), -np.log(p[0, 1, 0])]  # p(x1 | x0), p(x2 | x0 x1)
+    np.testing.assert_allclose(nll, [by_hand], rtol=1e-6)
+    assert M.perplexity(np.asarray(nll)) == pytest.approx(np.exp(np.mean(by_hand)), rel=1e-6)
+    assert M.perplexity(np.log(4.0)) == pytest.approx(4.0)  # a mean NLL (e.g. a streamed sum / count)
+    assert M.perplexity(1000.0) == float("inf")  # overflow is infinite, not an error
+
+
+def test_attention_received_is_the_mean_over_the_queries_that_see_each_key():
+    t = 4
+    rng = np.random.default_rng(0)
+    w = np.tril(rng.random((2, 3, t, t))) + np.eye(t)
+    w /= w.sum(-1, keepdims=True)  # causal rows summing to one
+    by_hand = np.stack([w[..., j:, j].mean(-1) for j in range(t)], -1)  # key j: queries i >= j
+    np.testing.assert_allclose(M.attention_received(jnp.asarray(w, jnp.float32)), by_hand, rtol=1e-6)
+    qmean = jnp.asarray(w.mean(-2), jnp.float32)  # the capture reduction `@qmean`
+    np.testing.assert_allclose(M.attention_received(qmean), by_hand, rtol=1e-6)
+    np.testing.assert_allclose(M.attention_received(jnp.asarray(w, jnp.float32), causal=False), w.mean(-2), rtol=1e-6)
+
+
+def test_sink_attention_over_late_queries_is_the_plain_mean():
+    # the long-context caller: queries t >= skip, then the mean over heads (= [..., skip:].mean())
+    rng = np.random.default_rng(1)
+    key0 = rng.random((2, 3, 9)).astype(np.float32)
+    skip = 4
+    mask = jnp.broadcast_to(jnp.arange(9) >= skip, (2, 9))
+    got = float(M.sink_attention(jnp.asarray(key0), mask).mean())
+    assert got == pytest.approx(float(key0[..., skip:].mean()), rel=1e-6)
+
+
+def test_massive_activation_profile_rule_and_threshold():
+    x = np.full((2, 3, 4), 0.5, np.float32)
+    x[0, 0, 2] = -3000.0  # massive in sample 0 (> 100 and > 1000 x median 0.5)
+    x[1, 1, 3] = 400.0  # > 100 but only 800 x the median: not massive
+    top, idx, med = M.activation_profile(jnp.asarray(x), k=2)
+    np.testing.assert_allclose(top, [[3000.0, 0.5], [400.0, 0.5]])
+    assert int(idx[0, 0]) == 0 * 4 + 2 and int(idx[1, 0]) == 1 * 4 + 3  # flat position * d + dim
+    np.testing.assert_allclose(med, [0.5, 0.5])
+    big = np.asarray(M.is_massive(jnp.abs(jnp.asarray(x)), med[:, None, None]))
+    assert big.sum() == 1 and big[0, 0, 2]
+    # the layer rule on host float64 values, and the threshold of an entry
+    assert M.is_massive(np.array([3000.0, 400.0, 50.0]), np.array([0.5, 0.5, 0.01])).tolist() == [True, False, False]
+    assert M.massive_threshold(0.5) == 500.0 and M.massive_threshold(0.01) == 100.0

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from toybb.config import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
-from toybb.train.loop import Trainer, final_probes, train
+from toybb.train.final import final_probes
+from toybb.train.loop import train
+from toybb.train.trainer import Trainer
 
 ONE = RunConfig(model=ModelConfig(d_model=32, max_len=64), task=TaskConfig(seq_len=64), optim=OptimConfig(lr=1e-2),
                 train=TrainConfig(steps=800, batch=32, seeds=(0, 1), eval_batch=64, eval_schedule=((100, 0),)))

@@ -153,7 +153,7 @@ def test_train_into_another_runs_folder_fails_before_compiling(run_dir, tmp_path
 
 
 def test_divergence_exit_3_keeps_last_checkpoint(tmp_path, capsys):
-    from toybb.train.loop import CKPT_NAME
+    from toybb.train.checkpoint import CKPT_NAME
     from toybb.train.runs import load_models
 
     out = tmp_path / "div"
@@ -226,9 +226,9 @@ def test_sweep_max_memory_not_finite(sweep_file, tmp_path, capsys, value):
 
 
 def test_sweep_corrupt_sweep_json(sweep_file, tmp_path, capsys, monkeypatch):
-    import toybb.train.loop as loop
+    import toybb.train.trainer as trainer
 
-    monkeypatch.setattr(loop, "Trainer", lambda *a, **k: pytest.fail("trained despite a corrupt sweep.json"))
+    monkeypatch.setattr(trainer, "Trainer", lambda *a, **k: pytest.fail("trained despite a corrupt sweep.json"))
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "sweep.json").write_text('{"groups": [')
     one_line_error(["sweep", str(sweep_file), "--out", str(tmp_path / "s"), "--no-progress"], capsys,

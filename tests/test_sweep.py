@@ -84,7 +84,7 @@ def test_interrupted_after_a_group_resumes(tmp_path, reference, trainers):
 def test_keyboard_interrupt_mid_group_resumes(tmp_path, reference, trainers, monkeypatch):
     plan = plan_sweep(SPEC)
     calls = {"n": 0}
-    real = loop._append_metrics_csv
+    real = loop.append_metrics_csv
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -92,10 +92,10 @@ def test_keyboard_interrupt_mid_group_resumes(tmp_path, reference, trainers, mon
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(loop, "_append_metrics_csv", flaky)
+    monkeypatch.setattr(loop, "append_metrics_csv", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(plan, tmp_path, progress=False, write_figure=False, trainers=trainers)
-    monkeypatch.setattr(loop, "_append_metrics_csv", real)
+    monkeypatch.setattr(loop, "append_metrics_csv", real)
     assert _table(run_sweep(plan, tmp_path, progress=False, write_figure=False, trainers=trainers)) == reference
 
 

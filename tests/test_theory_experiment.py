@@ -86,7 +86,7 @@ def test_simple_model_ablation_and_metrics():
     np.testing.assert_allclose(no_attn, x + cap["blocks.0.mlp.out"], atol=1e-5)
     np.testing.assert_allclose(no_mlp, x + cap["blocks.0.attn.out"], atol=1e-5)
     met = bbprobes.dynamics_metrics(m, toks, TASK)
-    assert set(bbprobes.metric_names(m.cfg)) == set(met)
+    assert set(bbprobes.metric_names(m, TASK)) == set(met)
     assert all(np.isfinite(float(v)) for v in met.values())
     assert float(met["value_others_l0"]) == pytest.approx(COPY_SCALE)
 

@@ -9,7 +9,8 @@ import pytest
 
 from toybb.config import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
 from toybb.errors import CheckpointError, ConfigError, TrainingDiverged
-from toybb.train.loop import Trainer, train
+from toybb.train.loop import train
+from toybb.train.trainer import Trainer
 
 TINY = RunConfig(
     model=ModelConfig(d_model=32, max_len=64, n_heads=2),
@@ -128,7 +129,7 @@ def test_run_chunk_automatic_and_checked():
 
 def test_microbatch_automatic_and_checked():
     from toybb.config import cpu_preset
-    from toybb.train.loop import microbatch_size
+    from toybb.train.trainer import microbatch_size
 
     import jax
 

@@ -164,7 +164,8 @@ def build_config(args) -> "RunConfig":
 
 def cmd_train(args) -> int:
     cfg = build_config(args)
-    from toybb.train.loop import check_run_folder, train
+    from toybb.train.loop import train
+    from toybb.train.runs import check_run_folder
     from toybb.train.memory import check_memory
 
     out = Path(args.out)

@@ -333,7 +333,7 @@ def write_outputs(out: Path, rows: list[dict], subject: Subject, args) -> None:
     import csv
 
     from toybb.records import atomic_open, atomic_write
-    from toybb.train.loop import package_versions
+    from toybb.records import package_versions
 
     cols = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_open(out / "interventions.csv", newline="") as fh:

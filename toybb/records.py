@@ -1,4 +1,5 @@
-"""Files toybb writes and reads back: atomic writes, whole-row appends, and readers of JSON/CSV records
+"""Files toybb writes and reads back: atomic writes, whole-row appends, CSV tables (a run's metrics.csv),
+the package versions a record carries, and readers of JSON/CSV records
 that turn bad input (missing, not UTF-8, malformed, torn by a killed process) into one-line `ConfigError`s.
 
 A reader never sees a partial file: whole files are written to a temporary name and renamed; table rows
@@ -91,6 +92,96 @@ def read_json(path: str | Path, what: str = "file", fix: str = "delete it or giv
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{what} {str(path)!r} is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python, toybb and its numerical packages, the platform and the devices (for run records)."""
+    import platform
+
+    import flax
+    import jax
+    import jaxlib
+    import optax
+
+    import toybb
+
+    return {
+        "python": platform.python_version(),
+        "toybb": toybb.__version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "devices": str(jax.devices()),
+    }
+
+
+def write_csv_rows(path: str | Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """A CSV table of dict rows, written atomically; columns `fieldnames`, by default every key in order
+    of first appearance (a row without a column leaves it empty). No rows and no fieldnames: nothing is written."""
+    if fieldnames is None:
+        if not rows:
+            return
+        fieldnames = list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=fieldnames, restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+    atomic_write(path, write, mode="w")
+
+
+def _metrics_lines(names: list[str], runs, step: int, m: dict[str, np.ndarray]) -> list[list[str]]:
+    return [[str(step), str(seed), f"{lr:g}", *(f"{float(m[n][r]):.9g}" for n in names)]
+            for r, (seed, lr) in enumerate(runs)]
+
+
+def write_metrics_csv(path: Path, names: list[str], runs, steps: list[int], rows: list[dict[str, np.ndarray]]) -> None:
+    """metrics.csv of a run folder: header step, seed, lr, *names, then one row per (step, run)."""
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(["step", "seed", "lr", *names])
+        for step, m in zip(steps, rows):
+            w.writerows(_metrics_lines(names, runs, step, m))
+
+    atomic_write(path, write, mode="w")
+
+
+def append_metrics_csv(path: Path, names: list[str], runs, step: int, m: dict[str, np.ndarray]) -> None:
+    """Append one evaluation step's rows in one write (a resumed run truncates to its checkpoint's step first)."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows(_metrics_lines(names, runs, step, m))
+    append_lines(path, buf.getvalue())
+
+
+def read_metrics_csv(path: Path, names: list[str], runs, upto: int) -> tuple[list[int], list[dict[str, np.ndarray]]]:
+    """(steps, rows {name: values [runs]}) of the complete evaluation steps <= upto in a metrics.csv
+    (a step lacking a run, a torn or incomplete row is left out); nothing when the file is missing."""
+    steps: list[int] = []
+    rows: list[dict[str, np.ndarray]] = []
+    if not path.exists():
+        return steps, rows
+    by_step: dict[int, list[dict[str, str]]] = {}
+    for row in read_csv(path, "metrics table"):  # drops a torn last line
+        if any(row.get(k) in (None, "") for k in ("step", "seed", *names)):
+            continue
+        try:
+            s = int(row["step"])
+        except ValueError:
+            continue
+        if s <= upto:
+            by_step.setdefault(s, []).append(row)
+    for s in sorted(by_step):
+        group = by_step[s]
+        if len(group) != len(runs):
+            continue
+        steps.append(s)
+        rows.append({n: np.array([float(g[n]) for g in group], np.float32) for n in names})
+    return steps, rows
 
 
 def read_run_config(run_dir: str | Path) -> dict:

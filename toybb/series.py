@@ -61,16 +61,16 @@ def kind_of(path: str | Path) -> str:
 # ---- probes -------------------------------------------------------------------------------------------
 def probe_toy(path: str | Path, trainers: dict) -> tuple[int, list[dict]]:
     """(checkpoint step, one row per vmapped run with every dynamics metric)."""
-    from toybb.train.loop import CKPT_NAME, Trainer
+    from toybb.train.checkpoint import CKPT_NAME
     from toybb.train.runs import run_config
-    from toybb.train.sweep import _trainer_key
+    from toybb.train.trainer import Trainer, trainer_key
 
     p = Path(path)
     run_dir, ckpt = (p.parent, p) if p.is_file() else (p, p / CKPT_NAME)
     if not ckpt.exists():
         raise ConfigError(f"{run_dir} has no {CKPT_NAME}")
     cfg = run_config(run_dir)
-    key = _trainer_key(cfg)
+    key = trainer_key(cfg)
     if key not in trainers:
         trainers[key] = Trainer(cfg)
     tr = trainers[key]

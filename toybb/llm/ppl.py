@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +9,7 @@ import numpy as np
 from toybb.errors import ToybbError
 from toybb.llm.load import Pretrained
 from toybb.llm.run import token_logprobs
+from toybb.probes.metrics import perplexity as _perplexity
 
 
 @dataclass(frozen=True)
@@ -60,4 +60,4 @@ def perplexity(
         total -= float(np.sum(lp, dtype=np.float64))
         count += lp.size
     nll = total / count
-    return PerplexityResult(math.exp(nll), nll, count, len(ids), window)
+    return PerplexityResult(_perplexity(nll), nll, count, len(ids), window)

@@ -12,6 +12,7 @@ from flax import nnx
 
 from toybb.llm.model import LLM
 from toybb.models.capture import NO_CAPTURE, Capture, run_with_capture
+from toybb.probes.metrics import next_token_nll
 
 
 @lru_cache(maxsize=32)
@@ -59,5 +60,4 @@ def token_logprobs(model: LLM, tokens) -> np.ndarray:
 
 @jax.jit
 def _next_logprobs(logits, tokens):
-    lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
+    return -next_token_nll(logits, tokens)

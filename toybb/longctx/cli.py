@@ -158,6 +158,7 @@ def cmd_ppl_length(args) -> int:
     import numpy as np
 
     from toybb.longctx.llm import ppl_by_length, token_nll
+    from toybb.probes.metrics import perplexity
 
     if args.length < 2:
         raise ConfigError(f"--length must be >= 2 tokens, got {args.length}")
@@ -195,7 +196,7 @@ def cmd_ppl_length(args) -> int:
         seg = 1024
         for s in range(0, nll.shape[1] - seg + 2, seg):
             rows.append({"text": "all-segment", "method": label, "length": s + seg,
-                         "ppl": float(np.exp(nll[:, s : s + seg].mean()))})
+                         "ppl": perplexity(nll[:, s : s + seg])})
     write_table(args.out, "ppl_length", rows)
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -268,6 +269,7 @@ def cmd_stream(args) -> int:
 
     from toybb.longctx.llm import token_nll
     from toybb.longctx.options import with_options
+    from toybb.probes.metrics import perplexity
 
     sinks = _ints(args.sinks)
     if args.window < 1 or any(k < 0 for k in sinks):
@@ -292,8 +294,8 @@ def cmd_stream(args) -> int:
         curves[label] = nll
         k = None if label == "full attention" else int(label.split("k=")[1].split(",")[0])
         rows.append({"method": label, "sinks": k, "window": None if k is None else args.window,
-                     "tokens": len(ids), "ppl": float(np.exp(nll.mean())),
-                     "ppl_after_window": float(np.exp(nll[args.window + 4 :].mean()))})
+                     "tokens": len(ids), "ppl": perplexity(nll),
+                     "ppl_after_window": perplexity(nll[args.window + 4 :])})
         print(f"{label}: ppl {rows[-1]['ppl']:.3f} (after the window {rows[-1]['ppl_after_window']:.3f})", flush=True)
     write_table(args.out, "stream", rows)
     plt = _plt()
@@ -301,7 +303,7 @@ def cmd_stream(args) -> int:
     seg = 256
     for label, nll in curves.items():
         n = len(nll) // seg
-        ax.plot((np.arange(n) + 1) * seg, np.exp(nll[: n * seg].reshape(n, seg).mean(1)), "o-", ms=3, label=label)
+        ax.plot((np.arange(n) + 1) * seg, [perplexity(s) for s in nll[: n * seg].reshape(n, seg)], "o-", ms=3, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("position (end of 256-token segment)")
     ax.set_ylabel("segment perplexity")
@@ -315,9 +317,30 @@ def cmd_stream(args) -> int:
 def cmd_posvec(args) -> int:
     import numpy as np
 
-    from toybb.longctx.llm import hidden_states, sink_attention, token_nll, value_ablation
-    from toybb.longctx.posvec import cosine_matrix, decompose, n_distinct, pca, positional_vectors
+    from toybb.longctx.llm import hidden_states
+    from toybb.longctx.posvec import decompose, positional_vectors
 
+    layers = _posvec_check(args)
+    pre = _load(args)
+    if any(not 0 <= l < pre.cfg.n_layers for l in layers + (args.ablate_layer, args.value_from_layer)):
+        raise ConfigError(f"layers must be in [0, {pre.cfg.n_layers})")
+    write_config(args.out, args)
+    sel, held = _posvec_windows(pre, args)
+    batches = (np.asarray(sel[i : i + args.batch]) for i in range(0, len(sel), args.batch))
+    p, n = positional_vectors(lambda tk: hidden_states(pre.model, tk), batches)
+    u, m = decompose(p)
+    rows = _posvec_rows(u, m, args.tau)
+    write_table(args.out, "posvec", rows)
+    np.savez_compressed(os.path.join(args.out, "posvec.npz"), u=u.astype(np.float32), m=m.astype(np.float32))
+    abl = _posvec_ablations(pre, held, m, args)
+    write_table(args.out, "ablation", abl)
+    _posvec_figures(args, pre, layers, rows, m, n, abl, len(held))
+    print(f"distinct positional vectors per layer (tau {args.tau}): {[r['n_distinct'] for r in rows]}")
+    return 0
+
+
+def _posvec_check(args) -> tuple[int, ...]:
+    """The settings of `longctx posvec` that need no model checked; returns the layers to draw."""
     if args.samples < 1:
         raise ConfigError(f"positional vectors need at least one sample, got --samples {args.samples}")
     if args.batch < 1:
@@ -326,11 +349,14 @@ def cmd_posvec(args) -> int:
         raise ConfigError(f"--tau is a cosine threshold in [0, 1], got {args.tau!r}")
     if not 1 <= args.ablate_first <= args.seq // 2:
         raise ConfigError(f"--ablate-first must be in [1, --seq / 2], got {args.ablate_first}")
-    layers = _nonempty(_ints(args.layers), "--layers", 0)
-    pre = _load(args)
-    if any(not 0 <= l < pre.cfg.n_layers for l in layers + (args.ablate_layer, args.value_from_layer)):
-        raise ConfigError(f"layers must be in [0, {pre.cfg.n_layers})")
-    write_config(args.out, args)
+    return _nonempty(_ints(args.layers), "--layers", 0)
+
+
+def _posvec_windows(pre, args):
+    """(the --samples windows of --seq tokens for the positional vectors, a held-out [batch, seq] array
+    for the ablations), drawn in a fixed random order from the texts (each starting with the BOS)."""
+    import numpy as np
+
     bos = _bos(pre)
     n_tok = args.seq - len(bos)
     windows = []
@@ -343,21 +369,35 @@ def cmd_posvec(args) -> int:
         raise ToybbError(f"texts give {len(windows)} windows of {args.seq} tokens, need {args.samples + args.batch}")
     sel = [windows[i] for i in order[: args.samples]]
     held = np.asarray([windows[i] for i in order[args.samples : args.samples + args.batch]])
-    batches = (np.asarray(sel[i : i + args.batch]) for i in range(0, len(sel), args.batch))
-    p, n = positional_vectors(lambda tk: hidden_states(pre.model, tk), batches)
-    u, m = decompose(p)
+    return sel, held
+
+
+def _posvec_rows(u, m, tau: float) -> list[dict]:
+    """Per layer: distinct positional vectors, norms of u and m, cosines of the first tokens, PCA variance."""
+    import numpy as np
+
+    from toybb.longctx.posvec import cosine_matrix, n_distinct, pca
+
     rows = []
-    for l in range(pre.cfg.n_layers):
+    for l in range(m.shape[0]):
         c = cosine_matrix(m[l])
         _, ev = pca(m[l], 2)
-        rows.append({"layer": l, "n_distinct": n_distinct(m[l], args.tau), "norm_u": float(np.linalg.norm(u[l])),
+        rows.append({"layer": l, "n_distinct": n_distinct(m[l], tau), "norm_u": float(np.linalg.norm(u[l])),
                      "norm_m_t0": float(np.linalg.norm(m[l, 0])), "norm_m_median": float(np.median(np.linalg.norm(m[l], axis=-1))),
                      "cos_t0_rest": float(np.mean(c[0, 4:])), "cos_t4plus_mean": float(np.mean(c[4:, 4:])),
                      "pca_var_1": float(ev[0]), "pca_var_2": float(ev[1])})
-    write_table(args.out, "posvec", rows)
-    np.savez_compressed(os.path.join(args.out, "posvec.npz"), u=u.astype(np.float32), m=m.astype(np.float32))
-    # ablations on held-out windows (control: the same removal on tokens K..2K-1):
-    # the positional vectors m of the first K tokens after one layer, or their value vectors from a layer on
+    return rows
+
+
+def _posvec_ablations(pre, held, m, args) -> list[dict]:
+    """Ablations on the held-out windows (control: the same removal on tokens K..2K-1): the positional
+    vectors m of the first K tokens after one layer, or their value vectors from a layer on. Per case the
+    perplexity and the attention on token 0 per layer (queries t >= 4)."""
+    import numpy as np
+
+    from toybb.longctx.llm import sink_attention, token_nll, value_ablation
+    from toybb.probes.metrics import perplexity
+
     K, la, lv = args.ablate_first, args.ablate_layer, args.value_from_layer
     abl = []
     cases = [("none", "none", None)]
@@ -374,12 +414,20 @@ def cmd_posvec(args) -> int:
         nll = token_nll(pre.model, held, delta, vscale)
         sink = sink_attention(pre.model, held, delta, value_scale=vscale)
         where = {"none": "", "posvec": f"after layer {la}", "value": f"layers >= {lv}"}[what]
-        abl.append({"ablation": what, "removed": name, "where": where, "ppl": float(np.exp(nll.mean())),
+        abl.append({"ablation": what, "removed": name, "where": where, "ppl": perplexity(nll),
                     "sink_attention_mean": float(sink[2:].mean()),
                     "sink_attention_by_layer": [round(float(s), 4) for s in sink]})
         print(f"ablation {what} {name} {where}: ppl {abl[-1]['ppl']:.3f}, mean attention on token 0 (layers >= 2) "
               f"{abl[-1]['sink_attention_mean']:.3f}", flush=True)
-    write_table(args.out, "ablation", abl)
+    return abl
+
+
+def _posvec_figures(args, pre, layers, rows, m, n: int, abl: list[dict], n_held: int) -> None:
+    """posvec.png (cosines and PCA of m per drawn layer) and ablation.png (attention on token 0 per layer)."""
+    import numpy as np
+
+    from toybb.longctx.posvec import cosine_matrix, pca
+
     plt = _plt()
     fig, axes = plt.subplots(2, len(layers), figsize=(2.6 * len(layers), 5.2), squeeze=False)
     for i, l in enumerate(layers):
@@ -403,10 +451,8 @@ def cmd_posvec(args) -> int:
     ax.set_xlabel("layer")
     ax.set_ylabel("attention on token 0 (mean, queries t >= 4)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{args.model}: ablations of the first {K} tokens, {len(held)} held-out windows of {args.seq} tokens",
+    ax.set_title(f"{args.model}: ablations of the first {args.ablate_first} tokens, {n_held} held-out windows of {args.seq} tokens",
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, os.path.join(args.out, "ablation.png"), dpi=90)
-    print(f"distinct positional vectors per layer (tau {args.tau}): {[r['n_distinct'] for r in rows]}")
-    return 0

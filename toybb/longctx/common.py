@@ -8,7 +8,7 @@ import os
 import sys
 
 from toybb.errors import ConfigError, ToybbError
-from toybb.records import atomic_open
+from toybb.records import atomic_open, write_csv_rows
 
 # the development corpora beside a checkout (../shared/data); $TOYBB_DATA points elsewhere
 DATA = os.environ.get("TOYBB_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
@@ -59,7 +59,7 @@ def write_config(out: str, args, extra: dict | None = None) -> None:
     """config.json: the command, its arguments and package versions."""
     import importlib.metadata as md
 
-    from toybb.train.loop import package_versions
+    from toybb.records import package_versions
 
     os.makedirs(out, exist_ok=True)
     vers = package_versions()
@@ -77,17 +77,11 @@ def write_config(out: str, args, extra: dict | None = None) -> None:
 
 
 def write_table(out: str, name: str, rows: list[dict]) -> None:
-    import csv
-
+    """OUT/NAME.json and, when there are rows, OUT/NAME.csv (every key a column)."""
     os.makedirs(out, exist_ok=True)
     with atomic_open(os.path.join(out, name + ".json")) as f:
         json.dump(rows, f, indent=1)
-    if rows:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with atomic_open(os.path.join(out, name + ".csv"), newline="") as f:
-            w = csv.DictWriter(f, keys)
-            w.writeheader()
-            w.writerows(rows)
+    write_csv_rows(os.path.join(out, name + ".csv"), rows)
 
 
 def _plt():

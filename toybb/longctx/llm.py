@@ -15,6 +15,7 @@ from toybb.errors import ToybbError
 from toybb.llm.model import LLM
 from toybb.models.capture import Capture, run_with_capture
 from toybb.models.sites import NO_EDITS, Edits, residual_add, value_scaling
+from toybb.probes import metrics as M
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -26,8 +27,7 @@ def _nll_fn(graphdef):
     def f(state, tokens, edits):
         model = nnx.merge(graphdef, state)
         logits = model(tokens, edits=edits)
-        lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-        return -jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
+        return M.next_token_nll(logits, tokens)
 
     return jax.jit(f)
 
@@ -64,7 +64,7 @@ def ppl_by_length(nll: np.ndarray, lengths) -> dict[int, float]:
     for L in lengths:
         if L - 1 > nll.shape[1]:
             raise ToybbError(f"length {L} is longer than the scored sequence ({nll.shape[1] + 1} tokens)")
-        out[int(L)] = float(np.exp(nll[:, : L - 1].mean()))
+        out[int(L)] = M.perplexity(nll[:, : L - 1])
     return out
 
 
@@ -131,10 +131,12 @@ def hidden_states(model: LLM, tokens) -> np.ndarray:
 
 def sink_attention(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None, skip: int = 4,
                    value_scale: np.ndarray | None = None) -> np.ndarray:
-    """Mean attention weight on key 0 over heads, batch and queries t >= skip, per layer -> [layers]."""
+    """Attn<s> (`metrics.sink_attention`) over the queries t >= skip (the StreamingLLM sinks left out),
+    averaged over heads, per layer -> [layers]."""
     graphdef, state = nnx.split(model)
-    tokens = jnp.asarray(tokens, jnp.int32)
+    tokens = jnp.asarray(np.atleast_2d(tokens), jnp.int32)
     edits = _edits(model, tokens.shape, resid_add, value_scale)
     cap = _hidden_fn(graphdef, Capture(("blocks.*.attn.pattern@key0",)))(state, tokens, edits)
-    return np.array([float(np.asarray(cap[f"blocks.{l}.attn.pattern@key0"])[..., skip:].mean())
+    queries = jnp.broadcast_to(jnp.arange(tokens.shape[1]) >= skip, tokens.shape)
+    return np.array([float(M.sink_attention(cap[f"blocks.{l}.attn.pattern@key0"].astype(jnp.float32), queries).mean())
                      for l in range(model.cfg.n_layers)])

@@ -20,7 +20,8 @@ from toybb.errors import ConfigError, ToybbError
 from toybb.models.capture import Capture, run_with_capture
 from toybb.models.sites import residual_add
 from toybb.models.toy import ToyTransformer
-from toybb.longctx.posvec import decompose, positional_vectors
+from toybb.longctx.posvec import positional_vectors
+from toybb.probes.metrics import token_nll
 
 
 def char_data(text: str, val_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray, str]:
@@ -43,8 +44,7 @@ def train_char_lm(cfg: ModelConfig, train: np.ndarray, *, seq: int, steps: int, 
     @nnx.jit
     def step(model, opt, x):
         def loss_fn(m):
-            logits = m(x[:, :-1])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
+            return token_nll(m(x[:, :-1]), x[:, 1:]).mean()
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         opt.update(model, grads)
@@ -74,8 +74,7 @@ def with_model_options(model: ToyTransformer, **changes) -> ToyTransformer:
 def _nll_fn(graphdef):
     def f(state, x, edits):
         model = nnx.merge(graphdef, state)
-        logits = model(x[:, :-1], edits=edits)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:])
+        return token_nll(model(x[:, :-1], edits=edits), x[:, 1:])
 
     return jax.jit(f)
 

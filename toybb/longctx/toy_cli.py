@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from toybb.records import save_figure
 
@@ -35,15 +37,62 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_toy)
 
 
-def cmd_toy(args) -> int:
-    import numpy as np
+@dataclass
+class _ToyEval:
+    """Settings and results of one `longctx toy` command: every (method, length) row, the perplexity
+    curves per method, and the beyond-C similarity rows."""
 
+    args: Any
+    factors: list[int]
+    W: int  # window of the window model
+    w_se: int  # SelfExtend neighbour window
+    G: int  # SelfExtend group size
+    wins: dict  # factor -> evaluation windows [n, C * factor + 1]
+    rows: list = field(default_factory=list)
+    curves: dict = field(default_factory=dict)
+    beyond_rows: list = field(default_factory=list)
+
+    def record(self, label: str, scheme: str, f: int, nll: float, **extra) -> None:
+        from toybb.probes.metrics import perplexity
+
+        C = self.args.context
+        self.rows.append({"method": label, "scheme": scheme, "length": C * f, "factor": f, "nll": nll,
+                          "ppl": perplexity(nll), **extra})
+        self.curves.setdefault(label, {})[C * f] = perplexity(nll)
+
+
+def cmd_toy(args) -> int:
     from toybb.config import ModelConfig
+    from toybb.longctx.common import _read, write_config, write_table
+    from toybb.longctx.toy import char_data, eval_windows
+
+    factors, schemes = _toy_check(args)
+    C = args.context
+    W = args.window or C // 2
+    w_se = args.selfextend_window or C // 4
+    Lmax = C * max(factors)
+    G = max(1, math.ceil((Lmax - w_se) / (C - w_se)))  # smallest G with (C - w) * G + w >= Lmax
+    train, val, vocab = char_data(_read(args.text))
+    cfgs = {s: ModelConfig(vocab_size=len(vocab), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                           max_len=C, position="none" if s == "window" else s, window=W if s == "window" else None)
+            for s in schemes}  # validated before any training
+    write_config(args.out, args, {"vocab": len(vocab), "selfextend": [w_se, G], "window": W})
+    ev = _ToyEval(args, factors, W, w_se, G, {f: eval_windows(val, C * f, args.eval_windows) for f in factors})
+    for scheme in schemes:
+        _toy_scheme(ev, scheme, cfgs[scheme], train)
+    write_table(args.out, "toy_ppl_length", ev.rows)
+    write_table(args.out, "toy_beyond_similarity", ev.beyond_rows)
+    for r in ev.beyond_rows:
+        print(f"{r['model']} layer {r['layer']}: positions {C}..{r['length'] - 1} vs 0..{C - 1}: max cosine mean "
+              f"{r['mean_max_cosine']:.3f}, min {r['min_max_cosine']:.3f}, {100 * r['share_below_0.9']:.0f}% below 0.9")
+    _toy_figure(ev)
+    return 0
+
+
+def _toy_check(args) -> tuple[list[int], list[str]]:
+    """The settings of `longctx toy` checked before any training; returns (factors, schemes)."""
     from toybb.errors import ConfigError
-    from toybb.longctx.common import _floats, _ints, _nonempty, _plt, _read, write_config, write_table
-    from toybb.longctx.posvec import beyond_similarity
-    from toybb.longctx.toy import (char_data, eval_windows, mean_nll, replacement_delta, toy_positional_vectors,
-                                   train_char_lm, with_model_options)
+    from toybb.longctx.common import _floats, _ints, _nonempty
 
     C = args.context
     if C < 4:
@@ -69,79 +118,90 @@ def cmd_toy(args) -> int:
                           f"got {args.selfextend_window}")
     _nonempty(_floats(args.alphas), "--alphas", -1e6, 1e6)
     _nonempty(_floats(args.temperatures), "--temperatures", 1e-6, 1e6)
-    W = args.window or C // 2
-    w_se = args.selfextend_window or C // 4
-    Lmax = C * max(factors)
-    G = max(1, math.ceil((Lmax - w_se) / (C - w_se)))  # smallest G with (C - w) * G + w >= Lmax
-    train, val, vocab = char_data(_read(args.text))
-    cfgs = {s: ModelConfig(vocab_size=len(vocab), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                           max_len=C, position="none" if s == "window" else s, window=W if s == "window" else None)
-            for s in schemes}  # validated before any training
-    write_config(args.out, args, {"vocab": len(vocab), "selfextend": [w_se, G], "window": W})
-    rows, curves, beyond_rows = [], {}, []
-    wins = {f: eval_windows(val, C * f, args.eval_windows) for f in factors}
+    return factors, schemes
 
-    def record(label, scheme, f, nll, **extra):
-        rows.append({"method": label, "scheme": scheme, "length": C * f, "factor": f, "nll": nll,
-                     "ppl": float(np.exp(nll)), **extra})
-        curves.setdefault(label, {})[C * f] = float(np.exp(nll))
 
-    for scheme in schemes:
-        cfg = cfgs[scheme]
-        t0 = time.time()
-        model, losses = train_char_lm(cfg, train, seq=C, steps=args.steps, batch=args.batch, lr=args.lr,
-                                      seed=args.seed)
-        print(f"{scheme}: trained {args.steps} steps in {time.time() - t0:.0f} s, last loss {losses[-1]:.3f}", flush=True)
-        name = {"none": "NoPE", "rope": "RoPE", "alibi": "ALiBi", "window": f"NoPE window {W}"}[scheme]
+def _toy_scheme(ev: _ToyEval, scheme: str, cfg, train) -> None:
+    """Train the model of one position scheme, score it at every length, compare its positional vectors
+    beyond C with those inside, and score the scheme's extension methods."""
+    import numpy as np
+
+    from toybb.longctx.toy import mean_nll, toy_positional_vectors, train_char_lm
+
+    args, C, factors, wins = ev.args, ev.args.context, ev.factors, ev.wins
+    t0 = time.time()
+    model, losses = train_char_lm(cfg, train, seq=C, steps=args.steps, batch=args.batch, lr=args.lr,
+                                  seed=args.seed)
+    print(f"{scheme}: trained {args.steps} steps in {time.time() - t0:.0f} s, last loss {losses[-1]:.3f}", flush=True)
+    name = {"none": "NoPE", "rope": "RoPE", "alibi": "ALiBi", "window": f"NoPE window {ev.W}"}[scheme]
+    for f in factors:
+        ev.record(name, scheme, f, mean_nll(model, wins[f]), train_loss=losses[-1])
+    pv: dict[int, np.ndarray] = {}  # positional vectors [layers, C * f, d] of this model, per factor
+
+    def pvec(f):
+        if f not in pv:
+            pv[f] = toy_positional_vectors(model, wins[f][:, :-1])
+        return pv[f]
+
+    if max(factors) > 1:
+        _beyond(ev, name, scheme, pvec(max(factors)))
+    _extensions(ev, scheme, name, model, pvec)
+    print("  " + "; ".join(f"{k}: " + ", ".join(f"{v:.2f}" for v in c.values())
+                           for k, c in ev.curves.items() if k.startswith(name)), flush=True)
+
+
+def _beyond(ev: _ToyEval, name: str, scheme: str, p_long) -> None:
+    """Positional vectors beyond C against those inside (Dong et al.: out of distribution beyond), per layer."""
+    from toybb.longctx.posvec import beyond_similarity
+
+    C = ev.args.context
+    m = p_long - p_long[:, :C].mean(axis=1, keepdims=True)  # minus u of the trained positions
+    for layer in range(ev.args.layers):
+        sim = beyond_similarity(m[layer, :C], m[layer, C:])
+        ev.beyond_rows.append({"model": name, "scheme": scheme, "layer": layer, "length": C * max(ev.factors),
+                               "positions_beyond": int(sim.size), "mean_max_cosine": float(sim.mean()),
+                               "min_max_cosine": float(sim.min()),
+                               "share_below_0.9": float((sim < 0.9).mean())})
+
+
+def _extensions(ev: _ToyEval, scheme: str, name: str, model, pvec) -> None:
+    """Score the context-extension methods of the scheme: SelfExtend (RoPE, ALiBi), position
+    interpolation (RoPE), positional-vector replacement (NoPE), window x r with a temperature (window)."""
+    from toybb.longctx.common import _floats
+    from toybb.longctx.toy import mean_nll, replacement_delta, with_model_options
+
+    args, factors, wins = ev.args, ev.factors, ev.wins
+    if scheme in ("rope", "alibi"):
+        se = with_model_options(model, selfextend_window=ev.w_se, selfextend_group=ev.G)
         for f in factors:
-            record(name, scheme, f, mean_nll(model, wins[f]), train_loss=losses[-1])
-        pv: dict[int, np.ndarray] = {}  # positional vectors [layers, C * f, d] of this model, per factor
-
-        def pvec(f):
-            if f not in pv:
-                pv[f] = toy_positional_vectors(model, wins[f][:, :-1])
-            return pv[f]
-
-        if max(factors) > 1:  # positional vectors beyond C against those inside (Dong et al.: OOD beyond)
-            p_long = pvec(max(factors))
-            m = p_long - p_long[:, :C].mean(axis=1, keepdims=True)  # minus u of the trained positions
-            for layer in range(args.layers):
-                sim = beyond_similarity(m[layer, :C], m[layer, C:])
-                beyond_rows.append({"model": name, "scheme": scheme, "layer": layer, "length": C * max(factors),
-                                    "positions_beyond": int(sim.size), "mean_max_cosine": float(sim.mean()),
-                                    "min_max_cosine": float(sim.min()),
-                                    "share_below_0.9": float((sim < 0.9).mean())})
-        if scheme in ("rope", "alibi"):
-            se = with_model_options(model, selfextend_window=w_se, selfextend_group=G)
+            ev.record(f"{name} + SelfExtend w={ev.w_se} G={ev.G}", scheme, f, mean_nll(se, wins[f]))
+    if scheme == "rope":
+        for f in factors:
+            ev.record(f"{name} + PI", scheme, f, mean_nll(with_model_options(model, rope_scale=float(f)), wins[f]))
+    if scheme == "none":
+        p_train = pvec(1)
+        for a in _floats(args.alphas):
             for f in factors:
-                record(f"{name} + SelfExtend w={w_se} G={G}", scheme, f, mean_nll(se, wins[f]))
-        if scheme == "rope":
+                d = replacement_delta(p_train[args.replace_layer], pvec(f)[args.replace_layer], float(f), a)
+                ev.record(f"{name} + PV replacement a={a:g}", scheme, f,
+                          mean_nll(model, wins[f], {args.replace_layer: d}))
+    if scheme == "window":
+        for tau in _floats(args.temperatures):
             for f in factors:
-                record(f"{name} + PI", scheme, f, mean_nll(with_model_options(model, rope_scale=float(f)), wins[f]))
-        if scheme == "none":
-            p_train = pvec(1)
-            for a in _floats(args.alphas):
-                for f in factors:
-                    d = replacement_delta(p_train[args.replace_layer], pvec(f)[args.replace_layer], float(f), a)
-                    record(f"{name} + PV replacement a={a:g}", scheme, f,
-                           mean_nll(model, wins[f], {args.replace_layer: d}))
-        if scheme == "window":
-            for tau in _floats(args.temperatures):
-                for f in factors:
-                    m = with_model_options(model, window=W * f, logit_scale=1.0 if f == 1 else tau)
-                    record(f"{name} + window x r, temp {tau:g}", scheme, f, mean_nll(m, wins[f]))
-        print("  " + "; ".join(f"{k}: " + ", ".join(f"{v:.2f}" for v in c.values())
-                               for k, c in curves.items() if k.startswith(name)), flush=True)
-    write_table(args.out, "toy_ppl_length", rows)
-    write_table(args.out, "toy_beyond_similarity", beyond_rows)
-    for r in beyond_rows:
-        print(f"{r['model']} layer {r['layer']}: positions {C}..{r['length'] - 1} vs 0..{C - 1}: max cosine mean "
-              f"{r['mean_max_cosine']:.3f}, min {r['min_max_cosine']:.3f}, {100 * r['share_below_0.9']:.0f}% below 0.9")
+                m = with_model_options(model, window=ev.W * f, logit_scale=1.0 if f == 1 else tau)
+                ev.record(f"{name} + window x r, temp {tau:g}", scheme, f, mean_nll(m, wins[f]))
+
+
+def _toy_figure(ev: _ToyEval) -> None:
+    """toy_ppl_length.png: perplexity against evaluation length, one line per method."""
+    from toybb.longctx.common import _plt
+
+    args, C, factors = ev.args, ev.args.context, ev.factors
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.6))
     styles = {"none": "-", "rope": "--", "alibi": "-.", "window": ":"}
-    for label, c in curves.items():
-        scheme = next(r["scheme"] for r in rows if r["method"] == label)
+    for label, c in ev.curves.items():
+        scheme = next(r["scheme"] for r in ev.rows if r["method"] == label)
         ax.plot(list(c), list(c.values()), styles[scheme], marker="o", ms=4, label=label)
     ax.axvline(C, color="gray", lw=1)
     ax.set_xscale("log", base=2)
@@ -154,4 +214,3 @@ def cmd_toy(args) -> int:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, os.path.join(args.out, "toy_ppl_length.png"), dpi=90)
-    return 0

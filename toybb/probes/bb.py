@@ -27,25 +27,22 @@ def eval_capture(cfg: ModelConfig) -> Capture:
     return Capture(tuple(sites))
 
 
-def metric_names(cfg: ModelConfig) -> list[str]:
-    """Column names of `dynamics_metrics`, in order (layer-wise metrics carry `_l{layer}`, per-head
-    ones `_l{layer}h{head}` when the model has several heads)."""
-    names = ["loss", "backcopy_loss", "bigram_loss", "backcopy_risk", "bigram_risk", "bigram_ce_expected",
-             "bigram_kl_expected"]
-    for l in range(cfg.n_layers):
-        if cfg.has_attention(l):
-            for base in ("sink_attention", "sink_attention_excl0", "sink_logit_gap", "sink_logit_gap_types",
-                         "sink_logit_types", "value_drain", "value_others"):
-                names.append(f"{base}_l{l}")
-                if cfg.n_heads > 1:
-                    names += [f"{base}_l{l}h{h}" for h in range(cfg.n_heads)]
-            if cfg.arch == "transformer":  # the SimpleModel learns W_O v directly: it has no v site
-                names += [f"value_drain_v_l{l}", f"value_others_v_l{l}"]  # per kv head, averaged
-            if cfg.sink_token:
-                names.append(f"slot_attention_l{l}")
-            if cfg.attn_bias:
-                names.append(f"bias_attention_l{l}")
-        names += [f"residual_peak_l{l}", f"residual_others_l{l}", f"massive_norm_l{l}"]
+def metric_names(model, task, seq_len: int = 8) -> list[str]:
+    """Column names of `dynamics_metrics`, in order: the keys it returns, found by tracing it abstractly
+    (`jax.eval_shape`: nothing is computed) on a [1, seq_len + 1] batch. `model` may be abstract
+    (`nnx.eval_shape`). Layer-wise metrics carry `_l{layer}`, per-head ones `_l{layer}h{head}` when the
+    model has several heads."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    names: list[str] = []
+
+    def trace(state, tokens):
+        out = dynamics_metrics(nnx.merge(graphdef, state), tokens, task)
+        names.extend(out)  # insertion order (the returned pytree's keys come back sorted)
+        return out
+
+    jax.eval_shape(trace, state, jax.ShapeDtypeStruct((1, seq_len + 1), jnp.int32))
     return names
 
 

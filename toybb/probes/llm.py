@@ -17,10 +17,8 @@ Definitions (T = sequence length, key 0 = the BOS, or the first token without BO
 - sink logit gap: logit on key 0 minus the mean logit on keys 1..i-1.
 - massive activations (Sun et al. 2024), per layer on resid_post: the top-3 |activation| of each
   sample and its median |activation|, averaged over samples. An entry is massive when |h| > 100 and
-  > 1000x its sample's median at that layer (`MASSIVE_ABS`, `MASSIVE_RATIO`; Sun et al. report ~1000x);
-  the first massive layer is the first whose mean top-1 passes both thresholds. (With 100x, SmolLM2's
-  layers 1-8 would count: their BOS peaks of ~300-800 are 300-800x the median, two orders below the
-  ~25,000 that appears at layer 11.)
+  > 1000x its sample's median at that layer (`metrics.is_massive`, `MASSIVE_ABS`, `MASSIVE_RATIO`);
+  the first massive layer is the first whose mean top-1 passes both thresholds.
 """
 
 from __future__ import annotations
@@ -38,8 +36,6 @@ from toybb.models.capture import Capture, resolve_edits, run_with_capture
 from toybb.models.sites import NO_EDITS, Edit
 from toybb.probes import metrics as M
 
-MASSIVE_ABS = 100.0
-MASSIVE_RATIO = 1000.0
 TOPK = 3
 
 PROBE_CAPTURE = Capture(("blocks.*.attn.pattern@key0", "blocks.*.attn.pattern@qmean", "blocks.*.attn.logits",
@@ -55,9 +51,8 @@ def _batch_stats(model: LLM, tokens: jax.Array, valid: jax.Array, k_first: int) 
     w = valid.astype(jnp.float32)
     n = w.sum()
     qmask = jnp.broadcast_to(valid[:, None], (b, t))
-    nll = M.token_nll(logits[:, :-1], tokens[:, 1:])
+    nll = M.next_token_nll(logits, tokens)
     out = {"n": n, "nll_sum": jnp.sum(nll * w[:, None]), "nll_count": n * (t - 1)}
-    seen_by = (t - jnp.arange(t)).astype(jnp.float32)  # queries that can see key j
     keep = ("sink_score", "logit_gap", "value_sink", "value_others", "key_attn", "value_pos",
             "tok_attn", "tok_value", "resid_sink", "resid_others", "resid_pos", "tok_resid",
             "top", "median", "massive_sum", "massive_count", "top_dim_count", "massive_tok_count")
@@ -73,7 +68,7 @@ def _batch_stats(model: LLM, tokens: jax.Array, valid: jax.Array, k_first: int) 
         vs, vo = M.value_drain(hn, valid=qmask)
         acc["value_sink"].append(vs * n)
         acc["value_others"].append(vo * n)
-        recv = cap[f"{p}.attn.pattern@qmean"] * t / seen_by  # [b, h, T] mean over the queries that see key j
+        recv = M.attention_received(cap[f"{p}.attn.pattern@qmean"])  # [b, h, T]
         acc["key_attn"].append(jnp.einsum("bhk,b->hk", recv[..., :k_first], w))
         acc["value_pos"].append(jnp.einsum("bkh,b->hk", hn[:, :k_first], w))
         r = jnp.moveaxis(recv[..., 1:], 1, -1).reshape(-1, recv.shape[1]) * wt[:, None]  # [b*(T-1), h]
@@ -87,14 +82,12 @@ def _batch_stats(model: LLM, tokens: jax.Array, valid: jax.Array, k_first: int) 
         acc["resid_others"].append(ro * n)
         acc["resid_pos"].append(jnp.einsum("bk,b->k", rn[:, :k_first], w))
         acc["tok_resid"].append(jax.ops.segment_sum(rn[:, 1:].reshape(-1) * wt, tok_rest, v))
-        a = jnp.abs(x).reshape(b, -1)
-        top, idx = jax.lax.top_k(a, TOPK)  # [b, 3] per sample
-        med = jnp.median(a, axis=-1)  # [b]
+        top, idx, med = M.activation_profile(x, TOPK)  # [b, 3], [b, 3], [b] per sample
         acc["top"].append(jnp.einsum("bk,b->k", top, w))
         acc["median"].append(jnp.sum(med * w))
         d = x.shape[-1]
         acc["top_dim_count"].append(jnp.zeros(d).at[idx % d].add(jnp.broadcast_to(w[:, None], idx.shape)))
-        big = (jnp.abs(x) > MASSIVE_ABS) & (jnp.abs(x) > MASSIVE_RATIO * med[:, None, None]) & valid[:, None, None]
+        big = M.is_massive(jnp.abs(x), med[:, None, None]) & valid[:, None, None]
         acc["massive_sum"].append(jnp.sum(jnp.where(big, x, 0.0), axis=(0, 1)))
         acc["massive_count"].append(jnp.sum(big, axis=(0, 1)).astype(jnp.float32))
         acc["massive_tok_count"].append(
@@ -142,7 +135,7 @@ class DomainStats:
 
     @property
     def ppl(self) -> float:
-        return float(np.exp(self.sums["nll_sum"] / self.sums["nll_count"]))
+        return M.perplexity(self.sums["nll_sum"] / self.sums["nll_count"])
 
     def sink_tokens(self, k: int = 3, min_count: int = 5) -> list[int]:
         """Token ids (at positions >= 1) that receive the most attention, averaged over layers and heads,
@@ -156,7 +149,7 @@ class DomainStats:
         """Massive-activation profile and the first layer where they appear (rule in the module doc)."""
         top = self.mean("top")  # [L, 3]
         med = self.mean("median")  # [L]
-        is_massive = (top[:, 0] > MASSIVE_ABS) & (top[:, 0] > MASSIVE_RATIO * med)
+        is_massive = M.is_massive(top[:, 0], med)
         first = int(np.argmax(is_massive)) if is_massive.any() else None
         out = {"top": top.tolist(), "median": med.tolist(), "massive_layers": np.flatnonzero(is_massive).tolist(),
                "first_layer": first, "dims": [], "dim_mean": [], "dim_count": [], "tokens": []}
@@ -168,7 +161,7 @@ class DomainStats:
             out["dim_count"] = [int(cnt[d]) for d in dims]
             tc = self.sums["massive_tok_count"][first]
             out["tokens"] = [(int(i), int(tc[i])) for i in np.argsort(-tc)[:5] if tc[i] > 0]
-            out["threshold"] = float(max(MASSIVE_ABS, MASSIVE_RATIO * med[first]))
+            out["threshold"] = M.massive_threshold(med[first])
         return out
 
 
@@ -193,7 +186,7 @@ def probe_domain(model: LLM, batches, *, k_first: int = 32, progress: str | None
 def _compiled_loss(graphdef):
     def f(state, tokens, valid, edits):
         logits = nnx.merge(graphdef, state)(tokens, edits=edits)
-        nll = M.token_nll(logits[:, :-1], tokens[:, 1:])
+        nll = M.next_token_nll(logits, tokens)
         w = valid.astype(jnp.float32)[:, None]
         return jnp.sum(nll * w), jnp.sum(w) * nll.shape[1]
 

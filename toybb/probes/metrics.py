@@ -5,15 +5,27 @@ returns (`toybb.models.capture`): attention patterns/logits `[batch, heads, q_se
 per-head value states `blocks.{l}.attn.head_out@norm` `[batch, seq, heads]`, residual norms
 `blocks.{l}.resid_post@norm` `[batch, seq]`. `sink` is the key/position of the sink token (0 = BOS).
 Masks select query positions (e.g. non-trigger queries) and are `[batch, seq]` booleans.
+
+Also the language-model metrics every caller shares: next-token NLL (`token_nll`, `next_token_nll`),
+perplexity (`perplexity`), attention received per key (`attention_received`) and massive activations
+(`activation_profile`, `is_massive`, `massive_threshold`; Sun et al. 2024).
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 # Reference threshold (SPEC §3): a token is dormant if the last query's attention on BOS is >= 0.89.
 DORMANT_THRESHOLD = 0.89
+
+# Massive activations (Sun et al. 2024): an entry of the residual stream is massive when |h| > 100 and
+# > 1000x its sample's median |activation| at that layer (Sun et al. report ~1000x). With 100x,
+# SmolLM2's layers 1-8 would count: their BOS peaks of ~300-800 are 300-800x the median, two orders
+# below the ~25,000 that appears at layer 11.
+MASSIVE_ABS = 100.0
+MASSIVE_RATIO = 1000.0
 
 
 def _masked_mean(x: jax.Array, mask: jax.Array, axis) -> jax.Array:
@@ -68,6 +80,20 @@ def sink_logit_gap(logits: jax.Array, query_mask: jax.Array | None = None, *, si
     return _masked_mean(gap, mask[:, None, :], axis=(0, 2))
 
 
+def attention_received(pattern: jax.Array, *, causal: bool = True) -> jax.Array:
+    """Attention received by each key j: its weight averaged over the queries that can see it (i >= j
+    for a causal pattern; every query otherwise).
+
+    pattern: [batch, heads, q_seq, k_seq], or the capture reduction `@qmean` [batch, heads, k_seq] (the
+    mean over all q_seq = k_seq queries, zeros of the masked ones included). Returns [batch, heads, k_seq]."""
+    qmean = jnp.mean(pattern.astype(jnp.float32), axis=-2) if pattern.ndim == 4 else pattern
+    if not causal:
+        return qmean
+    t = qmean.shape[-1]
+    seen_by = (t - jnp.arange(t)).astype(jnp.float32)  # queries that can see key j
+    return qmean * t / seen_by
+
+
 def type_mean(values: jax.Array, types: jax.Array, mask: jax.Array, n_types: int) -> jax.Array:
     """The paper's per-token-type average: each type's mean over its selected positions first, then the
     unweighted mean over the types present (SPEC §3; the reference's "mean60").
@@ -104,10 +130,43 @@ def residual_peak(resid_norm: jax.Array, *, sink: int = 0, valid: jax.Array | No
     return at_sink, others, at_sink - others
 
 
+def activation_profile(x: jax.Array, k: int = 3) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per sample, over all positions and dims of x [batch, seq, d]: the top-k |activation| [batch, k],
+    their flat indices (position * d + dim) [batch, k] and the median |activation| [batch]."""
+    a = jnp.abs(x).reshape(x.shape[0], -1)
+    top, idx = jax.lax.top_k(a, k)
+    return top, idx, jnp.median(a, axis=-1)
+
+
+def is_massive(value, median, *, abs_min: float = MASSIVE_ABS, ratio: float = MASSIVE_RATIO):
+    """Massive: |activation| `value` above `abs_min` and above `ratio` times the `median` |activation| of
+    its sample and layer (broadcast against value). Plain comparisons, for numpy and jax arrays alike: an
+    entry's mask in a compiled function, or a layer's rule on its mean top-1 and mean median."""
+    return (value > abs_min) & (value > ratio * median)
+
+
+def massive_threshold(median: float, *, abs_min: float = MASSIVE_ABS, ratio: float = MASSIVE_RATIO) -> float:
+    """The |activation| above which an entry is massive (`is_massive`) given its median: max(abs_min, ratio * median)."""
+    return float(max(abs_min, ratio * median))
+
+
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Cross-entropy per position. logits [batch, seq, vocab], targets [batch, seq] -> [batch, seq]."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def next_token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """-log p(tokens[:, t+1] | tokens[:, :t+1]) from the logits of one forward over `tokens`:
+    logits [batch, T, vocab], tokens [batch, T] -> [batch, T - 1] (`token_nll` of the shifted pair)."""
+    return token_nll(logits[:, :-1], tokens[:, 1:])
+
+
+def perplexity(nll) -> float:
+    """exp(mean NLL) in float64 on the host: `nll` holds the NLL (nats) of every predicted token, or is
+    already their mean (a scalar, e.g. a streamed sum over its count). inf where the exponential overflows."""
+    with np.errstate(over="ignore"):
+        return float(np.exp(np.mean(np.asarray(nll, np.float64))))
 
 
 def excess_risk(nll: jax.Array, oracle_nll: jax.Array, mask: jax.Array) -> jax.Array:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from toybb.errors import ConfigError
 from toybb.probes import llm as P
 from toybb.probes.corpus import Domain, domain_batches
-from toybb.probes.metrics import classify_dormant
+from toybb.probes import metrics as M
 from toybb.records import atomic_open, atomic_write
 
 SINK_HIGH = 0.9  # "heads with sink score > 0.9" in the summary
@@ -72,27 +71,60 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
               command: list[str] | None = None) -> dict:
     """Probe `pre` (a loaded `Pretrained`) on each domain and write tables and figures to `out`."""
     cfg, tok = pre.cfg, pre.tokenizer
-    if tok is None:
+    _check_probe(pre, domains, settings)
+    names = [d.name for d in domains]
+    out.mkdir(parents=True, exist_ok=True)
+    from toybb.records import package_versions
+
+    atomic_write(out / "config.json", lambda f: f.write(json.dumps({
+        "command": command if command is not None else sys.argv, "model": pre.source, "dtype": cfg.dtype,
+        "domains": {d.name: d.source for d in domains}, "settings": settings.__dict__,
+        "massive_rule": {"abs": M.MASSIVE_ABS, "ratio_to_median": M.MASSIVE_RATIO},
+        "versions": package_versions()}, indent=2)), mode="w")
+
+    stats, held = _probe_domains(pre, domains, settings, progress)
+    summary: dict = {"domains": {name: _domain_summary(st, tok) for name, st in stats.items()}}
+    # domain selectivity: sink score on the first domain minus the second
+    sel = None
+    if len(domains) >= 2:
+        sel, summary["selective"] = _selectivity(stats, names)
+    if sel is not None and settings.intervene_heads:
+        order = np.argsort(-np.abs(sel), axis=None)[: settings.intervene_heads]
+        heads = sorted((int(i // cfg.n_heads), int(i % cfg.n_heads)) for i in order)
+    else:
+        heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    rows = []
+    for name in names:
+        rows += _interventions(pre, name, held[name], heads, summary["domains"][name], progress)
+
+    _write_tables(out, stats, names, sel, rows, cfg)
+    atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(summary, indent=2, default=float)), mode="w")
+    maps = _attention_maps(pre, held, summary, names) if sel is not None else None
+    from toybb.probes import plots
+
+    plots.write_all(out, stats, names, sel, rows, maps, summary)
+    return summary
+
+
+def _check_probe(pre, domains: list[Domain], settings: ProbeSettings) -> None:
+    """Everything `run_probe` needs, checked before any model runs."""
+    if pre.tokenizer is None:
         raise ConfigError(f"{pre.source}: no tokenizer found; pass --tokenizer tokenizer.json")
     if not domains:
         raise ConfigError("give at least one --domain NAME=SOURCE")
     names = [d.name for d in domains]
     if len(set(names)) != len(names):
         raise ConfigError(f"--domain names must differ, got {names}")
-    settings.check(cfg.max_positions)
-    bos_id = tok.bos_id if settings.bos else None
-    if settings.bos and bos_id is None:
+    settings.check(pre.cfg.max_positions)
+    if settings.bos and pre.tokenizer.bos_id is None:
         raise ConfigError(f"{pre.source}: the tokenizer has no BOS token; run with --no-bos")
+
+
+def _probe_domains(pre, domains: list[Domain], settings: ProbeSettings, progress: bool):
+    """({domain: DomainStats}, {domain: the batches holding its first `intervene_samples` samples})."""
+    tok = pre.tokenizer
+    bos_id = tok.bos_id if settings.bos else None
     encode = lambda text: tok.encode(text, add_bos=False)  # noqa: E731
-    out.mkdir(parents=True, exist_ok=True)
-    from toybb.train.loop import package_versions
-
-    atomic_write(out / "config.json", lambda f: f.write(json.dumps({
-        "command": command if command is not None else sys.argv, "model": pre.source, "dtype": cfg.dtype,
-        "domains": {d.name: d.source for d in domains}, "settings": settings.__dict__,
-        "massive_rule": {"abs": P.MASSIVE_ABS, "ratio_to_median": P.MASSIVE_RATIO},
-        "versions": package_versions()}, indent=2)), mode="w")
-
     stats: dict[str, P.DomainStats] = {}
     held: dict[str, list] = {}
     for d in domains:
@@ -105,80 +137,67 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
         if stats[d.name].n < settings.samples:
             print(f"toybb probe: warning: domain {d.name} gave {stats[d.name].n} of {settings.samples} samples",
                   file=sys.stderr)
+    return stats, held
 
-    L, H = cfg.n_layers, cfg.n_heads
-    summary: dict = {"domains": {}}
-    for name, st in stats.items():
-        score = st.mean("sink_score")
-        sink_ids = st.sink_tokens()
-        m = st.massive()
-        m["tokens"] = [(i, c, tok.decode([i])) for i, c in m["tokens"]]
-        rs, ro = st.mean("resid_sink"), st.mean("resid_others")
-        summary["domains"][name] = {
-            "samples": st.n, "tokens_scored": int(st.sums["nll_count"]), "ppl": st.ppl,
-            "heads_sink_gt_0.9": int((score > SINK_HIGH).sum()),
-            "heads_dormant": int(np.asarray(classify_dormant(score)).sum()),
-            "sink_tokens": [(i, tok.decode([i]), float(st.mean("tok_attn").mean(axis=(0, 1))[i]),
-                             int(st.sums["tok_count"][i])) for i in sink_ids],
-            "resid_norm_pos0": rs.tolist(), "resid_norm_others": ro.tolist(),
-            "resid_ratio_pos0": (rs / ro).tolist(),
-            "massive": m,
-        }
-    # domain selectivity: sink score on the first domain minus the second
-    sel = None
-    if len(domains) >= 2:
-        a, b = names[0], names[1]
-        sel = stats[a].mean("sink_score") - stats[b].mean("sink_score")
-        order = np.argsort(sel, axis=None)
-        top_a = [np.unravel_index(i, sel.shape) for i in order[::-1][:5]]
-        top_b = [np.unravel_index(i, sel.shape) for i in order[:5]]
-        fmt = lambda lh: {"layer": int(lh[0]), "head": int(lh[1]), "selectivity": float(sel[lh]),  # noqa: E731
-                          **{f"sink_{n}": float(stats[n].mean("sink_score")[lh]) for n in names}}
-        summary["selective"] = {f"dormant_on_{a}_active_on_{b}": [fmt(x) for x in top_a],
-                                f"dormant_on_{b}_active_on_{a}": [fmt(x) for x in top_b]}
 
-    # interventions
-    if sel is not None and settings.intervene_heads:
-        k = settings.intervene_heads
-        order = np.argsort(-np.abs(sel), axis=None)[:k]
-        heads = sorted((int(i // H), int(i % H)) for i in order)
-    else:
-        heads = [(l, h) for l in range(L) for h in range(H)]
-    rows = []
-    for name in names:
-        bt = held[name]
-        base = P.edited_nll(pre.model, bt)
-        rows.append({"domain": name, "intervention": "none", "layer": "", "head": "", "nll": base,
-                     "ppl": math.exp(base), "delta_nll": 0.0})
-        it = heads
-        if progress:
-            from tqdm import tqdm
+def _domain_summary(st: P.DomainStats, tok) -> dict:
+    """metrics.json's summary of one domain: perplexity, sink heads and tokens, residual norms, massive activations."""
+    score = st.mean("sink_score")
+    m = st.massive()
+    m["tokens"] = [(i, c, tok.decode([i])) for i, c in m["tokens"]]
+    rs, ro = st.mean("resid_sink"), st.mean("resid_others")
+    return {
+        "samples": st.n, "tokens_scored": int(st.sums["nll_count"]), "ppl": st.ppl,
+        "heads_sink_gt_0.9": int((score > SINK_HIGH).sum()),
+        "heads_dormant": int(np.asarray(M.classify_dormant(score)).sum()),
+        "sink_tokens": [(i, tok.decode([i]), float(st.mean("tok_attn").mean(axis=(0, 1))[i]),
+                         int(st.sums["tok_count"][i])) for i in st.sink_tokens()],
+        "resid_norm_pos0": rs.tolist(), "resid_norm_others": ro.tolist(),
+        "resid_ratio_pos0": (rs / ro).tolist(),
+        "massive": m,
+    }
 
-            it = tqdm(heads, desc=f"heads {name}", unit="head")
-        for l, h in it:
-            for kind in ("zero", "to_bos"):
-                v = P.edited_nll(pre.model, bt, P.head_edit_for(cfg, l, h, kind))
-                rows.append({"domain": name, "intervention": f"head_{kind}", "layer": l, "head": h, "nll": v,
-                             "ppl": math.exp(v), "delta_nll": v - base})
-        m = summary["domains"][name]["massive"]
-        if m["first_layer"] is not None:
-            for mode in ("zero", "mean"):
-                v = P.edited_nll(pre.model, bt, P.massive_edit(m, mode))
-                rows.append({"domain": name, "intervention": f"massive_{mode}", "layer": m["first_layer"],
-                             "head": "", "nll": v, "ppl": math.exp(v) if v < 700 else float("inf"),
-                             "delta_nll": v - base})
-        summary["domains"][name]["intervention_ppl"] = {
-            r["intervention"]: r["ppl"] for r in rows if r["domain"] == name and r["intervention"] in
-            ("none", "massive_zero", "massive_mean")}
-        summary["domains"][name]["intervention_samples"] = int(sum(v.sum() for _, v in bt))
 
-    _write_tables(out, stats, names, sel, rows, cfg)
-    atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(summary, indent=2, default=float)), mode="w")
-    maps = _attention_maps(pre, held, summary, names) if sel is not None else None
-    from toybb.probes import plots
+def _selectivity(stats: dict, names: list[str]) -> tuple[np.ndarray, dict]:
+    """(sink score on the first domain minus the second [layers, heads], the five most selective heads each way)."""
+    a, b = names[0], names[1]
+    sel = stats[a].mean("sink_score") - stats[b].mean("sink_score")
+    order = np.argsort(sel, axis=None)
+    top_a = [np.unravel_index(i, sel.shape) for i in order[::-1][:5]]
+    top_b = [np.unravel_index(i, sel.shape) for i in order[:5]]
+    fmt = lambda lh: {"layer": int(lh[0]), "head": int(lh[1]), "selectivity": float(sel[lh]),  # noqa: E731
+                      **{f"sink_{n}": float(stats[n].mean("sink_score")[lh]) for n in names}}
+    return sel, {f"dormant_on_{a}_active_on_{b}": [fmt(x) for x in top_a],
+                 f"dormant_on_{b}_active_on_{a}": [fmt(x) for x in top_b]}
 
-    plots.write_all(out, stats, names, sel, rows, maps, summary)
-    return summary
+
+def _interventions(pre, name: str, bt: list, heads: list, dom: dict, progress: bool) -> list[dict]:
+    """interventions.csv rows of one domain (its held batches `bt`): the loss unedited, with each head
+    zeroed or moved to BOS, and with the massive activations set to zero or their mean; adds the
+    perplexities and the sample count to the domain's summary `dom`."""
+    base = P.edited_nll(pre.model, bt)
+    rows = [{"domain": name, "intervention": "none", "layer": "", "head": "", "nll": base,
+             "ppl": M.perplexity(base), "delta_nll": 0.0}]
+    it = heads
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(heads, desc=f"heads {name}", unit="head")
+    for l, h in it:
+        for kind in ("zero", "to_bos"):
+            v = P.edited_nll(pre.model, bt, P.head_edit_for(pre.cfg, l, h, kind))
+            rows.append({"domain": name, "intervention": f"head_{kind}", "layer": l, "head": h, "nll": v,
+                         "ppl": M.perplexity(v), "delta_nll": v - base})
+    m = dom["massive"]
+    if m["first_layer"] is not None:
+        for mode in ("zero", "mean"):
+            v = P.edited_nll(pre.model, bt, P.massive_edit(m, mode))
+            rows.append({"domain": name, "intervention": f"massive_{mode}", "layer": m["first_layer"],
+                         "head": "", "nll": v, "ppl": M.perplexity(v), "delta_nll": v - base})
+    dom["intervention_ppl"] = {r["intervention"]: r["ppl"] for r in rows
+                               if r["intervention"] in ("none", "massive_zero", "massive_mean")}
+    dom["intervention_samples"] = int(sum(v.sum() for _, v in bt))
+    return rows
 
 
 def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:

@@ -54,7 +54,7 @@ class Comparison:
 def load_runs(run_dirs: list[str | Path]) -> tuple[RunConfig, list[dict[str, str]]]:
     """The config and pooled metrics rows of one or more run folders of the same configuration (seeds
     trained as separate jobs); a seed present in two folders is an error."""
-    from toybb.train.loop import _config_matches
+    from toybb.train.runs import config_diffs
 
     cfg, rows, seen = None, [], {}
     for d in run_dirs:
@@ -68,7 +68,7 @@ def load_runs(run_dirs: list[str | Path]) -> tuple[RunConfig, list[dict[str, str
         if cfg is None:
             cfg = c
         else:
-            diffs = [x for x in _config_matches(c.to_dict(), cfg) if not x.startswith(("train.seeds", "train.lrs"))]
+            diffs = [x for x in config_diffs(c.to_dict(), cfg) if not x.startswith(("train.seeds", "train.lrs"))]
             if diffs:
                 raise ConfigError(f"runs {run_dirs[0]} and {d} have different configurations ({diffs[0]}); "
                                   "compare them one at a time")

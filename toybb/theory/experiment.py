@@ -61,7 +61,7 @@ class Trajectory:
 
 
 def load_trajectory(run) -> Trajectory:
-    """A run folder (path) or a `toybb.train.loop.RunResult` -> Trajectory."""
+    """A run folder (path) or a `toybb.train.trainer.RunResult` -> Trajectory."""
     if hasattr(run, "metrics") and hasattr(run, "steps"):
         cfg = run.config.to_dict() if hasattr(run.config, "to_dict") else dict(run.config)
         name = str(run.out_dir) if getattr(run, "out_dir", None) else "run"
@@ -363,7 +363,8 @@ def simple_sink_values(run_dir, checkpoints=None) -> tuple[np.ndarray, np.ndarra
 
     from toybb.config import RunConfig
     from toybb.records import load_metrics
-    from toybb.train.loop import CKPT_NAME, Trainer
+    from toybb.train.checkpoint import CKPT_NAME
+    from toybb.train.trainer import Trainer
 
     meta, _ = load_metrics(run_dir)
     cfg = RunConfig.from_dict(meta.get("config", meta))

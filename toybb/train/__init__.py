@@ -1,4 +1,5 @@
 """Training loops for toy models."""
 
 from toybb.records import load_metrics  # noqa: F401
-from toybb.train.loop import RunResult, Trainer, train  # noqa: F401
+from toybb.train.loop import train  # noqa: F401
+from toybb.train.trainer import RunResult, Trainer  # noqa: F401

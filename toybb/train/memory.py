@@ -21,7 +21,7 @@ def estimate_group_bytes(cfg: RunConfig) -> int:
 
     from toybb.models import build_model
     from toybb.task import BBTask
-    from toybb.train.loop import microbatch_size, run_axis_devices, runs_vmapped_together
+    from toybb.train.trainer import microbatch_size, run_axis_devices, runs_vmapped_together
 
     task = BBTask(n_triggers=cfg.task.n_triggers, bos=cfg.task.bos, table=cfg.task.table)
     abstract = nnx.eval_shape(lambda: build_model(cfg.model, nnx.Rngs(0), task))

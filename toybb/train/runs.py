@@ -1,12 +1,45 @@
-"""Reading finished run folders back: the config, the trained models, whether a folder already holds
-a finished run of a config (so figures and series reuse it instead of training again)."""
+"""Run folders: whether one may hold a run of a config (`check_run_folder`, `config_diffs`), and reading
+finished ones back: the config, the trained models, whether a folder already holds a finished run of a
+config (so figures and series reuse it instead of training again)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from toybb.config import RunConfig
 from toybb.errors import ConfigError
+
+
+def config_diffs(saved: dict, cfg: RunConfig) -> list[str]:
+    """Fields that differ between a saved config and `cfg`, ignoring those a resumed run may change."""
+    now = json.loads(json.dumps(cfg.to_dict()))
+    saved = json.loads(json.dumps(saved))
+    diffs = []
+    for sec in now:
+        for k, v in now[sec].items():
+            if sec == "train" and k in ("steps", "ckpt_every", "run_chunk", "microbatch"):
+                continue
+            old = saved.get(sec, {}).get(k)
+            if sec == "train" and k == "precision" and old is None:
+                old = "highest"  # folders written before the field existed trained at full float32 on CPU
+            if v != old:
+                diffs.append(f"{sec}.{k}: {old!r} -> {v!r}")
+    return diffs
+
+
+def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
+    """Before compiling: `out_dir` must be a folder (or creatable) holding no run of another config."""
+    from toybb.records import out_folder, read_run_config
+
+    out_folder(out_dir)
+    if (Path(out_dir) / "config.json").exists():
+        diffs = config_diffs(read_run_config(out_dir)["config"], cfg)
+        if diffs:
+            raise ConfigError(
+                f"run folder {out_dir} holds a run with another config ({'; '.join(diffs[:4])}); "
+                "use another --out or delete the folder"
+            )
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
@@ -20,13 +53,11 @@ def run_config(run_dir: str | Path) -> RunConfig:
 
 def is_finished(run_dir: str | Path, cfg: RunConfig | None = None) -> bool:
     """True if `run_dir` holds a finished run (summary.json at the last step) of `cfg` (if given)."""
-    from toybb.train.loop import _config_matches
-
     d = Path(run_dir)
     if not (d / "summary.json").exists() or not (d / "config.json").exists():
         return False
     saved = run_config(d)
-    if cfg is not None and (_config_matches(saved.to_dict(), cfg) or saved.train.steps != cfg.train.steps):
+    if cfg is not None and (config_diffs(saved.to_dict(), cfg) or saved.train.steps != cfg.train.steps):
         return False
     from toybb.records import read_json
 
@@ -37,7 +68,8 @@ def is_finished(run_dir: str | Path, cfg: RunConfig | None = None) -> bool:
 def load_models(run_dir: str | Path, trainer=None):
     """(config, trainer, training state of all runs, step) from a run folder's checkpoint;
     `nnx.merge(trainer.graphdef, params[r])` is run r's model (see RunResult.model)."""
-    from toybb.train.loop import CKPT_NAME, Trainer
+    from toybb.train.checkpoint import CKPT_NAME
+    from toybb.train.trainer import Trainer
 
     d = Path(run_dir)
     cfg = run_config(d)

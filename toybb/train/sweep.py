@@ -16,7 +16,6 @@ every group's `done` marker on the shared file system and alone writes the table
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import json
@@ -190,12 +189,6 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 
 # ---- running ---------------------------------------------------------------------------------------
-def _trainer_key(cfg: RunConfig) -> str:
-    d = cfg.to_dict()
-    d["train"]["steps"], d["train"]["ckpt_every"] = 0, 0  # a Trainer serves any number of steps
-    return json.dumps(d, sort_keys=True)
-
-
 def _plan_doc(out: Path, plan: SweepPlan) -> dict:
     """The sweep.json document of `plan`; checks that `out` holds no other sweep (before any training)."""
     from toybb.records import read_json
@@ -213,7 +206,7 @@ def _plan_doc(out: Path, plan: SweepPlan) -> dict:
 
 def _write_plan(out: Path, plan: SweepPlan) -> None:
     from toybb.records import atomic_write
-    from toybb.train.loop import package_versions
+    from toybb.records import package_versions
 
     path = out / "sweep.json"
     doc = _plan_doc(out, plan)
@@ -241,8 +234,9 @@ def run_sweep(
     process: (index, count) of this process in a multi-host sweep; it trains groups index::count and
       only process 0 writes the table (after every group's `done` marker exists). Returns its path.
     """
-    from toybb.records import atomic_write, remove_temporaries
-    from toybb.train.loop import Trainer, train
+    from toybb.records import atomic_write, remove_temporaries, write_csv_rows
+    from toybb.train.loop import train
+    from toybb.train.trainer import Trainer, trainer_key
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +256,7 @@ def run_sweep(
             log(f"[group {gi + 1}/{total}] {g.name}: done already ({g.n_runs} runs)")
             continue
         log(f"[group {gi + 1}/{total}] {g.name}: {g.n_runs} runs vmapped{' (' + label + ')' if label else ''}")
-        key = _trainer_key(g.cfg)
+        key = trainer_key(g.cfg)
         if key not in trainers:
             trainers[key] = Trainer(g.cfg)
         res = train(g.cfg, gdir, progress=progress, trainer=trainers[key], write_figure=write_figure)
@@ -281,11 +275,7 @@ def run_sweep(
         time.sleep(5.0)
     path = out / "results.csv"
     rows, cols = collect_results(plan, out)
-    def write(f):
-        w = csv.DictWriter(f, fieldnames=cols, restval="")
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write(path, write, mode="w")
+    write_csv_rows(path, rows, cols)
     return path
 
 
