@@ -100,7 +100,7 @@ def test_series_broken_config(run_dir, tmp_path, capsys):
 
 
 def test_toy_sinks_missing_dir(tmp_path, capsys):
-    from toybb.probes.toy_sinks import main as toy_sinks_main
+    from toybb.toy_sinks import main as toy_sinks_main
 
     assert toy_sinks_main([str(tmp_path / "missing_dir")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -558,7 +558,11 @@ def fig_circuit(ctx: FigureContext) -> list[Path]:
         cached.write_text(json.dumps({k: [r.to_dict() for r in v] for k, v in results.items()}))
     if "toy" not in results:
         t0 = time.perf_counter()
-        results["toy"] = C.toy_results(ctx.variant("3layer_bias_plain"), batch=st["toy_batch"], log=ctx.log)
+        from toybb.train.runs import load_models, model_of
+
+        cfg, tr, state, step = load_models(ctx.variant("3layer_bias_plain"))
+        models = [(seed, lr, model_of(tr, state, r)) for r, (seed, lr) in enumerate(tr.runs)]
+        results["toy"] = C.toy_results(cfg, tr.task, models, step, batch=st["toy_batch"], log=ctx.log)
         ctx.log(f"circuit: toy in {time.perf_counter() - t0:.0f} s")
     d.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps({k: [r.to_dict() for r in v] for k, v in results.items()}))

@@ -244,19 +244,15 @@ def prose_tokens(tokenizer, source: str, n: int, seq_len: int, max_per_doc: int 
     return tokens
 
 
-def toy_results(run_dir: Path, *, batch: int = 64, k: int | None = None, key: int = 0, ratio: float = PEAK_RATIO,
-                log=None) -> list[CircuitResult]:
-    """The experiment on every seed of a trained toy run folder, on `batch` fresh task sequences (inputs
-    with BOS at position 0; targets the next tokens). Reports layer 0 as well (the toy's peak layer, SPEC §3)."""
-    from toybb.train.runs import load_models, model_of
-
-    cfg, trainer, state, step = load_models(run_dir)
-    task = trainer.task
+def toy_results(cfg, task, models: list, step: int, *, batch: int = 64, k: int | None = None, key: int = 0,
+                ratio: float = PEAK_RATIO, log=None) -> list[CircuitResult]:
+    """The experiment on every seed of a trained toy run: `models` [(seed, lr, model)] of a run folder
+    (read by the caller), on `batch` fresh task sequences of `task` (inputs with BOS at position 0;
+    targets the next tokens). Reports layer 0 as well (the toy's peak layer, SPEC §3)."""
     seq = np.asarray(task.sample(jax.random.key(key), batch, cfg.task.seq_len))
     comps = early_components(cfg.model.n_layers, k)
     out = []
-    for r, (seed, lr) in enumerate(cfg.runs()):
-        model = model_of(trainer, state, r)
+    for seed, lr, model in models:
         out.append(circuit_experiment(model, seq[:, :-1], comps, targets=seq[:, 1:], ratio=ratio,
                                       name=f"toy {cfg.model.n_layers}-layer seed {seed}", extra_layers={"layer0": 0},
                                       meta={"seed": seed, "lr": lr, "step": step}, log=log))
