@@ -134,6 +134,8 @@ def _parse_edit(text: str):
                 num = float(v)
             except ValueError:
                 raise ConfigError(f"--edit {text!r}: {k} must be a number, got {v!r}") from None
+            if not math.isfinite(num):
+                raise ConfigError(f"--edit {text!r}: {k} must be a finite number, got {v!r}")
             value, min_abs = (num, min_abs) if k == "value" else (value, num)
         elif k == "source":
             source = v
@@ -306,9 +308,13 @@ def cmd_intervene(args) -> int:
     from toybb.records import out_folder
 
     out = out_folder(args.out)
+    from toybb.records import finite
+
     for flag in ("samples", "batch", "seq_len"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    finite(args.value, "--value")
+    finite(args.min_abs, "--min-abs", minimum=0.0)
     if args.capture:
         from toybb.models.capture import Capture
 

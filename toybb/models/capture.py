@@ -6,7 +6,7 @@ matches no site of the model is an error naming the closest ones), optionally wi
 computed inside the compiled function so the full tensor is never materialised on the host:
   "@norm"  L2 norm over the last axis         ("blocks.*.resid_post@norm" -> [batch, seq])
   "@key0"  the slice on key position 0         ("blocks.*.attn.pattern@key0" -> [batch, heads, q_seq])
-  "@key1"  the slice on key position 1 (the BOS behind a learned sink token)
+  "@key1"  the slice on key position 1
   "@absmax" max |x| over the last axis and its argmax (two arrays: name@absmax, name@absmax_idx)
   "@qmean" mean over queries of a pattern      ("blocks.*.attn.pattern@qmean" -> [batch, heads, k_seq])
 Modules pass every site through a `Tap` (capture + interventions); values are collected with
@@ -29,7 +29,7 @@ from toybb.models.sites import NO_EDITS, Edits, ModelSites, SiteError, ablation_
 REDUCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "norm": lambda x: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)),
     "key0": lambda x: x[..., 0],
-    "key1": lambda x: x[..., 1],  # the BOS of a model with a learned sink token in front
+    "key1": lambda x: x[..., 1],
     "absmax": lambda x: jnp.max(jnp.abs(x), axis=-1),
     "absmax_idx": lambda x: jnp.argmax(jnp.abs(x), axis=-1),
     "qmean": lambda x: jnp.mean(x.astype(jnp.float32), axis=-2),
