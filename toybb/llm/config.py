@@ -260,16 +260,7 @@ def from_hf_config(d: dict[str, Any], *, dtype: str = "float32", where: str = "c
     common = dict(bos_token_id=_int_or_none(d.get("bos_token_id")), eos_token_id=_int_or_none(d.get("eos_token_id")),
                   dtype=dtype)
     if mt == "gpt2":
-        d_model, h = f.need("n_embd"), f.need("n_head")
-        f.expect("scale_attn_weights", (True,), True)
-        f.expect("scale_attn_by_inverse_layer_idx", (False,), False)
-        inner = f.get("n_inner")
-        cfg = LLMConfig(
-            arch="gpt2", vocab_size=f.need("vocab_size"), d_model=d_model, n_layers=f.need("n_layer"),
-            n_heads=h, n_kv_heads=h, head_dim=d_model // h, mlp_dim=inner or 4 * d_model,
-            max_positions=f.need("n_positions"), norm="layer", norm_eps=f.get("layer_norm_epsilon", 1e-5),
-            position="learned", qkv_bias=True, o_bias=True, mlp="plain", act=_act(f, "activation_function"),
-            mlp_bias=True, tie_embeddings=f.expect("tie_word_embeddings", (True,), True), **common)
+        cfg = _gpt2(f, common)
         f.finish()
         return cfg
     if mt not in ("llama", "mistral", "qwen2", "olmo", "olmo2", "gpt_neox", "gemma2", "gemma3_text", "gemma3"):
@@ -285,6 +276,32 @@ def from_hf_config(d: dict[str, Any], *, dtype: str = "float32", where: str = "c
                               n_heads=h, n_kv_heads=kv, head_dim=head_dim, mlp_dim=f.need("intermediate_size"),
                               max_positions=f.get("max_position_embeddings", 2048),
                               tie_embeddings=bool(f.get("tie_word_embeddings", arch.startswith("gemma"))))
+    kw.update(_hf_rope(f, d, arch, mt, head_dim, where))
+    kw.update(_hf_family(f, d, arch, n_layers, where))
+    if "attention_bias" in d:
+        f.get("attention_bias")
+    f.get("rope_parameters"), f.get("rope_theta"), f.get("rope_scaling")
+    cfg = LLMConfig(**kw, **common)
+    f.finish()
+    return cfg
+
+
+def _gpt2(f: "_Fields", common: dict) -> LLMConfig:
+    d_model, h = f.need("n_embd"), f.need("n_head")
+    f.expect("scale_attn_weights", (True,), True)
+    f.expect("scale_attn_by_inverse_layer_idx", (False,), False)
+    inner = f.get("n_inner")
+    return LLMConfig(
+        arch="gpt2", vocab_size=f.need("vocab_size"), d_model=d_model, n_layers=f.need("n_layer"),
+        n_heads=h, n_kv_heads=h, head_dim=d_model // h, mlp_dim=inner or 4 * d_model,
+        max_positions=f.need("n_positions"), norm="layer", norm_eps=f.get("layer_norm_epsilon", 1e-5),
+        position="learned", qkv_bias=True, o_bias=True, mlp="plain", act=_act(f, "activation_function"),
+        mlp_bias=True, tie_embeddings=f.expect("tie_word_embeddings", (True,), True), **common)
+
+
+def _hf_rope(f: "_Fields", d: dict, arch: str, mt: str, head_dim: int, where: str) -> dict[str, Any]:
+    """RoPE fields (base, scaling, local base of Gemma 3's sliding layers, partial rotary)."""
+    kw: dict[str, Any] = {}
     if arch == "gemma3":
         rp = f.get("rope_parameters")
         f.get("rope_theta"), f.get("rope_local_base_freq"), f.get("rope_scaling")
@@ -297,17 +314,23 @@ def from_hf_config(d: dict[str, Any], *, dtype: str = "float32", where: str = "c
             kw["rope_theta"] = float(d.get("rope_theta", 1e6))
             kw["rope_scaling"] = _scaling(dict(d.get("rope_scaling") or {}), where)
             kw["rope_local_theta"] = float(d.get("rope_local_base_freq", 1e4))
-    else:
-        theta, scaling, partial = _rope(f)
-        kw.update(rope_theta=theta, rope_scaling=scaling)
-        if arch == "gpt_neox":
-            pct = partial if partial is not None else f.get("rotary_pct", 0.25)
-            f.get("rotary_emb_base")
-            if d.get("rotary_emb_base") is not None and f.get("rope_parameters") is None:
-                kw["rope_theta"] = float(d["rotary_emb_base"])
-            kw["rope_dim"] = int(head_dim * pct)
-        elif partial not in (None, 1.0):
-            raise ConfigError(f"{where}: partial_rotary_factor={partial} is not supported for {mt}")
+        return kw
+    theta, scaling, partial = _rope(f)
+    kw.update(rope_theta=theta, rope_scaling=scaling)
+    if arch == "gpt_neox":
+        pct = partial if partial is not None else f.get("rotary_pct", 0.25)
+        f.get("rotary_emb_base")
+        if d.get("rotary_emb_base") is not None and f.get("rope_parameters") is None:
+            kw["rope_theta"] = float(d["rotary_emb_base"])
+        kw["rope_dim"] = int(head_dim * pct)
+    elif partial not in (None, 1.0):
+        raise ConfigError(f"{where}: partial_rotary_factor={partial} is not supported for {mt}")
+    return kw
+
+
+def _hf_family(f: "_Fields", d: dict, arch: str, n_layers: int, where: str) -> dict[str, Any]:
+    """Norms, activations, biases, windows and placement of each family."""
+    kw: dict[str, Any] = {}
     if arch in ("llama", "mistral", "qwen2"):
         kw.update(norm="rms", norm_eps=f.get("rms_norm_eps", 1e-6), act=_act(f, "hidden_act"))
         if arch == "llama":
@@ -337,28 +360,29 @@ def from_hf_config(d: dict[str, Any], *, dtype: str = "float32", where: str = "c
         kw["qkv_bias"] = kw["o_bias"] = bool(f.get("attention_bias", True))
         kw["tie_embeddings"] = bool(d.get("tie_word_embeddings", False))
     elif arch in ("gemma2", "gemma3"):
-        kw.update(norm="rms", norm_eps=f.get("rms_norm_eps", 1e-6), norm_plus_one=True, placement="sandwich",
-                  embed_scale=True, act=_act(f, "hidden_activation"),
-                  query_scale=float(f.need("query_pre_attn_scalar")) ** -0.5,
-                  attn_softcap=f.get("attn_logit_softcapping"), final_softcap=f.get("final_logit_softcapping"),
-                  sliding_window=f.get("sliding_window"))
-        kw["qkv_bias"] = kw["o_bias"] = bool(f.get("attention_bias", False))
-        f.get("hidden_act")  # gemma configs carry a legacy duplicate; hidden_activation is the one used
-        f.expect("use_bidirectional_attention", (None, False), None)
-        lt = _layer_types(f, n_layers)
-        if not lt:
-            # older configs: gemma2 alternates sliding/full; gemma3 has every N-th layer full
-            pat = d.get("sliding_window_pattern", d.get("_sliding_window_pattern", 2 if arch == "gemma2" else 6))
-            lt = tuple("full" if (i + 1) % pat == 0 else "sliding" for i in range(n_layers))
-        kw["layer_types"] = lt
-        if arch == "gemma3":
-            kw["qk_norm"] = "head"
-    if "attention_bias" in d:
-        f.get("attention_bias")
-    f.get("rope_parameters"), f.get("rope_theta"), f.get("rope_scaling")
-    cfg = LLMConfig(**kw, **common)
-    f.finish()
-    return cfg
+        kw.update(_hf_gemma(f, d, arch, n_layers))
+    return kw
+
+
+def _hf_gemma(f: "_Fields", d: dict, arch: str, n_layers: int) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(
+        norm="rms", norm_eps=f.get("rms_norm_eps", 1e-6), norm_plus_one=True, placement="sandwich",
+        embed_scale=True, act=_act(f, "hidden_activation"),
+        query_scale=float(f.need("query_pre_attn_scalar")) ** -0.5,
+        attn_softcap=f.get("attn_logit_softcapping"), final_softcap=f.get("final_logit_softcapping"),
+        sliding_window=f.get("sliding_window"))
+    kw["qkv_bias"] = kw["o_bias"] = bool(f.get("attention_bias", False))
+    f.get("hidden_act")  # gemma configs carry a legacy duplicate; hidden_activation is the one used
+    f.expect("use_bidirectional_attention", (None, False), None)
+    lt = _layer_types(f, n_layers)
+    if not lt:
+        # older configs: gemma2 alternates sliding/full; gemma3 has every N-th layer full
+        pat = d.get("sliding_window_pattern", d.get("_sliding_window_pattern", 2 if arch == "gemma2" else 6))
+        lt = tuple("full" if (i + 1) % pat == 0 else "sliding" for i in range(n_layers))
+    kw["layer_types"] = lt
+    if arch == "gemma3":
+        kw["qk_norm"] = "head"
+    return kw
 
 
 def _int_or_none(v):

@@ -108,13 +108,10 @@ def attention(
     key_cols: key indices whose attention weights are also returned as `key_cols`
       [batch, heads, q_seq, len(key_cols)], blocked or not (`@key0`-style capture without ever holding a
       full [q_seq, k_seq] pattern when `block` is set).
-    weights: the caller uses `logits`/`pattern`. With False they may come back None: the core is then
-      free to use `jax.nn.dot_product_attention` (see `fast`).
-    fast: use `jax.nn.dot_product_attention` when `weights` is False and the options allow it (softmax;
-      causal, or sliding-window, mask at default or `contiguous` positions with q_seq == k_seq; no mask,
-      bias, alibi, softcap, far, keep_first or key_cols). None: `toybb.device.fast_attention()` decides
-      (accelerators yes, CPU no) and options that do not allow it take the exact path; True: always, and
-      options that do not allow it are an error; False: never.
+    weights: the caller uses `logits`/`pattern`; with False they may come back None and the core may use
+      `jax.nn.dot_product_attention` (module docstring). fast: None lets `toybb.device.fast_attention()`
+      decide (options the fast kernel cannot compute take the exact path); True forces it (such options are
+      an error); False never.
     edit_logits / edit_pattern: functions applied to the full logits (after scale, soft-cap and bias,
       before masking) / pattern (after masking), before the pattern weighs the values (interventions);
       they need the dense path (no `block`).
@@ -133,12 +130,9 @@ def attention(
         if fast and why:
             raise ValueError(f"attention: fast=True but {why}; use fast=None to fall back to the exact path")
         if why is None and (fast or device.fast_attention()):
-            impl, dt = device.fast_attention_impl(q.dtype), q.dtype
-            if impl == "xla" and device.backend() == "gpu" and device.matmul_precision() == "bfloat16":
-                impl = device.fast_attention_impl(jnp.bfloat16)  # bf16 runs: cuDNN on 16-bit copies
-            # blocking is asked for to bound memory: XLA's attention holds [q_seq, k_seq], cuDNN's does not
-            if fast or block is None or tq <= block or impl == "cudnn":
-                return AttentionResult(_fast(q, k, v, window=window, scale=scale, impl=impl).astype(dt), None, None)
+            res = _fast_result(q, k, v, window=window, scale=scale, block=block, forced=bool(fast))
+            if res is not None:
+                return res
     elif fast and weights:
         raise ValueError("attention: fast=True needs weights=False (the fast path returns no logits or pattern)")
     if block is not None and tq > block:
@@ -149,6 +143,17 @@ def attention(
                  softcap=softcap, bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi,
                  edit_logits=edit_logits, edit_pattern=edit_pattern)
     return res._replace(key_cols=_cols(res.pattern, key_cols, np.arange(k.shape[1])))
+
+
+def _fast_result(q, k, v, *, window, scale, block, forced: bool) -> AttentionResult | None:
+    """The fast path's result, or None where blocking should bound memory and the fast kernel would not
+    (XLA's attention holds [q_seq, k_seq]; cuDNN's does not)."""
+    impl, dt = device.fast_attention_impl(q.dtype), q.dtype
+    if impl == "xla" and device.backend() == "gpu" and device.matmul_precision() == "bfloat16":
+        impl = device.fast_attention_impl(jnp.bfloat16)  # bf16 runs: cuDNN on 16-bit copies
+    if forced or block is None or q.shape[1] <= block or impl == "cudnn":
+        return AttentionResult(_fast(q, k, v, window=window, scale=scale, impl=impl).astype(dt), None, None)
+    return None
 
 
 def _fast_blocker(q, k, *, kind, q_pos, k_pos, mask, softcap, bias, far, keep_first, alibi, contiguous,
