@@ -104,16 +104,16 @@ def _split(site, sel: dict, each: str | None, n_layers: int, n_heads: int) -> li
         return [sel]
     import re
 
-    from toybb.models.sites import _indices
+    from toybb.models.sites import selector_mask
 
     m = re.match(r"blocks\.(\d+)\.", site)
-    layers = [int(m.group(1))] if m else np.flatnonzero(_indices(sel.get("layer", "0:"), n_layers, "layer")).tolist()
+    layers = [int(m.group(1))] if m else np.flatnonzero(selector_mask(sel.get("layer", "0:"), n_layers, "layer")).tolist()
     out = []
     for l in layers:
         if each == "layer":
             out.append({**sel, "layer": l})
         else:
-            heads = np.flatnonzero(_indices(sel.get("head", "0:"), n_heads, "head")).tolist()
+            heads = np.flatnonzero(selector_mask(sel.get("head", "0:"), n_heads, "head")).tolist()
             out += [{**sel, "layer": l, "head": h} for h in heads]
     return out
 
@@ -160,8 +160,7 @@ class Subject:
 
 def load_subject(args) -> Subject:
     """A toy run folder (its task's samples) or a pretrained model (text domains)."""
-    if (Path(args.model) / "config.json").is_file() and not (Path(args.model) / "tokenizer.json").exists() \
-            and _is_run(Path(args.model)):
+    if (Path(args.model) / "config.json").is_file() and _is_run(Path(args.model)):
         return _toy_subject(args)
     return _llm_subject(args)
 
@@ -252,6 +251,9 @@ def measure(model, batches: dict, interventions: list[Intervention], capture_pat
 
     from toybb.models.capture import Capture
 
+    for iv in interventions:
+        if iv.source and iv.source not in batches:
+            raise ConfigError(f"source {iv.source!r} is not one of the domains ({', '.join(batches)})")
     graphdef, state = nnx.split(model)
     f = _step_fn(graphdef, Capture(tuple(capture_patterns)))
     rows = []
@@ -276,9 +278,7 @@ def _measure_one(model, f, state, bt, iv: Intervention, batches) -> dict:
 
     tot = cnt = 0.0
     sums: dict[str, np.ndarray] = {}
-    src = batches.get(iv.source) if iv.source else bt
-    if iv.source and src is None:
-        raise ConfigError(f"source {iv.source!r} is not one of the domains ({', '.join(batches)})")
+    src = batches[iv.source] if iv.source else bt
     for i, (tokens, valid) in enumerate(bt):
         x = jnp.asarray(tokens, jnp.int32)
         edits = [dataclasses.replace(e, source=jnp.asarray(src[i][0], jnp.int32)[:, :-1]) if e.op in ("mean", "patch")
@@ -322,11 +322,9 @@ def cmd_intervene(args) -> int:
     subject = load_subject(args)
     sites = subject.model.sites()
     ivs = parse_interventions(args, sites.n_layers, sites.sizes["head"])
-    for iv in ivs:  # every site, selector and op checked on one batch before any measurement
-        if iv.source and iv.source not in subject.batches:
-            raise ConfigError(f"source {iv.source!r} is not one of the domains ({', '.join(subject.batches)})")
-    for c in args.capture:
-        sites.match(c.partition("@")[0])
+    from toybb.models.capture import Capture
+
+    Capture(tuple(args.capture)).check(sites)  # before anything is compiled
     rows = measure(subject.model, subject.batches, ivs, tuple(args.capture))
     write_outputs(out, rows, subject, args)
     for r in rows:

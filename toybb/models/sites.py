@@ -256,7 +256,7 @@ def _along(mask: jax.Array, axes: tuple[str, ...], ax: str, ndim: int) -> jax.Ar
     return mask.reshape(shape)
 
 
-def _indices(sel, n: int, what: str, tokens: np.ndarray | None = None) -> np.ndarray:
+def selector_mask(sel, n: int, what: str, tokens: np.ndarray | None = None) -> np.ndarray:
     """A selector -> boolean mask [n] (positions with token-dependent selectors: [batch, n])."""
     if isinstance(sel, str):
         s = sel.strip()
@@ -329,7 +329,7 @@ def _resolve_one(sites, e: Edit, kind, layers, batch, seq, tokens, activations) 
         chosen = np.zeros(sites.n_layers, bool)
         chosen[layers] = True
         if e.layer is not None:
-            chosen &= _indices(e.layer, sites.n_layers, "layer")
+            chosen &= selector_mask(e.layer, sites.n_layers, "layer")
             if not chosen.any():
                 raise SiteError(f"layer {e.layer!r} selects no layer with site {kind}")
         lmask = jnp.asarray(chosen)
@@ -345,7 +345,7 @@ def _resolve_one(sites, e: Edit, kind, layers, batch, seq, tokens, activations) 
             ax = "kv_head"
         if ax not in axes or (name == "feature" and ax in ("head", "kv_head", "pos", "key", "batch")):
             raise SiteError(f"selector {name} does not fit site {kind} (axes {', '.join(axes)})")
-        m = _indices(v, sizes[ax], name if name != "head" else ax, tokens)
+        m = selector_mask(v, sizes[ax], name if name != "head" else ax, tokens)
         if ax == "pos":
             m = m.reshape(-1, seq)
             if m.shape[0] not in (1, batch):
