@@ -130,6 +130,6 @@ def test_gallery_entry_draws_from_cached_results(tiny, tmp_path):
     rows = read_csv(table)
     assert len(rows) == len(llm.csv_rows()) + 2 * len(toy[0].csv_rows())
     none0 = next(r for r in rows if r["model"] == "toy seed 0" and r["zeroed"] == "none" and r["layer_role"].startswith("layer0"))
-    assert float(none0["bos_norm"]) == pytest.approx(toy[0].row("none").bos[0], rel=1e-5)
+    assert float(none0["residual_peak"]) == pytest.approx(toy[0].row("none").bos[0], rel=1e-5)
     back = C.CircuitResult.from_dict(json.loads(json.dumps(llm.to_dict())))
     assert back.markdown() == llm.markdown()

@@ -61,7 +61,7 @@ def test_table_against_the_unmodified_model(run, tmp_path, capsys):
     (["--site", "blocks.*.attn.zz", "--op", "zero"], "no site matches 'blocks.*.attn.zz'"),
     (["--site", "blocks.0.attn.z", "--op", "zero", "--head", "7"], "head 7 is out of range"),
     (["--site", "blocks.0.resid_post", "--op", "scale"], "needs --value"),
-    (["--site", "blocks.0.attn.head_out", "--op", "zero"], "read-only"),
+    (["--site", "blocks.0.attn.v_out", "--op", "zero"], "read-only"),
     (["--edit", "blocks.0.mlp.out"], "SITE:OP"),
     (["--edit", "blocks.0.mlp.out:zero:hed=1"], "is not NAME=VALUE"),
     (["--edit", "blocks.0.resid_post:patch:source=zz"], "source 'zz' is not one of the domains"),

@@ -36,12 +36,12 @@ def test_all_sites_with_shapes(model, toks):
                        f"{p}.attn.q": (b, t, h, dh), f"{p}.attn.k": (b, t, hk, dh), f"{p}.attn.v": (b, t, hk, dh),
                        f"{p}.attn.q_pre": (b, t, h, dh), f"{p}.attn.k_pre": (b, t, hk, dh),
                        f"{p}.attn.logits": (b, h, t, t), f"{p}.attn.pattern": (b, h, t, t),
-                       f"{p}.attn.z": (b, t, h, dh), f"{p}.attn.head_out": (b, t, h, d),
+                       f"{p}.attn.z": (b, t, h, dh), f"{p}.attn.v_out": (b, t, h, d),
                        f"{p}.attn.out": (b, t, d), f"{p}.mlp.out": (b, t, d), f"{p}.mlp.hidden": (b, t, 48)})
     assert {k: tuple(v.shape) for k, v in cap.items()} == expect
     np.testing.assert_allclose(np.asarray(cap["blocks.1.resid_post"]),
                                np.asarray(cap["blocks.1.resid_mid"] + cap["blocks.1.mlp.out"]), atol=1e-5)
-    # head_out summed over heads, weighted by the pattern, is the attention output
+    # v_out summed over heads, weighted by the pattern, is the attention output
     np.testing.assert_allclose(np.asarray(cap["blocks.0.attn.pattern"].sum(-1)), 1.0, atol=1e-5)
 
 

@@ -24,17 +24,17 @@ def test_shapes_and_capture_sites():
     m = ToyTransformer(cfg, rngs=nnx.Rngs(0))
     tok = jnp.zeros((3, 10), jnp.int32)
     logits, cap = run_with_capture(m, tok, capture=Capture((
-        "blocks.*.attn.pattern", "blocks.1.attn.head_out", "blocks.*.resid_post@norm",
+        "blocks.*.attn.pattern", "blocks.1.attn.v_out", "blocks.*.resid_post@norm",
         "blocks.0.attn.pattern@key0", "blocks.0.mlp.out", "blocks.0.resid_mid@absmax")))
     assert logits.shape == (3, 10, 67)
     assert cap["blocks.0.attn.pattern"].shape == (3, 4, 10, 10)
-    assert cap["blocks.1.attn.head_out"].shape == (3, 10, 4, 32)
+    assert cap["blocks.1.attn.v_out"].shape == (3, 10, 4, 32)
     assert cap["blocks.1.resid_post@norm"].shape == (3, 10)
     assert cap["blocks.0.resid_mid@absmax_idx"].shape == (3, 10)
     np.testing.assert_allclose(cap["blocks.0.attn.pattern@key0"], cap["blocks.0.attn.pattern"][..., 0])
-    # head_out summed over heads and weighted by the pattern gives the attention output
-    _, c2 = run_with_capture(m, tok, capture=Capture(("blocks.1.attn.head_out", "blocks.1.attn.pattern", "blocks.1.attn.out")))
-    recon = jnp.einsum("bhqk,bkhd->bqd", c2["blocks.1.attn.pattern"], c2["blocks.1.attn.head_out"])
+    # v_out summed over heads and weighted by the pattern gives the attention output
+    _, c2 = run_with_capture(m, tok, capture=Capture(("blocks.1.attn.v_out", "blocks.1.attn.pattern", "blocks.1.attn.out")))
+    recon = jnp.einsum("bhqk,bkhd->bqd", c2["blocks.1.attn.pattern"], c2["blocks.1.attn.v_out"])
     np.testing.assert_allclose(recon, c2["blocks.1.attn.out"], atol=1e-4)
     # capturing changes nothing
     np.testing.assert_array_equal(m(tok), logits)

@@ -87,7 +87,7 @@ def test_hf_series_sink_attention_matches_transformers(hf_series, tmp_path):
         with torch.no_grad():
             out = models[step](tokens, output_attentions=True, output_hidden_states=True)
         for l, att in enumerate(out.attentions):  # [batch, heads, q, k]
-            np.testing.assert_allclose(float(r[f"sink_attention_l{l}"]), att[0, :, 1:, 0].mean().item(), rtol=1e-4)
+            np.testing.assert_allclose(float(r[f"sink_attention_excl0_l{l}"]), att[0, :, 1:, 0].mean().item(), rtol=1e-4)
         # residual norm at BOS after the last layer, before the final norm
         assert float(r["residual_peak_l0"]) == pytest.approx(out.hidden_states[1][0, 0].norm().item(), rel=1e-4)
         assert int(r["n_tokens"]) == tokens.shape[1]

@@ -189,7 +189,7 @@ def test_one_compilation_serves_every_head_and_layer(toy):
     (Edit("blocks.*.attn.zz", "zero"), "no site matches"),
     (Edit("blocks.0.attn.z", "zero", head=2), r"head 2 is out of range \(0..1\)"),
     (Edit("blocks.0.resid_post", "zero", head=0), "selector head does not fit site resid_post"),
-    (Edit("blocks.0.attn.head_out", "zero"), "read-only"),
+    (Edit("blocks.0.attn.v_out", "zero"), "read-only"),
     (Edit("blocks.0.resid_post", "set", value=np.ones(5)), "does not broadcast"),
     (Edit("blocks.0.resid_post", "patch", source=np.zeros((2, 5), np.int32)), "same shape"),
     (Edit("embed", "zero", layer=0), "has no layer"),

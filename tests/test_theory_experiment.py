@@ -38,15 +38,15 @@ def _model(seed=0, logits_scale=2.0):
 def test_simple_model_shapes_capture_and_brute_force_attention():
     m = _model()
     toks = TASK.sample(jax.random.key(3), 3, 24)[:, :-1]
-    sites = ("blocks.0.attn.logits", "blocks.0.attn.pattern", "blocks.0.attn.out", "blocks.0.attn.head_out",
-             "blocks.0.attn.pattern@key0", "blocks.0.attn.head_out@norm", "blocks.*.resid_post@norm",
+    sites = ("blocks.0.attn.logits", "blocks.0.attn.pattern", "blocks.0.attn.out", "blocks.0.attn.v_out",
+             "blocks.0.attn.pattern@key0", "blocks.0.attn.v_out@norm", "blocks.*.resid_post@norm",
              "blocks.0.resid_post", "blocks.0.mlp.out", "embed")
     out, cap = run_with_capture(m, toks, capture=Capture(sites))
     V = m.cfg.vocab_size
     assert out.shape == (3, 24, V)
     assert cap["blocks.0.attn.logits"].shape == (3, 1, 24, 24)
     assert cap["blocks.0.attn.pattern@key0"].shape == (3, 1, 24)
-    assert cap["blocks.0.attn.head_out"].shape == (3, 24, 1, V)
+    assert cap["blocks.0.attn.v_out"].shape == (3, 24, 1, V)
     assert cap["blocks.0.resid_post@norm"].shape == (3, 24)
     np.testing.assert_allclose(cap["blocks.0.resid_post"], out)
     pat = np.asarray(cap["blocks.0.attn.pattern"][:, 0])
@@ -71,7 +71,7 @@ def test_simple_model_shapes_capture_and_brute_force_attention():
                 row[0] = 0
             assert np.all(row == 0)
     # value states: s at BOS, frozen copy map elsewhere
-    hn = np.asarray(cap["blocks.0.attn.head_out@norm"])[..., 0]
+    hn = np.asarray(cap["blocks.0.attn.v_out@norm"])[..., 0]
     np.testing.assert_allclose(hn[:, 1:], COPY_SCALE, rtol=1e-6)
     assert hn[0, 0] == pytest.approx(float(jnp.linalg.norm(m.blocks[0].attn.sink_value())), rel=1e-5)
 

@@ -21,6 +21,8 @@ from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
+from toybb.names import read_columns
+
 from toybb.errors import ConfigError
 
 
@@ -205,6 +207,10 @@ def read_csv(path: str | Path, what: str = "table", required: tuple[str, ...] = 
         reader = csv.DictReader(io.StringIO(text, newline=""))
         header = reader.fieldnames or []
         rows = [r for r in reader if None not in r and None not in r.values()]
+        current = read_columns(header, str(path))  # old run folders: old column names read as the new ones
+        if current != header:
+            rows = [dict(zip(current, r.values())) for r in rows]
+            header = current
     except csv.Error as e:
         raise ConfigError(f"{what} {str(path)!r} is not a CSV table ({e}); delete it or rerun the command") from None
     missing = [c for c in required if c not in header]

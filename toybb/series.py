@@ -7,7 +7,7 @@ metrics drawn against step, like the dynamics figure of a toy run:
 - Hugging Face directories (e.g. OLMo or Pythia revisions saved locally) or .gguf files, loaded with
   `toybb.llm.load.load`: per layer, attention on BOS (capture `blocks.*.attn.pattern@key0`, queries
   1.. averaged), residual norm at BOS vs the other positions (`blocks.*.resid_post@norm`) and the
-  BOS value norm vs the others (`blocks.*.attn.head_out@norm`), on a fixed text.
+  BOS value norm vs the others (`blocks.*.attn.v_out@norm`), on a fixed text.
 The step of a checkpoint comes from `--steps`, else from its path (`step1000`, `step-1000`,
 `global_step1000`, `checkpoint-1000`), else from a toy checkpoint's own step counter.
 Writes DIR/series.csv (one row per checkpoint x run) and DIR/series.png.
@@ -30,7 +30,7 @@ FIXED_TEXT = ("The history of science is full of surprises. When the first teles
               "astronomers saw moons around Jupiter and phases of Venus, and the old picture of the heavens "
               "changed within a generation.")
 _STEP_RE = re.compile(r"(?:global_step|step|checkpoint|ckpt|iter)[-_]?(\d+)", re.IGNORECASE)
-LLM_SITES = ("blocks.*.attn.pattern@key0", "blocks.*.resid_post@norm", "blocks.*.attn.head_out@norm")
+LLM_SITES = ("blocks.*.attn.pattern@key0", "blocks.*.resid_post@norm", "blocks.*.attn.v_out@norm")
 
 
 def step_from_path(path: str | Path) -> int | None:
@@ -97,8 +97,8 @@ def llm_tokens(pre, text: str = FIXED_TEXT, n_random: int = 48) -> np.ndarray:
 
 
 def probe_llm(path: str | Path, text: str = FIXED_TEXT) -> list[dict]:
-    """One row: per layer sink_attention_l{l}, value_drain_l{l}, value_others_l{l}, residual_peak_l{l},
-    residual_others_l{l}, massive_norm_l{l} of the model on the fixed text (BOS at position 0)."""
+    """One row: per layer sink_attention_excl0_l{l}, value_drain_l{l}, value_others_l{l}, residual_peak_l{l},
+    residual_others_l{l}, residual_excess_l{l} of the model on the fixed text (BOS at position 0)."""
     import jax.numpy as jnp
 
     from toybb.llm.load import load
@@ -113,14 +113,14 @@ def probe_llm(path: str | Path, text: str = FIXED_TEXT) -> list[dict]:
     for l in range(pre.cfg.n_layers):
         pat = cap.get(f"blocks.{l}.attn.pattern@key0")
         if pat is not None:
-            row[f"sink_attention_l{l}"] = float(jnp.mean(M.sink_attention(pat, exclude_sink_query=True)))
-        ho = cap.get(f"blocks.{l}.attn.head_out@norm")
+            row[f"sink_attention_excl0_l{l}"] = float(jnp.mean(M.sink_attention(pat, exclude_sink_query=True)))
+        ho = cap.get(f"blocks.{l}.attn.v_out@norm")
         if ho is not None:
             d, o = M.value_drain(ho)
             row[f"value_drain_l{l}"], row[f"value_others_l{l}"] = float(jnp.mean(d)), float(jnp.mean(o))
         peak, others, excess = M.residual_peak(cap[f"blocks.{l}.resid_post@norm"])
         row[f"residual_peak_l{l}"], row[f"residual_others_l{l}"] = float(peak), float(others)
-        row[f"massive_norm_l{l}"] = float(excess)
+        row[f"residual_excess_l{l}"] = float(excess)
     return [row]
 
 
@@ -176,7 +176,7 @@ def plot_series(rows: list[dict], path: Path, kind: str, max_layers: int = 8) ->
     from toybb.plot import pyplot
 
     plt = pyplot()
-    panels = [("sink_attention", None, "attention on BOS", "attention weight"),
+    panels = [("sink_attention_excl0", None, "Attn<s> (attention on BOS, query 0 left out)", "attention weight"),
               ("value_drain", "value_others", "||Val<s>|| (BOS value norm)", "L2 norm"),
               ("residual_peak", "residual_others", "||Res<s>|| (BOS residual norm)", "L2 norm")]
     if kind == "toy":

@@ -437,11 +437,11 @@ class Attention(nnx.Module):
         out = jnp.einsum("bthe,hed->btd", z, wo)
         if self.bo is not None:
             out = out + pv(self.bo)
-        if tap.capture.wants(f"blocks.{l}.attn.head_out"):
+        if tap.capture.wants(f"blocks.{l}.attn.v_out"):
             vh = v[:, n_kv:]  # without k'/v'; the slot position is dropped by the site
             g = spec.n_heads // spec.n_kv_heads
             vh = jnp.repeat(vh, g, axis=2) if g > 1 else vh
-            site("attn.head_out", jnp.einsum("bthe,hed->bthd", vh, wo))
+            site("attn.v_out", jnp.einsum("bthe,hed->bthd", vh, wo))
         return out
 
     def _core(self, q, k, v, q_pos, k_pos, tap: Tap, idx, extra, slot, contiguous, opts) -> AttentionResult:

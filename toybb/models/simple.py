@@ -17,7 +17,7 @@ The attention output is computed in O(seq * vocab) from a running sum of the val
 BOS and the previous position carry logit 0); the full logits/pattern [batch, 1, q, k] are only
 built when a capture asks for them. Capture sites (same names as the toy transformer, so
 `toybb.probes.bb.dynamics_metrics` works unchanged): embed, blocks.0.attn.logits | pattern |
-head_out | out, blocks.0.mlp.out, blocks.0.resid_mid, blocks.0.resid_post.
+v_out | out, blocks.0.mlp.out, blocks.0.resid_mid, blocks.0.resid_post.
 
 The trigger set and BOS id are not part of ModelConfig: by default they are those of the default task
 (BBTask(n_triggers=3): the three most frequent characters, BOS = 65); pass `triggers=` / `bos_id=`
@@ -111,7 +111,7 @@ class SimpleAttention(nnx.Module):
                 logits = jnp.where(k <= q, logits, -jnp.inf)[:, None]  # [b, 1, q, k]
                 capture.sow(self, f"{prefix}.logits", logits)
                 capture.sow(self, f"{prefix}.pattern", jax.nn.softmax(logits, axis=-1))
-            capture.sow(self, f"{prefix}.head_out", vals[:, :, None, :])
+            capture.sow(self, f"{prefix}.v_out", vals[:, :, None, :])
             capture.sow(self, f"{prefix}.out", out)
         return out
 

@@ -13,7 +13,7 @@ pretrained family. Per-layer sites carry the prefix `blocks.{l}.`:
 | `blocks.{l}.attn.logits` | batch, head, pos, key | pre-softmax scores (after scale, soft-cap and position bias) |
 | `blocks.{l}.attn.pattern` | batch, head, pos, key | attention weights (0 on masked keys) |
 | `blocks.{l}.attn.z` | batch, pos, head, d_head | attention-weighted values per head |
-| `blocks.{l}.attn.head_out` | batch, pos, head, d_model | W_O^h v_t per head and position, not weighted by attention (read-only) |
+| `blocks.{l}.attn.v_out` | batch, pos, head, d_model | W_O^h v_t per head and position, not weighted by attention (read-only; not TransformerLens' hook_result) |
 | `blocks.{l}.attn.out` | batch, pos, d_model | what the attention adds to the residual stream |
 | `blocks.{l}.mlp.hidden` | batch, pos, d_mlp | MLP hidden activations (after the nonlinearity / gate) |
 | `blocks.{l}.mlp.out` | batch, pos, d_model | what the MLP adds to the residual stream |
@@ -68,7 +68,7 @@ LAYER_SITES: dict[str, tuple[str, ...]] = {
     "attn.logits": ("batch", "head", "pos", "key"),
     "attn.pattern": ("batch", "head", "pos", "key"),
     "attn.z": ("batch", "pos", "head", "d_head"),
-    "attn.head_out": ("batch", "pos", "head", "d_model"),
+    "attn.v_out": ("batch", "pos", "head", "d_model"),
     "attn.out": RESID,
     "mlp.hidden": ("batch", "pos", "d_mlp"),
     "mlp.out": RESID,
@@ -86,7 +86,7 @@ GLOBAL_SITES: dict[str, tuple[str, ...]] = {
     "embed_slot": SLOT,
     "final_norm_slot": SLOT,
 }
-READ_ONLY = frozenset({"attn.head_out", "attn.pattern_bias", "attn.pattern_slot"})
+READ_ONLY = frozenset({"attn.v_out", "attn.pattern_bias", "attn.pattern_slot"})
 OPS = ("zero", "scale", "set", "add", "mean", "patch")
 _ATTN = tuple(k for k in LAYER_SITES if k.startswith("attn."))
 
@@ -145,8 +145,11 @@ class ModelSites:
         names = self.names()
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            raise SiteError(f"no site matches {pattern!r}{_closest(pattern, names)}; "
-                            "the sites are listed in toybb.models.sites")
+            from toybb.names import renamed_site
+
+            hint = renamed_site(pattern)
+            raise SiteError(f"no site matches {pattern!r}" + (f" ({hint})" if hint else _closest(pattern, names))
+                            + "; the sites are listed in toybb.models.sites")
         return hits
 
 

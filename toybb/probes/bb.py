@@ -17,7 +17,7 @@ def eval_capture(cfg: ModelConfig) -> Capture:
     sites = ["blocks.*.resid_post@norm"]
     for l in range(cfg.n_layers):
         if cfg.has_attention(l):
-            sites += [f"blocks.{l}.attn.pattern@key0", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.head_out@norm"]
+            sites += [f"blocks.{l}.attn.pattern@key0", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.v_out@norm"]
             if cfg.arch == "transformer":
                 sites.append(f"blocks.{l}.attn.v@norm")
             if cfg.sink_token:  # the learned slot itself (the sites cover the input; key 0 is the BOS)
@@ -97,7 +97,7 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
             gap, defined = M.logit_gap_per_query(cap[f"{p}.logits"])
             per_head["sink_logit_gap_types"] = M.type_mean(gap, inputs, char_query & defined[None], task.n_chars)
             per_head["sink_logit_types"] = M.type_mean(cap[f"{p}.logits"][..., 0], inputs, char_query, task.n_chars)
-            per_head["value_drain"], per_head["value_others"] = M.value_drain(cap[f"{p}.head_out@norm"])
+            per_head["value_drain"], per_head["value_others"] = M.value_drain(cap[f"{p}.v_out@norm"])
             for base, v in per_head.items():
                 out[f"{base}_l{l}"] = v.mean()
                 if cfg.n_heads > 1:
@@ -111,7 +111,7 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
             if l in bias:
                 out[f"bias_attention_l{l}"] = M.sink_attention(bias[l], non_trig).mean()
         peak, others, excess = M.residual_peak(cap[f"blocks.{l}.resid_post@norm"])
-        out[f"residual_peak_l{l}"], out[f"residual_others_l{l}"], out[f"massive_norm_l{l}"] = peak, others, excess
+        out[f"residual_peak_l{l}"], out[f"residual_others_l{l}"], out[f"residual_excess_l{l}"] = peak, others, excess
     return out
 
 

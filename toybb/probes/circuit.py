@@ -175,9 +175,10 @@ class CircuitResult:
         for r in self.rows:
             for role, l in self.layers.items():
                 out.append({"model": self.model, **{k: v for k, v in self.meta.items()}, "zeroed": r.zeroed,
-                            "layer_role": role, "layer": l, "bos_norm": f"{r.bos[l]:.6g}",
-                            "next_largest": f"{r.next_largest[l]:.6g}", "others_median": f"{r.others_median[l]:.6g}",
-                            "bos_vs_unmodified": f"{r.bos[l] / base.bos[l]:.4g}",
+                            "layer_role": role, "layer": l, "residual_peak": f"{r.bos[l]:.6g}",
+                            "residual_others_max": f"{r.next_largest[l]:.6g}",
+                            "residual_others_median": f"{r.others_median[l]:.6g}",
+                            "residual_peak_vs_unmodified": f"{r.bos[l] / base.bos[l]:.4g}",
                             "nll": f"{r.nll:.6g}", "ppl": f"{r.ppl:.6g}", "seconds": f"{r.seconds:.2f}"})
         return out
 

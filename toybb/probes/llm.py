@@ -12,7 +12,7 @@ Definitions (T = sequence length, key 0 = the BOS, or the first token without BO
   that can see it (i >= j), for the first K positions.
 - token attention [layers, heads, vocab]: the same, per token id of the key (positions >= 1); the
   sink tokens are the token ids (seen at least `min_count` times) that receive most of it.
-- value drain: ||W_O^h v|| at key 0 vs the mean over the other positions (`head_out@norm`).
+- value drain: ||W_O^h v|| at key 0 vs the mean over the other positions (`v_out@norm`).
 - residual peak: ||resid_post|| at position 0 vs the mean over the others.
 - sink logit gap: logit on key 0 minus the mean logit on keys 1..i-1.
 - massive activations (Sun et al. 2024), per layer on resid_post: the top-3 |activation| of each
@@ -39,7 +39,7 @@ from toybb.probes import metrics as M
 TOPK = 3
 
 PROBE_CAPTURE = Capture(("blocks.*.attn.pattern@key0", "blocks.*.attn.pattern@qmean", "blocks.*.attn.logits",
-                         "blocks.*.attn.head_out@norm", "blocks.*.resid_post"))
+                         "blocks.*.attn.v_out@norm", "blocks.*.resid_post"))
 
 
 def _batch_stats(model: LLM, tokens: jax.Array, valid: jax.Array, k_first: int) -> dict[str, jax.Array]:
@@ -64,7 +64,7 @@ def _batch_stats(model: LLM, tokens: jax.Array, valid: jax.Array, k_first: int) 
         key0 = cap[f"{p}.attn.pattern@key0"]  # [b, h, T]
         acc["sink_score"].append(M.sink_attention(key0, qmask, exclude_sink_query=True) * n)
         acc["logit_gap"].append(M.sink_logit_gap(cap[f"{p}.attn.logits"], qmask) * n)
-        hn = cap[f"{p}.attn.head_out@norm"].astype(jnp.float32)  # [b, T, h]
+        hn = cap[f"{p}.attn.v_out@norm"].astype(jnp.float32)  # [b, T, h]
         vs, vo = M.value_drain(hn, valid=qmask)
         acc["value_sink"].append(vs * n)
         acc["value_others"].append(vo * n)

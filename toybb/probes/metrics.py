@@ -2,7 +2,7 @@
 
 One implementation each, shared by toy models and pretrained LLMs. Inputs are what the capture API
 returns (`toybb.models.capture`): attention patterns/logits `[batch, heads, q_seq, k_seq]`, norms of
-per-head value states `blocks.{l}.attn.head_out@norm` `[batch, seq, heads]`, residual norms
+per-head value states `blocks.{l}.attn.v_out@norm` `[batch, seq, heads]`, residual norms
 `blocks.{l}.resid_post@norm` `[batch, seq]`. `sink` is the key/position of the sink token (0 = BOS).
 Masks select query positions (e.g. non-trigger queries) and are `[batch, seq]` booleans.
 
@@ -107,17 +107,17 @@ def type_mean(values: jax.Array, types: jax.Array, mask: jax.Array, n_types: int
     return jnp.sum(per_type * present, -1) / jnp.maximum(present.sum(), 1.0)
 
 
-def value_drain(head_out_norm: jax.Array, *, sink: int = 0, valid: jax.Array | None = None):
+def value_drain(v_out_norm: jax.Array, *, sink: int = 0, valid: jax.Array | None = None):
     """||Val<s>||: norm of W_O^h v at the sink vs the mean over the other positions.
 
-    head_out_norm: [batch, seq, heads] (capture `blocks.{l}.attn.head_out@norm`).
+    v_out_norm: [batch, seq, heads] (capture `blocks.{l}.attn.v_out@norm`).
     valid: optional [batch, seq] mask of real (non-padding) positions. Returns (sink [heads], others [heads]).
     """
-    b, t, h = head_out_norm.shape
+    b, t, h = v_out_norm.shape
     m = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
-    at_sink = _masked_mean(head_out_norm[:, sink, :], m[:, sink, None], axis=0)
+    at_sink = _masked_mean(v_out_norm[:, sink, :], m[:, sink, None], axis=0)
     other = m & (jnp.arange(t) != sink)[None]
-    return at_sink, _masked_mean(head_out_norm, other[..., None], axis=(0, 1))
+    return at_sink, _masked_mean(v_out_norm, other[..., None], axis=(0, 1))
 
 
 def residual_peak(resid_norm: jax.Array, *, sink: int = 0, valid: jax.Array | None = None):

@@ -4,9 +4,10 @@
 Outputs in the run folder:
   config.json          command, settings, package versions
   metrics.json         everything below plus per-domain summaries (perplexity, sink tokens, massive activations)
-  heads.csv            per layer and head: sink score, logit gap, value drain, attention on the sink tokens
-                       per domain, selectivity (sink score on the first domain minus the second), interventions
-  layers.csv           per layer: residual norm at position 0 vs others, massive-activation profile
+  heads.csv            per layer and head and domain: sink_attention_excl0, sink_logit_gap, value_drain,
+                       value_others, sink_token_attention; selectivity (sink_attention_excl0 on the first domain
+                       minus the second). Column names: toybb.names.
+  layers.csv           per layer and domain: residual_peak, residual_others, massive_top1..3, massive_median
   interventions.csv    loss per domain for each head intervention and for the massive-activation ones
   sink_heatmap.png, norms_by_position.png, massive_profile.png, interventions.png, attention_maps.png
 """
@@ -152,8 +153,8 @@ def _domain_summary(st: P.DomainStats, tok) -> dict:
         "heads_dormant": int(np.asarray(M.classify_dormant(score)).sum()),
         "sink_tokens": [(i, tok.decode([i]), float(st.mean("tok_attn").mean(axis=(0, 1))[i]),
                          int(st.sums["tok_count"][i])) for i in st.sink_tokens()],
-        "resid_norm_pos0": rs.tolist(), "resid_norm_others": ro.tolist(),
-        "resid_ratio_pos0": (rs / ro).tolist(),
+        "residual_peak": rs.tolist(), "residual_others": ro.tolist(),
+        "residual_ratio": (rs / ro).tolist(),
         "massive": m,
     }
 
@@ -166,7 +167,7 @@ def _selectivity(stats: dict, names: list[str]) -> tuple[np.ndarray, dict]:
     top_a = [np.unravel_index(i, sel.shape) for i in order[::-1][:5]]
     top_b = [np.unravel_index(i, sel.shape) for i in order[:5]]
     fmt = lambda lh: {"layer": int(lh[0]), "head": int(lh[1]), "selectivity": float(sel[lh]),  # noqa: E731
-                      **{f"sink_{n}": float(stats[n].mean("sink_score")[lh]) for n in names}}
+                      **{f"sink_attention_excl0_{n}": float(stats[n].mean("sink_score")[lh]) for n in names}}
     return sel, {f"dormant_on_{a}_active_on_{b}": [fmt(x) for x in top_a],
                  f"dormant_on_{b}_active_on_{a}": [fmt(x) for x in top_b]}
 
@@ -206,8 +207,8 @@ def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
         w = csv.writer(f)
         cols = ["layer", "head"]
         for n in names:
-            cols += [f"sink_score_{n}", f"logit_gap_{n}", f"value_pos0_{n}", f"value_others_{n}",
-                     f"attn_sink_token_{n}"]
+            cols += [f"sink_attention_excl0_{n}", f"sink_logit_gap_{n}", f"value_drain_{n}", f"value_others_{n}",
+                     f"sink_token_attention_{n}"]
         if sel is not None:
             cols.append(f"selectivity_{names[0]}_minus_{names[1]}")
         w.writerow(cols)
@@ -227,7 +228,8 @@ def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
         w = csv.writer(f)
         cols = ["layer"]
         for n in names:
-            cols += [f"resid_pos0_{n}", f"resid_others_{n}", f"top1_{n}", f"top2_{n}", f"top3_{n}", f"median_{n}"]
+            cols += [f"residual_peak_{n}", f"residual_others_{n}", f"massive_top1_{n}", f"massive_top2_{n}",
+                     f"massive_top3_{n}", f"massive_median_{n}"]
         w.writerow(cols)
         for l in range(L):
             row = [l]

@@ -30,13 +30,13 @@ def bos_metrics(model, tokens, task, *, resid_layer: int = 0, attn_layer: int = 
     non_trig = ~task.trigger_mask(inputs)
     peak, others, _ = M.residual_peak(cap[f"blocks.{resid_layer}.resid_post@norm"])
     pat = cap[f"blocks.{attn_layer}.attn.pattern"]
-    out = {"resid_bos": float(peak), "resid_others": float(others),
-           "attn_bos": float(M.sink_attention(pat, non_trig, exclude_sink_query=True).mean())}
+    out = {"residual_peak": float(peak), "residual_others": float(others),
+           "sink_attention_excl0": float(M.sink_attention(pat, non_trig, exclude_sink_query=True).mean())}
     if cfg.attn_bias:
         extra = cap[f"blocks.{attn_layer}.attn.pattern_bias"]
-        out["attn_extra"] = float(M.sink_attention(extra, non_trig, exclude_sink_query=True).mean())
+        out["bias_attention"] = float(M.sink_attention(extra, non_trig, exclude_sink_query=True).mean())
     elif cfg.sink_token:
         slot = cap[f"blocks.{attn_layer}.attn.pattern_slot"]
-        out["attn_extra"] = float(M.sink_attention(slot, non_trig, exclude_sink_query=True).mean())
-        out["resid_sink_slot"] = float(jnp.mean(cap[f"blocks.{resid_layer}.resid_post_slot@norm"]))
+        out["slot_attention"] = float(M.sink_attention(slot, non_trig, exclude_sink_query=True).mean())
+        out["residual_peak_slot"] = float(jnp.mean(cap[f"blocks.{resid_layer}.resid_post_slot@norm"]))
     return out

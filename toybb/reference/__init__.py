@@ -79,7 +79,9 @@ def read_table(path: Path, name: str, label: str, reference: Reference | None = 
     if not rows or "step" not in rows[0] or len(rows) < 2:
         raise ConfigError(f"reference table {str(path)!r} is malformed: it needs a header with a 'step' column "
                           "and at least one row")
-    header = rows[0]
+    from toybb.names import read_columns
+
+    header = read_columns(rows[0], str(path))  # a table of old toybb names reads with the current ones
     cols: dict[str, list[float]] = {h: [] for h in header}
     for i, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
