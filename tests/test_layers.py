@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "toybb"
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [
-    ("toybb", "toybb.errors", "toybb.names", "toybb.records", "toybb.device"),
+    ("toybb._version", "toybb.errors", "toybb.names", "toybb.records", "toybb.device"),
     ("toybb.config",),
     ("toybb.task", "toybb.reference", "toybb.reference.build"),
     ("toybb.probes.metrics",),
@@ -18,7 +18,7 @@ LAYERS = [
     ("toybb.plot", "toybb.probes"),
     ("toybb.train",),
     ("toybb.theory", "toybb.reference.compare", "toybb.longctx", "toybb.series"),
-    ("toybb.figures", "toybb.intervene", "toybb.cli", "toybb.toy_sinks"),
+    ("toybb.figures", "toybb.intervene", "toybb.cli", "toybb.toy_sinks", "toybb.api", "toybb"),
 ]
 
 

@@ -1,5 +1,20 @@
-"""toybb: a JAX/Flax sandbox for extreme-token phenomena (attention sinks, value drains, residual peaks)."""
+"""toybb: a JAX/Flax sandbox for extreme-token phenomena (attention sinks, value drains, residual peaks).
 
-__version__ = "0.1.0"
+`toybb.load(name_or_path)` is the entry point for Python: a toy run folder or a pretrained model, ready to
+tokenize, run with captures and interventions (`toybb.Edit`); see `toybb.api`.
+"""
 
-from toybb.errors import ConfigError, ToybbError, TrainingDiverged  # noqa: E402,F401
+from toybb._version import __version__  # noqa: F401
+from toybb.errors import ConfigError, ToybbError, TrainingDiverged  # noqa: F401
+
+
+def __getattr__(name: str):  # the entry point loads JAX only when first used
+    if name in ("load", "Loaded"):
+        from toybb import api
+
+        return getattr(api, name)
+    if name == "Edit":
+        from toybb.models.sites import Edit
+
+        return Edit
+    raise AttributeError(f"module 'toybb' has no attribute {name!r}")

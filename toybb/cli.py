@@ -218,7 +218,7 @@ def _add_plot(sub) -> None:
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="toybb", description="Extreme-token phenomena sandbox (attention sinks, value drains, "
                      "residual peaks) on toy models and pretrained LLMs.")
-    from toybb import __version__
+    from toybb._version import __version__
 
     parser.add_argument("--version", action="version", version=f"toybb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -105,11 +105,11 @@ def package_versions() -> dict[str, str]:
     import jaxlib
     import optax
 
-    import toybb
+    from toybb._version import __version__ as toybb_version
 
     return {
         "python": platform.python_version(),
-        "toybb": toybb.__version__,
+        "toybb": toybb_version,
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "flax": flax.__version__,

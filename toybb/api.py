@@ -1,0 +1,205 @@
+"""`toybb.load(...)`: one entry point for toy runs and pretrained models alike.
+
+    m = toybb.load("smollm2-135m-instruct")     # a name from `toybb models`, an HF folder, a .gguf file
+    m = toybb.load("runs/default", seed=1)      # or a `toybb train` run folder (one of its runs)
+    out = m.run("The cat sat on the mat.", capture="blocks.*.resid_post@norm")
+    out.cache["blocks.3.resid_post@norm"]       # [1, tokens]; out.logits [1, tokens, vocab]
+    m.loss(text, edits=[Edit("blocks.*.attn.z", "zero", layer=1, head=0)])
+
+The text is tokenized as the model expects (BOS first where it was trained with one); captures and
+interventions are those of `toybb.models.capture` / `toybb.models.sites`; one compilation per shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from toybb.errors import CheckpointError, ConfigError
+
+
+class Output(NamedTuple):
+    logits: Any  # [batch, tokens, vocab]
+    cache: dict  # {site: array}
+    tokens: np.ndarray  # [batch, tokens] the ids the model saw
+
+
+class Loaded:
+    """A model ready to probe: `kind` ("toy" or "llm"), `name`, `config` (the run's `RunConfig` or the
+    `LLMConfig`), `tokenizer` (encode/decode), `sites()`, `model(seed=...)`, `encode`, `run`, `loss`."""
+
+    def __init__(self, kind: str, name: str, config, tokenizer, models: dict, current: tuple, max_len: int,
+                 info: dict):
+        self.kind, self.name, self.config, self.tokenizer = kind, name, config, tokenizer
+        self._models, self._current, self.max_len, self.info = models, current, max_len, info
+
+    def __repr__(self) -> str:
+        what = f"run seed {self._current[0]}, lr {self._current[1]:g}" if self.kind == "toy" else self.info["format"]
+        return f"<toybb {self.kind} model {self.name} ({what})>"
+
+    @property
+    def runs(self) -> list[tuple]:
+        """(seed, lr) of every run of a toy run folder ([(None, None)] for a pretrained model)."""
+        return list(self._models)
+
+    def model(self, seed: int | None = None, lr: float | None = None):
+        """The Flax NNX module: run (seed, lr) of a toy run folder (default: the one chosen at load)."""
+        if seed is None and lr is None:
+            return self._models[self._current]
+        return self._models[_pick(self.runs, seed, lr, self.name)]
+
+    def sites(self):
+        """The site table of the model (`toybb.models.sites.ModelSites`): `.names()`, `.match(pattern)`."""
+        return self.model().sites()
+
+    def encode(self, text: str) -> np.ndarray:
+        """int32 [tokens]: the ids of `text`, BOS first where the model expects one."""
+        if not isinstance(text, str):
+            raise ConfigError(f"encode takes a string, got {type(text).__name__}")
+        return np.asarray(self.tokenizer.encode(text), np.int32)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(np.asarray(ids).reshape(-1).tolist())
+
+    def tokens(self, text_or_ids) -> np.ndarray:
+        """int32 [batch, tokens] from a string, a list of strings of equal token length, or ids."""
+        if isinstance(text_or_ids, str):
+            ids = self.encode(text_or_ids)[None]
+        elif isinstance(text_or_ids, (list, tuple)) and text_or_ids and all(isinstance(t, str) for t in text_or_ids):
+            rows = [self.encode(t) for t in text_or_ids]
+            if len({len(r) for r in rows}) > 1:
+                raise ConfigError(f"the texts have {sorted({len(r) for r in rows})} tokens; a batch needs one "
+                                  "length (run them one at a time)")
+            ids = np.stack(rows)
+        else:
+            ids = np.asarray(text_or_ids)
+            if ids.ndim == 1:
+                ids = ids[None]
+            if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+                raise ConfigError(f"give a text, a list of texts or integer ids [batch, tokens], got {ids.dtype} "
+                                  f"{ids.shape}")
+        vocab = self.model().sites().sizes["vocab"]
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            raise ConfigError(f"token ids must lie in 0..{vocab - 1}, got {ids.min()}..{ids.max()}")
+        if not 1 <= ids.shape[1] <= self.max_len:
+            raise ConfigError(f"{ids.shape[1]} tokens; {self.name} takes 1 to {self.max_len}")
+        return ids.astype(np.int32)
+
+    def run(self, text_or_ids, *, capture=(), edits=None, seed: int | None = None) -> Output:
+        """Forward pass with captures (site patterns, e.g. "blocks.*.attn.pattern@key0") and interventions
+        (`Edit`s) -> Output(logits, cache, tokens)."""
+        from toybb.llm.run import forward
+        from toybb.models.capture import Capture
+
+        model = self.model(seed)
+        capture = Capture(capture)
+        capture.check(model.sites())  # before compiling
+        tokens = self.tokens(text_or_ids)
+        logits, cache = forward(model, tokens, capture=capture, edits=edits)
+        return Output(logits, cache, tokens)
+
+    def loss(self, text_or_ids, *, edits=None, seed: int | None = None) -> float:
+        """Mean next-token cross-entropy (nats) of the text, with the interventions `edits` if given."""
+        from toybb.probes.metrics import token_nll
+
+        out = self.run(text_or_ids, edits=edits, seed=seed)
+        if out.tokens.shape[1] < 2:
+            raise ConfigError("the loss needs at least two tokens")
+        return float(np.mean(np.asarray(token_nll(out.logits[:, :-1], out.tokens[:, 1:]))))
+
+
+def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None = None, dtype: str = "float32",
+         tokenizer: str | None = None) -> Loaded:
+    """A toy run folder (written by `toybb train`), a Hugging Face model directory, a .gguf file or the name
+    of an offline checkpoint (`toybb models`). seed / lr choose the run of a toy run folder (default: its
+    first); dtype and tokenizer (a tokenizer.json) apply to pretrained models."""
+    if not isinstance(source, (str, os.PathLike)) or not str(source):
+        raise ConfigError(f"toybb.load takes a path or a model name, got {source!r}")
+    path = Path(source)
+    if path.is_dir() and _is_run_folder(path):
+        return _load_run(path, seed, lr)
+    if seed is not None or lr is not None:
+        raise ConfigError(f"{source}: seed and lr choose a run of a toy run folder; this is not one")
+    return _load_pretrained(str(source), dtype, tokenizer)
+
+
+def _is_run_folder(path: Path) -> bool:
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "model" in meta["config"]
+
+
+def _pick(runs: list[tuple], seed, lr, name) -> tuple:
+    hits = [r for r in runs if (seed is None or r[0] == seed) and (lr is None or np.isclose(r[1], lr))]
+    if not hits:
+        raise ConfigError(f"{name} has no run with seed {seed} and lr {lr}; its runs (seed, lr): {runs}")
+    if len(hits) > 1:
+        raise ConfigError(f"{name} has runs {hits} for seed {seed}; choose one with lr=")
+    return hits[0]
+
+
+def _load_run(path: Path, seed, lr) -> Loaded:
+    from toybb.train.runs import load_models
+
+    cfg, trainer, state, step = load_models(path)
+    runs = [(int(s), float(r)) for s, r in trainer.runs]
+    current = _pick(runs, seed, lr, str(path)) if (seed is not None or lr is not None) else runs[0]
+    models = _LazyRuns(trainer, state, runs)
+    return Loaded("toy", str(path), cfg, _ToyTokenizer(trainer.task), models, current, cfg.model.max_len,
+                  {"step": step, "format": "toybb run"})
+
+
+class _LazyRuns(dict):
+    """{(seed, lr): model}, each merged from the stacked training state when first asked for."""
+
+    def __init__(self, trainer, state, runs):
+        super().__init__({r: None for r in runs})
+        self._trainer, self._state, self._index = trainer, state, {r: i for i, r in enumerate(runs)}
+
+    def __getitem__(self, key):
+        if super().__getitem__(key) is None:
+            from toybb.train.runs import model_of
+
+            self[key] = model_of(self._trainer, self._state, self._index[key])
+        return super().__getitem__(key)
+
+
+class _ToyTokenizer:
+    """Characters of the run's bigram table; BOS first when the run was trained with one."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def encode(self, text: str) -> list[int]:
+        return self.task.encode(text).tolist()
+
+    def decode(self, ids) -> str:
+        return self.task.decode(ids)
+
+
+def _load_pretrained(source: str, dtype: str, tokenizer: str | None) -> Loaded:
+    from toybb.llm.load import load as load_llm
+    from toybb.llm.registry import find_models, resolve
+
+    path = resolve(source)
+    if not os.path.exists(path):
+        known = ", ".join(sorted(f.name for f in find_models())) or "none installed"
+        raise CheckpointError(f"{source}: no such file or folder, and not an offline model (known: {known}; see "
+                              "`toybb models`)")
+    if os.path.isdir(path) and not (Path(path) / "config.json").is_file():
+        raise CheckpointError(f"{source}: a folder that is neither a toybb run (config.json and checkpoint.npz "
+                              "from `toybb train`) nor a Hugging Face model (config.json and *.safetensors)")
+    pre = load_llm(path, dtype=dtype, tokenizer=tokenizer)
+    if pre.tokenizer is None:
+        raise CheckpointError(f"{source}: no tokenizer found; pass tokenizer='path/to/tokenizer.json'")
+    tok = pre.tokenizer
+    if tok.bos_id is not None and not tok.add_bos:  # the probes' convention: BOS first when the model has one
+        tok = type(tok)(tok.backend, tok.bos_id, True, tok.source)
+    return Loaded("llm", source, pre.cfg, tok, {(None, None): pre.model}, (None, None), pre.cfg.max_positions,
+                  {"format": pre.fmt, "path": pre.source})
