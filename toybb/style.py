@@ -132,6 +132,29 @@ def integer_ticks(ax, axis: str = "both", max_ticks: int = 8) -> None:
         target.set_major_formatter(FuncFormatter(lambda v, _: f"{int(round(v))}"))
 
 
+def log_axes(ax, axes: str = "y") -> None:
+    """Log scale on `axes` ("x", "y" or "xy"), called after drawing: only decades labelled where the data
+    spans one or more, else a few plain labels (2, 3, 5 x 10^k) instead of 4 x 10^0 clutter."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    for a in axes:
+        (ax.set_xscale if a == "x" else ax.set_yscale)("log")
+        ax.autoscale_view()
+        lo, hi = ax.get_xlim() if a == "x" else ax.get_ylim()
+        target = ax.xaxis if a == "x" else ax.yaxis
+        if lo > 0 and hi / lo < 10:
+            target.set_minor_formatter(FuncFormatter(_sparse_log_label))
+        else:
+            target.set_minor_formatter(NullFormatter())
+
+
+def _sparse_log_label(v: float, _pos=None) -> str:
+    """A minor log tick's label only at 2, 3 and 5 x 10^k."""
+    if v <= 0:
+        return ""
+    return f"{v:.3g}" if round(v / 10 ** math.floor(math.log10(v)), 6) in (2.0, 3.0, 5.0) else ""
+
+
 def describe(config) -> str:
     """A configuration as one line: a dict as `key value, ...`, anything else as its text."""
     if isinstance(config, dict):
