@@ -20,11 +20,11 @@ from typing import Callable
 
 import numpy as np
 
+from toybb import style
 from toybb.config import RunConfig, cpu_preset, paper_learning_rate, paper_preset
 from toybb.errors import ConfigError
 
 SCALES = ("cpu", "paper")
-DPI = 100
 
 
 @dataclass(frozen=True)
@@ -221,12 +221,6 @@ class FigureContext:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
-def _plt():
-    from toybb.plot import pyplot
-
-    return pyplot()
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     from toybb.records import read_csv
 
@@ -263,12 +257,21 @@ def _char(c: str) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    from toybb.records import save_figure
+    return style.save(fig, path)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path, dpi=DPI)
-    _plt().close(fig)
-    return path
+
+def _about(fig, title: str, runs: dict[str, Path]) -> None:
+    """`title` with each run's configuration (from its config.json) under it."""
+    from toybb.records import read_run_config
+
+    parts = []
+    for name, d in runs.items():
+        c = read_run_config(d)["config"]
+        m, t = c["model"], c["train"]
+        parts.append(f"{name}: {m['n_layers']}-layer {m['attention']}, d {m['d_model']}, {c['optim']['name']} "
+                     f"lr {c['optim']['lr']}, sequence {c['task']['seq_len']}, batch {t['batch']}, "
+                     f"{t['steps']} steps, {len(t['seeds'])} seeds")
+    style.subtitle(fig, title, model="toy BB transformer", config="; ".join(parts))
 
 
 # ---- the figures ---------------------------------------------------------------------------------------
@@ -282,12 +285,11 @@ def fig_dynamics(ctx: FigureContext) -> list[Path]:
 
 @register_figure("interventions", "Excess risks of the trained models with attention or MLP removed: attention "
                  "does the back-copy, the MLP the bigram (median over seeds, bars min-max).")
+@style.styled
 def fig_interventions(ctx: FigureContext) -> list[Path]:
-    plt = _plt()
     panels = [("1-layer, Adam", ctx.one_layer() / "interventions.csv"),
               ("3-layer, Adam", ctx.peaks()[1]["Adam, softmax"] / "interventions.csv")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True,
-                             gridspec_kw={"width_ratios": [1, 2.2]})
+    fig, axes = style.subplots(2, 2, aspect=0.75, gridspec_kw={"width_ratios": [1, 2.2]})
     for ax, (title, path) in zip(axes, panels):
         rows = _rows(path)
         names = list(dict.fromkeys(r["intervention"] for r in rows))
@@ -298,27 +300,28 @@ def fig_interventions(ctx: FigureContext) -> list[Path]:
             lo, hi = med - [v.min() for v in vals], [v.max() for v in vals] - med
             ax.bar(x + (j - 0.5) * 0.38, np.maximum(med, 1e-6), 0.38, yerr=[lo, hi], capsize=2,
                    label=f"{label} excess risk", color=f"C{j}")
-        ax.set_xticks(x, [n.replace("_", " ") for n in names], rotation=30, ha="right", fontsize=8)
-        ax.set_xlabel("model with the named sub-layers removed")
-        ax.set_yscale("log")
-        ax.set_ylabel("excess risk over the oracle (nats)")
-        ax.set_title(f"{title}: interventions at the last step", fontsize=10)
+        ax.set_xticks(x, [n.replace("_", " ") for n in names], rotation=30, ha="right")
+        ax.set(xlabel="sub-layers removed", ylabel="excess risk over the oracle (nats)",
+               title=f"{title}: at the last step")
+        style.log_axes(ax, "y")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
+    style.figure_legend(fig, axes)
+    _about(fig, "Interventions (median over seeds, bars min-max)",
+           {"1-layer": ctx.one_layer(), "3-layer": ctx.peaks()[1]["Adam, softmax"]})
     return [_save(fig, ctx.out / "interventions.png")]
 
 
 @register_figure("residual_peaks", "3-layer models under Adam, SGD and Adam with ReLU attention: BOS residual norm "
                  "after layer 0 (SPEC: grows under Adam only, by 10k paper-size steps), sink and drain in layer 1 "
                  "(median of 4 seeds, band min-max).")
+@style.styled
 def fig_residual_peaks(ctx: FigureContext) -> list[Path]:
-    plt = _plt()
     _, groups = ctx.peaks()
     panels = [("residual_peak_l0", "residual_others_l0", "||Res<s>|| after layer 0", "L2 norm"),
               ("sink_attention_l1", None, "Attn<s> (layer 1)", "attention weight on BOS"),
               ("value_drain_l1", "value_others_l1", "||Val<s>|| (layer 1)", "L2 norm"),
               ("backcopy_risk", None, "back-copy excess risk", "nats")]
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
+    fig, axes = style.subplots(4, 2, ncols=2, aspect=0.6)
     for ci, (label, gdir) in enumerate(groups.items()):
         rows = _rows(gdir / "metrics.csv")
         for ax, (col, ref, title, unit) in zip(axes, panels):
@@ -326,24 +329,25 @@ def fig_residual_peaks(ctx: FigureContext) -> list[Path]:
             if ref is not None:
                 _band(ax, *_series(rows, ref), f"C{ci}", "other tokens" if ci == 0 else None, ls="--")
             _reference_line(ax, gdir, rows, col, f"C{ci}")
-            ax.set(xscale="log", xlabel="training step", ylabel=unit, title=title)
-    axes[3].set_yscale("log")
+            ax.set(xlabel="training step", ylabel=unit, title=title)
     for ax in axes:
-        ax.grid(alpha=0.3, which="both", lw=0.5)
-    axes[0].legend(fontsize=7)
+        style.log_axes(ax, "xy" if ax is axes[3] else "x")
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    style.figure_legend(fig, axes)
+    _about(fig, "3-layer models: residual peak, sink and drain (median over seeds, band min-max)", groups)
     return [_save(fig, ctx.out / "residual_peaks.png")]
 
 
 @register_figure("active_dormant", "Per-token attention of the last query on BOS in the probe [BOS] + all "
                  "non-triggers + [v], per seed: the triggers (boxed) are active (attention off BOS, on the token "
                  "before them); the other tokens are dormant (>= 0.89) where the sink has formed.")
+@style.styled
 def fig_active_dormant(ctx: FigureContext) -> list[Path]:
-    plt = _plt()
     from matplotlib.patches import Rectangle
 
     panels = [("1-layer, Adam, layer 0", ctx.one_layer() / "active_dormant.csv", 0),
               ("3-layer, Adam, layer 1", ctx.peaks()[1]["Adam, softmax"] / "active_dormant.csv", 1)]
-    fig, axes = plt.subplots(2, 1, figsize=(13, 4.6), constrained_layout=True)
+    fig, axes = style.subplots(2, 2, ncols=1, aspect=0.22)
     for ax, (title, path, layer) in zip(axes, panels):
         rows = [r for r in _rows(path) if int(r["layer"]) == layer and int(r["head"]) == 0]
         seeds = sorted({int(r["seed"]) for r in rows})
@@ -367,13 +371,15 @@ def fig_active_dormant(ctx: FigureContext) -> list[Path]:
         ax.set_ylabel("run")
         kind = {r["probe"] for r in rows} if "probe" in rows[0] else {"?"}
         note = "" if kind == {"paper"} else f" (probe cut to {rows[0].get('probe_len', '?')} tokens: not the paper's)"
-        ax.set_title(f"{title}: attention on BOS (dormant >= 0.89){note}", fontsize=10)
-        fig.colorbar(im, ax=ax, label="attention on BOS", pad=0.01)
+        ax.set_title(f"{title}: attention on BOS (dormant >= 0.89){note}")
+        style.colorbar(im, ax, "attention on BOS", pad=0.01)
+    _about(fig, "Active and dormant tokens", {"1-layer": ctx.one_layer(), "3-layer": ctx.peaks()[1]["Adam, softmax"]})
     return [_save(fig, ctx.out / "active_dormant.png")]
 
 
 @register_figure("attention_maps", "Attention patterns of the trained models (seed 0) on one BB sequence: in the "
                  "sink layer, non-trigger queries attend to BOS and trigger queries (red) to the token before them.")
+@style.styled
 def fig_attention_maps(ctx: FigureContext) -> list[Path]:
     import jax
     import jax.numpy as jnp
@@ -381,7 +387,6 @@ def fig_attention_maps(ctx: FigureContext) -> list[Path]:
     from toybb.models.capture import Capture, run_with_capture
     from toybb.train.runs import load_models, model_of
 
-    plt = _plt()
     models = []
     for title, d in (("1-layer", ctx.one_layer()), ("3-layer Adam", ctx.peaks()[1]["Adam, softmax"])):
         cfg, trainer, state, _ = load_models(d)
@@ -396,9 +401,9 @@ def fig_attention_maps(ctx: FigureContext) -> list[Path]:
         _, cap = run_with_capture(model, jnp.asarray(tokens), capture=Capture(("blocks.*.attn.pattern",)))
         for l in range(cfg.model.n_layers):
             panels.append((f"{title}, layer {l}", np.asarray(cap[f"blocks.{l}.attn.pattern"])[0, 0]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), constrained_layout=True)
-    for ax, (title, p) in zip(np.atleast_1d(axes), panels):
-        im = ax.imshow(p, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    fig, axes = style.subplots(len(panels), 2, ncols=2, aspect=1.0)
+    for ax, (title, p) in zip(axes, panels):
+        im = ax.imshow(p, cmap="magma", vmin=0, vmax=1)
         ax.set_xticks(range(n), labels, fontsize=6)
         ax.set_yticks(range(n), labels, fontsize=6)
         for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
@@ -406,7 +411,9 @@ def fig_attention_maps(ctx: FigureContext) -> list[Path]:
                 if is_trig[i]:
                     lab.set_color("red")
         ax.set(xlabel="key position (token)", ylabel="query position (token)", title=title)
-    fig.colorbar(im, ax=np.atleast_1d(axes).tolist(), label="attention weight", shrink=0.8)
+    style.colorbar(im, list(axes), "attention weight", shrink=0.6)
+    _about(fig, "Attention patterns (seed 0) on one BB sequence; triggers in red",
+           {"1-layer": ctx.one_layer(), "3-layer": ctx.peaks()[1]["Adam, softmax"]})
     return [_save(fig, ctx.out / "attention_maps.png")]
 
 
@@ -414,8 +421,8 @@ def fig_attention_maps(ctx: FigureContext) -> list[Path]:
                  "no sink and the BOS value grows; without a BOS, whether the first token becomes the sink; a learned "
                  "sink token beside the BOS; an explicit attention bias k', v' in the 3-layer model, its attention "
                  "and the BOS residual peak against the plain model.")
+@style.styled
 def fig_sink_variants(ctx: FigureContext) -> list[Path]:
-    plt = _plt()
     # (panel title, [(run folder, column, label, line style)], y label)
     one, relu, nobos, tok = (ctx.variant(n) for n in ("1layer", "1layer_relu", "1layer_no_bos", "1layer_sink_token"))
     plain3, bias, nobos3 = (ctx.variant(n) for n in ("3layer_bias_plain", "3layer_attn_bias", "3layer_no_bos"))
@@ -440,16 +447,19 @@ def fig_sink_variants(ctx: FigureContext) -> list[Path]:
                                                (bias, "residual_peak_l0", "with bias: BOS", "-"),
                                                (bias, "residual_others_l0", "with bias: other tokens", "--")], "L2 norm"),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.4), constrained_layout=True)
-    for ax, (title, lines, unit) in zip(axes.flat, panels):
+    fig, axes = style.subplots(len(panels), 2, aspect=0.8)
+    for ax, (title, lines, unit) in zip(axes, panels):
         for ci, (d, col, label, ls) in enumerate(lines):
             rows = _rows(d / "metrics.csv")
             if col not in rows[0]:
                 continue
             _band(ax, *_series(rows, col), f"C{ci}", label, ls=ls)
-        ax.set(xscale="log", xlabel="training step", ylabel=unit, title=title)
-        ax.grid(alpha=0.3, which="both", lw=0.5)
-        ax.legend(fontsize=7)
+        ax.set(xlabel="training step", ylabel=unit, title=title)
+        style.log_axes(ax, "x")
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+        style.legend(ax)
+    _about(fig, "Where the sink goes (median over seeds, band min-max)",
+           {"1-layer": one, "3-layer": plain3})
     return [_save(fig, ctx.out / "sink_variants.png")]
 
 
@@ -543,6 +553,47 @@ def _circuit_smollm2(ctx: FigureContext, st: dict):
     return res
 
 
+@style.styled
+def _draw_circuit(results: dict, st: dict, path: Path) -> Path:
+    """circuit.png from the cached circuit results ({"smollm2": [...], "toy": [...]})."""
+    panels = [("smollm2", results["smollm2"]), ("toy", results["toy"])]
+    fig, axes = style.subplots(2, 2, aspect=0.9, gridspec_kw={"width_ratios": [len(results["smollm2"][0].rows), len(results["toy"][0].rows)]})
+    for ax, (key, runs) in zip(axes, panels):
+        names = [r.zeroed for r in runs[0].rows]
+        x = np.arange(len(names))
+        w = 0.8 / len(runs)
+        for j, res in enumerate(runs):
+            l = res.focus_layer
+            xs = x + (j - (len(runs) - 1) / 2) * w
+            label = f"seed {res.meta['seed']}: " if "seed" in res.meta else ""
+            ax.bar(xs, [r.bos[l] for r in res.rows], w, color=f"C{j}", label=f"{label}BOS, layer {l}")
+            ax.plot(xs, [r.next_largest[l] for r in res.rows], "k_", ms=14, mew=2,
+                    label="largest other token" if j == 0 else None)
+            ax.axhline(res.row("none").bos[l], color=f"C{j}", ls=":", lw=1.2,
+                       label="unmodified BOS" if j == 0 else None)
+        if key == "smollm2":
+            ax.set_yscale("log")
+            lo = min(min(r.bos[res.focus_layer], r.next_largest[res.focus_layer]) for res in runs for r in res.rows)
+            ax.set_ylim(bottom=lo / 3)
+            runs0 = runs[0]
+            how = (f"peak layer {runs0.peak_layer} (BOS > {runs0.ratio:g}x every other token)"
+                   if runs0.peak_layer is not None else f"layer {runs0.focus_layer}")
+            ax.set_title(f"{runs0.model}: residual norm at {how}\n{runs0.meta.get('samples')} samples of "
+                         f"{runs0.meta.get('seq_len')} tokens ({runs0.meta.get('text')})")
+        else:
+            ax.set_title(f"toy 3-layer BB model (3layer_bias_plain, step {runs[0].meta.get('step')}):\n"
+                         f"residual norm after layer {runs[0].focus_layer}, {st['toy_batch']} task sequences",)
+        ax.set_xticks(x, ["unmodified" if n == "none" else "zero " + n.removeprefix("blocks.") for n in names],
+                      rotation=30, ha="right")
+        ax.set_xlabel("sub-layer output zeroed (layer.part)")
+        ax.set_ylabel("L2 norm of the residual stream")
+        ax.grid(alpha=0.3, axis="y")
+        style.legend(ax)
+    style.subtitle(fig, "Which early sub-layer writes the BOS residual peak", model="SmolLM2-135M and the toy 3-layer model",
+                   config={"LLM samples": st["samples"], "tokens": st["seq_len"], "toy sequences": st["toy_batch"]})
+    return _save(fig, path)
+
+
 @register_figure("circuit", "Which early sub-layer writes the BOS residual peak (SPEC §5): the BOS residual norm at "
                  "the peak layer with each attention or MLP output of the first layers zeroed, against the largest "
                  "norm of any other token, in SmolLM2-135M and the 3-layer toy model; also circuit.csv.")
@@ -576,43 +627,7 @@ def fig_circuit(ctx: FigureContext) -> list[Path]:
             ctx.log(f"{r.model} (peak layer {r.peak_layer}, max layer {r.max_layer}):\n{r.markdown()}")
     csv_path = C.write_csv([r for v in results.values() for r in v], ctx.out / "circuit.csv")
 
-    plt = _plt()
-    panels = [("smollm2", results["smollm2"]), ("toy", results["toy"])]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), constrained_layout=True,
-                             gridspec_kw={"width_ratios": [len(results["smollm2"][0].rows), len(results["toy"][0].rows)]})
-    for ax, (key, runs) in zip(axes, panels):
-        names = [r.zeroed for r in runs[0].rows]
-        x = np.arange(len(names))
-        w = 0.8 / len(runs)
-        for j, res in enumerate(runs):
-            l = res.focus_layer
-            xs = x + (j - (len(runs) - 1) / 2) * w
-            label = f"seed {res.meta['seed']}: " if "seed" in res.meta else ""
-            ax.bar(xs, [r.bos[l] for r in res.rows], w, color=f"C{j}", label=f"{label}BOS, layer {l}")
-            ax.plot(xs, [r.next_largest[l] for r in res.rows], "k_", ms=14, mew=2,
-                    label="largest other token" if j == 0 else None)
-            ax.axhline(res.row("none").bos[l], color=f"C{j}", ls=":", lw=1.2,
-                       label="unmodified BOS" if j == 0 else None)
-        if key == "smollm2":
-            ax.set_yscale("log")
-            lo = min(min(r.bos[res.focus_layer], r.next_largest[res.focus_layer]) for res in runs for r in res.rows)
-            ax.set_ylim(bottom=lo / 3)
-            runs0 = runs[0]
-            how = (f"peak layer {runs0.peak_layer} (BOS > {runs0.ratio:g}x every other token)"
-                   if runs0.peak_layer is not None else f"layer {runs0.focus_layer}")
-            ax.set_title(f"{runs0.model}: residual norm at {how}\n{runs0.meta.get('samples')} samples of "
-                         f"{runs0.meta.get('seq_len')} tokens ({runs0.meta.get('text')})", fontsize=9)
-        else:
-            ax.set_title(f"toy 3-layer BB model (3layer_bias_plain, step {runs[0].meta.get('step')}):\n"
-                         f"residual norm after layer {runs[0].focus_layer}, {st['toy_batch']} task sequences",
-                         fontsize=9)
-        ax.set_xticks(x, ["unmodified" if n == "none" else "zero " + n.removeprefix("blocks.") for n in names],
-                      rotation=30, ha="right", fontsize=8)
-        ax.set_xlabel("sub-layer output zeroed (layer.part)")
-        ax.set_ylabel("L2 norm of the residual stream")
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
-    return [_save(fig, ctx.out / "circuit.png"), csv_path]
+    return [_draw_circuit(results, st, ctx.out / "circuit.png"), csv_path]
 
 
 # ---- figures drawn by other toybb commands (LLM probes, long context) ----------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toybb import style
 from toybb.errors import ConfigError, ToybbError
 
 _SELECTOR_FLAGS = ("layer", "head", "position", "key", "feature")
@@ -347,37 +348,30 @@ def write_outputs(out: Path, rows: list[dict], subject: Subject, args) -> None:
     conf = {"command": ["toybb", *sys.argv[1:]], "model": subject.name, **subject.info,
             "args": {k: v for k, v in vars(args).items() if k != "func"}, "versions": package_versions()}
     atomic_write(out / "config.json", lambda fh: fh.write(json.dumps(conf, indent=2, default=str)), mode="w")
-    plot(out / "interventions.png", rows, subject.name)
+    plot(out / "interventions.png", rows, subject.name, subject.info)
 
 
-def plot(path: Path, rows: list[dict], title: str) -> None:
-    """Change in loss per intervention and domain (and the first capture at position 0, if any)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from toybb.records import save_figure
-
+@style.styled
+def plot(path: Path, rows: list[dict], title: str, config: dict | None = None) -> None:
+    """Change in loss per intervention and domain (and the first capture at position 0, if any);
+    `title` names the model, `config` (the subject's settings) goes under it."""
     doms = list(dict.fromkeys(r["domain"] for r in rows))
     names = list(dict.fromkeys(r["intervention"] for r in rows))
     caps = [k for k in rows[0] if k.endswith(":pos0")]
-    fig, axes = plt.subplots(1, 1 + bool(caps), figsize=(6 + 5 * bool(caps), 1.2 + 0.35 * len(names)), squeeze=False)
+    fig, axes = style.subplots(1 + bool(caps), 2, aspect=max(0.4, 0.1 * len(names)) * (1 + bool(caps)) / 2)
     y = np.arange(len(names))
     h = 0.8 / len(doms)
     for j, d in enumerate(doms):
         by = {r["intervention"]: r for r in rows if r["domain"] == d}
-        axes[0, 0].barh(y + j * h, [by[n]["delta_nll"] for n in names], h, label=d)
+        axes[0].barh(y + j * h, [by[n]["delta_nll"] for n in names], h, label=d)
         if caps:
-            axes[0, 1].barh(y + j * h, [by[n][caps[0]] for n in names], h, label=d)
-    axes[0, 0].set(yticks=y + h * (len(doms) - 1) / 2, yticklabels=names, xlabel="change in loss (nats)")
-    axes[0, 0].axvline(0, color="k", lw=0.8)
-    axes[0, 0].invert_yaxis()
+            axes[1].barh(y + j * h, [by[n][caps[0]] for n in names], h, label=d)
+    axes[0].set(yticks=y + h * (len(doms) - 1) / 2, yticklabels=names, xlabel="change in loss (nats)")
+    axes[0].axvline(0, color="k", lw=0.8)
+    axes[0].invert_yaxis()
     if caps:
-        axes[0, 1].set(yticks=y + h * (len(doms) - 1) / 2, yticklabels=[], xlabel=f"{caps[0]} (position 0)")
-        axes[0, 1].invert_yaxis()
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+        axes[1].set(yticks=y + h * (len(doms) - 1) / 2, yticklabels=[], xlabel=f"{caps[0]} (position 0)")
+        axes[1].invert_yaxis()
+    style.figure_legend(fig, axes)
+    style.subtitle(fig, "Interventions", model=title, config=config)
+    style.save(fig, path)

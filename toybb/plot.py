@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toybb import style
 from toybb.errors import ConfigError
 
 
@@ -15,16 +16,6 @@ def _layers(meta: dict) -> tuple[int, int]:
     peak after layer 0 and the sink and drain in layer 1 for deeper models."""
     n = meta["config"]["model"]["n_layers"]
     return (0, 0) if n == 1 else (1, 0)
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display on servers and CI)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def reference_for(meta: dict, lr: str, forced: str | None = None):
@@ -55,13 +46,51 @@ def reference_line(ax, found, col: str, last_step: int, style: str, color: str, 
     return True
 
 
+def _panels(meta: dict, cols, la: int, lr_: int) -> list[tuple]:
+    """(column, other-tokens column or None, title, unit, log y) of each panel the metrics have."""
+    panels = [
+        (f"sink_attention_l{la}", None, f"Attn<s> (layer {la})", "attention weight on BOS", False),
+        (f"value_drain_l{la}", f"value_others_l{la}", f"||Val<s>|| (layer {la})", "L2 norm", False),
+        (f"residual_peak_l{lr_}", f"residual_others_l{lr_}", f"||Res<s>|| (after layer {lr_})", "L2 norm", False),
+        ("backcopy_risk", None, "back-copy excess risk", "nats", True),
+        ("bigram_risk", None, "bigram excess risk", "nats", True),
+    ]
+    return [p for p in panels if p[0] in cols]
+
+
+def _seed_lines(ax, rows, lr: str, cols: tuple, color: str, bos: bool, many: bool, first: bool) -> None:
+    """Median over seeds (solid; the BOS where `bos`) with a min-max band, and other tokens dashed."""
+    from toybb.records import seed_table
+
+    steps, _, table = seed_table(rows, [k for k in cols if k is not None], lr)
+    x = np.maximum(steps, 1)
+    for key, style in zip(cols, ("-", "--")):
+        if key is None:
+            continue
+        vals = table[key]
+        who = ("BOS (median of seeds)" if bos else "median of seeds") if style == "-" else "other tokens"
+        label = f"{who}, lr {lr}" if many else who
+        ax.plot(x, np.nanmedian(vals, axis=1), style, color=color, label=label if (style == "-" or first) else None)
+        if vals.shape[1] > 1:
+            ax.fill_between(x, np.nanmin(vals, 1), np.nanmax(vals, 1), color=color, alpha=0.2, lw=0,
+                            label="min-max over seeds" if first and style == "-" else None)
+
+
+def _run_config(meta: dict, lrs: list[str], n_seeds: int) -> dict:
+    c = meta["config"]
+    m, t = c["model"], c["train"]
+    return {"optimiser": c["optim"]["name"], "lr": "/".join(lrs), "d_model": m["d_model"],
+            "heads": m.get("n_heads"), "sequence": c["task"]["seq_len"], "batch": t["batch"], "steps": t["steps"],
+            "seeds": n_seeds}
+
+
+@style.styled
 def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, attn_layer: int | None = None,
                   resid_layer: int | None = None, reference: str | None = None) -> Path:
-    """The dynamics figure; the authors' trajectory is drawn dashed (black) where the run's configuration
-    matches a built-in reference, or the `reference` given (a name or CSV, labelled as such)."""
-    from toybb.records import load_metrics, save_figure, seed_table
-
-    plt = pyplot()
+    """The dynamics figure (a grid of panels readable at two-column width); the authors' trajectory is
+    drawn dashed (black) where the run's configuration matches a built-in reference, or the `reference`
+    given (a name or CSV, labelled as such)."""
+    from toybb.records import load_metrics
 
     run_dir = Path(run_dir)
     meta, rows = load_metrics(run_dir)
@@ -74,57 +103,28 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
     for l in (la, lr_):
         if not 0 <= l < n_layers:
             raise ConfigError(f"layer {l} is out of range for a {n_layers}-layer model")
-    cols = rows[0].keys()
-    panels = [
-        (f"sink_attention_l{la}", None, f"Attn<s> (layer {la})", "attention weight", False),
-        (f"value_drain_l{la}", f"value_others_l{la}", f"||Val<s>|| (layer {la})", "norm", False),
-        (f"residual_peak_l{lr_}", f"residual_others_l{lr_}", f"||Res<s>|| (after layer {lr_})", "norm", False),
-        ("backcopy_risk", None, "back-copy excess risk", "nats", True),
-        ("bigram_risk", None, "bigram excess risk", "nats", True),
-    ]
-    panels = [p for p in panels if p[0] in cols]
+    panels = _panels(meta, rows[0].keys(), la, lr_)
     lrs = sorted({r["lr"] for r in rows}, key=float)
     refs = {lr: reference_for(meta, lr, reference) for lr in lrs}
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), constrained_layout=True)
-    axes = np.atleast_1d(axes)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = style.subplots(len(panels), 2, sharex=True)
     for ax, (col, ref, title, unit, logy) in zip(axes, panels):
         for ci, lr in enumerate(lrs):
-            steps, _, table = seed_table(rows, [k for k in (col, ref) if k is not None], lr)
-            for key, style in ((col, "-"), (ref, "--")):
-                if key is None:
-                    continue
-                vals = table[key]
-                x = np.maximum(steps, 1)
-                med = np.nanmedian(vals, axis=1)
-                label = ("other tokens" if style == "--" else f"lr {lr}") if (len(lrs) > 1 or style == "--") else None
-                if style == "--" and ci > 0:
-                    label = None
-                ax.plot(x, med, style, color=colors[ci % len(colors)], lw=1.5, label=label)
-                if vals.shape[1] > 1:
-                    ax.fill_between(x, np.nanmin(vals, 1), np.nanmax(vals, 1), color=colors[ci % len(colors)],
-                                    alpha=0.2, lw=0)
+            _seed_lines(ax, rows, lr, (col, ref), f"C{ci}", not logy, len(lrs) > 1, ci == 0)
         drawn = set()
         for lr, found in refs.items():
             if found is not None and id(found[0]) not in drawn:
                 last = max(int(r["step"]) for r in rows if r["lr"] == lr)
-                if reference_line(ax, found, col, last, "--", "k", 1.1):
+                if reference_line(ax, found, col, last, "--", "k", 1.0):
                     drawn.add(id(found[0]))
-        ax.set_xscale("log")
-        if logy:
-            ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(unit)
-        ax.grid(alpha=0.3, which="both", lw=0.5)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        ax.set(title=title, xlabel="training step", ylabel=unit)
+        style.log_axes(ax, "xy" if logy else "x")
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    style.figure_legend(fig, axes)
     n_seeds = len({r["seed"] for r in rows})
     m = meta["config"]["model"]
-    fig.suptitle(
-        f"{m['n_layers']}-layer {m['attention']} attention, {meta['config']['optim']['name']}, d={m['d_model']}; "
-        f"median over {n_seeds} seed(s), band = min-max", fontsize=10)
+    style.subtitle(fig, f"Training dynamics: median over {n_seeds} seed(s), band = min-max",
+                   model=f"toy {m['n_layers']}-layer {m['attention']} attention ({run_dir.name})",
+                   config=_run_config(meta, lrs, n_seeds))
     out_path = Path(out_path) if out_path is not None else run_dir / "dynamics.png"
-    save_figure(fig, out_path, dpi=130)
-    plt.close(fig)
-    return out_path
+    return style.save(fig, out_path)

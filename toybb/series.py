@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from toybb import style
 from toybb.errors import ConfigError
-from toybb.records import save_figure
 
 FIXED_TEXT = ("The history of science is full of surprises. When the first telescopes were pointed at the sky, "
               "astronomers saw moons around Jupiter and phases of Venus, and the old picture of the heavens "
@@ -170,47 +171,52 @@ def _layers(rows: list[dict], base: str) -> list[int]:
     return sorted({int(k.rsplit("_l", 1)[1]) for k in rows[0] if k.startswith(base + "_l") and "h" not in k.rsplit("_l", 1)[1]})
 
 
+def _series_panel(ax, rows, steps, base: str, ref: str | None, max_layers: int) -> None:
+    """One colour per layer (at most `max_layers`, evenly spread): median over runs, min-max band, dashed
+    = other tokens; solid = the BOS where the panel has other tokens."""
+    layers = _layers(rows, base) if base not in rows[0] else [None]
+    if len(layers) > max_layers:
+        layers = [layers[i] for i in np.linspace(0, len(layers) - 1, max_layers).round().astype(int)]
+    for ci, l in enumerate(layers):
+        for key, ls in ((base, "-"), (ref, "--")):
+            if key is None:
+                continue
+            col = key if l is None else f"{key}_l{l}"
+            v = np.array([[float(r[col]) for r in rows if int(r["step"]) == s] for s in steps])
+            who = "all layers" if l is None else f"layer {l}"
+            label = (f"BOS, {who}" if ref is not None else who) if ls == "-" else ("other tokens" if ci == 0 else None)
+            ax.plot(steps, np.median(v, 1), ls, marker="o", ms=2.5, color=f"C{ci % 10}", label=label)
+            if v.shape[1] > 1 and ls == "-":
+                ax.fill_between(steps, v.min(1), v.max(1), color=f"C{ci % 10}", alpha=0.2, lw=0)
+
+
+@style.styled
 def plot_series(rows: list[dict], path: Path, kind: str, max_layers: int = 8) -> Path:
     """Metrics against step: one colour per layer (at most `max_layers`, evenly spread), median over
     runs with a min-max band (toy runs with several seeds), dashed = other tokens."""
-    from toybb.plot import pyplot
-
-    plt = pyplot()
     panels = [("sink_attention_excl0", None, "Attn<s> (attention on BOS, query 0 left out)", "attention weight"),
               ("value_drain", "value_others", "||Val<s>|| (BOS value norm)", "L2 norm"),
               ("residual_peak", "residual_others", "||Res<s>|| (BOS residual norm)", "L2 norm")]
     if kind == "toy":
         panels += [("backcopy_risk", None, "back-copy excess risk", "nats"), ("bigram_risk", None, "bigram excess risk", "nats")]
     steps = sorted({int(r["step"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.7 * len(panels), 3.4), constrained_layout=True)
-    for ax, (base, ref, title, unit) in zip(np.atleast_1d(axes), panels):
-        layers = _layers(rows, base) if base not in rows[0] else [None]
-        if len(layers) > max_layers:
-            layers = [layers[i] for i in np.linspace(0, len(layers) - 1, max_layers).round().astype(int)]
-        for ci, l in enumerate(layers):
-            for key, ls in ((base, "-"), (ref, "--")):
-                if key is None:
-                    continue
-                col = key if l is None else f"{key}_l{l}"
-                v = np.array([[float(r[col]) for r in rows if int(r["step"]) == s] for s in steps])
-                label = (f"layer {l}" if l is not None else None) if ls == "-" else ("other tokens" if ci == 0 else None)
-                ax.plot(steps, np.median(v, 1), ls, marker="o", ms=3, color=f"C{ci % 10}", label=label)
-                if v.shape[1] > 1 and ls == "-":
-                    ax.fill_between(steps, v.min(1), v.max(1), color=f"C{ci % 10}", alpha=0.2, lw=0)
-        if min(steps) > 0 and max(steps) / max(min(steps), 1) > 20:
-            ax.set_xscale("log")
-        if base.endswith("risk"):
-            ax.set_yscale("log")
+    fig, axes = style.subplots(len(panels), 2)
+    for ax, (base, ref, title, unit) in zip(axes, panels):
+        _series_panel(ax, rows, steps, base, ref, max_layers)
         ax.set(xlabel="training step", ylabel=unit, title=title)
-        ax.grid(alpha=0.3, which="both", lw=0.5)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        if min(steps) > 0 and max(steps) / max(min(steps), 1) > 20:
+            style.log_axes(ax, "x")
+        if base.endswith("risk"):
+            style.log_axes(ax, "y")
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    style.figure_legend(fig, axes)
     n_runs = max(sum(1 for r in rows if int(r["step"]) == s) for s in steps)
-    fig.suptitle(f"{len(steps)} checkpoint(s) of one model" + (f"; median over {n_runs} runs, band = min-max"
-                                                              if n_runs > 1 else ""), fontsize=10)
-    save_figure(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    ckpts = sorted({str(r["checkpoint"]) for r in rows}) if "checkpoint" in rows[0] else []
+    model = os.path.commonpath(ckpts) if len(ckpts) > 1 else (ckpts[0] if ckpts else None)
+    style.subtitle(fig, f"{len(steps)} checkpoint(s) of one model" + (f"; median over {n_runs} runs, band = min-max"
+                                                                    if n_runs > 1 else ""),
+                   model=model, config={"kind": kind, "steps": f"{steps[0]}..{steps[-1]}"})
+    return style.save(fig, path)
 
 
 def register(subparsers) -> None:

@@ -10,8 +10,8 @@ import json
 import os
 
 from toybb.errors import ConfigError, ToybbError
-from toybb.longctx.common import DEFAULT_TEXTS, _floats, _ints, _nonempty, _plt, _read, write_config, write_table
-from toybb.records import save_figure
+from toybb.longctx import plots as P
+from toybb.longctx.common import DEFAULT_TEXTS, _floats, _ints, _nonempty, _read, write_config, write_table
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 METHODS = ("plain", "selfextend", "pi", "ntk", "window")
@@ -198,24 +198,8 @@ def cmd_ppl_length(args) -> int:
             rows.append({"text": "all-segment", "method": label, "length": s + seg,
                          "ppl": perplexity(nll[:, s : s + seg])})
     write_table(args.out, "ppl_length", rows)
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for label in curves:
-        a = [r for r in rows if r["method"] == label and r["text"] == "all"]
-        axes[0].plot([r["length"] for r in a], [r["ppl"] for r in a], "o-", label=label)
-        s = [r for r in rows if r["method"] == label and r["text"] == "all-segment"]
-        axes[1].plot([r["length"] for r in s], [r["ppl"] for r in s], "o-", label=label)
-    for ax, title in zip(axes, ("perplexity of the first L tokens", "perplexity of each 1024-token segment")):
-        ax.axvline(pre.cfg.max_positions, color="gray", ls="--", lw=1)
-        ax.set_xlabel("tokens" if ax is axes[0] else "segment end (tokens)")
-        ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("perplexity")
-    fig.suptitle(f"{args.model}: {len(curves[next(iter(curves))])} texts, context {pre.cfg.max_positions} (dashed)",
-                 fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, os.path.join(args.out, "ppl_length.png"), dpi=90)
+    P.ppl_length(rows, os.path.join(args.out, "ppl_length.png"), args.model, pre.cfg.max_positions,
+                 {"texts": len(curves[next(iter(curves))]), "methods": ", ".join(curves)})
     return 0
 
 
@@ -244,23 +228,7 @@ def cmd_passkey(args) -> int:
                              "trials": len(ok)})
                 print(f"{label} length {L} depth {d:.2f}: {np.mean(ok):.2f}", flush=True)
     write_table(args.out, "passkey", rows)
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.4), squeeze=False)
-    for ax, (m, (_, label)) in zip(axes[0], models.items()):
-        acc = np.array([[next(r["accuracy"] for r in rows if r["method"] == label and r["length"] == L
-                              and r["depth"] == d) for L in lengths] for d in depths])
-        im = ax.imshow(acc, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
-        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
-        ax.set_xlabel("prompt length (tokens)")
-        ax.set_ylabel("key depth")
-        ax.set_title(label, fontsize=10)
-        for a in range(len(depths)):
-            for b in range(len(lengths)):
-                ax.text(b, a, f"{acc[a, b]:.1f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
-    fig.suptitle(f"passkey retrieval, {args.model}, {args.trials} keys per cell", fontsize=10)
-    save_figure(fig, os.path.join(args.out, "passkey.png"), dpi=90)
+    P.passkey(rows, os.path.join(args.out, "passkey.png"), args.model, {"keys per cell": args.trials})
     return 0
 
 
@@ -298,19 +266,8 @@ def cmd_stream(args) -> int:
                      "ppl_after_window": perplexity(nll[args.window + 4 :])})
         print(f"{label}: ppl {rows[-1]['ppl']:.3f} (after the window {rows[-1]['ppl_after_window']:.3f})", flush=True)
     write_table(args.out, "stream", rows)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    seg = 256
-    for label, nll in curves.items():
-        n = len(nll) // seg
-        ax.plot((np.arange(n) + 1) * seg, [perplexity(s) for s in nll[: n * seg].reshape(n, seg)], "o-", ms=3, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("position (end of 256-token segment)")
-    ax.set_ylabel("segment perplexity")
-    ax.set_title(f"StreamingLLM cache on {os.path.basename(args.text)}, {args.model}", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, os.path.join(args.out, "stream.png"), dpi=90)
+    P.stream(curves, os.path.join(args.out, "stream.png"), args.model,
+             config={"text": os.path.basename(args.text), "tokens": len(ids), "window": args.window})
     return 0
 
 
@@ -428,31 +385,9 @@ def _posvec_figures(args, pre, layers, rows, m, n: int, abl: list[dict], n_held:
 
     from toybb.longctx.posvec import cosine_matrix, pca
 
-    plt = _plt()
-    fig, axes = plt.subplots(2, len(layers), figsize=(2.6 * len(layers), 5.2), squeeze=False)
-    for i, l in enumerate(layers):
-        axes[0, i].imshow(cosine_matrix(m[l][:128]), vmin=-1, vmax=1, cmap="RdBu_r")
-        axes[0, i].set_title(f"layer {l}: {rows[l]['n_distinct']} distinct", fontsize=9)
-        xy, ev = pca(m[l], 2)
-        sc = axes[1, i].scatter(xy[:, 0], xy[:, 1], c=np.arange(len(xy)), s=4, cmap="viridis")
-        axes[1, i].scatter(xy[:4, 0], xy[:4, 1], s=30, facecolors="none", edgecolors="r")
-        axes[1, i].set_title(f"PCA ({ev[0]:.0%}, {ev[1]:.0%})", fontsize=9)
-        axes[1, i].tick_params(labelsize=6)
-    axes[0, 0].set_ylabel("cos(m_t, m_t'), t < 128")
-    axes[1, 0].set_ylabel("PC2 (colour = position,\nred = first 4)")
-    fig.suptitle(f"positional vectors of {args.model}, N={n} samples of {args.seq} tokens", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, os.path.join(args.out, "posvec.png"), dpi=80)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    styles = {"none": "k-", "posvec": "-", "value": "--"}
-    for r in abl:
-        ax.plot(range(pre.cfg.n_layers), r["sink_attention_by_layer"], styles[r["ablation"]], lw=1.4,
-                label=f"{r['ablation']}: {r['removed']} {r['where']} (ppl {r['ppl']:.1f})".replace("none: none ", "none "))
-    ax.set_xlabel("layer")
-    ax.set_ylabel("attention on token 0 (mean, queries t >= 4)")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{args.model}: ablations of the first {args.ablate_first} tokens, {n_held} held-out windows of {args.seq} tokens",
-                 fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, os.path.join(args.out, "ablation.png"), dpi=90)
+    cos = {l: cosine_matrix(m[l][:128]) for l in layers}
+    pcs = {l: pca(m[l], 2) for l in layers}
+    P.posvec(rows, cos, pcs, os.path.join(args.out, "posvec.png"), args.model,
+             {"samples": n, "tokens": args.seq})
+    P.ablation(abl, os.path.join(args.out, "ablation.png"), args.model,
+               {"first tokens ablated": args.ablate_first, "held-out windows": n_held, "window": args.seq})

@@ -82,9 +82,3 @@ def write_table(out: str, name: str, rows: list[dict]) -> None:
     with atomic_open(os.path.join(out, name + ".json")) as f:
         json.dump(rows, f, indent=1)
     write_csv_rows(os.path.join(out, name + ".csv"), rows)
-
-
-def _plt():
-    from toybb.plot import pyplot
-
-    return pyplot()

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from toybb.records import save_figure
 
 
 def register(sub, common) -> None:
@@ -194,23 +193,8 @@ def _extensions(ev: _ToyEval, scheme: str, name: str, model, pvec) -> None:
 
 def _toy_figure(ev: _ToyEval) -> None:
     """toy_ppl_length.png: perplexity against evaluation length, one line per method."""
-    from toybb.longctx.common import _plt
+    from toybb.longctx import plots as P
 
-    args, C, factors = ev.args, ev.args.context, ev.factors
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.6))
-    styles = {"none": "-", "rope": "--", "alibi": "-.", "window": ":"}
-    for label, c in ev.curves.items():
-        scheme = next(r["scheme"] for r in ev.rows if r["method"] == label)
-        ax.plot(list(c), list(c.values()), styles[scheme], marker="o", ms=4, label=label)
-    ax.axvline(C, color="gray", lw=1)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks([C * f for f in factors], [str(C * f) for f in factors])
-    ax.set_xlabel("evaluation length (characters)")
-    ax.set_ylabel("perplexity (per character)")
-    ax.set_title(f"char-LMs trained at C={C} (d {args.d_model}, {args.layers} layers, {args.steps} steps), "
-                 f"{args.eval_windows} windows", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    save_figure(fig, os.path.join(args.out, "toy_ppl_length.png"), dpi=90)
+    a = vars(ev.args)
+    P.toy_ppl_length(ev.rows, os.path.join(ev.args.out, "toy_ppl_length.png"), ev.args.context, ev.factors,
+                     P.toy_config(a))

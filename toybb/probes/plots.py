@@ -1,4 +1,5 @@
-"""Figures of `toybb probe` (matplotlib, Agg): one function per figure, all called by `write_all`."""
+"""Figures of `toybb probe` (matplotlib through `toybb.style`): one function per figure, all called by
+`write_all`. `about` is {"model": name or path, "config": the probe settings}, drawn under each title."""
 
 from __future__ import annotations
 
@@ -6,89 +7,84 @@ from pathlib import Path
 
 import numpy as np
 
-from toybb.records import save_figure
+from toybb import style
 
-DPI = 90
-
-
-def _plt():
-    from toybb.plot import pyplot
-
-    return pyplot()
+PPL_CAP = 1e6  # perplexities above it are drawn at the cap and marked
 
 
-def sink_heatmap(path: Path, stats, names, sel) -> None:
+def _sub(fig, title: str, about: dict | None) -> None:
+    about = about or {}
+    style.subtitle(fig, title, model=about.get("model"), config=about.get("config"))
+
+
+@style.styled
+def sink_heatmap(path: Path, stats, names, sel, about: dict | None = None) -> None:
     """Per-head sink score (attention on key 0) for each domain, and the difference of the first two."""
-    plt = _plt()
-    panels = [(f"sink score: {n}", stats[n].mean("sink_score"), "viridis", (0, 1)) for n in names]
+    panels = [(f"{n}", stats[n].mean("sink_score"), "viridis", (0, 1), "sink score (attention on key 0)")
+              for n in names]
     if sel is not None:
         m = float(np.abs(sel).max()) or 1.0
-        panels.append((f"{names[0]} minus {names[1]}", sel, "RdBu_r", (-m, m)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 5.2), squeeze=False)
-    for ax, (title, arr, cmap, (lo, hi)) in zip(axes[0], panels):
-        im = ax.imshow(arr, aspect="auto", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax, fraction=0.05)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=DPI)
-    plt.close(fig)
+        panels.append((f"{names[0]} minus {names[1]}", sel, "RdBu_r", (-m, m), "difference of sink scores"))
+    fig, axes = style.subplots(len(panels), 2, aspect=1.1)
+    for ax, (title, arr, cmap, (lo, hi), label) in zip(axes, panels):
+        im = ax.imshow(arr, aspect="auto", cmap=cmap, vmin=lo, vmax=hi)
+        ax.set(title=title, xlabel="head", ylabel="layer")
+        style.integer_ticks(ax, "both")
+        style.colorbar(im, ax, label)
+    _sub(fig, "Per-head sink score", about)
+    style.save(fig, path)
 
 
-def norms_by_position(path: Path, stats, names) -> None:
-    """Residual-stream norm and value-state norm (||W_O^h v||, mean over heads) by position, per layer."""
-    plt = _plt()
-    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 7), squeeze=False)
+@style.styled
+def norms_by_position(path: Path, stats, names, about: dict | None = None) -> None:
+    """Residual-stream norm and value-state norm (||W_O^h v||, mean over heads) by position, one line
+    per layer (colour = layer, on a labelled colourbar); the BOS (position 0) marked."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig, axes = style.subplots(2 * len(names), 2, ncols=len(names))
     for j, n in enumerate(names):
         st = stats[n]
-        rp = st.mean("resid_pos")  # [L, K]
-        vp = st.mean("value_pos").mean(axis=1)  # [L, K]
-        L = rp.shape[0]
-        cmap = plt.get_cmap("viridis")
-        for l in range(L):
-            axes[0, j].plot(rp[l], color=cmap(l / max(L - 1, 1)), lw=1)
-            axes[1, j].plot(vp[l], color=cmap(l / max(L - 1, 1)), lw=1)
-        axes[0, j].set_yscale("log")
-        axes[0, j].set_title(f"{n}: ||residual|| by position (colour = layer 0..{L - 1})", fontsize=9)
-        axes[1, j].set_yscale("log")
-        axes[1, j].set_title(f"{n}: ||W_O^h v|| by position, mean over heads", fontsize=9)
-        axes[1, j].set_xlabel("position")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=DPI)
-    plt.close(fig)
+        curves = (st.mean("resid_pos"), st.mean("value_pos").mean(axis=1))  # [L, K] each
+        L = curves[0].shape[0]
+        norm = Normalize(0, max(L - 1, 1))
+        for i, (arr, what) in enumerate(zip(curves, ("||residual||", "||W_O^h v||, mean over heads"))):
+            ax = axes[i * len(names) + j]
+            for l in range(L):
+                ax.plot(arr[l], color=style.pyplot().get_cmap("viridis")(norm(l)), lw=0.8)
+            ax.plot([0] * L, arr[:, 0], "r*", ms=5, label="BOS (position 0)")
+            ax.set(title=f"{n}: {what}", xlabel="position", ylabel="L2 norm")
+            style.log_axes(ax, "y")
+            style.integer_ticks(ax, "x")
+            style.legend(ax)
+        style.colorbar(ScalarMappable(norm, "viridis"), [axes[j], axes[len(names) + j]], "layer")
+    _sub(fig, "Norms by position", about)
+    style.save(fig, path)
 
 
-def massive_profile(path: Path, stats, names, summary) -> None:
+@style.styled
+def massive_profile(path: Path, stats, names, summary, about: dict | None = None) -> None:
     """Top-1/2/3 and median |activation| of the residual stream across layers (log y), per domain."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
-    for ax, n in zip(axes[0], names):
+    fig, axes = style.subplots(len(names), 2)
+    for ax, n in zip(axes, names):
         top, med = stats[n].mean("top"), stats[n].mean("median")
         x = np.arange(len(med))
-        for k, style in zip(range(3), ("-o", "-s", "-^")):
-            ax.plot(x, top[:, k], style, ms=3, label=f"top {k + 1}")
+        for k, mk in zip(range(3), ("-o", "-s", "-^")):
+            ax.plot(x, top[:, k], mk, ms=2.5, label=f"top {k + 1}")
         ax.plot(x, med, "-", color="gray", label="median")
         first = summary["domains"][n]["massive"]["first_layer"]
         if first is not None:
             ax.axvline(first, color="red", ls=":", lw=1, label=f"first massive layer {first}")
-        ax.set_yscale("log")
-        ax.set_xlabel("layer (residual stream after it)")
-        ax.set_ylabel("|activation|")
-        ax.set_title(n, fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=DPI)
-    plt.close(fig)
+        ax.set(title=n, xlabel="layer (residual stream after it)", ylabel="|activation|")
+        style.log_axes(ax, "y")
+        style.integer_ticks(ax, "x")
+        style.legend(ax)
+    _sub(fig, "Massive activations by layer", about)
+    style.save(fig, path)
 
 
-def intervention_bars(path: Path, rows, names) -> None:
-    """Loss change per head (zero the head / move its attention to key 0) per domain, and perplexity
-    under the massive-activation interventions."""
-    plt = _plt()
+def _head_bars(ax, rows, names) -> None:
     heads = sorted({(r["layer"], r["head"]) for r in rows if r["intervention"].startswith("head_")})
-    fig, axes = plt.subplots(1, 2, figsize=(max(7, 0.45 * len(heads) + 3) + 4, 4),
-                             gridspec_kw={"width_ratios": [max(2, len(heads) / 6), 1]})
     x = np.arange(len(heads))
     width = 0.8 / (2 * len(names))
     k = 0
@@ -96,54 +92,67 @@ def intervention_bars(path: Path, rows, names) -> None:
         for kind in ("zero", "to_bos"):
             d = {(r["layer"], r["head"]): r["delta_nll"] for r in rows
                  if r["domain"] == n and r["intervention"] == f"head_{kind}"}
-            axes[0].bar(x + (k - len(names) + 0.5) * width, [d.get(lh, np.nan) for lh in heads], width,
-                        label=f"{n}: {kind}")
+            ax.bar(x + (k - len(names) + 0.5) * width, [d.get(lh, np.nan) for lh in heads], width,
+                   label=f"{n}: {kind.replace('_', ' ')}")
             k += 1
-    axes[0].set_xticks(x, [f"L{l}H{h}" for l, h in heads], rotation=90, fontsize=7)
-    axes[0].set_ylabel("loss change (nats/token)")
-    axes[0].axhline(0, color="k", lw=0.5)
-    axes[0].legend(fontsize=7)
-    axes[0].set_title("head interventions", fontsize=9)
+    ax.set_xticks(x, [f"L{l}H{h}" for l, h in heads], rotation=90, fontsize=6)
+    ax.set(xlabel="head (layer, head)", ylabel="loss change (nats/token)", title="head interventions")
+    ax.axhline(0, color="k", lw=0.5)
+    style.legend(ax)
+
+
+def _massive_bars(ax, rows, names) -> None:
     kinds = ("none", "massive_mean", "massive_zero")
+    w = 0.8 / len(names)
     for j, n in enumerate(names):
         p = {r["intervention"]: r["ppl"] for r in rows if r["domain"] == n}
-        vals = [p.get(kd, np.nan) for kd in kinds]
-        axes[1].bar(np.arange(3) + j * 0.8 / len(names), [min(v, 1e6) for v in vals], 0.8 / len(names), label=n)
-    axes[1].set_xticks(np.arange(3) + 0.4 - 0.4 / len(names), ["original", "massive -> mean", "massive -> 0"],
-                       fontsize=8)
-    axes[1].set_yscale("log")
-    axes[1].set_ylabel("perplexity")
-    axes[1].legend(fontsize=7)
-    axes[1].set_title("massive-activation interventions", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=DPI)
-    plt.close(fig)
+        vals = np.array([p.get(kd, np.nan) for kd in kinds], float)
+        xs = np.arange(3) + j * w
+        ax.bar(xs, style.clip(np.where(np.isnan(vals), 0, vals), PPL_CAP), w, label=n)
+        style.mark_clipped(ax, xs, np.where(np.isnan(vals), 0, vals), PPL_CAP, what="perplexity")
+    ax.set_xticks(np.arange(3) + 0.4 - w / 2, ["original", "massive -> mean", "massive -> 0"])
+    style.log_axes(ax, "y")
+    ax.set(ylabel="perplexity", title="massive-activation interventions")
+    style.legend(ax)
 
 
-def attention_maps(path: Path, maps, names) -> None:
+@style.styled
+def intervention_bars(path: Path, rows, names, about: dict | None = None) -> None:
+    """Loss change per head (zero the head / move its attention to key 0) per domain, and perplexity
+    under the massive-activation interventions (above PPL_CAP drawn at the cap and marked)."""
+    fig, axes = style.subplots(2, 2, ncols=1, aspect=0.4)
+    _head_bars(axes[0], rows, names)
+    _massive_bars(axes[1], rows, names)
+    _sub(fig, "Interventions", about)
+    style.save(fig, path)
+
+
+@style.styled
+def attention_maps(path: Path, maps, names, about: dict | None = None) -> None:
     """Attention patterns [query, key] of the most domain-selective heads on one sample per domain."""
-    plt = _plt()
     heads = list(maps)
-    cols = [n for n in names[:2]]
-    fig, axes = plt.subplots(len(cols), len(heads), figsize=(2.6 * len(heads), 2.8 * len(cols)), squeeze=False)
-    for j, (l, h) in enumerate(heads):
-        for i, n in enumerate(cols):
-            a = maps[(l, h)][n]
-            axes[i, j].imshow(np.sqrt(a), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-            axes[i, j].set_title(f"L{l}H{h} on {n}", fontsize=8)
-            axes[i, j].set_xticks([])
-            axes[i, j].set_yticks([])
-    fig.suptitle("attention (sqrt scale; rows = queries, columns = keys)", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=DPI)
-    plt.close(fig)
+    cols = list(names[:2])
+    ncols = min(len(heads), 4)
+    fig, axes = style.subplots(len(cols) * len(heads), 2, ncols=ncols, aspect=1.0)
+    k = 0
+    for i, n in enumerate(cols):
+        for l, h in heads:
+            ax = axes[k]
+            im = ax.imshow(np.sqrt(maps[(l, h)][n]), cmap="magma", vmin=0, vmax=1)
+            ax.set_title(f"L{l}H{h} on {n}")
+            ax.set(xlabel="key position", ylabel="query position")
+            style.integer_ticks(ax, "both", max_ticks=4)
+            k += 1
+    style.colorbar(im, list(axes), "sqrt(attention weight)", shrink=0.6)
+    _sub(fig, "Attention of the most domain-selective heads (rows = queries, columns = keys)", about)
+    style.save(fig, path)
 
 
-def write_all(out: Path, stats, names, sel, rows, maps, summary) -> None:
-    sink_heatmap(out / "sink_heatmap.png", stats, names, sel)
-    norms_by_position(out / "norms_by_position.png", stats, names)
-    massive_profile(out / "massive_profile.png", stats, names, summary)
+def write_all(out: Path, stats, names, sel, rows, maps, summary, about: dict | None = None) -> None:
+    sink_heatmap(out / "sink_heatmap.png", stats, names, sel, about)
+    norms_by_position(out / "norms_by_position.png", stats, names, about)
+    massive_profile(out / "massive_profile.png", stats, names, summary, about)
     if rows:
-        intervention_bars(out / "interventions.png", rows, names)
+        intervention_bars(out / "interventions.png", rows, names, about)
     if maps:
-        attention_maps(out / "attention_maps.png", maps, names)
+        attention_maps(out / "attention_maps.png", maps, names, about)

@@ -103,7 +103,10 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
     maps = _attention_maps(pre, held, summary, names) if sel is not None else None
     from toybb.probes import plots
 
-    plots.write_all(out, stats, names, sel, rows, maps, summary)
+    st = settings
+    about = {"model": pre.source, "config": {"domains": ", ".join(names), "samples": st.samples,
+                                             "tokens": st.seq_len, "BOS": st.bos, "dtype": cfg.dtype}}
+    plots.write_all(out, stats, names, sel, rows, maps, summary, about)
     return summary
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from toybb.config import RunConfig
+from toybb import style
 from toybb.errors import ConfigError
-from toybb.records import atomic_open, load_metrics, out_folder, save_figure, seed_table
+from toybb.records import atomic_open, load_metrics, out_folder, seed_table
 from toybb.reference import REFERENCES, ReferenceTable, config_differences, load_reference, matching_reference
 
 # the printed table's metrics, in order, with the paper's symbol (every metric both define is in the CSV)
@@ -163,37 +164,31 @@ def format_table(c: Comparison, rows: list[dict], steps: np.ndarray | None = Non
     return buf.getvalue()
 
 
-def plot_comparison(comparisons: list[Comparison], path: Path, title: str = "") -> Path:
-    from toybb.plot import pyplot
-
-    plt = pyplot()
+@style.styled
+def plot_comparison(comparisons: list[Comparison], path: Path, title: str = "", model: str | None = None) -> Path:
+    """One panel per metric: toybb's median over seeds (band min-max) beside the reference (dashed black)."""
     metrics = list(dict.fromkeys(m for c in comparisons for m in c.metrics))
-    ncol = min(4, len(metrics))
-    nrow = -(-len(metrics) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.8 * nrow), constrained_layout=True, squeeze=False)
-    for ax, m in zip(axes.flat, metrics):
+    fig, axes = style.subplots(len(metrics), 2)
+    for ax, m in zip(axes, metrics):
         for ci, c in enumerate(comparisons):
             if m not in c.run:
                 continue
             x = np.maximum(c.steps, 1)
             v = c.run[m]
-            ax.plot(x, np.nanmedian(v, 1), "-", color=f"C{ci}", lw=1.5,
-                    label=f"toybb lr {c.lr:g} (median of {c.seeds})")
+            ax.plot(x, np.nanmedian(v, 1), "-", color=f"C{ci}", label=f"toybb lr {c.lr:g} (median of {c.seeds})")
             if v.shape[1] > 1:
                 ax.fill_between(x, np.nanmin(v, 1), np.nanmax(v, 1), color=f"C{ci}", alpha=0.2, lw=0)
             ok = ~np.isnan(c.ref[m])
-            ax.plot(x[ok], c.ref[m][ok], "--", color="k", lw=1.2, label=c.label if ci == 0 else None)
-        ax.set(xscale="log", title=f"{SYMBOLS.get(m, m)}  [{m}]", xlabel="training step")
-        ax.title.set_fontsize(8)
-        ax.grid(alpha=0.3, which="both", lw=0.5)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return path
+            ax.plot(x[ok], c.ref[m][ok], "--", color="k", lw=1.0, label=c.label if ci == 0 else None)
+        ax.set(title=f"{SYMBOLS.get(m, m)}  [{m}]", xlabel="training step")
+        style.log_axes(ax, "x")
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    style.figure_legend(fig, axes)
+    c0 = comparisons[0]
+    style.subtitle(fig, title or "toybb against the reference trajectory", model=model, config={
+        "lr": "/".join(f"{c.lr:g}" for c in comparisons), "seeds": c0.seeds,
+        "differences from the reference": "; ".join(c0.differences) or "none"})
+    return style.save(fig, path)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -221,8 +216,8 @@ def cmd_compare(args) -> int:
         sys.stdout.write(format_table(c, [r for r in rows if r["lr"] == c.lr], steps))
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "compare.csv")
-    plot_comparison(comparisons, out / "compare.png", title=f"{', '.join(args.run)}: toybb seeds (median, band min-max) vs "
-                    f"{comparisons[0].label} (dashed)")
+    plot_comparison(comparisons, out / "compare.png", title=f"toybb seeds (median, band min-max) vs "
+                    f"{comparisons[0].label} (dashed)", model=", ".join(args.run))
     print(f"wrote {out / 'compare.csv'} and {out / 'compare.png'}")
     return 0
 

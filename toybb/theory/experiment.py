@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toybb import style
 from toybb.errors import ConfigError
-from toybb.records import save_figure
 from toybb.theory import rates as R
 
 # quantity -> (metric base, fitted key, predicted value, description)
@@ -258,60 +258,57 @@ def predicted_curve(quantity: str, steps: np.ndarray, anchor_step: float, anchor
     raise ConfigError(f"unknown quantity {quantity!r}; known: {', '.join(QUANTITIES)}")
 
 
-def plot_overlay(runs, out_path, decades: float = 1.0, labels: list[str] | None = None, dpi: int = 80) -> Path:
+def _overlay_panel(ax, traj: Trajectory, q: str, lo: float, label: str) -> None:
+    """Measured median over seeds with a min-max band and the predicted law anchored at `lo` (dashed)."""
+    pos = traj.steps > 0
+    st = traj.steps[pos]
+    lr = float(np.median(traj.lrs))
+    base = QUANTITIES[q][0]
+    v = _metric(traj, base)[pos]
+    med = np.median(v, axis=1)
+    ax.fill_between(st, v.min(1), v.max(1), alpha=0.3, color="C0", lw=0, label="seeds (min-max)")
+    ax.plot(st, med, color="C0", label="trained (median)")
+    k0 = int(np.argmax(st >= lo))  # anchor at the first evaluation in the window
+    grid = st[k0:]
+    law = {"sink": "1/2 log t", "drain": "t^-1/2", "loss": "t^-1",
+           "residual": "rho lr k (Adam)" if traj.optimizer == "adam" else "sqrt(log t) (SGD)"}[q]
+    ax.plot(grid, predicted_curve(q, grid, st[k0], med[k0], traj.optimizer, lr), "--", color="C3",
+            label=f"predicted {law}")
+    if q == "sink" and traj.optimizer == "adam":
+        ax.plot(grid, med[k0] + R.adam_linear_rate(lr) * lr * (grid - st[k0]), ":", color="C2", lw=1.4,
+                label="Adam: rho lr k")
+    ax.axvline(lo, color="0.6", lw=0.8, ls=":", label="start of the fitted window")
+    layer = "" if base == "bigram_risk" else (" L0" if (base == "residual_peak" or traj.n_layers == 1) else " L1")
+    ax.set(xlabel="training step", ylabel=OVERLAY_YLABELS[q], title=f"{label}{layer}")
+    style.log_axes(ax, "xy" if q in ("drain", "loss") and np.all(v > 0) else "x")
+    ax.grid(alpha=0.3, lw=0.4)
+
+
+OVERLAY_YLABELS = {"sink": "Δlogit(., <s>) (logits)", "drain": "||Val<s>|| (L2 norm)",
+                   "loss": "bigram excess risk (nats)", "residual": "||Res<s>|| (L2 norm)"}
+
+
+@style.styled
+def plot_overlay(runs, out_path, decades: float = 1.0, labels: list[str] | None = None, dpi: int = style.DPI) -> Path:
     """One row per run, one column per quantity: measured median over seeds with a min-max band, and
     the predicted law anchored at the start of the fit window (dashed; Adam runs also show the linear
     law rho lr per step, dotted, on the sink logit). Writes a PNG quantised to 256 colours (the plot
     uses a handful, so nothing visible is lost and the file is ~3x smaller)."""
-    from toybb.plot import pyplot
-
-    plt = pyplot()
     trajs = [r if isinstance(r, Trajectory) else load_trajectory(r) for r in runs]
     if labels is not None and len(labels) != len(trajs):
         raise ConfigError(f"plot_overlay: {len(labels)} labels for {len(trajs)} runs")
     qs = list(QUANTITIES)
-    fig, axes = plt.subplots(len(trajs), len(qs), figsize=(3.6 * len(qs), 2.7 * len(trajs)), squeeze=False)
-    ylabels = {"sink": "Δlogit(., <s>) (logit units)", "drain": "||Val<s>|| (L2 norm)",
-               "loss": "bigram excess risk (nats)", "residual": "||Res<s>|| (L2 norm)"}
+    fig, axes = style.subplots(len(trajs) * len(qs), 2, ncols=len(qs), aspect=0.85)
     for i, traj in enumerate(trajs):
-        lo, hi = fit_window(traj, decades)
-        pos = traj.steps > 0
-        st = traj.steps[pos]
-        lr = float(np.median(traj.lrs))
-        title = labels[i] if labels else f"{Path(traj.name).name} ({traj.arch}, {traj.optimizer})"
+        lo, _ = fit_window(traj, decades)
+        label = labels[i] if labels else Path(traj.name).name
         for j, q in enumerate(qs):
-            ax = axes[i, j]
-            base = QUANTITIES[q][0]
-            v = _metric(traj, base)[pos]
-            med = np.median(v, axis=1)
-            ax.fill_between(st, v.min(1), v.max(1), alpha=0.3, color="C0", lw=0, label="seeds (min-max)")
-            ax.plot(st, med, color="C0", lw=1.2, label="trained (median)")
-            k0 = int(np.argmax(st >= lo))  # anchor at the first evaluation in the window
-            grid = st[k0:]
-            pred = predicted_curve(q, grid, st[k0], med[k0], traj.optimizer, lr)
-            law = {"sink": "1/2 log t", "drain": "t^-1/2", "loss": "t^-1",
-                   "residual": "rho lr k (Adam)" if traj.optimizer == "adam" else "sqrt(log t) (SGD)"}[q]
-            ax.plot(grid, pred, "--", color="C3", lw=1.2, label=f"predicted {law}")
-            if q == "sink" and traj.optimizer == "adam":
-                ax.plot(grid, med[k0] + R.adam_linear_rate(lr) * lr * (grid - st[k0]), ":", color="C2", lw=1.4,
-                        label="Adam: rho lr k")
-            ax.axvline(lo, color="0.6", lw=0.8, ls=":")
-            ax.set_xscale("log")
-            if q in ("drain", "loss") and np.all(v > 0):
-                ax.set_yscale("log")
-            ax.set_xlabel("training step")
-            ax.set_ylabel(ylabels[q], fontsize=8)
-            layer = "" if base in ("bigram_risk",) else (
-                " L0" if (base == "residual_peak" or traj.n_layers == 1) else " L1")
-            ax.set_title(f"{title}{layer}", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3, lw=0.5)
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, out, dpi=dpi)
-    plt.close(fig)
+            _overlay_panel(axes[i * len(qs) + j], traj, q, lo, label)
+    style.figure_legend(fig, axes, ncol=3)
+    style.subtitle(fig, f"Reduced-model laws fitted over the last {decades:g} decade(s) of steps",
+                   model="; ".join(f"{labels[i] if labels else Path(t.name).name}: {t.arch}, {t.optimizer}, "
+                                   f"lr {float(np.median(t.lrs)):g}, {len(t.seeds)} seeds" for i, t in enumerate(trajs)))
+    out = style.save(fig, out_path, dpi=dpi)
     _quantise_png(out)
     return out
 
