@@ -282,8 +282,10 @@ def test_overlay_png_is_small_and_fit_csv_round_trips(tmp_path):
     assert 5_000 < png.stat().st_size < 150_000
     from PIL import Image
 
-    with Image.open(png) as im:  # 2 rows x 4 panels at 80 dpi
-        assert im.size == (int(3.6 * 4 * 80), int(2.7 * 2 * 80))
+    from toybb import style
+
+    with Image.open(png) as im:  # two paper columns wide
+        assert im.size[0] == round(style.TWO_COLUMN * style.DPI) and im.size[1] < im.size[0]
     with pytest.raises(ConfigError, match="labels"):
         E.plot_overlay(trajs, tmp_path / "x.png", labels=["one"])
     rows = E.fit_table(trajs)
