@@ -189,25 +189,30 @@ def no_model(monkeypatch):
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["toy", "--context", "0"], ["--context"]),
-    (["toy", "--context", "8", "--selfextend-window", "8"], ["--selfextend-window"]),
+    (["toy", "--seq-len", "0"], ["--seq-len"]),
+    (["toy", "--seq-len", "8", "--selfextend", "8"], ["--selfextend"]),
+    (["toy", "--seq-len", "8", "--selfextend", "2,0"], ["--selfextend"]),
     (["toy", "--factors", ","], ["--factors"]),
     (["toy", "--eval-windows", "0"], ["--eval-windows"]),
-    (["ppl-length", "--lengths", ","], ["--lengths"]),
-    (["passkey", "--lengths", ","], ["--lengths"]),
-    (["passkey", "--depths", "2"], ["--depths"]),
-    (["stream", "--tokens", "0"], ["--tokens"]),
-    (["ppl-length", "--methods", "magic"], ["--methods"]),
+    (["ppl-length", "m", "--seq-len", ","], ["--seq-len"]),
+    (["passkey", "m", "--seq-len", ","], ["--seq-len"]),
+    (["passkey", "m", "--depths", "2"], ["--depths"]),
+    (["stream", "m", "--tokens", "0"], ["--tokens"]),
+    (["ppl-length", "m", "--methods", "magic"], ["--methods"]),
+    (["ppl-length", "m", "--texts", "a.txt"], ["--texts was renamed --text"]),
+    (["toy", "--context", "8"], ["--context was renamed --seq-len"]),
     (["toy", "--out="], ["--out", "empty"]),  # found by tests/test_fuzz_cli.py
 ])
 def test_longctx_bad_flags(args, needles, tmp_path, capsys, no_model):
     one_line_error(["longctx", args[0], f"--out={tmp_path / 'o'}", *args[1:]], capsys, *needles)
 
 
-def test_ppl_negative_max_tokens(tmp_path, capsys, no_model):
+def test_ppl_negative_tokens(tmp_path, capsys, no_model):
     t = tmp_path / "t.txt"
     t.write_text("some text " * 20)
-    one_line_error(["ppl", "smollm2-135m-instruct", str(t), "--max-tokens", "-5"], capsys, "--max-tokens")
+    one_line_error(["ppl", "smollm2-135m-instruct", "--text", str(t), "--tokens", "-5"], capsys, "--tokens")
+    one_line_error(["ppl", "smollm2-135m-instruct", "--text", str(t), "--max-tokens", "5"], capsys,
+                   "--max-tokens was renamed --tokens")
 
 
 @pytest.fixture
