@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "toybb"
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [
-    ("toybb", "toybb.errors", "toybb.records", "toybb.device"),
+    ("toybb", "toybb.errors", "toybb.records", "toybb.device", "toybb.cliargs", "toybb.texts"),
     ("toybb.config",),
     ("toybb.task", "toybb.reference", "toybb.reference.build"),
     ("toybb.probes.metrics",),
