@@ -172,10 +172,10 @@ def cmd_train(args) -> int:
         print(f"toybb train: error: {e}", file=sys.stderr)
         return 3
     summary = json.loads((out / "summary.json").read_text())
-    fm = summary["final_median"]
-    keys = [k for k in ("loss", "backcopy_risk", "bigram_risk", "sink_attention_l0", "value_drain_l0",
-                        "value_others_l0", "residual_peak_l0") if k in fm]
-    print(f"step {summary['step']} (median over runs): " + ", ".join(f"{k}={fm[k]:.4g}" for k in keys))
+    for label, fm in _final_medians(summary):
+        keys = [k for k in ("loss", "backcopy_risk", "bigram_risk", "sink_attention_l0", "value_drain_l0",
+                            "value_others_l0", "residual_peak_l0") if k in fm]
+        print(f"step {summary['step']} ({label}): " + ", ".join(f"{k}={fm[k]:.4g}" for k in keys))
     probe = summary.get("active_dormant_probe", {})
     if probe.get("kind") == "truncated":
         print(f"note: the active/dormant probe is cut to the trained length ({probe['length']} tokens), so it is not "
@@ -184,6 +184,13 @@ def cmd_train(args) -> int:
         print(f"active tokens {key}: {''.join(toks)!r}")
     print(f"wrote {out} in {result.wall_seconds:.1f} s")
     return 0
+
+
+def _final_medians(summary: dict) -> list[tuple[str, dict]]:
+    """(label, final medians) once, or per learning rate when several were trained."""
+    if "final_median" in summary:
+        return [("median over runs", summary["final_median"])]
+    return [(f"lr {lr}, median over seeds", fm) for lr, fm in summary["final_median_by_lr"].items()]
 
 
 def cmd_plot(args) -> int:
