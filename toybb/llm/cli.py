@@ -88,7 +88,7 @@ def cmd_ppl(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from toybb.llm.registry import find_models
+    from toybb.llm.registry import find_models, weights
 
     found = find_models()
     if not found:
@@ -97,5 +97,5 @@ def cmd_models(args) -> int:
         return 0
     w = max(len(f.name) for f in found)
     for f in found:
-        print(f"{f.name:<{w}}  {f.fmt:<4}  {f.origin}  {f.path}")
+        print(f"{f.name:<{w}}  {weights(f.fmt, f.path)}  {f.origin}  {f.path}")
     return 0
