@@ -16,6 +16,14 @@ TINY = ["--d-model", "16", "--seq-len", "8", "--batch", "4", "--eval-batch", "4"
         "--eval-every", "1", "--ckpt-every", "1", "--seeds", "1", "--optimizer", "sgd", "--no-progress", "--no-plot"]
 
 
+def _tiny(**flags) -> list[str]:
+    """TINY with some flags' values replaced (a flag given twice is an error): _tiny(d_model=32)."""
+    out = list(TINY)
+    for k, v in flags.items():
+        out[out.index("--" + k.replace("_", "-")) + 1] = str(v)
+    return out
+
+
 @pytest.fixture(scope="module", autouse=True)
 def compile_once(xla_cache):
     """The runs of this module (and of tests/test_kill.py, same shapes) share compiled programs."""
@@ -138,7 +146,7 @@ def test_train_model_too_large_fails_before_compiling(tmp_path, capsys, monkeypa
     import toybb.train.loop as loop
 
     monkeypatch.setattr(loop, "Trainer", lambda *a, **k: pytest.fail("compiled a model that cannot fit"))
-    one_line_error(["train", *TINY, "--d-model", "262144", "--out", str(tmp_path / "big")], capsys,
+    one_line_error(["train", *_tiny(d_model=262144), "--out", str(tmp_path / "big")], capsys,
                    "needs about", "GiB", "smaller model")
     assert not (tmp_path / "big" / "config.json").exists()
 
@@ -148,7 +156,7 @@ def test_train_into_another_runs_folder_fails_before_compiling(run_dir, tmp_path
 
     d = _copy(run_dir, tmp_path)
     monkeypatch.setattr(loop, "Trainer", lambda *a, **k: pytest.fail("compiled before checking the run folder"))
-    one_line_error(["train", *TINY, "--lr", "0.5", "--d-model", "32", "--out", str(d)], capsys,
+    one_line_error(["train", *_tiny(d_model=32), "--lr", "0.5", "--out", str(d)], capsys,
                    "another config", "model.d_model")
 
 

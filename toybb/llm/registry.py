@@ -71,8 +71,8 @@ def weights(fmt: str, path: str) -> str:
             import gguf
 
             kinds = collections.Counter(t.tensor_type.name for t in gguf.GGUFReader(path).tensors)
-            quant = [k for k, _ in kinds.most_common() if k not in ("F32", "F16", "BF16")] or [kinds.most_common(1)[0][0]]
-            return f"GGUF, {quant[0]} weights, dequantised to float32"
+            quant = [k for k, _ in kinds.most_common() if k not in ("F32", "F16", "BF16")]
+            return f"GGUF, {(quant or [kinds.most_common(1)[0][0]])[0]} weights, dequantised to float32"
         cfg = json.loads((Path(path) / "config.json").read_text())
         return f"Hugging Face safetensors, {cfg.get('torch_dtype') or 'float32'} weights"
     except (OSError, ValueError, IndexError, ImportError):
