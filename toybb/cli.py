@@ -284,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"toybb: error: {e}", file=sys.stderr)
         return 2
     parser = make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # bad flags (one line already printed), --help, --version: the exit code
+        return e.code if isinstance(e.code, int) else 0
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
