@@ -11,7 +11,7 @@ import os
 
 from toybb.cliargs import FLOATS, INTS, STRS, add_list, add_model, add_renamed, add_seq_len, add_text
 from toybb.errors import ConfigError, ToybbError
-from toybb.longctx.common import DEFAULT_TEXTS, _ints, _nonempty, _plt, _read, write_config, write_table
+from toybb.longctx.common import DEFAULT_TEXTS, _nonempty, _plt, _read, write_config, write_table
 from toybb.records import save_figure
 
 METHODS = ("plain", "selfextend", "pi", "ntk", "window")
@@ -24,7 +24,7 @@ def _methods(args) -> list[str]:
         raise ConfigError(f"--methods takes a comma-separated subset of {', '.join(METHODS)}; "
                           f"got {','.join(args.methods)!r}")
     if "selfextend" in methods:
-        w, g = _pair(args.selfextend, "--selfextend") or (1, 1)
+        w, g = _pair(args.selfextend, "--selfextend")
         if w < 1 or g < 1:
             raise ConfigError(f"--selfextend W,G needs W >= 1 and G >= 1, got {args.selfextend!r}")
     for m in ("pi", "ntk"):
@@ -37,12 +37,9 @@ def _methods(args) -> list[str]:
     return methods
 
 
-def _pair(text: str | None, name: str) -> tuple[int, int] | None:
-    if text is None or text.lower() == "none":
-        return None
-    v = _ints(text)
+def _pair(v: tuple[int, ...], name: str) -> tuple[int, int]:
     if len(v) != 2:
-        raise ConfigError(f"{name} takes two integers 'A,B', got {text!r}")
+        raise ConfigError(f"{name} takes two integers 'A,B', got {','.join(map(str, v))!r}")
     return v
 
 
@@ -56,7 +53,7 @@ def _common(p, model: bool = True) -> None:
 def _methods_flags(p) -> None:
     """--methods and --selfextend, shared by ppl-length and passkey."""
     add_list(p, "--methods", STRS, ("plain", "selfextend"), f"methods, of: {', '.join(METHODS)}")
-    p.add_argument("--selfextend", default="1024,3", metavar="W,G", help="SelfExtend neighbour window W and group "
+    p.add_argument("--selfextend", type=INTS, default=(1024, 3), metavar="W,G", help="SelfExtend neighbour window W and group "
                    "size G of method selfextend")
 
 

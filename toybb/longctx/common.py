@@ -14,20 +14,6 @@ from toybb.texts import read_source
 DEFAULT_TEXTS = ("prose/austen/emma.txt", "prose/melville_moby_dick.txt", "prose/austen/mansfieldpark.txt")
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def _nonempty(values: tuple, flag: str, low: float = 1, high: float | None = None) -> tuple:
     """A comma-separated flag's values: at least one, each in [low, high]."""
     if not values:

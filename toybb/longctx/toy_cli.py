@@ -30,7 +30,7 @@ def register(sub, common) -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate")
     p.add_argument("--sliding-window", type=int, default=0, metavar="W",
                    help="sliding window of the window model (0 = C/2)")
-    p.add_argument("--selfextend", metavar="W[,G]", default="0",
+    p.add_argument("--selfextend", type=INTS, metavar="W[,G]", default=(0,),
                    help="SelfExtend neighbour window W (0 = C/4) and group size G (default: the smallest G that "
                    "reaches the longest evaluation length) of the RoPE and ALiBi models")
     add_list(p, "--alphas", FLOATS, (1.0, 1.2), "positional-vector replacement scales")
@@ -123,15 +123,13 @@ def _toy_check(args) -> tuple[list[int], list[str]]:
     return factors, schemes
 
 
-def _selfextend(text: str, C: int, Lmax: int) -> tuple[int, int]:
+def _selfextend(v: tuple[int, ...], C: int, Lmax: int) -> tuple[int, int]:
     """--selfextend W[,G] -> (w, G): w = C/4 for 0, G = the smallest with (C - w) * G + w >= Lmax if not given."""
     from toybb.errors import ConfigError
-    from toybb.longctx.common import _ints
 
-    v = _ints(text)
     if len(v) not in (1, 2) or not 0 <= v[0] < C or len(v) == 2 and v[1] < 1:
         raise ConfigError(f"--selfextend takes W[,G] with W in [0, --seq-len = {C}) (0 = --seq-len / 4) and "
-                          f"G >= 1, got {text!r}")
+                          f"G >= 1, got {','.join(map(str, v))!r}")
     w = v[0] or C // 4
     return w, v[1] if len(v) == 2 else max(1, math.ceil((Lmax - w) / (C - w)))
 
