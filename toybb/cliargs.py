@@ -144,8 +144,9 @@ STRS = comma_list(str, "names")
 
 def add_list(p, flag: str, item: Callable, default: tuple | None, help: str, **kw) -> None:
     """A list flag: comma-separated, repeatable (the values accumulate)."""
-    p.add_argument(flag, action=ListAction, type=item, default=default, help=help + " (comma-separated or repeated)",
-                   **kw)
+    i = help.find(" (default") if " (default" in help else len(help)
+    p.add_argument(flag, action=ListAction, type=item, default=default,
+                   help=help[:i] + ", comma-separated or repeated" + help[i:], **kw)
 
 
 def add_model(p, help: str = MODEL_HELP, metavar: str = "MODEL", tokenizer: bool = True) -> None:

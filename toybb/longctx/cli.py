@@ -52,7 +52,7 @@ def _common(p, model: bool = True) -> None:
 
 def _methods_flags(p) -> None:
     """--methods and --selfextend, shared by ppl-length and passkey."""
-    add_list(p, "--methods", STRS, ("plain", "selfextend"), f"methods, of: {', '.join(METHODS)}")
+    add_list(p, "--methods", STRS, ("plain", "selfextend"), f"methods ({', '.join(METHODS)})")
     p.add_argument("--selfextend", type=INTS, default=(1024, 3), metavar="W,G", help="SelfExtend neighbour window W and group "
                    "size G of method selfextend")
 
