@@ -89,3 +89,22 @@ def test_missing_optional_package_names_the_extra(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert ".[llm]" in r.stderr
+
+
+def test_summary_gives_medians_per_learning_rate(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--steps", "2", "--d-model", "16", "--batch", "4", "--eval-batch", "4", "--seq-len", "16",
+            "--eval-every", "1", "--seeds", "2", "--lr", "1e-3", "--lr", "2e-3", "--no-progress", "--no-plot",
+            "--out", str(out)]
+    assert main(argv) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step 2 ")]
+    assert [x.split(",")[0] for x in lines] == ["step 2 (lr 0.001", "step 2 (lr 0.002"], lines
+    s = json.loads((out / "summary.json").read_text())
+    assert "final_median" not in s and set(s["final_median_by_lr"]) == {"0.001", "0.002"}
+    per_run = s["final_per_run"]["loss"]  # runs in the order of s["runs"]
+    for lr in ("0.001", "0.002"):
+        runs = [i for i, r in enumerate(s["runs"]) if f"{r['lr']:g}" == lr]
+        assert len(runs) == 2
+        want = sorted(per_run[i] for i in runs)
+        assert s["final_median_by_lr"][lr]["loss"] == pytest.approx((want[0] + want[1]) / 2)
+        assert set(s["interventions_median_by_lr"][lr]) == set(s["interventions_median_by_lr"]["0.001"])

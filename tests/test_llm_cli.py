@@ -26,7 +26,7 @@ def test_register_adds_subcommands():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     llm_cli.register(sub)
-    for argv in (["inspect", "m"], ["ppl", "m", "t.txt"], ["models"]):
+    for argv in (["inspect", "m"], ["ppl", "m", "--text", "t.txt"], ["models"]):
         assert callable(parser.parse_args(argv).func)
 
 
@@ -55,7 +55,7 @@ def test_inspect(tiny_dir, capsys):
 def test_ppl(tiny_dir, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text(" ".join(f"w{i % 53}" for i in range(40)))
-    assert _run(["ppl", str(tiny_dir), str(text), "--no-progress"]) == 0
+    assert _run(["ppl", str(tiny_dir), "--text", str(text), "--no-progress"]) == 0
     assert "perplexity" in capsys.readouterr().out
 
 
@@ -63,7 +63,7 @@ def test_ppl_missing_text_is_one_line_error(tiny_dir, capsys):
     from toybb.errors import ToybbError
 
     try:
-        code = _run(["ppl", str(tiny_dir), "/nonexistent/text.txt"])
+        code = _run(["ppl", str(tiny_dir), "--text", "/nonexistent/text.txt"])
     except ToybbError:
         code = 2
     assert code == 2

@@ -76,9 +76,10 @@ def test_toy_config_errors():
 
 @pytest.mark.parametrize("argv", [
     ["toy", "--out", "{tmp}", "--schemes", "bogus"],
-    ["ppl-length", "--out", "{tmp}", "--selfextend", "1024,0"],
-    ["ppl-length", "--out", "{tmp}", "--length", "1000", "--lengths", "2000"],
-    ["posvec", "--out", "{tmp}", "--samples", "0"],
+    ["ppl-length", "m", "--out", "{tmp}", "--selfextend", "1024,0"],
+    ["ppl-length", "m", "--out", "{tmp}", "--tokens", "1000", "--seq-len", "2000"],
+    ["posvec", "m", "--out", "{tmp}", "--samples", "0"],
+    ["posvec", "m", "--out", "{tmp}", "--seq", "64"],
 ])
 def test_cli_errors_one_line_exit_2(tmp_path, argv):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -89,7 +90,7 @@ def test_cli_errors_one_line_exit_2(tmp_path, argv):
 
 def test_toy_cli_end_to_end_with_beyond_similarity(tmp_path):
     # tiny models, a few steps: the command runs through and its tables hold sane numbers
-    argv = ["toy", "--out", str(tmp_path), "--context", "16", "--factors", "1,2", "--schemes", "none,window",
+    argv = ["toy", "--out", str(tmp_path), "--seq-len", "16", "--factors", "1,2", "--schemes", "none,window",
             "--d-model", "16", "--layers", "1", "--heads", "2", "--steps", "3", "--batch", "4",
             "--eval-windows", "4", "--alphas", "1.0", "--temperatures", "1.0"]
     r = subprocess.run([sys.executable, "-m", "toybb.cli", "longctx", *argv], capture_output=True, text=True)

@@ -16,6 +16,14 @@ TINY = ["--d-model", "16", "--seq-len", "8", "--batch", "4", "--eval-batch", "4"
         "--eval-every", "1", "--ckpt-every", "1", "--seeds", "1", "--optimizer", "sgd", "--no-progress", "--no-plot"]
 
 
+def _tiny(**flags) -> list[str]:
+    """TINY with some flags' values replaced (a flag given twice is an error): _tiny(d_model=32)."""
+    out = list(TINY)
+    for k, v in flags.items():
+        out[out.index("--" + k.replace("_", "-")) + 1] = str(v)
+    return out
+
+
 @pytest.fixture(scope="module", autouse=True)
 def compile_once(xla_cache):
     """The runs of this module (and of tests/test_kill.py, same shapes) share compiled programs."""
@@ -138,7 +146,7 @@ def test_train_model_too_large_fails_before_compiling(tmp_path, capsys, monkeypa
     import toybb.train.loop as loop
 
     monkeypatch.setattr(loop, "Trainer", lambda *a, **k: pytest.fail("compiled a model that cannot fit"))
-    one_line_error(["train", *TINY, "--d-model", "262144", "--out", str(tmp_path / "big")], capsys,
+    one_line_error(["train", *_tiny(d_model=262144), "--out", str(tmp_path / "big")], capsys,
                    "needs about", "GiB", "smaller model")
     assert not (tmp_path / "big" / "config.json").exists()
 
@@ -148,7 +156,7 @@ def test_train_into_another_runs_folder_fails_before_compiling(run_dir, tmp_path
 
     d = _copy(run_dir, tmp_path)
     monkeypatch.setattr(loop, "Trainer", lambda *a, **k: pytest.fail("compiled before checking the run folder"))
-    one_line_error(["train", *TINY, "--lr", "0.5", "--d-model", "32", "--out", str(d)], capsys,
+    one_line_error(["train", *_tiny(d_model=32), "--lr", "0.5", "--out", str(d)], capsys,
                    "another config", "model.d_model")
 
 
@@ -189,25 +197,31 @@ def no_model(monkeypatch):
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["toy", "--context", "0"], ["--context"]),
-    (["toy", "--context", "8", "--selfextend-window", "8"], ["--selfextend-window"]),
+    (["toy", "--seq-len", "0"], ["--seq-len"]),
+    (["toy", "--seq-len", "8", "--selfextend", "8"], ["--selfextend"]),
+    (["toy", "--seq-len", "8", "--selfextend", "2,0"], ["--selfextend"]),
     (["toy", "--factors", ","], ["--factors"]),
     (["toy", "--eval-windows", "0"], ["--eval-windows"]),
-    (["ppl-length", "--lengths", ","], ["--lengths"]),
-    (["passkey", "--lengths", ","], ["--lengths"]),
-    (["passkey", "--depths", "2"], ["--depths"]),
-    (["stream", "--tokens", "0"], ["--tokens"]),
-    (["ppl-length", "--methods", "magic"], ["--methods"]),
+    (["ppl-length", "m", "--seq-len", ","], ["--seq-len"]),
+    (["passkey", "m", "--seq-len", ","], ["--seq-len"]),
+    (["passkey", "m", "--depths", "2"], ["--depths"]),
+    (["stream", "m", "--tokens", "0"], ["--tokens"]),
+    (["ppl-length", "m", "--methods", "magic"], ["--methods"]),
+    (["ppl-length", "m", "--texts", "a.txt"], ["--texts was renamed --text"]),
+    (["toy", "--context", "8"], ["--context was renamed --seq-len"]),
     (["toy", "--out="], ["--out", "empty"]),  # found by tests/test_fuzz_cli.py
 ])
 def test_longctx_bad_flags(args, needles, tmp_path, capsys, no_model):
-    one_line_error(["longctx", args[0], f"--out={tmp_path / 'o'}", *args[1:]], capsys, *needles)
+    out = [] if any(a.startswith("--out") for a in args) else [f"--out={tmp_path / 'o'}"]
+    one_line_error(["longctx", args[0], *out, *args[1:]], capsys, *needles)
 
 
-def test_ppl_negative_max_tokens(tmp_path, capsys, no_model):
+def test_ppl_negative_tokens(tmp_path, capsys, no_model):
     t = tmp_path / "t.txt"
     t.write_text("some text " * 20)
-    one_line_error(["ppl", "smollm2-135m-instruct", str(t), "--max-tokens", "-5"], capsys, "--max-tokens")
+    one_line_error(["ppl", "smollm2-135m-instruct", "--text", str(t), "--tokens", "-5"], capsys, "--tokens")
+    one_line_error(["ppl", "smollm2-135m-instruct", "--text", str(t), "--max-tokens", "5"], capsys,
+                   "--max-tokens was renamed --tokens")
 
 
 @pytest.fixture

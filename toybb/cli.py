@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from toybb.cliargs import FLOATS, INTS, Parser, add_list
 from toybb.config import PRECISIONS
 from toybb.errors import ConfigError, ToybbError, TrainingDiverged
 
@@ -24,26 +25,10 @@ SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli", "toybb.probes.cli", "
                       "toybb.series", "toybb.figures", "toybb.reference.compare")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse prints the whole usage otherwise)
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        sys.exit(2)
-
-
-def _int_list(text: str) -> tuple[int, ...]:
+def _layer_list(text: str) -> tuple[int, ...]:
     if text.strip().lower() == "none":
         return ()
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+    return INTS(text)
 
 
 def _add_train(sub) -> None:
@@ -54,44 +39,53 @@ def _add_train(sub) -> None:
         "active_dormant.csv, interventions.csv, summary.json and dynamics.png to --out. Settings come from "
         "--preset (default: cpu), then --config FILE, then the flags. A folder with a checkpoint is resumed.",
     )
-    p.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores, the default) or paper (SPEC §2)")
+    p.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores) or paper (SPEC §2)")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON with sections model, task, optim, train")
-    p.add_argument("--out", metavar="DIR", default="runs/default", help="run folder (default: runs/default)")
+    p.add_argument("--out", metavar="DIR", default="runs/default", help="run folder")
     g = p.add_argument_group("model")
     g.add_argument("--arch", help="transformer (default) or simple (the reduced SimpleModel of SPEC §4)")
-    g.add_argument("--layers", type=int, dest="n_layers")
-    g.add_argument("--heads", type=int, dest="n_heads")
-    g.add_argument("--kv-heads", type=int, dest="n_kv_heads")
-    g.add_argument("--d-model", type=int, dest="d_model")
-    g.add_argument("--d-mlp", type=int, dest="d_mlp")
-    g.add_argument("--max-len", type=int, dest="max_len", help="size of the position table")
+    g.add_argument("--layers", type=int, dest="n_layers", help="number of layers (default: the preset's)")
+    g.add_argument("--heads", type=int, dest="n_heads", help="attention heads per layer (default: the preset's)")
+    g.add_argument("--kv-heads", type=int, dest="n_kv_heads",
+                   help="key/value heads per layer, a divisor of --heads (default: the preset's)")
+    g.add_argument("--d-model", type=int, dest="d_model", help="residual width (default: the preset's)")
+    g.add_argument("--d-mlp", type=int, dest="d_mlp", help="MLP hidden width (default: the preset's)")
+    g.add_argument("--max-len", type=int, dest="max_len",
+                   help="size of the position table (default: the preset's, grown to --seq-len)")
     g.add_argument("--attention", help="softmax or relu (with --preset paper and no --lr, a 1-layer ReLU model "
                    "trains at the paper's 3e-3; its 3-layer ReLU run used the default 3e-4)")
-    g.add_argument("--position", help="learned or none")
-    g.add_argument("--no-attention", type=_int_list, dest="no_attention", metavar="LAYERS", help="e.g. 0 or 0,2")
-    g.add_argument("--no-mlp", type=_int_list, dest="no_mlp", metavar="LAYERS")
-    g.add_argument("--linear-mlp", type=_int_list, dest="linear_mlp", metavar="LAYERS")
+    g.add_argument("--position", help="learned or none (default: the preset's)")
+    add_list(g, "--no-attention", _layer_list, None, "layers without attention, e.g. 0 or 0,2; none for no layer",
+             dest="no_attention", metavar="LAYERS")
+    add_list(g, "--no-mlp", _layer_list, None, "layers without MLP", dest="no_mlp", metavar="LAYERS")
+    add_list(g, "--linear-mlp", _layer_list, None, "layers whose MLP has no nonlinearity", dest="linear_mlp",
+             metavar="LAYERS")
     g.add_argument("--attn-bias", action="store_true", default=None,
                    help="explicit attention bias: learned k', v' per head seen by every query")
     g.add_argument("--sink-token", action="store_true", default=None,
                    help="prepend a learned sink vector to every sequence (captures gain a position 0)")
     g = p.add_argument_group("task")
-    g.add_argument("--seq-len", type=int, dest="seq_len")
-    g.add_argument("--triggers", type=int, dest="n_triggers", metavar="K")
+    g.add_argument("--seq-len", type=int, dest="seq_len", metavar="N",
+                   help="tokens per training sequence (default: the preset's)")
+    g.add_argument("--triggers", type=int, dest="n_triggers", metavar="K",
+                   help="number of trigger tokens (default: the preset's)")
     g.add_argument("--no-bos", action="store_true", help="sequences without a BOS token")
-    g.add_argument("--table", help="bigram table: tinyshakespeare or a .npz from toybb.task.build_bigram")
+    g.add_argument("--table", help="bigram table: tinyshakespeare or a .npz from toybb.task.build_bigram "
+                   "(default: the preset's)")
     g = p.add_argument_group("optimiser")
-    g.add_argument("--optimizer", dest="optim_name", help="adam or sgd")
-    g.add_argument("--lr", type=_float_list, help="learning rate; several (comma-separated) are vmapped")
-    g.add_argument("--weight-decay", type=float, dest="weight_decay")
+    g.add_argument("--optimizer", dest="optim_name", help="adam or sgd (default: the preset's)")
+    add_list(g, "--lr", FLOATS, None, "learning rate; several are vmapped (default: the preset's)")
+    g.add_argument("--weight-decay", type=float, dest="weight_decay", help="weight decay (default: the preset's)")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int)
-    g.add_argument("--batch", type=int)
-    g.add_argument("--seeds", type=int, metavar="N", help="train seeds 0..N-1 in one vmapped program")
-    g.add_argument("--eval-batch", type=int, dest="eval_batch")
+    g.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    g.add_argument("--batch", type=int, help="sequences per step (default: the preset's)")
+    g.add_argument("--seeds", type=int, metavar="N", help="train seeds 0..N-1 in one vmapped program "
+                   "(default: the preset's)")
+    g.add_argument("--eval-batch", type=int, dest="eval_batch",
+                   help="sequences of the fixed evaluation batch (default: the preset's)")
     g.add_argument("--eval-every", type=int, dest="eval_every", help="one evaluation grid step (default: "
                    "every 20 steps to 10k, then every 200)")
-    g.add_argument("--ckpt-every", type=int, dest="ckpt_every")
+    g.add_argument("--ckpt-every", type=int, dest="ckpt_every", help="steps between checkpoints (default: the preset's)")
     g.add_argument("--run-chunk", type=int, dest="run_chunk", metavar="K",
                    help="vmap K runs at a time inside the compiled step (default: automatic; speed only)")
     g.add_argument("--microbatch", type=int, metavar="M",
@@ -100,8 +94,8 @@ def _add_train(sub) -> None:
     g.add_argument("--precision", choices=tuple(PRECISIONS),
                    help="float32 matmul precision (default: highest = full float32 on every backend, as the "
                         "paper; tf32 / bf16 are faster on GPUs and TPUs). Recorded in config.json")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true", help="no dynamics.png")
     p.set_defaults(func=cmd_train)
 
 
@@ -178,10 +172,10 @@ def cmd_train(args) -> int:
         print(f"toybb train: error: {e}", file=sys.stderr)
         return 3
     summary = json.loads((out / "summary.json").read_text())
-    fm = summary["final_median"]
-    keys = [k for k in ("loss", "backcopy_risk", "bigram_risk", "sink_attention_l0", "value_drain_l0",
-                        "value_others_l0", "residual_peak_l0") if k in fm]
-    print(f"step {summary['step']} (median over runs): " + ", ".join(f"{k}={fm[k]:.4g}" for k in keys))
+    for label, fm in _final_medians(summary):
+        keys = [k for k in ("loss", "backcopy_risk", "bigram_risk", "sink_attention_l0", "value_drain_l0",
+                            "value_others_l0", "residual_peak_l0") if k in fm]
+        print(f"step {summary['step']} ({label}): " + ", ".join(f"{k}={fm[k]:.4g}" for k in keys))
     probe = summary.get("active_dormant_probe", {})
     if probe.get("kind") == "truncated":
         print(f"note: the active/dormant probe is cut to the trained length ({probe['length']} tokens), so it is not "
@@ -190,6 +184,13 @@ def cmd_train(args) -> int:
         print(f"active tokens {key}: {''.join(toks)!r}")
     print(f"wrote {out} in {result.wall_seconds:.1f} s")
     return 0
+
+
+def _final_medians(summary: dict) -> list[tuple[str, dict]]:
+    """(label, final medians) once, or per learning rate when several were trained."""
+    if "final_median" in summary:
+        return [("median over runs", summary["final_median"])]
+    return [(f"lr {lr}, median over seeds", fm) for lr, fm in summary["final_median_by_lr"].items()]
 
 
 def cmd_plot(args) -> int:
@@ -216,12 +217,12 @@ def _add_plot(sub) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="toybb", description="Extreme-token phenomena sandbox (attention sinks, value drains, "
+    parser = Parser(prog="toybb", description="Extreme-token phenomena sandbox (attention sinks, value drains, "
                      "residual peaks) on toy models and pretrained LLMs.")
     from toybb._version import __version__
 
     parser.add_argument("--version", action="version", version=f"toybb {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     _add_train(sub)
     _add_plot(sub)
     for mod in SUBCOMMAND_MODULES:
@@ -283,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"toybb: error: {e}", file=sys.stderr)
         return 2
     parser = make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # bad flags (one line already printed), --help, --version: the exit code
+        return e.code if isinstance(e.code, int) else 0
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

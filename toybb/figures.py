@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from toybb import style
+from toybb.cliargs import STRS, add_list
 from toybb.config import RunConfig, cpu_preset, paper_learning_rate, paper_preset
 from toybb.errors import ConfigError
 
@@ -526,9 +527,9 @@ def circuit_settings(scale: str) -> dict:
 
 def _circuit_text_source() -> str:
     """Austen prose beside a checkout ($TOYBB_DATA), else Python's documentation topics (built-in prose)."""
-    from toybb.longctx.common import DATA
+    from toybb.texts import data_dir
 
-    austen = Path(DATA) / "prose" / "austen"
+    austen = Path(data_dir()) / "prose" / "austen"
     return str(austen) if austen.is_dir() else "pydoc"
 
 
@@ -653,10 +654,8 @@ def cli_figures(ctx: FigureContext, run_name: str, argv: list[str], files: dict[
 @register_figure("probe_smollm2", "SmolLM2-135M on Austen prose vs standard-library code: per-head sink scores, "
                  "residual/value norms by position, massive activations per layer, interventions, attention maps.")
 def fig_probe_smollm2(ctx: FigureContext) -> list[Path]:
-    from toybb.longctx.common import DATA
-
     n, heads = (16, 4) if ctx.scale == "cpu" else (64, 12)
-    argv = ["probe", "smollm2-135m-instruct", "--domain", f"prose={Path(DATA) / 'prose' / 'austen'}",
+    argv = ["probe", "smollm2-135m-instruct", "--domain", "prose=prose/austen",
             "--domain", "code=stdlib", "--samples", str(n), "--seq-len", "256", "--intervene-heads", str(heads)]
     names = ("sink_heatmap", "norms_by_position", "massive_profile", "interventions", "attention_maps")
     return cli_figures(ctx, "probe_smollm2", argv, {f"{k}.png": f"probe_smollm2_{k}.png" for k in names})
@@ -696,11 +695,11 @@ def register(subparsers) -> None:
                               description="Draw every registered figure (or --only some) into --out, training "
                               "the runs they need into --runs (reused when finished).")
     p.add_argument("--out", metavar="DIR", default="figures", help="where the PNGs go (default: figures)")
-    p.add_argument("--scale", default="cpu", help="cpu (minutes on 2 cores, default) or paper (SPEC §2, for a GPU)")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="only these figures (see --list)")
+    p.add_argument("--scale", default="cpu", help="cpu (minutes on 2 cores) or paper (SPEC §2, for a GPU)")
+    add_list(p, "--only", STRS, None, "only these figures (see --list)", metavar="NAME")
     p.add_argument("--runs", metavar="DIR", help="run cache (default: runs/figures)")
     p.add_argument("--list", action="store_true", help="list the registered figures and exit")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_figures)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from toybb import style
+from toybb.cliargs import STRS, ListAction, add_model, add_seq_len
 from toybb.errors import ConfigError, ToybbError
 
 _SELECTOR_FLAGS = ("layer", "head", "position", "key", "feature")
@@ -31,8 +32,8 @@ def register(subparsers) -> None:
         "and requested captures per intervention and domain, against the unmodified model), config.json and "
         "interventions.png to --out. Sites are listed in the README (toybb.models.sites), e.g. "
         "blocks.0.mlp.out, blocks.*.attn.z, blocks.3.resid_post.")
-    p.add_argument("model", metavar="MODEL_OR_RUN",
-                   help="a `toybb train` folder, an HF model directory, a .gguf file or a name from `toybb models`")
+    add_model(p, "a `toybb train` folder, an HF model directory, a .gguf file or a name from `toybb models`",
+              metavar="MODEL_OR_RUN")
     p.add_argument("--site", help="site pattern of one intervention, e.g. blocks.*.attn.z")
     p.add_argument("--op", choices=("zero", "scale", "set", "add", "mean", "patch"), help="its operation")
     p.add_argument("--layer", help="layers: 3, 0,2 or 0:4 (default: every layer the site pattern names)")
@@ -49,19 +50,17 @@ def register(subparsers) -> None:
                    "(repeat; selectors as above, plus value, min_abs and source)")
     p.add_argument("--each", choices=("layer", "head"),
                    help="split every intervention into one per layer (or per layer and head) it covers")
-    p.add_argument("--capture", action="append", default=[], metavar="SITE@REDUCTION",
+    p.add_argument("--capture", action=ListAction, type=STRS, default=(), metavar="SITE@REDUCTION",
                    help="record a reduced site per intervention: its mean at position 0 and max and mean over the "
-                   "other positions, e.g. blocks.*.resid_post@norm or blocks.*.attn.pattern@key0 (repeat)")
+                   "other positions, e.g. blocks.*.resid_post@norm or blocks.*.attn.pattern@key0 (comma-separated or repeated)")
     p.add_argument("--domain", action="append", default=[], metavar="NAME=SOURCE",
                    help="text for an LLM (as in `toybb probe`); for a toy run NAME=task or NAME=task:SEED "
-                   "(Bigram-Backcopy samples; default task=task:0)")
-    p.add_argument("--samples", type=int, default=16, help="samples per domain (default 16)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sample (default 128; a toy run: its own)")
-    p.add_argument("--batch", type=int, default=8, help="samples per forward pass (default 8)")
-    p.add_argument("--run", type=int, default=0, help="which run (seed) of a toy run folder (default 0)")
+                   "(Bigram-Backcopy samples; default task=task:0; repeat)")
+    p.add_argument("--samples", type=int, default=16, help="samples per domain")
+    add_seq_len(p, 128, help="tokens per sample (default 128; a toy run: its own)")
+    p.add_argument("--batch", type=int, default=8, help="samples per forward pass")
+    p.add_argument("--run", type=int, default=0, help="which run (seed) of a toy run folder")
     p.add_argument("--no-bos", action="store_true", help="LLM samples without a BOS token")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON", default=None)
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
     p.set_defaults(func=cmd_intervene)
 

@@ -64,16 +64,16 @@ def _seed_lines(ax, rows, lr: str, cols: tuple, color: str, bos: bool, many: boo
 
     steps, _, table = seed_table(rows, [k for k in cols if k is not None], lr)
     x = np.maximum(steps, 1)
-    for key, style in zip(cols, ("-", "--")):
+    for key, ls in zip(cols, ("-", "--")):
         if key is None:
             continue
         vals = table[key]
-        who = ("BOS (median of seeds)" if bos else "median of seeds") if style == "-" else "other tokens"
+        who = ("BOS (median of seeds)" if bos else "median of seeds") if ls == "-" else "other tokens"
         label = f"{who}, lr {lr}" if many else who
-        ax.plot(x, np.nanmedian(vals, axis=1), style, color=color, label=label if (style == "-" or first) else None)
+        ax.plot(x, np.nanmedian(vals, axis=1), ls, color=color, label=label if (ls == "-" or first) else None)
         if vals.shape[1] > 1:
             ax.fill_between(x, np.nanmin(vals, 1), np.nanmax(vals, 1), color=color, alpha=0.2, lw=0,
-                            label="min-max over seeds" if first and style == "-" else None)
+                            label="min-max over seeds" if first and ls == "-" else None)
 
 
 def _run_config(meta: dict, lrs: list[str], n_seeds: int) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from toybb import style
+from toybb.cliargs import INTS, add_list, add_text
 from toybb.errors import ConfigError
 
 FIXED_TEXT = ("The history of science is full of surprises. When the first telescopes were pointed at the sky, "
@@ -224,25 +225,22 @@ def register(subparsers) -> None:
                               description="Run the sink/drain/residual probes on each checkpoint (toy run folders "
                               "or checkpoint.npz, Hugging Face directories, .gguf files) and plot them against the "
                               "training step; writes DIR/series.csv and DIR/series.png.")
-    p.add_argument("ckpts", nargs="+", metavar="CKPT")
-    p.add_argument("--out", metavar="DIR", required=True)
-    p.add_argument("--steps", help="comma-separated steps, one per checkpoint (default: parsed from the paths)")
-    p.add_argument("--text", metavar="FILE", help="LLM probe text (default: a fixed English paragraph)")
+    p.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoints in training order: toy run folders or "
+                   "checkpoint.npz, Hugging Face model directories, .gguf files")
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder (series.csv, series.png)")
+    add_list(p, "--steps", INTS, None, "steps, one per checkpoint (default: parsed from the paths)", metavar="S,S,...")
+    add_text(p, None, help="LLM probe text SOURCE (a file, folder, .jsonl, stdlib, pydoc or a path under "
+             "$TOYBB_DATA; default: a fixed English paragraph)")
     p.set_defaults(func=cmd_series)
 
 
 def cmd_series(args) -> int:
-    steps = None
-    if args.steps:
-        try:
-            steps = [int(x) for x in args.steps.split(",") if x.strip()]
-        except ValueError:
-            raise ConfigError(f"--steps must be comma-separated integers, got {args.steps!r}") from None
+    steps = list(args.steps) if args.steps else None
     text = FIXED_TEXT
     if args.text:
-        from toybb.records import read_text
+        from toybb.texts import read_source
 
-        text = read_text(args.text, "--text")
+        text = read_source(args.text, "--text")
     csv_path, png = run_series(args.ckpts, args.out, steps, text)
     print(f"wrote {csv_path} and {png}")
     return 0

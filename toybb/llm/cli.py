@@ -1,4 +1,4 @@
-"""`toybb inspect MODEL`, `toybb ppl MODEL TEXTFILE`, `toybb models`.
+"""`toybb inspect MODEL`, `toybb ppl MODEL --text SOURCE`, `toybb models`.
 
 MODEL is a Hugging Face model directory, a .gguf file, or the name of an offline checkpoint listed by
 `toybb models`. Imports of JAX and the loaders happen inside the commands so `toybb --help` stays fast.
@@ -8,27 +8,22 @@ from __future__ import annotations
 
 import os
 
+from toybb.cliargs import add_model, add_renamed, add_seq_len, add_text
 from toybb.errors import ToybbError
-
-
-def _add_model_args(p) -> None:
-    p.add_argument("model", metavar="MODEL", help="HF model directory, .gguf file, or a name from `toybb models`")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="parameter and activation dtype (default float32)")
-    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON", default=None,
-                   help="tokenizer.json to use instead of the checkpoint's own")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="architecture, sizes, parameter count and dtype of a checkpoint")
-    _add_model_args(p)
+    add_model(p, tokenizer=False)
     p.set_defaults(func=cmd_inspect)
 
-    p = subparsers.add_parser("ppl", help="perplexity of a checkpoint on a text file")
-    _add_model_args(p)
-    p.add_argument("textfile", metavar="TEXTFILE")
-    p.add_argument("--max-tokens", type=int, default=1024, help="score the first N tokens (default 1024; 0 = all)")
-    p.add_argument("--window", type=int, default=1024, help="tokens per forward pass (default 1024)")
+    p = subparsers.add_parser("ppl", help="perplexity of a checkpoint on a text")
+    add_model(p)
+    add_text(p, None, required=True)
+    p.add_argument("--tokens", type=int, default=1024, metavar="N", help="score the first N tokens of the text "
+                   "(0 = all)")
+    add_seq_len(p, 1024)
+    add_renamed(p, "ppl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ppl)
 
@@ -76,26 +71,24 @@ def cmd_ppl(args) -> int:
     from toybb.llm.load import load
     from toybb.llm.ppl import perplexity
 
-    if not os.path.isfile(args.textfile):
-        raise ToybbError(f"{args.textfile}: no such text file")
-    try:
-        text = open(args.textfile, encoding="utf-8").read()
-    except UnicodeDecodeError:
-        raise ToybbError(f"{args.textfile}: not UTF-8 text") from None
-    if args.window < 2:
-        raise ToybbError(f"--window must be at least 2, got {args.window}")
-    if args.max_tokens < 0:
-        raise ToybbError(f"--max-tokens must be >= 0 (0 = all tokens), got {args.max_tokens}")
+    from toybb.texts import read_source
+
+    if args.seq_len < 2:
+        raise ToybbError(f"--seq-len must be at least 2, got {args.seq_len}")
+    if args.tokens < 0:
+        raise ToybbError(f"--tokens must be >= 0 (0 = all tokens), got {args.tokens}")
+    # ~10 characters per token at most: a built-in corpus is read only as far as --tokens needs
+    text = read_source(args.text, "--text", max_chars=args.tokens * 16 or None)
     pre = load(args.model, dtype=args.dtype, tokenizer=args.tokenizer)
-    r = perplexity(pre, text, max_tokens=args.max_tokens or None, window=args.window,
+    r = perplexity(pre, text, max_tokens=args.tokens or None, window=args.seq_len,
                    progress=not args.no_progress)
     print(f"perplexity {r.ppl:.3f}  (nll {r.nll:.4f} nats/token over {r.n_predicted} predicted tokens of "
-          f"{r.n_tokens}, window {r.window}, {pre.cfg.dtype})")
+          f"{r.n_tokens}, seq-len {r.window}, {pre.cfg.dtype})")
     return 0
 
 
 def cmd_models(args) -> int:
-    from toybb.llm.registry import find_models
+    from toybb.llm.registry import find_models, weights
 
     found = find_models()
     if not found:
@@ -104,5 +97,5 @@ def cmd_models(args) -> int:
         return 0
     w = max(len(f.name) for f in found)
     for f in found:
-        print(f"{f.name:<{w}}  {f.fmt:<4}  {f.origin}  {f.path}")
+        print(f"{f.name:<{w}}  {weights(f.fmt, f.path)}  {f.origin}  {f.path}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +60,31 @@ def find_models() -> list[Found]:
     return out
 
 
+def weights(fmt: str, path: str) -> str:
+    """What the checkpoint holds and how toybb loads it: 'GGUF, Q4_1 weights, dequantised to float32' or
+    'Hugging Face safetensors, bfloat16 weights'; 'unreadable' if the file cannot be read."""
+    import collections
+    import json
+
+    try:
+        if fmt == "gguf":
+            import gguf
+
+            kinds = collections.Counter(t.tensor_type.name for t in gguf.GGUFReader(path).tensors)
+            quant = [k for k, _ in kinds.most_common() if k not in ("F32", "F16", "BF16")]
+            return f"GGUF, {(quant or [kinds.most_common(1)[0][0]])[0]} weights, dequantised to float32"
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        return f"Hugging Face safetensors, {cfg.get('torch_dtype') or 'float32'} weights"
+    except (OSError, ValueError, IndexError, ImportError):
+        return f"{fmt}, unreadable"
+
+
 def resolve(name_or_path: str) -> str:
-    """A path as given, or the path of an offline checkpoint found by its name."""
+    """A path as given, or the path of an offline checkpoint found by its name (said on stderr)."""
     if os.path.exists(name_or_path):
         return name_or_path
     for f in find_models():
         if f.name.lower() == name_or_path.lower():
+            print(f"{name_or_path}: {f.path} ({weights(f.fmt, f.path)})", file=sys.stderr)
             return f.path
     return name_or_path

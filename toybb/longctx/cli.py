@@ -9,21 +9,22 @@ from __future__ import annotations
 import json
 import os
 
+from toybb.cliargs import FLOATS, INTS, STRS, add_list, add_model, add_renamed, add_seq_len, add_text
 from toybb.errors import ConfigError, ToybbError
 from toybb.longctx import plots as P
-from toybb.longctx.common import DEFAULT_TEXTS, _floats, _ints, _nonempty, _read, write_config, write_table
+from toybb.longctx.common import DEFAULT_TEXTS, _nonempty, _read, write_config, write_table
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 METHODS = ("plain", "selfextend", "pi", "ntk", "window")
 
 
 def _methods(args) -> list[str]:
     """--methods checked before any model is loaded, with the settings each method uses."""
-    methods = [m for m in args.methods.split(",") if m]
+    methods = list(args.methods)
     if not methods or any(m not in METHODS for m in methods):
-        raise ConfigError(f"--methods takes a comma-separated subset of {', '.join(METHODS)}; got {args.methods!r}")
+        raise ConfigError(f"--methods takes a comma-separated subset of {', '.join(METHODS)}; "
+                          f"got {','.join(args.methods)!r}")
     if "selfextend" in methods:
-        w, g = _pair(args.selfextend, "--selfextend") or (1, 1)
+        w, g = _pair(args.selfextend, "--selfextend")
         if w < 1 or g < 1:
             raise ConfigError(f"--selfextend W,G needs W >= 1 and G >= 1, got {args.selfextend!r}")
     for m in ("pi", "ntk"):
@@ -31,26 +32,29 @@ def _methods(args) -> list[str]:
             v = getattr(args, m)
             if not (v > 0 and v < float("inf")):
                 raise ConfigError(f"--{m} must be a positive factor, got {v!r}")
-    if "window" in methods and args.window < 1:
-        raise ConfigError(f"--window must be >= 1, got {args.window}")
+    if "window" in methods and args.sliding_window < 1:
+        raise ConfigError(f"--sliding-window must be >= 1, got {args.sliding_window}")
     return methods
 
 
-def _pair(text: str | None, name: str) -> tuple[int, int] | None:
-    if text is None or text.lower() == "none":
-        return None
-    v = _ints(text)
+def _pair(v: tuple[int, ...], name: str) -> tuple[int, int]:
     if len(v) != 2:
-        raise ConfigError(f"{name} takes two integers 'A,B', got {text!r}")
+        raise ConfigError(f"{name} takes two integers 'A,B', got {','.join(map(str, v))!r}")
     return v
 
 
 def _common(p, model: bool = True) -> None:
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (table, config.json, figure)")
     if model:
-        p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default {DEFAULT_MODEL})")
-        p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-        p.add_argument("--block", type=int, default=1024, help="query rows per attention block (default 1024)")
+        add_model(p)
+        p.add_argument("--block", type=int, default=1024, help="query rows per attention block")
+
+
+def _methods_flags(p) -> None:
+    """--methods and --selfextend, shared by ppl-length and passkey."""
+    add_list(p, "--methods", STRS, ("plain", "selfextend"), f"methods ({', '.join(METHODS)})")
+    p.add_argument("--selfextend", type=INTS, default=(1024, 3), metavar="W,G", help="SelfExtend neighbour window W and group "
+                   "size G of method selfextend")
 
 
 def register(subparsers) -> None:
@@ -59,49 +63,52 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("ppl-length", help="perplexity against length (one long forward per text and method)")
     _common(p)
-    p.add_argument("--texts", default=",".join(DEFAULT_TEXTS), help="text files (paths, or relative to shared/data)")
-    p.add_argument("--length", type=int, default=16384, help="tokens per text (default 16384)")
-    p.add_argument("--lengths", default="1024,2048,4096,6144,8192,10240,12288,14336,16384")
+    add_text(p, DEFAULT_TEXTS, many=True)
+    p.add_argument("--tokens", type=int, default=16384, metavar="N", help="tokens read from each text (one forward "
+                   "pass of N tokens per text and method)")
+    add_list(p, "--seq-len", INTS, (1024, 2048, 4096, 6144, 8192, 10240, 12288, 14336, 16384),
+             "evaluation lengths: the perplexity of the first L tokens, for each L", metavar="L")
     p.add_argument("--offset", type=int, default=2000, help="skip this many characters of each text")
-    p.add_argument("--methods", default="plain,selfextend",
-                   help="comma-separated: plain, selfextend, pi, ntk, window (default plain,selfextend)")
-    p.add_argument("--selfextend", default="1024,3", metavar="W,G", help="neighbour window, group size")
-    p.add_argument("--pi", type=float, default=2.0, help="position interpolation factor for 'pi'")
-    p.add_argument("--ntk", type=float, default=2.0, help="NTK base scaling factor for 'ntk'")
-    p.add_argument("--window", type=int, default=4096, help="sliding window for 'window'")
+    _methods_flags(p)
+    p.add_argument("--pi", type=float, default=2.0, help="position interpolation factor of method pi")
+    p.add_argument("--ntk", type=float, default=2.0, help="NTK base scaling factor of method ntk")
+    p.add_argument("--sliding-window", type=int, default=4096, metavar="W", help="sliding window of method window")
+    add_renamed(p, "longctx ppl-length")
     p.set_defaults(func=cmd_ppl_length)
 
     p = sub.add_parser("passkey", help="passkey retrieval accuracy per length and depth (heatmap)")
     _common(p)
-    p.add_argument("--lengths", default="2048,8192,16384")
-    p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
+    add_list(p, "--seq-len", INTS, (2048, 8192, 16384), "prompt lengths in tokens", metavar="L")
+    add_list(p, "--depths", FLOATS, (0.0, 0.25, 0.5, 0.75, 1.0), "key depths, fractions of the prompt in [0, 1]")
     p.add_argument("--trials", type=int, default=2, help="random keys per (length, depth)")
-    p.add_argument("--methods", default="plain,selfextend")
-    p.add_argument("--selfextend", default="1024,3", metavar="W,G")
-    p.add_argument("--seed", type=int, default=0)
+    _methods_flags(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random keys")
+    add_renamed(p, "longctx passkey")
     p.set_defaults(func=cmd_passkey)
 
     p = sub.add_parser("stream", help="attention-sink (StreamingLLM) cache perplexity for several sink counts")
     _common(p)
-    p.add_argument("--text", default="prose/austen/prideprejudice.txt")
-    p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--window", type=int, default=256, help="recent window W of the cache")
-    p.add_argument("--sinks", default="0,1,4", help="sink-token counts k")
+    add_text(p, "prose/austen/prideprejudice.txt")
+    p.add_argument("--tokens", type=int, default=4096, metavar="N", help="tokens of the text scored")
+    p.add_argument("--recent", type=int, default=256, metavar="W", help="recent window W of the sink cache")
+    add_list(p, "--sinks", INTS, (0, 1, 4), "sink-token counts k")
+    add_renamed(p, "longctx stream")
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("posvec", help="positional vectors of a pretrained model, their PCA and ablation")
     _common(p)
-    p.add_argument("--texts", default="prose/austen/emma.txt,prose/melville_moby_dick.txt")
+    add_text(p, ("prose/austen/emma.txt", "prose/melville_moby_dick.txt"), many=True)
     p.add_argument("--samples", type=int, default=32, help="N windows averaged (streamed)")
-    p.add_argument("--seq", type=int, default=512, help="tokens per sample")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--layers", default="0,1,2,5,15,29", help="layers to plot")
+    add_seq_len(p, 512, help="tokens per sample window")
+    p.add_argument("--batch", type=int, default=4, help="windows per forward pass (also the held-out windows)")
+    add_list(p, "--plot-layers", INTS, (0, 1, 2, 5, 15, 29), "layers drawn in posvec.png")
     p.add_argument("--tau", type=float, default=0.9, help="cosine threshold of the distinct-vector rule")
     p.add_argument("--ablate-layer", type=int, default=1, help="layer after which positional vectors are removed")
     p.add_argument("--ablate-first", type=int, default=4,
                    help="remove the positional vectors (and, separately, the values) of the first K tokens")
     p.add_argument("--value-from-layer", type=int, default=0,
                    help="value ablation: zero the first K tokens' value vectors in this layer and all later ones")
+    add_renamed(p, "longctx posvec")
     p.set_defaults(func=cmd_posvec)
 
     try:
@@ -120,7 +127,7 @@ def _load(args):
 
     if args.block < 1:
         raise ConfigError(f"--block must be a positive number of query rows, got {args.block}")
-    return load(resolve(args.model), dtype=args.dtype)
+    return load(resolve(args.model), dtype=args.dtype, tokenizer=args.tokenizer)
 
 
 def _bos(pre) -> list[int]:
@@ -148,7 +155,7 @@ def _method_model(pre, method: str, args, length: int):
     if method == "ntk":
         return with_options(pre.model, rope_scaling=rope_scaling(ntk=args.ntk), **base), f"NTK x{args.ntk:g}"
     if method == "window":
-        return with_options(pre.model, sliding_window=args.window, **base), f"window {args.window}"
+        return with_options(pre.model, sliding_window=args.sliding_window, **base), f"window {args.sliding_window}"
     raise ConfigError(f"unknown method {method!r}; choose from plain, selfextend, pi, ntk, window")
 
 
@@ -160,23 +167,24 @@ def cmd_ppl_length(args) -> int:
     from toybb.longctx.llm import ppl_by_length, token_nll
     from toybb.probes.metrics import perplexity
 
-    if args.length < 2:
-        raise ConfigError(f"--length must be >= 2 tokens, got {args.length}")
+    if args.tokens < 2:
+        raise ConfigError(f"--tokens must be >= 2 tokens, got {args.tokens}")
     if args.offset < 0:
         raise ConfigError(f"--offset must be >= 0 characters, got {args.offset}")
-    lengths = _nonempty(_ints(args.lengths), "--lengths", 2)
-    if max(lengths) > args.length:
-        raise ConfigError(f"--lengths goes up to {max(lengths)} but --length is {args.length}")
+    lengths = _nonempty(args.seq_len, "--seq-len", 2)
+    if max(lengths) > args.tokens:
+        raise ConfigError(f"--seq-len goes up to {max(lengths)} but --tokens is {args.tokens}")
     methods = _methods(args)
     pre = _load(args)
-    models = {m: _method_model(pre, m, args, args.length) for m in methods}  # validate all before running
+    models = {m: _method_model(pre, m, args, args.tokens) for m in methods}  # validate all before running
     write_config(args.out, args, {"context": pre.cfg.max_positions})
     bos = _bos(pre)
     rows, curves = [], {}
-    for t in args.texts.split(","):
-        ids = pre.tokenizer.encode(_read(t)[args.offset:], add_bos=False)[: args.length - len(bos)]
-        if len(ids) + len(bos) < args.length:
-            raise ToybbError(f"{t}: only {len(ids)} tokens after --offset, need {args.length}")
+    for t in args.text:
+        ids = pre.tokenizer.encode(_read(t, args.offset + 16 * args.tokens)[args.offset:],
+                                   add_bos=False)[: args.tokens - len(bos)]
+        if len(ids) + len(bos) < args.tokens:
+            raise ToybbError(f"{t}: only {len(ids)} tokens after --offset, need {args.tokens}")
         for m, (model, label) in models.items():
             t0 = time.time()
             nll = token_nll(model, np.asarray([bos + ids]))
@@ -208,8 +216,8 @@ def cmd_passkey(args) -> int:
 
     from toybb.longctx.llm import passkey_correct, passkey_ids
 
-    lengths = _nonempty(_ints(args.lengths), "--lengths", 1)
-    depths = _nonempty(_floats(args.depths), "--depths", 0, 1)
+    lengths = _nonempty(args.seq_len, "--seq-len", 1)
+    depths = _nonempty(args.depths, "--depths", 0, 1)
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
     methods = _methods(args)
@@ -239,35 +247,35 @@ def cmd_stream(args) -> int:
     from toybb.longctx.options import with_options
     from toybb.probes.metrics import perplexity
 
-    sinks = _ints(args.sinks)
-    if args.window < 1 or any(k < 0 for k in sinks):
-        raise ConfigError(f"--window must be >= 1 and --sinks >= 0, got {args.window}, {sinks}")
-    if args.tokens < args.window + 6:  # the perplexity after the window needs tokens beyond it
-        raise ConfigError(f"--tokens must exceed --window + 5 = {args.window + 5} (perplexity after the window), "
+    sinks = args.sinks
+    if args.recent < 1 or any(k < 0 for k in sinks):
+        raise ConfigError(f"--recent must be >= 1 and --sinks >= 0, got {args.recent}, {sinks}")
+    if args.tokens < args.recent + 6:  # the perplexity after the window needs tokens beyond it
+        raise ConfigError(f"--tokens must exceed --recent + 5 = {args.recent + 5} (perplexity after the window), "
                           f"got {args.tokens}")
     pre = _load(args)
     if args.tokens > pre.cfg.max_positions:
         raise ConfigError(f"--tokens {args.tokens} exceeds the context {pre.cfg.max_positions} (full-attention baseline)")
     write_config(args.out, args)
     bos = _bos(pre)
-    ids = bos + pre.tokenizer.encode(_read(args.text), add_bos=False)[: args.tokens - len(bos)]
+    ids = bos + pre.tokenizer.encode(_read(args.text, 16 * args.tokens), add_bos=False)[: args.tokens - len(bos)]
     toks = np.asarray([ids])
     runs = {"full attention": with_options(pre.model, attn_block=args.block)}
     for k in sinks:
-        runs[f"sinks k={k}, window {args.window}"] = with_options(pre.model, attn_block=args.block,
-                                                                  sink_cache=(k, args.window))
+        runs[f"sinks k={k}, window {args.recent}"] = with_options(pre.model, attn_block=args.block,
+                                                                  sink_cache=(k, args.recent))
     rows, curves = [], {}
     for label, model in runs.items():
         nll = token_nll(model, toks)[0]
         curves[label] = nll
         k = None if label == "full attention" else int(label.split("k=")[1].split(",")[0])
-        rows.append({"method": label, "sinks": k, "window": None if k is None else args.window,
+        rows.append({"method": label, "sinks": k, "window": None if k is None else args.recent,
                      "tokens": len(ids), "ppl": perplexity(nll),
-                     "ppl_after_window": perplexity(nll[args.window + 4 :])})
+                     "ppl_after_window": perplexity(nll[args.recent + 4 :])})
         print(f"{label}: ppl {rows[-1]['ppl']:.3f} (after the window {rows[-1]['ppl_after_window']:.3f})", flush=True)
     write_table(args.out, "stream", rows)
     P.stream(curves, os.path.join(args.out, "stream.png"), args.model,
-             config={"text": os.path.basename(args.text), "tokens": len(ids), "window": args.window})
+             config={"text": os.path.basename(args.text), "tokens": len(ids), "recent window": args.recent})
     return 0
 
 
@@ -304,26 +312,26 @@ def _posvec_check(args) -> tuple[int, ...]:
         raise ConfigError(f"--batch must be >= 1, got {args.batch}")
     if not 0 <= args.tau <= 1:
         raise ConfigError(f"--tau is a cosine threshold in [0, 1], got {args.tau!r}")
-    if not 1 <= args.ablate_first <= args.seq // 2:
-        raise ConfigError(f"--ablate-first must be in [1, --seq / 2], got {args.ablate_first}")
-    return _nonempty(_ints(args.layers), "--layers", 0)
+    if not 1 <= args.ablate_first <= args.seq_len // 2:
+        raise ConfigError(f"--ablate-first must be in [1, --seq-len / 2], got {args.ablate_first}")
+    return _nonempty(args.plot_layers, "--plot-layers", 0)
 
 
 def _posvec_windows(pre, args):
-    """(the --samples windows of --seq tokens for the positional vectors, a held-out [batch, seq] array
+    """(the --samples windows of --seq-len tokens for the positional vectors, a held-out [batch, seq] array
     for the ablations), drawn in a fixed random order from the texts (each starting with the BOS)."""
     import numpy as np
 
     bos = _bos(pre)
-    n_tok = args.seq - len(bos)
+    n_tok = args.seq_len - len(bos)
     windows = []
-    for t in args.texts.split(","):
+    for t in args.text:
         ids = pre.tokenizer.encode(_read(t)[2000:], add_bos=False)
         windows += [bos + ids[i : i + n_tok] for i in range(0, len(ids) - n_tok, n_tok)]
     rng = np.random.default_rng(0)
     order = rng.permutation(len(windows))
     if len(windows) < args.samples + args.batch:
-        raise ToybbError(f"texts give {len(windows)} windows of {args.seq} tokens, need {args.samples + args.batch}")
+        raise ToybbError(f"texts give {len(windows)} windows of {args.seq_len} tokens, need {args.samples + args.batch}")
     sel = [windows[i] for i in order[: args.samples]]
     held = np.asarray([windows[i] for i in order[args.samples : args.samples + args.batch]])
     return sel, held
@@ -363,11 +371,11 @@ def _posvec_ablations(pre, held, m, args) -> list[dict]:
     for what, name, sl in cases:
         delta = vscale = None
         if what == "posvec":
-            d = np.zeros((args.seq, pre.cfg.d_model), np.float32)
+            d = np.zeros((args.seq_len, pre.cfg.d_model), np.float32)
             d[sl] = -m[la, sl]
             delta = {la: d}
         elif what == "value":
-            vscale = value_ablation(pre.cfg.n_layers, args.seq, sl, lv)
+            vscale = value_ablation(pre.cfg.n_layers, args.seq_len, sl, lv)
         nll = token_nll(pre.model, held, delta, vscale)
         sink = sink_attention(pre.model, held, delta, value_scale=vscale)
         where = {"none": "", "posvec": f"after layer {la}", "value": f"layers >= {lv}"}[what]
@@ -388,6 +396,6 @@ def _posvec_figures(args, pre, layers, rows, m, n: int, abl: list[dict], n_held:
     cos = {l: cosine_matrix(m[l][:128]) for l in layers}
     pcs = {l: pca(m[l], 2) for l in layers}
     P.posvec(rows, cos, pcs, os.path.join(args.out, "posvec.png"), args.model,
-             {"samples": n, "tokens": args.seq})
+             {"samples": n, "tokens": args.seq_len})
     P.ablation(abl, os.path.join(args.out, "ablation.png"), args.model,
-               {"first tokens ablated": args.ablate_first, "held-out windows": n_held, "window": args.seq})
+               {"first tokens ablated": args.ablate_first, "held-out windows": n_held, "window": args.seq_len})

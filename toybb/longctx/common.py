@@ -1,5 +1,5 @@
-"""What the long-context commands share (`toybb longctx ...` and `toybb longctx toy`): the text folder,
-comma-separated flag values, text reading, and the run folder's config.json and tables."""
+"""What the long-context commands share (`toybb longctx ...` and `toybb longctx toy`): the default texts,
+checks of list flag values, text reading, and the run folder's config.json and tables."""
 
 from __future__ import annotations
 
@@ -7,26 +7,11 @@ import json
 import os
 import sys
 
-from toybb.errors import ConfigError, ToybbError
+from toybb.errors import ConfigError
 from toybb.records import atomic_open, write_csv_rows
+from toybb.texts import read_source
 
-# the development corpora beside a checkout (../shared/data); $TOYBB_DATA points elsewhere
-DATA = os.environ.get("TOYBB_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 DEFAULT_TEXTS = ("prose/austen/emma.txt", "prose/melville_moby_dick.txt", "prose/austen/mansfieldpark.txt")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _nonempty(values: tuple, flag: str, low: float = 1, high: float | None = None) -> tuple:
@@ -40,19 +25,9 @@ def _nonempty(values: tuple, flag: str, low: float = 1, high: float | None = Non
     return values
 
 
-def _text_path(t: str) -> str:
-    for cand in (t, os.path.join(DATA, t)):
-        if os.path.isfile(cand):
-            return cand
-    raise ToybbError(f"{t}: no such text file (paths are tried as given and under {os.path.normpath(DATA)}; "
-                     "give a path, or set TOYBB_DATA to the folder that holds the texts)")
-
-
-def _read(t: str) -> str:
-    try:
-        return open(_text_path(t), encoding="utf-8").read()
-    except UnicodeDecodeError:
-        raise ToybbError(f"{t}: not UTF-8 text") from None
+def _read(source: str, max_chars: int | None = None) -> str:
+    """The text of a --text SOURCE (toybb.texts.read_source: a file, folder, .jsonl, built-in, or under $TOYBB_DATA)."""
+    return read_source(source, "--text", max_chars)
 
 
 def write_config(out: str, args, extra: dict | None = None) -> None:

@@ -11,28 +11,33 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from toybb.cliargs import FLOATS, INTS, STRS, add_list, add_renamed, add_seq_len, add_text
 
 
 def register(sub, common) -> None:
     p = sub.add_parser("toy", help="toy char-LMs: position schemes and context extension (Tiny Shakespeare)")
     common(p, model=False)
-    p.add_argument("--text", default="tinyshakespeare.txt")
-    p.add_argument("--context", type=int, default=64, help="training context C")
-    p.add_argument("--factors", default="1,2,4", help="evaluation lengths as multiples of C")
-    p.add_argument("--schemes", default="none,rope,alibi,window")
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--window", type=int, default=0, help="window of the window model (default C/2)")
-    p.add_argument("--selfextend-window", type=int, default=0, help="SelfExtend w (default C/4)")
-    p.add_argument("--alphas", default="1.0,1.2", help="positional-vector replacement scales")
-    p.add_argument("--temperatures", default="1.0,1.2", help="logit temperatures of the window extension")
+    add_text(p, "tinyshakespeare.txt")
+    add_seq_len(p, 64, help="training context C (characters per training sequence)")
+    add_list(p, "--factors", INTS, (1, 2, 4), "evaluation lengths as multiples of C")
+    add_list(p, "--schemes", STRS, ("none", "rope", "alibi", "window"), "position schemes: none, rope, alibi, window")
+    p.add_argument("--d-model", type=int, default=64, help="residual width")
+    p.add_argument("--layers", type=int, default=2, help="number of layers")
+    p.add_argument("--heads", type=int, default=4, help="attention heads per layer")
+    p.add_argument("--steps", type=int, default=2000, help="training steps per model")
+    p.add_argument("--batch", type=int, default=32, help="sequences per training step")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate")
+    p.add_argument("--sliding-window", type=int, default=0, metavar="W",
+                   help="sliding window of the window model (0 = C/2)")
+    p.add_argument("--selfextend", type=INTS, metavar="W[,G]", default=(0,),
+                   help="SelfExtend neighbour window W (0 = C/4) and group size G (default: the smallest G that "
+                   "reaches the longest evaluation length) of the RoPE and ALiBi models")
+    add_list(p, "--alphas", FLOATS, (1.0, 1.2), "positional-vector replacement scales")
+    add_list(p, "--temperatures", FLOATS, (1.0, 1.2), "logit temperatures of the window extension")
     p.add_argument("--replace-layer", type=int, default=0, help="layer of the positional-vector replacement")
-    p.add_argument("--eval-windows", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-windows", type=int, default=64, help="evaluation windows per length")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training batches")
+    add_renamed(p, "longctx toy")
     p.set_defaults(func=cmd_toy)
 
 
@@ -54,7 +59,7 @@ class _ToyEval:
     def record(self, label: str, scheme: str, f: int, nll: float, **extra) -> None:
         from toybb.probes.metrics import perplexity
 
-        C = self.args.context
+        C = self.args.seq_len
         self.rows.append({"method": label, "scheme": scheme, "length": C * f, "factor": f, "nll": nll,
                           "ppl": perplexity(nll), **extra})
         self.curves.setdefault(label, {})[C * f] = perplexity(nll)
@@ -66,11 +71,9 @@ def cmd_toy(args) -> int:
     from toybb.longctx.toy import char_data, eval_windows
 
     factors, schemes = _toy_check(args)
-    C = args.context
-    W = args.window or C // 2
-    w_se = args.selfextend_window or C // 4
-    Lmax = C * max(factors)
-    G = max(1, math.ceil((Lmax - w_se) / (C - w_se)))  # smallest G with (C - w) * G + w >= Lmax
+    C = args.seq_len
+    W = args.sliding_window or C // 2
+    w_se, G = _selfextend(args.selfextend, C, C * max(factors))
     train, val, vocab = char_data(_read(args.text))
     cfgs = {s: ModelConfig(vocab_size=len(vocab), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                            max_len=C, position="none" if s == "window" else s, window=W if s == "window" else None)
@@ -91,15 +94,16 @@ def cmd_toy(args) -> int:
 def _toy_check(args) -> tuple[list[int], list[str]]:
     """The settings of `longctx toy` checked before any training; returns (factors, schemes)."""
     from toybb.errors import ConfigError
-    from toybb.longctx.common import _floats, _ints, _nonempty
+    from toybb.longctx.common import _nonempty
 
-    C = args.context
+    C = args.seq_len
     if C < 4:
-        raise ConfigError(f"--context must be >= 4 characters, got {C}")
-    factors = _nonempty(_ints(args.factors), "--factors", 1)
-    schemes = [s for s in args.schemes.split(",") if s]
+        raise ConfigError(f"--seq-len must be >= 4 characters, got {C}")
+    factors = _nonempty(args.factors, "--factors", 1)
+    schemes = list(args.schemes)
     if not schemes or any(s not in ("none", "rope", "alibi", "window") for s in schemes):
-        raise ConfigError(f"--schemes takes a comma-separated subset of none, rope, alibi, window; got {args.schemes!r}")
+        raise ConfigError(f"--schemes takes a comma-separated subset of none, rope, alibi, window; "
+                          f"got {','.join(schemes)!r}")
     for flag, v in (("--d-model", args.d_model), ("--layers", args.layers), ("--heads", args.heads),
                     ("--steps", args.steps), ("--batch", args.batch), ("--eval-windows", args.eval_windows)):
         if v < 1:
@@ -110,14 +114,23 @@ def _toy_check(args) -> tuple[list[int], list[str]]:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     if not 0 <= args.replace_layer < args.layers:
         raise ConfigError(f"--replace-layer must be in [0, {args.layers})")
-    if args.window < 0:
-        raise ConfigError(f"--window must be >= 0 (0 = --context / 2), got {args.window}")
-    if not 0 <= args.selfextend_window < C:
-        raise ConfigError(f"--selfextend-window must be in [0, --context = {C}) (0 = --context / 4), "
-                          f"got {args.selfextend_window}")
-    _nonempty(_floats(args.alphas), "--alphas", -1e6, 1e6)
-    _nonempty(_floats(args.temperatures), "--temperatures", 1e-6, 1e6)
+    if args.sliding_window < 0:
+        raise ConfigError(f"--sliding-window must be >= 0 (0 = --seq-len / 2), got {args.sliding_window}")
+    _selfextend(args.selfextend, C, C * max(factors))
+    _nonempty(args.alphas, "--alphas", -1e6, 1e6)
+    _nonempty(args.temperatures, "--temperatures", 1e-6, 1e6)
     return factors, schemes
+
+
+def _selfextend(v: tuple[int, ...], C: int, Lmax: int) -> tuple[int, int]:
+    """--selfextend W[,G] -> (w, G): w = C/4 for 0, G = the smallest with (C - w) * G + w >= Lmax if not given."""
+    from toybb.errors import ConfigError
+
+    if len(v) not in (1, 2) or not 0 <= v[0] < C or len(v) == 2 and v[1] < 1:
+        raise ConfigError(f"--selfextend takes W[,G] with W in [0, --seq-len = {C}) (0 = --seq-len / 4) and "
+                          f"G >= 1, got {','.join(map(str, v))!r}")
+    w = v[0] or C // 4
+    return w, v[1] if len(v) == 2 else max(1, math.ceil((Lmax - w) / (C - w)))
 
 
 def _toy_scheme(ev: _ToyEval, scheme: str, cfg, train) -> None:
@@ -127,7 +140,7 @@ def _toy_scheme(ev: _ToyEval, scheme: str, cfg, train) -> None:
 
     from toybb.longctx.toy import mean_nll, toy_positional_vectors, train_char_lm
 
-    args, C, factors, wins = ev.args, ev.args.context, ev.factors, ev.wins
+    args, C, factors, wins = ev.args, ev.args.seq_len, ev.factors, ev.wins
     t0 = time.time()
     model, losses = train_char_lm(cfg, train, seq=C, steps=args.steps, batch=args.batch, lr=args.lr,
                                   seed=args.seed)
@@ -153,7 +166,7 @@ def _beyond(ev: _ToyEval, name: str, scheme: str, p_long) -> None:
     """Positional vectors beyond C against those inside (Dong et al.: out of distribution beyond), per layer."""
     from toybb.longctx.posvec import beyond_similarity
 
-    C = ev.args.context
+    C = ev.args.seq_len
     m = p_long - p_long[:, :C].mean(axis=1, keepdims=True)  # minus u of the trained positions
     for layer in range(ev.args.layers):
         sim = beyond_similarity(m[layer, :C], m[layer, C:])
@@ -166,7 +179,6 @@ def _beyond(ev: _ToyEval, name: str, scheme: str, p_long) -> None:
 def _extensions(ev: _ToyEval, scheme: str, name: str, model, pvec) -> None:
     """Score the context-extension methods of the scheme: SelfExtend (RoPE, ALiBi), position
     interpolation (RoPE), positional-vector replacement (NoPE), window x r with a temperature (window)."""
-    from toybb.longctx.common import _floats
     from toybb.longctx.toy import mean_nll, replacement_delta, with_model_options
 
     args, factors, wins = ev.args, ev.factors, ev.wins
@@ -179,13 +191,13 @@ def _extensions(ev: _ToyEval, scheme: str, name: str, model, pvec) -> None:
             ev.record(f"{name} + PI", scheme, f, mean_nll(with_model_options(model, rope_scale=float(f)), wins[f]))
     if scheme == "none":
         p_train = pvec(1)
-        for a in _floats(args.alphas):
+        for a in args.alphas:
             for f in factors:
                 d = replacement_delta(p_train[args.replace_layer], pvec(f)[args.replace_layer], float(f), a)
                 ev.record(f"{name} + PV replacement a={a:g}", scheme, f,
                           mean_nll(model, wins[f], {args.replace_layer: d}))
     if scheme == "window":
-        for tau in _floats(args.temperatures):
+        for tau in args.temperatures:
             for f in factors:
                 m = with_model_options(model, window=ev.W * f, logit_scale=1.0 if f == 1 else tau)
                 ev.record(f"{name} + window x r, temp {tau:g}", scheme, f, mean_nll(m, wins[f]))
@@ -196,5 +208,5 @@ def _toy_figure(ev: _ToyEval) -> None:
     from toybb.longctx import plots as P
 
     a = vars(ev.args)
-    P.toy_ppl_length(ev.rows, os.path.join(ev.args.out, "toy_ppl_length.png"), ev.args.context, ev.factors,
+    P.toy_ppl_length(ev.rows, os.path.join(ev.args.out, "toy_ppl_length.png"), ev.args.seq_len, ev.factors,
                      P.toy_config(a))

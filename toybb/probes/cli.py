@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from toybb.cliargs import add_model, add_seq_len
 from toybb.errors import ConfigError, ToybbError
 
 
@@ -16,25 +17,23 @@ def register(subparsers) -> None:
         "probe", help="attention sinks, value drains, residual peaks and massive activations of an LLM per domain",
         description="Stream N samples of T tokens from each domain through the model and write heads.csv, "
         "layers.csv, interventions.csv, metrics.json, config.json and figures to --out. SOURCE is a text file, "
-        "a folder, a .jsonl file (field 'text'), or a built-in corpus: stdlib (Python sources) or pydoc "
-        "(Python documentation prose).")
-    p.add_argument("model", metavar="MODEL", help="HF model directory, .gguf file, or a name from `toybb models`")
+        "a folder, a .jsonl file (field 'text'), a built-in corpus: stdlib (Python sources) or pydoc "
+        "(Python documentation prose), or a path under $TOYBB_DATA.")
+    add_model(p)
     p.add_argument("--domain", action="append", default=[], metavar="NAME=SOURCE",
-                   help="a text domain, e.g. prose=/path/austen or code=stdlib (give two to compare)")
+                   help="a text domain, e.g. prose=/path/austen or code=stdlib (repeat; give two to compare)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
-    p.add_argument("--samples", type=int, default=64, help="samples per domain (default 64)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sample, BOS included (default 256)")
-    p.add_argument("--batch", type=int, default=8, help="samples per forward pass (default 8)")
+    p.add_argument("--samples", type=int, default=64, help="samples per domain")
+    add_seq_len(p, 256, help="tokens per sample, BOS included")
+    p.add_argument("--batch", type=int, default=8, help="samples per forward pass")
     p.add_argument("--no-bos", action="store_true", help="samples without a BOS token (the first token is key 0)")
     p.add_argument("--first-positions", type=int, default=32, dest="k_first",
-                   help="key positions whose attention and norms are recorded (default 32)")
+                   help="key positions whose attention and norms are recorded")
     p.add_argument("--intervene-samples", type=int, default=8,
-                   help="samples per domain for the interventions (default 8)")
+                   help="samples per domain for the interventions")
     p.add_argument("--intervene-heads", type=int, default=12,
-                   help="intervene on the N most domain-selective heads (default 12; 0 = every head)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON", default=None)
-    p.add_argument("--no-progress", action="store_true")
+                   help="intervene on the N most domain-selective heads (0 = every head)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_probe)
 
 

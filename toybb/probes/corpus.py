@@ -1,9 +1,7 @@
 """Text corpora as fixed-length token samples, streamed in batches.
 
-A domain is `name=SOURCE`; SOURCE is a text file, a folder (every UTF-8 file under it, sorted by path),
-a `.jsonl` file (the `text` field of each line), or a built-in corpus:
-  stdlib  the Python standard-library sources (real code), files sorted by path, site-packages excluded;
-  pydoc   `pydoc_data.topics` (Python's documentation topics: real English prose), topics sorted by name.
+A domain is `name=SOURCE`; SOURCE is resolved by `toybb.texts.resolve_source` (a text file, a folder,
+a `.jsonl` file, a built-in corpus `stdlib` or `pydoc`, or a path under $TOYBB_DATA).
 A sample is `seq_len` tokens: [BOS] + seq_len - 1 text tokens, or seq_len text tokens without BOS. Each
 document gives consecutive non-overlapping windows from its start, at most `max_per_doc` of them, so the
 samples spread over documents; documents are read in a fixed order, so the samples are deterministic.
@@ -11,18 +9,13 @@ samples spread over documents; documents are read in a fixed order, so the sampl
 
 from __future__ import annotations
 
-import json
-import os
-import sysconfig
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from toybb.errors import ConfigError
-
-BUILTINS = ("stdlib", "pydoc")
+from toybb.texts import BUILTINS, iter_documents, resolve_source  # noqa: F401 (BUILTINS, iter_documents: re-exported)
 
 
 @dataclass(frozen=True)
@@ -39,57 +32,7 @@ def parse_domain(spec: str) -> Domain:
     name, source = name.strip(), source.strip()
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"--domain name {name!r} must be letters, digits, '-' or '_'")
-    if source not in BUILTINS and not os.path.exists(source):
-        raise ConfigError(f"--domain {name}: source {source!r} is neither a file, a folder nor a built-in "
-                          f"corpus ({', '.join(BUILTINS)})")
-    return Domain(name, source)
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError):
-        return None  # binary or unreadable files in a folder are skipped, not fatal
-
-
-def iter_documents(source: str) -> Iterator[str]:
-    """The documents of a source, in a fixed order."""
-    if source == "stdlib":
-        root = Path(sysconfig.get_paths()["stdlib"])
-        for p in sorted(root.rglob("*.py")):
-            if "site-packages" in p.parts or "dist-packages" in p.parts:
-                continue
-            if (t := _read(p)) is not None:
-                yield t
-    elif source == "pydoc":
-        import pydoc_data.topics as topics
-
-        for k in sorted(topics.topics):
-            yield topics.topics[k]
-    elif os.path.isdir(source):
-        for p in sorted(Path(source).rglob("*")):
-            if p.is_file() and (t := _read(p)) is not None:
-                yield t
-    elif source.endswith(".jsonl"):
-        with open(source, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ConfigError(f"{source}:{i}: not a JSON line; each line must be an object with a "
-                                      f"'text' field") from None
-                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                    raise ConfigError(f"{source}:{i}: no string 'text' field")
-                yield rec["text"]
-    elif os.path.isfile(source):
-        t = _read(Path(source))
-        if t is None:
-            raise ConfigError(f"{source}: not UTF-8 text")
-        yield t
-    else:
-        raise ConfigError(f"{source!r} is neither a file, a folder nor a built-in corpus ({', '.join(BUILTINS)})")
+    return Domain(name, resolve_source(source, f"--domain {name}"))
 
 
 def iter_samples(

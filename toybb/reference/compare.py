@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toybb.cliargs import INTS, add_list
 from toybb.config import RunConfig
 from toybb import style
 from toybb.errors import ConfigError
@@ -204,10 +205,7 @@ def cmd_compare(args) -> int:
     out = out_folder(args.out) if args.out else run
     steps = None
     if args.steps:
-        try:
-            steps = np.array(sorted({int(s) for s in args.steps.split(",") if s.strip()}))
-        except ValueError:
-            raise ConfigError(f"--steps must be comma-separated integers, got {args.steps!r}") from None
+        steps = np.array(sorted(set(args.steps)))
     comparisons = compare_run(args.run, args.reference)
     rows = [r for c in comparisons for r in comparison_rows(c)]
     if not rows:
@@ -229,7 +227,7 @@ def register(sub) -> None:
                    "one configuration (seeds trained as separate jobs) pool their seeds")
     p.add_argument("--reference", metavar="NAME", help=f"{', '.join(REFERENCES)}, or a CSV with a step column "
                    "and toybb metric columns (default: the reference of the run's configuration)")
-    p.add_argument("--steps", metavar="S,S,...", help="steps of the printed table (default: about 8 round ones; "
-                   "compare.csv holds every common step)")
+    add_list(p, "--steps", INTS, None, "steps of the printed table (default: about 8 round ones; compare.csv holds "
+             "every common step)", metavar="S,S,...")
     p.add_argument("--out", metavar="DIR", help="folder for compare.csv and compare.png (default: RUN)")
     p.set_defaults(func=cmd_compare)

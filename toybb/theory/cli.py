@@ -7,11 +7,11 @@ Registered by toybb/cli.py through `register(subparsers)`; also runnable as `pyt
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
+from toybb.cliargs import STRS, Parser, add_list
 from toybb.errors import ConfigError
 
 
@@ -23,9 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--plot", metavar="DIR", help="write figures (PNG) of predicted vs simulated curves to DIR")
     p.add_argument("--quick", action="store_true", help="10x fewer steps for the rate statement (less accurate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random instances (default 0)")
-    p.add_argument("--trained", metavar="RUN_DIR", action="append",
-                   help="fit the predicted rates to a run folder of `toybb train` instead of simulating "
-                   "(repeatable); prints predicted vs trained (median [min, max] over seeds)")
+    add_list(p, "--trained", STRS, None, "fit the predicted rates to run folders of `toybb train` instead of "
+             "simulating; prints predicted vs trained (median [min, max] over seeds)", metavar="RUN_DIR")
     p.add_argument("--decades", type=float, default=1.0,
                    help="with --trained: fit over the last DECADES decade(s) of steps (default 1)")
     p.set_defaults(func=run)
@@ -94,7 +93,7 @@ def run(args) -> int:
 def main(argv=None) -> int:
     from toybb.errors import ToybbError
 
-    parser = argparse.ArgumentParser(prog="toybb")
+    parser = Parser(prog="toybb")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["theory", *(sys.argv[1:] if argv is None else argv)])
     try:

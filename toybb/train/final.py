@@ -91,11 +91,8 @@ def summarize(result: RunResult, ad_rows: list[dict], iv_rows: list[dict]) -> di
     """Final metrics (median and per run), active tokens per run and layer, intervention medians."""
     summary: dict[str, Any] = {"step": result.steps[-1], "wall_seconds": round(result.wall_seconds, 2),
                                "runs": [{"seed": s, "lr": lr} for s, lr in result.runs],
-                               "initial_median": {}, "final_median": {}, "final_per_run": {}}
-    for n, v in result.metrics.items():
-        summary["initial_median"][n] = float(np.median(v[0]))
-        summary["final_median"][n] = float(np.median(v[-1]))
-        summary["final_per_run"][n] = [float(x) for x in v[-1]]
+                               "final_per_run": {n: [float(x) for x in v[-1]] for n, v in result.metrics.items()}}
+    summary.update(_medians(result, iv_rows))
     active: dict[str, list[str]] = {}
     in_text: dict[str, list[str]] = {}  # probe-active and also off BOS on the evaluation batch
     for row in ad_rows:
@@ -108,13 +105,28 @@ def summarize(result: RunResult, ad_rows: list[dict], iv_rows: list[dict]) -> di
     summary["active_tokens_in_text"] = in_text
     if ad_rows:  # "truncated": the probe was cut to the trained length and is not the paper's
         summary["active_dormant_probe"] = {"kind": ad_rows[0]["probe"], "length": ad_rows[0]["probe_len"]}
-    ivs: dict[str, dict[str, float]] = {}
-    for row in iv_rows:
-        ivs.setdefault(row["intervention"], {"backcopy_risk": [], "bigram_risk": []})
-        ivs[row["intervention"]]["backcopy_risk"].append(row["backcopy_risk"])
-        ivs[row["intervention"]]["bigram_risk"].append(row["bigram_risk"])
-    summary["interventions_median"] = {k: {m: float(np.median(v)) for m, v in d.items()} for k, d in ivs.items()}
     return summary
+
+
+def _medians(result: RunResult, iv_rows: list[dict]) -> dict[str, Any]:
+    """initial_median, final_median and interventions_median over the runs (seeds); with several learning
+    rates one of each per learning rate instead ("..._by_lr", keyed by the lr), never pooled over them."""
+    lrs = list(dict.fromkeys(lr for _, lr in result.runs))
+    out: dict[str, Any] = {}
+    for lr in lrs:
+        cols = [r for r, (_, x) in enumerate(result.runs) if x == lr]
+        ivs: dict[str, dict[str, list]] = {}
+        for row in (x for x in iv_rows if x["lr"] == lr):
+            for m in ("backcopy_risk", "bigram_risk"):
+                ivs.setdefault(row["intervention"], {"backcopy_risk": [], "bigram_risk": []})[m].append(row[m])
+        part = {"initial_median": {n: float(np.median(np.asarray(v[0])[cols])) for n, v in result.metrics.items()},
+                "final_median": {n: float(np.median(np.asarray(v[-1])[cols])) for n, v in result.metrics.items()},
+                "interventions_median": {k: {m: float(np.median(v)) for m, v in d.items()} for k, d in ivs.items()}}
+        if len(lrs) == 1:
+            return part
+        for k, v in part.items():
+            out.setdefault(f"{k}_by_lr", {})[f"{lr:g}"] = v
+    return out
 
 
 def write_final_probes(result: RunResult, trainer: Trainer) -> dict[str, Any]:

@@ -321,11 +321,11 @@ def register(subparsers) -> None:
                    help="multi-host: call jax.distributed.initialize() (SLURM/TPU environment) and split "
                    "the groups over the processes; process 0 writes the table (also TOYBB_DISTRIBUTED=1)")
     p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed, outside SLURM/TPU: process 0's address")
-    p.add_argument("--num-processes", type=int, help="with --distributed, outside SLURM/TPU")
-    p.add_argument("--process-id", type=int, help="with --distributed, outside SLURM/TPU")
+    p.add_argument("--num-processes", type=int, help="with --distributed, outside SLURM/TPU: number of processes")
+    p.add_argument("--process-id", type=int, help="with --distributed, outside SLURM/TPU: this process's index")
     p.add_argument("--max-memory-gb", type=float, help="memory one group may use (default: detected)")
     p.add_argument("--dry-run", action="store_true", help="print the groups and their memory estimate, train nothing")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plot", action="store_true", help="no dynamics.png per group")
     p.set_defaults(func=cmd_sweep)
 

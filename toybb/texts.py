@@ -1,0 +1,103 @@
+"""Text sources: what `--text SOURCE` and `--domain NAME=SOURCE` accept, resolved by one function.
+
+SOURCE is a text file, a folder (every UTF-8 file under it, sorted by path), a `.jsonl` file (the `text`
+field of each line), or a built-in corpus:
+  stdlib  the Python standard-library sources (real code), files sorted by path, site-packages excluded;
+  pydoc   `pydoc_data.topics` (Python's documentation topics: real English prose), topics sorted by name.
+A relative path that does not exist as given is looked up under $TOYBB_DATA (default: `shared/data`
+beside the checkout), so `--text prose/austen/emma.txt` works from any folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sysconfig
+from pathlib import Path
+from typing import Iterator
+
+from toybb.errors import ConfigError
+
+BUILTINS = ("stdlib", "pydoc")
+
+
+def data_dir() -> str:
+    """$TOYBB_DATA, else the development corpora beside a checkout (../shared/data)."""
+    return os.environ.get("TOYBB_DATA") or os.path.normpath(
+        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def resolve_source(source: str, flag: str = "--text") -> str:
+    """A built-in corpus name, or the path of an existing file or folder (as given, else under $TOYBB_DATA)."""
+    source = source.strip()
+    if source in BUILTINS:
+        return source
+    for cand in (source, os.path.join(data_dir(), source)):
+        if source and os.path.exists(cand):
+            return cand
+    raise ConfigError(f"{flag}: {source!r} is neither a file, a folder nor a built-in corpus ({', '.join(BUILTINS)}); "
+                      f"relative paths are also tried under $TOYBB_DATA = {data_dir()}")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return None  # binary or unreadable files in a folder are skipped, not fatal
+
+
+def _jsonl(source: str) -> Iterator[str]:
+    with open(source, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{source}:{i}: not a JSON line; each line must be an object with a "
+                                  f"'text' field") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise ConfigError(f"{source}:{i}: no string 'text' field")
+            yield rec["text"]
+
+
+def iter_documents(source: str) -> Iterator[str]:
+    """The documents of a resolved source, in a fixed order."""
+    if source == "stdlib":
+        root = Path(sysconfig.get_paths()["stdlib"])
+        for p in sorted(root.rglob("*.py")):
+            if "site-packages" in p.parts or "dist-packages" in p.parts:
+                continue
+            if (t := _read(p)) is not None:
+                yield t
+    elif source == "pydoc":
+        import pydoc_data.topics as topics
+
+        for k in sorted(topics.topics):
+            yield topics.topics[k]
+    elif os.path.isdir(source):
+        for p in sorted(Path(source).rglob("*")):
+            if p.is_file() and (t := _read(p)) is not None:
+                yield t
+    elif source.endswith(".jsonl"):
+        yield from _jsonl(source)
+    elif os.path.isfile(source):
+        t = _read(Path(source))
+        if t is None:
+            raise ConfigError(f"{source}: not UTF-8 text")
+        yield t
+    else:
+        raise ConfigError(f"{source!r} is neither a file, a folder nor a built-in corpus ({', '.join(BUILTINS)})")
+
+
+def read_source(source: str, flag: str = "--text", max_chars: int | None = None) -> str:
+    """The text of SOURCE: its documents joined by blank lines, stopping once `max_chars` are read."""
+    parts, n = [], 0
+    for doc in iter_documents(resolve_source(source, flag)):
+        parts.append(doc)
+        n += len(doc) + 2
+        if max_chars is not None and n >= max_chars:
+            break
+    if not parts or not any(p.strip() for p in parts):
+        raise ConfigError(f"{flag}: {source!r} holds no text")
+    return "\n\n".join(parts)
