@@ -27,6 +27,8 @@ SMALLER = {  # recipe -> (text in the README, what the test runs instead)
                    ("--selfextend 1024,3", "--selfextend 32,2")],
 }
 LLM = {"probe", "norms", "head", "selfextend"}
+API_SMALLER = [('model={"n_layers": 3}', 'model={"n_layers": 3, "d_model": 16}, '
+                                         'train={"steps": 2, "batch": 4, "eval_batch": 4}')]
 
 
 def recipes() -> dict[str, tuple[str, str]]:
@@ -36,14 +38,14 @@ def recipes() -> dict[str, tuple[str, str]]:
 
 
 def smaller(name: str, code: str) -> str:
-    for old, new in SMALLER.get(name, []):
+    for old, new in SMALLER.get(name, []) + (API_SMALLER if name == "api" else []):
         assert old in code, f"README recipe {name!r} no longer has {old!r}: update tests/test_readme.py"
         code = code.replace(old, new)
     return code
 
 
 def test_six_tasks_have_recipes():
-    assert set(recipes()) == {"paper", "sweep", "probe", "norms", "head", "head-cli", "selfextend"}
+    assert set(recipes()) == {"paper", "sweep", "probe", "norms", "head", "head-cli", "selfextend", "api", "sites"}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +129,15 @@ def test_recipe_probe(work):
 
 def test_recipe_selfextend(work):
     _bash(work, "selfextend")
+
+
+def test_recipe_python_api(work, monkeypatch):
+    monkeypatch.chdir(work)
+    ns: dict = {}
+    exec(compile(smaller("api", recipes()["api"][1]), "README Python API", "exec"), ns)
+    exec(compile(recipes()["sites"][1], "README sites", "exec"), ns)  # uses the API block's model and tokens
+    assert ns["m"].runs == [(0, 0.004), (1, 0.004)] and ns["out"].cache["blocks.0.resid_post@norm"].shape == (1, 6)
+    assert ns["logits"].shape[:2] == ns["tokens"].shape and "blocks.2.resid_post@norm" in ns["cap"]
 
 
 @pytest.mark.parametrize("source, needle", [

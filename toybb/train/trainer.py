@@ -116,6 +116,12 @@ class RunResult:
     def final(self, name: str) -> np.ndarray:
         return self.metrics[name][-1]
 
+    @property
+    def task(self) -> BBTask:
+        """The run's Bigram-Backcopy task (sampler, oracle, `encode`/`decode` of text)."""
+        t = self.config.task
+        return BBTask(n_triggers=t.n_triggers, bos=t.bos, table=t.table)
+
 
 class Trainer:
     """Compiled functions of one run config (share one Trainer between calls to reuse compilation)."""
