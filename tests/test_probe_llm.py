@@ -72,13 +72,13 @@ def stats(model):
 
 def test_wired_sink_head_has_score_one_and_is_dormant(stats):
     st = stats
-    score = st.mean("sink_score")
+    score = st.mean("sink_attention_excl0")
     l, h = SINK_HEAD
     assert score[l, h] == pytest.approx(1.0, abs=1e-5)
     assert bool(classify_dormant(score[l, h]))
     assert score[0].max() < 0.89  # random heads are not sinks
     assert st.mean("key_attn")[l, h, 0] == pytest.approx(1.0, abs=1e-5)
-    assert st.mean("logit_gap")[l, h] > 100
+    assert st.mean("sink_logit_gap")[l, h] > 100
 
 
 def test_planted_massive_activation_found(stats):
@@ -88,18 +88,18 @@ def test_planted_massive_activation_found(stats):
     assert info["first_layer"] == l
     assert info["dims"][0] == dim
     assert info["dim_mean"][0] > 2000  # the BOS is partly normalised away before the MLP: not exactly val
-    assert info["dim_mean"][0] == pytest.approx(info["top"][l][0], rel=1e-4)  # the same value on every sample
+    assert info["dim_mean"][0] == pytest.approx(info["massive_top"][l][0], rel=1e-4)  # the same value on every sample
     assert info["tokens"] == [(BOS, 6)]
     assert info["dims"] == [dim] and info["massive_layers"] == [1, 2]
-    assert st.mean("resid_sink")[l] > 50 * st.mean("resid_others")[l]
+    assert st.mean("residual_peak")[l] > 50 * st.mean("residual_others")[l]
 
 
 def test_streaming_mean_equals_one_batch(model):
     toks = _tokens(7, seed=3)
     streamed = P.probe_domain(model, iter_batches(iter(toks), 7, 4))  # 4 + 3 (padded)
     whole = P.probe_domain(model, iter_batches(iter(toks), 7, 8))  # one batch, padded
-    for k in ("sink_score", "logit_gap", "value_sink", "value_others", "key_attn", "resid_pos", "top", "median",
-              "tok_attn", "resid_others"):
+    for k in ("sink_attention_excl0", "sink_logit_gap", "value_drain", "value_others", "key_attn", "resid_pos", "massive_top", "massive_median",
+              "tok_attn", "residual_others"):
         np.testing.assert_allclose(streamed.mean(k), whole.mean(k), rtol=2e-4, atol=1e-5, err_msg=k)
     assert streamed.n == whole.n == 7
     assert streamed.ppl == pytest.approx(whole.ppl, rel=1e-5)

@@ -34,11 +34,11 @@ def test_massive_activations_found(probed):
     info = st.massive()
     first = info["first_layer"]
     assert first is not None and 2 <= first <= 20
-    top1 = np.asarray(info["top"])[:, 0]
-    assert top1[first] > 1000 * np.asarray(info["median"])[first]
+    top1 = np.asarray(info["massive_top"])[:, 0]
+    assert top1[first] > 1000 * np.asarray(info["massive_median"])[first]
     assert top1[first] > 10 * top1[first - 1]  # appears abruptly
     assert info["dims"] and info["tokens"][0][0] == 1  # on the BOS token (<|im_start|>, id 1)
-    ratio = st.mean("resid_sink") / st.mean("resid_others")
+    ratio = st.mean("residual_peak") / st.mean("residual_others")
     assert ratio[first] > 50 and ratio[: first - 2].max() < 20
 
 

@@ -53,20 +53,20 @@ def _batch_stats(model: LLM, tokens: jax.Array, valid: jax.Array, k_first: int) 
     qmask = jnp.broadcast_to(valid[:, None], (b, t))
     nll = M.next_token_nll(logits, tokens)
     out = {"n": n, "nll_sum": jnp.sum(nll * w[:, None]), "nll_count": n * (t - 1)}
-    keep = ("sink_score", "logit_gap", "value_sink", "value_others", "key_attn", "value_pos",
-            "tok_attn", "tok_value", "resid_sink", "resid_others", "resid_pos", "tok_resid",
-            "top", "median", "massive_sum", "massive_count", "top_dim_count", "massive_tok_count")
+    keep = ("sink_attention_excl0", "sink_logit_gap", "value_drain", "value_others", "key_attn", "value_pos",
+            "tok_attn", "tok_value", "residual_peak", "residual_others", "resid_pos", "tok_resid",
+            "massive_top", "massive_median", "massive_sum", "massive_count", "top_dim_count", "massive_tok_count")
     acc: dict[str, list] = {k: [] for k in keep}
     tok_rest = tokens[:, 1:].reshape(-1)  # token ids of positions >= 1
     wt = jnp.broadcast_to(w[:, None], (b, t - 1)).reshape(-1)
     for l in range(cfg.n_layers):
         p = f"blocks.{l}"
         key0 = cap[f"{p}.attn.pattern@key0"]  # [b, h, T]
-        acc["sink_score"].append(M.sink_attention(key0, qmask, exclude_sink_query=True) * n)
-        acc["logit_gap"].append(M.sink_logit_gap(cap[f"{p}.attn.logits"], qmask) * n)
+        acc["sink_attention_excl0"].append(M.sink_attention(key0, qmask, exclude_sink_query=True) * n)
+        acc["sink_logit_gap"].append(M.sink_logit_gap(cap[f"{p}.attn.logits"], qmask) * n)
         hn = cap[f"{p}.attn.v_out@norm"].astype(jnp.float32)  # [b, T, h]
         vs, vo = M.value_drain(hn, valid=qmask)
-        acc["value_sink"].append(vs * n)
+        acc["value_drain"].append(vs * n)
         acc["value_others"].append(vo * n)
         recv = M.attention_received(cap[f"{p}.attn.pattern@qmean"])  # [b, h, T]
         acc["key_attn"].append(jnp.einsum("bhk,b->hk", recv[..., :k_first], w))
@@ -78,13 +78,13 @@ def _batch_stats(model: LLM, tokens: jax.Array, valid: jax.Array, k_first: int) 
         x = cap[f"{p}.resid_post"].astype(jnp.float32)  # [b, T, d]
         rn = jnp.sqrt(jnp.sum(x * x, -1))
         rs, ro, _ = M.residual_peak(rn, valid=qmask)
-        acc["resid_sink"].append(rs * n)
-        acc["resid_others"].append(ro * n)
+        acc["residual_peak"].append(rs * n)
+        acc["residual_others"].append(ro * n)
         acc["resid_pos"].append(jnp.einsum("bk,b->k", rn[:, :k_first], w))
         acc["tok_resid"].append(jax.ops.segment_sum(rn[:, 1:].reshape(-1) * wt, tok_rest, v))
         top, idx, med = M.activation_profile(x, TOPK)  # [b, 3], [b, 3], [b] per sample
-        acc["top"].append(jnp.einsum("bk,b->k", top, w))
-        acc["median"].append(jnp.sum(med * w))
+        acc["massive_top"].append(jnp.einsum("bk,b->k", top, w))
+        acc["massive_median"].append(jnp.sum(med * w))
         d = x.shape[-1]
         acc["top_dim_count"].append(jnp.zeros(d).at[idx % d].add(jnp.broadcast_to(w[:, None], idx.shape)))
         big = M.is_massive(jnp.abs(x), med[:, None, None]) & valid[:, None, None]
@@ -147,11 +147,11 @@ class DomainStats:
 
     def massive(self) -> dict:
         """Massive-activation profile and the first layer where they appear (rule in the module doc)."""
-        top = self.mean("top")  # [L, 3]
-        med = self.mean("median")  # [L]
+        top = self.mean("massive_top")  # [L, 3]
+        med = self.mean("massive_median")  # [L]
         is_massive = M.is_massive(top[:, 0], med)
         first = int(np.argmax(is_massive)) if is_massive.any() else None
-        out = {"top": top.tolist(), "median": med.tolist(), "massive_layers": np.flatnonzero(is_massive).tolist(),
+        out = {"massive_top": top.tolist(), "massive_median": med.tolist(), "massive_layers": np.flatnonzero(is_massive).tolist(),
                "first_layer": first, "dims": [], "dim_mean": [], "dim_count": [], "tokens": []}
         if first is not None:
             cnt, sm = self.sums["massive_count"][first], self.sums["massive_sum"][first]

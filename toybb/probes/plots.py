@@ -20,7 +20,7 @@ def _sub(fig, title: str, about: dict | None) -> None:
 @style.styled
 def sink_heatmap(path: Path, stats, names, sel, about: dict | None = None) -> None:
     """Per-head sink score (attention on key 0) for each domain, and the difference of the first two."""
-    panels = [(f"{n}", stats[n].mean("sink_score"), "viridis", (0, 1), "sink score (attention on key 0)")
+    panels = [(f"{n}", stats[n].mean("sink_attention_excl0"), "viridis", (0, 1), "sink score (attention on key 0)")
               for n in names]
     if sel is not None:
         m = float(np.abs(sel).max()) or 1.0
@@ -67,7 +67,7 @@ def massive_profile(path: Path, stats, names, summary, about: dict | None = None
     """Top-1/2/3 and median |activation| of the residual stream across layers (log y), per domain."""
     fig, axes = style.subplots(len(names), 2)
     for ax, n in zip(axes, names):
-        top, med = stats[n].mean("top"), stats[n].mean("median")
+        top, med = stats[n].mean("massive_top"), stats[n].mean("massive_median")
         x = np.arange(len(med))
         for k, mk in zip(range(3), ("-o", "-s", "-^")):
             ax.plot(x, top[:, k], mk, ms=2.5, label=f"top {k + 1}")

@@ -146,10 +146,10 @@ def _probe_domains(pre, domains: list[Domain], settings: ProbeSettings, progress
 
 def _domain_summary(st: P.DomainStats, tok) -> dict:
     """metrics.json's summary of one domain: perplexity, sink heads and tokens, residual norms, massive activations."""
-    score = st.mean("sink_score")
+    score = st.mean("sink_attention_excl0")
     m = st.massive()
     m["tokens"] = [(i, c, tok.decode([i])) for i, c in m["tokens"]]
-    rs, ro = st.mean("resid_sink"), st.mean("resid_others")
+    rs, ro = st.mean("residual_peak"), st.mean("residual_others")
     return {
         "samples": st.n, "tokens_scored": int(st.sums["nll_count"]), "ppl": st.ppl,
         "heads_sink_gt_0.9": int((score > SINK_HIGH).sum()),
@@ -165,12 +165,12 @@ def _domain_summary(st: P.DomainStats, tok) -> dict:
 def _selectivity(stats: dict, names: list[str]) -> tuple[np.ndarray, dict]:
     """(sink score on the first domain minus the second [layers, heads], the five most selective heads each way)."""
     a, b = names[0], names[1]
-    sel = stats[a].mean("sink_score") - stats[b].mean("sink_score")
+    sel = stats[a].mean("sink_attention_excl0") - stats[b].mean("sink_attention_excl0")
     order = np.argsort(sel, axis=None)
     top_a = [np.unravel_index(i, sel.shape) for i in order[::-1][:5]]
     top_b = [np.unravel_index(i, sel.shape) for i in order[:5]]
     fmt = lambda lh: {"layer": int(lh[0]), "head": int(lh[1]), "selectivity": float(sel[lh]),  # noqa: E731
-                      **{f"sink_attention_excl0_{n}": float(stats[n].mean("sink_score")[lh]) for n in names}}
+                      **{f"sink_attention_excl0_{n}": float(stats[n].mean("sink_attention_excl0")[lh]) for n in names}}
     return sel, {f"dormant_on_{a}_active_on_{b}": [fmt(x) for x in top_a],
                  f"dormant_on_{b}_active_on_{a}": [fmt(x) for x in top_b]}
 
@@ -215,7 +215,7 @@ def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
         if sel is not None:
             cols.append(f"selectivity_{names[0]}_minus_{names[1]}")
         w.writerow(cols)
-        per = {n: (stats[n].mean("sink_score"), stats[n].mean("logit_gap"), stats[n].mean("value_sink"),
+        per = {n: (stats[n].mean("sink_attention_excl0"), stats[n].mean("sink_logit_gap"), stats[n].mean("value_drain"),
                    stats[n].mean("value_others"), stats[n].mean("tok_attn"), stats[n].sink_tokens(1)) for n in names}
         for l in range(L):
             for h in range(H):
@@ -238,9 +238,9 @@ def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
             row = [l]
             for n in names:
                 st = stats[n]
-                top = st.mean("top")[l]
-                row += [f"{st.mean('resid_sink')[l]:.5g}", f"{st.mean('resid_others')[l]:.5g}",
-                        *(f"{x:.5g}" for x in top), f"{st.mean('median')[l]:.5g}"]
+                top = st.mean("massive_top")[l]
+                row += [f"{st.mean('residual_peak')[l]:.5g}", f"{st.mean('residual_others')[l]:.5g}",
+                        *(f"{x:.5g}" for x in top), f"{st.mean('massive_median')[l]:.5g}"]
             w.writerow(row)
     with atomic_open(out / "interventions.csv", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["domain", "intervention", "layer", "head", "nll", "ppl", "delta_nll"])
