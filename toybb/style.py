@@ -180,8 +180,11 @@ def mark_clipped(ax, x, values, cap: float, *, low: bool = False, what: str = "v
     if not over.any():
         return None
     sign = "<" if low else ">"
+    label = f"{what} {sign} {cap:g} (drawn at the cap)"
+    if label in {a.get_label() for a in ax.collections + ax.lines}:  # one legend entry per axes
+        label = "_nolegend_"
     return ax.scatter(x[over], np.full(int(over.sum()), cap), marker="v" if low else "^", s=28,
-                      color=CLIP_COLOR, zorder=5, clip_on=False, label=f"{what} {sign} {cap:g} (drawn at the cap)")
+                      color=CLIP_COLOR, zorder=5, clip_on=False, label=label)
 
 
 def clip(values, cap: float, low: bool = False) -> np.ndarray:

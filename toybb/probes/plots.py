@@ -19,19 +19,19 @@ def _sub(fig, title: str, about: dict | None) -> None:
 
 @style.styled
 def sink_heatmap(path: Path, stats, names, sel, about: dict | None = None) -> None:
-    """Per-head sink score (attention on key 0) for each domain, and the difference of the first two."""
-    panels = [(f"{n}", stats[n].mean("sink_attention_excl0"), "viridis", (0, 1), "sink score (attention on key 0)")
+    """Per-head Attn<s> (attention on key 0, sink_attention_excl0) for each domain, and the difference of the first two."""
+    panels = [(f"{n}", stats[n].mean("sink_attention_excl0"), "viridis", (0, 1), "Attn<s> (attention on BOS)")
               for n in names]
     if sel is not None:
         m = float(np.abs(sel).max()) or 1.0
-        panels.append((f"{names[0]} minus {names[1]}", sel, "RdBu_r", (-m, m), "difference of sink scores"))
+        panels.append((f"{names[0]} minus {names[1]}", sel, "RdBu_r", (-m, m), "difference of Attn<s>"))
     fig, axes = style.subplots(len(panels), 2, aspect=1.1)
     for ax, (title, arr, cmap, (lo, hi), label) in zip(axes, panels):
         im = ax.imshow(arr, aspect="auto", cmap=cmap, vmin=lo, vmax=hi)
         ax.set(title=title, xlabel="head", ylabel="layer")
         style.integer_ticks(ax, "both")
         style.colorbar(im, ax, label)
-    _sub(fig, "Per-head sink score", about)
+    _sub(fig, "Per-head Attn<s>: attention on BOS, query 0 left out (sink_attention_excl0)", about)
     style.save(fig, path)
 
 

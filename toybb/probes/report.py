@@ -104,7 +104,7 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
     from toybb.probes import plots
 
     st = settings
-    about = {"model": pre.source, "config": {"domains": ", ".join(names), "samples": st.samples,
+    about = {"model": Path(pre.source.rstrip("/")).name, "config": {"domains": ", ".join(names), "samples": st.samples,
                                              "tokens": st.seq_len, "BOS": st.bos, "dtype": cfg.dtype}}
     plots.write_all(out, stats, names, sel, rows, maps, summary, about)
     return summary
