@@ -43,8 +43,8 @@ def test_probe_heatmap_has_labelled_colourbar_and_integer_head_ticks(tmp_path, m
 
     seen = {}
     monkeypatch.setattr(style, "save", lambda fig, path, dpi=style.DPI: seen.setdefault("fig", fig) and Path(path))
-    stats = {n: _Stats({"sink_score": np.random.default_rng(0).random((6, 9))}) for n in ("prose", "code")}
-    sel = stats["prose"].mean("sink_score") - stats["code"].mean("sink_score")
+    stats = {n: _Stats({"sink_attention_excl0": np.random.default_rng(0).random((6, 9))}) for n in ("prose", "code")}
+    sel = stats["prose"].mean("sink_attention_excl0") - stats["code"].mean("sink_attention_excl0")
     plots.sink_heatmap(tmp_path / "h.png", stats, ["prose", "code"], sel, {"model": "tiny-llm", "config": {"samples": 4}})
     fig = seen["fig"]
     fig.canvas.draw()
