@@ -331,8 +331,8 @@ def fig_residual_peaks(ctx: FigureContext) -> list[Path]:
                 _band(ax, *_series(rows, ref), f"C{ci}", f"{label}: other tokens", ls="--")
             _reference_line(ax, gdir, rows, col, f"C{ci}")
             ax.set(xlabel="training step", ylabel=unit, title=title)
-    for ax in axes:
-        style.log_axes(ax, "xy" if ax is axes[3] else "x")
+    for ax in axes:  # log y for the residual too: one ReLU seed's BOS norm (~140) flattened the others' (10-25)
+        style.log_axes(ax, "xy" if ax is axes[0] or ax is axes[3] else "x")
         ax.grid(alpha=0.3, which="both", lw=0.4)
     style.figure_legend(fig, axes)
     _about(fig, "3-layer models: residual peak, sink and drain (median over seeds, band min-max)", groups)
