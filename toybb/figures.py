@@ -314,7 +314,7 @@ def fig_interventions(ctx: FigureContext) -> list[Path]:
 
 @register_figure("residual_peaks", "3-layer models under Adam, SGD and Adam with ReLU attention: BOS residual norm "
                  "after layer 0 (SPEC: grows under Adam only, by 10k paper-size steps), sink and drain in layer 1 "
-                 "(median of 4 seeds, band min-max).")
+                 "(median of 2 seeds, band min-max).")
 @style.styled
 def fig_residual_peaks(ctx: FigureContext) -> list[Path]:
     _, groups = ctx.peaks()
@@ -328,11 +328,11 @@ def fig_residual_peaks(ctx: FigureContext) -> list[Path]:
         for ax, (col, ref, title, unit) in zip(axes, panels):
             _band(ax, *_series(rows, col), f"C{ci}", label)
             if ref is not None:
-                _band(ax, *_series(rows, ref), f"C{ci}", "other tokens" if ci == 0 else None, ls="--")
+                _band(ax, *_series(rows, ref), f"C{ci}", f"{label}: other tokens", ls="--")
             _reference_line(ax, gdir, rows, col, f"C{ci}")
             ax.set(xlabel="training step", ylabel=unit, title=title)
-    for ax in axes:
-        style.log_axes(ax, "xy" if ax is axes[3] else "x")
+    for ax in axes:  # log y for the residual too: one ReLU seed's BOS norm (~140) flattened the others' (10-25)
+        style.log_axes(ax, "xy" if ax is axes[0] or ax is axes[3] else "x")
         ax.grid(alpha=0.3, which="both", lw=0.4)
     style.figure_legend(fig, axes)
     _about(fig, "3-layer models: residual peak, sink and drain (median over seeds, band min-max)", groups)
@@ -405,7 +405,7 @@ def fig_attention_maps(ctx: FigureContext) -> list[Path]:
     fig, axes = style.subplots(len(panels), 2, ncols=2, aspect=1.0)
     for ax, (title, p) in zip(axes, panels):
         im = ax.imshow(p, cmap="magma", vmin=0, vmax=1)
-        ax.set_xticks(range(n), labels, fontsize=6)
+        ax.set_xticks(range(n), labels, fontsize=6, rotation=90)  # "BOS" beside a character ran together
         ax.set_yticks(range(n), labels, fontsize=6)
         for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
             for i, lab in enumerate(ticks):
@@ -428,15 +428,15 @@ def fig_sink_variants(ctx: FigureContext) -> list[Path]:
     one, relu, nobos, tok = (ctx.variant(n) for n in ("1layer", "1layer_relu", "1layer_no_bos", "1layer_sink_token"))
     plain3, bias, nobos3 = (ctx.variant(n) for n in ("3layer_bias_plain", "3layer_attn_bias", "3layer_no_bos"))
     panels = [
-        ("ReLU attention: Attn<s>", [(one, "sink_attention_excl0_l0", "softmax", "-"),
-                                     (relu, "sink_attention_excl0_l0", "ReLU", "-")], "attention on BOS (queries > 0)"),
+        ("ReLU attention: Attn<s> (queries > 0)", [(one, "sink_attention_excl0_l0", "softmax", "-"),
+                                     (relu, "sink_attention_excl0_l0", "ReLU", "-")], "attention on BOS"),
         ("ReLU attention: ||Val<s>||", [(one, "value_drain_l0", "softmax", "-"), (relu, "value_drain_l0", "ReLU", "-"),
                                         (relu, "value_others_l0", "ReLU, other tokens", "--")], "L2 norm"),
-        ("no BOS: first token", [(one, "sink_attention_excl0_l0", "with BOS: on BOS", "-"),
+        ("no BOS: attention on position 0 (queries > 0)", [(one, "sink_attention_excl0_l0", "with BOS: on BOS", "-"),
                                  (nobos, "sink_attention_excl0_l0", "no BOS: on the first token", "-"),
                                  (plain3, "sink_attention_excl0_l1", "3 layers, layer 1, with BOS: on BOS", "--"),
                                  (nobos3, "sink_attention_excl0_l1", "3 layers, layer 1, no BOS: on the first token", "--")],
-         "attention on position 0 (queries > 0)"),
+         "attention on position 0"),
         ("learned sink token", [(tok, "slot_attention_l0", "on the sink token", "-"),
                                 (tok, "sink_attention_l0", "on the BOS", "-"),
                                 (one, "sink_attention_l0", "plain model: on the BOS", "--")], "attention weight"),
@@ -448,7 +448,8 @@ def fig_sink_variants(ctx: FigureContext) -> list[Path]:
                                                (bias, "residual_peak_l0", "with bias: BOS", "-"),
                                                (bias, "residual_others_l0", "with bias: other tokens", "--")], "L2 norm"),
     ]
-    fig, axes = style.subplots(len(panels), 2, aspect=0.8)
+    # two panels a row: at three a row the legends (up to four lines each) cover the curves
+    fig, axes = style.subplots(len(panels), 2, ncols=2, aspect=0.5)
     for ax, (title, lines, unit) in zip(axes, panels):
         for ci, (d, col, label, ls) in enumerate(lines):
             rows = _rows(d / "metrics.csv")
@@ -566,32 +567,33 @@ def _draw_circuit(results: dict, st: dict, path: Path) -> Path:
         for j, res in enumerate(runs):
             l = res.focus_layer
             xs = x + (j - (len(runs) - 1) / 2) * w
-            label = f"seed {res.meta['seed']}: " if "seed" in res.meta else ""
+            label = f"{res.model}: "  # the legend is shared by both panels
             ax.bar(xs, [r.bos[l] for r in res.rows], w, color=f"C{j}", label=f"{label}BOS, layer {l}")
             ax.plot(xs, [r.next_largest[l] for r in res.rows], "k_", ms=14, mew=2,
                     label="largest other token" if j == 0 else None)
-            ax.axhline(res.row("none").bos[l], color=f"C{j}", ls=":", lw=1.2,
-                       label="unmodified BOS" if j == 0 else None)
+            ax.axhline(res.row("none").bos[l], color=f"C{j}", ls=":", lw=1.2, label=f"{label}unmodified BOS")
         if key == "smollm2":
             ax.set_yscale("log")
             lo = min(min(r.bos[res.focus_layer], r.next_largest[res.focus_layer]) for res in runs for r in res.rows)
             ax.set_ylim(bottom=lo / 3)
             runs0 = runs[0]
-            how = (f"peak layer {runs0.peak_layer} (BOS > {runs0.ratio:g}x every other token)"
-                   if runs0.peak_layer is not None else f"layer {runs0.focus_layer}")
-            ax.set_title(f"{runs0.model}: residual norm at {how}\n{runs0.meta.get('samples')} samples of "
-                         f"{runs0.meta.get('seq_len')} tokens ({runs0.meta.get('text')})")
+            how = (f"peak layer {runs0.peak_layer}\n(BOS > {runs0.ratio:g}x every other token)"
+                   if runs0.peak_layer is not None else f"layer {runs0.focus_layer}\n(no peak layer)")
+            ax.set_title(f"{runs0.model}: residual at {how}")
         else:
-            ax.set_title(f"toy 3-layer BB model (3layer_bias_plain, step {runs[0].meta.get('step')}):\n"
-                         f"residual norm after layer {runs[0].focus_layer}, {st['toy_batch']} task sequences",)
+            ax.set_title(f"toy 3-layer model, step {runs[0].meta.get('step')}:\n"
+                         f"residual after layer {runs[0].focus_layer} (SPEC §3)")
         ax.set_xticks(x, ["unmodified" if n == "none" else "zero " + n.removeprefix("blocks.") for n in names],
                       rotation=30, ha="right")
         ax.set_xlabel("sub-layer output zeroed (layer.part)")
         ax.set_ylabel("L2 norm of the residual stream")
         ax.grid(alpha=0.3, axis="y")
-        style.legend(ax)
-    style.subtitle(fig, "Which early sub-layer writes the BOS residual peak", model="SmolLM2-135M and the toy 3-layer model",
-                   config={"LLM samples": st["samples"], "tokens": st["seq_len"], "toy sequences": st["toy_batch"]})
+    style.figure_legend(fig, axes, ncol=3)  # under the grid: in a panel it hides the bars
+    sm = results["smollm2"][0].meta
+    style.subtitle(fig, "Which early sub-layer writes the BOS residual peak",
+                   model="SmolLM2-135M-Instruct (GGUF Q4_1) and the toy 3-layer model (3layer_bias_plain)",
+                   config={"LLM text": sm.get("text"), "LLM samples": sm.get("samples", st["samples"]),
+                           "tokens": sm.get("seq_len", st["seq_len"]), "toy sequences": st["toy_batch"]})
     return _save(fig, path)
 
 

@@ -298,7 +298,8 @@ def plot_overlay(runs, out_path, decades: float = 1.0, labels: list[str] | None 
     if labels is not None and len(labels) != len(trajs):
         raise ConfigError(f"plot_overlay: {len(labels)} labels for {len(trajs)} runs")
     qs = list(QUANTITIES)
-    fig, axes = style.subplots(len(trajs) * len(qs), 2, ncols=len(qs), aspect=0.85)
+    one = len(trajs) == 1  # one run: a 2 x 2 grid (four panels in a row were too narrow for their labels)
+    fig, axes = style.subplots(len(trajs) * len(qs), 2, ncols=2 if one else len(qs), aspect=0.5 if one else 0.85)
     for i, traj in enumerate(trajs):
         lo, _ = fit_window(traj, decades)
         label = labels[i] if labels else Path(traj.name).name
