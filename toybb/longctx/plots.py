@@ -23,7 +23,10 @@ def ppl_length(rows: list[dict], path, model: str, context: int, config=None) ->
             axes[i].plot([int(r["length"]) for r in a], [float(r["ppl"]) for r in a], "o-", label=label)
     for ax, title in zip(axes, ("perplexity of the first L tokens", "perplexity of each 1024-token segment")):
         ax.axvline(context, color="gray", ls="--", lw=1, label=f"training context {context}")
-        style.log_axes(ax, "y")
+        if any(len(l.get_xdata()) for l in ax.lines[:-1]):
+            style.log_axes(ax, "y")
+        else:  # a text shorter than one segment
+            ax.text(0.5, 0.5, "no data (text too short)", transform=ax.transAxes, ha="center", va="center")
         ax.set(title=title, ylabel="perplexity", xlabel="tokens" if ax is axes[0] else "segment end (tokens)")
     style.figure_legend(fig, axes)
     style.subtitle(fig, "Perplexity against length", model=model, config=config)
@@ -148,7 +151,7 @@ def redraw(data: str | Path, out: str | Path, prefix: str = "longctx_smollm2_") 
             c = _config(data / f"{cfg_name}_config.json")
             a = c["args"]
             done.append(ppl_length(read_csv(data / f"{table}.csv"), out / f"{prefix}{name}.png", a["model"], c["context"],
-                                   {"texts": a["texts"], "methods": a["methods"]}))
+                                   {"texts": _arg(a, "text", "texts"), "methods": a["methods"]}))
     if (data / "passkey.csv").is_file():
         a = _config(data / "lc_passkey_config.json")["args"]
         done.append(passkey(read_csv(data / "passkey.csv"), out / f"{prefix}passkey.png", a["model"],
@@ -158,16 +161,23 @@ def redraw(data: str | Path, out: str | Path, prefix: str = "longctx_smollm2_") 
         abl = [{**r, "sink_attention_by_layer": ast.literal_eval(r["sink_attention_by_layer"])}
                for r in read_csv(data / "ablation.csv")]
         done.append(ablation(abl, out / f"{prefix}ablation.png", a["model"],
-                             {"first tokens ablated": a["ablate_first"], "window": a["seq"], "texts": a["texts"]}))
+                             {"first tokens ablated": a["ablate_first"], "window": _arg(a, "seq_len", "seq"),
+                              "texts": _arg(a, "text", "texts")}))
     if (data / "toy_ppl_length.csv").is_file():
         a = _config(data / "lc_toy_config.json")["args"]
-        factors = [int(f) for f in str(a["factors"]).split(",")]
+        f = a["factors"]
+        factors = [int(x) for x in (f if isinstance(f, list) else str(f).split(","))]
         done.append(toy_ppl_length(read_csv(data / "toy_ppl_length.csv"), out / "longctx_toy_ppl_length.png",
-                                   a["context"], factors, toy_config(a)))
+                                   _arg(a, "seq_len", "context"), factors, toy_config(a)))
     return done
+
+
+def _arg(a: dict, name: str, old: str):
+    """An argument of a stored config.json, written under its current flag name or (older runs) its former one."""
+    return a[name] if name in a else a[old]
 
 
 def toy_config(a: dict) -> dict:
     """The run configuration of `toybb longctx toy` (its arguments) shown under the toy figure."""
-    return {"trained at context": a["context"], "d_model": a["d_model"], "layers": a["layers"], "heads": a["heads"],
+    return {"trained at context": _arg(a, "seq_len", "context"), "d_model": a["d_model"], "layers": a["layers"], "heads": a["heads"],
             "steps": a["steps"], "batch": a["batch"], "lr": a["lr"], "eval windows": a["eval_windows"]}
