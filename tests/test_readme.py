@@ -141,7 +141,7 @@ def test_recipe_python_api(work, monkeypatch):
 
 
 @pytest.mark.parametrize("source, needle", [
-    ("no-such-model", "not an offline model"),
+    ("no-such-model", "no run folder, checkpoint or offline model"),
     (".", "neither a toybb run"),
 ])
 def test_load_bad_source_is_one_line(source, needle, tmp_path):

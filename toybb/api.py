@@ -12,7 +12,7 @@ interventions are those of `toybb.models.capture` / `toybb.models.sites`; one co
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,10 +32,10 @@ class Loaded:
     """A model ready to probe: `kind` ("toy" or "llm"), `name`, `config` (the run's `RunConfig` or the
     `LLMConfig`), `tokenizer` (encode/decode), `sites()`, `model(seed=...)`, `encode`, `run`, `loss`."""
 
-    def __init__(self, kind: str, name: str, config, tokenizer, models: dict, current: tuple, max_len: int,
-                 info: dict):
+    def __init__(self, kind: str, name: str, config, tokenizer, runs: list[tuple], get_model, current: tuple,
+                 max_len: int, info: dict):
         self.kind, self.name, self.config, self.tokenizer = kind, name, config, tokenizer
-        self._models, self._current, self.max_len, self.info = models, current, max_len, info
+        self._runs, self._get_model, self._current, self.max_len, self.info = runs, get_model, current, max_len, info
 
     def __repr__(self) -> str:
         what = f"run seed {self._current[0]}, lr {self._current[1]:g}" if self.kind == "toy" else self.info["format"]
@@ -44,13 +44,13 @@ class Loaded:
     @property
     def runs(self) -> list[tuple]:
         """(seed, lr) of every run of a toy run folder ([(None, None)] for a pretrained model)."""
-        return list(self._models)
+        return list(self._runs)
 
     def model(self, seed: int | None = None, lr: float | None = None):
         """The Flax NNX module: run (seed, lr) of a toy run folder (default: the one chosen at load)."""
         if seed is None and lr is None:
-            return self._models[self._current]
-        return self._models[_pick(self.runs, seed, lr, self.name)]
+            return self._get_model(self._current)
+        return self._get_model(_pick(self.runs, seed, lr, self.name))
 
     def sites(self):
         """The site table of the model (`toybb.models.sites.ModelSites`): `.names()`, `.match(pattern)`."""
@@ -119,20 +119,14 @@ def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None
     first); dtype and tokenizer (a tokenizer.json) apply to pretrained models."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ConfigError(f"toybb.load takes a path or a model name, got {source!r}")
+    from toybb.train.runs import is_run_folder
+
     path = Path(source)
-    if path.is_dir() and _is_run_folder(path):
+    if is_run_folder(path):
         return _load_run(path, seed, lr)
     if seed is not None or lr is not None:
         raise ConfigError(f"{source}: seed and lr choose a run of a toy run folder; this is not one")
     return _load_pretrained(str(source), dtype, tokenizer)
-
-
-def _is_run_folder(path: Path) -> bool:
-    try:
-        meta = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "model" in meta["config"]
 
 
 def _pick(runs: list[tuple], seed, lr, name) -> tuple:
@@ -145,29 +139,16 @@ def _pick(runs: list[tuple], seed, lr, name) -> tuple:
 
 
 def _load_run(path: Path, seed, lr) -> Loaded:
-    from toybb.train.runs import load_models
+    from functools import cache
+
+    from toybb.train.runs import load_models, model_of
 
     cfg, trainer, state, step = load_models(path)
     runs = [(int(s), float(r)) for s, r in trainer.runs]
     current = _pick(runs, seed, lr, str(path)) if (seed is not None or lr is not None) else runs[0]
-    models = _LazyRuns(trainer, state, runs)
-    return Loaded("toy", str(path), cfg, _ToyTokenizer(trainer.task), models, current, cfg.model.max_len,
+    get_model = cache(lambda run: model_of(trainer, state, runs.index(run)))  # merged when first asked for
+    return Loaded("toy", str(path), cfg, _ToyTokenizer(trainer.task), runs, get_model, current, cfg.model.max_len,
                   {"step": step, "format": "toybb run"})
-
-
-class _LazyRuns(dict):
-    """{(seed, lr): model}, each merged from the stacked training state when first asked for."""
-
-    def __init__(self, trainer, state, runs):
-        super().__init__({r: None for r in runs})
-        self._trainer, self._state, self._index = trainer, state, {r: i for i, r in enumerate(runs)}
-
-    def __getitem__(self, key):
-        if super().__getitem__(key) is None:
-            from toybb.train.runs import model_of
-
-            self[key] = model_of(self._trainer, self._state, self._index[key])
-        return super().__getitem__(key)
 
 
 class _ToyTokenizer:
@@ -185,13 +166,9 @@ class _ToyTokenizer:
 
 def _load_pretrained(source: str, dtype: str, tokenizer: str | None) -> Loaded:
     from toybb.llm.load import load as load_llm
-    from toybb.llm.registry import find_models, resolve
+    from toybb.llm.registry import resolve_existing
 
-    path = resolve(source)
-    if not os.path.exists(path):
-        known = ", ".join(sorted(f.name for f in find_models())) or "none installed"
-        raise CheckpointError(f"{source}: no such file or folder, and not an offline model (known: {known}; see "
-                              "`toybb models`)")
+    path = resolve_existing(source)
     if os.path.isdir(path) and not (Path(path) / "config.json").is_file():
         raise CheckpointError(f"{source}: a folder that is neither a toybb run (config.json and checkpoint.npz "
                               "from `toybb train`) nor a Hugging Face model (config.json and *.safetensors)")
@@ -200,6 +177,6 @@ def _load_pretrained(source: str, dtype: str, tokenizer: str | None) -> Loaded:
         raise CheckpointError(f"{source}: no tokenizer found; pass tokenizer='path/to/tokenizer.json'")
     tok = pre.tokenizer
     if tok.bos_id is not None and not tok.add_bos:  # the probes' convention: BOS first when the model has one
-        tok = type(tok)(tok.backend, tok.bos_id, True, tok.source)
-    return Loaded("llm", source, pre.cfg, tok, {(None, None): pre.model}, (None, None), pre.cfg.max_positions,
-                  {"format": pre.fmt, "path": pre.source})
+        tok = dataclasses.replace(tok, add_bos=True)
+    return Loaded("llm", source, pre.cfg, tok, [(None, None)], lambda run: pre.model, (None, None),
+                  pre.cfg.max_positions, {"format": pre.fmt, "path": pre.source})

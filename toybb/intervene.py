@@ -20,7 +20,7 @@ import numpy as np
 
 from toybb import style
 from toybb.cliargs import STRS, ListAction, add_model, add_seq_len
-from toybb.errors import ConfigError, ToybbError
+from toybb.errors import ConfigError
 
 _SELECTOR_FLAGS = ("layer", "head", "position", "key", "feature")
 
@@ -160,16 +160,9 @@ class Subject:
 
 def load_subject(args) -> Subject:
     """A toy run folder (its task's samples) or a pretrained model (text domains)."""
-    if (Path(args.model) / "config.json").is_file() and _is_run(Path(args.model)):
-        return _toy_subject(args)
-    return _llm_subject(args)
+    from toybb.train.runs import is_run_folder
 
-
-def _is_run(d: Path) -> bool:
-    from toybb.records import read_json
-
-    cfg = read_json(d / "config.json", "config")
-    return isinstance(cfg, dict) and "config" in cfg and "model" in cfg["config"]
+    return _toy_subject(args) if is_run_folder(args.model) else _llm_subject(args)
 
 
 def _toy_subject(args) -> Subject:
@@ -197,15 +190,11 @@ def _toy_subject(args) -> Subject:
 
 
 def _llm_subject(args) -> Subject:
-    import os
-
     from toybb.llm.load import load, read_config
-    from toybb.llm.registry import resolve
+    from toybb.llm.registry import resolve_existing
     from toybb.probes.corpus import domain_batches, parse_domain
 
-    path = resolve(args.model)
-    if not os.path.exists(path):
-        raise ToybbError(f"{args.model}: no run folder, checkpoint or offline model of that name (see `toybb models`)")
+    path = resolve_existing(args.model)
     domains = [parse_domain(s) for s in args.domain]
     if not domains:
         raise ConfigError("a pretrained model needs text: give --domain NAME=SOURCE (e.g. prose=pydoc)")

@@ -16,7 +16,6 @@ Writes DIR/series.csv (one row per checkpoint x run) and DIR/series.png.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import sys
@@ -49,12 +48,9 @@ def kind_of(path: str | Path) -> str:
     if p.is_file() and p.suffix == ".npz" and (p.parent / "config.json").exists():
         return "toy"
     if p.is_dir() and (p / "config.json").exists():
-        from toybb.records import read_json
+        from toybb.train.runs import is_run_folder
 
-        cfg = read_json(p / "config.json", "config", "repair or delete it")
-        if isinstance(cfg, dict) and isinstance(cfg.get("config"), dict) and "model" in cfg["config"]:
-            return "toy"
-        return "hf"
+        return "toy" if is_run_folder(p) else "hf"
     if p.is_file() and p.suffix == ".gguf":
         return "hf"
     raise ConfigError(f"{p}: not a toybb run folder/checkpoint, a Hugging Face model directory or a .gguf file")

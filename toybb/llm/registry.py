@@ -88,3 +88,15 @@ def resolve(name_or_path: str) -> str:
             print(f"{name_or_path}: {f.path} ({weights(f.fmt, f.path)})", file=sys.stderr)
             return f.path
     return name_or_path
+
+
+def resolve_existing(name_or_path: str) -> str:
+    """`resolve`, and a one-line CheckpointError (naming the offline models) if nothing of that name exists."""
+    from toybb.errors import CheckpointError
+
+    path = resolve(name_or_path)
+    if not os.path.exists(path):
+        known = ", ".join(sorted(f.name for f in find_models())) or "none installed"
+        raise CheckpointError(f"{name_or_path}: no run folder, checkpoint or offline model of that name (offline "
+                              f"models: {known}; see `toybb models`)")
+    return path

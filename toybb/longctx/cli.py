@@ -6,13 +6,13 @@ figure to --out DIR. JAX and the loaders are imported inside the commands so `to
 
 from __future__ import annotations
 
-import json
 import os
 
 from toybb.cliargs import FLOATS, INTS, STRS, add_list, add_model, add_renamed, add_seq_len, add_text
 from toybb.errors import ConfigError, ToybbError
 from toybb.longctx import plots as P
-from toybb.longctx.common import DEFAULT_TEXTS, _nonempty, _read, write_config, write_table
+from toybb.longctx.common import DEFAULT_TEXTS, _nonempty, write_config, write_table
+from toybb.texts import read_source
 
 METHODS = ("plain", "selfextend", "pi", "ntk", "window")
 
@@ -181,7 +181,7 @@ def cmd_ppl_length(args) -> int:
     bos = _bos(pre)
     rows, curves = [], {}
     for t in args.text:
-        ids = pre.tokenizer.encode(_read(t, args.offset + 16 * args.tokens)[args.offset:],
+        ids = pre.tokenizer.encode(read_source(t, max_chars=args.offset + 16 * args.tokens)[args.offset:],
                                    add_bos=False)[: args.tokens - len(bos)]
         if len(ids) + len(bos) < args.tokens:
             raise ToybbError(f"{t}: only {len(ids)} tokens after --offset, need {args.tokens}")
@@ -258,7 +258,7 @@ def cmd_stream(args) -> int:
         raise ConfigError(f"--tokens {args.tokens} exceeds the context {pre.cfg.max_positions} (full-attention baseline)")
     write_config(args.out, args)
     bos = _bos(pre)
-    ids = bos + pre.tokenizer.encode(_read(args.text, 16 * args.tokens), add_bos=False)[: args.tokens - len(bos)]
+    ids = bos + pre.tokenizer.encode(read_source(args.text, max_chars=16 * args.tokens), add_bos=False)[: args.tokens - len(bos)]
     toks = np.asarray([ids])
     runs = {"full attention": with_options(pre.model, attn_block=args.block)}
     for k in sinks:
@@ -326,7 +326,7 @@ def _posvec_windows(pre, args):
     n_tok = args.seq_len - len(bos)
     windows = []
     for t in args.text:
-        ids = pre.tokenizer.encode(_read(t)[2000:], add_bos=False)
+        ids = pre.tokenizer.encode(read_source(t)[2000:], add_bos=False)
         windows += [bos + ids[i : i + n_tok] for i in range(0, len(ids) - n_tok, n_tok)]
     rng = np.random.default_rng(0)
     order = rng.permutation(len(windows))
@@ -389,8 +389,6 @@ def _posvec_ablations(pre, held, m, args) -> list[dict]:
 
 def _posvec_figures(args, pre, layers, rows, m, n: int, abl: list[dict], n_held: int) -> None:
     """posvec.png (cosines and PCA of m per drawn layer) and ablation.png (attention on token 0 per layer)."""
-    import numpy as np
-
     from toybb.longctx.posvec import cosine_matrix, pca
 
     cos = {l: cosine_matrix(m[l][:128]) for l in layers}

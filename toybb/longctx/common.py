@@ -1,5 +1,5 @@
 """What the long-context commands share (`toybb longctx ...` and `toybb longctx toy`): the default texts,
-checks of list flag values, text reading, and the run folder's config.json and tables."""
+checks of list flag values, and the run folder's config.json and tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 
 from toybb.errors import ConfigError
 from toybb.records import atomic_open, write_csv_rows
-from toybb.texts import read_source
 
 DEFAULT_TEXTS = ("prose/austen/emma.txt", "prose/melville_moby_dick.txt", "prose/austen/mansfieldpark.txt")
 
@@ -23,11 +22,6 @@ def _nonempty(values: tuple, flag: str, low: float = 1, high: float | None = Non
         rng = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
         raise ConfigError(f"{flag} values must be {rng}, got {bad[0]!r}")
     return values
-
-
-def _read(source: str, max_chars: int | None = None) -> str:
-    """The text of a --text SOURCE (toybb.texts.read_source: a file, folder, .jsonl, built-in, or under $TOYBB_DATA)."""
-    return read_source(source, "--text", max_chars)
 
 
 def write_config(out: str, args, extra: dict | None = None) -> None:

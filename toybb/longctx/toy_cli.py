@@ -67,14 +67,15 @@ class _ToyEval:
 
 def cmd_toy(args) -> int:
     from toybb.config import ModelConfig
-    from toybb.longctx.common import _read, write_config, write_table
+    from toybb.longctx.common import write_config, write_table
+    from toybb.texts import read_source
     from toybb.longctx.toy import char_data, eval_windows
 
     factors, schemes = _toy_check(args)
     C = args.seq_len
     W = args.sliding_window or C // 2
     w_se, G = _selfextend(args.selfextend, C, C * max(factors))
-    train, val, vocab = char_data(_read(args.text))
+    train, val, vocab = char_data(read_source(args.text))
     cfgs = {s: ModelConfig(vocab_size=len(vocab), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                            max_len=C, position="none" if s == "window" else s, window=W if s == "window" else None)
             for s in schemes}  # validated before any training

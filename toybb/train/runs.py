@@ -42,6 +42,18 @@ def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
             )
 
 
+def is_run_folder(path: str | Path) -> bool:
+    """True if `path` is a folder whose config.json is a `toybb train` record (a Hugging Face model folder
+    has a config.json too, without the `config` section); a malformed config.json is a ConfigError."""
+    from toybb.records import read_json
+
+    p = Path(path)
+    if not (p.is_dir() and (p / "config.json").is_file()):
+        return False
+    meta = read_json(p / "config.json", "config", "repair or delete it")
+    return isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "model" in meta["config"]
+
+
 def run_config(run_dir: str | Path) -> RunConfig:
     from toybb.records import read_run_config
 
