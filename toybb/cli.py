@@ -277,6 +277,17 @@ def check_output_folders(parser: argparse.ArgumentParser, args) -> None:
             out_folder(value, a.option_strings[0] if a.option_strings else a.dest)
 
 
+def check_text_sources(parser: argparse.ArgumentParser, args) -> None:
+    """Every --text SOURCE must name a file, a folder or a built-in corpus: checked before any model loads."""
+    from toybb.texts import resolve_source
+
+    for a in chosen_parser(parser, args)._actions:
+        value = getattr(args, a.dest, None)
+        if a.metavar == "SOURCE" and value:
+            for v in (value,) if isinstance(value, str) else value:
+                resolve_source(v, a.option_strings[0] if a.option_strings else a.dest)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         _host_devices_from_env()
@@ -293,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_output_folders(parser, args)
+        check_text_sources(parser, args)
         return int(args.func(args) or 0)
     except ToybbError as e:
         print(f"toybb {args.command}: error: {e}", file=sys.stderr)

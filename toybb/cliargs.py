@@ -5,7 +5,7 @@
 - A scalar flag given twice is an error (one line, exit 2), not a silent override.
 - A flag renamed since an earlier release is an error naming the new one (`RENAMED_FLAGS`).
 - Every help text shows the default (`DefaultsFormatter`).
-Imported by CLIs in several layers, so it imports only `toybb.errors`.
+Imported by CLIs in several layers, so it imports only `toybb.errors` and `toybb.texts` (standard library only).
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import argparse
 import sys
 from typing import Callable
 
+from toybb.texts import BUILTINS
+
 MODEL_HELP = "HF model directory, .gguf file, or a name from `toybb models`"
-TEXT_HELP = ("text SOURCE: a text file, a folder, a .jsonl file (field 'text'), stdlib or pydoc (built-in "
-             "corpora); relative paths are also looked up under $TOYBB_DATA")
+TEXT_HELP = (f"text SOURCE: a text file, a folder, a .jsonl file (field 'text') or a built-in corpus "
+             f"({', '.join(BUILTINS)}); relative paths are also looked up under $TOYBB_DATA when it is set")
 
 # command ("ppl", "longctx toy") -> {old flag: what replaces it}
 RENAMED_FLAGS: dict[str, dict[str, str]] = {

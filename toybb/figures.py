@@ -527,11 +527,8 @@ def circuit_settings(scale: str) -> dict:
 
 
 def _circuit_text_source() -> str:
-    """Austen prose beside a checkout ($TOYBB_DATA), else Python's documentation topics (built-in prose)."""
-    from toybb.texts import data_dir
-
-    austen = Path(data_dir()) / "prose" / "austen"
-    return str(austen) if austen.is_dir() else "pydoc"
+    """Austen prose: the built-in Pride and Prejudice excerpt."""
+    return "pride"
 
 
 def _circuit_smollm2(ctx: FigureContext, st: dict):
@@ -657,7 +654,7 @@ def cli_figures(ctx: FigureContext, run_name: str, argv: list[str], files: dict[
                  "residual/value norms by position, massive activations per layer, interventions, attention maps.")
 def fig_probe_smollm2(ctx: FigureContext) -> list[Path]:
     n, heads = (16, 4) if ctx.scale == "cpu" else (64, 12)
-    argv = ["probe", "smollm2-135m-instruct", "--domain", "prose=prose/austen",
+    argv = ["probe", "smollm2-135m-instruct", "--domain", "prose=pride",
             "--domain", "code=stdlib", "--samples", str(n), "--seq-len", "256", "--intervene-heads", str(heads)]
     names = ("sink_heatmap", "norms_by_position", "massive_profile", "interventions", "attention_maps")
     return cli_figures(ctx, "probe_smollm2", argv, {f"{k}.png": f"probe_smollm2_{k}.png" for k in names})

@@ -19,7 +19,7 @@ class Metric:
     symbol: str  # the paper's symbol ("" where the paper has none)
     what: str
     tables: str  # where it is written
-    authors: str = ""  # the authors' column (../shared/reference/ada/README.md)
+    authors: str = ""  # the authors' column (their trajectory CSVs; toybb/reference)
 
 
 METRICS: tuple[Metric, ...] = (

@@ -225,8 +225,8 @@ def register(subparsers) -> None:
                    "checkpoint.npz, Hugging Face model directories, .gguf files")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (series.csv, series.png)")
     add_list(p, "--steps", INTS, None, "steps, one per checkpoint (default: parsed from the paths)", metavar="S,S,...")
-    add_text(p, None, help="LLM probe text SOURCE (a file, folder, .jsonl, stdlib, pydoc or a path under "
-             "$TOYBB_DATA; default: a fixed English paragraph)")
+    add_text(p, None, help="LLM probe text SOURCE (a file, folder, .jsonl or a built-in corpus such as "
+             "pydoc or pride; default: a fixed English paragraph)")
     p.set_defaults(func=cmd_series)
 
 

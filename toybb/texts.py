@@ -1,11 +1,15 @@
 """Text sources: what `--text SOURCE` and `--domain NAME=SOURCE` accept, resolved by one function.
 
 SOURCE is a text file, a folder (every UTF-8 file under it, sorted by path), a `.jsonl` file (the `text`
-field of each line), or a built-in corpus:
-  stdlib  the Python standard-library sources (real code), files sorted by path, site-packages excluded;
-  pydoc   `pydoc_data.topics` (Python's documentation topics: real English prose), topics sorted by name.
-A relative path that does not exist as given is looked up under $TOYBB_DATA (default: `shared/data`
-beside the checkout), so `--text prose/austen/emma.txt` works from any folder.
+field of each line), or a built-in corpus (`BUILTINS`), which every install has:
+  stdlib       the Python standard-library sources (real code), files sorted by path, site-packages excluded;
+  pydoc        `pydoc_data.topics` (Python's documentation topics: real English prose), topics sorted by name;
+  pride, emma, mobydick, shakespeare
+               public-domain excerpts of about 100,000 characters shipped in `toybb/corpora/` (Pride and
+               Prejudice, Emma, Moby Dick, Tiny Shakespeare; sources in its README.md, rebuilt by
+               scripts/build_corpora.py).
+A relative path that does not exist as given is looked up under $TOYBB_DATA when it is set (a folder of
+one's own corpora: `TOYBB_DATA=~/corpora toybb ... --text novels/emma.txt` works from any folder).
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from typing import Iterator
 
 from toybb.errors import ConfigError
 
-BUILTINS = ("stdlib", "pydoc")
+CORPORA = Path(__file__).resolve().parent / "corpora"
+EXCERPTS = ("pride", "emma", "mobydick", "shakespeare")  # toybb/corpora/NAME.txt
+BUILTINS = ("stdlib", "pydoc", *EXCERPTS)
 
 
-def data_dir() -> str:
-    """$TOYBB_DATA, else the development corpora beside a checkout (../shared/data)."""
-    return os.environ.get("TOYBB_DATA") or os.path.normpath(
-        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+def data_dir() -> str | None:
+    """$TOYBB_DATA (a folder of one's own corpora), or None when it is not set."""
+    return os.environ.get("TOYBB_DATA") or None
 
 
 def resolve_source(source: str, flag: str = "--text") -> str:
@@ -32,11 +37,14 @@ def resolve_source(source: str, flag: str = "--text") -> str:
     source = source.strip()
     if source in BUILTINS:
         return source
-    for cand in (source, os.path.join(data_dir(), source)):
-        if source and os.path.exists(cand):
+    root = data_dir()
+    for cand in (source, os.path.join(root, source) if root else None):
+        if source and cand and os.path.exists(cand):
             return cand
+    where = (f"relative paths are also tried under $TOYBB_DATA = {root}" if root else
+             "set $TOYBB_DATA to a folder of your own texts to name them by relative path")
     raise ConfigError(f"{flag}: {source!r} is neither a file, a folder nor a built-in corpus ({', '.join(BUILTINS)}); "
-                      f"relative paths are also tried under $TOYBB_DATA = {data_dir()}")
+                      f"give a path to your own text, or {where}")
 
 
 def _read(path: Path) -> str | None:
@@ -70,6 +78,8 @@ def iter_documents(source: str) -> Iterator[str]:
                 continue
             if (t := _read(p)) is not None:
                 yield t
+    elif source in EXCERPTS:
+        yield (CORPORA / f"{source}.txt").read_text(encoding="utf-8")
     elif source == "pydoc":
         import pydoc_data.topics as topics
 

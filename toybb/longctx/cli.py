@@ -88,7 +88,7 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("stream", help="attention-sink (StreamingLLM) cache perplexity for several sink counts")
     _common(p)
-    add_text(p, "prose/austen/prideprejudice.txt")
+    add_text(p, "pride")
     p.add_argument("--tokens", type=int, default=4096, metavar="N", help="tokens of the text scored")
     p.add_argument("--recent", type=int, default=256, metavar="W", help="recent window W of the sink cache")
     add_list(p, "--sinks", INTS, (0, 1, 4), "sink-token counts k")
@@ -97,7 +97,7 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("posvec", help="positional vectors of a pretrained model, their PCA and ablation")
     _common(p)
-    add_text(p, ("prose/austen/emma.txt", "prose/melville_moby_dick.txt"), many=True)
+    add_text(p, ("emma", "mobydick"), many=True)
     p.add_argument("--samples", type=int, default=32, help="N windows averaged (streamed)")
     add_seq_len(p, 512, help="tokens per sample window")
     p.add_argument("--batch", type=int, default=4, help="windows per forward pass (also the held-out windows)")

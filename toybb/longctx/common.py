@@ -10,7 +10,7 @@ import sys
 from toybb.errors import ConfigError
 from toybb.records import atomic_open, write_csv_rows
 
-DEFAULT_TEXTS = ("prose/austen/emma.txt", "prose/melville_moby_dick.txt", "prose/austen/mansfieldpark.txt")
+DEFAULT_TEXTS = ("emma", "mobydick", "pride")  # built-in corpora (toybb/corpora), in every install
 
 
 def _nonempty(values: tuple, flag: str, low: float = 1, high: float | None = None) -> tuple:

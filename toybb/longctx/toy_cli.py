@@ -17,7 +17,7 @@ from toybb.cliargs import FLOATS, INTS, STRS, add_list, add_renamed, add_seq_len
 def register(sub, common) -> None:
     p = sub.add_parser("toy", help="toy char-LMs: position schemes and context extension (Tiny Shakespeare)")
     common(p, model=False)
-    add_text(p, "tinyshakespeare.txt")
+    add_text(p, "shakespeare")
     add_seq_len(p, 64, help="training context C (characters per training sequence)")
     add_list(p, "--factors", INTS, (1, 2, 4), "evaluation lengths as multiples of C")
     add_list(p, "--schemes", STRS, ("none", "rope", "alibi", "window"), "position schemes: none, rope, alibi, window")

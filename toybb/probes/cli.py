@@ -17,11 +17,11 @@ def register(subparsers) -> None:
         "probe", help="attention sinks, value drains, residual peaks and massive activations of an LLM per domain",
         description="Stream N samples of T tokens from each domain through the model and write heads.csv, "
         "layers.csv, interventions.csv, metrics.json, config.json and figures to --out. SOURCE is a text file, "
-        "a folder, a .jsonl file (field 'text'), a built-in corpus: stdlib (Python sources) or pydoc "
-        "(Python documentation prose), or a path under $TOYBB_DATA.")
+        "a folder, a .jsonl file (field 'text') or a built-in corpus: stdlib (Python sources), pydoc "
+        "(Python documentation prose), pride, emma, mobydick, shakespeare (public-domain excerpts).")
     add_model(p)
     p.add_argument("--domain", action="append", default=[], metavar="NAME=SOURCE",
-                   help="a text domain, e.g. prose=/path/austen or code=stdlib (repeat; give two to compare)")
+                   help="a text domain, e.g. prose=pride or code=stdlib (repeat; give two to compare)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
     p.add_argument("--samples", type=int, default=64, help="samples per domain")
     add_seq_len(p, 256, help="tokens per sample, BOS included")

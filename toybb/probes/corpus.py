@@ -1,7 +1,7 @@
 """Text corpora as fixed-length token samples, streamed in batches.
 
 A domain is `name=SOURCE`; SOURCE is resolved by `toybb.texts.resolve_source` (a text file, a folder,
-a `.jsonl` file, a built-in corpus `stdlib` or `pydoc`, or a path under $TOYBB_DATA).
+a `.jsonl` file, or a built-in corpus such as `stdlib`, `pydoc` or `pride`).
 A sample is `seq_len` tokens: [BOS] + seq_len - 1 text tokens, or seq_len text tokens without BOS. Each
 document gives consecutive non-overlapping windows from its start, at most `max_per_doc` of them, so the
 samples spread over documents; documents are read in a fixed order, so the samples are deterministic.
@@ -28,7 +28,7 @@ def parse_domain(spec: str) -> Domain:
     """'prose=/path/to/dir' -> Domain('prose', '/path/to/dir'); checks the source exists."""
     name, sep, source = spec.partition("=")
     if not sep or not name.strip() or not source.strip():
-        raise ConfigError(f"--domain {spec!r} is malformed; write NAME=SOURCE, e.g. code=stdlib or prose=austen/")
+        raise ConfigError(f"--domain {spec!r} is malformed; write NAME=SOURCE, e.g. code=stdlib or prose=pride")
     name, source = name.strip(), source.strip()
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"--domain name {name!r} must be letters, digits, '-' or '_'")

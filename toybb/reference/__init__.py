@@ -30,7 +30,7 @@ class Reference:
     description: str
     model: dict[str, Any] = field(default_factory=dict)  # changes to the paper preset (SPEC §2)
     optim: dict[str, Any] = field(default_factory=dict)
-    source: str = ""  # the authors' CSV it is derived from (../shared/reference/ada/)
+    source: str = ""  # the authors' CSV it is derived from (reference/build.py)
 
     @property
     def path(self) -> Path:

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m toybb.reference.build [SRC] [-o OUT]
+    python -m toybb.reference.build SRC [-o OUT]
 
-SRC is the folder of the authors' CSVs (default: ../shared/reference/ada beside the repository); OUT
+SRC is the folder of the authors' CSVs (required; they do not ship with toybb); OUT
 the package's `toybb/reference/data`. Each table keeps the step and the columns toybb also measures,
 renamed to toybb's metric names (`COLUMNS`: the authors' column -> toybb's), at 7 significant digits.
 The authors' columns toybb does not define (one evaluation sequence's positions 1..9, the mean logit
@@ -38,7 +38,6 @@ COLUMNS = {
     "dlogit_bos_mean60": "sink_logit_gap_types_l0",  # the paper's Δlogit (per type, then unweighted)
     "dlogit_bos_pooled": "sink_logit_gap_l0",  # toybb's pooled Δlogit
 }
-DEFAULT_SRC = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "ada"
 
 
 def convert(src: Path, dst: Path) -> int:
@@ -63,7 +62,7 @@ def convert(src: Path, dst: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m toybb.reference.build", description=__doc__.split("\n\n")[0])
-    ap.add_argument("src", nargs="?", default=str(DEFAULT_SRC), help="folder of the authors' CSVs")
+    ap.add_argument("src", help="folder of the authors' CSVs")
     ap.add_argument("-o", "--out", default=str(DATA), help="output folder (default: the package's data)")
     args = ap.parse_args(argv)
     src, out = Path(args.src), Path(args.out)
