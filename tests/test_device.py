@@ -21,7 +21,7 @@ def test_cpu_heuristics_follow_the_backend_decision(monkeypatch):
     assert microbatch_size(paper) == 8 and runs_vmapped_together(paper) == 1  # cache-sized on a CPU
     calls = []
     monkeypatch.setattr("ctypes.CDLL", lambda name: type("L", (), {"malloc_trim": lambda self, n: calls.append(n)})())
-    from toybb.llm.load import release_host_memory
+    from toybb.device import release_host_memory
 
     release_host_memory()
     assert calls == [0]

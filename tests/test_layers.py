@@ -13,13 +13,12 @@ LAYERS = [
      "toybb.cliargs", "toybb.texts"),
     ("toybb.config",),
     ("toybb.task", "toybb.reference", "toybb.reference.build"),
-    ("toybb.probes.metrics",),
     ("toybb.models",),
     ("toybb.llm",),
     ("toybb.plot", "toybb.probes"),
     ("toybb.train",),
     ("toybb.theory", "toybb.reference.compare", "toybb.longctx", "toybb.series"),
-    ("toybb.figures", "toybb.intervene", "toybb.cli", "toybb.toy_sinks", "toybb.api", "toybb"),
+    ("toybb.figures", "toybb.intervene", "toybb.intervene_cli", "toybb.cli", "toybb.toy_sinks", "toybb.api", "toybb"),
 ]
 
 

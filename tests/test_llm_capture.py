@@ -9,7 +9,7 @@ from flax import nnx
 
 from toybb.llm.config import LLMConfig
 from toybb.llm.model import LLM
-from toybb.llm.run import forward
+from toybb.models.forward import forward
 from toybb.models.capture import Capture
 
 CFG = LLMConfig(arch="llama", vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=48)

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     from flax import nnx
     from toybb.llm.config import LLMConfig
     from toybb.llm.model import LLM
-    from toybb.llm.run import forward
+    from toybb.models.forward import forward
     from toybb.llm.sharding import make_mesh, shard_model, shard_tokens
     from toybb.models.capture import Capture
 

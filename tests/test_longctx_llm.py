@@ -10,7 +10,7 @@ from flax import nnx
 from toybb.errors import ConfigError
 from toybb.llm.config import LLMConfig
 from toybb.llm.model import LLM
-from toybb.llm.run import forward
+from toybb.models.forward import forward
 from toybb.longctx.options import rope_scaling, with_options
 
 T = 40
@@ -65,7 +65,7 @@ def test_config_errors(model):
 def test_value_ablation_matches_manual_computation(model, tokens, plain):
     """Zeroing the values of the first K tokens in layer 1 only: layer 0 is untouched, and layer 1's
     attention output z equals the unedited pattern times the unedited values with rows < K set to 0."""
-    from toybb.longctx.llm import token_nll, value_ablation
+    from toybb.longctx.llm import sequence_nll, value_ablation
     from toybb.models.capture import Capture, run_with_capture
 
     K, n_layers = 3, model.cfg.n_layers
@@ -86,11 +86,11 @@ def test_value_ablation_matches_manual_computation(model, tokens, plain):
     assert np.abs(z[:, :K]).max() == 0.0  # queries < K only see removed values
     assert np.abs(np.asarray(logits)[0] - plain[0]).max() > 1e-3  # the edit changes the output
     # the same edit through the jitted NLL path; all-ones is the identity
-    nll_id = token_nll(model, tokens, value_scale=np.ones((n_layers, T), np.float32))
-    np.testing.assert_allclose(nll_id, token_nll(model, tokens), atol=1e-5)
-    assert np.abs(token_nll(model, tokens, value_scale=vs) - nll_id).max() > 1e-4
+    nll_id = sequence_nll(model, tokens, value_scale=np.ones((n_layers, T), np.float32))
+    np.testing.assert_allclose(nll_id, sequence_nll(model, tokens), atol=1e-5)
+    assert np.abs(sequence_nll(model, tokens, value_scale=vs) - nll_id).max() > 1e-4
     with pytest.raises(ValueError, match="value scale"):
-        token_nll(model, tokens, value_scale=np.ones((n_layers, T + 1), np.float32))
+        sequence_nll(model, tokens, value_scale=np.ones((n_layers, T + 1), np.float32))
 
 
 class _DigitTokenizer:

@@ -92,11 +92,11 @@ class Loaded:
     def run(self, text_or_ids, *, capture=(), edits=None, seed: int | None = None) -> Output:
         """Forward pass with captures (site patterns, e.g. "blocks.*.attn.pattern@key0") and interventions
         (`Edit`s) -> Output(logits, cache, tokens)."""
-        from toybb.llm.run import forward
         from toybb.models.capture import Capture
+        from toybb.models.forward import forward
 
         model = self.model(seed)
-        capture = Capture(capture)
+        capture = Capture.of(capture)
         capture.check(model.sites())  # before compiling
         tokens = self.tokens(text_or_ids)
         logits, cache = forward(model, tokens, capture=capture, edits=edits)
@@ -104,12 +104,12 @@ class Loaded:
 
     def loss(self, text_or_ids, *, edits=None, seed: int | None = None) -> float:
         """Mean next-token cross-entropy (nats) of the text, with the interventions `edits` if given."""
-        from toybb.probes.metrics import token_nll
+        from toybb.models.forward import loss
 
-        out = self.run(text_or_ids, edits=edits, seed=seed)
-        if out.tokens.shape[1] < 2:
+        tokens = self.tokens(text_or_ids)
+        if tokens.shape[1] < 2:
             raise ConfigError("the loss needs at least two tokens")
-        return float(np.mean(np.asarray(token_nll(out.logits[:, :-1], out.tokens[:, 1:]))))
+        return float(np.mean(np.asarray(loss(self.model(seed), tokens, edits=edits, reduction="token").nll)))
 
 
 def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None = None, dtype: str = "float32",

@@ -1,7 +1,7 @@
 """Backend decisions, in one place: what toybb does differently on a CPU and on an accelerator.
 
 Every CPU-only heuristic (micro-batches sized for the cache, run chunks, giving freed heap pages back
-with `malloc_trim`) asks `cpu_heuristics()`; the attention core asks `fast_attention()` whether to use
+with `malloc_trim`, `release_host_memory`) asks `cpu_heuristics()`; the attention core asks `fast_attention()` whether to use
 `jax.nn.dot_product_attention` where its options allow. Tests force either branch by monkeypatching these
 functions (call them through the module, `device.cpu_heuristics()`, so the patch is seen).
 """
@@ -48,3 +48,21 @@ def matmul_precision() -> str | None:
     from jax._src import config as _config
 
     return _config.default_matmul_precision.value
+
+
+def release_host_memory() -> None:
+    """Free what loading left behind: reference cycles holding the file reader (and its memory map), and
+    the C heap's free pages (glibc's malloc_trim, on CPU backends only; a no-op elsewhere). Loading converts every
+    tensor through transient numpy arrays, and compiling leaves XLA's scratch memory, which otherwise stay
+    resident as free heap."""
+    import gc
+
+    gc.collect()
+    if not cpu_heuristics():  # the weights live in device memory, not in the C heap
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

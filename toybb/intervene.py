@@ -1,68 +1,41 @@
-"""`toybb intervene MODEL_OR_RUN --site S --op O [selectors] ... --out DIR`: interventions at any site of a
-toy run or a pretrained model, against the unmodified model.
+"""Interventions at any site of a toy run or a pretrained model, against the unmodified model: the library
+behind `toybb intervene` (its command line is `toybb.intervene_cli`).
 
-Writes interventions.csv (per domain and intervention: next-token loss, perplexity, the change in loss
-and every requested capture, at position 0 and over the other positions), config.json and
-interventions.png. The edits are `toybb.models.sites.Edit`s; one compilation serves every edit of the
-same structure (layer, head, position and value are arrays).
+`load_subject` loads a toy run folder (its task's samples) or a pretrained model (text domains);
+`interventions` turns edit specs into the list to measure (split per layer or head); `measure` gives one
+row per domain and intervention (next-token loss, perplexity, the change in loss and every requested
+capture, at position 0 and over the other positions); `write_outputs` writes interventions.csv,
+config.json and interventions.png. The edits are `toybb.models.sites.Edit`s; one compilation serves every
+edit of the same structure (layer, head, position and value are arrays).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from toybb import style
-from toybb.cliargs import STRS, ListAction, add_model, add_seq_len
 from toybb.errors import ConfigError
 
-_SELECTOR_FLAGS = ("layer", "head", "position", "key", "feature")
+SELECTORS = ("layer", "head", "position", "key", "feature")  # the selectors of an `Edit`
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "intervene", help="zero, scale, set, add, mean-ablate or patch any site of a toy run or an LLM",
-        description="Apply interventions inside the forward pass and write interventions.csv (loss, perplexity "
-        "and requested captures per intervention and domain, against the unmodified model), config.json and "
-        "interventions.png to --out. Sites are listed in the README (toybb.models.sites), e.g. "
-        "blocks.0.mlp.out, blocks.*.attn.z, blocks.3.resid_post.")
-    add_model(p, "a `toybb train` folder, an HF model directory, a .gguf file or a name from `toybb models`",
-              metavar="MODEL_OR_RUN")
-    p.add_argument("--site", help="site pattern of one intervention, e.g. blocks.*.attn.z")
-    p.add_argument("--op", choices=("zero", "scale", "set", "add", "mean", "patch"), help="its operation")
-    p.add_argument("--layer", help="layers: 3, 0,2 or 0:4 (default: every layer the site pattern names)")
-    p.add_argument("--head", help="heads: 1, 0,3 or 0:4 (default: all)")
-    p.add_argument("--position", help="positions: 5, 0,1, 2:8, bos, last or first:TOKEN_ID (default: all)")
-    p.add_argument("--key", help="key positions of attn.pattern / attn.logits (default: all)")
-    p.add_argument("--feature", help="last-axis features, e.g. 1415,2533 (default: all)")
-    p.add_argument("--value", type=float, help="the number for scale, set and add")
-    p.add_argument("--min-abs", type=float, help="only entries with |x| >= this (massive activations)")
-    p.add_argument("--source", metavar="DOMAIN", help="mean / patch: the domain whose activations are used "
-                   "(default: the edited domain itself)")
-    p.add_argument("--edit", action="append", default=[], metavar="SITE:OP[:NAME=VALUE;...]",
-                   help="another intervention, e.g. blocks.0.mlp.out:zero or blocks.*.attn.z:zero:layer=3;head=1 "
-                   "(repeat; selectors as above, plus value, min_abs and source)")
-    p.add_argument("--each", choices=("layer", "head"),
-                   help="split every intervention into one per layer (or per layer and head) it covers")
-    p.add_argument("--capture", action=ListAction, type=STRS, default=(), metavar="SITE@REDUCTION",
-                   help="record a reduced site per intervention: its mean at position 0 and max and mean over the "
-                   "other positions, e.g. blocks.*.resid_post@norm or blocks.*.attn.pattern@key0 (comma-separated or repeated)")
-    p.add_argument("--domain", action="append", default=[], metavar="NAME=SOURCE",
-                   help="text for an LLM (as in `toybb probe`); for a toy run NAME=task or NAME=task:SEED "
-                   "(Bigram-Backcopy samples; default task=task:0; repeat)")
-    p.add_argument("--samples", type=int, default=16, help="samples per domain")
-    add_seq_len(p, 128, help="tokens per sample (default 128; a toy run: its own)")
-    p.add_argument("--batch", type=int, default=8, help="samples per forward pass")
-    p.add_argument("--run", type=int, default=0, help="which run (seed) of a toy run folder")
-    p.add_argument("--no-bos", action="store_true", help="LLM samples without a BOS token")
-    p.add_argument("--out", metavar="DIR", required=True, help="output folder")
-    p.set_defaults(func=cmd_intervene)
+class EditSpec(NamedTuple):
+    """One intervention as the user wrote it: site pattern, op (`toybb.models.sites.OPS`), selectors
+    ({name: text} over `SELECTORS`), value, min_abs, and for mean / patch the source domain (None: the
+    edited domain itself)."""
+
+    site: str
+    op: str
+    sel: dict
+    value: float | None = None
+    min_abs: float | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,27 +45,18 @@ class Intervention:
     source: str | None = None
 
 
-def parse_interventions(args, n_layers: int, n_heads: int) -> list[Intervention]:
-    """The command line's interventions (--site/--op and every --edit), split by --each."""
+def interventions(specs: list[EditSpec], n_layers: int, n_heads: int, each: str | None = None) -> list[Intervention]:
+    """The interventions of `specs`, each split into one per layer (each="layer") or per layer and head
+    (each="head") it covers."""
     from toybb.models.sites import Edit
 
-    specs = []
-    if args.site or args.op:
-        if not (args.site and args.op):
-            raise ConfigError("--site and --op go together (e.g. --site blocks.0.mlp.out --op zero)")
-        sel = {k: getattr(args, k) for k in _SELECTOR_FLAGS if getattr(args, k) is not None}
-        specs.append((args.site, args.op, sel, args.value, args.min_abs, args.source))
-    elif any(getattr(args, k) is not None for k in _SELECTOR_FLAGS + ("value", "min_abs")):
-        raise ConfigError("selectors (--layer, --head, ...) and --value belong to --site/--op; use --edit for more")
-    specs += [_parse_edit(e) for e in args.edit]
     if not specs:
         raise ConfigError("give an intervention: --site SITE --op OP, or --edit SITE:OP (e.g. blocks.0.mlp.out:zero)")
     out = []
     for site, op, sel, value, min_abs, source in specs:
         if op in ("scale", "set", "add") and value is None:
             raise ConfigError(f"--op {op} needs --value (or value=... in --edit)")
-        base = dict(sel)
-        for piece in _split(site, base, args.each, n_layers, n_heads):
+        for piece in _split(site, dict(sel), each, n_layers, n_heads):
             e = Edit(site, op, value=value, min_abs=min_abs, source=None if op not in ("mean", "patch") else "", **piece)
             label = ",".join(f"{k}={v}" for k, v in piece.items() if v is not None)
             out.append(Intervention(f"{site} {op}" + (f" [{label}]" if label else ""), (e,), source))
@@ -118,32 +82,6 @@ def _split(site, sel: dict, each: str | None, n_layers: int, n_heads: int) -> li
     return out
 
 
-def _parse_edit(text: str):
-    parts = text.split(":", 2)
-    if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise ConfigError(f"--edit {text!r}: write SITE:OP[:NAME=VALUE;...], e.g. blocks.0.mlp.out:zero")
-    sel, value, min_abs, source = {}, None, None, None
-    for item in (parts[2].split(";") if len(parts) == 3 and parts[2] else []):
-        k, eq, v = item.partition("=")
-        k = k.strip().replace("-", "_")
-        if not eq or k not in _SELECTOR_FLAGS + ("value", "min_abs", "source"):
-            raise ConfigError(f"--edit {text!r}: {item!r} is not NAME=VALUE with NAME one of "
-                              f"{', '.join(_SELECTOR_FLAGS + ('value', 'min_abs', 'source'))}")
-        if k in ("value", "min_abs"):
-            try:
-                num = float(v)
-            except ValueError:
-                raise ConfigError(f"--edit {text!r}: {k} must be a number, got {v!r}") from None
-            if not math.isfinite(num):
-                raise ConfigError(f"--edit {text!r}: {k} must be a finite number, got {v!r}")
-            value, min_abs = (num, min_abs) if k == "value" else (value, num)
-        elif k == "source":
-            source = v
-        else:
-            sel[k] = v
-    return parts[0], parts[1], sel, value, min_abs, source
-
-
 # ---------------------------------------------------------------------------------------------------
 # models and data
 
@@ -158,98 +96,82 @@ class Subject:
     info: dict
 
 
-def load_subject(args) -> Subject:
-    """A toy run folder (its task's samples) or a pretrained model (text domains)."""
+def load_subject(model: str, *, domains=(), samples: int = 16, seq_len: int = 128, batch: int = 8, run: int = 0,
+                 dtype: str = "float32", tokenizer: str | None = None, bos: bool = True) -> Subject:
+    """A toy run folder (its task's samples; `domains` NAME=task or NAME=task:SEED, `run` its run index) or
+    a pretrained model (`domains` NAME=SOURCE texts as in `toybb probe`; `seq_len` tokens per sample, BOS
+    first unless `bos` is False). `samples` per domain in batches of `batch`."""
     from toybb.train.runs import is_run_folder
 
-    return _toy_subject(args) if is_run_folder(args.model) else _llm_subject(args)
+    if is_run_folder(model):
+        return _toy_subject(model, domains, samples, batch, run)
+    return _llm_subject(model, domains, samples, seq_len, batch, dtype, tokenizer, bos)
 
 
-def _toy_subject(args) -> Subject:
+def _toy_subject(path, domains, samples, batch, run) -> Subject:
     import jax
 
     from toybb.train.runs import load_models, model_of
 
-    cfg, trainer, state, step = load_models(args.model)
+    cfg, trainer, state, step = load_models(path)
     n_runs = len(trainer.runs)
-    if not 0 <= args.run < n_runs:
-        raise ConfigError(f"--run {args.run}: {args.model} holds runs 0..{n_runs - 1}")
-    model = model_of(trainer, state, args.run)
+    if not 0 <= run < n_runs:
+        raise ConfigError(f"--run {run}: {path} holds runs 0..{n_runs - 1}")
+    model = model_of(trainer, state, run)
     batches = {}
-    for spec in args.domain or ["task=task:0"]:
+    for spec in domains or ["task=task:0"]:
         name, _, src = spec.partition("=")
         kind, _, seed = src.partition(":")
         if not name or kind != "task" or (seed and not seed.isdigit()):
             raise ConfigError(f"--domain {spec!r}: a toy run takes NAME=task or NAME=task:SEED")
-        toks = np.asarray(trainer.task.sample(jax.random.key(int(seed or 0)), args.samples, cfg.task.seq_len))
-        batches[name] = [(toks[i:i + args.batch], np.ones(len(toks[i:i + args.batch]), bool))
-                         for i in range(0, len(toks), args.batch)]
-    seed, lr = trainer.runs[args.run]
-    return Subject(model, f"{args.model} (run {args.run}: seed {seed}, lr {lr:g}, step {step})", batches,
+        toks = np.asarray(trainer.task.sample(jax.random.key(int(seed or 0)), samples, cfg.task.seq_len))
+        batches[name] = [(toks[i:i + batch], np.ones(len(toks[i:i + batch]), bool))
+                         for i in range(0, len(toks), batch)]
+    seed, lr = trainer.runs[run]
+    return Subject(model, f"{path} (run {run}: seed {seed}, lr {lr:g}, step {step})", batches,
                    {"kind": "toy", "step": step, "seed": seed, "lr": lr})
 
 
-def _llm_subject(args) -> Subject:
+def _llm_subject(source, domains, samples, seq_len, batch, dtype, tokenizer, bos) -> Subject:
     from toybb.llm.load import load, read_config
     from toybb.llm.registry import resolve_existing
     from toybb.probes.corpus import domain_batches, parse_domain
 
-    path = resolve_existing(args.model)
-    domains = [parse_domain(s) for s in args.domain]
+    path = resolve_existing(source)
+    domains = [parse_domain(s) for s in domains]
     if not domains:
         raise ConfigError("a pretrained model needs text: give --domain NAME=SOURCE (e.g. prose=pydoc)")
-    cfg, _ = read_config(path, dtype=args.dtype)
-    if args.seq_len > cfg.max_positions:
-        raise ConfigError(f"--seq-len {args.seq_len} is longer than the model context ({cfg.max_positions})")
-    pre = load(path, dtype=args.dtype, tokenizer=args.tokenizer)
+    cfg, _ = read_config(path, dtype=dtype)
+    if seq_len > cfg.max_positions:
+        raise ConfigError(f"--seq-len {seq_len} is longer than the model context ({cfg.max_positions})")
+    pre = load(path, dtype=dtype, tokenizer=tokenizer)
     if pre.tokenizer is None:
         raise ConfigError(f"{pre.source}: no tokenizer found; pass --tokenizer tokenizer.json")
-    bos = None if args.no_bos else pre.cfg.bos_token_id
-    batches = {d.name: list(domain_batches(d, pre.tokenizer.encode, n=args.samples, seq_len=args.seq_len,
-                                           batch=args.batch, bos_id=bos)) for d in domains}
-    return Subject(pre.model, pre.source, batches, {"kind": "llm", "arch": pre.cfg.arch, "bos": bos is not None})
+    bos_id = pre.cfg.bos_token_id if bos else None
+    batches = {d.name: list(domain_batches(d, pre.tokenizer.encode, n=samples, seq_len=seq_len,
+                                           batch=batch, bos_id=bos_id)) for d in domains}
+    return Subject(pre.model, pre.source, batches, {"kind": "llm", "arch": pre.cfg.arch, "bos": bos_id is not None})
 
 
 # ---------------------------------------------------------------------------------------------------
 # measuring
 
 
-@lru_cache(maxsize=16)
-def _step_fn(graphdef, capture):
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from toybb.models.capture import run_with_capture
-    from toybb.probes import metrics as M
-
-    def f(state, tokens, valid, edits):
-        logits, cap = run_with_capture(nnx.merge(graphdef, state), tokens[:, :-1], capture=capture, edits=edits)
-        nll = M.token_nll(logits, tokens[:, 1:])
-        w = valid.astype(jnp.float32)[:, None]
-        return jnp.sum(nll * w), jnp.sum(w) * nll.shape[1], cap
-
-    return jax.jit(f)
-
-
 def measure(model, batches: dict, interventions: list[Intervention], capture_patterns: tuple[str, ...] = ()) -> list[dict]:
     """Rows (domain, intervention, nll, ppl, delta_nll, captures) for the unmodified model and each
     intervention; a capture `SITE@RED` of shape [batch, pos] (or [batch, heads, pos], averaged over heads)
     gives `SITE@RED:pos0`, `:others_max` and `:others_mean` (positions 1..)."""
-    from flax import nnx
-
     from toybb.models.capture import Capture
 
     for iv in interventions:
         if iv.source and iv.source not in batches:
             raise ConfigError(f"source {iv.source!r} is not one of the domains ({', '.join(batches)})")
-    graphdef, state = nnx.split(model)
-    f = _step_fn(graphdef, Capture(tuple(capture_patterns)))
+    capture = Capture(tuple(capture_patterns))
     rows = []
     for dom, bt in batches.items():
         base = None
         for iv in [Intervention("none", ())] + interventions:
-            row = _measure_one(model, f, state, bt, iv, batches)
+            row = _measure_one(model, capture, bt, iv, batches)
             base = row["nll"] if base is None else base
             rows.append({"domain": dom, "intervention": iv.name, "nll": row.pop("nll"), "ppl": row.pop("ppl"),
                          "delta_nll": 0.0, **row})
@@ -257,13 +179,13 @@ def measure(model, batches: dict, interventions: list[Intervention], capture_pat
     return rows
 
 
-def _measure_one(model, f, state, bt, iv: Intervention, batches) -> dict:
+def _measure_one(model, capture, bt, iv: Intervention, batches) -> dict:
     import dataclasses
 
     import jax.numpy as jnp
 
     from toybb.models.capture import resolve_edits
-    from toybb.models.sites import NO_EDITS
+    from toybb.models.forward import loss, perplexity
 
     tot = cnt = 0.0
     sums: dict[str, np.ndarray] = {}
@@ -272,8 +194,8 @@ def _measure_one(model, f, state, bt, iv: Intervention, batches) -> dict:
         x = jnp.asarray(tokens, jnp.int32)
         edits = [dataclasses.replace(e, source=jnp.asarray(src[i][0], jnp.int32)[:, :-1]) if e.op in ("mean", "patch")
                  else e for e in iv.edits]
-        res = resolve_edits(model, edits, x[:, :-1]) if edits else NO_EDITS
-        s, c, cap = f(state, x, jnp.asarray(valid, bool), res)
+        res = resolve_edits(model, edits, x[:, :-1]) if edits else None
+        s, c, cap = loss(model, x[:, :-1], x[:, 1:], valid=valid, edits=res, capture=capture)
         tot, cnt = tot + float(s), cnt + float(c)
         v = np.asarray(valid, bool)
         for k, a in cap.items():
@@ -286,43 +208,16 @@ def _measure_one(model, f, state, bt, iv: Intervention, batches) -> dict:
                 sums[f"{k}:{stat}"] = sums.get(f"{k}:{stat}", 0.0) + val
     n = sum(int(np.asarray(v).sum()) for _, v in bt)
     nll = tot / cnt
-    return {"nll": nll, "ppl": math.exp(nll) if nll < 700 else float("inf"), **{k: v / n for k, v in sums.items()}}
+    return {"nll": nll, "ppl": perplexity(nll), **{k: v / n for k, v in sums.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------
-# the command
+# writing
 
 
-def cmd_intervene(args) -> int:
-    from toybb.records import out_folder
-
-    out = out_folder(args.out)
-    from toybb.records import finite
-
-    for flag in ("samples", "batch", "seq_len"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
-    finite(args.value, "--value")
-    finite(args.min_abs, "--min-abs", minimum=0.0)
-    if args.capture:
-        from toybb.models.capture import Capture
-
-        Capture(tuple(args.capture))  # reductions checked before loading
-    subject = load_subject(args)
-    sites = subject.model.sites()
-    ivs = parse_interventions(args, sites.n_layers, sites.sizes["head"])
-    from toybb.models.capture import Capture
-
-    Capture(tuple(args.capture)).check(sites)  # before anything is compiled
-    rows = measure(subject.model, subject.batches, ivs, tuple(args.capture))
-    write_outputs(out, rows, subject, args)
-    for r in rows:
-        print(f"{r['domain']}: {r['intervention']}: loss {r['nll']:.4f} (ppl {r['ppl']:.4g}, {r['delta_nll']:+.4f})")
-    print(f"wrote {out}")
-    return 0
-
-
-def write_outputs(out: Path, rows: list[dict], subject: Subject, args) -> None:
+def write_outputs(out: Path, rows: list[dict], subject: Subject, args: dict) -> None:
+    """interventions.csv (`rows`), config.json (the command, the subject, `args`, package versions) and
+    interventions.png in folder `out`."""
     import csv
 
     from toybb.records import atomic_open, atomic_write
@@ -334,7 +229,7 @@ def write_outputs(out: Path, rows: list[dict], subject: Subject, args) -> None:
         w.writeheader()
         w.writerows(rows)
     conf = {"command": ["toybb", *sys.argv[1:]], "model": subject.name, **subject.info,
-            "args": {k: v for k, v in vars(args).items() if k != "func"}, "versions": package_versions()}
+            "args": args, "versions": package_versions()}
     atomic_write(out / "config.json", lambda fh: fh.write(json.dumps(conf, indent=2, default=str)), mode="w")
     plot(out / "interventions.png", rows, subject.name, subject.info)
 

@@ -100,7 +100,7 @@ def probe_llm(path: str | Path, text: str = FIXED_TEXT) -> list[dict]:
     import jax.numpy as jnp
 
     from toybb.llm.load import load
-    from toybb.llm.run import forward
+    from toybb.models.forward import forward
     from toybb.models.capture import Capture
     from toybb.probes import metrics as M
 

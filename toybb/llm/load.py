@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from toybb.device import release_host_memory
 from toybb.errors import CheckpointError
 from toybb.llm import gguf_loader, hf
 from toybb.llm.config import LLMConfig
@@ -84,25 +85,6 @@ def load(
         raise CheckpointError(f"{path}: not a Hugging Face model directory or a .gguf file")
     release_host_memory()
     return Pretrained(model, cfg, tok, path, fmt)
-
-
-def release_host_memory() -> None:
-    """Free what loading left behind: reference cycles holding the file reader (and its memory map), and
-    the C heap's free pages (glibc's malloc_trim, on CPU backends only; a no-op elsewhere). Loading converts every tensor
-    through transient numpy arrays, which otherwise stay resident as free heap."""
-    import gc
-
-    from toybb import device
-
-    gc.collect()
-    if not device.cpu_heuristics():  # the weights live in device memory, not in the C heap
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _hf_adds_bos(model_dir: str) -> bool:

@@ -8,8 +8,7 @@ import numpy as np
 
 from toybb.errors import ToybbError
 from toybb.llm.load import Pretrained
-from toybb.llm.run import token_logprobs
-from toybb.probes.metrics import perplexity as _perplexity
+from toybb.models.forward import perplexity as _perplexity, token_logprobs
 
 
 @dataclass(frozen=True)

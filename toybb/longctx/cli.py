@@ -164,7 +164,7 @@ def cmd_ppl_length(args) -> int:
 
     import numpy as np
 
-    from toybb.longctx.llm import ppl_by_length, token_nll
+    from toybb.longctx.llm import ppl_by_length, sequence_nll
     from toybb.probes.metrics import perplexity
 
     if args.tokens < 2:
@@ -187,7 +187,7 @@ def cmd_ppl_length(args) -> int:
             raise ToybbError(f"{t}: only {len(ids)} tokens after --offset, need {args.tokens}")
         for m, (model, label) in models.items():
             t0 = time.time()
-            nll = token_nll(model, np.asarray([bos + ids]))
+            nll = sequence_nll(model, np.asarray([bos + ids]))
             sec = time.time() - t0
             curves.setdefault(label, []).append(nll[0])
             for L, ppl in ppl_by_length(nll, lengths).items():
@@ -243,7 +243,7 @@ def cmd_passkey(args) -> int:
 def cmd_stream(args) -> int:
     import numpy as np
 
-    from toybb.longctx.llm import token_nll
+    from toybb.longctx.llm import sequence_nll
     from toybb.longctx.options import with_options
     from toybb.probes.metrics import perplexity
 
@@ -266,7 +266,7 @@ def cmd_stream(args) -> int:
                                                                   sink_cache=(k, args.recent))
     rows, curves = [], {}
     for label, model in runs.items():
-        nll = token_nll(model, toks)[0]
+        nll = sequence_nll(model, toks)[0]
         curves[label] = nll
         k = None if label == "full attention" else int(label.split("k=")[1].split(",")[0])
         rows.append({"method": label, "sinks": k, "window": None if k is None else args.recent,
@@ -360,7 +360,7 @@ def _posvec_ablations(pre, held, m, args) -> list[dict]:
     perplexity and the attention on token 0 per layer (queries t >= 4)."""
     import numpy as np
 
-    from toybb.longctx.llm import sink_attention, token_nll, value_ablation
+    from toybb.longctx.llm import sequence_nll, sink_attention_by_layer, value_ablation
     from toybb.probes.metrics import perplexity
 
     K, la, lv = args.ablate_first, args.ablate_layer, args.value_from_layer
@@ -376,8 +376,8 @@ def _posvec_ablations(pre, held, m, args) -> list[dict]:
             delta = {la: d}
         elif what == "value":
             vscale = value_ablation(pre.cfg.n_layers, args.seq_len, sl, lv)
-        nll = token_nll(pre.model, held, delta, vscale)
-        sink = sink_attention(pre.model, held, delta, value_scale=vscale)
+        nll = sequence_nll(pre.model, held, delta, vscale)
+        sink = sink_attention_by_layer(pre.model, held, delta, value_scale=vscale)
         where = {"none": "", "posvec": f"after layer {la}", "value": f"layers >= {lv}"}[what]
         abl.append({"ablation": what, "removed": name, "where": where, "ppl": perplexity(nll),
                     "sink_attention_mean": float(sink[2:].mean()),

@@ -4,17 +4,14 @@ at length L), passkey retrieval, hidden states for positional vectors, and their
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from toybb.errors import ToybbError
 from toybb.llm.model import LLM
-from toybb.models.capture import Capture, run_with_capture
-from toybb.models.sites import NO_EDITS, Edits, residual_add, value_scaling
+from toybb.models.capture import Capture
+from toybb.models.forward import call, captures, loss
+from toybb.models.sites import Edits, residual_add, value_scaling
 from toybb.probes import metrics as M
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -22,23 +19,14 @@ PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant t
                  "I will quiz you about the important information there.\n")
 
 
-@lru_cache(maxsize=16)
-def _nll_fn(graphdef):
-    def f(state, tokens, edits):
-        model = nnx.merge(graphdef, state)
-        logits = model(tokens, edits=edits)
-        return M.next_token_nll(logits, tokens)
-
-    return jax.jit(f)
-
-
-def token_nll(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None,
-              value_scale: np.ndarray | None = None) -> np.ndarray:
-    """tokens [batch, T] -> -log p(x_{t+1} | x_{<=t}) as float64 [batch, T - 1] (one forward).
-    resid_add / value_scale: the model's interventions (see `LLM.__call__`)."""
+def sequence_nll(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None,
+                 value_scale: np.ndarray | None = None) -> np.ndarray:
+    """tokens [batch, T] -> -log p(x_{t+1} | x_{<=t}) as float64 [batch, T - 1] (one forward of the whole
+    sequence; formerly `longctx.llm.token_nll`). resid_add / value_scale: the long-context interventions
+    (residual deltas per layer, value scaling [layers, T])."""
     tokens = jnp.asarray(np.atleast_2d(tokens), jnp.int32)
-    graphdef, state = nnx.split(model)
-    return np.asarray(_nll_fn(graphdef)(state, tokens, _edits(model, tokens.shape, resid_add, value_scale)), np.float64)
+    edits = _edits(model, tokens.shape, resid_add, value_scale)
+    return np.asarray(loss(model, tokens, edits=edits, reduction="token").nll, np.float64)
 
 
 def _edits(model: LLM, shape, resid_add, value_scale) -> Edits:
@@ -97,46 +85,28 @@ def passkey_ids(tokenizer, length: int, depth: float, key: str, bos: list[int]) 
 def passkey_correct(model: LLM, ids: list[int], answer: list[int]) -> bool:
     """True iff greedy decoding after the question reproduces every answer token."""
     toks = jnp.asarray([ids], jnp.int32)
-    graphdef, state = nnx.split(model)
-    pred = np.asarray(_argmax_fn(graphdef, len(answer))(state, toks))[0]
+    pred = np.asarray(call(_greedy_answer, model, toks, static=(len(answer),)))[0]
     return bool(np.array_equal(pred, np.asarray(answer)))
 
 
-@lru_cache(maxsize=16)
-def _argmax_fn(graphdef, n_answer: int):
-    def f(state, tokens):
-        model = nnx.merge(graphdef, state)
-        logits = model(tokens)
-        return jnp.argmax(logits[:, -n_answer - 1 : -1], axis=-1)
-
-    return jax.jit(f)
-
-
-@lru_cache(maxsize=16)
-def _hidden_fn(graphdef, capture: Capture):
-    def f(state, tokens, edits):
-        model = nnx.merge(graphdef, state)
-        logits, cap = run_with_capture(model, tokens, capture=capture, edits=edits)
-        return cap
-
-    return jax.jit(f)
+def _greedy_answer(model: LLM, n_answer: int, tokens):
+    logits = model(tokens)
+    return jnp.argmax(logits[:, -n_answer - 1 : -1], axis=-1)
 
 
 def hidden_states(model: LLM, tokens) -> np.ndarray:
     """tokens [n, T] -> residual stream after every block [layers, n, T, d_model] (float32)."""
-    graphdef, state = nnx.split(model)
-    cap = _hidden_fn(graphdef, Capture(("blocks.*.resid_post",)))(state, jnp.asarray(tokens, jnp.int32), NO_EDITS)
+    cap = captures(model, tokens, Capture(("blocks.*.resid_post",)))
     return np.stack([np.asarray(cap[f"blocks.{l}.resid_post"], np.float32) for l in range(model.cfg.n_layers)])
 
 
-def sink_attention(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None, skip: int = 4,
-                   value_scale: np.ndarray | None = None) -> np.ndarray:
+def sink_attention_by_layer(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None, skip: int = 4,
+                            value_scale: np.ndarray | None = None) -> np.ndarray:
     """Attn<s> (`metrics.sink_attention`) over the queries t >= skip (the StreamingLLM sinks left out),
-    averaged over heads, per layer -> [layers]."""
-    graphdef, state = nnx.split(model)
+    averaged over heads, per layer -> [layers] (one forward; formerly `longctx.llm.sink_attention`)."""
     tokens = jnp.asarray(np.atleast_2d(tokens), jnp.int32)
-    edits = _edits(model, tokens.shape, resid_add, value_scale)
-    cap = _hidden_fn(graphdef, Capture(("blocks.*.attn.pattern@key0",)))(state, tokens, edits)
+    cap = captures(model, tokens, Capture(("blocks.*.attn.pattern@key0",)),
+                   edits=_edits(model, tokens.shape, resid_add, value_scale))
     queries = jnp.broadcast_to(jnp.arange(tokens.shape[1]) >= skip, tokens.shape)
     return np.array([float(M.sink_attention(cap[f"blocks.{l}.attn.pattern@key0"].astype(jnp.float32), queries).mean())
                      for l in range(model.cfg.n_layers)])

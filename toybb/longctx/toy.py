@@ -7,9 +7,7 @@ built around the Bigram-Backcopy task and its probes)."""
 from __future__ import annotations
 
 import dataclasses
-from functools import lru_cache
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -17,11 +15,11 @@ from flax import nnx
 
 from toybb.config import ModelConfig
 from toybb.errors import ConfigError, ToybbError
-from toybb.models.capture import Capture, run_with_capture
+from toybb.models.capture import Capture
+from toybb.models import forward as F
 from toybb.models.sites import residual_add
 from toybb.models.toy import ToyTransformer
 from toybb.longctx.posvec import positional_vectors
-from toybb.probes.metrics import token_nll
 
 
 def char_data(text: str, val_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray, str]:
@@ -44,7 +42,7 @@ def train_char_lm(cfg: ModelConfig, train: np.ndarray, *, seq: int, steps: int, 
     @nnx.jit
     def step(model, opt, x):
         def loss_fn(m):
-            return token_nll(m(x[:, :-1]), x[:, 1:]).mean()
+            return F.token_nll(m(x[:, :-1]), x[:, 1:]).mean()
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         opt.update(model, grads)
@@ -70,15 +68,6 @@ def with_model_options(model: ToyTransformer, **changes) -> ToyTransformer:
     return nnx.merge(graphdef, nnx.state(model))
 
 
-@lru_cache(maxsize=64)
-def _nll_fn(graphdef):
-    def f(state, x, edits):
-        model = nnx.merge(graphdef, state)
-        return token_nll(model(x[:, :-1], edits=edits), x[:, 1:])
-
-    return jax.jit(f)
-
-
 def eval_windows(val: np.ndarray, length: int, n: int) -> np.ndarray:
     """n evenly spaced windows of length + 1 characters of the validation text -> [n, length + 1]."""
     if len(val) < length + 2:
@@ -89,30 +78,21 @@ def eval_windows(val: np.ndarray, length: int, n: int) -> np.ndarray:
 
 def mean_nll(model: ToyTransformer, windows: np.ndarray, resid_add: dict | None = None) -> float:
     """Mean next-character NLL (nats) over all positions of windows [n, T + 1]."""
-    graphdef, state = nnx.split(model)
     windows = jnp.asarray(windows)
     edits = residual_add(model.sites(), resid_add or {}, (windows.shape[0], windows.shape[1] - 1))
-    return float(np.mean(np.asarray(_nll_fn(graphdef)(state, windows, edits))))
+    return float(np.mean(np.asarray(F.loss(model, windows[:, :-1], windows[:, 1:], edits=edits, reduction="token").nll)))
 
 
-@lru_cache(maxsize=64)
-def _hidden_fn(graphdef, n_layers: int):
-    cap = Capture(("blocks.*.resid_post",))
-
-    def f(state, x):
-        model = nnx.merge(graphdef, state)
-        _, c = run_with_capture(model, x, capture=cap)
-        return jnp.stack([c[f"blocks.{l}.resid_post"] for l in range(n_layers)])
-
-    return jax.jit(f)
+_RESID = Capture(("blocks.*.resid_post",))
 
 
 def toy_positional_vectors(model: ToyTransformer, windows: np.ndarray, batch: int = 64) -> np.ndarray:
     """Positional vectors p [layers, T, d] (streaming mean over the windows [N, T])."""
-    graphdef, state = nnx.split(model)
-    fn = _hidden_fn(graphdef, model.cfg.n_layers)
-    p, _ = positional_vectors(lambda x: np.asarray(fn(state, jnp.asarray(x))),
-                              (windows[i : i + batch] for i in range(0, len(windows), batch)))
+    def hidden(x):  # [layers, n, T, d]
+        c = F.captures(model, x, _RESID)
+        return np.stack([np.asarray(c[f"blocks.{l}.resid_post"]) for l in range(model.cfg.n_layers)])
+
+    p, _ = positional_vectors(hidden, (windows[i : i + batch] for i in range(0, len(windows), batch)))
     return p
 
 

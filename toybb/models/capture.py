@@ -58,6 +58,11 @@ class Capture:
     def __bool__(self) -> bool:
         return bool(self.sites)
 
+    @classmethod
+    def of(cls, request) -> "Capture":
+        """A `Capture` from a request: a Capture, a site pattern or a sequence of them."""
+        return request if isinstance(request, Capture) else cls(request)
+
     @lru_cache(maxsize=4096)
     def requests_for(self, name: str) -> tuple[str, ...]:
         """Reductions requested for site `name` ('' for the full tensor)."""
@@ -109,10 +114,9 @@ class Tap(NamedTuple):
     def of(sites: ModelSites, capture: Capture, edits, ablate, shape) -> "Tap":
         """The tap of one forward of a model with `sites` on inputs of `shape`: the capture checked against
         the sites, `Edit` specs resolved, `ablate` names ({"blocks.0.mlp"}) added as zero edits."""
-        if not isinstance(capture, Capture):
-            capture = Capture(capture)
+        capture = Capture.of(capture)
         capture.check(sites)
-        edits = resolve(sites, edits, tuple(shape))
+        edits = resolve(sites, edits, tuple(shape))  # `Edits` (resolved by `resolve_edits`) pass through
         if ablate:
             edits = edits + ablation_edits(sites, ablate, shape)
         return Tap(capture, edits)
@@ -163,11 +167,17 @@ def run_with_capture(model: nnx.Module, *args, capture: Capture, edits=None, **k
     """Call `model(*args, capture=capture, **kwargs)`, returning (output, {site name: array}).
     edits: `Edit`s (or resolved `Edits`) applied inside the forward before capture (see
     `toybb.models.sites`); mean / patch edits run the model on their source first."""
-    if not isinstance(capture, Capture):
-        capture = Capture(capture)
     if edits is not None:
-        kwargs["edits"] = resolve_edits(model, edits, args[0])
-    out, state = nnx.capture(model, nnx.Intermediate)(*args, capture=capture, **kwargs)
+        edits = resolve_edits(model, edits, args[0])
+    return capture_call(model, *args, capture=capture, edits=edits, **kwargs)
+
+
+def capture_call(model: nnx.Module, *args, capture, edits=None, **kwargs) -> tuple[Any, dict[str, jax.Array]]:
+    """`run_with_capture` for edits already resolved (`Edits`, e.g. inside a compiled function): nothing is
+    resolved again; no edits (None or empty) calls the model without `edits=`."""
+    if edits:
+        kwargs["edits"] = edits
+    out, state = nnx.capture(model, nnx.Intermediate)(*args, capture=Capture.of(capture), **kwargs)
     return out, flatten_captured(state)
 
 

@@ -384,7 +384,8 @@ def _value(sites, e: Edit, kind, layers, axes, batch, seq, activations, feat=Non
             raise SiteError(f"value of shape {v.shape} does not broadcast to site {kind} {shape}")
         return v
     if activations is None:
-        raise SiteError(f"op {e.op!r} needs the model to run on the source; use run_with_edits")
+        raise SiteError(f"op {e.op!r} needs the model to run on the source; resolve it with "
+                        "toybb.models.capture.resolve_edits")
     src = np.asarray(e.source)
     if src.ndim != 2:
         raise SiteError(f"source tokens must be [batch, seq], got shape {src.shape}")

@@ -28,19 +28,16 @@ Zeroing is one edit (`zero_edit`: the sub-layer's output site set to zero).
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from toybb.models.capture import Capture, run_with_capture
+from toybb.models.capture import Capture
+from toybb.models.forward import loss, perplexity
 from toybb.models.sites import NO_EDITS, Edit, resolve
-from toybb.probes.metrics import token_nll
 
 PEAK_RATIO = 5.0
 NORMS = Capture(("blocks.*.resid_post@norm",))
@@ -61,29 +58,15 @@ def zero_edit(model, shape, zero: str | None):
     return resolve(model.sites(), [Edit(f"{zero}.out", "zero")], tuple(shape))
 
 
-@lru_cache(maxsize=64)
-def _compiled(graphdef, with_targets: bool):
-    """One compiled forward per model structure (and edit structure: none, attention or MLP zeroed)."""
-    def f(state, tokens, targets, edits):
-        logits, cap = run_with_capture(nnx.merge(graphdef, state), tokens, capture=NORMS, edits=edits)
-        n_layers = sum(1 for k in cap if k.endswith(".resid_post@norm"))
-        norms = jnp.stack([cap[f"blocks.{l}.resid_post@norm"].astype(jnp.float32) for l in range(n_layers)])
-        nll = token_nll(logits, targets) if with_targets else token_nll(logits[:, :-1], tokens[:, 1:])
-        return norms, nll
-
-    return jax.jit(f)
-
-
 def measure(model, tokens, zero: str | None = None, targets=None) -> tuple[np.ndarray, np.ndarray]:
     """(residual norms [layers, batch, seq], next-token NLL [batch, positions]) with `zero` zeroed.
     Without `targets` the NLL is of tokens[:, 1:] given tokens[:, :-1] (a text batch); with them
     ([batch, seq]) of targets given tokens (a toy task batch, whose targets are the inputs shifted)."""
-    graphdef, state = nnx.split(model)
     tok = jnp.asarray(tokens, jnp.int32)
-    tgt = jnp.zeros((), jnp.int32) if targets is None else jnp.asarray(targets, jnp.int32)
-    edits = zero_edit(model, tok.shape, zero)
-    norms, nll = _compiled(graphdef, targets is not None)(state, tok, tgt, edits)
-    return np.asarray(norms, np.float64), np.asarray(nll, np.float64)
+    res = loss(model, tok, targets, edits=zero_edit(model, tok.shape, zero), capture=NORMS, reduction="token")
+    n_layers = sum(1 for k in res.cache if k.endswith(".resid_post@norm"))
+    norms = np.stack([np.asarray(res.cache[f"blocks.{l}.resid_post@norm"], np.float32) for l in range(n_layers)])
+    return norms.astype(np.float64), np.asarray(res.nll, np.float64)
 
 
 def peak_layer(norms: np.ndarray, ratio: float = PEAK_RATIO, bos_pos: int = 0) -> int | None:
@@ -112,7 +95,7 @@ class Row:
 
     @property
     def ppl(self) -> float:
-        return math.exp(self.nll)
+        return perplexity(self.nll)
 
 
 def summarize(zeroed: str, norms: np.ndarray, nll: np.ndarray, bos_pos: int = 0, seconds: float = 0.0) -> Row:

@@ -24,16 +24,14 @@ Definitions (T = sequence length, key 0 = the BOS, or the first token without BO
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-
 from toybb.llm.model import LLM
-from toybb.models.capture import Capture, resolve_edits, run_with_capture
-from toybb.models.sites import NO_EDITS, Edit
+from toybb.models.capture import Capture, capture_call, resolve_edits
+from toybb.models.forward import call, loss
+from toybb.models.sites import Edit
 from toybb.probes import metrics as M
 
 TOPK = 3
@@ -42,12 +40,12 @@ PROBE_CAPTURE = Capture(("blocks.*.attn.pattern@key0", "blocks.*.attn.pattern@qm
                          "blocks.*.attn.v_out@norm", "blocks.*.resid_post"))
 
 
-def _batch_stats(model: LLM, tokens: jax.Array, valid: jax.Array, k_first: int) -> dict[str, jax.Array]:
+def _batch_stats(model: LLM, k_first: int, tokens: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
     """Sums over the valid samples of one batch. tokens [b, T] int32, valid [b] bool."""
     cfg = model.cfg
     b, t = tokens.shape
     v = cfg.vocab_size
-    logits, cap = run_with_capture(model, tokens, capture=PROBE_CAPTURE)
+    logits, cap = capture_call(model, tokens, capture=PROBE_CAPTURE)
     w = valid.astype(jnp.float32)
     n = w.sum()
     qmask = jnp.broadcast_to(valid[:, None], (b, t))
@@ -97,18 +95,9 @@ def _batch_stats(model: LLM, tokens: jax.Array, valid: jax.Array, k_first: int) 
     return out
 
 
-@lru_cache(maxsize=8)
-def _compiled_stats(graphdef, k_first: int):
-    def f(state, tokens, valid):
-        return _batch_stats(nnx.merge(graphdef, state), tokens, valid, k_first)
-
-    return jax.jit(f)
-
-
 def batch_stats(model: LLM, tokens, valid, k_first: int = 32) -> dict[str, np.ndarray]:
     """Per-batch sums (see `_batch_stats`) as numpy arrays, computed by one compiled function."""
-    graphdef, state = nnx.split(model)
-    out = _compiled_stats(graphdef, k_first)(state, jnp.asarray(tokens, jnp.int32), jnp.asarray(valid, bool))
+    out = call(_batch_stats, model, jnp.asarray(tokens, jnp.int32), jnp.asarray(valid, bool), static=(k_first,))
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
@@ -182,29 +171,16 @@ def probe_domain(model: LLM, batches, *, k_first: int = 32, progress: str | None
 # interventions
 
 
-@lru_cache(maxsize=8)
-def _compiled_loss(graphdef):
-    def f(state, tokens, valid, edits):
-        logits = nnx.merge(graphdef, state)(tokens, edits=edits)
-        nll = M.next_token_nll(logits, tokens)
-        w = valid.astype(jnp.float32)[:, None]
-        return jnp.sum(nll * w), jnp.sum(w) * nll.shape[1]
-
-    return jax.jit(f)
-
-
 def edited_nll(model: LLM, batches: list, edits=None) -> float:
     """Mean next-token NLL (nats) over batches of (tokens, valid) under `edits` (`Edit`s, e.g. from
     `head_edit_for` / `massive_edit`). Selectors and values are arrays: one compilation serves every
     head, layer or value of the same edit structure."""
-    graphdef, state = nnx.split(model)
-    f = _compiled_loss(graphdef)
     tot, cnt, resolved = 0.0, 0.0, {}
     for tokens, valid in batches:
         tokens = jnp.asarray(tokens, jnp.int32)
         if tokens.shape not in resolved:
-            resolved[tokens.shape] = NO_EDITS if edits is None else resolve_edits(model, edits, tokens)
-        s, c = f(state, tokens, jnp.asarray(valid, bool), resolved[tokens.shape])
+            resolved[tokens.shape] = None if edits is None else resolve_edits(model, edits, tokens)
+        s, c, _ = loss(model, tokens, valid=valid, edits=resolved[tokens.shape])
         tot, cnt = tot + float(s), cnt + float(c)
     return tot / cnt
 

@@ -6,16 +6,18 @@ per-head value states `blocks.{l}.attn.v_out@norm` `[batch, seq, heads]`, residu
 `blocks.{l}.resid_post@norm` `[batch, seq]`. `sink` is the key/position of the sink token (0 = BOS).
 Masks select query positions (e.g. non-trigger queries) and are `[batch, seq]` booleans.
 
-Also the language-model metrics every caller shares: next-token NLL (`token_nll`, `next_token_nll`),
-perplexity (`perplexity`), attention received per key (`attention_received`) and massive activations
-(`activation_profile`, `is_massive`, `massive_threshold`; Sun et al. 2024).
+Also the language-model metrics every caller shares: next-token NLL (`token_nll`, `next_token_nll`) and
+perplexity (`perplexity`), defined with the forward in `toybb.models.forward` and re-exported here;
+attention received per key (`attention_received`) and massive activations (`activation_profile`,
+`is_massive`, `massive_threshold`; Sun et al. 2024).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from toybb.models.forward import next_token_nll, perplexity, token_nll  # noqa: F401 (defined with the forward)
 
 # Reference threshold (SPEC §3): a token is dormant if the last query's attention on BOS is >= 0.89.
 DORMANT_THRESHOLD = 0.89
@@ -148,25 +150,6 @@ def is_massive(value, median, *, abs_min: float = MASSIVE_ABS, ratio: float = MA
 def massive_threshold(median: float, *, abs_min: float = MASSIVE_ABS, ratio: float = MASSIVE_RATIO) -> float:
     """The |activation| above which an entry is massive (`is_massive`) given its median: max(abs_min, ratio * median)."""
     return float(max(abs_min, ratio * median))
-
-
-def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Cross-entropy per position. logits [batch, seq, vocab], targets [batch, seq] -> [batch, seq]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-
-
-def next_token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """-log p(tokens[:, t+1] | tokens[:, :t+1]) from the logits of one forward over `tokens`:
-    logits [batch, T, vocab], tokens [batch, T] -> [batch, T - 1] (`token_nll` of the shifted pair)."""
-    return token_nll(logits[:, :-1], tokens[:, 1:])
-
-
-def perplexity(nll) -> float:
-    """exp(mean NLL) in float64 on the host: `nll` holds the NLL (nats) of every predicted token, or is
-    already their mean (a scalar, e.g. a streamed sum over its count). inf where the exponential overflows."""
-    with np.errstate(over="ignore"):
-        return float(np.exp(np.mean(np.asarray(nll, np.float64))))
 
 
 def excess_risk(nll: jax.Array, oracle_nll: jax.Array, mask: jax.Array) -> jax.Array:

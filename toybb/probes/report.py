@@ -251,8 +251,8 @@ def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
 def _attention_maps(pre, held, summary, names) -> dict:
     """Full attention patterns of the two most selective heads each way, on the first sample of the first
     two domains: {(layer, head): {domain: [T, T]}}."""
-    from toybb.llm.run import forward
     from toybb.models.capture import Capture
+    from toybb.models.forward import forward
 
     sel = summary["selective"]
     heads = []
