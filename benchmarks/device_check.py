@@ -284,7 +284,7 @@ def _llm(tiny: bool):
 
 
 def row_llm(t: Table, tiny: bool):
-    from toybb.llm.run import forward
+    from toybb.models.forward import forward
     from toybb.models.capture import Capture
 
     try:

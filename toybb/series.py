@@ -44,15 +44,17 @@ def step_from_path(path: str | Path) -> int | None:
 
 
 def kind_of(path: str | Path) -> str:
+    """"toy" (a toybb run folder or checkpoint) or "llm" (a Hugging Face model directory or a .gguf file):
+    the labels of `toybb.load(...).kind` and of `toybb intervene`'s config.json."""
     p = Path(path)
     if p.is_file() and p.suffix == ".npz" and (p.parent / "config.json").exists():
         return "toy"
     if p.is_dir() and (p / "config.json").exists():
         from toybb.train.runs import is_run_folder
 
-        return "toy" if is_run_folder(p) else "hf"
+        return "toy" if is_run_folder(p) else "llm"
     if p.is_file() and p.suffix == ".gguf":
-        return "hf"
+        return "llm"
     raise ConfigError(f"{p}: not a toybb run folder/checkpoint, a Hugging Face model directory or a .gguf file")
 
 

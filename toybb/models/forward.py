@@ -153,12 +153,6 @@ def loss(model: nnx.Module, tokens, targets=None, *, valid=None, edits=None, cap
                 static=(Capture.of(capture), targets is not None, reduction))
 
 
-@jax.jit
-def _next_logprobs(logits, tokens):
-    return -next_token_nll(logits, tokens)
-
-
 def token_logprobs(model: nnx.Module, tokens) -> np.ndarray:
-    """log p(tokens[:, t+1] | tokens[:, :t+1]) as float64 numpy [batch, seq - 1]."""
-    logits, _ = forward(model, tokens)
-    return np.asarray(_next_logprobs(logits, jnp.asarray(tokens, jnp.int32).reshape(logits.shape[:2])))
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) as a numpy array [batch, seq - 1] (the logits' float32)."""
+    return -np.asarray(loss(model, tokens, reduction="token").nll)
