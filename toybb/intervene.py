@@ -11,16 +11,25 @@ edit of the same structure (layer, head, position and value are arrays).
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from toybb import style
 from toybb.errors import ConfigError
+from toybb.models.capture import Capture
+from toybb.models.forward import loss, perplexity
+from toybb.models.sites import Edit, selector_mask
+from toybb.records import atomic_open, atomic_write, package_versions
 
 SELECTORS = ("layer", "head", "position", "key", "feature")  # the selectors of an `Edit`
 
@@ -48,8 +57,6 @@ class Intervention:
 def interventions(specs: list[EditSpec], n_layers: int, n_heads: int, each: str | None = None) -> list[Intervention]:
     """The interventions of `specs`, each split into one per layer (each="layer") or per layer and head
     (each="head") it covers."""
-    from toybb.models.sites import Edit
-
     if not specs:
         raise ConfigError("give an intervention: --site SITE --op OP, or --edit SITE:OP (e.g. blocks.0.mlp.out:zero)")
     out = []
@@ -66,10 +73,6 @@ def interventions(specs: list[EditSpec], n_layers: int, n_heads: int, each: str 
 def _split(site, sel: dict, each: str | None, n_layers: int, n_heads: int) -> list[dict]:
     if each is None:
         return [sel]
-    import re
-
-    from toybb.models.sites import selector_mask
-
     m = re.match(r"blocks\.(\d+)\.", site)
     layers = [int(m.group(1))] if m else np.flatnonzero(selector_mask(sel.get("layer", "0:"), n_layers, "layer")).tolist()
     out = []
@@ -109,8 +112,6 @@ def load_subject(model: str, *, domains=(), samples: int = 16, seq_len: int = 12
 
 
 def _toy_subject(path, domains, samples, batch, run) -> Subject:
-    import jax
-
     from toybb.train.runs import load_models, model_of
 
     cfg, trainer, state, step = load_models(path)
@@ -161,8 +162,6 @@ def measure(model, batches: dict, interventions: list[Intervention], capture_pat
     """Rows (domain, intervention, nll, ppl, delta_nll, captures) for the unmodified model and each
     intervention; a capture `SITE@RED` of shape [batch, pos] (or [batch, heads, pos], averaged over heads)
     gives `SITE@RED:pos0`, `:others_max` and `:others_mean` (positions 1..)."""
-    from toybb.models.capture import Capture
-
     for iv in interventions:
         if iv.source and iv.source not in batches:
             raise ConfigError(f"source {iv.source!r} is not one of the domains ({', '.join(batches)})")
@@ -180,13 +179,6 @@ def measure(model, batches: dict, interventions: list[Intervention], capture_pat
 
 
 def _measure_one(model, capture, bt, iv: Intervention, batches) -> dict:
-    import dataclasses
-
-    import jax.numpy as jnp
-
-    from toybb.models.capture import resolve_edits
-    from toybb.models.forward import loss, perplexity
-
     tot = cnt = 0.0
     sums: dict[str, np.ndarray] = {}
     src = batches[iv.source] if iv.source else bt
@@ -194,8 +186,7 @@ def _measure_one(model, capture, bt, iv: Intervention, batches) -> dict:
         x = jnp.asarray(tokens, jnp.int32)
         edits = [dataclasses.replace(e, source=jnp.asarray(src[i][0], jnp.int32)[:, :-1]) if e.op in ("mean", "patch")
                  else e for e in iv.edits]
-        res = resolve_edits(model, edits, x[:, :-1]) if edits else None
-        s, c, cap = loss(model, x[:, :-1], x[:, 1:], valid=valid, edits=res, capture=capture)
+        s, c, cap = loss(model, x[:, :-1], x[:, 1:], valid=valid, edits=edits, capture=capture)
         tot, cnt = tot + float(s), cnt + float(c)
         v = np.asarray(valid, bool)
         for k, a in cap.items():
@@ -218,11 +209,6 @@ def _measure_one(model, capture, bt, iv: Intervention, batches) -> dict:
 def write_outputs(out: Path, rows: list[dict], subject: Subject, args: dict) -> None:
     """interventions.csv (`rows`), config.json (the command, the subject, `args`, package versions) and
     interventions.png in folder `out`."""
-    import csv
-
-    from toybb.records import atomic_open, atomic_write
-    from toybb.records import package_versions
-
     cols = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_open(out / "interventions.csv", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)

@@ -12,8 +12,10 @@ import math
 
 from toybb.cliargs import STRS, ListAction, add_model, add_seq_len
 from toybb.errors import ConfigError
-from toybb.intervene import SELECTORS, EditSpec
+from toybb.intervene import SELECTORS, EditSpec, interventions, load_subject, measure, write_outputs
+from toybb.models.capture import Capture
 from toybb.models.sites import OPS
+from toybb.records import finite, out_folder
 
 
 def register(subparsers) -> None:
@@ -96,9 +98,6 @@ def _parse_edit(text: str) -> EditSpec:
 
 
 def cmd_intervene(args) -> int:
-    from toybb.intervene import interventions, load_subject, measure, write_outputs
-    from toybb.models.capture import Capture
-    from toybb.records import finite, out_folder
 
     out = out_folder(args.out)
     for flag in ("samples", "batch", "seq_len"):

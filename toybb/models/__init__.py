@@ -1,5 +1,6 @@
-"""Model definitions: the one attention layer, the declared sites (capture and interventions), the toy
-transformer, the reduced SimpleModel of SPEC §4."""
+"""Model definitions: the one attention layer, the declared sites (capture and interventions), the forward
+with capture and edits and the loss under edits (`forward.py`), the toy transformer, the reduced
+SimpleModel of SPEC §4."""
 
 from __future__ import annotations
 
