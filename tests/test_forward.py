@@ -25,7 +25,8 @@ VALID = np.array([True, False, True])
 @pytest.fixture(scope="module", params=["toy", "llm"])
 def model(request):
     if request.param == "toy":
-        return ToyTransformer(ModelConfig(vocab_size=41, d_model=16, n_heads=2, n_layers=2, max_len=16), rngs=nnx.Rngs(0))
+        cfg = ModelConfig(vocab_size=41, d_model=16, n_heads=2, n_layers=2, max_len=16)
+        return ToyTransformer(cfg, rngs=nnx.Rngs(0))
     return LLM(LLMConfig(arch="llama", vocab_size=41, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8,
                          mlp_dim=24), rngs=nnx.Rngs(1))
 

@@ -21,8 +21,8 @@ OPTIONAL_PACKAGES = {"gguf": "llm", "safetensors": "llm", "tokenizers": "llm", "
                      "transformers": "parity", "accelerate": "parity"}
 
 # parts of toybb that add their own subcommands: module with `register(subparsers)`
-SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli", "toybb.probes.cli", "toybb.intervene_cli", "toybb.longctx.cli", "toybb.train.sweep",
-                      "toybb.series", "toybb.figures", "toybb.reference.compare")
+SUBCOMMAND_MODULES = ("toybb.theory.cli", "toybb.llm.cli", "toybb.probes.cli", "toybb.intervene_cli", "toybb.longctx.cli",
+                      "toybb.train.sweep", "toybb.series", "toybb.figures", "toybb.reference.compare")
 
 
 def _layer_list(text: str) -> tuple[int, ...]:

@@ -1,8 +1,8 @@
 """Backend decisions, in one place: what toybb does differently on a CPU and on an accelerator.
 
 Every CPU-only heuristic (micro-batches sized for the cache, run chunks, giving freed heap pages back
-with `malloc_trim`, `release_host_memory`) asks `cpu_heuristics()`; the attention core asks `fast_attention()` whether to use
-`jax.nn.dot_product_attention` where its options allow. Tests force either branch by monkeypatching these
+with `malloc_trim` in `release_host_memory`) asks `cpu_heuristics()`; the attention core asks
+`fast_attention()` whether to use `jax.nn.dot_product_attention` where its options allow. Tests force either branch by monkeypatching these
 functions (call them through the module, `device.cpu_heuristics()`, so the patch is seen).
 """
 

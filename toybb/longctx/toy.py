@@ -80,7 +80,8 @@ def mean_nll(model: ToyTransformer, windows: np.ndarray, resid_add: dict | None 
     """Mean next-character NLL (nats) over all positions of windows [n, T + 1]."""
     windows = jnp.asarray(windows)
     edits = residual_add(model.sites(), resid_add or {}, (windows.shape[0], windows.shape[1] - 1))
-    return float(np.mean(np.asarray(F.loss(model, windows[:, :-1], windows[:, 1:], edits=edits, reduction="token").nll)))
+    nll = F.loss(model, windows[:, :-1], windows[:, 1:], edits=edits, reduction="token").nll
+    return float(np.mean(np.asarray(nll)))
 
 
 _RESID = Capture(("blocks.*.resid_post",))
