@@ -116,7 +116,7 @@ class Tap(NamedTuple):
         the sites, `Edit` specs resolved, `ablate` names ({"blocks.0.mlp"}) added as zero edits."""
         capture = Capture.of(capture)
         capture.check(sites)
-        edits = resolve(sites, edits, tuple(shape))  # `Edits` (resolved by `resolve_edits`) pass through
+        edits = resolve(sites, edits, tuple(shape))  # specs given straight to the model; `Edits` pass through
         if ablate:
             edits = edits + ablation_edits(sites, ablate, shape)
         return Tap(capture, edits)

@@ -74,9 +74,9 @@ def call(fn: Callable, model: nnx.Module, *args, static: tuple = ()) -> Any:
     compiled, the host heap XLA left behind is given back (`device.release_host_memory`)."""
     graphdef, state = nnx.split(model)
     f = compiled(fn, graphdef, *static)
-    size = f._cache_size()
+    size = getattr(f, "_cache_size", lambda: None)()
     out = f(state, *args)
-    if f._cache_size() != size:
+    if size is not None and f._cache_size() != size:  # this call compiled
         device.release_host_memory()
     return out
 
