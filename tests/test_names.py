@@ -68,6 +68,7 @@ def test_vocabulary_fields_are_consistent():
         assert m.per_layer in ("", "in", "after") and m.panel in ("", "linear", "log"), m.name
         assert not m.others or names.METRIC[m.others].per_layer == m.per_layer, m.name
         assert not m.panel or m.unit, m.name
-    assert names.column("value_drain", 2, 1) == "value_drain_l2h1" and names.column("backcopy_risk", 2) == "backcopy_risk"
+    assert names.column("value_drain", 2, 1) == "value_drain_l2h1"
+    assert names.column("backcopy_risk", 2) == "backcopy_risk"  # one value per model
     with pytest.raises(KeyError):
         names.column("value_drian", 0)

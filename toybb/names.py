@@ -67,8 +67,8 @@ METRICS: tuple[Metric, ...] = (
            panel="linear"),
     Metric("value_others", "", "mean ‖W_O v‖ over the other positions (toy: of the evaluation batch, so weighted "
            "by token frequency)", "metrics.csv, series.csv, heads.csv", per_layer="in", unit=NORM),
-    Metric("value_drain_v", "‖v<s>‖", "‖v‖ at BOS before W_O (mean over kv heads)", "metrics.csv", "val_bos_v", "in",
-           unit=NORM, others="value_others_v"),
+    Metric("value_drain_v", "‖v<s>‖", "‖v‖ at BOS before W_O (mean over kv heads)", "metrics.csv", "val_bos_v",
+           "in", unit=NORM, others="value_others_v"),
     Metric("value_others_v", "", "‖v‖ over the other positions", "metrics.csv", per_layer="in", unit=NORM),
     Metric("residual_peak", "‖Res<s>‖", "norm of the residual stream at BOS after block l",
            "metrics.csv, series.csv, layers.csv, circuit.csv", "res_bos_l0", "after", unit=NORM,

@@ -6,10 +6,10 @@ Usage::
 
 SRC is the folder of the authors' CSVs (required; they do not ship with toybb); OUT
 the package's `toybb/reference/data`. Each table keeps the step and the columns toybb also measures,
-renamed to toybb's metric names (`COLUMNS`: the authors' column -> toybb's, from `toybb.names`), at 7 significant digits.
-The authors' columns toybb does not define (one evaluation sequence's positions 1..9, the mean logit
-on keys 1..i-1) are left out. This module imports only the standard library and numpy-free toybb
-modules, so it runs without a device.
+renamed to toybb's metric names (`COLUMNS`: the authors' column -> toybb's, from the `authors` field of
+`toybb.names.METRICS`), at 7 significant digits. The authors' columns toybb does not define (one
+evaluation sequence's positions 1..9, the mean logit on keys 1..i-1) are left out. This module imports
+only the standard library and numpy-free toybb modules, so it runs without a device.
 """
 
 from __future__ import annotations
