@@ -36,7 +36,7 @@ def tiny_dir(tmp_path_factory):
     pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from toybb.llm.testing import make_tiny
+    from _tiny_hf import make_tiny
 
     d = tmp_path_factory.mktemp("tiny")
     make_tiny("llama_gqa", str(d))

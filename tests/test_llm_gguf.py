@@ -14,7 +14,7 @@ gguf = pytest.importorskip("gguf")
 
 from toybb.errors import CheckpointError  # noqa: E402
 from toybb.llm import forward, load  # noqa: E402
-from toybb.llm.testing import make_tiny, write_tiny_gguf  # noqa: E402
+from _tiny_hf import make_tiny, write_tiny_gguf  # noqa: E402
 
 
 @pytest.fixture(scope="module")

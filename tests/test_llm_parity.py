@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from toybb.errors import CheckpointError, ConfigError  # noqa: E402
 from toybb.llm import forward, load  # noqa: E402
-from toybb.llm.testing import make_tiny, tiny_configs  # noqa: E402
+from _tiny_hf import make_tiny, tiny_configs  # noqa: E402
 from toybb.models.capture import Capture  # noqa: E402
 
 TOL = 1e-4

@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+TESTS = str(Path(__file__).resolve().parent)
 
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
@@ -61,7 +64,7 @@ PACKED_SCRIPT = textwrap.dedent("""
     from toybb.llm import forward, load
     from toybb.models.quant import QArray
     from toybb.llm.sharding import make_mesh, shard_tokens
-    from toybb.llm.testing import make_tiny, write_tiny_gguf
+    from _tiny_hf import make_tiny, write_tiny_gguf
 
     assert len(jax.devices()) == 4, jax.devices()
     d = sys.argv[1]
@@ -91,7 +94,8 @@ PACKED_SCRIPT = textwrap.dedent("""
 def test_packed_gguf_weights_on_a_mesh_match_one_device(tmp_path):
     """quantized=True with a mesh: packed Q4_1 matrices split over whole rows or blocks give the
     logits of the single-device packed model."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))  # _tiny_hf
     r = subprocess.run([sys.executable, "-c", PACKED_SCRIPT, str(tmp_path)], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and "PACKED_SHARDING_OK" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]

@@ -57,6 +57,18 @@ def test_toy_metrics_use_only_current_names():
                                                                n_heads=2), rngs=nnx.Rngs(0)))
     cols = metric_names(model, task)
     bases = {re.sub(r"_l\d+(h\d+)?$", "", c) for c in cols}
-    known = set(names.NAMES) | {"backcopy_loss", "bigram_loss", "residual_others", "value_others_v"}
+    known = set(names.NAMES)
     assert bases <= known, sorted(bases - known)
     assert all(names.canonical(c) == c for c in cols)
+
+
+def test_vocabulary_fields_are_consistent():
+    """The fields that generate the reference columns, compare labels and the dynamics panels."""
+    for m in names.METRICS:
+        assert m.per_layer in ("", "in", "after") and m.panel in ("", "linear", "log"), m.name
+        assert not m.others or names.METRIC[m.others].per_layer == m.per_layer, m.name
+        assert not m.panel or m.unit, m.name
+    assert names.column("value_drain", 2, 1) == "value_drain_l2h1"
+    assert names.column("backcopy_risk", 2) == "backcopy_risk"  # one value per model
+    with pytest.raises(KeyError):
+        names.column("value_drian", 0)

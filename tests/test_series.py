@@ -61,7 +61,7 @@ def test_toy_checkpoint_file_uses_its_own_step(toy_series, tmp_path):
 @pytest.fixture(scope="module")
 def hf_series(tmp_path_factory):
     pytest.importorskip("torch")
-    from toybb.llm.testing import make_tiny
+    from _tiny_hf import make_tiny
 
     root = tmp_path_factory.mktemp("hf")
     models = {s: make_tiny("llama_gqa", str(root / f"step{s}"), seed=i) for i, s in enumerate((100, 2000))}

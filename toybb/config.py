@@ -17,7 +17,6 @@ from typing import Any, get_type_hints
 from toybb.errors import ConfigError
 
 ATTENTION_KINDS = ("softmax", "relu")
-MLP_KINDS = ("relu", "linear", "none")
 # position schemes of the token positions ("learned" adds a table to the embeddings; the others act in
 # attention); every scheme, and each long-context option of PositionConfig, works on toy and pretrained models
 POSITION_KINDS = ("learned", "none", "rope", "alibi")

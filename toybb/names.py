@@ -3,7 +3,8 @@ names it still reads.
 
 A metric's name is the column base everywhere it appears: `metrics.csv` and `series.csv` add `_l{layer}`
 (and `_l{layer}h{head}` per head), the probe tables `_{domain}`. `markdown_table()` is the README's table
-(a test keeps them equal). Old run folders still read: `canonical()` renames an old column (or JSON key)
+(a test keeps them equal). The table also generates the reference tables' columns (`reference/build.py`),
+the labels of `toybb compare` and the panels of the dynamics figure (`plot.py`). Old run folders still read: `canonical()` renames an old column (or JSON key)
 to its new name and the readers say so in one line; new files are written with the new names only.
 """
 
@@ -19,56 +20,94 @@ class Metric:
     symbol: str  # the paper's symbol ("" where the paper has none)
     what: str
     tables: str  # where it is written
-    authors: str = ""  # the authors' column (their trajectory CSVs; toybb/reference)
+    authors: str = ""  # the authors' column(s) (their trajectory CSVs; toybb/reference), comma-separated
+    per_layer: str = ""  # "in": measured in layer l, "after": after block l (columns `_l{l}`); "": one per model
+    label: str = ""  # the label of plots and `toybb compare` (default: the symbol in ASCII, else the name)
+    unit: str = ""  # the y label of its panel
+    others: str = ""  # the same metric over the other tokens, drawn dashed beside it
+    panel: str = ""  # "linear" or "log" (y axis): a panel of the dynamics figure (`toybb plot`), in this order
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.symbol.replace("‖", "||") or self.name)
+
+    @property
+    def authors_columns(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.authors.split(",")) if self.authors else ()
+
+    def column(self, layer: int | None = None, head: int | None = None) -> str:
+        """Its column: the name, plus `_l{layer}` for a per-layer metric and `h{head}` for one head."""
+        if not self.per_layer or layer is None:
+            return self.name
+        return f"{self.name}_l{layer}" + ("" if head is None else f"h{head}")
+
+    def title(self, layer: int | None = None) -> str:
+        """Its panel title: the label, and which layer for a per-layer metric."""
+        if not self.per_layer or layer is None:
+            return self.label
+        return f"{self.label} ({'after layer' if self.per_layer == 'after' else 'layer'} {layer})"
 
 
+ATTN, NORM, NATS = "attention weight on BOS", "L2 norm", "nats"  # units
 METRICS: tuple[Metric, ...] = (
     Metric("sink_attention", "Attn<s>", "attention on key 0 (BOS), mean over non-trigger queries, query 0 included",
-           "metrics.csv", "attn_bos"),
+           "metrics.csv", "attn_bos", "in", unit=ATTN, panel="linear"),
     Metric("sink_attention_excl0", "Attn<s>", "the same without query 0 (an LLM: mean over every query but 0)",
-           "metrics.csv, series.csv, heads.csv", "attn_bos_excl_q0"),
+           "metrics.csv, series.csv, heads.csv", "attn_bos_excl_q0", "in", "Attn<s> excl. q0", ATTN),
     Metric("sink_logit_gap_types", "Δlogit(·,<s>)", "as in the paper's figures: the logit on BOS minus the mean "
            "logit on keys 1..i−1 (queries i ≥ 2), averaged per non-trigger character type first, then over the "
-           "types unweighted", "metrics.csv", "dlogit_bos_mean60"),
+           "types unweighted", "metrics.csv", "dlogit_bos_mean60", "in", "Δlogit (per type)", "logit"),
     Metric("sink_logit_gap", "Δlogit(·,<s>)", "the same gap pooled over the queries (frequency-weighted; differs by "
-           "up to ~3 nats early in training)", "metrics.csv, heads.csv", "dlogit_bos_pooled"),
+           "up to ~3 nats early in training)", "metrics.csv, heads.csv", "dlogit_bos_pooled", "in", "Δlogit (pooled)",
+           "logit"),
     Metric("sink_logit_types", "", "the logit on BOS, per-type mean as above", "metrics.csv",
-           "logit_bos_mean60, logit_bos_l0_mean60"),
+           "logit_bos_mean60, logit_bos_l0_mean60", "in", "logit on <s> (per type)", "logit"),
     Metric("value_drain", "‖Val<s>‖", "‖W_O v‖ at BOS (site `attn.v_out`, mean over heads)",
-           "metrics.csv, series.csv, heads.csv", "val_bos_WOv"),
+           "metrics.csv, series.csv, heads.csv", "val_bos_WOv", "in", unit=NORM, others="value_others",
+           panel="linear"),
     Metric("value_others", "", "mean ‖W_O v‖ over the other positions (toy: of the evaluation batch, so weighted "
-           "by token frequency)", "metrics.csv, series.csv, heads.csv"),
-    Metric("value_drain_v", "‖v<s>‖", "‖v‖ at BOS before W_O (mean over kv heads)", "metrics.csv", "val_bos_v"),
-    Metric("value_others_v", "", "‖v‖ over the other positions", "metrics.csv"),
+           "by token frequency)", "metrics.csv, series.csv, heads.csv", per_layer="in", unit=NORM),
+    Metric("value_drain_v", "‖v<s>‖", "‖v‖ at BOS before W_O (mean over kv heads)", "metrics.csv", "val_bos_v",
+           "in", unit=NORM, others="value_others_v"),
+    Metric("value_others_v", "", "‖v‖ over the other positions", "metrics.csv", per_layer="in", unit=NORM),
     Metric("residual_peak", "‖Res<s>‖", "norm of the residual stream at BOS after block l",
-           "metrics.csv, series.csv, layers.csv, circuit.csv", "res_bos_l0"),
+           "metrics.csv, series.csv, layers.csv, circuit.csv", "res_bos_l0", "after", unit=NORM,
+           others="residual_others", panel="linear"),
     Metric("residual_others", "", "mean residual norm over the other positions", "metrics.csv, series.csv, "
-           "layers.csv"),
+           "layers.csv", per_layer="after", unit=NORM),
     Metric("residual_excess", "", "`residual_peak` − `residual_others`: the BOS residual's excess (a norm, not a "
-           "massive activation)", "metrics.csv, series.csv"),
+           "massive activation)", "metrics.csv, series.csv", per_layer="after", unit=NORM),
     Metric("massive_top1", "", "largest |activation| of the residual stream after block l (Sun et al. 2024; "
            "`_top2`, `_top3`: the next ones; massive when > 100 and > 1000× `massive_median`)", "layers.csv"),
     Metric("massive_median", "", "median |activation| of the residual stream after block l", "layers.csv"),
     Metric("sink_token_attention", "", "attention on the most attended data-found sink token (not BOS)",
            "heads.csv"),
     Metric("slot_attention", "", "attention of non-trigger queries on the learned sink token (`--sink-token`)",
-           "metrics.csv"),
+           "metrics.csv", per_layer="in"),
     Metric("bias_attention", "", "attention of non-trigger queries on the explicit bias k′ (`--attn-bias`)",
-           "metrics.csv"),
+           "metrics.csv", per_layer="in"),
     Metric("backcopy_risk", "", "mean cross-entropy at trigger positions (the oracle is certain there: total = "
-           "excess)", "metrics.csv, series.csv", "icl_risk"),
+           "excess)", "metrics.csv, series.csv", "icl_risk", label="back-copy excess risk", unit=NATS, panel="log"),
     Metric("bigram_risk", "", "realised excess cross-entropy over the oracle at non-trigger positions (toybb's own)",
-           "metrics.csv, series.csv"),
+           "metrics.csv, series.csv", label="bigram excess risk", unit=NATS, panel="log"),
     Metric("bigram_ce_expected", "", "the authors' bigram risk: expected cross-entropy Σ_v P[x,v](−log p(v)) over "
-           "non-trigger positions, the unigram row at BOS; a total (floor ≈ 2.22)", "metrics.csv", "markov_risk"),
+           "non-trigger positions, the unigram row at BOS; a total (floor ≈ 2.22)", "metrics.csv", "markov_risk",
+           label="bigram CE (expected)", unit=NATS),
     Metric("bigram_kl_expected", "", "`bigram_ce_expected` minus the rows' entropy (the oracle's): an excess",
-           "metrics.csv", "markov_excess_vs_oracle"),
-    Metric("loss", "", "mean next-token cross-entropy (`backcopy_loss`, `bigram_loss`: at trigger / non-trigger "
-           "positions)", "metrics.csv"),
+           "metrics.csv", "markov_excess_vs_oracle", label="bigram excess (expected)", unit=NATS),
+    Metric("loss", "", "mean next-token cross-entropy", "metrics.csv", unit=NATS),
+    Metric("backcopy_loss", "", "the same at trigger positions", "metrics.csv", unit=NATS),
+    Metric("bigram_loss", "", "the same at non-trigger positions", "metrics.csv", unit=NATS),
     Metric("nll", "", "mean next-token cross-entropy of an LLM or a toy run on a text domain (`ppl` = exp(nll), "
-           "`delta_nll`: the change an intervention makes)", "interventions.csv, circuit.csv"),
+           "`delta_nll`: the change an intervention makes)", "interventions.csv, circuit.csv", unit=NATS),
 )
 NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+METRIC: dict[str, Metric] = {m.name: m for m in METRICS}
+
+
+def column(name: str, layer: int | None = None, head: int | None = None) -> str:
+    """The column of metric `name` (a KeyError if it is not in the vocabulary) for a layer and head."""
+    return METRIC[name].column(layer, head)
 
 # old name -> new name: column bases (any suffix kept: _l0, _prose, ...), JSON keys and site names.
 RENAMED: dict[str, str] = {
@@ -150,6 +189,6 @@ def markdown_table() -> str:
     """The README's metric table (one row per metric)."""
     rows = ["| name | paper | what it is | written to | the authors' column |", "|---|---|---|---|---|"]
     for m in METRICS:
-        auth = ", ".join(f"`{a.strip()}`" for a in m.authors.split(",")) if m.authors else ""
+        auth = ", ".join(f"`{a}`" for a in m.authors_columns)
         rows.append(f"| `{m.name}` | {m.symbol} | {m.what} | {m.tables} | {auth} |")
     return "\n".join(rows)

@@ -9,6 +9,7 @@ import numpy as np
 
 from toybb import style
 from toybb.errors import ConfigError
+from toybb.names import METRIC, METRICS
 
 
 def _layers(meta: dict) -> tuple[int, int]:
@@ -46,16 +47,16 @@ def reference_line(ax, found, col: str, last_step: int, style: str, color: str, 
     return True
 
 
-def _panels(meta: dict, cols, la: int, lr_: int) -> list[tuple]:
-    """(column, other-tokens column or None, title, unit, log y) of each panel the metrics have."""
-    panels = [
-        (f"sink_attention_l{la}", None, f"Attn<s> (layer {la})", "attention weight on BOS", False),
-        (f"value_drain_l{la}", f"value_others_l{la}", f"||Val<s>|| (layer {la})", "L2 norm", False),
-        (f"residual_peak_l{lr_}", f"residual_others_l{lr_}", f"||Res<s>|| (after layer {lr_})", "L2 norm", False),
-        ("backcopy_risk", None, "back-copy excess risk", "nats", True),
-        ("bigram_risk", None, "bigram excess risk", "nats", True),
-    ]
-    return [p for p in panels if p[0] in cols]
+def _panels(cols, la: int, lr_: int) -> list[tuple]:
+    """(column, other-tokens column or None, title, unit, log y) of each panel the metrics have: the
+    vocabulary's `panel` metrics, in layer `la` (attention) or after layer `lr_` (residual)."""
+    panels = []
+    for m in METRICS:
+        l = lr_ if m.per_layer == "after" else la
+        if m.panel and m.column(l) in cols:
+            others = METRIC[m.others].column(l) if m.others else None
+            panels.append((m.column(l), others, m.title(l), m.unit, m.panel == "log"))
+    return panels
 
 
 def _seed_lines(ax, rows, lr: str, cols: tuple, color: str, bos: bool, many: bool, first: bool) -> None:
@@ -103,7 +104,7 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
     for l in (la, lr_):
         if not 0 <= l < n_layers:
             raise ConfigError(f"layer {l} is out of range for a {n_layers}-layer model")
-    panels = _panels(meta, rows[0].keys(), la, lr_)
+    panels = _panels(rows[0].keys(), la, lr_)
     lrs = sorted({r["lr"] for r in rows}, key=float)
     refs = {lr: reference_for(meta, lr, reference) for lr in lrs}
     fig, axes = style.subplots(len(panels), 2, sharex=True)

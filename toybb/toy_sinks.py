@@ -1,5 +1,5 @@
 """`python -m toybb.toy_sinks RUN_DIR ...`: the BOS residual peak and the sink of every run of `toybb
-train` folders (`toybb.probes.toy_sinks.bos_metrics` on each run's evaluation batch), one JSON line per run."""
+train` folders (`toybb.probes.sink_slots.bos_metrics` on each run's evaluation batch), one JSON line per run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from toybb.probes.toy_sinks import bos_metrics
+from toybb.probes.sink_slots import bos_metrics
 
 
 def run_dir_metrics(run_dir: str | Path) -> list[dict]:

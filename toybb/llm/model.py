@@ -192,7 +192,3 @@ class LLM(nnx.Module):
 def abstract_model(cfg: LLMConfig) -> LLM:
     """The model's structure with shapes only (no allocation), for loaders to fill."""
     return nnx.eval_shape(lambda: LLM(cfg))
-
-
-def param_count(model: LLM) -> int:
-    return sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))

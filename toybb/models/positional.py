@@ -105,12 +105,6 @@ def alibi_slopes(n_heads: int) -> np.ndarray:
     return np.concatenate([pow2(p), pow2(2 * p)[0::2][: n_heads - p]])
 
 
-def alibi_bias(q_pos: jax.Array, k_pos: jax.Array, slopes) -> jax.Array:
-    """Additive logits -slope_h * (q_pos_i - k_pos_j): q_pos [tq], k_pos [tk], slopes [h] -> [h, tq, tk]."""
-    dist = (q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)
-    return -jnp.asarray(slopes, jnp.float32)[:, None, None] * dist
-
-
 def check_selfextend(window: int, group: int) -> None:
     """SelfExtend needs a neighbour window w >= 1 and a group size G >= 1."""
     from toybb.errors import ConfigError

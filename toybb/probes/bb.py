@@ -9,6 +9,7 @@ import numpy as np
 
 from toybb.config import ModelConfig
 from toybb.models.capture import Capture, run_with_capture
+from toybb.names import column
 from toybb.probes import metrics as M
 
 
@@ -73,17 +74,18 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
     nll = M.token_nll(logits, targets)
     oracle = task.oracle_nll(inputs, targets)
     trig = task.trigger_mask(inputs)
-    out = {
-        "loss": nll.mean(),
-        "backcopy_loss": M._masked_mean(nll, trig, None),
-        "bigram_loss": M._masked_mean(nll, ~trig, None),
-        "backcopy_risk": M.backcopy_risk(nll, oracle, trig),
-        "bigram_risk": M.bigram_risk(nll, oracle, trig),
-    }
     non_trig = ~trig
     rows = jnp.asarray(task.bigram, jnp.float32)[inputs]  # the authors' rows: the unigram at BOS
-    out["bigram_ce_expected"] = M._masked_mean(M.expected_cross_entropy(logits, rows), non_trig, None)
-    out["bigram_kl_expected"] = out["bigram_ce_expected"] - M._masked_mean(M.entropy(rows), non_trig, None)
+    ce_expected = M.masked_mean(M.expected_cross_entropy(logits, rows), non_trig, None)
+    out = {
+        column("loss"): nll.mean(),
+        column("backcopy_loss"): M.masked_mean(nll, trig, None),
+        column("bigram_loss"): M.masked_mean(nll, non_trig, None),
+        column("backcopy_risk"): M.backcopy_risk(nll, oracle, trig),
+        column("bigram_risk"): M.bigram_risk(nll, oracle, trig),
+        column("bigram_ce_expected"): ce_expected,
+        column("bigram_kl_expected"): ce_expected - M.masked_mean(M.entropy(rows), non_trig, None),
+    }
     # the paper's per-type averages: non-trigger character queries (BOS is no character type)
     char_query = non_trig & (jnp.arange(inputs.shape[1]) > 0)[None]
     for l in range(cfg.n_layers):
@@ -98,20 +100,21 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
             per_head["sink_logit_gap_types"] = M.type_mean(gap, inputs, char_query & defined[None], task.n_chars)
             per_head["sink_logit_types"] = M.type_mean(cap[f"{p}.logits"][..., 0], inputs, char_query, task.n_chars)
             per_head["value_drain"], per_head["value_others"] = M.value_drain(cap[f"{p}.v_out@norm"])
-            for base, v in per_head.items():
-                out[f"{base}_l{l}"] = v.mean()
+            for name, v in per_head.items():
+                out[column(name, l)] = v.mean()
                 if cfg.n_heads > 1:
                     for h in range(cfg.n_heads):
-                        out[f"{base}_l{l}h{h}"] = v[h]
+                        out[column(name, l, h)] = v[h]
             if cfg.arch == "transformer":
                 v_sink, v_others = M.value_drain(cap[f"{p}.v@norm"])
-                out[f"value_drain_v_l{l}"], out[f"value_others_v_l{l}"] = v_sink.mean(), v_others.mean()
+                out[column("value_drain_v", l)], out[column("value_others_v", l)] = v_sink.mean(), v_others.mean()
             if l in slot:
-                out[f"slot_attention_l{l}"] = M.sink_attention(slot[l], non_trig).mean()
+                out[column("slot_attention", l)] = M.sink_attention(slot[l], non_trig).mean()
             if l in bias:
-                out[f"bias_attention_l{l}"] = M.sink_attention(bias[l], non_trig).mean()
+                out[column("bias_attention", l)] = M.sink_attention(bias[l], non_trig).mean()
         peak, others, excess = M.residual_peak(cap[f"blocks.{l}.resid_post@norm"])
-        out[f"residual_peak_l{l}"], out[f"residual_others_l{l}"], out[f"residual_excess_l{l}"] = peak, others, excess
+        out[column("residual_peak", l)], out[column("residual_others", l)] = peak, others
+        out[column("residual_excess", l)] = excess
     return out
 
 

@@ -30,7 +30,8 @@ MASSIVE_ABS = 100.0
 MASSIVE_RATIO = 1000.0
 
 
-def _masked_mean(x: jax.Array, mask: jax.Array, axis) -> jax.Array:
+def masked_mean(x: jax.Array, mask: jax.Array, axis) -> jax.Array:
+    """Mean of `x` over `axis` where `mask` (broadcast to x) holds; 0 where nothing is selected."""
     mask = mask.astype(x.dtype)
     return jnp.sum(x * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
 
@@ -53,7 +54,7 @@ def sink_attention(
     mask = jnp.ones((b, t), bool) if query_mask is None else query_mask.astype(bool)
     if exclude_sink_query:
         mask = mask & (jnp.arange(t) != sink)[None]
-    return _masked_mean(on_sink, mask[:, None, :], axis=(0, 2))
+    return masked_mean(on_sink, mask[:, None, :], axis=(0, 2))
 
 
 def logit_gap_per_query(logits: jax.Array, *, sink: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -79,7 +80,7 @@ def sink_logit_gap(logits: jax.Array, query_mask: jax.Array | None = None, *, si
     gap, defined = logit_gap_per_query(logits, sink=sink)
     mask = jnp.ones((b, t), bool) if query_mask is None else query_mask.astype(bool)
     mask = mask & defined[None]
-    return _masked_mean(gap, mask[:, None, :], axis=(0, 2))
+    return masked_mean(gap, mask[:, None, :], axis=(0, 2))
 
 
 def attention_received(pattern: jax.Array, *, causal: bool = True) -> jax.Array:
@@ -117,9 +118,9 @@ def value_drain(v_out_norm: jax.Array, *, sink: int = 0, valid: jax.Array | None
     """
     b, t, h = v_out_norm.shape
     m = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
-    at_sink = _masked_mean(v_out_norm[:, sink, :], m[:, sink, None], axis=0)
+    at_sink = masked_mean(v_out_norm[:, sink, :], m[:, sink, None], axis=0)
     other = m & (jnp.arange(t) != sink)[None]
-    return at_sink, _masked_mean(v_out_norm, other[..., None], axis=(0, 1))
+    return at_sink, masked_mean(v_out_norm, other[..., None], axis=(0, 1))
 
 
 def residual_peak(resid_norm: jax.Array, *, sink: int = 0, valid: jax.Array | None = None):
@@ -127,8 +128,8 @@ def residual_peak(resid_norm: jax.Array, *, sink: int = 0, valid: jax.Array | No
     ("massive norm" = sink minus others). resid_norm: [batch, seq]. Returns three scalars."""
     b, t = resid_norm.shape
     m = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
-    at_sink = _masked_mean(resid_norm[:, sink], m[:, sink], axis=0)
-    others = _masked_mean(resid_norm, m & (jnp.arange(t) != sink)[None], axis=(0, 1))
+    at_sink = masked_mean(resid_norm[:, sink], m[:, sink], axis=0)
+    others = masked_mean(resid_norm, m & (jnp.arange(t) != sink)[None], axis=(0, 1))
     return at_sink, others, at_sink - others
 
 
@@ -154,7 +155,7 @@ def massive_threshold(median: float, *, abs_min: float = MASSIVE_ABS, ratio: flo
 
 def excess_risk(nll: jax.Array, oracle_nll: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean model cross-entropy minus mean oracle cross-entropy over the masked positions."""
-    return _masked_mean(nll - oracle_nll, mask, axis=None)
+    return masked_mean(nll - oracle_nll, mask, axis=None)
 
 
 def expected_cross_entropy(logits: jax.Array, probs: jax.Array) -> jax.Array:

@@ -6,10 +6,10 @@ Usage::
 
 SRC is the folder of the authors' CSVs (required; they do not ship with toybb); OUT
 the package's `toybb/reference/data`. Each table keeps the step and the columns toybb also measures,
-renamed to toybb's metric names (`COLUMNS`: the authors' column -> toybb's), at 7 significant digits.
-The authors' columns toybb does not define (one evaluation sequence's positions 1..9, the mean logit
-on keys 1..i-1) are left out. This module imports only the standard library and numpy-free toybb
-modules, so it runs without a device.
+renamed to toybb's metric names (`COLUMNS`: the authors' column -> toybb's, from the `authors` field of
+`toybb.names.METRICS`), at 7 significant digits. The authors' columns toybb does not define (one
+evaluation sequence's positions 1..9, the mean logit on keys 1..i-1) are left out. This module imports
+only the standard library and numpy-free toybb modules, so it runs without a device.
 """
 
 from __future__ import annotations
@@ -21,23 +21,11 @@ import sys
 from pathlib import Path
 
 from toybb.errors import ConfigError
+from toybb.names import METRICS
 from toybb.reference import DATA, REFERENCES
 
-# the authors' column -> toybb's metric (README of the reference data; SPEC §3)
-COLUMNS = {
-    "attn_bos": "sink_attention_l0",  # Attn<s>: non-trigger queries, query 0 included
-    "attn_bos_excl_q0": "sink_attention_excl0_l0",
-    "val_bos_WOv": "value_drain_l0",  # ||W_O v<s>||, the paper's ||Val<s>||
-    "val_bos_v": "value_drain_v_l0",  # ||v<s>|| before W_O
-    "res_bos_l0": "residual_peak_l0",  # ||Res<s>|| after block 0
-    "icl_risk": "backcopy_risk",  # the oracle is certain there: total = excess
-    "markov_risk": "bigram_ce_expected",  # expected cross-entropy under the oracle row, a total
-    "markov_excess_vs_oracle": "bigram_kl_expected",  # the same minus the oracle's (the rows' entropy)
-    "logit_bos_mean60": "sink_logit_types_l0",  # per-type mean of the logit on BOS
-    "logit_bos_l0_mean60": "sink_logit_types_l0",
-    "dlogit_bos_mean60": "sink_logit_gap_types_l0",  # the paper's Δlogit (per type, then unweighted)
-    "dlogit_bos_pooled": "sink_logit_gap_l0",  # toybb's pooled Δlogit
-}
+# the authors' column -> toybb's column (their layer 0), from the vocabulary's `authors` field
+COLUMNS = {a: m.column(0) for m in METRICS for a in m.authors_columns}
 
 
 def convert(src: Path, dst: Path) -> int:

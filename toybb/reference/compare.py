@@ -21,17 +21,12 @@ from toybb.cliargs import INTS, add_list
 from toybb.config import RunConfig
 from toybb import style
 from toybb.errors import ConfigError
+from toybb.names import METRICS
 from toybb.records import atomic_open, load_metrics, out_folder, seed_table
 from toybb.reference import REFERENCES, ReferenceTable, config_differences, load_reference, matching_reference
 
-# the printed table's metrics, in order, with the paper's symbol (every metric both define is in the CSV)
-SYMBOLS = {
-    "sink_attention_l0": "Attn<s>", "sink_attention_excl0_l0": "Attn<s> excl. q0",
-    "value_drain_l0": "||W_O v<s>||", "value_drain_v_l0": "||v<s>||", "residual_peak_l0": "||Res<s>||",
-    "backcopy_risk": "back-copy risk", "bigram_ce_expected": "bigram CE (expected)",
-    "bigram_kl_expected": "bigram excess (expected)", "sink_logit_types_l0": "logit on <s> (per type)",
-    "sink_logit_gap_types_l0": "Δlogit (per type)", "sink_logit_gap_l0": "Δlogit (pooled)",
-}
+# the label of each column in the printed table and the figure (columns without one print as they are)
+LABELS = {m.column(0): m.label for m in METRICS if m.label != m.name}
 PRINT_EVERY = (20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000)
 
 
@@ -160,7 +155,7 @@ def format_table(c: Comparison, rows: list[dict], steps: np.ndarray | None = Non
             edge = r["min"] if r["reference"] < r["min"] else r["max"]
             if not r["inside"] and abs(edge) < 0.1:  # near zero (logits) a relative distance says little
                 where = f"{r['reference'] - edge:+.3g} (absolute)"
-            buf.write(f"  {SYMBOLS.get(m, m)[:28]:28s} {r['step']:6d}  {r['median']:10.4g} [{r['min']:10.4g}, {r['max']:10.4g}]"
+            buf.write(f"  {LABELS.get(m, m)[:28]:28s} {r['step']:6d}  {r['median']:10.4g} [{r['min']:10.4g}, {r['max']:10.4g}]"
                       f"  {r['reference']:10.4g}  {where}\n")
     return buf.getvalue()
 
@@ -181,7 +176,7 @@ def plot_comparison(comparisons: list[Comparison], path: Path, title: str = "", 
                 ax.fill_between(x, np.nanmin(v, 1), np.nanmax(v, 1), color=f"C{ci}", alpha=0.2, lw=0)
             ok = ~np.isnan(c.ref[m])
             ax.plot(x[ok], c.ref[m][ok], "--", color="k", lw=1.0, label=c.label if ci == 0 else None)
-        ax.set(title=f"{SYMBOLS.get(m, m)}  [{m}]", xlabel="training step")
+        ax.set(title=f"{LABELS.get(m, m)}  [{m}]", xlabel="training step")
         style.log_axes(ax, "x")
         ax.grid(alpha=0.3, which="both", lw=0.4)
     style.figure_legend(fig, axes)

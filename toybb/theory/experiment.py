@@ -17,7 +17,6 @@ predictions and the reader (theory/07_trained_fits.md) says where they differ.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -343,10 +342,6 @@ def write_fit_csv(rows: list[dict], path) -> Path:
                 d[k] = f"{r[k]:.6g}"
             w.writerow(d)
     return p
-
-
-def table_json(rows: list[dict]) -> str:
-    return json.dumps(rows, indent=2, default=float)
 
 
 # ---------------------------------------------------------------------------------------------

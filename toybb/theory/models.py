@@ -220,8 +220,3 @@ LOSSES = {"softmax": softmax_loss, "relu": relu_loss, "residual": residual_loss}
 def centred(s):
     """s - mean(s) over the output axis (softmax ignores the mean; it is conserved, theory/01)."""
     return s - jnp.mean(s, axis=-1, keepdims=True)
-
-
-def fisher(p):
-    """F_p = diag(p) - p p^T: Hessian of KL(p || softmax(log p + o)) in o at o = 0. p: [..., V]."""
-    return jnp.einsum("...i,ij->...ij", p, jnp.eye(p.shape[-1])) - p[..., :, None] * p[..., None, :]

@@ -1,6 +1,6 @@
-"""Tiny randomly initialised transformers models for parity tests and benchmarks (no network).
+"""Tiny randomly initialised transformers models (and GGUF files of them) for the parity tests (no network).
 
-Needs torch and transformers (the `parity` extra); imported lazily by the tests only."""
+Needs torch and transformers (the `parity` extra); the tests that use it import it after checking for them."""
 
 from __future__ import annotations
 
