@@ -522,3 +522,20 @@ def paper_learning_rate(cfg: RunConfig) -> float | None:
 
 
 PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
+
+
+def config_diffs(saved: dict, cfg: RunConfig) -> list[str]:
+    """Fields that differ between a saved config and `cfg`, ignoring those a resumed run may change."""
+    now = json.loads(json.dumps(cfg.to_dict()))
+    saved = json.loads(json.dumps(saved))
+    diffs = []
+    for sec in now:
+        for k, v in now[sec].items():
+            if sec == "train" and k in ("steps", "ckpt_every", "run_chunk", "microbatch"):
+                continue
+            old = saved.get(sec, {}).get(k)
+            if sec == "train" and k == "precision" and old is None:
+                old = "highest"  # folders written before the field existed trained at full float32 on CPU
+            if v != old:
+                diffs.append(f"{sec}.{k}: {old!r} -> {v!r}")
+    return diffs

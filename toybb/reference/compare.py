@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from toybb.cliargs import INTS, add_list
-from toybb.config import RunConfig
+from toybb.config import RunConfig, config_diffs
 from toybb import style
 from toybb.errors import ConfigError
 from toybb.records import atomic_open, load_metrics, out_folder, seed_table
@@ -56,8 +56,6 @@ class Comparison:
 def load_runs(run_dirs: list[str | Path]) -> tuple[RunConfig, list[dict[str, str]]]:
     """The config and pooled metrics rows of one or more run folders of the same configuration (seeds
     trained as separate jobs); a seed present in two folders is an error."""
-    from toybb.train.runs import config_diffs
-
     cfg, rows, seen = None, [], {}
     for d in run_dirs:
         meta, part = load_metrics(d)

@@ -1,4 +1,4 @@
-"""Run folders: whether one may hold a run of a config (`check_run_folder`, `config_diffs`), and reading
+"""Run folders: whether one may hold a run of a config (`check_run_folder`), and reading
 finished ones back: the config, the trained models, whether a folder already holds a finished run of a
 config (so figures and series reuse it instead of training again)."""
 
@@ -7,25 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from toybb.config import RunConfig
+from toybb.config import RunConfig, config_diffs
 from toybb.errors import ConfigError
-
-
-def config_diffs(saved: dict, cfg: RunConfig) -> list[str]:
-    """Fields that differ between a saved config and `cfg`, ignoring those a resumed run may change."""
-    now = json.loads(json.dumps(cfg.to_dict()))
-    saved = json.loads(json.dumps(saved))
-    diffs = []
-    for sec in now:
-        for k, v in now[sec].items():
-            if sec == "train" and k in ("steps", "ckpt_every", "run_chunk", "microbatch"):
-                continue
-            old = saved.get(sec, {}).get(k)
-            if sec == "train" and k == "precision" and old is None:
-                old = "highest"  # folders written before the field existed trained at full float32 on CPU
-            if v != old:
-                diffs.append(f"{sec}.{k}: {old!r} -> {v!r}")
-    return diffs
 
 
 def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
