@@ -59,7 +59,8 @@ def test_config_validation_and_cli_flags():
         ModelConfig(arch="simple", attn_bias=True)
     with pytest.raises(ConfigError, match="sink_token must be true or false"):
         ModelConfig(sink_token="yes")
-    from toybb.cli import build_config, make_parser
+    from toybb.cli import make_parser
+    from toybb.commands.train import build_config
 
     args = make_parser().parse_args(["train", "--layers", "3", "--attn-bias", "--sink-token"])
     cfg = build_config(args)

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from toybb import style
-from toybb.cliargs import INTS, add_list, add_text
 from toybb.errors import ConfigError
 
 FIXED_TEXT = ("The history of science is full of surprises. When the first telescopes were pointed at the sky, "
@@ -214,29 +213,3 @@ def plot_series(rows: list[dict], path: Path, kind: str, max_layers: int = 8) ->
                                                                     if n_runs > 1 else ""),
                    model=model, config={"kind": kind, "steps": f"{steps[0]}..{steps[-1]}"})
     return style.save(fig, path)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("series", help="probe an ordered series of checkpoints and plot metrics vs step",
-                              description="Run the sink/drain/residual probes on each checkpoint (toy run folders "
-                              "or checkpoint.npz, Hugging Face directories, .gguf files) and plot them against the "
-                              "training step; writes DIR/series.csv and DIR/series.png.")
-    p.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoints in training order: toy run folders or "
-                   "checkpoint.npz, Hugging Face model directories, .gguf files")
-    p.add_argument("--out", metavar="DIR", required=True, help="output folder (series.csv, series.png)")
-    add_list(p, "--steps", INTS, None, "steps, one per checkpoint (default: parsed from the paths)", metavar="S,S,...")
-    add_text(p, None, help="LLM probe text SOURCE (a file, folder, .jsonl or a built-in corpus such as "
-             "pydoc or pride; default: a fixed English paragraph)")
-    p.set_defaults(func=cmd_series)
-
-
-def cmd_series(args) -> int:
-    steps = list(args.steps) if args.steps else None
-    text = FIXED_TEXT
-    if args.text:
-        from toybb.texts import read_source
-
-        text = read_source(args.text, "--text")
-    csv_path, png = run_series(args.ckpts, args.out, steps, text)
-    print(f"wrote {csv_path} and {png}")
-    return 0

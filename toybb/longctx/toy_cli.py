@@ -5,6 +5,7 @@ each model's positional vectors beyond C are to those inside (toy_beyond_similar
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
@@ -39,6 +40,15 @@ def register(sub, common) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training batches")
     add_renamed(p, "longctx toy")
     p.set_defaults(func=cmd_toy)
+
+
+def run_toy(out, **settings) -> None:
+    """`longctx toy` from Python: its defaults, `settings` (keyword names of its flags) replacing some."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub, lambda q, model=False: None)
+    defaults = {a.dest: a.default for a in sub.choices["toy"]._actions
+                if a.dest != "help" and a.default is not argparse.SUPPRESS}
+    cmd_toy(argparse.Namespace(**{**defaults, **settings, "out": str(out)}))
 
 
 @dataclass

@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 from toybb.config import PRESETS, RunConfig, load_config_file
 from toybb.errors import ConfigError
-from toybb.train.memory import check_memory, estimate_group_bytes
 
 SECTIONS = ("model", "task", "optim", "train")
 DONE = "done"
@@ -305,63 +304,3 @@ def collect_results(plan: SweepPlan, out: Path) -> tuple[list[dict[str, str]], l
 
 def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-# ---- command line -----------------------------------------------------------------------------------
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "sweep", help="run a sweep file (grid/list over config keys), grouped into vmapped programs",
-        description="Expand a YAML/JSON sweep file (base + grid/list over dotted keys such as optim.lr, "
-        "model.n_layers, seeds), train every group of runs that share shapes in one vmapped program "
-        "(resumable: finished groups are skipped, others resume from their checkpoint) and write "
-        "DIR/results.csv (one row per run x step) and DIR/groups/<group>/.")
-    p.add_argument("file", metavar="FILE", help="sweep file (.yaml/.yml/.json)")
-    p.add_argument("--out", metavar="DIR", required=True, help="sweep folder")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-host: call jax.distributed.initialize() (SLURM/TPU environment) and split "
-                   "the groups over the processes; process 0 writes the table (also TOYBB_DISTRIBUTED=1)")
-    p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed, outside SLURM/TPU: process 0's address")
-    p.add_argument("--num-processes", type=int, help="with --distributed, outside SLURM/TPU: number of processes")
-    p.add_argument("--process-id", type=int, help="with --distributed, outside SLURM/TPU: this process's index")
-    p.add_argument("--max-memory-gb", type=float, help="memory one group may use (default: detected)")
-    p.add_argument("--dry-run", action="store_true", help="print the groups and their memory estimate, train nothing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--no-plot", action="store_true", help="no dynamics.png per group")
-    p.set_defaults(func=cmd_sweep)
-
-
-def cmd_sweep(args) -> int:
-    import os
-
-    from toybb.records import finite, out_folder
-
-    finite(args.max_memory_gb, "--max-memory-gb", positive=True)
-    for flag, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id)):
-        if v is not None and v < (1 if flag == "--num-processes" else 0):
-            raise ConfigError(f"{flag} must be {'>= 1' if flag == '--num-processes' else '>= 0'}, got {v}")
-    spec = load_sweep_file(args.file)
-    plan = plan_sweep(spec, f"sweep file {args.file!r}")
-    process = (0, 1)
-    if args.distributed or os.environ.get("TOYBB_DISTRIBUTED") == "1":
-        import jax
-
-        try:
-            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-        except Exception as e:  # no cluster environment found, coordinator unreachable, ...
-            raise ConfigError(f"jax.distributed.initialize() failed ({str(e).splitlines()[0]}); run under srun or "
-                              "on every TPU host, or give --coordinator, --num-processes and --process-id") from None
-        process = (jax.process_index(), jax.process_count())
-    limit = None if args.max_memory_gb is None else int(min(args.max_memory_gb, 2.0**40) * 2**30)
-    for g in plan.groups:
-        check_memory(g.cfg, f"group {g.name}", limit)
-    _plan_doc(out_folder(args.out), plan)
-    if process[0] == 0:
-        print(f"toybb sweep: {len(plan.runs)} run(s) in {len(plan.groups)} group(s) -> {args.out}", flush=True)
-    if args.dry_run:
-        for g in plan.groups:
-            print(f"{g.name}: {g.n_runs} runs, ~{estimate_group_bytes(g.cfg) / 2**20:.0f} MiB")
-        return 0
-    path = run_sweep(plan, args.out, progress=not args.no_progress, write_figure=not args.no_plot, process=process)
-    if path is not None:
-        print(f"wrote {path}")
-    return 0
