@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from toybb.errors import ConfigError
+from toybb.records import read_text
 
 ATTENTION_KINDS = ("softmax", "relu")
 MLP_KINDS = ("relu", "linear", "none")
@@ -477,8 +478,6 @@ def section_from_dict(cls: type, d: dict[str, Any], section: str):
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON run config into a dict (validated later by RunConfig.from_dict)."""
-    from toybb.records import read_text
-
     p = Path(path)
     text = read_text(p, "config file")
     try:

@@ -25,6 +25,14 @@ import numpy as np
 
 from toybb import style
 from toybb.errors import ConfigError
+from toybb.llm.load import load
+from toybb.llm.run import forward
+from toybb.models.capture import Capture
+from toybb.probes import metrics as M
+from toybb.records import atomic_open
+from toybb.train.checkpoint import CKPT_NAME
+from toybb.train.runs import is_run_folder, run_config
+from toybb.train.trainer import Trainer, trainer_key
 
 FIXED_TEXT = ("The history of science is full of surprises. When the first telescopes were pointed at the sky, "
               "astronomers saw moons around Jupiter and phases of Venus, and the old picture of the heavens "
@@ -47,8 +55,6 @@ def kind_of(path: str | Path) -> str:
     if p.is_file() and p.suffix == ".npz" and (p.parent / "config.json").exists():
         return "toy"
     if p.is_dir() and (p / "config.json").exists():
-        from toybb.train.runs import is_run_folder
-
         return "toy" if is_run_folder(p) else "hf"
     if p.is_file() and p.suffix == ".gguf":
         return "hf"
@@ -58,10 +64,6 @@ def kind_of(path: str | Path) -> str:
 # ---- probes -------------------------------------------------------------------------------------------
 def probe_toy(path: str | Path, trainers: dict) -> tuple[int, list[dict]]:
     """(checkpoint step, one row per vmapped run with every dynamics metric)."""
-    from toybb.train.checkpoint import CKPT_NAME
-    from toybb.train.runs import run_config
-    from toybb.train.trainer import Trainer, trainer_key
-
     p = Path(path)
     run_dir, ckpt = (p.parent, p) if p.is_file() else (p, p / CKPT_NAME)
     if not ckpt.exists():
@@ -97,11 +99,6 @@ def probe_llm(path: str | Path, text: str = FIXED_TEXT) -> list[dict]:
     """One row: per layer sink_attention_excl0_l{l}, value_drain_l{l}, value_others_l{l}, residual_peak_l{l},
     residual_others_l{l}, residual_excess_l{l} of the model on the fixed text (BOS at position 0)."""
     import jax.numpy as jnp
-
-    from toybb.llm.load import load
-    from toybb.llm.run import forward
-    from toybb.models.capture import Capture
-    from toybb.probes import metrics as M
 
     pre = load(str(path))
     tokens = llm_tokens(pre, text)
@@ -154,7 +151,6 @@ def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = 
     out.mkdir(parents=True, exist_ok=True)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     csv_path = out / "series.csv"
-    from toybb.records import atomic_open
 
     with atomic_open(csv_path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, restval="")

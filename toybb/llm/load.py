@@ -6,11 +6,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from toybb import device
 from toybb.errors import CheckpointError
 from toybb.llm import gguf_loader, hf
 from toybb.llm.config import LLMConfig
 from toybb.llm.model import LLM
 from toybb.llm.registry import resolve
+from toybb.llm.sharding import param_putter
 from toybb.llm.tokenizer import TextTokenizer, check_matches, from_gguf_metadata, from_tokenizer_json
 from toybb.llm.weights import build_model
 
@@ -56,8 +58,6 @@ def load(
     path = resolve(path)
     put = None
     if mesh is not None:
-        from toybb.llm.sharding import param_putter
-
         put = param_putter(mesh)
     if os.path.isdir(path):
         cfg = hf.read_config(path, dtype)
@@ -91,8 +91,6 @@ def release_host_memory() -> None:
     the C heap's free pages (glibc's malloc_trim, on CPU backends only; a no-op elsewhere). Loading converts every tensor
     through transient numpy arrays, which otherwise stay resident as free heap."""
     import gc
-
-    from toybb import device
 
     gc.collect()
     if not device.cpu_heuristics():  # the weights live in device memory, not in the C heap

@@ -18,6 +18,7 @@ import numpy as np
 
 from toybb.config import RunConfig, config_diffs
 from toybb.errors import CheckpointError, TrainingDiverged
+from toybb.plot import plot_dynamics
 from toybb.records import (append_metrics_csv, atomic_write, package_versions, read_metrics_csv, remove_temporaries,
                            write_metrics_csv)
 from toybb.train.checkpoint import CKPT_NAME
@@ -136,7 +137,5 @@ def train(
     if out is not None and p.step == cfg.train.steps:
         write_final_probes(result, trainer)
         if write_figure:
-            from toybb.plot import plot_dynamics
-
             plot_dynamics(out, out / "dynamics.png")
     return result

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from toybb.config import RunConfig, config_diffs
 from toybb.errors import ConfigError
+from toybb.records import out_folder, read_json, read_run_config
+from toybb.train.checkpoint import CKPT_NAME
+from toybb.train.trainer import Trainer
 
 
 def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
     """Before compiling: `out_dir` must be a folder (or creatable) holding no run of another config."""
-    from toybb.records import out_folder, read_run_config
-
     out_folder(out_dir)
     if (Path(out_dir) / "config.json").exists():
         diffs = config_diffs(read_run_config(out_dir)["config"], cfg)
@@ -28,8 +29,6 @@ def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
 def is_run_folder(path: str | Path) -> bool:
     """True if `path` is a folder whose config.json is a `toybb train` record (a Hugging Face model folder
     has a config.json too, without the `config` section); a malformed config.json is a ConfigError."""
-    from toybb.records import read_json
-
     p = Path(path)
     if not (p.is_dir() and (p / "config.json").is_file()):
         return False
@@ -38,8 +37,6 @@ def is_run_folder(path: str | Path) -> bool:
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
-    from toybb.records import read_run_config
-
     d = Path(run_dir)
     if not (d / "config.json").is_file():
         raise ConfigError(f"{d} is not a toybb run folder (no config.json); give the --out of `toybb train`")
@@ -54,7 +51,6 @@ def is_finished(run_dir: str | Path, cfg: RunConfig | None = None) -> bool:
     saved = run_config(d)
     if cfg is not None and (config_diffs(saved.to_dict(), cfg) or saved.train.steps != cfg.train.steps):
         return False
-    from toybb.records import read_json
 
     summary = read_json(d / "summary.json", "run summary", f"delete it to redo the final probes of {d}")
     return isinstance(summary, dict) and summary.get("step") == saved.train.steps
@@ -63,9 +59,6 @@ def is_finished(run_dir: str | Path, cfg: RunConfig | None = None) -> bool:
 def load_models(run_dir: str | Path, trainer=None):
     """(config, trainer, training state of all runs, step) from a run folder's checkpoint;
     `nnx.merge(trainer.graphdef, params[r])` is run r's model (see RunResult.model)."""
-    from toybb.train.checkpoint import CKPT_NAME
-    from toybb.train.trainer import Trainer
-
     d = Path(run_dir)
     cfg = run_config(d)
     if not (d / CKPT_NAME).exists():

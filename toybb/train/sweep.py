@@ -27,6 +27,9 @@ from typing import Any, Callable
 
 from toybb.config import PRESETS, RunConfig, load_config_file
 from toybb.errors import ConfigError
+from toybb.records import atomic_write, load_metrics, package_versions, read_json, remove_temporaries, write_csv_rows
+from toybb.train.loop import train
+from toybb.train.trainer import Trainer, trainer_key
 
 SECTIONS = ("model", "task", "optim", "train")
 DONE = "done"
@@ -190,8 +193,6 @@ def group_runs(runs: list[Run]) -> list[Group]:
 # ---- running ---------------------------------------------------------------------------------------
 def _plan_doc(out: Path, plan: SweepPlan) -> dict:
     """The sweep.json document of `plan`; checks that `out` holds no other sweep (before any training)."""
-    from toybb.records import read_json
-
     path = out / "sweep.json"
     doc = {"spec": plan.spec, "keys": plan.keys,
            "groups": {g.name: [r.run_id for r in g.runs.values()] for g in plan.groups},
@@ -204,9 +205,6 @@ def _plan_doc(out: Path, plan: SweepPlan) -> dict:
 
 
 def _write_plan(out: Path, plan: SweepPlan) -> None:
-    from toybb.records import atomic_write
-    from toybb.records import package_versions
-
     path = out / "sweep.json"
     doc = _plan_doc(out, plan)
     doc["versions"] = package_versions()
@@ -233,10 +231,6 @@ def run_sweep(
     process: (index, count) of this process in a multi-host sweep; it trains groups index::count and
       only process 0 writes the table (after every group's `done` marker exists). Returns its path.
     """
-    from toybb.records import atomic_write, remove_temporaries, write_csv_rows
-    from toybb.train.loop import train
-    from toybb.train.trainer import Trainer, trainer_key
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pid, pcount = process
@@ -280,8 +274,6 @@ def run_sweep(
 
 def collect_results(plan: SweepPlan, out: Path) -> tuple[list[dict[str, str]], list[str]]:
     """Rows (run x step) of every group's metrics.csv, labelled with run id, group and swept keys."""
-    from toybb.records import load_metrics
-
     rows: list[dict[str, str]] = []
     metric_cols: list[str] = []
     for g in plan.groups:
