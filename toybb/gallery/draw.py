@@ -28,7 +28,7 @@ def band(ax, steps, v, color, label, ls="-"):
         ax.fill_between(x, np.nanmin(v, 1), np.nanmax(v, 1), color=color, alpha=0.2, lw=0)
 
 
-def reference_line(ax, run_dir: Path, rows, col: str, color: str) -> None:
+def authors_line(ax, run_dir: Path, rows, col: str, color: str) -> None:
     """The authors' trajectory of `col` (dotted, same colour) where the run's configuration matches a
     built-in reference (the paper scale), up to the run's last step."""
     found = reference_for(read_run_config(run_dir), rows[0]["lr"])

@@ -68,7 +68,7 @@ def fig_residual_peaks(ctx: FigureContext) -> list[Path]:
             D.band(ax, *D.series(rows, col), f"C{ci}", label)
             if ref is not None:
                 D.band(ax, *D.series(rows, ref), f"C{ci}", f"{label}: other tokens", ls="--")
-            D.reference_line(ax, gdir, rows, col, f"C{ci}")
+            D.authors_line(ax, gdir, rows, col, f"C{ci}")
             ax.set(xlabel="training step", ylabel=unit, title=title)
     for ax in axes:  # log y for the residual too: one ReLU seed's BOS norm (~140) flattened the others' (10-25)
         style.log_axes(ax, "xy" if ax is axes[0] or ax is axes[3] else "x")
