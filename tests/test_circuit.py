@@ -111,7 +111,7 @@ def test_gallery_entry_draws_from_cached_results(tiny, tmp_path):
 
     import matplotlib.image
 
-    from toybb import figures as F
+    from toybb import gallery as F
 
     model, tokens = tiny
     comps = C.early_components(2, 1)

@@ -4,7 +4,8 @@ labelled axes (the gallery's own runs are far too long for a test)."""
 import numpy as np
 import pytest
 
-from toybb import figures as F
+from toybb import gallery as F
+from toybb import style
 from toybb.cli import main
 from toybb.train.loop import train
 
@@ -54,7 +55,7 @@ def tiny_ctx(tmp_path_factory):
 @pytest.mark.parametrize("name", ["interventions", "residual_peaks", "active_dormant", "attention_maps", "sink_variants"])
 def test_figure_renders_with_labelled_axes(tiny_ctx, monkeypatch, name):
     seen = []
-    real = F._save
+    real = style.save
 
     def save(fig, path):
         for ax in fig.axes:
@@ -62,7 +63,7 @@ def test_figure_renders_with_labelled_axes(tiny_ctx, monkeypatch, name):
                 seen.append((ax.get_title(), ax.get_xlabel(), ax.get_ylabel()))
         return real(fig, path)
 
-    monkeypatch.setattr(F, "_save", save)
+    monkeypatch.setattr(style, "save", save)
     paths = F.FIGURES[name].make(tiny_ctx)
     assert len(paths) == 1 and paths[0].suffix == ".png"
     assert 5_000 < paths[0].stat().st_size < 300_000
@@ -73,17 +74,16 @@ def test_figure_renders_with_labelled_axes(tiny_ctx, monkeypatch, name):
     assert img.ndim == 3 and np.std(img[..., :3]) > 0.05  # not blank
 
 
-def test_cli_figures_reuse_a_finished_run_and_copy_its_files(tmp_path):
-    """Figures drawn by other toybb commands: a cached run folder is copied, not run again; a failing
-    command is one ToybbError naming the figure."""
-    from toybb.errors import ToybbError
-
+def test_cached_figures_reuse_a_finished_run_and_copy_its_files(tmp_path):
+    """Figures drawn by another experiment (LLM probes, long context): a cached run folder is copied, not
+    made again; a missing file runs the experiment's library function into the cache."""
     ctx = F.FigureContext(tmp_path / "out", "cpu", tmp_path / "runs", progress=False, log=lambda s: None)
     run = tmp_path / "runs" / "cpu_demo"
     run.mkdir(parents=True)
     (run / "a.png").write_bytes(b"png")
-    got = F.cli_figures(ctx, "demo", ["no-such-command"], {"a.png": "demo_a.png"})
-    assert got == [tmp_path / "out" / "demo_a.png"] and got[0].read_bytes() == b"png"
-    with pytest.raises(ToybbError, match="figure demo"):
-        F.cli_figures(ctx, "demo", ["probe", "no-such-model", "--domain", "x=stdlib"], {"b.png": "demo_b.png"})
+    made = []
+    got = ctx.cached("demo", {"a.png": "demo_a.png"}, made.append)
+    assert got == [tmp_path / "out" / "demo_a.png"] and got[0].read_bytes() == b"png" and not made
+    got = ctx.cached("demo", {"b.png": "demo_b.png"}, lambda d: made.append(d) or (d / "b.png").write_bytes(b"b"))
+    assert made == [run] and got[0].read_bytes() == b"b"
     assert {"probe_smollm2", "longctx_toy"} <= set(F.FIGURES)

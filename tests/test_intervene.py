@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 
-import numpy as np
 import pytest
 from _shared import TINY as CFG, trainer
 

@@ -5,7 +5,6 @@ size; the CPU-scale and paper-scale versions are in the gallery (figures/README.
 Sizes: 1 layer d 32, sequence 64 (the active/dormant probe [BOS] + all 62 non-triggers + [v] fits),
 batch 32, Adam lr 1e-2, 800 steps; 3 layers d 64, sequence 32, batch 16, 800 steps; 2 seeds each."""
 
-import numpy as np
 import pytest
 
 from toybb.config import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig

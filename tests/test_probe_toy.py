@@ -3,7 +3,6 @@ their config validation and `toybb train` flags."""
 
 from __future__ import annotations
 
-import argparse
 
 import jax.numpy as jnp
 import numpy as np
@@ -59,7 +58,8 @@ def test_config_validation_and_cli_flags():
         ModelConfig(arch="simple", attn_bias=True)
     with pytest.raises(ConfigError, match="sink_token must be true or false"):
         ModelConfig(sink_token="yes")
-    from toybb.cli import build_config, make_parser
+    from toybb.cli import make_parser
+    from toybb.commands.train import build_config
 
     args = make_parser().parse_args(["train", "--layers", "3", "--attn-bias", "--sink-token"])
     cfg = build_config(args)

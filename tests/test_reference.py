@@ -2,9 +2,7 @@
 
 import csv
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from toybb.cli import main
@@ -135,7 +133,8 @@ def test_compare_bad_references_one_line_exit_2(case, needle, tiny_run, tmp_path
 
 
 def test_paper_preset_relu_uses_the_papers_learning_rate():
-    from toybb.cli import build_config, make_parser
+    from toybb.cli import make_parser
+    from toybb.commands.train import build_config
 
     def cfg(*a):
         return build_config(make_parser().parse_args(["train", *a]))

@@ -298,7 +298,7 @@ def test_overlay_png_is_small_and_fit_csv_round_trips(tmp_path):
 @pytest.mark.slow  # trains two tiny runs: ~20 s quiet, minutes on a loaded CPU
 def test_theory_trained_gallery_entry_trains_once_and_writes_small_png(tmp_path, monkeypatch):
     from _shared import TINY
-    from toybb import figures as F
+    from toybb import gallery as F
 
     tiny = TINY.replace(train={"steps": 40, "eval_schedule": ((2, 0),), "ckpt_every": 20})
     monkeypatch.setattr(F, "THEORY_TRAINED_LABELS", {"tf3_adam": "Adam", "tf3_sgd": "SGD"})
@@ -323,7 +323,7 @@ def test_theory_trained_gallery_entry_trains_once_and_writes_small_png(tmp_path,
 def test_theory_trained_configs_cpu():
     from pathlib import Path
 
-    from toybb import figures as F
+    from toybb import gallery as F
 
     cfgs = F.theory_trained_configs("cpu", Path("tables"))
     a, s = cfgs["tf3_adam"], cfgs["tf3_sgd"]

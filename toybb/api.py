@@ -20,6 +20,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from toybb.errors import CheckpointError, ConfigError
+from toybb.llm.load import load as load_llm
+from toybb.llm.registry import resolve_existing
+from toybb.models.capture import Capture
+from toybb.models.forward import forward, loss
+from toybb.train.runs import is_run_folder, load_models, model_of
 
 
 class Output(NamedTuple):
@@ -92,9 +97,6 @@ class Loaded:
     def run(self, text_or_ids, *, capture=(), edits=None, seed: int | None = None) -> Output:
         """Forward pass with captures (site patterns, e.g. "blocks.*.attn.pattern@key0") and interventions
         (`Edit`s) -> Output(logits, cache, tokens)."""
-        from toybb.models.capture import Capture
-        from toybb.models.forward import forward
-
         model = self.model(seed)
         capture = Capture.of(capture)
         capture.check(model.sites())  # before compiling
@@ -104,8 +106,6 @@ class Loaded:
 
     def loss(self, text_or_ids, *, edits=None, seed: int | None = None) -> float:
         """Mean next-token cross-entropy (nats) of the text, with the interventions `edits` if given."""
-        from toybb.models.forward import loss
-
         tokens = self.tokens(text_or_ids)
         if tokens.shape[1] < 2:
             raise ConfigError("the loss needs at least two tokens")
@@ -119,7 +119,6 @@ def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None
     first); dtype and tokenizer (a tokenizer.json) apply to pretrained models."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ConfigError(f"toybb.load takes a path or a model name, got {source!r}")
-    from toybb.train.runs import is_run_folder
 
     path = Path(source)
     if is_run_folder(path):
@@ -140,8 +139,6 @@ def _pick(runs: list[tuple], seed, lr, name) -> tuple:
 
 def _load_run(path: Path, seed, lr) -> Loaded:
     from functools import cache
-
-    from toybb.train.runs import load_models, model_of
 
     cfg, trainer, state, step = load_models(path)
     runs = [(int(s), float(r)) for s, r in trainer.runs]
@@ -165,9 +162,6 @@ class _ToyTokenizer:
 
 
 def _load_pretrained(source: str, dtype: str, tokenizer: str | None) -> Loaded:
-    from toybb.llm.load import load as load_llm
-    from toybb.llm.registry import resolve_existing
-
     path = resolve_existing(source)
     if os.path.isdir(path) and not (Path(path) / "config.json").is_file():
         raise CheckpointError(f"{source}: a folder that is neither a toybb run (config.json and checkpoint.npz "

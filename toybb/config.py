@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from toybb.errors import ConfigError
+from toybb.records import read_text
 
 ATTENTION_KINDS = ("softmax", "relu")
 # position schemes of the token positions ("learned" adds a table to the embeddings; the others act in
@@ -476,8 +477,6 @@ def section_from_dict(cls: type, d: dict[str, Any], section: str):
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON run config into a dict (validated later by RunConfig.from_dict)."""
-    from toybb.records import read_text
-
     p = Path(path)
     text = read_text(p, "config file")
     try:
@@ -521,3 +520,20 @@ def paper_learning_rate(cfg: RunConfig) -> float | None:
 
 
 PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
+
+
+def config_diffs(saved: dict, cfg: RunConfig) -> list[str]:
+    """Fields that differ between a saved config and `cfg`, ignoring those a resumed run may change."""
+    now = json.loads(json.dumps(cfg.to_dict()))
+    saved = json.loads(json.dumps(saved))
+    diffs = []
+    for sec in now:
+        for k, v in now[sec].items():
+            if sec == "train" and k in ("steps", "ckpt_every", "run_chunk", "microbatch"):
+                continue
+            old = saved.get(sec, {}).get(k)
+            if sec == "train" and k == "precision" and old is None:
+                old = "highest"  # folders written before the field existed trained at full float32 on CPU
+            if v != old:
+                diffs.append(f"{sec}.{k}: {old!r} -> {v!r}")
+    return diffs

@@ -26,10 +26,14 @@ import numpy as np
 
 from toybb import style
 from toybb.errors import ConfigError
+from toybb.llm.load import load, read_config
+from toybb.llm.registry import resolve_existing
 from toybb.models.capture import Capture
 from toybb.models.forward import loss, perplexity
 from toybb.models.sites import Edit, selector_mask
+from toybb.probes.corpus import domain_batches, parse_domain
 from toybb.records import atomic_open, atomic_write, package_versions
+from toybb.train.runs import is_run_folder, load_models, model_of
 
 SELECTORS = ("layer", "head", "position", "key", "feature")  # the selectors of an `Edit`
 
@@ -104,16 +108,12 @@ def load_subject(model: str, *, domains=(), samples: int = 16, seq_len: int = 12
     """A toy run folder (its task's samples; `domains` NAME=task or NAME=task:SEED, `run` its run index) or
     a pretrained model (`domains` NAME=SOURCE texts as in `toybb probe`; `seq_len` tokens per sample, BOS
     first unless `bos` is False). `samples` per domain in batches of `batch`."""
-    from toybb.train.runs import is_run_folder
-
     if is_run_folder(model):
         return _toy_subject(model, domains, samples, batch, run)
     return _llm_subject(model, domains, samples, seq_len, batch, dtype, tokenizer, bos)
 
 
 def _toy_subject(path, domains, samples, batch, run) -> Subject:
-    from toybb.train.runs import load_models, model_of
-
     cfg, trainer, state, step = load_models(path)
     n_runs = len(trainer.runs)
     if not 0 <= run < n_runs:
@@ -134,10 +134,6 @@ def _toy_subject(path, domains, samples, batch, run) -> Subject:
 
 
 def _llm_subject(source, domains, samples, seq_len, batch, dtype, tokenizer, bos) -> Subject:
-    from toybb.llm.load import load, read_config
-    from toybb.llm.registry import resolve_existing
-    from toybb.probes.corpus import domain_batches, parse_domain
-
     path = resolve_existing(source)
     domains = [parse_domain(s) for s in domains]
     if not domains:

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from toybb import style
+from toybb.config import RunConfig
 from toybb.errors import ConfigError
 from toybb.names import METRIC, METRICS
+from toybb.records import load_metrics, seed_table
+from toybb.reference import config_differences, load_reference, matching_reference
 
 
 def _layers(meta: dict) -> tuple[int, int]:
@@ -23,9 +26,6 @@ def reference_for(meta: dict, lr: str, forced: str | None = None):
     """(reference table, label) to draw beside a run's learning rate `lr`: the built-in reference of
     the run's configuration, if one matches; `forced` (a name or CSV) is drawn whatever the
     configuration, labelled as another configuration where it differs. None: nothing to draw."""
-    from toybb.config import RunConfig
-    from toybb.reference import config_differences, load_reference, matching_reference
-
     cfg = RunConfig.from_dict(meta["config"])
     if forced is None:
         ref = matching_reference(cfg, float(lr))
@@ -61,8 +61,6 @@ def _panels(cols, la: int, lr_: int) -> list[tuple]:
 
 def _seed_lines(ax, rows, lr: str, cols: tuple, color: str, bos: bool, many: bool, first: bool) -> None:
     """Median over seeds (solid; the BOS where `bos`) with a min-max band, and other tokens dashed."""
-    from toybb.records import seed_table
-
     steps, _, table = seed_table(rows, [k for k in cols if k is not None], lr)
     x = np.maximum(steps, 1)
     for key, ls in zip(cols, ("-", "--")):
@@ -91,8 +89,6 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
     """The dynamics figure (a grid of panels readable at two-column width); the authors' trajectory is
     drawn dashed (black) where the run's configuration matches a built-in reference, or the `reference`
     given (a name or CSV, labelled as such)."""
-    from toybb.records import load_metrics
-
     run_dir = Path(run_dir)
     meta, rows = load_metrics(run_dir)
     if not rows:

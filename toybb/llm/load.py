@@ -12,6 +12,7 @@ from toybb.llm import gguf_loader, hf
 from toybb.llm.config import LLMConfig
 from toybb.llm.model import LLM
 from toybb.llm.registry import resolve
+from toybb.llm.sharding import param_putter
 from toybb.llm.tokenizer import TextTokenizer, check_matches, from_gguf_metadata, from_tokenizer_json
 from toybb.llm.weights import build_model
 
@@ -57,8 +58,6 @@ def load(
     path = resolve(path)
     put = None
     if mesh is not None:
-        from toybb.llm.sharding import param_putter
-
         put = param_putter(mesh)
     if os.path.isdir(path):
         cfg = hf.read_config(path, dtype)

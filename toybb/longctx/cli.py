@@ -10,8 +10,17 @@ import os
 
 from toybb.cliargs import FLOATS, INTS, STRS, add_list, add_model, add_renamed, add_seq_len, add_text
 from toybb.errors import ConfigError, ToybbError
+from toybb.llm.load import load
+from toybb.llm.registry import resolve
 from toybb.longctx import plots as P
+from toybb.longctx import toy_cli
 from toybb.longctx.common import DEFAULT_TEXTS, _nonempty, write_config, write_table
+from toybb.longctx.llm import (hidden_states, passkey_correct, passkey_ids, ppl_by_length, sequence_nll,
+                               sink_attention_by_layer, value_ablation)
+from toybb.longctx.options import rope_scaling, with_options
+from toybb.longctx.posvec import cosine_matrix, decompose, n_distinct, pca, positional_vectors
+from toybb.models.positional import selfextend_max_length
+from toybb.models.forward import perplexity
 from toybb.texts import read_source
 
 METHODS = ("plain", "selfextend", "pi", "ntk", "window")
@@ -111,10 +120,6 @@ def register(subparsers) -> None:
     add_renamed(p, "longctx posvec")
     p.set_defaults(func=cmd_posvec)
 
-    try:
-        from toybb.longctx import toy_cli
-    except ImportError:
-        return
     toy_cli.register(sub, _common)
 
 
@@ -122,9 +127,6 @@ def register(subparsers) -> None:
 
 
 def _load(args):
-    from toybb.llm.load import load
-    from toybb.llm.registry import resolve
-
     if args.block < 1:
         raise ConfigError(f"--block must be a positive number of query rows, got {args.block}")
     return load(resolve(args.model), dtype=args.dtype, tokenizer=args.tokenizer)
@@ -137,9 +139,6 @@ def _bos(pre) -> list[int]:
 
 def _method_model(pre, method: str, args, length: int):
     """(model, label) for a method name; checks the method supports `length`."""
-    from toybb.longctx.options import rope_scaling, with_options
-    from toybb.models.positional import selfextend_max_length
-
     L = pre.cfg.max_positions
     base = dict(attn_block=args.block)
     if method == "plain":
@@ -163,9 +162,6 @@ def cmd_ppl_length(args) -> int:
     import time
 
     import numpy as np
-
-    from toybb.longctx.llm import ppl_by_length, sequence_nll
-    from toybb.probes.metrics import perplexity
 
     if args.tokens < 2:
         raise ConfigError(f"--tokens must be >= 2 tokens, got {args.tokens}")
@@ -214,8 +210,6 @@ def cmd_ppl_length(args) -> int:
 def cmd_passkey(args) -> int:
     import numpy as np
 
-    from toybb.longctx.llm import passkey_correct, passkey_ids
-
     lengths = _nonempty(args.seq_len, "--seq-len", 1)
     depths = _nonempty(args.depths, "--depths", 0, 1)
     if args.trials < 1:
@@ -242,10 +236,6 @@ def cmd_passkey(args) -> int:
 
 def cmd_stream(args) -> int:
     import numpy as np
-
-    from toybb.longctx.llm import sequence_nll
-    from toybb.longctx.options import with_options
-    from toybb.probes.metrics import perplexity
 
     sinks = args.sinks
     if args.recent < 1 or any(k < 0 for k in sinks):
@@ -281,9 +271,6 @@ def cmd_stream(args) -> int:
 
 def cmd_posvec(args) -> int:
     import numpy as np
-
-    from toybb.longctx.llm import hidden_states
-    from toybb.longctx.posvec import decompose, positional_vectors
 
     layers = _posvec_check(args)
     pre = _load(args)
@@ -341,8 +328,6 @@ def _posvec_rows(u, m, tau: float) -> list[dict]:
     """Per layer: distinct positional vectors, norms of u and m, cosines of the first tokens, PCA variance."""
     import numpy as np
 
-    from toybb.longctx.posvec import cosine_matrix, n_distinct, pca
-
     rows = []
     for l in range(m.shape[0]):
         c = cosine_matrix(m[l])
@@ -359,9 +344,6 @@ def _posvec_ablations(pre, held, m, args) -> list[dict]:
     vectors m of the first K tokens after one layer, or their value vectors from a layer on. Per case the
     perplexity and the attention on token 0 per layer (queries t >= 4)."""
     import numpy as np
-
-    from toybb.longctx.llm import sequence_nll, sink_attention_by_layer, value_ablation
-    from toybb.probes.metrics import perplexity
 
     K, la, lv = args.ablate_first, args.ablate_layer, args.value_from_layer
     abl = []
@@ -389,8 +371,6 @@ def _posvec_ablations(pre, held, m, args) -> list[dict]:
 
 def _posvec_figures(args, pre, layers, rows, m, n: int, abl: list[dict], n_held: int) -> None:
     """posvec.png (cosines and PCA of m per drawn layer) and ablation.png (attention on token 0 per layer)."""
-    from toybb.longctx.posvec import cosine_matrix, pca
-
     cos = {l: cosine_matrix(m[l][:128]) for l in layers}
     pcs = {l: pca(m[l], 2) for l in layers}
     P.posvec(rows, cos, pcs, os.path.join(args.out, "posvec.png"), args.model,

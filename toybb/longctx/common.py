@@ -8,7 +8,7 @@ import os
 import sys
 
 from toybb.errors import ConfigError
-from toybb.records import atomic_open, write_csv_rows
+from toybb.records import atomic_open, package_versions, write_csv_rows
 
 DEFAULT_TEXTS = ("emma", "mobydick", "pride")  # built-in corpora (toybb/corpora), in every install
 
@@ -27,8 +27,6 @@ def _nonempty(values: tuple, flag: str, low: float = 1, high: float | None = Non
 def write_config(out: str, args, extra: dict | None = None) -> None:
     """config.json: the command, its arguments and package versions."""
     import importlib.metadata as md
-
-    from toybb.records import package_versions
 
     os.makedirs(out, exist_ok=True)
     vers = package_versions()

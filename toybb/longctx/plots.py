@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from toybb import style
+from toybb.probes.metrics import perplexity
+from toybb.records import read_csv
 
 
 @style.styled
@@ -60,8 +62,6 @@ def passkey(rows: list[dict], path, model: str, config=None) -> Path:
 @style.styled
 def stream(curves: dict, path, model: str, seg: int = 256, config=None) -> Path:
     """Perplexity of each `seg`-token segment along the text, one line per cache."""
-    from toybb.probes.metrics import perplexity
-
     fig, axes = style.subplots(1, 1)
     ax = axes[0]
     for label, nll in curves.items():
@@ -142,8 +142,6 @@ def _config(path: Path) -> dict:
 
 def redraw(data: str | Path, out: str | Path, prefix: str = "longctx_smollm2_") -> list[Path]:
     """Redraw every figure whose table and config.json are in `data` (figures/longctx_data) into `out`."""
-    from toybb.records import read_csv
-
     data, out, done = Path(data), Path(out), []
     for table, cfg_name, name in (("ppl_length", "lc_ppl", "ppl_length"), ("ppl_length_pi_ntk", "lc_ppl_pi_ntk",
                                                                            "ppl_length_pi_ntk")):

@@ -5,6 +5,7 @@ each model's positional vectors beyond C are to those inside (toy_beyond_similar
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
@@ -12,6 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toybb.cliargs import FLOATS, INTS, STRS, add_list, add_renamed, add_seq_len, add_text
+from toybb.config import ModelConfig
+from toybb.errors import ConfigError
+from toybb.longctx import plots as P
+from toybb.longctx.common import _nonempty, write_config, write_table
+from toybb.longctx.posvec import beyond_similarity
+from toybb.longctx.toy import (char_data, eval_windows, mean_nll, replacement_delta, toy_positional_vectors,
+                               train_char_lm, with_model_options)
+from toybb.probes.metrics import perplexity
+from toybb.texts import read_source
 
 
 def register(sub, common) -> None:
@@ -41,6 +51,15 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_toy)
 
 
+def run_toy(out, **settings) -> None:
+    """`longctx toy` from Python: its defaults, `settings` (keyword names of its flags) replacing some."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub, lambda q, model=False: None)
+    defaults = {a.dest: a.default for a in sub.choices["toy"]._actions
+                if a.dest != "help" and a.default is not argparse.SUPPRESS}
+    cmd_toy(argparse.Namespace(**{**defaults, **settings, "out": str(out)}))
+
+
 @dataclass
 class _ToyEval:
     """Settings and results of one `longctx toy` command: every (method, length) row, the perplexity
@@ -57,8 +76,6 @@ class _ToyEval:
     beyond_rows: list = field(default_factory=list)
 
     def record(self, label: str, scheme: str, f: int, nll: float, **extra) -> None:
-        from toybb.probes.metrics import perplexity
-
         C = self.args.seq_len
         self.rows.append({"method": label, "scheme": scheme, "length": C * f, "factor": f, "nll": nll,
                           "ppl": perplexity(nll), **extra})
@@ -66,11 +83,6 @@ class _ToyEval:
 
 
 def cmd_toy(args) -> int:
-    from toybb.config import ModelConfig
-    from toybb.longctx.common import write_config, write_table
-    from toybb.texts import read_source
-    from toybb.longctx.toy import char_data, eval_windows
-
     factors, schemes = _toy_check(args)
     C = args.seq_len
     W = args.sliding_window or C // 2
@@ -94,9 +106,6 @@ def cmd_toy(args) -> int:
 
 def _toy_check(args) -> tuple[list[int], list[str]]:
     """The settings of `longctx toy` checked before any training; returns (factors, schemes)."""
-    from toybb.errors import ConfigError
-    from toybb.longctx.common import _nonempty
-
     C = args.seq_len
     if C < 4:
         raise ConfigError(f"--seq-len must be >= 4 characters, got {C}")
@@ -125,8 +134,6 @@ def _toy_check(args) -> tuple[list[int], list[str]]:
 
 def _selfextend(v: tuple[int, ...], C: int, Lmax: int) -> tuple[int, int]:
     """--selfextend W[,G] -> (w, G): w = C/4 for 0, G = the smallest with (C - w) * G + w >= Lmax if not given."""
-    from toybb.errors import ConfigError
-
     if len(v) not in (1, 2) or not 0 <= v[0] < C or len(v) == 2 and v[1] < 1:
         raise ConfigError(f"--selfextend takes W[,G] with W in [0, --seq-len = {C}) (0 = --seq-len / 4) and "
                           f"G >= 1, got {','.join(map(str, v))!r}")
@@ -138,8 +145,6 @@ def _toy_scheme(ev: _ToyEval, scheme: str, cfg, train) -> None:
     """Train the model of one position scheme, score it at every length, compare its positional vectors
     beyond C with those inside, and score the scheme's extension methods."""
     import numpy as np
-
-    from toybb.longctx.toy import mean_nll, toy_positional_vectors, train_char_lm
 
     args, C, factors, wins = ev.args, ev.args.seq_len, ev.factors, ev.wins
     t0 = time.time()
@@ -165,8 +170,6 @@ def _toy_scheme(ev: _ToyEval, scheme: str, cfg, train) -> None:
 
 def _beyond(ev: _ToyEval, name: str, scheme: str, p_long) -> None:
     """Positional vectors beyond C against those inside (Dong et al.: out of distribution beyond), per layer."""
-    from toybb.longctx.posvec import beyond_similarity
-
     C = ev.args.seq_len
     m = p_long - p_long[:, :C].mean(axis=1, keepdims=True)  # minus u of the trained positions
     for layer in range(ev.args.layers):
@@ -180,8 +183,6 @@ def _beyond(ev: _ToyEval, name: str, scheme: str, p_long) -> None:
 def _extensions(ev: _ToyEval, scheme: str, name: str, model, pvec) -> None:
     """Score the context-extension methods of the scheme: SelfExtend (RoPE, ALiBi), position
     interpolation (RoPE), positional-vector replacement (NoPE), window x r with a temperature (window)."""
-    from toybb.longctx.toy import mean_nll, replacement_delta, with_model_options
-
     args, factors, wins = ev.args, ev.factors, ev.wins
     if scheme in ("rope", "alibi"):
         se = with_model_options(model, selfextend_window=ev.w_se, selfextend_group=ev.G)
@@ -206,8 +207,6 @@ def _extensions(ev: _ToyEval, scheme: str, name: str, model, pvec) -> None:
 
 def _toy_figure(ev: _ToyEval) -> None:
     """toy_ppl_length.png: perplexity against evaluation length, one line per method."""
-    from toybb.longctx import plots as P
-
     a = vars(ev.args)
     P.toy_ppl_length(ev.rows, os.path.join(ev.args.out, "toy_ppl_length.png"), ev.args.seq_len, ev.factors,
                      P.toy_config(a))

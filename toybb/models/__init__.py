@@ -7,6 +7,8 @@ from __future__ import annotations
 from flax import nnx
 
 from toybb.config import ModelConfig
+from toybb.models.simple import SimpleModel
+from toybb.models.toy import ToyTransformer
 
 
 def build_model(cfg: ModelConfig, rngs: nnx.Rngs, task=None) -> nnx.Module:
@@ -14,11 +16,8 @@ def build_model(cfg: ModelConfig, rngs: nnx.Rngs, task=None) -> nnx.Module:
     logits [batch, seq, vocab], accepts capture=/ablate= and exposes `.cfg`). `task` (a BBTask)
     supplies the trigger and BOS ids to models that hard-wire them (the SimpleModel)."""
     if cfg.arch == "simple":
-        from toybb.models.simple import SimpleModel
-
         if task is None:
             return SimpleModel(cfg, rngs=rngs)
         return SimpleModel(cfg, rngs=rngs, triggers=tuple(int(t) for t in task.triggers), bos_id=int(task.bos_id))
-    from toybb.models.toy import ToyTransformer
 
     return ToyTransformer(cfg, rngs=rngs)

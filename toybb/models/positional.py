@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toybb.config import PAIRINGS, POSITION_KINDS, PositionConfig, RopeScaling  # noqa: F401 (re-exported)
+from toybb.errors import ConfigError
 
 
 def inv_frequencies(rot_dim: int, theta: float, scaling: RopeScaling = RopeScaling()) -> np.ndarray:
@@ -107,8 +108,6 @@ def alibi_slopes(n_heads: int) -> np.ndarray:
 
 def check_selfextend(window: int, group: int) -> None:
     """SelfExtend needs a neighbour window w >= 1 and a group size G >= 1."""
-    from toybb.errors import ConfigError
-
     if not isinstance(group, int) or group < 1:
         raise ConfigError(f"SelfExtend group size G must be an integer >= 1, got {group!r}")
     if not isinstance(window, int) or window < 1:
@@ -119,8 +118,6 @@ def selfextend_max_length(train_len: int, window: int, group: int) -> int:
     """Longest sequence SelfExtend keeps within the trained relative positions: (L - w) * G + w."""
     check_selfextend(window, group)
     if window >= train_len:
-        from toybb.errors import ConfigError
-
         raise ConfigError(f"SelfExtend neighbour window w={window} must be smaller than the trained length {train_len}")
     return (train_len - window) * group + window
 

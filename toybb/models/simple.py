@@ -35,6 +35,7 @@ from flax import nnx
 from toybb.config import ModelConfig
 from toybb.errors import ConfigError
 from toybb.models.capture import NO_CAPTURE, Capture
+from toybb.task import BBTask
 
 DEFAULT_N_TRIGGERS = 3
 COPY_SCALE = 10.0  # frozen non-BOS value states COPY_SCALE * e_tok: back-copy floor ~ 66 e^-10 nats
@@ -43,8 +44,6 @@ COPY_SCALE = 10.0  # frozen non-BOS value states COPY_SCALE * e_tok: back-copy f
 @lru_cache(maxsize=8)
 def default_task_ids(n_triggers: int = DEFAULT_N_TRIGGERS, table: str = "tinyshakespeare") -> tuple[tuple[int, ...], int]:
     """(trigger ids, BOS id) of the BB task with these settings."""
-    from toybb.task import BBTask
-
     task = BBTask(n_triggers=n_triggers, table=table)
     return tuple(int(t) for t in task.triggers), int(task.bos_id)
 

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toybb.errors import ConfigError
+from toybb.names import renamed_site
 
 RESID = ("batch", "pos", "d_model")
 SLOT = ("batch", "d_model")
@@ -145,8 +146,6 @@ class ModelSites:
         names = self.names()
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            from toybb.names import renamed_site
-
             hint = renamed_site(pattern)
             raise SiteError(f"no site matches {pattern!r}" + (f" ({hint})" if hint else _closest(pattern, names))
                             + "; the sites are listed in toybb.models.sites")

@@ -35,9 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toybb.errors import ConfigError
 from toybb.models.capture import Capture
 from toybb.models.forward import loss, perplexity
 from toybb.models.sites import NO_EDITS, Edit, resolve
+from toybb.probes.corpus import Domain, domain_batches
 
 PEAK_RATIO = 5.0
 NORMS = Capture(("blocks.*.resid_post@norm",))
@@ -216,14 +218,10 @@ def write_csv(results: list[CircuitResult], path: Path) -> Path:
 def prose_tokens(tokenizer, source: str, n: int, seq_len: int, max_per_doc: int = 2) -> np.ndarray:
     """n samples [n, seq_len] of [BOS] + text tokens from a corpus (`toybb.probes.corpus` sources), as
     `toybb probe` builds them; `max_per_doc` windows per document spread the samples over documents."""
-    from toybb.probes.corpus import Domain, domain_batches
-
     enc = lambda text: tokenizer.encode(text, add_bos=False)  # noqa: E731
     tokens, valid = next(iter(domain_batches(Domain("prose", source), enc, n=n, seq_len=seq_len, batch=n,
                                              bos_id=tokenizer.bos_id, max_per_doc=max_per_doc)))
     if not valid.all():
-        from toybb.errors import ConfigError
-
         raise ConfigError(f"{source}: only {int(valid.sum())} samples of {seq_len} tokens, {n} wanted")
     return tokens
 

@@ -10,6 +10,10 @@ from pathlib import Path
 
 from toybb.cliargs import add_model, add_seq_len
 from toybb.errors import ConfigError, ToybbError
+from toybb.llm.load import load, read_config
+from toybb.llm.registry import resolve
+from toybb.probes.corpus import parse_domain
+from toybb.probes.report import ProbeSettings, run_probe
 
 
 def register(subparsers) -> None:
@@ -38,9 +42,6 @@ def register(subparsers) -> None:
 
 
 def cmd_probe(args) -> int:
-    from toybb.probes.corpus import parse_domain
-    from toybb.probes.report import ProbeSettings
-
     domains = [parse_domain(s) for s in args.domain]
     if not domains:
         raise ConfigError("give at least one --domain NAME=SOURCE, e.g. --domain code=stdlib")
@@ -48,8 +49,6 @@ def cmd_probe(args) -> int:
                              k_first=args.k_first, intervene_samples=args.intervene_samples,
                              intervene_heads=args.intervene_heads)
     settings.check(max_positions=10**9)  # context checked once the model's config is read
-    from toybb.llm.load import load, read_config
-    from toybb.llm.registry import resolve
 
     path = resolve(args.model)
     if not os.path.exists(path):
@@ -57,7 +56,6 @@ def cmd_probe(args) -> int:
     cfg, _ = read_config(path, dtype=args.dtype)
     settings.check(cfg.max_positions)
     pre = load(path, dtype=args.dtype, tokenizer=args.tokenizer)
-    from toybb.probes.report import run_probe
 
     out = Path(args.out)
     s = run_probe(pre, domains, settings, out, progress=not args.no_progress, command=["toybb", *sys.argv[1:]])

@@ -23,10 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from toybb.errors import ConfigError
+from toybb.models.forward import forward
+from toybb.models.capture import Capture
 from toybb.probes import llm as P
+from toybb.probes import plots
 from toybb.probes.corpus import Domain, domain_batches
 from toybb.probes import metrics as M
-from toybb.records import atomic_open, atomic_write
+from toybb.records import atomic_open, atomic_write, package_versions
 
 SINK_HIGH = 0.9  # "heads with sink score > 0.9" in the summary
 
@@ -75,7 +78,6 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
     _check_probe(pre, domains, settings)
     names = [d.name for d in domains]
     out.mkdir(parents=True, exist_ok=True)
-    from toybb.records import package_versions
 
     atomic_write(out / "config.json", lambda f: f.write(json.dumps({
         "command": command if command is not None else sys.argv, "model": pre.source, "dtype": cfg.dtype,
@@ -101,7 +103,6 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
     _write_tables(out, stats, names, sel, rows, cfg)
     atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(summary, indent=2, default=float)), mode="w")
     maps = _attention_maps(pre, held, summary, names) if sel is not None else None
-    from toybb.probes import plots
 
     st = settings
     about = {"model": Path(pre.source.rstrip("/")).name, "config": {"domains": ", ".join(names), "samples": st.samples,
@@ -251,9 +252,6 @@ def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
 def _attention_maps(pre, held, summary, names) -> dict:
     """Full attention patterns of the two most selective heads each way, on the first sample of the first
     two domains: {(layer, head): {domain: [T, T]}}."""
-    from toybb.models.capture import Capture
-    from toybb.models.forward import forward
-
     sel = summary["selective"]
     heads = []
     for key in sel:

@@ -10,7 +10,6 @@ prints them for runs written by `toybb train`.
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 from toybb.models.capture import Capture, run_with_capture
 from toybb.probes import metrics as M

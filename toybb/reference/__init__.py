@@ -20,6 +20,8 @@ import numpy as np
 
 from toybb.config import RunConfig, paper_preset
 from toybb.errors import ConfigError
+from toybb.names import read_columns
+from toybb.records import read_text
 
 DATA = Path(__file__).parent / "data"
 
@@ -69,8 +71,6 @@ class ReferenceTable:
 
 def read_table(path: Path, name: str, label: str, reference: Reference | None = None) -> ReferenceTable:
     """Read a reference table: a CSV with a `step` column and toybb metric columns (empty = missing)."""
-    from toybb.records import read_text
-
     text = read_text(path, "reference table")
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
@@ -79,7 +79,6 @@ def read_table(path: Path, name: str, label: str, reference: Reference | None = 
     if not rows or "step" not in rows[0] or len(rows) < 2:
         raise ConfigError(f"reference table {str(path)!r} is malformed: it needs a header with a 'step' column "
                           "and at least one row")
-    from toybb.names import read_columns
 
     header = read_columns(rows[0], str(path))  # a table of old toybb names reads with the current ones
     cols: dict[str, list[float]] = {h: [] for h in header}

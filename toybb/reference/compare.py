@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from toybb.cliargs import INTS, add_list
-from toybb.config import RunConfig
+from toybb.config import RunConfig, config_diffs
 from toybb import style
 from toybb.errors import ConfigError
 from toybb.names import METRICS
-from toybb.records import atomic_open, load_metrics, out_folder, seed_table
+from toybb.records import atomic_open, load_metrics, seed_table
 from toybb.reference import REFERENCES, ReferenceTable, config_differences, load_reference, matching_reference
 
 # the label of each column in the printed table and the figure (columns without one print as they are)
@@ -51,8 +49,6 @@ class Comparison:
 def load_runs(run_dirs: list[str | Path]) -> tuple[RunConfig, list[dict[str, str]]]:
     """The config and pooled metrics rows of one or more run folders of the same configuration (seeds
     trained as separate jobs); a seed present in two folders is an error."""
-    from toybb.train.runs import config_diffs
-
     cfg, rows, seen = None, [], {}
     for d in run_dirs:
         meta, part = load_metrics(d)
@@ -193,36 +189,3 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.7g}" if isinstance(v, float) else v) for k, v in r.items()})
-
-
-def cmd_compare(args) -> int:
-    run = Path(args.run[0])
-    out = out_folder(args.out) if args.out else run
-    steps = None
-    if args.steps:
-        steps = np.array(sorted(set(args.steps)))
-    comparisons = compare_run(args.run, args.reference)
-    rows = [r for c in comparisons for r in comparison_rows(c)]
-    if not rows:
-        raise ConfigError(f"run {run} and the reference share no step where both have a value")
-    for c in comparisons:
-        sys.stdout.write(format_table(c, [r for r in rows if r["lr"] == c.lr], steps))
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "compare.csv")
-    plot_comparison(comparisons, out / "compare.png", title=f"toybb seeds (median, band min-max) vs "
-                    f"{comparisons[0].label} (dashed)", model=", ".join(args.run))
-    print(f"wrote {out / 'compare.csv'} and {out / 'compare.png'}")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("compare", help="compare a run's seeds with the authors' trajectory (built-in references)",
-                       description=__doc__.split("\n\n")[1])
-    p.add_argument("run", metavar="RUN", nargs="+", help="run folder written by `toybb train`; several folders of "
-                   "one configuration (seeds trained as separate jobs) pool their seeds")
-    p.add_argument("--reference", metavar="NAME", help=f"{', '.join(REFERENCES)}, or a CSV with a step column "
-                   "and toybb metric columns (default: the reference of the run's configuration)")
-    add_list(p, "--steps", INTS, None, "steps of the printed table (default: about 8 round ones; compare.csv holds "
-             "every common step)", metavar="S,S,...")
-    p.add_argument("--out", metavar="DIR", help="folder for compare.csv and compare.png (default: RUN)")
-    p.set_defaults(func=cmd_compare)

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from toybb.errors import ConfigError
+from toybb.records import read_text
 
 FORMAT_VERSION = 1
 
@@ -77,8 +78,6 @@ def mix_uniform(table: BigramTable, weight: float, scale: int = 1_000_000) -> Bi
 
 def build_table_from_file(path: str | Path) -> BigramTable:
     """Read a UTF-8 text file and build its table; unreadable files raise ConfigError."""
-    from toybb.records import read_text
-
     text = read_text(path, "text file")
     try:
         return build_table(text)

@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 from toybb.cliargs import STRS, Parser, add_list
-from toybb.errors import ConfigError
+from toybb.errors import ConfigError, ToybbError
+from toybb.theory import experiment as E
+from toybb.theory import statements as S
+from toybb.theory.plots import write_figures
 
 
 def register(subparsers) -> None:
@@ -42,8 +45,6 @@ def _fmt(v) -> str:
 
 
 def run_trained(args, plot_dir: Path | None) -> int:
-    from toybb.theory import experiment as E
-
     if not args.decades > 0:
         raise ConfigError(f"--decades must be positive, got {args.decades}")
     trajs = [E.load_trajectory(d) for d in args.trained]
@@ -56,8 +57,6 @@ def run_trained(args, plot_dir: Path | None) -> int:
 
 
 def run(args) -> int:
-    from toybb.theory import statements as S
-
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     plot_dir = Path(args.plot) if args.plot else None
@@ -80,8 +79,6 @@ def run(args) -> int:
         for q, pred, sim in r["rows"]:
             print(f"      {q}: predicted {_fmt(pred)}, simulated {_fmt(sim)}")
     if plot_dir is not None:
-        from toybb.theory.plots import write_figures
-
         for path in write_figures(results, plot_dir):
             print(f"wrote {path}")
     n_fail = sum(not r["ok"] for r in results)
@@ -91,8 +88,6 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from toybb.errors import ToybbError
-
     parser = Parser(prog="toybb")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["theory", *(sys.argv[1:] if argv is None else argv)])

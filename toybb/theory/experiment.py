@@ -23,8 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from toybb import style
+from toybb.config import RunConfig
 from toybb.errors import ConfigError
+from toybb.records import atomic_open, load_metrics
+from toybb.task import BBTask
 from toybb.theory import rates as R
+from toybb.train.checkpoint import CKPT_NAME
+from toybb.train.trainer import Trainer
 
 # quantity -> (metric base, fitted key, predicted value, description)
 QUANTITIES = {
@@ -72,7 +77,6 @@ def load_trajectory(run) -> Trajectory:
         raise ConfigError(f"{d} is not a folder; give a run folder written by `toybb train --out DIR`")
     if not (d / "metrics.csv").is_file() or not (d / "config.json").is_file():
         raise ConfigError(f"{d} is not a toybb run folder (no metrics.csv/config.json); give the --out of `toybb train`")
-    from toybb.records import load_metrics
 
     meta, rows = load_metrics(d)
     cfg = meta.get("config", meta)
@@ -329,7 +333,6 @@ def write_fit_csv(rows: list[dict], path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     cols = ["run", "arch", "optimizer", "quantity", "description", "predicted", "median", "min", "max",
             "window_lo", "window_hi", "n_seeds"]
-    from toybb.records import atomic_open
 
     with atomic_open(p, newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
@@ -353,11 +356,6 @@ def simple_sink_values(run_dir, checkpoints=None) -> tuple[np.ndarray, np.ndarra
 
     checkpoints: paths of checkpoint.npz copies of the run (default: the run's own checkpoint)."""
     from flax import nnx
-
-    from toybb.config import RunConfig
-    from toybb.records import load_metrics
-    from toybb.train.checkpoint import CKPT_NAME
-    from toybb.train.trainer import Trainer
 
     meta, _ = load_metrics(run_dir)
     cfg = RunConfig.from_dict(meta.get("config", meta))
@@ -389,8 +387,6 @@ def supported_split(s: np.ndarray, task=None, min_mass: float = 1e-3) -> dict:
     bigram table rare characters ('&', '$', ...) are impossible after most tokens, so their logits are
     pushed to -inf forever and s grows along them while the rest of s drains."""
     if task is None:
-        from toybb.task import BBTask
-
         task = BBTask()
     n = task.n_chars
     mass = np.zeros(s.shape[-1])

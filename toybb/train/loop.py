@@ -16,13 +16,14 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from toybb.config import RunConfig
+from toybb.config import RunConfig, config_diffs
 from toybb.errors import CheckpointError, TrainingDiverged
+from toybb.plot import plot_dynamics
 from toybb.records import (append_metrics_csv, atomic_write, package_versions, read_metrics_csv, remove_temporaries,
                            write_metrics_csv)
 from toybb.train.checkpoint import CKPT_NAME
 from toybb.train.final import write_final_probes
-from toybb.train.runs import check_run_folder, config_diffs
+from toybb.train.runs import check_run_folder
 from toybb.train.trainer import RunResult, Trainer
 
 
@@ -136,7 +137,5 @@ def train(
     if out is not None and p.step == cfg.train.steps:
         write_final_probes(result, trainer)
         if write_figure:
-            from toybb.plot import plot_dynamics
-
             plot_dynamics(out, out / "dynamics.png")
     return result

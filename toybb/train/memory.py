@@ -11,6 +11,9 @@ import numpy as np
 
 from toybb.config import RunConfig
 from toybb.errors import ConfigError
+from toybb.models import build_model
+from toybb.task import BBTask
+from toybb.train.trainer import microbatch_size, run_axis_devices, runs_vmapped_together
 
 
 def estimate_group_bytes(cfg: RunConfig) -> int:
@@ -18,10 +21,6 @@ def estimate_group_bytes(cfg: RunConfig) -> int:
     optimizer state of every run, plus the activations of one training step (kept for the backward
     pass) and of the evaluation batch."""
     from flax import nnx
-
-    from toybb.models import build_model
-    from toybb.task import BBTask
-    from toybb.train.trainer import microbatch_size, run_axis_devices, runs_vmapped_together
 
     task = BBTask(n_triggers=cfg.task.n_triggers, bos=cfg.task.bos, table=cfg.task.table)
     abstract = nnx.eval_shape(lambda: build_model(cfg.model, nnx.Rngs(0), task))

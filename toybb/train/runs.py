@@ -1,37 +1,20 @@
-"""Run folders: whether one may hold a run of a config (`check_run_folder`, `config_diffs`), and reading
+"""Run folders: whether one may hold a run of a config (`check_run_folder`), and reading
 finished ones back: the config, the trained models, whether a folder already holds a finished run of a
 config (so figures and series reuse it instead of training again)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from toybb.config import RunConfig
+from toybb.config import RunConfig, config_diffs
 from toybb.errors import ConfigError
-
-
-def config_diffs(saved: dict, cfg: RunConfig) -> list[str]:
-    """Fields that differ between a saved config and `cfg`, ignoring those a resumed run may change."""
-    now = json.loads(json.dumps(cfg.to_dict()))
-    saved = json.loads(json.dumps(saved))
-    diffs = []
-    for sec in now:
-        for k, v in now[sec].items():
-            if sec == "train" and k in ("steps", "ckpt_every", "run_chunk", "microbatch"):
-                continue
-            old = saved.get(sec, {}).get(k)
-            if sec == "train" and k == "precision" and old is None:
-                old = "highest"  # folders written before the field existed trained at full float32 on CPU
-            if v != old:
-                diffs.append(f"{sec}.{k}: {old!r} -> {v!r}")
-    return diffs
+from toybb.records import out_folder, read_json, read_run_config
+from toybb.train.checkpoint import CKPT_NAME
+from toybb.train.trainer import Trainer
 
 
 def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
     """Before compiling: `out_dir` must be a folder (or creatable) holding no run of another config."""
-    from toybb.records import out_folder, read_run_config
-
     out_folder(out_dir)
     if (Path(out_dir) / "config.json").exists():
         diffs = config_diffs(read_run_config(out_dir)["config"], cfg)
@@ -45,8 +28,6 @@ def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
 def is_run_folder(path: str | Path) -> bool:
     """True if `path` is a folder whose config.json is a `toybb train` record (a Hugging Face model folder
     has a config.json too, without the `config` section); a malformed config.json is a ConfigError."""
-    from toybb.records import read_json
-
     p = Path(path)
     if not (p.is_dir() and (p / "config.json").is_file()):
         return False
@@ -55,8 +36,6 @@ def is_run_folder(path: str | Path) -> bool:
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
-    from toybb.records import read_run_config
-
     d = Path(run_dir)
     if not (d / "config.json").is_file():
         raise ConfigError(f"{d} is not a toybb run folder (no config.json); give the --out of `toybb train`")
@@ -71,7 +50,6 @@ def is_finished(run_dir: str | Path, cfg: RunConfig | None = None) -> bool:
     saved = run_config(d)
     if cfg is not None and (config_diffs(saved.to_dict(), cfg) or saved.train.steps != cfg.train.steps):
         return False
-    from toybb.records import read_json
 
     summary = read_json(d / "summary.json", "run summary", f"delete it to redo the final probes of {d}")
     return isinstance(summary, dict) and summary.get("step") == saved.train.steps
@@ -80,9 +58,6 @@ def is_finished(run_dir: str | Path, cfg: RunConfig | None = None) -> bool:
 def load_models(run_dir: str | Path, trainer=None):
     """(config, trainer, training state of all runs, step) from a run folder's checkpoint;
     `nnx.merge(trainer.graphdef, params[r])` is run r's model (see RunResult.model)."""
-    from toybb.train.checkpoint import CKPT_NAME
-    from toybb.train.trainer import Trainer
-
     d = Path(run_dir)
     cfg = run_config(d)
     if not (d / CKPT_NAME).exists():

@@ -27,7 +27,9 @@ from typing import Any, Callable
 
 from toybb.config import PRESETS, RunConfig, load_config_file
 from toybb.errors import ConfigError
-from toybb.train.memory import check_memory, estimate_group_bytes
+from toybb.records import atomic_write, load_metrics, package_versions, read_json, remove_temporaries, write_csv_rows
+from toybb.train.loop import train
+from toybb.train.trainer import Trainer, trainer_key
 
 SECTIONS = ("model", "task", "optim", "train")
 DONE = "done"
@@ -189,10 +191,8 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 
 # ---- running ---------------------------------------------------------------------------------------
-def _plan_doc(out: Path, plan: SweepPlan) -> dict:
+def plan_doc(out: Path, plan: SweepPlan) -> dict:
     """The sweep.json document of `plan`; checks that `out` holds no other sweep (before any training)."""
-    from toybb.records import read_json
-
     path = out / "sweep.json"
     doc = {"spec": plan.spec, "keys": plan.keys,
            "groups": {g.name: [r.run_id for r in g.runs.values()] for g in plan.groups},
@@ -205,11 +205,8 @@ def _plan_doc(out: Path, plan: SweepPlan) -> dict:
 
 
 def _write_plan(out: Path, plan: SweepPlan) -> None:
-    from toybb.records import atomic_write
-    from toybb.records import package_versions
-
     path = out / "sweep.json"
-    doc = _plan_doc(out, plan)
+    doc = plan_doc(out, plan)
     doc["versions"] = package_versions()
     doc["command"] = " ".join(sys.argv)
     atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2)), mode="w")
@@ -234,10 +231,6 @@ def run_sweep(
     process: (index, count) of this process in a multi-host sweep; it trains groups index::count and
       only process 0 writes the table (after every group's `done` marker exists). Returns its path.
     """
-    from toybb.records import atomic_write, remove_temporaries, write_csv_rows
-    from toybb.train.loop import train
-    from toybb.train.trainer import Trainer, trainer_key
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pid, pcount = process
@@ -281,8 +274,6 @@ def run_sweep(
 
 def collect_results(plan: SweepPlan, out: Path) -> tuple[list[dict[str, str]], list[str]]:
     """Rows (run x step) of every group's metrics.csv, labelled with run id, group and swept keys."""
-    from toybb.records import load_metrics
-
     rows: list[dict[str, str]] = []
     metric_cols: list[str] = []
     for g in plan.groups:
@@ -305,63 +296,3 @@ def collect_results(plan: SweepPlan, out: Path) -> tuple[list[dict[str, str]], l
 
 def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-# ---- command line -----------------------------------------------------------------------------------
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "sweep", help="run a sweep file (grid/list over config keys), grouped into vmapped programs",
-        description="Expand a YAML/JSON sweep file (base + grid/list over dotted keys such as optim.lr, "
-        "model.n_layers, seeds), train every group of runs that share shapes in one vmapped program "
-        "(resumable: finished groups are skipped, others resume from their checkpoint) and write "
-        "DIR/results.csv (one row per run x step) and DIR/groups/<group>/.")
-    p.add_argument("file", metavar="FILE", help="sweep file (.yaml/.yml/.json)")
-    p.add_argument("--out", metavar="DIR", required=True, help="sweep folder")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-host: call jax.distributed.initialize() (SLURM/TPU environment) and split "
-                   "the groups over the processes; process 0 writes the table (also TOYBB_DISTRIBUTED=1)")
-    p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed, outside SLURM/TPU: process 0's address")
-    p.add_argument("--num-processes", type=int, help="with --distributed, outside SLURM/TPU: number of processes")
-    p.add_argument("--process-id", type=int, help="with --distributed, outside SLURM/TPU: this process's index")
-    p.add_argument("--max-memory-gb", type=float, help="memory one group may use (default: detected)")
-    p.add_argument("--dry-run", action="store_true", help="print the groups and their memory estimate, train nothing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--no-plot", action="store_true", help="no dynamics.png per group")
-    p.set_defaults(func=cmd_sweep)
-
-
-def cmd_sweep(args) -> int:
-    import os
-
-    from toybb.records import finite, out_folder
-
-    finite(args.max_memory_gb, "--max-memory-gb", positive=True)
-    for flag, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id)):
-        if v is not None and v < (1 if flag == "--num-processes" else 0):
-            raise ConfigError(f"{flag} must be {'>= 1' if flag == '--num-processes' else '>= 0'}, got {v}")
-    spec = load_sweep_file(args.file)
-    plan = plan_sweep(spec, f"sweep file {args.file!r}")
-    process = (0, 1)
-    if args.distributed or os.environ.get("TOYBB_DISTRIBUTED") == "1":
-        import jax
-
-        try:
-            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-        except Exception as e:  # no cluster environment found, coordinator unreachable, ...
-            raise ConfigError(f"jax.distributed.initialize() failed ({str(e).splitlines()[0]}); run under srun or "
-                              "on every TPU host, or give --coordinator, --num-processes and --process-id") from None
-        process = (jax.process_index(), jax.process_count())
-    limit = None if args.max_memory_gb is None else int(min(args.max_memory_gb, 2.0**40) * 2**30)
-    for g in plan.groups:
-        check_memory(g.cfg, f"group {g.name}", limit)
-    _plan_doc(out_folder(args.out), plan)
-    if process[0] == 0:
-        print(f"toybb sweep: {len(plan.runs)} run(s) in {len(plan.groups)} group(s) -> {args.out}", flush=True)
-    if args.dry_run:
-        for g in plan.groups:
-            print(f"{g.name}: {g.n_runs} runs, ~{estimate_group_bytes(g.cfg) / 2**20:.0f} MiB")
-        return 0
-    path = run_sweep(plan, args.out, progress=not args.no_progress, write_figure=not args.no_plot, process=process)
-    if path is not None:
-        print(f"wrote {path}")
-    return 0

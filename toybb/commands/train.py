@@ -1,0 +1,258 @@
+"""`toybb train`, `toybb plot` and `toybb sweep`: train toy models, draw a run's dynamics, run a sweep file.
+
+Bad input gives one line on stderr and exit code 2; a diverged run exits with 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import jax
+
+from toybb.cliargs import FLOATS, INTS, add_list
+from toybb.config import PRECISIONS, PRESETS, RunConfig, load_config_file, paper_learning_rate
+from toybb.errors import ConfigError, TrainingDiverged
+from toybb.plot import plot_dynamics
+from toybb.records import figure_path, finite, out_folder
+from toybb.train.loop import train
+from toybb.train.memory import check_memory, estimate_group_bytes
+from toybb.train.runs import check_run_folder
+from toybb.train.sweep import load_sweep_file, plan_doc, plan_sweep, run_sweep
+
+
+def _layer_list(text: str) -> tuple[int, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    return INTS(text)
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train toy models on the Bigram-Backcopy task and record the dynamics",
+        description="Train (seeds x learning rates, vmapped) and write config.json, metrics.csv, checkpoint, "
+        "active_dormant.csv, interventions.csv, summary.json and dynamics.png to --out. Settings come from "
+        "--preset (default: cpu), then --config FILE, then the flags. A folder with a checkpoint is resumed.",
+    )
+    p.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores) or paper (SPEC §2)")
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON with sections model, task, optim, train")
+    p.add_argument("--out", metavar="DIR", default="runs/default", help="run folder")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", help="transformer (default) or simple (the reduced SimpleModel of SPEC §4)")
+    g.add_argument("--layers", type=int, dest="n_layers", help="number of layers (default: the preset's)")
+    g.add_argument("--heads", type=int, dest="n_heads", help="attention heads per layer (default: the preset's)")
+    g.add_argument("--kv-heads", type=int, dest="n_kv_heads",
+                   help="key/value heads per layer, a divisor of --heads (default: the preset's)")
+    g.add_argument("--d-model", type=int, dest="d_model", help="residual width (default: the preset's)")
+    g.add_argument("--d-mlp", type=int, dest="d_mlp", help="MLP hidden width (default: the preset's)")
+    g.add_argument("--max-len", type=int, dest="max_len",
+                   help="size of the position table (default: the preset's, grown to --seq-len)")
+    g.add_argument("--attention", help="softmax or relu (with --preset paper and no --lr, a 1-layer ReLU model "
+                   "trains at the paper's 3e-3; its 3-layer ReLU run used the default 3e-4)")
+    g.add_argument("--position", help="learned or none (default: the preset's)")
+    add_list(g, "--no-attention", _layer_list, None, "layers without attention, e.g. 0 or 0,2; none for no layer",
+             dest="no_attention", metavar="LAYERS")
+    add_list(g, "--no-mlp", _layer_list, None, "layers without MLP", dest="no_mlp", metavar="LAYERS")
+    add_list(g, "--linear-mlp", _layer_list, None, "layers whose MLP has no nonlinearity", dest="linear_mlp",
+             metavar="LAYERS")
+    g.add_argument("--attn-bias", action="store_true", default=None,
+                   help="explicit attention bias: learned k', v' per head seen by every query")
+    g.add_argument("--sink-token", action="store_true", default=None,
+                   help="prepend a learned sink vector to every sequence (captures gain a position 0)")
+    g = p.add_argument_group("task")
+    g.add_argument("--seq-len", type=int, dest="seq_len", metavar="N",
+                   help="tokens per training sequence (default: the preset's)")
+    g.add_argument("--triggers", type=int, dest="n_triggers", metavar="K",
+                   help="number of trigger tokens (default: the preset's)")
+    g.add_argument("--no-bos", action="store_true", help="sequences without a BOS token")
+    g.add_argument("--table", help="bigram table: tinyshakespeare or a .npz from toybb.task.build_bigram "
+                   "(default: the preset's)")
+    g = p.add_argument_group("optimiser")
+    g.add_argument("--optimizer", dest="optim_name", help="adam or sgd (default: the preset's)")
+    add_list(g, "--lr", FLOATS, None, "learning rate; several are vmapped (default: the preset's)")
+    g.add_argument("--weight-decay", type=float, dest="weight_decay", help="weight decay (default: the preset's)")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    g.add_argument("--batch", type=int, help="sequences per step (default: the preset's)")
+    g.add_argument("--seeds", type=int, metavar="N", help="train seeds 0..N-1 in one vmapped program "
+                   "(default: the preset's)")
+    g.add_argument("--eval-batch", type=int, dest="eval_batch",
+                   help="sequences of the fixed evaluation batch (default: the preset's)")
+    g.add_argument("--eval-every", type=int, dest="eval_every", help="one evaluation grid step (default: "
+                   "every 20 steps to 10k, then every 200)")
+    g.add_argument("--ckpt-every", type=int, dest="ckpt_every", help="steps between checkpoints (default: the preset's)")
+    g.add_argument("--run-chunk", type=int, dest="run_chunk", metavar="K",
+                   help="vmap K runs at a time inside the compiled step (default: automatic; speed only)")
+    g.add_argument("--microbatch", type=int, metavar="M",
+                   help="sum the gradients of micro-batches of M sequences (a divisor of --batch; default: "
+                        "automatic; speed only)")
+    g.add_argument("--precision", choices=tuple(PRECISIONS),
+                   help="float32 matmul precision (default: highest = full float32 on every backend, as the "
+                        "paper; tf32 / bf16 are faster on GPUs and TPUs). Recorded in config.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true", help="no dynamics.png")
+    p.set_defaults(func=cmd_train)
+
+
+def build_config(args) -> "RunConfig":
+    if args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = PRESETS[args.preset]()
+    file_cfg: dict = {}
+    if args.config:
+        file_cfg = load_config_file(args.config)
+        RunConfig.from_dict(file_cfg)  # validate the file on its own terms first (names unknown fields)
+        cfg = cfg.replace(**{sec: file_cfg.get(sec) or {} for sec in ("model", "task", "optim", "train")})
+    upd: dict[str, dict] = {"model": {}, "task": {}, "optim": {}, "train": {}}
+    for name in ("arch", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp", "max_len", "attention", "position",
+                 "no_attention", "no_mlp", "linear_mlp", "attn_bias", "sink_token"):
+        if getattr(args, name) is not None:
+            upd["model"][name] = getattr(args, name)
+    for name in ("seq_len", "n_triggers", "table"):
+        if getattr(args, name) is not None:
+            upd["task"][name] = getattr(args, name)
+    if args.no_bos:
+        upd["task"]["bos"] = False
+    if args.optim_name is not None:
+        upd["optim"]["name"] = args.optim_name
+        if args.lr is None and "lr" not in (file_cfg.get("optim") or {}):
+            upd["optim"]["lr"] = None  # the optimiser's own default learning rate
+    if args.weight_decay is not None:
+        upd["optim"]["weight_decay"] = args.weight_decay
+    if args.lr is not None:
+        if len(args.lr) == 1:
+            upd["optim"]["lr"] = args.lr[0]
+            upd["train"]["lrs"] = ()
+        else:
+            upd["train"]["lrs"] = args.lr
+    for name in ("steps", "batch", "eval_batch", "ckpt_every", "run_chunk", "microbatch"):
+        if getattr(args, name) is not None:
+            upd["train"][name] = getattr(args, name)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds must be a positive number of seeds, got {args.seeds}")
+        upd["train"]["seeds"] = tuple(range(args.seeds))
+    if args.eval_every is not None:
+        upd["train"]["eval_schedule"] = ((args.eval_every, 0),)
+    if args.precision is not None:
+        upd["train"]["precision"] = args.precision
+    # a longer sequence than the preset's position table: grow the table with it unless set explicitly
+    seq = upd["task"].get("seq_len")
+    if seq is not None and args.max_len is None and seq > cfg.model.max_len:
+        upd["model"]["max_len"] = seq
+    cfg = cfg.replace(**upd)
+    lr_given = args.lr is not None or "lr" in (file_cfg.get("optim") or {}) or bool((file_cfg.get("train") or {}).get("lrs"))
+    if args.preset == "paper" and not lr_given and not cfg.train.lrs:
+        lr = paper_learning_rate(cfg)  # e.g. 3e-3 for the paper's 1-layer ReLU-attention run
+        if lr is not None:
+            cfg = cfg.replace(optim={"lr": lr})
+    return cfg
+
+
+def cmd_train(args) -> int:
+    cfg = build_config(args)
+    out = Path(args.out)
+    check_run_folder(out, cfg)
+    check_memory(cfg, "the run")
+    print(f"toybb train: {len(cfg.runs())} run(s) -> {out}", flush=True)
+    try:
+        result = train(cfg, out, progress=not args.no_progress, write_figure=not args.no_plot)
+    except TrainingDiverged as e:
+        print(f"toybb train: error: {e}", file=sys.stderr)
+        return 3
+    summary = json.loads((out / "summary.json").read_text())
+    for label, fm in _final_medians(summary):
+        keys = [k for k in ("loss", "backcopy_risk", "bigram_risk", "sink_attention_l0", "value_drain_l0",
+                            "value_others_l0", "residual_peak_l0") if k in fm]
+        print(f"step {summary['step']} ({label}): " + ", ".join(f"{k}={fm[k]:.4g}" for k in keys))
+    probe = summary.get("active_dormant_probe", {})
+    if probe.get("kind") == "truncated":
+        print(f"note: the active/dormant probe is cut to the trained length ({probe['length']} tokens), so it is not "
+              "the paper's [BOS] + all non-triggers + [v]; train with --seq-len 64 or more for that")
+    for key, toks in summary["active_tokens"].items():
+        print(f"active tokens {key}: {''.join(toks)!r}")
+    print(f"wrote {out} in {result.wall_seconds:.1f} s")
+    return 0
+
+
+def _final_medians(summary: dict) -> list[tuple[str, dict]]:
+    """(label, final medians) once, or per learning rate when several were trained."""
+    if "final_median" in summary:
+        return [("median over runs", summary["final_median"])]
+    return [(f"lr {lr}, median over seeds", fm) for lr, fm in summary["final_median_by_lr"].items()]
+
+
+def cmd_plot(args) -> int:
+    if args.out is not None:
+        figure_path(args.out)
+    path = plot_dynamics(args.run, args.out, attn_layer=args.attn_layer, resid_layer=args.resid_layer,
+                         reference=args.reference)
+    print(f"wrote {path}")
+    return 0
+
+
+def add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="draw the dynamics figure of a run folder")
+    p.add_argument("run", metavar="RUN", help="run folder written by `toybb train`")
+    p.add_argument("--out", metavar="FILE", help="image path (default: RUN/dynamics.png)")
+    p.add_argument("--attn-layer", type=int, help="layer for Attn<s> and ||Val<s>|| (default: 0, or 1 if deeper)")
+    p.add_argument("--resid-layer", type=int, help="layer after which ||Res<s>|| is read (default: 0)")
+    p.add_argument("--reference", metavar="NAME", help="draw this reference (a built-in name or a CSV) even if the "
+                   "run's configuration differs, labelled as such (default: the matching built-in one, if any)")
+    p.set_defaults(func=cmd_plot)
+
+
+def add_sweep(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="run a sweep file (grid/list over config keys), grouped into vmapped programs",
+        description="Expand a YAML/JSON sweep file (base + grid/list over dotted keys such as optim.lr, "
+        "model.n_layers, seeds), train every group of runs that share shapes in one vmapped program "
+        "(resumable: finished groups are skipped, others resume from their checkpoint) and write "
+        "DIR/results.csv (one row per run x step) and DIR/groups/<group>/.")
+    p.add_argument("file", metavar="FILE", help="sweep file (.yaml/.yml/.json)")
+    p.add_argument("--out", metavar="DIR", required=True, help="sweep folder")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: call jax.distributed.initialize() (SLURM/TPU environment) and split "
+                   "the groups over the processes; process 0 writes the table (also TOYBB_DISTRIBUTED=1)")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed, outside SLURM/TPU: process 0's address")
+    p.add_argument("--num-processes", type=int, help="with --distributed, outside SLURM/TPU: number of processes")
+    p.add_argument("--process-id", type=int, help="with --distributed, outside SLURM/TPU: this process's index")
+    p.add_argument("--max-memory-gb", type=float, help="memory one group may use (default: detected)")
+    p.add_argument("--dry-run", action="store_true", help="print the groups and their memory estimate, train nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-plot", action="store_true", help="no dynamics.png per group")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    finite(args.max_memory_gb, "--max-memory-gb", positive=True)
+    for flag, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id)):
+        if v is not None and v < (1 if flag == "--num-processes" else 0):
+            raise ConfigError(f"{flag} must be {'>= 1' if flag == '--num-processes' else '>= 0'}, got {v}")
+    spec = load_sweep_file(args.file)
+    plan = plan_sweep(spec, f"sweep file {args.file!r}")
+    process = (0, 1)
+    if args.distributed or os.environ.get("TOYBB_DISTRIBUTED") == "1":
+        try:
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        except Exception as e:  # no cluster environment found, coordinator unreachable, ...
+            raise ConfigError(f"jax.distributed.initialize() failed ({str(e).splitlines()[0]}); run under srun or "
+                              "on every TPU host, or give --coordinator, --num-processes and --process-id") from None
+        process = (jax.process_index(), jax.process_count())
+    limit = None if args.max_memory_gb is None else int(min(args.max_memory_gb, 2.0**40) * 2**30)
+    for g in plan.groups:
+        check_memory(g.cfg, f"group {g.name}", limit)
+    plan_doc(out_folder(args.out), plan)
+    if process[0] == 0:
+        print(f"toybb sweep: {len(plan.runs)} run(s) in {len(plan.groups)} group(s) -> {args.out}", flush=True)
+    if args.dry_run:
+        for g in plan.groups:
+            print(f"{g.name}: {g.n_runs} runs, ~{estimate_group_bytes(g.cfg) / 2**20:.0f} MiB")
+        return 0
+    path = run_sweep(plan, args.out, progress=not args.no_progress, write_figure=not args.no_plot, process=process)
+    if path is not None:
+        print(f"wrote {path}")
+    return 0
