@@ -56,7 +56,7 @@ class LLMConfig:
     final_softcap: float | None = None
     sliding_window: int | None = None
     layer_types: tuple[str, ...] = ()  # per layer "full" | "sliding"; () = all full
-    # long context (SPEC §6); not read from checkpoints, set with `toybb.llm.longctx.with_options`
+    # long context (SPEC §6); not read from checkpoints, set with `toybb.longctx.options.with_options`
     attn_block: int | None = None  # query rows per attention block (exact; for long inputs)
     selfextend: tuple[int, int] | None = None  # (neighbour window w, group size G), RoPE models
     sink_cache: tuple[int, int] | None = None  # StreamingLLM (sink tokens k, recent window W)

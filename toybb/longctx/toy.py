@@ -6,7 +6,6 @@ built around the Bigram-Backcopy task and its probes)."""
 
 from __future__ import annotations
 
-import dataclasses
 from functools import lru_cache
 
 import jax
@@ -20,6 +19,7 @@ from toybb.errors import ConfigError, ToybbError
 from toybb.models.capture import Capture, run_with_capture
 from toybb.models.sites import residual_add
 from toybb.models.toy import ToyTransformer
+from toybb.longctx.options import with_options
 from toybb.longctx.posvec import positional_vectors
 from toybb.probes.metrics import token_nll
 
@@ -63,11 +63,7 @@ def train_char_lm(cfg: ModelConfig, train: np.ndarray, *, seq: int, steps: int, 
     return model, losses
 
 
-def with_model_options(model: ToyTransformer, **changes) -> ToyTransformer:
-    """The same parameters under ModelConfig fields `changes` (window, selfextend_*, rope_scale, logit_scale)."""
-    cfg = dataclasses.replace(model.cfg, **changes)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: ToyTransformer(cfg, rngs=nnx.Rngs(0))))
-    return nnx.merge(graphdef, nnx.state(model))
+with_model_options = with_options  # former name
 
 
 @lru_cache(maxsize=64)

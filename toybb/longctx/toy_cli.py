@@ -77,7 +77,8 @@ def cmd_toy(args) -> int:
     w_se, G = _selfextend(args.selfextend, C, C * max(factors))
     train, val, vocab = char_data(read_source(args.text))
     cfgs = {s: ModelConfig(vocab_size=len(vocab), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                           max_len=C, position="none" if s == "window" else s, window=W if s == "window" else None)
+                           max_positions=C, position="none" if s == "window" else s,
+                           sliding_window=W if s == "window" else None)
             for s in schemes}  # validated before any training
     write_config(args.out, args, {"vocab": len(vocab), "selfextend": [w_se, G], "window": W})
     ev = _ToyEval(args, factors, W, w_se, G, {f: eval_windows(val, C * f, args.eval_windows) for f in factors})
@@ -180,16 +181,17 @@ def _beyond(ev: _ToyEval, name: str, scheme: str, p_long) -> None:
 def _extensions(ev: _ToyEval, scheme: str, name: str, model, pvec) -> None:
     """Score the context-extension methods of the scheme: SelfExtend (RoPE, ALiBi), position
     interpolation (RoPE), positional-vector replacement (NoPE), window x r with a temperature (window)."""
-    from toybb.longctx.toy import mean_nll, replacement_delta, with_model_options
+    from toybb.longctx.options import rope_scaling, with_options
+    from toybb.longctx.toy import mean_nll, replacement_delta
 
     args, factors, wins = ev.args, ev.factors, ev.wins
     if scheme in ("rope", "alibi"):
-        se = with_model_options(model, selfextend_window=ev.w_se, selfextend_group=ev.G)
+        se = with_options(model, selfextend=(ev.w_se, ev.G))
         for f in factors:
             ev.record(f"{name} + SelfExtend w={ev.w_se} G={ev.G}", scheme, f, mean_nll(se, wins[f]))
     if scheme == "rope":
         for f in factors:
-            ev.record(f"{name} + PI", scheme, f, mean_nll(with_model_options(model, rope_scale=float(f)), wins[f]))
+            ev.record(f"{name} + PI", scheme, f, mean_nll(with_options(model, rope_scaling=rope_scaling(pi=float(f))), wins[f]))
     if scheme == "none":
         p_train = pvec(1)
         for a in args.alphas:
@@ -200,7 +202,8 @@ def _extensions(ev: _ToyEval, scheme: str, name: str, model, pvec) -> None:
     if scheme == "window":
         for tau in args.temperatures:
             for f in factors:
-                m = with_model_options(model, window=ev.W * f, logit_scale=1.0 if f == 1 else tau)
+                scale = None if f == 1 or tau == 1.0 else tau * model.cfg.head_dim**-0.5  # temperature tau
+                m = with_options(model, sliding_window=ev.W * f, query_scale=scale)
                 ev.record(f"{name} + window x r, temp {tau:g}", scheme, f, mean_nll(m, wins[f]))
 
 

@@ -40,7 +40,7 @@ def attention_spec(cfg: ModelConfig, layer: int) -> AttentionSpec:
     return AttentionSpec(
         d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
         kind=cfg.attention, position=cfg.position_config(layer),
-        scale=None if cfg.logit_scale == 1.0 else cfg.logit_scale * cfg.head_dim**-0.5,
+        scale=cfg.query_scale,
         learned_kv=cfg.attn_bias, init="uniform")
 
 
@@ -55,7 +55,7 @@ def block_spec(cfg: ModelConfig, layer: int) -> BlockSpec:
 
 
 def norm_spec(cfg: ModelConfig) -> NormSpec:
-    return NormSpec("layer_flax", cfg.ln_eps)
+    return NormSpec("layer_flax", cfg.norm_eps)
 
 
 class ToyTransformer(nnx.Module):
@@ -65,7 +65,7 @@ class ToyTransformer(nnx.Module):
         self.cfg = cfg
         self.token_embed = nnx.Param(jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32))
         self.pos_embed = (
-            nnx.Param(jax.random.normal(rngs.params(), (cfg.max_len, cfg.d_model), jnp.float32))
+            nnx.Param(jax.random.normal(rngs.params(), (cfg.max_positions, cfg.d_model), jnp.float32))
             if cfg.position == "learned"
             else None
         )
@@ -110,8 +110,8 @@ class ToyTransformer(nnx.Module):
         else:
             x = jnp.take(emb, tokens, axis=0)
         if self.pos_embed is not None:
-            if t > self.cfg.max_len:
-                raise ValueError(f"sequence of {t} tokens is longer than the position table ({self.cfg.max_len})")
+            if t > self.cfg.max_positions:
+                raise ValueError(f"sequence of {t} tokens is longer than the position table ({self.cfg.max_positions})")
             x = x + self.pos_embed[:t]
         if self.sink_embed is not None:
             s = jnp.broadcast_to(self.sink_embed[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
