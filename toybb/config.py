@@ -104,6 +104,50 @@ class PositionConfig:
             _check(self.selfextend is None, "SelfExtend and a sink cache cannot be combined; choose one")
 
 
+@dataclass(frozen=True, kw_only=True)
+class PositionFields:
+    """The position and long-context fields of every model config (toy `ModelConfig` and pretrained
+    `toybb.llm.config.LLMConfig` alike); `position_config(layer)` turns them into the `PositionConfig` of
+    one attention layer. A new position option is a field here and in `PositionConfig`.
+
+    position: one of POSITION_KINDS. rope_*: RoPE base, rotated features (None: all), pairing, frequency
+    scaling and llama.cpp's per-pair frequency factors (global layers only); rope_local_*: base and
+    scaling of the sliding-window layers (Gemma 3; None: the global ones). sliding_window: window of
+    every layer, or of the "sliding" entries of layer_types (per layer "full" | "sliding"; () = all
+    alike). selfextend (w, G), sink_cache (k, W), attn_block: see `PositionConfig`."""
+
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    rope_local_theta: float | None = None
+    rope_dim: int | None = None
+    rope_pairing: str = "half"
+    rope_scaling: RopeScaling = RopeScaling()
+    rope_local_scaling: RopeScaling = RopeScaling()
+    rope_freq_factors: tuple[float, ...] | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()
+    selfextend: tuple[int, ...] | None = None
+    sink_cache: tuple[int, ...] | None = None
+    attn_block: int | None = None
+
+    def window(self, layer: int) -> int | None:
+        """Sliding-window size of `layer`, None for full causal attention."""
+        if self.layer_types:
+            return self.sliding_window if self.layer_types[layer] == "sliding" else None
+        return self.sliding_window
+
+    def position_config(self, layer: int) -> PositionConfig:
+        """The position scheme of attention layer `layer` (sliding layers may have their own RoPE base and
+        scaling; llama.cpp's frequency factors apply to the global layers)."""
+        local = self.window(layer) is not None and self.rope_local_theta is not None
+        return PositionConfig(
+            kind=self.position, rope_theta=self.rope_local_theta if local else self.rope_theta,
+            rope_scaling=self.rope_local_scaling if local else self.rope_scaling, rope_dim=self.rope_dim,
+            rope_pairing=self.rope_pairing, rope_freq_factors=None if local else self.rope_freq_factors,
+            window=self.window(layer), selfextend=self.selfextend, sink_cache=self.sink_cache,
+            block=self.attn_block)
+
+
 # former field names of ModelConfig -> (current name, conversion of the old value given the other fields);
 # old config files, run folders' config.json and keyword arguments keep working
 RENAMED_MODEL_FIELDS = {
@@ -137,7 +181,7 @@ def renamed_model_fields(d: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(PositionFields):
     """Decoder-only toy transformer (SPEC §2). Field names are those of `toybb.llm.config.LLMConfig` for
     the same concepts; former names are accepted (`RENAMED_MODEL_FIELDS`)."""
 
@@ -150,21 +194,14 @@ class ModelConfig:
     mlp_dim: int | None = None  # MLP hidden width; None: 4 * d_model
     max_positions: int = 256  # size of the learned position table
     attention: str = "softmax"  # softmax | relu
-    position: str = "learned"  # learned | none | rope | alibi
+    position: str = "learned"  # learned | none | rope | alibi (other position fields: PositionFields)
     norm_eps: float = 1e-5
     no_attention: tuple[int, ...] = ()  # layers built without attention (ablation)
     no_mlp: tuple[int, ...] = ()  # layers built without MLP (ablation)
     linear_mlp: tuple[int, ...] = ()  # layers whose MLP has no ReLU (ablation)
     attn_bias: bool = False  # learned k', v' per head, prepended to every layer's keys and values
     sink_token: bool = False  # a learned vector prepended to the sequence as an extra position
-    # long context (SPEC §6)
-    sliding_window: int | None = None  # sliding-window attention (keys with q_pos - k_pos < window)
-    rope_theta: float = 10000.0  # RoPE base (position = rope)
-    rope_scaling: RopeScaling = RopeScaling()  # RoPE frequency scaling (e.g. linear: positions / factor)
-    selfextend: tuple[int, ...] | None = None  # SelfExtend (neighbour window w, group size G), rope or alibi
     query_scale: float | None = None  # attention logit scale; None: head_dim ** -0.5
-    sink_cache: tuple[int, ...] | None = None  # StreamingLLM (sink tokens k, recent window W)
-    attn_block: int | None = None  # query rows per attention block (exact; for long inputs)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions"):
@@ -215,17 +252,16 @@ class ModelConfig:
                    f"model.{name} must be a pair of integers or null, got {v!r}")
             if v is not None:
                 object.__setattr__(self, name, tuple(v))
+        _check(not self.layer_types or (len(self.layer_types) == self.n_layers
+                                        and set(self.layer_types) <= {"full", "sliding"}),
+               f"model.layer_types needs one entry per layer ({self.n_layers}), each full or sliding")
+        _check(self.rope_dim is None or (self.rope_dim % 2 == 0 and 0 < self.rope_dim <= self.head_dim),
+               f"model.rope_dim must be even and in (0, head_dim={self.head_dim}], got {self.rope_dim!r}")
         try:
             for l in range(self.n_layers):
                 self.position_config(l)
         except ConfigError as e:
             raise ConfigError(f"model: {e}") from None
-
-    def position_config(self, layer: int) -> PositionConfig:
-        """The position scheme of attention layer `layer` (the same for every layer of a toy model)."""
-        return PositionConfig(
-            kind=self.position, rope_theta=self.rope_theta, rope_scaling=self.rope_scaling,
-            window=self.sliding_window, selfextend=self.selfextend, sink_cache=self.sink_cache, block=self.attn_block)
 
     @property
     def kv_heads(self) -> int:
@@ -469,7 +505,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if s.startswith("tuple"):
         if not isinstance(value, (list, tuple)):
             value = [value]
-        inner = float if "float" in s else int
+        inner = float if "float" in s else str if "str" in s else int
         try:
             out = []
             for x in value:
