@@ -50,19 +50,27 @@ def test_distinct_rule():
 def toy():
     from toybb.models.toy import ToyTransformer
 
-    cfg = ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=4, max_len=16, position="rope")
+    cfg = ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=4, max_positions=16, position="rope")
     return ToyTransformer(cfg, rngs=nnx.Rngs(0))
 
 
 def test_toy_selfextend_below_window_and_pi(toy):
+    from toybb.longctx.options import rope_scaling, with_options
     from toybb.longctx.toy import mean_nll, with_model_options
 
     x = np.random.default_rng(0).integers(0, 11, (2, 21))
     base = mean_nll(toy, x)
-    assert abs(mean_nll(with_model_options(toy, selfextend_window=32, selfextend_group=2), x) - base) < 1e-5
-    assert abs(mean_nll(with_model_options(toy, selfextend_window=2, selfextend_group=4), x) - base) > 1e-6
-    assert abs(mean_nll(with_model_options(toy, window=64), x) - base) < 1e-5
-    assert abs(mean_nll(with_model_options(toy, rope_scale=2.0), x) - base) > 1e-6
+    assert abs(mean_nll(with_options(toy, selfextend=(32, 2)), x) - base) < 1e-5
+    assert abs(mean_nll(with_options(toy, selfextend=(2, 4)), x) - base) > 1e-6
+    assert abs(mean_nll(with_options(toy, sliding_window=64), x) - base) < 1e-5
+    pi = mean_nll(with_options(toy, rope_scaling=rope_scaling(pi=2.0)), x)
+    assert abs(pi - base) > 1e-6
+    # the former function and field names still work
+    assert mean_nll(with_model_options(toy, rope_scale=2.0), x) == pi
+    assert mean_nll(with_model_options(toy, selfextend_window=2, selfextend_group=4), x) == \
+        mean_nll(with_options(toy, selfextend=(2, 4)), x)
+    with pytest.raises(ConfigError, match="layer_types"):
+        with_options(toy, layer_types=("full",))
 
 
 def test_toy_config_errors():

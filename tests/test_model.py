@@ -43,7 +43,7 @@ def test_shapes_and_capture_sites():
 def test_ablations_remove_sublayers():
     cfg = ModelConfig(d_model=32, n_layers=2, max_len=16, no_attention=(0,), no_mlp=(1,), linear_mlp=(0,))
     m = ToyTransformer(cfg, rngs=nnx.Rngs(0))
-    assert m.blocks[0].attn is None and m.blocks[1].mlp is None and not m.blocks[0].mlp.relu
+    assert m.blocks[0].attn is None and m.blocks[1].mlp is None and m.blocks[0].mlp.act == "linear"
     assert m.blocks[1].attn is not None
     x = jnp.ones((1, 5), jnp.int32)
     assert m(x).shape == (1, 5, 67)

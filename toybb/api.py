@@ -144,7 +144,7 @@ def _load_run(path: Path, seed, lr) -> Loaded:
     runs = [(int(s), float(r)) for s, r in trainer.runs]
     current = _pick(runs, seed, lr, str(path)) if (seed is not None or lr is not None) else runs[0]
     get_model = cache(lambda run: model_of(trainer, state, runs.index(run)))  # merged when first asked for
-    return Loaded("toy", str(path), cfg, _ToyTokenizer(trainer.task), runs, get_model, current, cfg.model.max_len,
+    return Loaded("toy", str(path), cfg, _ToyTokenizer(trainer.task), runs, get_model, current, cfg.model.max_positions,
                   {"step": step, "format": "toybb run"})
 
 

@@ -8,6 +8,7 @@ that finishes in minutes on two CPU cores. Every config validates itself when bu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -103,9 +104,86 @@ class PositionConfig:
             _check(self.selfextend is None, "SelfExtend and a sink cache cannot be combined; choose one")
 
 
+@dataclass(frozen=True, kw_only=True)
+class PositionFields:
+    """The position and long-context fields of every model config (toy `ModelConfig` and pretrained
+    `toybb.llm.config.LLMConfig` alike); `position_config(layer)` turns them into the `PositionConfig` of
+    one attention layer. A new position option is a field here and in `PositionConfig`.
+
+    position: one of POSITION_KINDS. rope_*: RoPE base, rotated features (None: all), pairing, frequency
+    scaling and llama.cpp's per-pair frequency factors (global layers only); rope_local_*: base and
+    scaling of the sliding-window layers (Gemma 3; None: the global ones). sliding_window: window of
+    every layer, or of the "sliding" entries of layer_types (per layer "full" | "sliding"; () = all
+    alike). selfextend (w, G), sink_cache (k, W), attn_block: see `PositionConfig`."""
+
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    rope_local_theta: float | None = None
+    rope_dim: int | None = None
+    rope_pairing: str = "half"
+    rope_scaling: RopeScaling = RopeScaling()
+    rope_local_scaling: RopeScaling = RopeScaling()
+    rope_freq_factors: tuple[float, ...] | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()
+    selfextend: tuple[int, ...] | None = None
+    sink_cache: tuple[int, ...] | None = None
+    attn_block: int | None = None
+
+    def window(self, layer: int) -> int | None:
+        """Sliding-window size of `layer`, None for full causal attention."""
+        if self.layer_types:
+            return self.sliding_window if self.layer_types[layer] == "sliding" else None
+        return self.sliding_window
+
+    def position_config(self, layer: int) -> PositionConfig:
+        """The position scheme of attention layer `layer` (sliding layers may have their own RoPE base and
+        scaling; llama.cpp's frequency factors apply to the global layers)."""
+        local = self.window(layer) is not None and self.rope_local_theta is not None
+        return PositionConfig(
+            kind=self.position, rope_theta=self.rope_local_theta if local else self.rope_theta,
+            rope_scaling=self.rope_local_scaling if local else self.rope_scaling, rope_dim=self.rope_dim,
+            rope_pairing=self.rope_pairing, rope_freq_factors=None if local else self.rope_freq_factors,
+            window=self.window(layer), selfextend=self.selfextend, sink_cache=self.sink_cache,
+            block=self.attn_block)
+
+
+# former field names of ModelConfig -> (current name, conversion of the old value given the other fields);
+# old config files, run folders' config.json and keyword arguments keep working
+RENAMED_MODEL_FIELDS = {
+    "d_mlp": ("mlp_dim", lambda v, d: v),
+    "max_len": ("max_positions", lambda v, d: v),
+    "ln_eps": ("norm_eps", lambda v, d: v),
+    "window": ("sliding_window", lambda v, d: v),
+    "rope_scale": ("rope_scaling", lambda v, d: RopeScaling("linear", float(v)) if v > 1 else RopeScaling()),
+    "logit_scale": ("query_scale", lambda v, d: None if v == 1.0 else v * (
+        d.get("d_model", 256) // d.get("n_heads", 1)) ** -0.5),
+    "selfextend_window": ("selfextend", lambda v, d: None if v is None else (v, d.get("selfextend_group", 1))),
+    "selfextend_group": ("selfextend", lambda v, d: d.get("selfextend")),
+}
+
+
+def renamed_model_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """A model section / keyword arguments with former field names replaced by the current ones
+    (d_mlp -> mlp_dim, max_len -> max_positions, ln_eps -> norm_eps, window -> sliding_window,
+    rope_scale -> rope_scaling, logit_scale t -> query_scale t / sqrt(head_dim),
+    selfextend_window / selfextend_group -> selfextend (w, G)); a former name overrides a current one."""
+    if not set(d) & set(RENAMED_MODEL_FIELDS):
+        return d
+    out = dict(d)
+    for old in ("selfextend_window", *RENAMED_MODEL_FIELDS):  # the window first: it reads the group
+        if old in out:
+            new, conv = RENAMED_MODEL_FIELDS[old]
+            value = conv(out[old], out)
+            out.pop(old)
+            out[new] = value
+    return out
+
+
 @dataclass(frozen=True)
-class ModelConfig:
-    """Decoder-only toy transformer (SPEC §2)."""
+class ModelConfig(PositionFields):
+    """Decoder-only toy transformer (SPEC §2). Field names are those of `toybb.llm.config.LLMConfig` for
+    the same concepts; former names are accepted (`RENAMED_MODEL_FIELDS`)."""
 
     arch: str = "transformer"  # transformer | simple
     vocab_size: int = 67
@@ -113,28 +191,20 @@ class ModelConfig:
     n_layers: int = 1
     n_heads: int = 1
     n_kv_heads: int | None = None  # None: same as n_heads (multi-head)
-    d_mlp: int | None = None  # None: 4 * d_model
-    max_len: int = 256  # size of the learned position table
+    mlp_dim: int | None = None  # MLP hidden width; None: 4 * d_model
+    max_positions: int = 256  # size of the learned position table
     attention: str = "softmax"  # softmax | relu
-    position: str = "learned"  # learned | none | rope | alibi
-    ln_eps: float = 1e-5
+    position: str = "learned"  # learned | none | rope | alibi (other position fields: PositionFields)
+    norm_eps: float = 1e-5
     no_attention: tuple[int, ...] = ()  # layers built without attention (ablation)
     no_mlp: tuple[int, ...] = ()  # layers built without MLP (ablation)
     linear_mlp: tuple[int, ...] = ()  # layers whose MLP has no ReLU (ablation)
     attn_bias: bool = False  # learned k', v' per head, prepended to every layer's keys and values
     sink_token: bool = False  # a learned vector prepended to the sequence as an extra position
-    # long context (SPEC §6)
-    window: int | None = None  # sliding-window attention (keys with q_pos - k_pos < window)
-    rope_theta: float = 10000.0  # RoPE base (position = rope)
-    rope_scale: float = 1.0  # RoPE position interpolation factor (positions / rope_scale)
-    selfextend_window: int | None = None  # SelfExtend neighbour window w (position = rope or alibi)
-    selfextend_group: int = 1  # SelfExtend group size G
-    logit_scale: float = 1.0  # attention logit temperature (multiplies the logits)
-    sink_cache: tuple[int, ...] | None = None  # StreamingLLM (sink tokens k, recent window W)
-    attn_block: int | None = None  # query rows per attention block (exact; for long inputs)
+    query_scale: float | None = None  # attention logit scale; None: head_dim ** -0.5
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v > 0, f"model.{name} must be a positive integer, got {v!r}")
         _check(
@@ -146,7 +216,10 @@ class ModelConfig:
             isinstance(kv, int) and kv > 0 and self.n_heads % kv == 0,
             f"model.n_kv_heads ({kv}) must be a positive divisor of model.n_heads ({self.n_heads})",
         )
-        _check(self.mlp_dim > 0, f"model.d_mlp must be positive, got {self.d_mlp!r}")
+        if self.mlp_dim is None:
+            object.__setattr__(self, "mlp_dim", 4 * self.d_model)
+        _check(isinstance(self.mlp_dim, int) and self.mlp_dim > 0,
+               f"model.mlp_dim must be a positive integer, got {self.mlp_dim!r}")
         _check(self.arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
         _check(
             self.attention in ATTENTION_KINDS,
@@ -156,17 +229,11 @@ class ModelConfig:
             self.position in POSITION_KINDS,
             f"model.position must be one of {', '.join(POSITION_KINDS)}; got {self.position!r}",
         )
-        _check(self.ln_eps > 0, f"model.ln_eps must be positive, got {self.ln_eps!r}")
-        _check(self.window is None or (isinstance(self.window, int) and self.window > 0),
-               f"model.window must be a positive integer or null, got {self.window!r}")
-        _check(self.rope_theta > 0 and self.rope_scale >= 1 and self.logit_scale > 0,
-               f"model.rope_theta and model.logit_scale must be positive and model.rope_scale >= 1")
-        _check(self.selfextend_window is None or (isinstance(self.selfextend_window, int) and self.selfextend_window > 0),
-               f"model.selfextend_window must be a positive integer or null, got {self.selfextend_window!r}")
-        _check(isinstance(self.selfextend_group, int) and self.selfextend_group >= 1,
-               f"model.selfextend_group (G) must be an integer >= 1, got {self.selfextend_group!r}")
-        _check(self.selfextend_window is None or self.position in RELATIVE_POSITIONS,
-               f"model.selfextend_window needs relative positions (position rope or alibi), got {self.position!r}")
+        _check(self.norm_eps > 0, f"model.norm_eps must be positive, got {self.norm_eps!r}")
+        _check(self.rope_theta > 0 and (self.query_scale is None or self.query_scale > 0),
+               "model.rope_theta and model.query_scale must be positive")
+        _check(isinstance(self.rope_scaling, RopeScaling) and self.rope_scaling.factor >= 1,
+               f"model.rope_scaling needs a factor >= 1, got {self.rope_scaling!r}")
         for name in ("no_attention", "no_mlp", "linear_mlp"):
             _layer_list(f"model.{name}", getattr(self, name), self.n_layers)
         for name in ("attn_bias", "sink_token"):
@@ -175,27 +242,26 @@ class ModelConfig:
             _check(not getattr(self, name) or self.arch == "transformer",
                    f"model.{name} needs model.arch = transformer (the simple model has no such slot)")
         # k' sits at key position -1: a window would hide it and ALiBi / SelfExtend would give it a distance
-        _check(not self.attn_bias or (self.window is None and self.selfextend_window is None
+        _check(not self.attn_bias or (self.sliding_window is None and self.selfextend is None
                                       and self.sink_cache is None and self.position in ("learned", "none", "rope")),
                "model.attn_bias works with position learned, none or rope and no window, sink cache or "
                "SelfExtend; drop one of the two options")
-        if self.sink_cache is not None:
-            _check(isinstance(self.sink_cache, (tuple, list)) and len(self.sink_cache) == 2,
-                   f"model.sink_cache must be [k, W] (sink tokens, recent window), got {self.sink_cache!r}")
+        for name in ("selfextend", "sink_cache"):
+            v = getattr(self, name)
+            _check(v is None or (isinstance(v, (tuple, list)) and len(v) == 2),
+                   f"model.{name} must be a pair of integers or null, got {v!r}")
+            if v is not None:
+                object.__setattr__(self, name, tuple(v))
+        _check(not self.layer_types or (len(self.layer_types) == self.n_layers
+                                        and set(self.layer_types) <= {"full", "sliding"}),
+               f"model.layer_types needs one entry per layer ({self.n_layers}), each full or sliding")
+        _check(self.rope_dim is None or (self.rope_dim % 2 == 0 and 0 < self.rope_dim <= self.head_dim),
+               f"model.rope_dim must be even and in (0, head_dim={self.head_dim}], got {self.rope_dim!r}")
         try:
             for l in range(self.n_layers):
                 self.position_config(l)
         except ConfigError as e:
             raise ConfigError(f"model: {e}") from None
-
-    def position_config(self, layer: int) -> PositionConfig:
-        """The position scheme of attention layer `layer` (the same for every layer of a toy model)."""
-        return PositionConfig(
-            kind=self.position, rope_theta=self.rope_theta,
-            rope_scaling=RopeScaling("linear", self.rope_scale) if self.rope_scale > 1 else RopeScaling(),
-            window=self.window,
-            selfextend=None if self.selfextend_window is None else (self.selfextend_window, self.selfextend_group),
-            sink_cache=None if self.sink_cache is None else tuple(self.sink_cache), block=self.attn_block)
 
     @property
     def kv_heads(self) -> int:
@@ -205,10 +271,6 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
-    @property
-    def mlp_dim(self) -> int:
-        return 4 * self.d_model if self.d_mlp is None else self.d_mlp
-
     def mlp_kind(self, layer: int) -> str:
         if layer in self.no_mlp:
             return "none"
@@ -216,6 +278,16 @@ class ModelConfig:
 
     def has_attention(self, layer: int) -> bool:
         return layer not in self.no_attention
+
+
+def _accept_former_names(init):
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **renamed_model_fields(kwargs))
+    return __init__
+
+
+ModelConfig.__init__ = _accept_former_names(ModelConfig.__init__)
 
 
 @dataclass(frozen=True)
@@ -359,9 +431,9 @@ class RunConfig:
 
     def __post_init__(self):
         _check(
-            self.task.seq_len <= self.model.max_len or self.model.position != "learned",
+            self.task.seq_len <= self.model.max_positions or self.model.position != "learned",
             f"task.seq_len ({self.task.seq_len}) is longer than the position table "
-            f"(model.max_len = {self.model.max_len}); raise --max-len or shorten --seq-len",
+            f"(model.max_positions = {self.model.max_positions}); raise --max-positions or shorten --seq-len",
         )
         _check(
             self.model.vocab_size >= 67,
@@ -406,7 +478,11 @@ class RunConfig:
         for name in ("model", "task", "optim", "train"):
             cur = getattr(self, name)
             upd = sections.pop(name, None) or {}
-            new[name] = section_from_dict(type(cur), {**dataclasses.asdict(cur), **upd}, name)
+            merged = {**dataclasses.asdict(cur), **upd}
+            if name == "model" and "d_model" in upd and not {"mlp_dim", "d_mlp"} & set(upd) \
+                    and cur.mlp_dim == 4 * cur.d_model:
+                merged["mlp_dim"] = None  # the default width follows d_model
+            new[name] = section_from_dict(type(cur), merged, name)
         if sections:
             raise ConfigError(f"unknown config section(s) {sorted(sections)}")
         return RunConfig(**new)
@@ -414,6 +490,8 @@ class RunConfig:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Coerce JSON/YAML values (lists, ints for floats) to the dataclass field type."""
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else section_from_dict(tp, value, where)
     s = str(tp)
     if value is None:
         if "None" in s:
@@ -427,7 +505,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if s.startswith("tuple"):
         if not isinstance(value, (list, tuple)):
             value = [value]
-        inner = float if "float" in s else int
+        inner = float if "float" in s else str if "str" in s else int
         try:
             out = []
             for x in value:
@@ -464,6 +542,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def section_from_dict(cls: type, d: dict[str, Any], section: str):
     if not isinstance(d, dict):
         raise ConfigError(f"config section {section!r} must be a mapping, got {type(d).__name__}")
+    if cls is ModelConfig:
+        d = renamed_model_fields(d)
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
@@ -498,7 +578,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def cpu_preset() -> RunConfig:
     """The embedded default: a 1-layer softmax model, Adam, 4 vmapped seeds, minutes on 2 CPU cores."""
     return RunConfig(
-        model=ModelConfig(d_model=64, max_len=64),
+        model=ModelConfig(d_model=64, max_positions=64),
         task=TaskConfig(seq_len=64),
         optim=OptimConfig(name="adam", lr=4e-3),
         train=TrainConfig(steps=5000, batch=64, seeds=(0, 1, 2, 3), eval_batch=128, ckpt_every=1000),

@@ -47,9 +47,10 @@ def add_train(sub) -> None:
     g.add_argument("--kv-heads", type=int, dest="n_kv_heads",
                    help="key/value heads per layer, a divisor of --heads (default: the preset's)")
     g.add_argument("--d-model", type=int, dest="d_model", help="residual width (default: the preset's)")
-    g.add_argument("--d-mlp", type=int, dest="d_mlp", help="MLP hidden width (default: the preset's)")
-    g.add_argument("--max-len", type=int, dest="max_len",
-                   help="size of the position table (default: the preset's, grown to --seq-len)")
+    g.add_argument("--mlp-dim", "--d-mlp", type=int, dest="mlp_dim",
+                   help="MLP hidden width (default: the preset's; formerly --d-mlp)")
+    g.add_argument("--max-positions", "--max-len", type=int, dest="max_positions",
+                   help="size of the position table (default: the preset's, grown to --seq-len; formerly --max-len)")
     g.add_argument("--attention", help="softmax or relu (with --preset paper and no --lr, a 1-layer ReLU model "
                    "trains at the paper's 3e-3; its 3-layer ReLU run used the default 3e-4)")
     g.add_argument("--position", help="learned or none (default: the preset's)")
@@ -107,7 +108,7 @@ def build_config(args) -> "RunConfig":
         RunConfig.from_dict(file_cfg)  # validate the file on its own terms first (names unknown fields)
         cfg = cfg.replace(**{sec: file_cfg.get(sec) or {} for sec in ("model", "task", "optim", "train")})
     upd: dict[str, dict] = {"model": {}, "task": {}, "optim": {}, "train": {}}
-    for name in ("arch", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp", "max_len", "attention", "position",
+    for name in ("arch", "n_layers", "n_heads", "n_kv_heads", "d_model", "mlp_dim", "max_positions", "attention", "position",
                  "no_attention", "no_mlp", "linear_mlp", "attn_bias", "sink_token"):
         if getattr(args, name) is not None:
             upd["model"][name] = getattr(args, name)
@@ -141,8 +142,8 @@ def build_config(args) -> "RunConfig":
         upd["train"]["precision"] = args.precision
     # a longer sequence than the preset's position table: grow the table with it unless set explicitly
     seq = upd["task"].get("seq_len")
-    if seq is not None and args.max_len is None and seq > cfg.model.max_len:
-        upd["model"]["max_len"] = seq
+    if seq is not None and args.max_positions is None and seq > cfg.model.max_positions:
+        upd["model"]["max_positions"] = seq
     cfg = cfg.replace(**upd)
     lr_given = args.lr is not None or "lr" in (file_cfg.get("optim") or {}) or bool((file_cfg.get("train") or {}).get("lrs"))
     if args.preset == "paper" and not lr_given and not cfg.train.lrs:

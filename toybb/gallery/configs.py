@@ -96,11 +96,11 @@ def theory_trained_configs(scale: str, table_dir: Path | None = None) -> dict[st
     cpu: d 64 for the 3-layer pair (at d 32 no peak forms), 5k steps; d 32 for the 30k-step 1-layer run."""
     if scale == "cpu":
         three = cpu_preset().replace(
-            model={"n_layers": 3, "d_model": 64, "max_len": 64}, task={"seq_len": 64},
+            model={"n_layers": 3, "d_model": 64, "max_positions": 64}, task={"seq_len": 64},
             train={"steps": 5000, "batch": 32, "eval_batch": 64, "seeds": (0, 1), "ckpt_every": 1000,
                    "eval_schedule": ((25, 250), (100, 2000), (250, 0))})
         one = cpu_preset().replace(
-            model={"d_model": 32, "max_len": 32}, task={"seq_len": 32}, optim={"lr": 1e-3},
+            model={"d_model": 32, "max_positions": 32}, task={"seq_len": 32}, optim={"lr": 1e-3},
             train={"steps": 30_000, "batch": 32, "eval_batch": 64, "seeds": (0, 1), "ckpt_every": 5000,
                    "eval_schedule": ((20, 200), (100, 2000), (500, 0))})
     elif scale == "paper":

@@ -5,10 +5,10 @@ silently ignoring a field is how a port produces plausible but wrong logits.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from toybb.config import PAIRINGS, POSITION_KINDS, RELATIVE_POSITIONS, PositionConfig, RopeScaling
+from toybb.config import PAIRINGS, POSITION_KINDS, RELATIVE_POSITIONS, PositionFields, RopeScaling
 from toybb.errors import ConfigError
 
 ARCHS = ("llama", "mistral", "qwen2", "olmo", "olmo2", "gpt2", "gpt_neox", "gemma2", "gemma3")
@@ -17,7 +17,7 @@ DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
-class LLMConfig:
+class LLMConfig(PositionFields):
     """Architecture of a decoder-only transformer. Shapes: d_model, heads x head_dim, mlp_dim."""
 
     arch: str
@@ -37,29 +37,14 @@ class LLMConfig:
     parallel_residual: bool = False  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
     qk_norm: str = "none"  # "none" | "head" (per head, Gemma 3) | "full" (across heads, OLMo-2)
     clip_qkv: float | None = None
-    # positions
-    position: str = "rope"  # one of toybb.config.POSITION_KINDS (checkpoints: "rope" or "learned")
-    rope_theta: float = 10000.0
-    rope_local_theta: float | None = None  # Gemma 3: base for sliding-window layers
-    rope_dim: int | None = None  # partial rotary (GPT-NeoX); None = head_dim
-    rope_pairing: str = "half"
-    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
-    rope_local_scaling: RopeScaling = field(default_factory=RopeScaling)
-    # llama.cpp's rope_freqs tensor (Llama 3.x GGUF): the global layers' inverse frequencies are divided by
-    # these, one per rotary pair [rot_dim // 2]; None = no factors
-    rope_freq_factors: tuple[float, ...] | None = None
+    # positions, windows and long-context options: toybb.config.PositionFields (checkpoints: rope or learned)
     # attention
     qkv_bias: bool = False
     o_bias: bool = False
     query_scale: float | None = None  # None = head_dim ** -0.5
     attn_softcap: float | None = None
     final_softcap: float | None = None
-    sliding_window: int | None = None
-    layer_types: tuple[str, ...] = ()  # per layer "full" | "sliding"; () = all full
-    # long context (SPEC §6); not read from checkpoints, set with `toybb.llm.longctx.with_options`
-    attn_block: int | None = None  # query rows per attention block (exact; for long inputs)
-    selfextend: tuple[int, int] | None = None  # (neighbour window w, group size G), RoPE models
-    sink_cache: tuple[int, int] | None = None  # StreamingLLM (sink tokens k, recent window W)
+    # attn_block, selfextend, sink_cache are not read from checkpoints: `toybb.longctx.options.with_options`
     # MLP
     mlp: str = "gated"  # "gated" (gate/up/down) | "plain" (in/out)
     act: str = "silu"
@@ -127,23 +112,6 @@ class LLMConfig:
                 bad("layer_types", "entries must be 'full' or 'sliding'")
             if "sliding" in self.layer_types and not self.sliding_window:
                 bad("sliding_window", "sliding layers need a window size")
-
-    def window(self, layer: int) -> int | None:
-        """Sliding-window size of `layer`, None for full causal attention."""
-        if self.layer_types:
-            return self.sliding_window if self.layer_types[layer] == "sliding" else None
-        return self.sliding_window
-
-    def position_config(self, layer: int) -> PositionConfig:
-        """The position scheme of attention layer `layer` (Gemma 3's sliding layers have their own RoPE
-        base and scaling; llama.cpp's frequency factors apply to the global layers)."""
-        local = self.window(layer) is not None and self.rope_local_theta is not None
-        return PositionConfig(
-            kind=self.position, rope_theta=self.rope_local_theta if local else self.rope_theta,
-            rope_scaling=self.rope_local_scaling if local else self.rope_scaling, rope_dim=self.rope_dim,
-            rope_pairing=self.rope_pairing, rope_freq_factors=None if local else self.rope_freq_factors,
-            window=self.window(layer), selfextend=self.selfextend, sink_cache=self.sink_cache,
-            block=self.attn_block)
 
     def with_dtype(self, dtype: str) -> "LLMConfig":
         return replace(self, dtype=dtype)

@@ -19,9 +19,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from toybb.llm.config import LLMConfig
-from toybb.models.attention import Attention, AttentionSpec
-from toybb.models.capture import NO_CAPTURE, NO_TAP, Capture, Tap
-from toybb.models.layers import Norm, fetch, param, pv
+from toybb.models.attention import AttentionSpec
+from toybb.models.capture import NO_CAPTURE, Capture, Tap
+from toybb.models.layers import param, pv
+from toybb.models.trunk import Block, BlockSpec, MLPSpec, NormSpec, make_norm
 from toybb.models.quant import QArray
 from toybb.models.sites import NO_EDITS, Edits, ModelSites
 
@@ -30,8 +31,8 @@ def _dtype(cfg: LLMConfig):
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
-def _norm(dim: int, cfg: LLMConfig) -> Norm:
-    return Norm(dim, cfg.norm, cfg.norm_eps, cfg.norm_plus_one, _dtype(cfg))
+def norm_spec(cfg: LLMConfig) -> NormSpec:
+    return NormSpec(cfg.norm, cfg.norm_eps, cfg.norm_plus_one, cfg.dtype)
 
 
 def attention_spec(cfg: LLMConfig, layer: int) -> AttentionSpec:
@@ -65,66 +66,10 @@ def _packed_unembed(x: jax.Array, w: QArray) -> jax.Array:
     return logits
 
 
-def _act(name: str, x: jax.Array) -> jax.Array:
-    if name == "silu":
-        return jax.nn.silu(x)
-    return jax.nn.gelu(x, approximate=(name == "gelu_tanh"))
-
-
-class MLP(nnx.Module):
-    def __init__(self, cfg: LLMConfig, layer: int, *, rngs: nnx.Rngs | None = None):
-        d, f, dt = cfg.d_model, cfg.mlp_dim, _dtype(cfg)
-        self.act, self.layer = cfg.act, layer
-        self.w_gate = param((d, f), dt, "normal", rngs, d) if cfg.mlp == "gated" else None
-        self.w_up = param((d, f), dt, "normal", rngs, d)
-        self.w_down = param((f, d), dt, "normal", rngs, f)
-        self.b_up = param((f,), dt) if cfg.mlp_bias else None
-        self.b_gate = param((f,), dt) if cfg.mlp_bias and cfg.mlp == "gated" else None
-        self.b_down = param((d,), dt) if cfg.mlp_bias else None
-
-    def __call__(self, x: jax.Array, tap: Tap = NO_TAP) -> jax.Array:
-        x, ws = fetch(x, *(v for v in (self.w_up, self.w_gate) if v is not None))
-        up = x @ ws[0]
-        if self.b_up is not None:
-            up = up + pv(self.b_up)
-        if self.w_gate is not None:
-            gate = x @ ws[1]
-            if self.b_gate is not None:
-                gate = gate + pv(self.b_gate)
-            hid = _act(self.act, gate) * up
-        else:
-            hid = _act(self.act, up)
-        hid = tap(self, self.layer, "mlp.hidden", hid)
-        hid, (w_down,) = fetch(hid, self.w_down)
-        out = hid @ w_down
-        if self.b_down is not None:
-            out = out + pv(self.b_down)
-        return out
-
-
-class Block(nnx.Module):
-    def __init__(self, cfg: LLMConfig, layer: int, *, rngs: nnx.Rngs | None = None):
-        self.layer, self.placement, self.parallel = layer, cfg.placement, cfg.parallel_residual
-        d = cfg.d_model
-        self.ln1 = _norm(d, cfg) if cfg.placement != "post" else None
-        self.ln2 = _norm(d, cfg) if cfg.placement != "post" else None
-        self.ln_post_attn = _norm(d, cfg) if cfg.placement != "pre" else None
-        self.ln_post_mlp = _norm(d, cfg) if cfg.placement != "pre" else None
-        self.attn = Attention(attention_spec(cfg, layer), layer, rngs=rngs)
-        self.mlp = MLP(cfg, layer, rngs=rngs)
-
-    def __call__(self, x, positions, tap: Tap = NO_TAP, contiguous: bool = False):
-        l = self.layer
-        x = tap(self, l, "resid_pre", x)
-        a = self.attn(self.ln1(x) if self.ln1 is not None else x, positions, tap, contiguous=contiguous)
-        if self.ln_post_attn is not None:
-            a = self.ln_post_attn(a)
-        h = tap(self, l, "resid_mid", x + tap(self.attn, l, "attn.out", a))
-        mlp_in = x if self.parallel else h
-        m = self.mlp(self.ln2(mlp_in) if self.ln2 is not None else mlp_in, tap)
-        if self.ln_post_mlp is not None:
-            m = self.ln_post_mlp(m)
-        return tap(self, l, "resid_post", h + tap(self.mlp, l, "mlp.out", m))
+def block_spec(cfg: LLMConfig, layer: int) -> BlockSpec:
+    """Block `layer` of a pretrained family."""
+    mlp = MLPSpec(cfg.d_model, cfg.mlp_dim, gated=cfg.mlp == "gated", act=cfg.act, bias=cfg.mlp_bias, dtype=cfg.dtype)
+    return BlockSpec(norm_spec(cfg), attention_spec(cfg, layer), mlp, cfg.placement, cfg.parallel_residual)
 
 
 class LLM(nnx.Module):
@@ -135,8 +80,8 @@ class LLM(nnx.Module):
         dt, d = _dtype(cfg), cfg.d_model
         self.embed = param((cfg.vocab_size, d), dt, "normal", rngs, 1)
         self.pos_embed = param((cfg.max_positions, d), dt, "normal", rngs, 1) if cfg.position == "learned" else None
-        self.blocks = nnx.List([Block(cfg, l, rngs=rngs) for l in range(cfg.n_layers)])
-        self.final_norm = _norm(d, cfg)
+        self.blocks = nnx.List([Block(block_spec(cfg, l), l, rngs=rngs) for l in range(cfg.n_layers)])
+        self.final_norm = make_norm(norm_spec(cfg), d)
         self.unembed = None if cfg.tie_embeddings else param((d, cfg.vocab_size), dt, "normal", rngs, d)
 
     def sites(self) -> ModelSites:

@@ -1,4 +1,4 @@
-"""Switch long-context options of a loaded pretrained model without copying its weights."""
+"""Switch long-context options of a loaded model, toy or pretrained, without copying its weights."""
 
 from __future__ import annotations
 
@@ -6,22 +6,26 @@ import dataclasses
 
 from flax import nnx
 
+from toybb.config import RENAMED_MODEL_FIELDS, ModelConfig
 from toybb.errors import ConfigError
-from toybb.llm.model import LLM, abstract_model
 from toybb.models.positional import RopeScaling
 
-_FIELDS = ("attn_block", "selfextend", "sink_cache", "sliding_window", "rope_scaling", "layer_types")
+OPTIONS = ("attn_block", "selfextend", "sink_cache", "sliding_window", "rope_scaling", "query_scale", "layer_types")
 
 
-def with_options(model: LLM, **changes) -> LLM:
-    """The same parameters under a config with `changes` (long-context fields of `LLMConfig`:
-    attn_block, selfextend=(w, G), sink_cache=(k, W), sliding_window, rope_scaling). The parameters are
-    shared, not copied: only the static structure (positions, masks) changes."""
-    bad = set(changes) - set(_FIELDS)
+def with_options(model: nnx.Module, **changes) -> nnx.Module:
+    """The same parameters under a config with `changes` (long-context fields of the model's config:
+    attn_block, selfextend=(w, G), sink_cache=(k, W), sliding_window, rope_scaling, query_scale,
+    layer_types (pretrained families); a toy model also takes the former names of `RENAMED_MODEL_FIELDS`).
+    The parameters are shared, not copied: only the static structure (positions, masks) changes."""
+    cfg = model.cfg
+    known = {f.name for f in dataclasses.fields(cfg)}
+    allowed = {o for o in OPTIONS if o in known} | (set(RENAMED_MODEL_FIELDS) if isinstance(cfg, ModelConfig) else set())
+    bad = set(changes) - allowed
     if bad:
-        raise ConfigError(f"with_options: unknown option(s) {sorted(bad)}; allowed: {_FIELDS}")
-    cfg = dataclasses.replace(model.cfg, **changes)
-    graphdef = nnx.graphdef(abstract_model(cfg))
+        raise ConfigError(f"with_options: unknown option(s) {sorted(bad)}; allowed: {sorted(allowed)}")
+    cfg = dataclasses.replace(cfg, **changes)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: type(model)(cfg, rngs=nnx.Rngs(0))))
     return nnx.merge(graphdef, nnx.state(model))
 
 

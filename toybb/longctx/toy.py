@@ -6,8 +6,6 @@ built around the Bigram-Backcopy task and its probes)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -19,6 +17,7 @@ from toybb.models.capture import Capture
 from toybb.models import forward as F
 from toybb.models.sites import residual_add
 from toybb.models.toy import ToyTransformer
+from toybb.longctx.options import with_options
 from toybb.longctx.posvec import positional_vectors
 
 
@@ -61,11 +60,7 @@ def train_char_lm(cfg: ModelConfig, train: np.ndarray, *, seq: int, steps: int, 
     return model, losses
 
 
-def with_model_options(model: ToyTransformer, **changes) -> ToyTransformer:
-    """The same parameters under ModelConfig fields `changes` (window, selfextend_*, rope_scale, logit_scale)."""
-    cfg = dataclasses.replace(model.cfg, **changes)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: ToyTransformer(cfg, rngs=nnx.Rngs(0))))
-    return nnx.merge(graphdef, nnx.state(model))
+with_model_options = with_options  # former name
 
 
 def eval_windows(val: np.ndarray, length: int, n: int) -> np.ndarray:

@@ -17,10 +17,11 @@ from toybb.config import ModelConfig
 from toybb.errors import ConfigError
 from toybb.longctx import plots as P
 from toybb.longctx.common import _nonempty, write_config, write_table
+from toybb.longctx.options import rope_scaling, with_options
 from toybb.longctx.posvec import beyond_similarity
 from toybb.longctx.toy import (char_data, eval_windows, mean_nll, replacement_delta, toy_positional_vectors,
-                               train_char_lm, with_model_options)
-from toybb.probes.metrics import perplexity
+                               train_char_lm)
+from toybb.models.forward import perplexity
 from toybb.texts import read_source
 
 
@@ -89,7 +90,8 @@ def cmd_toy(args) -> int:
     w_se, G = _selfextend(args.selfextend, C, C * max(factors))
     train, val, vocab = char_data(read_source(args.text))
     cfgs = {s: ModelConfig(vocab_size=len(vocab), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                           max_len=C, position="none" if s == "window" else s, window=W if s == "window" else None)
+                           max_positions=C, position="none" if s == "window" else s,
+                           sliding_window=W if s == "window" else None)
             for s in schemes}  # validated before any training
     write_config(args.out, args, {"vocab": len(vocab), "selfextend": [w_se, G], "window": W})
     ev = _ToyEval(args, factors, W, w_se, G, {f: eval_windows(val, C * f, args.eval_windows) for f in factors})
@@ -185,12 +187,12 @@ def _extensions(ev: _ToyEval, scheme: str, name: str, model, pvec) -> None:
     interpolation (RoPE), positional-vector replacement (NoPE), window x r with a temperature (window)."""
     args, factors, wins = ev.args, ev.factors, ev.wins
     if scheme in ("rope", "alibi"):
-        se = with_model_options(model, selfextend_window=ev.w_se, selfextend_group=ev.G)
+        se = with_options(model, selfextend=(ev.w_se, ev.G))
         for f in factors:
             ev.record(f"{name} + SelfExtend w={ev.w_se} G={ev.G}", scheme, f, mean_nll(se, wins[f]))
     if scheme == "rope":
         for f in factors:
-            ev.record(f"{name} + PI", scheme, f, mean_nll(with_model_options(model, rope_scale=float(f)), wins[f]))
+            ev.record(f"{name} + PI", scheme, f, mean_nll(with_options(model, rope_scaling=rope_scaling(pi=float(f))), wins[f]))
     if scheme == "none":
         p_train = pvec(1)
         for a in args.alphas:
@@ -201,7 +203,8 @@ def _extensions(ev: _ToyEval, scheme: str, name: str, model, pvec) -> None:
     if scheme == "window":
         for tau in args.temperatures:
             for f in factors:
-                m = with_model_options(model, window=ev.W * f, logit_scale=1.0 if f == 1 else tau)
+                scale = None if f == 1 or tau == 1.0 else tau * model.cfg.head_dim**-0.5  # temperature tau
+                m = with_options(model, sliding_window=ev.W * f, query_scale=scale)
                 ev.record(f"{name} + window x r, temp {tau:g}", scheme, f, mean_nll(m, wins[f]))
 
 

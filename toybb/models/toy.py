@@ -24,9 +24,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from toybb.config import ModelConfig
-from toybb.models.attention import Attention, AttentionSpec
-from toybb.models.capture import NO_CAPTURE, NO_TAP, Capture, Tap
+from toybb.models.attention import AttentionSpec
+from toybb.models.capture import NO_CAPTURE, Capture, Tap
 from toybb.models.layers import param
+from toybb.models.trunk import Block, BlockSpec, MLPSpec, NormSpec, make_norm, site_fn
 from toybb.models.sites import NO_EDITS, Edits, ModelSites
 
 
@@ -39,62 +40,22 @@ def attention_spec(cfg: ModelConfig, layer: int) -> AttentionSpec:
     return AttentionSpec(
         d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
         kind=cfg.attention, position=cfg.position_config(layer),
-        scale=None if cfg.logit_scale == 1.0 else cfg.logit_scale * cfg.head_dim**-0.5,
+        scale=cfg.query_scale,
         learned_kv=cfg.attn_bias, init="uniform")
 
 
-class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
-        d, f = cfg.d_model, cfg.mlp_dim
-        self.relu, self.layer = cfg.mlp_kind(layer) == "relu", layer
-        self.w_in = _uniform_fan_in(rngs, (d, f), d)
-        self.w_out = _uniform_fan_in(rngs, (f, d), f)
-
-    def __call__(self, x: jax.Array, tap: Tap = NO_TAP, real=None) -> jax.Array:
-        """x [batch, seq, d_model] -> the MLP output (before its site `mlp.out`, tapped by the block)."""
-        h = x @ self.w_in[...]
-        if self.relu:
-            h = jax.nn.relu(h)
-        h = tap.part(self, self.layer, "mlp.hidden", h, real) if real else tap(self, self.layer, "mlp.hidden", h)
-        return h @ self.w_out[...]
+def block_spec(cfg: ModelConfig, layer: int) -> BlockSpec:
+    """The toy model's block `layer`: flax's LayerNorm before each sub-layer, a plain ReLU or linear MLP
+    without biases (weights w_in / w_out), either sub-layer possibly absent."""
+    kind = cfg.mlp_kind(layer)
+    mlp = None if kind == "none" else MLPSpec(cfg.d_model, cfg.mlp_dim, act="relu" if kind == "relu" else "linear",
+                                              init="uniform", names=("w_in", "w_out"))
+    attn = attention_spec(cfg, layer) if cfg.has_attention(layer) else None
+    return BlockSpec(norm_spec(cfg), attn, mlp, slot=cfg.sink_token)
 
 
-class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
-        self.layer, self.slot = layer, cfg.sink_token
-        self.ln1 = nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, rngs=rngs) if cfg.has_attention(layer) else None
-        self.attn = Attention(attention_spec(cfg, layer), layer, rngs=rngs) if cfg.has_attention(layer) else None
-        has_mlp = cfg.mlp_kind(layer) != "none"
-        self.ln2 = nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, rngs=rngs) if has_mlp else None
-        self.mlp = MLP(cfg, layer, rngs=rngs) if has_mlp else None
-
-    def __call__(self, x, positions, tap: Tap = NO_TAP):
-        site = _site_fn(self, tap, self.layer, self.slot)
-        x = site("resid_pre", x)
-        if self.attn is not None:
-            a = self.attn(self.ln1(x), positions, tap, contiguous=True, slot=self.slot)
-            x = x + _site_fn(self.attn, tap, self.layer, self.slot)("attn.out", a)
-        x = site("resid_mid", x)
-        if self.mlp is not None:
-            m = self.mlp(self.ln2(x), tap, _REAL if self.slot else None)
-            x = x + _site_fn(self.mlp, tap, self.layer, self.slot)("mlp.out", m)
-        return site("resid_post", x)
-
-
-_REAL = (slice(None), slice(1, None))  # the real positions of a [batch, seq + 1, ...] site behind a sink slot
-
-
-def _site_fn(module, tap: Tap, layer: int | None, slot: bool):
-    """kind, x -> x through the tap; with a sink slot the real positions are site `kind` and, for the
-    residual stream, the slot is site `{kind}_slot`."""
-    def site(kind, x):
-        if not slot:
-            return tap(module, layer, kind, x)
-        x = tap.part(module, layer, kind, x, _REAL)
-        if kind.startswith("resid") or kind in ("embed", "final_norm"):
-            x = tap.part(module, layer, f"{kind}_slot", x, (slice(None), 0))
-        return x
-    return site
+def norm_spec(cfg: ModelConfig) -> NormSpec:
+    return NormSpec("layer_flax", cfg.norm_eps)
 
 
 class ToyTransformer(nnx.Module):
@@ -104,12 +65,12 @@ class ToyTransformer(nnx.Module):
         self.cfg = cfg
         self.token_embed = nnx.Param(jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32))
         self.pos_embed = (
-            nnx.Param(jax.random.normal(rngs.params(), (cfg.max_len, cfg.d_model), jnp.float32))
+            nnx.Param(jax.random.normal(rngs.params(), (cfg.max_positions, cfg.d_model), jnp.float32))
             if cfg.position == "learned"
             else None
         )
-        self.blocks = nnx.List([Block(cfg, l, rngs=rngs) for l in range(cfg.n_layers)])
-        self.ln_f = nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, rngs=rngs)
+        self.blocks = nnx.List([Block(block_spec(cfg, l), l, rngs=rngs) for l in range(cfg.n_layers)])
+        self.ln_f = make_norm(norm_spec(cfg), cfg.d_model, rngs)
         self.unembed = _uniform_fan_in(rngs, (cfg.d_model, cfg.vocab_size), cfg.d_model)
         # learned sink token: drawn like a token embedding
         self.sink_embed = (nnx.Param(jax.random.normal(rngs.params(), (cfg.d_model,), jnp.float32))
@@ -149,17 +110,17 @@ class ToyTransformer(nnx.Module):
         else:
             x = jnp.take(emb, tokens, axis=0)
         if self.pos_embed is not None:
-            if t > self.cfg.max_len:
-                raise ValueError(f"sequence of {t} tokens is longer than the position table ({self.cfg.max_len})")
+            if t > self.cfg.max_positions:
+                raise ValueError(f"sequence of {t} tokens is longer than the position table ({self.cfg.max_positions})")
             x = x + self.pos_embed[:t]
         if self.sink_embed is not None:
             s = jnp.broadcast_to(self.sink_embed[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
             x = jnp.concatenate([s, x], axis=1)
             positions = jnp.arange(t + 1)
-        site = _site_fn(self, tap, None, self.sink_embed is not None)
+        site = site_fn(self, tap, None, self.sink_embed is not None)
         x = site("embed", x)
         for block in self.blocks:
-            x = block(x, positions, tap)
+            x = block(x, positions, tap, contiguous=True)
         x = site("final_norm", self.ln_f(x))
         logits = x @ self.unembed[...]
         return tap(self, None, "logits", logits[:, 1:] if self.sink_embed is not None else logits)

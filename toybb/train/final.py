@@ -31,9 +31,9 @@ def final_probes(result: RunResult, trainer: Trainer) -> tuple[list[dict], list[
     cfg, task = result.config, trainer.task
     probe = jnp.asarray(bbprobes.dormancy_probe_tokens(task, cfg.task.seq_len))
     probe_kind = probe_label(task, cfg)
-    if probe.shape[1] > cfg.model.max_len and cfg.model.position == "learned":
+    if probe.shape[1] > cfg.model.max_positions and cfg.model.position == "learned":
         raise ConfigError(
-            f"the active/dormant probe needs {probe.shape[1]} positions but model.max_len is {cfg.model.max_len}"
+            f"the active/dormant probe needs {probe.shape[1]} positions but model.max_positions is {cfg.model.max_positions}"
         )
     graphdef, tokens = trainer.graphdef, trainer.eval_tokens
     interventions = bbprobes.intervention_names(cfg.model)
