@@ -19,36 +19,3 @@ def trainer(cfg):
     if key not in TRAINERS:
         TRAINERS[key] = Trainer(cfg)
     return TRAINERS[key]
-
-
-def cache_env(cache_dir) -> dict[str, str]:
-    """Environment of a subprocess that shares the persistent XLA compilation cache in `cache_dir`
-    (a toybb subprocess then compiles each program once for the whole test)."""
-    return {"JAX_COMPILATION_CACHE_DIR": str(cache_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
-def persistent_compile_cache(cache_dir):
-    """Context manager: this process reads and writes compiled programs in `cache_dir` (the same HLO
-    built by another Trainer object, or by a subprocess, is then not compiled again)."""
-    import contextlib
-
-    import jax
-    from jax._src import compilation_cache
-
-    @contextlib.contextmanager
-    def cm():
-        names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                 "jax_persistent_cache_min_entry_size_bytes")
-        old = [getattr(jax.config, n) for n in names]
-        for n, v in zip(names, (str(cache_dir), 0, 0)):
-            jax.config.update(n, v)
-        compilation_cache.reset_cache()
-        try:
-            yield
-        finally:
-            for n, v in zip(names, old):
-                jax.config.update(n, v)
-            compilation_cache.reset_cache()
-
-    return cm()

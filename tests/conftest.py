@@ -1,12 +1,19 @@
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache for the whole run: pytest-xdist workers and the `toybb`
+# subprocesses the tests start inherit it, so a program compiled once (the tiny train step, the
+# SmolLM2 forward) is loaded from disk everywhere else. Same executable, same numbers; the folder is
+# removed when the run ends. Set JAX_COMPILATION_CACHE_DIR yourself to keep one between runs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="toybb-test-xla-")
+    os.environ["TOYBB_TEST_OWNS_XLA_CACHE"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import pytest
 
-
-@pytest.fixture(scope="session")
-def xla_cache(tmp_path_factory):
-    """A persistent XLA compilation cache folder shared by the tests that run the same tiny programs in
-    this process and in `toybb` subprocesses (tests/_shared.py: persistent_compile_cache, cache_env)."""
-    return tmp_path_factory.mktemp("xla_cache")
+def pytest_sessionfinish(session):
+    if os.environ.get("TOYBB_TEST_OWNS_XLA_CACHE") == str(os.getpid()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

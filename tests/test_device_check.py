@@ -1,6 +1,7 @@
 """benchmarks/device_check.py --tiny: every row of the accelerator check runs at tiny sizes on the CPU and
 prints one table of measured numbers (or "skipped: reason")."""
 
+import pytest
 import json
 import os
 import re
@@ -17,6 +18,7 @@ def _run(*args):
                           timeout=1800)
 
 
+@pytest.mark.slow  # every row of the GPU script on the CPU (2 min); run before a device session
 def test_tiny_runs_every_row(tmp_path):
     out = tmp_path / "check.json"
     r = _run("--tiny", "--json", str(out))

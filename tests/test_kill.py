@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests._shared import cache_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # the shapes of tests/test_reliability.py (one sgd run, d 16, T 8): one compilation cache serves both
@@ -25,8 +24,8 @@ TRAIN = ["train", "--d-model", "16", "--seq-len", "8", "--batch", "4", "--eval-b
          "--no-progress", "--no-plot"]
 
 
-def _env(cache) -> dict[str, str]:
-    env = {**os.environ, **cache_env(cache), "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+def _env() -> dict[str, str]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
@@ -68,8 +67,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def env(xla_cache):
-    return _env(xla_cache)
+def env():
+    return _env()
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +128,7 @@ def _check_sweep(tmp_path, env, n_kills):
     assert len(keys) == len(set(keys)) == 13 + 21  # every run x step (0..12, 0..20) once
 
 
+@pytest.mark.slow  # kill -9 and resume is guarded by test_train_kill9_resume
 def test_sweep_kill9_resume(tmp_path, env):
     _check_sweep(tmp_path, env, 3)
 

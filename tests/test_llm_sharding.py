@@ -3,6 +3,7 @@ device. Runs in a subprocess so XLA_FLAGS=--xla_force_host_platform_device_count
 
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
@@ -91,6 +92,7 @@ PACKED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # the 4-device mesh is guarded by test_four_device_mesh_matches_one_device
 def test_packed_gguf_weights_on_a_mesh_match_one_device(tmp_path):
     """quantized=True with a mesh: packed Q4_1 matrices split over whole rows or blocks give the
     logits of the single-device packed model."""

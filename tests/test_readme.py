@@ -48,6 +48,13 @@ def test_six_tasks_have_recipes():
     assert set(recipes()) == {"paper", "sweep", "probe", "norms", "head", "head-cli", "selfextend", "api", "sites"}
 
 
+def test_every_substitution_still_matches_the_readme():
+    """The slow recipe tests run smaller versions of the recipes: each substitution must still find its
+    text in the README (checked here in the default suite, so a changed recipe fails at once)."""
+    for name, (_, code) in recipes().items():
+        smaller(name, code)
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A folder with runs/default: a tiny run of the set-up command."""
@@ -76,12 +83,14 @@ def _bash(work: Path, name: str) -> str:
     return r.stdout + r.stderr
 
 
+@pytest.mark.slow  # train/plot/compare are guarded by test_cli and test_reference
 def test_recipe_paper(work):
     _bash(work, "paper")
     run = work / "runs" / "paper"
     assert (run / "dynamics.png").is_file() and (run / "compare.csv").is_file()
 
 
+@pytest.mark.slow  # the same claim as test_cli::test_summary_gives_medians_per_learning_rate
 def test_recipe_sweep_reports_each_learning_rate(work):
     out = _bash(work, "sweep")
     lines = [l for l in out.splitlines() if "median over seeds" in l]
@@ -121,16 +130,19 @@ def test_recipe_head_changes_the_loss(python_recipes):
     assert toy.loss(text, edits=zero) != toy.loss(text)
 
 
+@pytest.mark.slow  # the probe command is guarded by test_probe_cli and test_probe_smollm2
 def test_recipe_probe(work):
     _bash(work, "probe")
     head = (work / "runs" / "probe" / "heads.csv").read_text().splitlines()[0]
     assert "sink_attention_excl0_prose" in head and "value_drain_code" in head
 
 
+@pytest.mark.slow  # SelfExtend on SmolLM2 is guarded by test_longctx_llm
 def test_recipe_selfextend(work):
     _bash(work, "selfextend")
 
 
+@pytest.mark.slow  # toybb.load, run and sites are guarded by the norms/head recipes and test_sites
 def test_recipe_python_api(work, monkeypatch):
     monkeypatch.chdir(work)
     ns: dict = {}

@@ -24,15 +24,6 @@ def _tiny(**flags) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_once(xla_cache):
-    """The runs of this module (and of tests/test_kill.py, same shapes) share compiled programs."""
-    from tests._shared import persistent_compile_cache
-
-    with persistent_compile_cache(xla_cache):
-        yield
-
-
 def run_cli(argv, capsys) -> tuple[int, list[str]]:
     """(exit code, stderr lines) of `toybb ARGV` in this process."""
     capsys.readouterr()
