@@ -69,8 +69,10 @@ def test_toy_selfextend_below_window_and_pi(toy):
     assert mean_nll(with_model_options(toy, rope_scale=2.0), x) == pi
     assert mean_nll(with_model_options(toy, selfextend_window=2, selfextend_group=4), x) == \
         mean_nll(with_options(toy, selfextend=(2, 4)), x)
-    with pytest.raises(ConfigError, match="layer_types"):
-        with_options(toy, layer_types=("full",))
+    # one set of position fields: the toy model takes the families' per-layer attention types too
+    assert abs(mean_nll(with_options(toy, layer_types=("full",)), x) - base) < 1e-6
+    with pytest.raises(ConfigError, match="unknown option"):
+        with_options(toy, window_size=4)
 
 
 def test_toy_config_errors():
