@@ -88,6 +88,7 @@ def test_logits_match_transformers_gguf(ours, batch, ref_logits):
     assert (logits.argmax(-1) == ref_logits.argmax(-1)).all()
 
 
+@pytest.mark.slow  # rotary pairing is guarded on tiny GGUF files by test_llm_gguf and test_llm_positional
 def test_interleaved_pairing_on_stored_rows_is_equivalent(path, batch, ref_logits):
     """Keeping llama.cpp's permuted q/k rows and rotating interleaved pairs is the same model."""
     from toybb.llm import forward, load
@@ -96,6 +97,7 @@ def test_interleaved_pairing_on_stored_rows_is_equivalent(path, batch, ref_logit
     assert np.abs(np.asarray(forward(pre.model, batch)[0]) - ref_logits).max() <= 1e-3
 
 
+@pytest.mark.slow  # rotary pairing is guarded on tiny GGUF files by test_llm_gguf and test_llm_positional
 def test_wrong_rotary_pairing_is_caught(path, batch, ref_logits):
     """Permuted rows with half-split RoPE (the classic GGUF porting bug) still give fluent-looking text,
     but the logits are far from the reference."""
