@@ -59,6 +59,7 @@ def test_config_matches_spec(ours):
     assert (c.rope_theta, c.vocab_size, c.max_positions, c.tie_embeddings) == (100000.0, 49152, 8192, True)
 
 
+@pytest.mark.slow  # tokenizer parity on four texts; the default run checks the logits of the same texts
 @pytest.mark.parametrize("kind", ["prose", "docs", "code", "numbers"])
 def test_token_ids_match_transformers(ours, reference, kind):
     text = _texts()[kind]
@@ -164,6 +165,7 @@ def test_perplexity_1024_tokens(ours, kind):
     assert r.n_tokens == 1024 and lo < r.ppl < hi
 
 
+@pytest.mark.slow  # packed weights are guarded on tiny GGUF files by test_llm_gguf
 def test_packed_quantized_weights_match(path, batch, ref_logits):
     """Q4_1/Q8_0 weights kept packed and dequantised inside the forward: same logits."""
     from toybb.llm import forward, load

@@ -113,22 +113,25 @@ def test_passkey_answer_is_the_key_only():
         assert abs(len(ids) - 2000) < 100
 
 
-def test_key_column_capture_under_blocked_attention(model, tokens):
+@pytest.mark.parametrize("opts", [pytest.param({}, marks=pytest.mark.slow),
+                                  pytest.param(dict(sliding_window=12), marks=pytest.mark.slow), dict(sink_cache=(2, 10))],
+                         ids=["full", "window", "sink_cache"])
+def test_key_column_capture_under_blocked_attention(model, tokens, opts):
     """pattern@key0/@key1 come out of blocked attention (contiguous, windowed, explicit positions) equal to
-    the columns of the full pattern, and logits are unchanged."""
+    the columns of the full pattern, and logits are unchanged (the sink cache, a window with kept sink
+    tokens, in the default run; plain and windowed attention with -m slow)."""
     from toybb.models.capture import Capture
 
     full_cap = Capture(("blocks.*.attn.pattern",))
     red_cap = Capture(("blocks.*.attn.pattern@key0", "blocks.*.attn.pattern@key1", "blocks.*.resid_post@norm"))
-    for opts in (dict(), dict(sliding_window=12), dict(sink_cache=(2, 10))):
-        ref_logits, ref = forward(with_options(model, **opts), tokens, capture=full_cap)
-        for extra in (dict(), dict(attn_block=16)):
-            for pos in (None, np.arange(T)):
-                m = with_options(model, **opts, **extra)
-                logits, cap = forward(m, tokens, capture=red_cap, positions=pos)
-                np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=2e-4)
-                for l in range(2):
-                    pat = np.asarray(ref[f"blocks.{l}.attn.pattern"])
-                    for c in (0, 1):
-                        np.testing.assert_allclose(np.asarray(cap[f"blocks.{l}.attn.pattern@key{c}"]),
-                                                   pat[..., c], atol=1e-5, err_msg=f"{opts} {extra} {pos} {l} {c}")
+    ref_logits, ref = forward(with_options(model, **opts), tokens, capture=full_cap)
+    for extra in (dict(), dict(attn_block=16)):
+        for pos in (None, np.arange(T)):
+            m = with_options(model, **opts, **extra)
+            logits, cap = forward(m, tokens, capture=red_cap, positions=pos)
+            np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=2e-4)
+            for l in range(2):
+                pat = np.asarray(ref[f"blocks.{l}.attn.pattern"])
+                for c in (0, 1):
+                    np.testing.assert_allclose(np.asarray(cap[f"blocks.{l}.attn.pattern@key{c}"]),
+                                               pat[..., c], atol=1e-5, err_msg=f"{opts} {extra} {pos} {l} {c}")

@@ -54,6 +54,7 @@ def toy():
     return ToyTransformer(cfg, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow  # SelfExtend below its window equals plain attention: test_longctx_core
 def test_toy_selfextend_below_window_and_pi(toy):
     from toybb.longctx.options import rope_scaling, with_options
     from toybb.longctx.toy import mean_nll, with_model_options

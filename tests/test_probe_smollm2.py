@@ -42,6 +42,7 @@ def test_massive_activations_found(probed):
     assert ratio[first] > 50 and ratio[: first - 2].max() < 20
 
 
+@pytest.mark.slow  # zero vs mean ablation of massive activations: test_probe_llm::test_massive_zero_vs_mean
 def test_zero_hurts_far_more_than_mean(pre, probed):
     st, batches = probed
     info = st.massive()

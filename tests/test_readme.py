@@ -97,6 +97,7 @@ def test_recipe_sweep_reports_each_learning_rate(work):
     assert len(lines) == 4 and all(f"lr {lr}," in " ".join(lines) for lr in ("0.001", "0.002", "0.004", "0.008")), out
 
 
+@pytest.mark.slow  # the intervene command is guarded by test_intervene
 def test_recipe_head_cli(work):
     out = _bash(work, "head-cli")
     assert "blocks.*.attn.z zero" in out and (work / "runs" / "iv_head" / "interventions.csv").is_file()

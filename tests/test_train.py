@@ -101,7 +101,7 @@ def test_vmapped_runs_equal_single_runs(full_run):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("run_chunk", 1),  # runs vmapped one at a time (jax.lax.map over the run axis)
+    pytest.param("run_chunk", 1, marks=pytest.mark.slow),  # runs vmapped one at a time (jax.lax.map over the run axis)
     ("microbatch", 4),  # gradients summed over 4 micro-batches of 4 sequences
 ])
 def test_speed_settings_equal_defaults(full_run, field, value):
