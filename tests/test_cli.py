@@ -91,7 +91,6 @@ def test_missing_optional_package_names_the_extra(tmp_path):
     assert ".[llm]" in r.stderr
 
 
-@pytest.mark.slow  # learning rates vmapped: test_train::test_learning_rates_vmapped
 def test_summary_gives_medians_per_learning_rate(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--steps", "2", "--d-model", "16", "--batch", "4", "--eval-batch", "4", "--seq-len", "16",
