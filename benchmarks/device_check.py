@@ -267,12 +267,12 @@ def _llm(tiny: bool):
     from toybb.longctx.options import with_options
 
     if tiny:
-        from toybb.llm.config import LLMConfig
-        from toybb.llm.model import LLM
+        from toybb.models.config import ModelConfig
+        from toybb.models.transformer import Transformer
 
-        cfg = LLMConfig(arch="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+        cfg = ModelConfig(arch="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                         mlp_dim=48)
-        return with_options(LLM(cfg, rngs=nnx.Rngs(0)), attn_block=16), "tiny random Llama-type model, block 16"
+        return with_options(Transformer(cfg, rngs=nnx.Rngs(0)), attn_block=16), "tiny random Llama-type model, block 16"
     from toybb.llm.load import load
     from toybb.llm.registry import find_models
 

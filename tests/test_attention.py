@@ -132,9 +132,9 @@ def test_toy_model_fast_attention_matches_exact(monkeypatch):
     from toybb import device
     from toybb.config import ModelConfig
     from toybb.models.capture import Capture, run_with_capture
-    from toybb.models.toy import ToyTransformer
+    from toybb.models.transformer import Transformer
 
-    model = ToyTransformer(ModelConfig(d_model=16, max_len=8, n_layers=2, window=5), rngs=nnx.Rngs(0))
+    model = Transformer(ModelConfig(d_model=16, max_len=8, n_layers=2, window=5), rngs=nnx.Rngs(0))
     toks = jax.random.randint(jax.random.key(1), (2, 8), 0, 60)
     exact = model(toks)
     monkeypatch.setattr(device, "fast_attention", lambda: True)

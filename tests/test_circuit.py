@@ -12,14 +12,14 @@ from flax import nnx
 from toybb.config import ModelConfig
 from toybb.llm.registry import find_models
 from toybb.models.capture import Capture, run_with_capture
-from toybb.models.toy import ToyTransformer
+from toybb.models.transformer import Transformer
 from toybb.probes import circuit as C
 from toybb.probes.metrics import token_nll
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    model = ToyTransformer(ModelConfig(d_model=16, max_len=8, n_layers=2), rngs=nnx.Rngs(0))
+    model = Transformer(ModelConfig(d_model=16, max_len=8, n_layers=2), rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (3, 8), 0, 64).at[:, 0].set(64)  # BOS-like id first
     return model, np.asarray(tokens)
 

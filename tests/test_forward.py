@@ -11,12 +11,12 @@ import pytest
 from flax import nnx
 
 from toybb.config import ModelConfig
-from toybb.llm.config import LLMConfig
-from toybb.llm.model import LLM
+from toybb.models.config import ModelConfig
+from toybb.models.transformer import Transformer
 from toybb.models import forward as F
 from toybb.models.capture import Capture
 from toybb.models.sites import Edit
-from toybb.models.toy import ToyTransformer
+from toybb.models.transformer import Transformer
 
 TOKS = jnp.asarray(np.random.RandomState(0).randint(0, 40, (3, 9)), jnp.int32)
 VALID = np.array([True, False, True])
@@ -26,8 +26,8 @@ VALID = np.array([True, False, True])
 def model(request):
     if request.param == "toy":
         cfg = ModelConfig(vocab_size=41, d_model=16, n_heads=2, n_layers=2, max_len=16)
-        return ToyTransformer(cfg, rngs=nnx.Rngs(0))
-    return LLM(LLMConfig(arch="llama", vocab_size=41, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8,
+        return Transformer(cfg, rngs=nnx.Rngs(0))
+    return Transformer(ModelConfig(arch="llama", vocab_size=41, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8,
                          mlp_dim=24), rngs=nnx.Rngs(1))
 
 

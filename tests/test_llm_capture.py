@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from toybb.llm.config import LLMConfig
-from toybb.llm.model import LLM
+from toybb.models.config import ModelConfig
+from toybb.models.transformer import Transformer
 from toybb.models.forward import forward
 from toybb.models.capture import Capture
 
-CFG = LLMConfig(arch="llama", vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=48)
+CFG = ModelConfig(arch="llama", vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=48)
 
 
 @pytest.fixture(scope="module")
 def model():
-    return LLM(CFG, rngs=nnx.Rngs(0))
+    return Transformer(CFG, rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from toybb.errors import ConfigError
-from toybb.llm.config import LLMConfig, from_hf_config
+from toybb.llm.config import from_hf_config
+from toybb.models.config import ModelConfig
 
 LLAMA = {"model_type": "llama", "vocab_size": 11, "hidden_size": 64, "intermediate_size": 96,
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
@@ -45,8 +46,8 @@ def test_unsupported_values(changes, match):
 
 def test_validation():
     with pytest.raises(ConfigError, match="rope_pairing"):
-        LLMConfig(arch="llama", vocab_size=1, d_model=8, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=4, mlp_dim=8,
+        ModelConfig(arch="llama", vocab_size=1, d_model=8, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=4, mlp_dim=8,
                   rope_pairing="diagonal")
     with pytest.raises(ConfigError, match="sliding_window"):
-        LLMConfig(arch="llama", vocab_size=1, d_model=8, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=4, mlp_dim=8,
+        ModelConfig(arch="llama", vocab_size=1, d_model=8, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=4, mlp_dim=8,
                   layer_types=("sliding",))

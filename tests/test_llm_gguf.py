@@ -97,7 +97,7 @@ def test_missing_gguf_tensor_is_listed(files, tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(CheckpointError, match=r"blocks\.1\.mlp\.w_up"):
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.mlp\.w_in"):
         load(str(tmp_path / "m.gguf"), with_tokenizer=False)
 
 

@@ -180,7 +180,7 @@ def test_missing_and_unexpected_weights_are_listed(saved, tmp_path):
     assert "model.layers.1.mlp.extra.weight" in str(e.value)
     w.pop("model.layers.1.mlp.extra.weight")
     save_file(w, _st_file(d))
-    with pytest.raises(CheckpointError, match=r"missing weights: blocks\.1\.mlp\.w_up"):
+    with pytest.raises(CheckpointError, match=r"missing weights: blocks\.1\.mlp\.w_in"):
         load(d)
 
 
@@ -210,5 +210,5 @@ def test_bf16_weights_load(saved, tmp_path):
     w = load_file(_st_file(d))
     save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in w.items()}, _st_file(d))
     pre = load(d)
-    np.testing.assert_array_equal(np.asarray(pre.model.embed[...]),
+    np.testing.assert_array_equal(np.asarray(pre.model.token_embed[...]),
                                   w["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16).astype(np.float32))

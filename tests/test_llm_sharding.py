@@ -15,16 +15,16 @@ TESTS = str(Path(__file__).resolve().parent)
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
-    from toybb.llm.config import LLMConfig
-    from toybb.llm.model import LLM
+    from toybb.models.config import ModelConfig
+    from toybb.models.transformer import Transformer
     from toybb.models.forward import forward
     from toybb.llm.sharding import make_mesh, shard_model, shard_tokens
     from toybb.models.capture import Capture
 
     assert len(jax.devices()) == 4, jax.devices()
-    cfg = LLMConfig(arch="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+    cfg = ModelConfig(arch="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                     mlp_dim=48, sliding_window=5)
-    model = LLM(cfg, rngs=nnx.Rngs(0))
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
     toks = np.random.RandomState(0).randint(0, 64, (4, 16))
     cap = Capture(("blocks.*.resid_post@norm", "blocks.*.attn.pattern@key0"))
     ref_logits, ref_cap = forward(model, toks, capture=cap)
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
         sharded = shard_model(model, mesh)
         spec = sharded.blocks[0].attn.wq[...].sharding.spec
         assert tuple(spec) == (None, "model", None), spec
-        assert len(sharded.blocks[0].mlp.w_up[...].sharding.device_set) == 4
+        assert len(sharded.blocks[0].mlp.w_in[...].sharding.device_set) == 4
         logits, got = forward(sharded, shard_tokens(toks, mesh), capture=cap)
         assert len(logits.sharding.device_set) == 4
         d = float(np.abs(np.asarray(logits) - np.asarray(ref_logits)).max())
@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent("""
               for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     mesh = make_mesh(4, model_parallel=2)
     loaded = build_model(cfg, arrays, "test", put=param_putter(mesh))
-    assert tuple(loaded.blocks[1].mlp.w_down[...].sharding.spec) == ("model", None)
+    assert tuple(loaded.blocks[1].mlp.w_out[...].sharding.spec) == ("model", None)
     d = float(np.abs(np.asarray(forward(loaded, shard_tokens(toks, mesh))[0]) - np.asarray(ref_logits)).max())
     assert d <= 1e-5, d
     print("SHARDING_OK")

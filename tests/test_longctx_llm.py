@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from toybb.errors import ConfigError
-from toybb.llm.config import LLMConfig
-from toybb.llm.model import LLM
+from toybb.models.config import ModelConfig
+from toybb.models.transformer import Transformer
 from toybb.models.forward import forward
 from toybb.longctx.options import rope_scaling, with_options
 
@@ -18,9 +18,9 @@ T = 40
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = LLMConfig(arch="llama", vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+    cfg = ModelConfig(arch="llama", vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                     mlp_dim=64, max_positions=64)
-    return LLM(cfg, rngs=nnx.Rngs(0))
+    return Transformer(cfg, rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope="module")

@@ -48,10 +48,10 @@ def test_distinct_rule():
 
 @pytest.fixture(scope="module")
 def toy():
-    from toybb.models.toy import ToyTransformer
+    from toybb.models.transformer import Transformer
 
     cfg = ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=4, max_positions=16, position="rope")
-    return ToyTransformer(cfg, rngs=nnx.Rngs(0))
+    return Transformer(cfg, rngs=nnx.Rngs(0))
 
 
 @pytest.mark.slow  # SelfExtend below its window equals plain attention: test_longctx_core

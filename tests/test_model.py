@@ -9,7 +9,7 @@ from flax import nnx
 
 from toybb.config import ModelConfig, RunConfig
 from toybb.models.capture import Capture, run_with_capture
-from toybb.models.toy import ToyTransformer
+from toybb.models.transformer import Transformer
 from toybb.probes import bb as bbprobes
 from toybb.task import BBTask
 
@@ -21,7 +21,7 @@ def task():
 
 def test_shapes_and_capture_sites():
     cfg = ModelConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_len=16)
-    m = ToyTransformer(cfg, rngs=nnx.Rngs(0))
+    m = Transformer(cfg, rngs=nnx.Rngs(0))
     tok = jnp.zeros((3, 10), jnp.int32)
     logits, cap = run_with_capture(m, tok, capture=Capture((
         "blocks.*.attn.pattern", "blocks.1.attn.v_out", "blocks.*.resid_post@norm",
@@ -42,13 +42,13 @@ def test_shapes_and_capture_sites():
 
 def test_ablations_remove_sublayers():
     cfg = ModelConfig(d_model=32, n_layers=2, max_len=16, no_attention=(0,), no_mlp=(1,), linear_mlp=(0,))
-    m = ToyTransformer(cfg, rngs=nnx.Rngs(0))
+    m = Transformer(cfg, rngs=nnx.Rngs(0))
     assert m.blocks[0].attn is None and m.blocks[1].mlp is None and m.blocks[0].mlp.act == "linear"
     assert m.blocks[1].attn is not None
     x = jnp.ones((1, 5), jnp.int32)
     assert m(x).shape == (1, 5, 67)
     # intervention by name equals the ablated forward
-    full = ToyTransformer(ModelConfig(d_model=32, n_layers=1, max_len=16), rngs=nnx.Rngs(1))
+    full = Transformer(ModelConfig(d_model=32, n_layers=1, max_len=16), rngs=nnx.Rngs(1))
     no_attn = full(x, ablate=frozenset({"blocks.0.attn"}))
     h = jnp.take(full.token_embed[...], x, axis=0) + full.pos_embed[:5]
     h = h + full.blocks[0].mlp(full.blocks[0].ln2(h))
@@ -57,7 +57,7 @@ def test_ablations_remove_sublayers():
 
 def test_relu_attention_model_uses_formula():
     cfg = ModelConfig(d_model=16, max_len=8, attention="relu")
-    m = ToyTransformer(cfg, rngs=nnx.Rngs(0))
+    m = Transformer(cfg, rngs=nnx.Rngs(0))
     _, cap = run_with_capture(m, jnp.arange(6)[None], capture=Capture(("blocks.0.attn.pattern", "blocks.0.attn.logits")))
     s, p = np.asarray(cap["blocks.0.attn.logits"][0, 0]), np.asarray(cap["blocks.0.attn.pattern"][0, 0])
     i = np.arange(6)
@@ -72,7 +72,7 @@ def test_step0_paper_config_matches_reference(task):
 
     @jax.jit
     def metrics(seed):
-        model = ToyTransformer(cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
+        model = Transformer(cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
         return bbprobes.dynamics_metrics(model, tokens, task)
 
     ms = [metrics(s) for s in range(4)]

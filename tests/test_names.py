@@ -48,12 +48,12 @@ def test_toy_metrics_use_only_current_names():
     from flax import nnx
 
     from toybb.config import ModelConfig
-    from toybb.models.toy import ToyTransformer
+    from toybb.models.transformer import Transformer
     from toybb.probes.bb import metric_names
     from toybb.task import BBTask
 
     task = BBTask()
-    model = nnx.eval_shape(lambda: ToyTransformer(ModelConfig(vocab_size=task.vocab_size, d_model=16, n_layers=2,
+    model = nnx.eval_shape(lambda: Transformer(ModelConfig(vocab_size=task.vocab_size, d_model=16, n_layers=2,
                                                                n_heads=2), rngs=nnx.Rngs(0)))
     cols = metric_names(model, task)
     bases = {re.sub(r"_l\d+(h\d+)?$", "", c) for c in cols}

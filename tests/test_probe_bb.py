@@ -10,7 +10,7 @@ from flax import nnx
 
 from toybb.config import ModelConfig
 from toybb.models.capture import Capture, run_with_capture
-from toybb.models.toy import ToyTransformer
+from toybb.models.transformer import Transformer
 from toybb.probes import bb as bbprobes
 from toybb.task.bb import BBTask
 
@@ -29,7 +29,7 @@ def test_probe_rows_are_bos_all_non_triggers_then_v():
 
 
 def _model(**kw):
-    return ToyTransformer(ModelConfig(d_model=16, n_heads=2, max_len=16, **kw), rngs=nnx.Rngs(3))
+    return Transformer(ModelConfig(d_model=16, n_heads=2, max_len=16, **kw), rngs=nnx.Rngs(3))
 
 
 def test_last_query_attention_is_the_softmax_pattern_on_key0():

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from toybb.llm.config import LLMConfig
-from toybb.llm.model import LLM
+from toybb.models.config import ModelConfig
+from toybb.models.transformer import Transformer
 from toybb.probes import llm as P
 from toybb.probes.corpus import iter_batches
 from toybb.probes.metrics import classify_dormant
 
 # learned positions (no rotary) so a head's logits can be wired by hand
-CFG = LLMConfig(arch="llama", vocab_size=24, d_model=16, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=4,
+CFG = ModelConfig(arch="llama", vocab_size=24, d_model=16, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=4,
                 mlp_dim=24, max_positions=32, position="learned", qkv_bias=True)
 BOS = 0
 SINK_HEAD = (1, 2)  # layer 1, head 2 attends only to BOS
@@ -28,16 +28,16 @@ def _set(var, arr):
 
 @pytest.fixture(scope="module")
 def model():
-    m = LLM(CFG, rngs=nnx.Rngs(0))
-    emb = np.array(m.embed.get_value())
+    m = Transformer(CFG, rngs=nnx.Rngs(0))
+    emb = np.array(m.token_embed.get_value())
     emb[:, 0] = 0.0
     emb[BOS] = 0.0
     emb[BOS, 0] = 1.0  # only BOS carries dim 0 (the RMS norm scales it to sqrt(d) = 4)
-    _set(m.embed, emb)
+    _set(m.token_embed, emb)
     _set(m.pos_embed, np.array(m.pos_embed.get_value()) * (np.arange(16) != 0))
     for blk in m.blocks:  # nothing else writes dim 0, so it stays a BOS detector in every layer
         _set(blk.attn.wo, np.array(blk.attn.wo.get_value()) * (np.arange(16) != 0))
-        _set(blk.mlp.w_down, np.array(blk.mlp.w_down.get_value()) * (np.arange(16) != 0))
+        _set(blk.mlp.w_out, np.array(blk.mlp.w_out.get_value()) * (np.arange(16) != 0))
     l, h = SINK_HEAD
     att = m.blocks[l].attn
     kv = h // 2  # head 2 reads kv head 1
@@ -50,12 +50,12 @@ def model():
     # planted massive activation: the layer-1 MLP writes 3e4 into dim 5 of the BOS token only
     lm, dim, val = MASSIVE
     mlp = m.blocks[lm].mlp
-    wg, wu, wd = (np.array(v.get_value()) for v in (mlp.w_gate, mlp.w_up, mlp.w_down))
+    wg, wu, wd = (np.array(v.get_value()) for v in (mlp.w_gate, mlp.w_in, mlp.w_out))
     wg[:, 0] = wu[:, 0] = 0.0
     wg[0, 0] = wu[0, 0] = 6.0  # BOS: silu(6 x0) * 6 x0 in hidden unit 0, others exactly 0
     wd[0] = 0.0
     wd[0, dim] = val / (12.0 * 12.0 / (1 + np.exp(-12.0)))
-    _set(mlp.w_gate, wg), _set(mlp.w_up, wu), _set(mlp.w_down, wd)
+    _set(mlp.w_gate, wg), _set(mlp.w_in, wu), _set(mlp.w_out, wd)
     return m
 
 

@@ -12,13 +12,13 @@ from flax import nnx
 from toybb.config import ModelConfig
 from toybb.errors import ConfigError
 from toybb.models.capture import Capture, run_with_capture
-from toybb.models.toy import ToyTransformer
+from toybb.models.transformer import Transformer
 
 TOKS = jnp.asarray(np.random.RandomState(0).randint(0, 67, (2, 9)))
 
 
 def _model(**kw):
-    return ToyTransformer(ModelConfig(d_model=16, n_heads=2, max_len=16, **kw), rngs=nnx.Rngs(0))
+    return Transformer(ModelConfig(d_model=16, n_heads=2, max_len=16, **kw), rngs=nnx.Rngs(0))
 
 
 def test_attention_bias_is_an_extra_always_visible_key():

@@ -9,11 +9,11 @@ from flax import nnx
 
 from toybb.config import ModelConfig
 from toybb.errors import ConfigError
-from toybb.llm.config import LLMConfig
-from toybb.llm.model import LLM
+from toybb.models.config import ModelConfig
+from toybb.models.transformer import Transformer
 from toybb.models.capture import Capture, resolve_edits, run_with_capture
 from toybb.models.sites import Edit, SiteError
-from toybb.models.toy import ToyTransformer
+from toybb.models.transformer import Transformer
 
 TOKS = jnp.asarray(np.random.RandomState(0).randint(0, 40, (2, 7)), jnp.int32)
 B, T = TOKS.shape
@@ -37,7 +37,7 @@ FAMILIES = {  # one tiny random config per pretrained family, with the family's 
 
 @pytest.fixture(scope="module")
 def toy():
-    return ToyTransformer(ModelConfig(vocab_size=41, d_model=16, n_heads=2, n_layers=2, max_len=16), rngs=nnx.Rngs(0))
+    return Transformer(ModelConfig(vocab_size=41, d_model=16, n_heads=2, n_layers=2, max_len=16), rngs=nnx.Rngs(0))
 
 
 def _check_all_sites(model):
@@ -52,7 +52,7 @@ def _check_all_sites(model):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_site_of_each_pretrained_family(family):
-    cap = _check_all_sites(LLM(LLMConfig(**{**_BASE, **FAMILIES[family]}), rngs=nnx.Rngs(1)))
+    cap = _check_all_sites(Transformer(ModelConfig(**{**_BASE, **FAMILIES[family]}), rngs=nnx.Rngs(1)))
     # the residual stream is the sum of what the sub-layers add
     np.testing.assert_allclose(np.asarray(cap["blocks.1.resid_post"]),
                                np.asarray(cap["blocks.1.resid_mid"] + cap["blocks.1.mlp.out"]), atol=1e-4)
@@ -65,7 +65,7 @@ def test_every_site_of_each_pretrained_family(family):
                                 {"no_mlp": (1,), "no_attention": (0,)}])
 def test_every_site_of_the_toy_model(kw):
     cfg = ModelConfig(vocab_size=41, d_model=16, n_heads=2, n_layers=2, max_len=16, **kw)
-    cap = _check_all_sites(ToyTransformer(cfg, rngs=nnx.Rngs(0)))
+    cap = _check_all_sites(Transformer(cfg, rngs=nnx.Rngs(0)))
     if kw.get("sink_token"):  # the slot is a key of every real query besides the real keys and k'
         np.testing.assert_allclose(np.asarray(cap["blocks.1.attn.pattern"].sum(-1) + cap["blocks.1.attn.pattern_slot"]
                                               + cap["blocks.1.attn.pattern_bias"]), 1.0, atol=1e-5)
@@ -211,12 +211,12 @@ def test_bad_edit_specs():
 
 def test_position_schemes_work_on_both_families():
     """ALiBi (once toy-only) on a pretrained model, the sink cache (once pretrained-only) on the toy model."""
-    llm = LLM(LLMConfig(**{**_BASE, "arch": "llama", "position": "alibi"}), rngs=nnx.Rngs(1))
+    llm = Transformer(ModelConfig(**{**_BASE, "arch": "llama", "position": "alibi"}), rngs=nnx.Rngs(1))
     full = np.asarray(llm(TOKS))
     np.testing.assert_allclose(np.asarray(llm(TOKS[:, :4])), full[:, :4], atol=1e-5)  # causal
-    assert not np.allclose(full, np.asarray(LLM(LLMConfig(**{**_BASE, "arch": "llama", "position": "none"}), rngs=nnx.Rngs(1))(TOKS)))
+    assert not np.allclose(full, np.asarray(Transformer(ModelConfig(**{**_BASE, "arch": "llama", "position": "none"}), rngs=nnx.Rngs(1))(TOKS)))
     cfg = ModelConfig(vocab_size=41, d_model=16, n_heads=2, n_layers=1, max_len=16, position="rope", sink_cache=(1, 3))
-    pat = _cap(ToyTransformer(cfg, rngs=nnx.Rngs(0)), "blocks.0.attn.pattern")
+    pat = _cap(Transformer(cfg, rngs=nnx.Rngs(0)), "blocks.0.attn.pattern")
     seen = pat[0, 0] > 0
     assert seen[6, 0] and seen[6, 4:7].all() and not seen[6, 1:4].any()  # the first key and the last 3
     with pytest.raises(ConfigError, match="sink cache"):

@@ -35,7 +35,7 @@ class Output(NamedTuple):
 
 class Loaded:
     """A model ready to probe: `kind` ("toy" or "llm"), `name`, `config` (the run's `RunConfig` or the
-    `LLMConfig`), `tokenizer` (encode/decode), `sites()`, `model(seed=...)`, `encode`, `run`, `loss`."""
+    `ModelConfig`), `tokenizer` (encode/decode), `sites()`, `model(seed=...)`, `encode`, `run`, `loss`."""
 
     def __init__(self, kind: str, name: str, config, tokenizer, runs: list[tuple], get_model, current: tuple,
                  max_len: int, info: dict):

@@ -1,4 +1,4 @@
-"""Frozen, validated configs for toy-model runs.
+"""Frozen, validated configs for toy-model runs (the model section is `toybb.models.config.ModelConfig`).
 
 Defaults are the reference (paper) settings of SPEC §1-2; `cpu_preset()` shrinks them to a run
 that finishes in minutes on two CPU cores. Every config validates itself when built and raises
@@ -8,7 +8,6 @@ that finishes in minutes on two CPU cores. Every config validates itself when bu
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -16,15 +15,11 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from toybb.errors import ConfigError
+from toybb.models.config import (  # noqa: F401 (re-exported: the model config is one section of a run)
+    ARCHS, ATTENTION_KINDS, PAIRINGS, POSITION_KINDS, RELATIVE_POSITIONS, RENAMED_MODEL_FIELDS, ModelConfig,
+    PositionConfig, RopeScaling, renamed_model_fields)
 from toybb.records import read_text
 
-ATTENTION_KINDS = ("softmax", "relu")
-# position schemes of the token positions ("learned" adds a table to the embeddings; the others act in
-# attention); every scheme, and each long-context option of PositionConfig, works on toy and pretrained models
-POSITION_KINDS = ("learned", "none", "rope", "alibi")
-RELATIVE_POSITIONS = ("rope", "alibi")  # the schemes SelfExtend can regroup
-PAIRINGS = ("half", "interleaved")  # RoPE feature pairings (toybb.models.positional)
-ARCHS = ("transformer", "simple")  # simple: the reduced SimpleModel of SPEC §4 (toybb.models.simple)
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 3e-4, "sgd": 0.03}
 # the paper's 1-layer ReLU-attention run used AdamW at 3e-3; its 3-layer ReLU-attention run 3e-4 (SPEC §2)
@@ -37,257 +32,6 @@ PRECISIONS = {"highest": "highest", "tf32": "tensorfloat32", "bf16": "bfloat16"}
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
-
-
-def _layer_list(name: str, layers: tuple[int, ...], n_layers: int) -> None:
-    for l in layers:
-        _check(
-            isinstance(l, int) and 0 <= l < n_layers,
-            f"{name}: layer {l!r} is out of range for a {n_layers}-layer model (use 0..{n_layers - 1})",
-        )
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """Frequency rescaling. kind: "none", "linear" (positions / factor: position interpolation, PI),
-    "ntk" (NTK-aware base scaling: theta * factor ** (rot_dim / (rot_dim - 2)), so the lowest
-    frequency is divided by `factor` and the highest is unchanged) or "llama3" (Llama 3.1 bands)."""
-
-    kind: str = "none"
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_positions: int = 8192
-
-
-
-
-@dataclass(frozen=True)
-class PositionConfig:
-    """How one attention layer sees positions (SPEC §2, §6); built by `ModelConfig.position_config` and
-    `LLMConfig.position_config`, applied by `toybb.models.positional`.
-
-    kind: one of POSITION_KINDS. rope_*: RoPE base, frequency scaling, rotated features (None: all),
-    pairing and llama.cpp's per-pair frequency factors. window: sliding-window attention. selfextend
-    (w, G): SelfExtend's grouped positions beyond the neighbour window w. sink_cache (k, W): StreamingLLM,
-    a recent window of W keys plus the first k keys, at re-assigned cache positions (with learned or no
-    positions only the mask applies). block: query rows
-    per attention block (exact; bounds memory on long inputs)."""
-
-    kind: str = "none"
-    rope_theta: float = 10000.0
-    rope_scaling: RopeScaling = RopeScaling()
-    rope_dim: int | None = None
-    rope_pairing: str = "half"
-    rope_freq_factors: tuple[float, ...] | None = None
-    window: int | None = None
-    selfextend: tuple[int, int] | None = None
-    sink_cache: tuple[int, int] | None = None
-    block: int | None = None
-
-    def __post_init__(self):
-        _check(self.kind in POSITION_KINDS, f"position must be one of {', '.join(POSITION_KINDS)}; got {self.kind!r}")
-        _check(self.rope_pairing in PAIRINGS, f"RoPE pairing must be one of {PAIRINGS}, got {self.rope_pairing!r}")
-        _check(self.window is None or (isinstance(self.window, int) and self.window > 0),
-               f"sliding window must be a positive integer, got {self.window!r}")
-        _check(self.block is None or (isinstance(self.block, int) and self.block > 0),
-               f"attention block must be a positive number of query rows, got {self.block!r}")
-        if self.selfextend is not None:
-            _check(len(self.selfextend) == 2 and all(isinstance(x, int) and x >= 1 for x in self.selfextend),
-                   f"SelfExtend needs (w, G) with neighbour window w >= 1 and group size G >= 1, got {self.selfextend!r}")
-            _check(self.kind in RELATIVE_POSITIONS,
-                   f"SelfExtend regroups relative positions (position rope or alibi), not {self.kind!r}")
-        if self.sink_cache is not None:
-            _check(len(self.sink_cache) == 2 and all(isinstance(x, int) for x in self.sink_cache)
-                   and self.sink_cache[0] >= 0 and self.sink_cache[1] >= 1,
-                   f"sink cache needs (sink tokens k >= 0, recent window W >= 1), got {self.sink_cache!r}")
-            _check(self.selfextend is None, "SelfExtend and a sink cache cannot be combined; choose one")
-
-
-@dataclass(frozen=True, kw_only=True)
-class PositionFields:
-    """The position and long-context fields of every model config (toy `ModelConfig` and pretrained
-    `toybb.llm.config.LLMConfig` alike); `position_config(layer)` turns them into the `PositionConfig` of
-    one attention layer. A new position option is a field here and in `PositionConfig`.
-
-    position: one of POSITION_KINDS. rope_*: RoPE base, rotated features (None: all), pairing, frequency
-    scaling and llama.cpp's per-pair frequency factors (global layers only); rope_local_*: base and
-    scaling of the sliding-window layers (Gemma 3; None: the global ones). sliding_window: window of
-    every layer, or of the "sliding" entries of layer_types (per layer "full" | "sliding"; () = all
-    alike). selfextend (w, G), sink_cache (k, W), attn_block: see `PositionConfig`."""
-
-    position: str = "rope"
-    rope_theta: float = 10000.0
-    rope_local_theta: float | None = None
-    rope_dim: int | None = None
-    rope_pairing: str = "half"
-    rope_scaling: RopeScaling = RopeScaling()
-    rope_local_scaling: RopeScaling = RopeScaling()
-    rope_freq_factors: tuple[float, ...] | None = None
-    sliding_window: int | None = None
-    layer_types: tuple[str, ...] = ()
-    selfextend: tuple[int, ...] | None = None
-    sink_cache: tuple[int, ...] | None = None
-    attn_block: int | None = None
-
-    def window(self, layer: int) -> int | None:
-        """Sliding-window size of `layer`, None for full causal attention."""
-        if self.layer_types:
-            return self.sliding_window if self.layer_types[layer] == "sliding" else None
-        return self.sliding_window
-
-    def position_config(self, layer: int) -> PositionConfig:
-        """The position scheme of attention layer `layer` (sliding layers may have their own RoPE base and
-        scaling; llama.cpp's frequency factors apply to the global layers)."""
-        local = self.window(layer) is not None and self.rope_local_theta is not None
-        return PositionConfig(
-            kind=self.position, rope_theta=self.rope_local_theta if local else self.rope_theta,
-            rope_scaling=self.rope_local_scaling if local else self.rope_scaling, rope_dim=self.rope_dim,
-            rope_pairing=self.rope_pairing, rope_freq_factors=None if local else self.rope_freq_factors,
-            window=self.window(layer), selfextend=self.selfextend, sink_cache=self.sink_cache,
-            block=self.attn_block)
-
-
-# former field names of ModelConfig -> (current name, conversion of the old value given the other fields);
-# old config files, run folders' config.json and keyword arguments keep working
-RENAMED_MODEL_FIELDS = {
-    "d_mlp": ("mlp_dim", lambda v, d: v),
-    "max_len": ("max_positions", lambda v, d: v),
-    "ln_eps": ("norm_eps", lambda v, d: v),
-    "window": ("sliding_window", lambda v, d: v),
-    "rope_scale": ("rope_scaling", lambda v, d: RopeScaling("linear", float(v)) if v > 1 else RopeScaling()),
-    "logit_scale": ("query_scale", lambda v, d: None if v == 1.0 else v * (
-        d.get("d_model", 256) // d.get("n_heads", 1)) ** -0.5),
-    "selfextend_window": ("selfextend", lambda v, d: None if v is None else (v, d.get("selfextend_group", 1))),
-    "selfextend_group": ("selfextend", lambda v, d: d.get("selfextend")),
-}
-
-
-def renamed_model_fields(d: dict[str, Any]) -> dict[str, Any]:
-    """A model section / keyword arguments with former field names replaced by the current ones
-    (d_mlp -> mlp_dim, max_len -> max_positions, ln_eps -> norm_eps, window -> sliding_window,
-    rope_scale -> rope_scaling, logit_scale t -> query_scale t / sqrt(head_dim),
-    selfextend_window / selfextend_group -> selfextend (w, G)); a former name overrides a current one."""
-    if not set(d) & set(RENAMED_MODEL_FIELDS):
-        return d
-    out = dict(d)
-    for old in ("selfextend_window", *RENAMED_MODEL_FIELDS):  # the window first: it reads the group
-        if old in out:
-            new, conv = RENAMED_MODEL_FIELDS[old]
-            value = conv(out[old], out)
-            out.pop(old)
-            out[new] = value
-    return out
-
-
-@dataclass(frozen=True)
-class ModelConfig(PositionFields):
-    """Decoder-only toy transformer (SPEC §2). Field names are those of `toybb.llm.config.LLMConfig` for
-    the same concepts; former names are accepted (`RENAMED_MODEL_FIELDS`)."""
-
-    arch: str = "transformer"  # transformer | simple
-    vocab_size: int = 67
-    d_model: int = 256
-    n_layers: int = 1
-    n_heads: int = 1
-    n_kv_heads: int | None = None  # None: same as n_heads (multi-head)
-    mlp_dim: int | None = None  # MLP hidden width; None: 4 * d_model
-    max_positions: int = 256  # size of the learned position table
-    attention: str = "softmax"  # softmax | relu
-    position: str = "learned"  # learned | none | rope | alibi (other position fields: PositionFields)
-    norm_eps: float = 1e-5
-    no_attention: tuple[int, ...] = ()  # layers built without attention (ablation)
-    no_mlp: tuple[int, ...] = ()  # layers built without MLP (ablation)
-    linear_mlp: tuple[int, ...] = ()  # layers whose MLP has no ReLU (ablation)
-    attn_bias: bool = False  # learned k', v' per head, prepended to every layer's keys and values
-    sink_token: bool = False  # a learned vector prepended to the sequence as an extra position
-    query_scale: float | None = None  # attention logit scale; None: head_dim ** -0.5
-
-    def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions"):
-            v = getattr(self, name)
-            _check(isinstance(v, int) and v > 0, f"model.{name} must be a positive integer, got {v!r}")
-        _check(
-            self.d_model % self.n_heads == 0,
-            f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})",
-        )
-        kv = self.kv_heads
-        _check(
-            isinstance(kv, int) and kv > 0 and self.n_heads % kv == 0,
-            f"model.n_kv_heads ({kv}) must be a positive divisor of model.n_heads ({self.n_heads})",
-        )
-        if self.mlp_dim is None:
-            object.__setattr__(self, "mlp_dim", 4 * self.d_model)
-        _check(isinstance(self.mlp_dim, int) and self.mlp_dim > 0,
-               f"model.mlp_dim must be a positive integer, got {self.mlp_dim!r}")
-        _check(self.arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
-        _check(
-            self.attention in ATTENTION_KINDS,
-            f"model.attention must be one of {', '.join(ATTENTION_KINDS)}; got {self.attention!r}",
-        )
-        _check(
-            self.position in POSITION_KINDS,
-            f"model.position must be one of {', '.join(POSITION_KINDS)}; got {self.position!r}",
-        )
-        _check(self.norm_eps > 0, f"model.norm_eps must be positive, got {self.norm_eps!r}")
-        _check(self.rope_theta > 0 and (self.query_scale is None or self.query_scale > 0),
-               "model.rope_theta and model.query_scale must be positive")
-        _check(isinstance(self.rope_scaling, RopeScaling) and self.rope_scaling.factor >= 1,
-               f"model.rope_scaling needs a factor >= 1, got {self.rope_scaling!r}")
-        for name in ("no_attention", "no_mlp", "linear_mlp"):
-            _layer_list(f"model.{name}", getattr(self, name), self.n_layers)
-        for name in ("attn_bias", "sink_token"):
-            _check(isinstance(getattr(self, name), bool), f"model.{name} must be true or false, got "
-                   f"{getattr(self, name)!r}")
-            _check(not getattr(self, name) or self.arch == "transformer",
-                   f"model.{name} needs model.arch = transformer (the simple model has no such slot)")
-        # k' sits at key position -1: a window would hide it and ALiBi / SelfExtend would give it a distance
-        _check(not self.attn_bias or (self.sliding_window is None and self.selfextend is None
-                                      and self.sink_cache is None and self.position in ("learned", "none", "rope")),
-               "model.attn_bias works with position learned, none or rope and no window, sink cache or "
-               "SelfExtend; drop one of the two options")
-        for name in ("selfextend", "sink_cache"):
-            v = getattr(self, name)
-            _check(v is None or (isinstance(v, (tuple, list)) and len(v) == 2),
-                   f"model.{name} must be a pair of integers or null, got {v!r}")
-            if v is not None:
-                object.__setattr__(self, name, tuple(v))
-        _check(not self.layer_types or (len(self.layer_types) == self.n_layers
-                                        and set(self.layer_types) <= {"full", "sliding"}),
-               f"model.layer_types needs one entry per layer ({self.n_layers}), each full or sliding")
-        _check(self.rope_dim is None or (self.rope_dim % 2 == 0 and 0 < self.rope_dim <= self.head_dim),
-               f"model.rope_dim must be even and in (0, head_dim={self.head_dim}], got {self.rope_dim!r}")
-        try:
-            for l in range(self.n_layers):
-                self.position_config(l)
-        except ConfigError as e:
-            raise ConfigError(f"model: {e}") from None
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    def mlp_kind(self, layer: int) -> str:
-        if layer in self.no_mlp:
-            return "none"
-        return "linear" if layer in self.linear_mlp else "relu"
-
-    def has_attention(self, layer: int) -> bool:
-        return layer not in self.no_attention
-
-
-def _accept_former_names(init):
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        init(self, *args, **renamed_model_fields(kwargs))
-    return __init__
-
-
-ModelConfig.__init__ = _accept_former_names(ModelConfig.__init__)
 
 
 @dataclass(frozen=True)
@@ -478,10 +222,7 @@ class RunConfig:
         for name in ("model", "task", "optim", "train"):
             cur = getattr(self, name)
             upd = sections.pop(name, None) or {}
-            merged = {**dataclasses.asdict(cur), **upd}
-            if name == "model" and "d_model" in upd and not {"mlp_dim", "d_mlp"} & set(upd) \
-                    and cur.mlp_dim == 4 * cur.d_model:
-                merged["mlp_dim"] = None  # the default width follows d_model
+            merged = cur.merged_fields(upd) if name == "model" else {**dataclasses.asdict(cur), **upd}
             new[name] = section_from_dict(type(cur), merged, name)
         if sections:
             raise ConfigError(f"unknown config section(s) {sorted(sections)}")
@@ -605,6 +346,10 @@ PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
 def config_diffs(saved: dict, cfg: RunConfig) -> list[str]:
     """Fields that differ between a saved config and `cfg`, ignoring those a resumed run may change."""
     now = json.loads(json.dumps(cfg.to_dict()))
+    try:  # fields added since the folder was written take their defaults; former names are renamed
+        saved = RunConfig.from_dict(saved).to_dict()
+    except ConfigError:
+        pass
     saved = json.loads(json.dumps(saved))
     diffs = []
     for sec in now:

@@ -1,9 +1,11 @@
-"""Pretrained decoder LLMs in Flax NNX: config, model, loaders (HF safetensors, GGUF), tokenizers,
-offline registry, sharding and the `toybb inspect | ppl | models` commands."""
+"""Pretrained decoder LLMs: loaders (HF safetensors, GGUF) into toybb's one model, tokenizers, offline
+registry, sharding and the `toybb inspect | ppl | models` commands."""
 
 from toybb.llm.config import LLMConfig, from_hf_config
 from toybb.llm.load import Pretrained, load, read_config
-from toybb.llm.model import LLM
 from toybb.models.forward import forward  # the generic forward, re-exported (formerly toybb.llm.run)
+from toybb.models.transformer import Transformer
 
-__all__ = ["LLMConfig", "from_hf_config", "Pretrained", "load", "read_config", "LLM", "forward"]
+LLM = Transformer  # former name of the pretrained model class: toybb has one model
+
+__all__ = ["LLMConfig", "from_hf_config", "Pretrained", "load", "read_config", "LLM", "Transformer", "forward"]

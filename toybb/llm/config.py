@@ -1,123 +1,16 @@
-"""One strict config for every pretrained decoder toybb runs, and its parsing from a Hugging Face
-config.json. A field toybb does not know, or a value it does not implement, is an error naming it:
-silently ignoring a field is how a port produces plausible but wrong logits.
+"""Parsing a Hugging Face config.json into toybb's one `ModelConfig` (the pretrained families). A field
+toybb does not know, or a value it does not implement, is an error naming it: silently ignoring a field
+is how a port produces plausible but wrong logits.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from toybb.config import PAIRINGS, POSITION_KINDS, RELATIVE_POSITIONS, PositionFields, RopeScaling
 from toybb.errors import ConfigError
+from toybb.models.config import ModelConfig, RopeScaling
 
-ARCHS = ("llama", "mistral", "qwen2", "olmo", "olmo2", "gpt2", "gpt_neox", "gemma2", "gemma3")
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
-DTYPES = ("float32", "bfloat16")
-
-
-@dataclass(frozen=True)
-class LLMConfig(PositionFields):
-    """Architecture of a decoder-only transformer. Shapes: d_model, heads x head_dim, mlp_dim."""
-
-    arch: str
-    vocab_size: int
-    d_model: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    mlp_dim: int
-    max_positions: int = 2048
-    # norms
-    norm: str = "rms"  # "rms" | "layer" (LayerNorm with weight and bias) | "layer_noparam" (OLMo)
-    norm_eps: float = 1e-5
-    norm_plus_one: bool = False  # Gemma stores RMSNorm weights as w, applies (1 + w)
-    placement: str = "pre"  # "pre" | "post" (OLMo-2: norm on sublayer outputs) | "sandwich" (Gemma 2/3)
-    parallel_residual: bool = False  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
-    qk_norm: str = "none"  # "none" | "head" (per head, Gemma 3) | "full" (across heads, OLMo-2)
-    clip_qkv: float | None = None
-    # positions, windows and long-context options: toybb.config.PositionFields (checkpoints: rope or learned)
-    # attention
-    qkv_bias: bool = False
-    o_bias: bool = False
-    query_scale: float | None = None  # None = head_dim ** -0.5
-    attn_softcap: float | None = None
-    final_softcap: float | None = None
-    # attn_block, selfextend, sink_cache are not read from checkpoints: `toybb.longctx.options.with_options`
-    # MLP
-    mlp: str = "gated"  # "gated" (gate/up/down) | "plain" (in/out)
-    act: str = "silu"
-    mlp_bias: bool = False
-    # embeddings
-    tie_embeddings: bool = False
-    embed_scale: bool = False  # Gemma: x * sqrt(d_model)
-    dtype: str = "float32"
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
-
-    def __post_init__(self):
-        def bad(name, why):
-            raise ConfigError(f"LLMConfig.{name}={getattr(self, name)!r}: {why}")
-
-        if self.arch not in ARCHS:
-            bad("arch", f"must be one of {ARCHS}")
-        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim"):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
-                bad(f, "must be a positive integer")
-        if self.n_heads % self.n_kv_heads:
-            bad("n_kv_heads", f"must divide n_heads ({self.n_heads})")
-        if self.norm not in ("rms", "layer", "layer_noparam"):
-            bad("norm", "must be 'rms', 'layer' or 'layer_noparam'")
-        if self.placement not in ("pre", "post", "sandwich"):
-            bad("placement", "must be 'pre', 'post' or 'sandwich'")
-        if self.qk_norm not in ("none", "head", "full"):
-            bad("qk_norm", "must be 'none', 'head' or 'full'")
-        if self.position not in POSITION_KINDS:
-            bad("position", f"must be one of {POSITION_KINDS}")
-        if self.rope_pairing not in PAIRINGS:
-            bad("rope_pairing", f"must be one of {PAIRINGS}")
-        if self.rope_dim is not None and (self.rope_dim % 2 or not 0 < self.rope_dim <= self.head_dim):
-            bad("rope_dim", f"must be even and in (0, head_dim={self.head_dim}]")
-        if self.rope_freq_factors is not None:
-            n = (self.rope_dim or self.head_dim) // 2
-            if self.position != "rope" or len(self.rope_freq_factors) != n or \
-                    not all(isinstance(f, float) and f > 0 for f in self.rope_freq_factors):
-                bad("rope_freq_factors", f"must be {n} positive floats (one per rotary pair) on a RoPE model")
-        if self.mlp not in ("gated", "plain"):
-            bad("mlp", "must be 'gated' or 'plain'")
-        if self.act not in ACTIVATIONS:
-            bad("act", f"must be one of {ACTIVATIONS}")
-        if self.dtype not in DTYPES:
-            bad("dtype", f"must be one of {DTYPES}")
-        if self.attn_block is not None and (not isinstance(self.attn_block, int) or self.attn_block < 1):
-            bad("attn_block", "must be a positive number of query rows or None")
-        if self.selfextend is not None:
-            if self.position not in RELATIVE_POSITIONS:
-                bad("selfextend", f"SelfExtend regroups relative positions (rope or alibi); this model has {self.position}")
-            if len(self.selfextend) != 2 or any(not isinstance(x, int) or x < 1 for x in self.selfextend):
-                bad("selfextend", "must be (w, G) with neighbour window w >= 1 and group size G >= 1")
-            if self.selfextend[0] >= self.max_positions:
-                bad("selfextend", f"neighbour window w must be smaller than the context ({self.max_positions})")
-        if self.sink_cache is not None:
-            if len(self.sink_cache) != 2 or not all(isinstance(x, int) for x in self.sink_cache) \
-                    or self.sink_cache[0] < 0 or self.sink_cache[1] < 1:
-                bad("sink_cache", "must be (sink tokens k >= 0, recent window W >= 1)")
-            if self.selfextend is not None:
-                bad("sink_cache", "cannot be combined with selfextend")
-        if self.layer_types:
-            if len(self.layer_types) != self.n_layers:
-                bad("layer_types", f"needs one entry per layer ({self.n_layers})")
-            if set(self.layer_types) - {"full", "sliding"}:
-                bad("layer_types", "entries must be 'full' or 'sliding'")
-            if "sliding" in self.layer_types and not self.sliding_window:
-                bad("sliding_window", "sliding layers need a window size")
-
-    def with_dtype(self, dtype: str) -> "LLMConfig":
-        return replace(self, dtype=dtype)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+LLMConfig = ModelConfig  # former name: the pretrained families are ModelConfigs like the toy models
 
 
 # Fields of a Hugging Face config.json that do not change the forward pass of a decoder at inference.
@@ -217,8 +110,8 @@ def _layer_types(f: _Fields, n_layers: int) -> tuple[str, ...]:
     return tuple(names[t] for t in lt)
 
 
-def from_hf_config(d: dict[str, Any], *, dtype: str = "float32", where: str = "config.json") -> LLMConfig:
-    """Parse a Hugging Face config.json dict (transformers 4.x or 5.x layout) into an LLMConfig."""
+def from_hf_config(d: dict[str, Any], *, dtype: str = "float32", where: str = "config.json") -> ModelConfig:
+    """Parse a Hugging Face config.json dict (transformers 4.x or 5.x layout) into an ModelConfig."""
     mt = d.get("model_type")
     if mt == "gemma3" and isinstance(d.get("text_config"), dict):
         raise ConfigError(f"{where}: multimodal gemma3 checkpoints are not supported; use the text-only model")
@@ -249,17 +142,17 @@ def from_hf_config(d: dict[str, Any], *, dtype: str = "float32", where: str = "c
     if "attention_bias" in d:
         f.get("attention_bias")
     f.get("rope_parameters"), f.get("rope_theta"), f.get("rope_scaling")
-    cfg = LLMConfig(**kw, **common)
+    cfg = ModelConfig(**kw, **common)
     f.finish()
     return cfg
 
 
-def _gpt2(f: "_Fields", common: dict) -> LLMConfig:
+def _gpt2(f: "_Fields", common: dict) -> ModelConfig:
     d_model, h = f.need("n_embd"), f.need("n_head")
     f.expect("scale_attn_weights", (True,), True)
     f.expect("scale_attn_by_inverse_layer_idx", (False,), False)
     inner = f.get("n_inner")
-    return LLMConfig(
+    return ModelConfig(
         arch="gpt2", vocab_size=f.need("vocab_size"), d_model=d_model, n_layers=f.need("n_layer"),
         n_heads=h, n_kv_heads=h, head_dim=d_model // h, mlp_dim=inner or 4 * d_model,
         max_positions=f.need("n_positions"), norm="layer", norm_eps=f.get("layer_norm_epsilon", 1e-5),
@@ -359,7 +252,7 @@ def _int_or_none(v):
     return v if isinstance(v, int) else None
 
 
-def describe(cfg: LLMConfig) -> str:
+def describe(cfg: ModelConfig) -> str:
     """One human-readable line of the architecture."""
     att = "MHA" if cfg.n_kv_heads == cfg.n_heads else ("MQA" if cfg.n_kv_heads == 1 else "GQA")
     return (f"{cfg.arch}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads x {cfg.head_dim} "

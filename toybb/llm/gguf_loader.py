@@ -1,4 +1,4 @@
-"""Loading a GGUF file (llama.cpp's format) with the `gguf` package: metadata -> LLMConfig, tensors
+"""Loading a GGUF file (llama.cpp's format) with the `gguf` package: metadata -> ModelConfig, tensors
 dequantised to float32, tokenizer rebuilt from the metadata.
 
 llama.cpp's converter permutes the q/k rows of each head of "llama"-architecture models so that its
@@ -7,7 +7,7 @@ half-split RoPE, unless asked to keep the stored rows and use interleaved RoPE (
 Gemma GGUF files store norm weights already as 1 + w, so the config applies them as stored; what a
 Gemma file leaves implicit (layer pattern, local RoPE base, query scale, Gemma 2's soft-caps) follows
 llama.cpp. Llama 3.x files carry a `rope_freqs` tensor: per-frequency factors that divide the inverse
-frequencies (`LLMConfig.rope_freq_factors`).
+frequencies (`ModelConfig.rope_freq_factors`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from toybb.errors import CheckpointError
-from toybb.llm.config import LLMConfig
+from toybb.models.config import ModelConfig
 from toybb.models import quant
 from toybb.models.positional import RopeScaling, interleaved_to_half
 
@@ -117,7 +117,7 @@ def _layer_pattern(pattern, default: int, n_layers: int, where: str) -> tuple[st
     return tuple("full" if (i + 1) % int(pattern) == 0 else "sliding" for i in range(n_layers))
 
 
-def read_config(g: GGUFFile, *, dtype: str = "float32", rope_pairing: str = "half") -> LLMConfig:
+def read_config(g: GGUFFile, *, dtype: str = "float32", rope_pairing: str = "half") -> ModelConfig:
     m, where = g.meta, g.path
     ga = m.get("general.architecture")
     if ga not in _ARCH:
@@ -186,10 +186,10 @@ def read_config(g: GGUFFile, *, dtype: str = "float32", rope_pairing: str = "hal
             raise CheckpointError(f"{where}: GGUF RoPE scaling is not supported for gemma2")
     else:
         raise CheckpointError(f"{where}: GGUF loading of {arch} is not supported")
-    return LLMConfig(**kw)
+    return ModelConfig(**kw)
 
 
-def tensor_thunks(g: GGUFFile, cfg: LLMConfig, quantized: bool = False) -> dict[str, Callable[[], Any]]:
+def tensor_thunks(g: GGUFFile, cfg: ModelConfig, quantized: bool = False) -> dict[str, Callable[[], Any]]:
     """GGUF tensors -> {toybb name: thunk}; unknown tensor names are an error.
 
     quantized: Q4_0/Q4_1/Q8_0 matrices stay packed (`quant.QArray`), dequantised in the forward."""
@@ -225,8 +225,8 @@ def tensor_thunks(g: GGUFFile, cfg: LLMConfig, quantized: bool = False) -> dict[
         "attn_q_norm.weight": ("attn.q_norm.scale", lambda w: w),
         "attn_k_norm.weight": ("attn.k_norm.scale", lambda w: w),
         "ffn_gate.weight": ("mlp.w_gate", T),
-        "ffn_up.weight": ("mlp.w_up", T),
-        "ffn_down.weight": ("mlp.w_down", T),
+        "ffn_up.weight": ("mlp.w_in", T),
+        "ffn_down.weight": ("mlp.w_out", T),
         "attn_norm.weight": ("ln1.scale", lambda w: w),
         "ffn_norm.weight": ("ln2.scale", lambda w: w),
         "post_attention_norm.weight": (post_attn + ".scale", lambda w: w),
@@ -239,11 +239,11 @@ def tensor_thunks(g: GGUFFile, cfg: LLMConfig, quantized: bool = False) -> dict[
     for name in g.tensors:
         get = (lambda name=name: g.get(name))
         if name == "token_embd.weight":
-            out["embed"] = _packed(g, name, ("id",), None, (cfg.vocab_size, d)) if quantized else get
-            if out["embed"] is None:
-                out["embed"] = get
+            out["token_embed"] = _packed(g, name, ("id",), None, (cfg.vocab_size, d)) if quantized else get
+            if out["token_embed"] is None:
+                out["token_embed"] = get
         elif name == "output_norm.weight":
-            out["final_norm.scale"] = get
+            out["ln_f.scale"] = get
         elif name == "output.weight":
             out["unembed"] = (_packed(g, name, ("T",), None, (d, cfg.vocab_size)) if quantized else None) or \
                 (lambda get=get: get().T)

@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 from toybb.errors import CheckpointError
-from toybb.llm.config import LLMConfig, from_hf_config
+from toybb.llm.config import from_hf_config
+from toybb.models.config import ModelConfig
 
 class SafetensorsFile:
     """A safetensors file read with the `safetensors` library (numpy arrays; bfloat16 through ml_dtypes).
@@ -46,7 +47,7 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: cannot read tensor {name}: {e}") from None
 
 
-def read_config(model_dir: str | Path, dtype: str = "float32") -> LLMConfig:
+def read_config(model_dir: str | Path, dtype: str = "float32") -> ModelConfig:
     p = Path(model_dir) / "config.json"
     if not p.is_file():
         raise CheckpointError(f"{model_dir}: no config.json (expected a Hugging Face model directory)")
@@ -109,12 +110,12 @@ _T = lambda w: w.T  # noqa: E731
 _ID = lambda w: w  # noqa: E731
 
 
-def _rules(cfg: LLMConfig) -> list[tuple[str, str, Callable]]:
+def _rules(cfg: ModelConfig) -> list[tuple[str, str, Callable]]:
     """(HF name regex, toybb name template, transform). `{0}` in templates is the layer index."""
     h, hk, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     if cfg.arch == "gpt2":
         return [
-            (r"wte\.weight", "embed", _ID),
+            (r"wte\.weight", "token_embed", _ID),
             (r"wpe\.weight", "pos_embed", _ID),
             (r"h\.(\d+)\.ln_1\.weight", "blocks.{0}.ln1.scale", _ID),
             (r"h\.(\d+)\.ln_1\.bias", "blocks.{0}.ln1.bias", _ID),
@@ -124,16 +125,16 @@ def _rules(cfg: LLMConfig) -> list[tuple[str, str, Callable]]:
             (r"h\.(\d+)\.attn\.c_attn\.bias", "blocks.{0}.attn.b{qkv}", None),
             (r"h\.(\d+)\.attn\.c_proj\.weight", "blocks.{0}.attn.wo", lambda w: w.reshape(h, dh, -1)),
             (r"h\.(\d+)\.attn\.c_proj\.bias", "blocks.{0}.attn.bo", _ID),
-            (r"h\.(\d+)\.mlp\.c_fc\.weight", "blocks.{0}.mlp.w_up", _ID),
-            (r"h\.(\d+)\.mlp\.c_fc\.bias", "blocks.{0}.mlp.b_up", _ID),
-            (r"h\.(\d+)\.mlp\.c_proj\.weight", "blocks.{0}.mlp.w_down", _ID),
-            (r"h\.(\d+)\.mlp\.c_proj\.bias", "blocks.{0}.mlp.b_down", _ID),
-            (r"ln_f\.weight", "final_norm.scale", _ID),
-            (r"ln_f\.bias", "final_norm.bias", _ID),
+            (r"h\.(\d+)\.mlp\.c_fc\.weight", "blocks.{0}.mlp.w_in", _ID),
+            (r"h\.(\d+)\.mlp\.c_fc\.bias", "blocks.{0}.mlp.b_in", _ID),
+            (r"h\.(\d+)\.mlp\.c_proj\.weight", "blocks.{0}.mlp.w_out", _ID),
+            (r"h\.(\d+)\.mlp\.c_proj\.bias", "blocks.{0}.mlp.b_out", _ID),
+            (r"ln_f\.weight", "ln_f.scale", _ID),
+            (r"ln_f\.bias", "ln_f.bias", _ID),
         ]
     if cfg.arch == "gpt_neox":
         return [
-            (r"embed_in\.weight", "embed", _ID),
+            (r"embed_in\.weight", "token_embed", _ID),
             (r"layers\.(\d+)\.input_layernorm\.weight", "blocks.{0}.ln1.scale", _ID),
             (r"layers\.(\d+)\.input_layernorm\.bias", "blocks.{0}.ln1.bias", _ID),
             (r"layers\.(\d+)\.post_attention_layernorm\.weight", "blocks.{0}.ln2.scale", _ID),
@@ -142,12 +143,12 @@ def _rules(cfg: LLMConfig) -> list[tuple[str, str, Callable]]:
             (r"layers\.(\d+)\.attention\.query_key_value\.bias", "blocks.{0}.attn.b{qkv}", None),
             (r"layers\.(\d+)\.attention\.dense\.weight", "blocks.{0}.attn.wo", _out_heads(h, dh)),
             (r"layers\.(\d+)\.attention\.dense\.bias", "blocks.{0}.attn.bo", _ID),
-            (r"layers\.(\d+)\.mlp\.dense_h_to_4h\.weight", "blocks.{0}.mlp.w_up", _T),
-            (r"layers\.(\d+)\.mlp\.dense_h_to_4h\.bias", "blocks.{0}.mlp.b_up", _ID),
-            (r"layers\.(\d+)\.mlp\.dense_4h_to_h\.weight", "blocks.{0}.mlp.w_down", _T),
-            (r"layers\.(\d+)\.mlp\.dense_4h_to_h\.bias", "blocks.{0}.mlp.b_down", _ID),
-            (r"final_layer_norm\.weight", "final_norm.scale", _ID),
-            (r"final_layer_norm\.bias", "final_norm.bias", _ID),
+            (r"layers\.(\d+)\.mlp\.dense_h_to_4h\.weight", "blocks.{0}.mlp.w_in", _T),
+            (r"layers\.(\d+)\.mlp\.dense_h_to_4h\.bias", "blocks.{0}.mlp.b_in", _ID),
+            (r"layers\.(\d+)\.mlp\.dense_4h_to_h\.weight", "blocks.{0}.mlp.w_out", _T),
+            (r"layers\.(\d+)\.mlp\.dense_4h_to_h\.bias", "blocks.{0}.mlp.b_out", _ID),
+            (r"final_layer_norm\.weight", "ln_f.scale", _ID),
+            (r"final_layer_norm\.bias", "ln_f.bias", _ID),
             (r"embed_out\.weight", "unembed", _T),
         ]
     # Llama-style names (llama, mistral, qwen2, olmo, olmo2, gemma2, gemma3)
@@ -155,7 +156,7 @@ def _rules(cfg: LLMConfig) -> list[tuple[str, str, Callable]]:
     a = r"layers\.(\d+)\.self_attn\."
     m = r"layers\.(\d+)\.mlp\."
     rules = [
-        (r"embed_tokens\.weight", "embed", _ID),
+        (r"embed_tokens\.weight", "token_embed", _ID),
         (a + r"q_proj\.weight", "blocks.{0}.attn.wq", _heads(h, dh)),
         (a + r"k_proj\.weight", "blocks.{0}.attn.wk", _heads(hk, dh)),
         (a + r"v_proj\.weight", "blocks.{0}.attn.wv", _heads(hk, dh)),
@@ -167,16 +168,16 @@ def _rules(cfg: LLMConfig) -> list[tuple[str, str, Callable]]:
         (a + r"q_norm\.weight", "blocks.{0}.attn.q_norm.scale", _ID),
         (a + r"k_norm\.weight", "blocks.{0}.attn.k_norm.scale", _ID),
         (m + r"gate_proj\.weight", "blocks.{0}.mlp.w_gate", _T),
-        (m + r"up_proj\.weight", "blocks.{0}.mlp.w_up", _T),
-        (m + r"down_proj\.weight", "blocks.{0}.mlp.w_down", _T),
+        (m + r"up_proj\.weight", "blocks.{0}.mlp.w_in", _T),
+        (m + r"down_proj\.weight", "blocks.{0}.mlp.w_out", _T),
         (m + r"gate_proj\.bias", "blocks.{0}.mlp.b_gate", _ID),
-        (m + r"up_proj\.bias", "blocks.{0}.mlp.b_up", _ID),
-        (m + r"down_proj\.bias", "blocks.{0}.mlp.b_down", _ID),
+        (m + r"up_proj\.bias", "blocks.{0}.mlp.b_in", _ID),
+        (m + r"down_proj\.bias", "blocks.{0}.mlp.b_out", _ID),
         (r"layers\.(\d+)\.input_layernorm\.weight", "blocks.{0}.ln1.scale", _ID),
         (r"layers\.(\d+)\.post_attention_layernorm\.weight", "blocks.{0}." + post_attn + ".scale", _ID),
         (r"layers\.(\d+)\.pre_feedforward_layernorm\.weight", "blocks.{0}.ln2.scale", _ID),
         (r"layers\.(\d+)\.post_feedforward_layernorm\.weight", "blocks.{0}.ln_post_mlp.scale", _ID),
-        (r"norm\.weight", "final_norm.scale", _ID),
+        (r"norm\.weight", "ln_f.scale", _ID),
         (r"lm_head\.weight", "unembed", _T),
     ]
     return rules
@@ -188,7 +189,7 @@ _BUFFERS = re.compile(r".*(\.attn\.bias|\.attn\.masked_bias|\.attention\.bias|\.
                       r"|rotary_emb\.inv_freq)$")
 
 
-def map_names(cfg: LLMConfig, tensors: dict[str, Callable[[], np.ndarray]], source: str):
+def map_names(cfg: ModelConfig, tensors: dict[str, Callable[[], np.ndarray]], source: str):
     """HF {name: thunk} -> toybb {name: thunk}. Unknown HF names are collected and reported."""
     rules = [(re.compile(r + "$"), t, fn) for r, t, fn in _rules(cfg)]
     out: dict[str, Callable[[], np.ndarray]] = {}
@@ -225,12 +226,12 @@ def map_names(cfg: LLMConfig, tensors: dict[str, Callable[[], np.ndarray]], sour
         raise CheckpointError(f"{source}: unexpected weights for {cfg.arch}: {sorted(unknown + dupes)[:20]}"
                               + (f" ... ({len(unknown) + len(dupes)} in all)" if len(unknown) + len(dupes) > 20 else ""))
     tied = out.pop("__tied_head__", None)
-    if tied is not None and "embed" in out and not np.array_equal(np.asarray(tied()), np.asarray(out["embed"]())):
+    if tied is not None and "token_embed" in out and not np.array_equal(np.asarray(tied()), np.asarray(out["token_embed"]())):
         raise CheckpointError(f"{source}: config ties the embeddings but lm_head.weight differs from the embedding")
     return out
 
 
-def _split_fused(cfg: LLMConfig, thunk, is_bias: bool) -> dict[str, Callable[[], np.ndarray]]:
+def _split_fused(cfg: ModelConfig, thunk, is_bias: bool) -> dict[str, Callable[[], np.ndarray]]:
     h, dh = cfg.n_heads, cfg.head_dim
     if cfg.arch == "gpt2":  # Conv1D [d, 3*d] in (q | k | v) blocks; bias [3*d]
         def part(i):

@@ -9,8 +9,8 @@ from pathlib import Path
 from toybb.device import release_host_memory
 from toybb.errors import CheckpointError
 from toybb.llm import gguf_loader, hf
-from toybb.llm.config import LLMConfig
-from toybb.llm.model import LLM
+from toybb.models.config import ModelConfig
+from toybb.models.transformer import Transformer
 from toybb.llm.registry import resolve
 from toybb.llm.sharding import param_putter
 from toybb.llm.tokenizer import TextTokenizer, check_matches, from_gguf_metadata, from_tokenizer_json
@@ -19,14 +19,14 @@ from toybb.llm.weights import build_model
 
 @dataclass
 class Pretrained:
-    model: LLM
-    cfg: LLMConfig
+    model: Transformer
+    cfg: ModelConfig
     tokenizer: TextTokenizer | None
     source: str
     fmt: str  # "hf" | "gguf"
 
 
-def read_config(path: str, *, dtype: str = "float32") -> tuple[LLMConfig, str]:
+def read_config(path: str, *, dtype: str = "float32") -> tuple[ModelConfig, str]:
     """(config, format) without loading any weights."""
     path = resolve(path)
     if os.path.isdir(path):

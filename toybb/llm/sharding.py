@@ -13,8 +13,8 @@ from toybb.models.quant import QArray
 # parameter name suffix -> which axis is split over "model"
 _MODEL_AXIS = {
     "attn.wq": 1, "attn.wk": 1, "attn.wv": 1, "attn.wo": 0, "attn.bq": 0, "attn.bk": 0, "attn.bv": 0,
-    "mlp.w_gate": 1, "mlp.w_up": 1, "mlp.w_down": 0, "mlp.b_gate": 0, "mlp.b_up": 0,
-    "embed": 0, "unembed": 1,
+    "mlp.w_gate": 1, "mlp.w_in": 1, "mlp.w_out": 0, "mlp.b_gate": 0, "mlp.b_in": 0,
+    "token_embed": 0, "unembed": 1,
 }
 
 

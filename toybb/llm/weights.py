@@ -13,12 +13,12 @@ import numpy as np
 from flax import nnx
 
 from toybb.errors import CheckpointError
-from toybb.llm.config import LLMConfig
-from toybb.llm.model import LLM, abstract_model
+from toybb.models.config import ModelConfig
+from toybb.models.transformer import Transformer, abstract_model
 from toybb.models.quant import QArray
 
 
-def param_shapes(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """{"blocks.0.attn.wq": shape, ...} for every parameter of the model `cfg` describes."""
     _, state = nnx.split(abstract_model(cfg))
     return {".".join(map(str, p)): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
@@ -31,12 +31,12 @@ def _list(names, n=12) -> str:
 
 
 def build_model(
-    cfg: LLMConfig,
+    cfg: ModelConfig,
     arrays: dict[str, Callable[[], np.ndarray]],
     source: str,
     *,
     put: Callable[[str, np.ndarray], jax.Array] | None = None,
-) -> LLM:
+) -> Transformer:
     """arrays: {toybb parameter name: thunk returning the array}, loaded one at a time so a large
     checkpoint never sits in host memory twice. put(name, array) places one array (sharding); default
     jnp.asarray on the default device."""

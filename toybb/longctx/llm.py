@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toybb.errors import ToybbError
-from toybb.llm.model import LLM
+from toybb.models.transformer import Transformer
 from toybb.models.capture import Capture
 from toybb.models.forward import call, captures, loss
 from toybb.models.sites import Edits, residual_add, value_scaling
@@ -19,7 +19,7 @@ PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant t
                  "I will quiz you about the important information there.\n")
 
 
-def sequence_nll(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None,
+def sequence_nll(model: Transformer, tokens, resid_add: dict[int, np.ndarray] | None = None,
                  value_scale: np.ndarray | None = None) -> np.ndarray:
     """tokens [batch, T] -> -log p(x_{t+1} | x_{<=t}) as float64 [batch, T - 1] (one forward of the whole
     sequence; formerly `longctx.llm.token_nll`). resid_add / value_scale: the long-context interventions
@@ -29,7 +29,7 @@ def sequence_nll(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = N
     return np.asarray(loss(model, tokens, edits=edits, reduction="token").nll, np.float64)
 
 
-def _edits(model: LLM, shape, resid_add, value_scale) -> Edits:
+def _edits(model: Transformer, shape, resid_add, value_scale) -> Edits:
     """The long-context interventions (residual deltas, value ablation) as `Edits`."""
     edits = residual_add(model.sites(), resid_add or {}, shape)
     if value_scale is not None:
@@ -82,25 +82,25 @@ def passkey_ids(tokenizer, length: int, depth: float, key: str, bos: list[int]) 
     return bos + intro + body + question + answer, answer
 
 
-def passkey_correct(model: LLM, ids: list[int], answer: list[int]) -> bool:
+def passkey_correct(model: Transformer, ids: list[int], answer: list[int]) -> bool:
     """True iff greedy decoding after the question reproduces every answer token."""
     toks = jnp.asarray([ids], jnp.int32)
     pred = np.asarray(call(_greedy_answer, model, toks, static=(len(answer),)))[0]
     return bool(np.array_equal(pred, np.asarray(answer)))
 
 
-def _greedy_answer(model: LLM, n_answer: int, tokens):
+def _greedy_answer(model: Transformer, n_answer: int, tokens):
     logits = model(tokens)
     return jnp.argmax(logits[:, -n_answer - 1 : -1], axis=-1)
 
 
-def hidden_states(model: LLM, tokens) -> np.ndarray:
+def hidden_states(model: Transformer, tokens) -> np.ndarray:
     """tokens [n, T] -> residual stream after every block [layers, n, T, d_model] (float32)."""
     cap = captures(model, tokens, Capture(("blocks.*.resid_post",)))
     return np.stack([np.asarray(cap[f"blocks.{l}.resid_post"], np.float32) for l in range(model.cfg.n_layers)])
 
 
-def sink_attention_by_layer(model: LLM, tokens, resid_add: dict[int, np.ndarray] | None = None, skip: int = 4,
+def sink_attention_by_layer(model: Transformer, tokens, resid_add: dict[int, np.ndarray] | None = None, skip: int = 4,
                             value_scale: np.ndarray | None = None) -> np.ndarray:
     """Attn<s> (`metrics.sink_attention`) over the queries t >= skip (the StreamingLLM sinks left out),
     averaged over heads, per layer -> [layers] (one forward; formerly `longctx.llm.sink_attention`)."""

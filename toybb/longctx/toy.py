@@ -16,7 +16,7 @@ from toybb.errors import ConfigError, ToybbError
 from toybb.models.capture import Capture
 from toybb.models import forward as F
 from toybb.models.sites import residual_add
-from toybb.models.toy import ToyTransformer
+from toybb.models.transformer import Transformer
 from toybb.longctx.options import with_options
 from toybb.longctx.posvec import positional_vectors
 
@@ -31,11 +31,11 @@ def char_data(text: str, val_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray,
 
 
 def train_char_lm(cfg: ModelConfig, train: np.ndarray, *, seq: int, steps: int, batch: int = 32,
-                  lr: float = 3e-3, seed: int = 0, log=None) -> tuple[ToyTransformer, list[float]]:
+                  lr: float = 3e-3, seed: int = 0, log=None) -> tuple[Transformer, list[float]]:
     """Adam with cosine decay on random windows of `seq + 1` characters; returns (model, losses every 100)."""
     if steps < 1 or seq < 2:
         raise ConfigError(f"toy training needs steps >= 1 and seq >= 2, got {steps}, {seq}")
-    model = ToyTransformer(cfg, rngs=nnx.Rngs(seed))
+    model = Transformer(cfg, rngs=nnx.Rngs(seed))
     opt = nnx.Optimizer(model, optax.adam(optax.cosine_decay_schedule(lr, steps, 0.1)), wrt=nnx.Param)
 
     @nnx.jit
@@ -71,7 +71,7 @@ def eval_windows(val: np.ndarray, length: int, n: int) -> np.ndarray:
     return val[starts[:, None] + np.arange(length + 1)]
 
 
-def mean_nll(model: ToyTransformer, windows: np.ndarray, resid_add: dict | None = None) -> float:
+def mean_nll(model: Transformer, windows: np.ndarray, resid_add: dict | None = None) -> float:
     """Mean next-character NLL (nats) over all positions of windows [n, T + 1]."""
     windows = jnp.asarray(windows)
     edits = residual_add(model.sites(), resid_add or {}, (windows.shape[0], windows.shape[1] - 1))
@@ -82,7 +82,7 @@ def mean_nll(model: ToyTransformer, windows: np.ndarray, resid_add: dict | None 
 _RESID = Capture(("blocks.*.resid_post",))
 
 
-def toy_positional_vectors(model: ToyTransformer, windows: np.ndarray, batch: int = 64) -> np.ndarray:
+def toy_positional_vectors(model: Transformer, windows: np.ndarray, batch: int = 64) -> np.ndarray:
     """Positional vectors p [layers, T, d] (streaming mean over the windows [N, T])."""
     def hidden(x):  # [layers, n, T, d]
         c = F.captures(model, x, _RESID)

@@ -1,14 +1,17 @@
-"""Model definitions: the one attention layer, the declared sites (capture and interventions), the forward
-with capture and edits and the loss under edits (`forward.py`), the toy transformer, the reduced
-SimpleModel of SPEC §4."""
+"""Model definitions: the one config (`config.py`), the one transformer (`transformer.py`: the toy BB model
+and every pretrained family), its block and attention layer, the declared sites (capture and
+interventions), the forward with capture and edits and the loss under edits (`forward.py`), and the
+reduced SimpleModel of SPEC §4 (the theory's closed form)."""
 
 from __future__ import annotations
 
 from flax import nnx
 
-from toybb.config import ModelConfig
+from toybb.models.config import ModelConfig
 from toybb.models.simple import SimpleModel
-from toybb.models.toy import ToyTransformer
+from toybb.models.transformer import Transformer
+
+ToyTransformer = Transformer  # former name of the toy model class: toybb has one model
 
 
 def build_model(cfg: ModelConfig, rngs: nnx.Rngs, task=None) -> nnx.Module:
@@ -20,4 +23,4 @@ def build_model(cfg: ModelConfig, rngs: nnx.Rngs, task=None) -> nnx.Module:
             return SimpleModel(cfg, rngs=rngs)
         return SimpleModel(cfg, rngs=rngs, triggers=tuple(int(t) for t in task.triggers), bos_id=int(task.bos_id))
 
-    return ToyTransformer(cfg, rngs=rngs)
+    return Transformer(cfg, rngs=rngs)

@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from toybb import device
-from toybb.config import ATTENTION_KINDS as KINDS
+from toybb.models.config import ATTENTION_KINDS as KINDS
 from toybb.models.capture import NO_TAP, Tap
 from toybb.models.layers import Norm, fetch, param, pv
 from toybb.models.positional import PositionConfig, attention_options, rotate

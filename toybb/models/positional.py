@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toybb.config import PAIRINGS, POSITION_KINDS, PositionConfig, RopeScaling  # noqa: F401 (re-exported)
+from toybb.models.config import PAIRINGS, POSITION_KINDS, PositionConfig, RopeScaling  # noqa: F401 (re-exported)
 from toybb.errors import ConfigError
 
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from toybb.config import ModelConfig
+from toybb.models.config import ModelConfig
 from toybb.errors import ConfigError
 from toybb.models.capture import NO_CAPTURE, Capture
 from toybb.task import BBTask

@@ -1,6 +1,6 @@
 """The one transformer block of every toybb model: norm choice, MLP (plain or gated), attention and
-their placement. The toy BB transformer (`toybb.models.toy`) and every pretrained family
-(`toybb.llm.model`) build their blocks from a `BlockSpec`; their differences are fields, not classes:
+their placement. The one model (`toybb.models.transformer`) builds its blocks from a `BlockSpec`; the
+toy BB transformer and the pretrained families differ in fields, not classes:
 
 - toy: LayerNorm with bias before each sub-layer, a plain ReLU (or linear) MLP, layers without
   attention or MLP, a learned sink slot at position 0;
@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from toybb.models.config import ACTIVATIONS as ACTIVATION_NAMES, NORMS, PLACEMENTS
 from toybb.models.attention import Attention, AttentionSpec
 from toybb.models.capture import NO_TAP, Tap
-from toybb.models.layers import NORMS, Norm, fetch, param, pv
+from toybb.models.layers import Norm, fetch, param, pv
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -28,15 +29,13 @@ ACTIVATIONS = {
     "gelu": partial(jax.nn.gelu, approximate=False),
     "gelu_tanh": partial(jax.nn.gelu, approximate=True),
 }
-# "layer_flax": LayerNorm with var = E[x^2] - E[x]^2 and one random key drawn per parameter (flax's
-# nnx.LayerNorm): the norm the toy models were trained with; their numbers and random streams depend on it
-NORM_KINDS = NORMS + ("layer_flax",)
-PLACEMENTS = ("pre", "post", "sandwich")
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES
 
 
 @dataclass(frozen=True)
 class NormSpec:
-    """kind: one of NORM_KINDS; plus_one: weights stored as w, applied as (1 + w) (Gemma)."""
+    """kind: one of NORMS ("layer_flax": flax's nnx.LayerNorm, the toy models' norm, whose
+    numbers and random streams they depend on); plus_one: weights stored as w, applied as (1 + w) (Gemma)."""
 
     kind: str = "rms"
     eps: float = 1e-5
@@ -44,8 +43,8 @@ class NormSpec:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.kind not in NORM_KINDS:
-            raise ValueError(f"norm kind must be one of {NORM_KINDS}, got {self.kind!r}")
+        if self.kind not in NORMS:
+            raise ValueError(f"norm kind must be one of {NORMS}, got {self.kind!r}")
 
 
 def make_norm(spec: NormSpec, dim: int, rngs: nnx.Rngs | None = None) -> nnx.Module:
@@ -59,8 +58,7 @@ def make_norm(spec: NormSpec, dim: int, rngs: nnx.Rngs | None = None) -> nnx.Mod
 class MLPSpec:
     """d_model -> d_mlp -> d_model. gated: act(x W_gate) * (x W_up) (Llama); plain: act(x W_up).
     act: one of ACTIVATIONS ("linear": none). bias: biases on every projection. init: `layers.param`
-    init of the weights. names: parameter names of the input and output matrices (the toy models
-    store them as w_in / w_out)."""
+    init of the weights. Parameters: w_in, w_out (and w_gate), biases b_in, b_out (and b_gate)."""
 
     d_model: int
     d_mlp: int
@@ -69,7 +67,6 @@ class MLPSpec:
     bias: bool = False
     init: str = "normal"
     dtype: str = "float32"
-    names: tuple[str, str] = ("w_up", "w_down")
 
     def __post_init__(self):
         if self.act not in ACTIVATIONS:
@@ -102,23 +99,21 @@ def _dtype(name: str):
 class MLP(nnx.Module):
     def __init__(self, spec: MLPSpec, layer: int, *, rngs: nnx.Rngs | None = None):
         d, f, dt, init = spec.d_model, spec.d_mlp, _dtype(spec.dtype), spec.init
-        self.act, self.layer, self.names = spec.act, layer, spec.names
-        w_in, w_out = spec.names
+        self.act, self.layer = spec.act, layer
         self.w_gate = param((d, f), dt, init, rngs, d) if spec.gated else None
-        setattr(self, w_in, param((d, f), dt, init, rngs, d))
-        setattr(self, w_out, param((f, d), dt, init, rngs, f))
-        self.b_up = param((f,), dt) if spec.bias else None
+        self.w_in = param((d, f), dt, init, rngs, d)
+        self.w_out = param((f, d), dt, init, rngs, f)
+        self.b_in = param((f,), dt) if spec.bias else None
         self.b_gate = param((f,), dt) if spec.bias and spec.gated else None
-        self.b_down = param((d,), dt) if spec.bias else None
+        self.b_out = param((d,), dt) if spec.bias else None
 
     def __call__(self, x: jax.Array, tap: Tap = NO_TAP, real: tuple | None = None) -> jax.Array:
         """x [batch, seq, d_model] -> the MLP output (before its site `mlp.out`, tapped by the block).
         real: the index of the real positions behind a sink slot (the site `mlp.hidden` covers those)."""
-        w_in, w_out = (getattr(self, n) for n in self.names)
-        x, ws = fetch(x, *(v for v in (w_in, self.w_gate) if v is not None))
+        x, ws = fetch(x, *(v for v in (self.w_in, self.w_gate) if v is not None))
         up = x @ ws[0]
-        if self.b_up is not None:
-            up = up + pv(self.b_up)
+        if self.b_in is not None:
+            up = up + pv(self.b_in)
         act = ACTIVATIONS[self.act]
         if self.w_gate is not None:
             gate = x @ ws[1]
@@ -128,10 +123,10 @@ class MLP(nnx.Module):
         else:
             hid = act(up)
         hid = tap.part(self, self.layer, "mlp.hidden", hid, real) if real else tap(self, self.layer, "mlp.hidden", hid)
-        hid, (w,) = fetch(hid, w_out)
+        hid, (w,) = fetch(hid, self.w_out)
         out = hid @ w
-        if self.b_down is not None:
-            out = out + pv(self.b_down)
+        if self.b_out is not None:
+            out = out + pv(self.b_out)
         return out
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
-from toybb.llm.model import LLM
+from toybb.models.transformer import Transformer
 from toybb.models.capture import Capture, capture_call, resolve_edits
 from toybb.models.forward import call, loss
 from toybb.models.sites import Edit
@@ -40,7 +40,7 @@ PROBE_CAPTURE = Capture(("blocks.*.attn.pattern@key0", "blocks.*.attn.pattern@qm
                          "blocks.*.attn.v_out@norm", "blocks.*.resid_post"))
 
 
-def _batch_stats(model: LLM, k_first: int, tokens: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
+def _batch_stats(model: Transformer, k_first: int, tokens: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
     """Sums over the valid samples of one batch. tokens [b, T] int32, valid [b] bool."""
     cfg = model.cfg
     b, t = tokens.shape
@@ -95,7 +95,7 @@ def _batch_stats(model: LLM, k_first: int, tokens: jax.Array, valid: jax.Array) 
     return out
 
 
-def batch_stats(model: LLM, tokens, valid, k_first: int = 32) -> dict[str, np.ndarray]:
+def batch_stats(model: Transformer, tokens, valid, k_first: int = 32) -> dict[str, np.ndarray]:
     """Per-batch sums (see `_batch_stats`) as numpy arrays, computed by one compiled function."""
     out = call(_batch_stats, model, jnp.asarray(tokens, jnp.int32), jnp.asarray(valid, bool), static=(k_first,))
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
@@ -154,7 +154,7 @@ class DomainStats:
         return out
 
 
-def probe_domain(model: LLM, batches, *, k_first: int = 32, progress: str | None = None) -> DomainStats:
+def probe_domain(model: Transformer, batches, *, k_first: int = 32, progress: str | None = None) -> DomainStats:
     """Accumulate `batch_stats` over batches of (tokens [b, T], valid [b])."""
     stats = DomainStats()
     it = batches
@@ -171,7 +171,7 @@ def probe_domain(model: LLM, batches, *, k_first: int = 32, progress: str | None
 # interventions
 
 
-def edited_nll(model: LLM, batches: list, edits=None) -> float:
+def edited_nll(model: Transformer, batches: list, edits=None) -> float:
     """Mean next-token NLL (nats) over batches of (tokens, valid) under `edits` (`Edit`s, e.g. from
     `head_edit_for` / `massive_edit`). Selectors and values are arrays: one compilation serves every
     head, layer or value of the same edit structure."""

@@ -26,7 +26,7 @@ from toybb import device
 from toybb.config import PRECISIONS, RunConfig
 from toybb.errors import ConfigError
 from toybb.models import build_model
-from toybb.models.toy import ToyTransformer
+from toybb.models.transformer import Transformer
 from toybb.probes import bb as bbprobes
 from toybb.probes.metrics import token_nll
 from toybb.task import BBTask
@@ -108,7 +108,7 @@ class RunResult:
     graphdef: Any
     wall_seconds: float
 
-    def model(self, run: int = 0) -> ToyTransformer:
+    def model(self, run: int = 0) -> Transformer:
         """The trained model of run `run` (index into `runs`)."""
         params = jax.tree.map(lambda x: x[run], self.state["params"])
         return nnx.merge(self.graphdef, params)
