@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from toybb.config import ModelConfig
 from toybb.models.config import ModelConfig
 from toybb.models.transformer import Transformer
 from toybb.models import forward as F
 from toybb.models.capture import Capture
 from toybb.models.sites import Edit
-from toybb.models.transformer import Transformer
 
 TOKS = jnp.asarray(np.random.RandomState(0).randint(0, 40, (3, 9)), jnp.int32)
 VALID = np.array([True, False, True])

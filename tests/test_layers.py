@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "toybb"
 LAYERS = [
     ("toybb._version", "toybb.errors", "toybb.names", "toybb.records", "toybb.device", "toybb.style",
      "toybb.cliargs", "toybb.texts"),
+    ("toybb.models.config",),  # the model section of a run config sits with the models
     ("toybb.config",),
     ("toybb.task", "toybb.reference", "toybb.reference.build"),
     ("toybb.models",),

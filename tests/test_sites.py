@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from toybb.config import ModelConfig
-from toybb.errors import ConfigError
 from toybb.models.config import ModelConfig
+from toybb.errors import ConfigError
 from toybb.models.transformer import Transformer
 from toybb.models.capture import Capture, resolve_edits, run_with_capture
 from toybb.models.sites import Edit, SiteError
-from toybb.models.transformer import Transformer
 
 TOKS = jnp.asarray(np.random.RandomState(0).randint(0, 40, (2, 7)), jnp.int32)
 B, T = TOKS.shape
@@ -221,3 +219,19 @@ def test_position_schemes_work_on_both_families():
     assert seen[6, 0] and seen[6, 4:7].all() and not seen[6, 1:4].any()  # the first key and the last 3
     with pytest.raises(ConfigError, match="sink cache"):
         ModelConfig(sink_cache=(1, 0))
+
+
+def test_the_documented_site_table_is_what_the_modules_declare():
+    """The table in `toybb.models.sites` documents the sites the modules declare where they emit them."""
+    import re
+
+    import toybb.models.sites as S
+    from toybb.models.attention import Attention
+    from toybb.models.trunk import MLP, Block
+
+    documented = set()
+    for row in S.__doc__.splitlines():
+        if row.startswith("| `"):
+            documented |= {re.sub(r"^blocks\.\{l\}\.", "", n) for n in re.findall(r"`([^`]+)`", row.split("|")[1])}
+    declared = set(Transformer.SITES) | set(Block.SITES) | set(Attention.SITES) | set(MLP.SITES)
+    assert documented == declared

@@ -15,6 +15,7 @@ from toybb.config import ModelConfig, cpu_preset
 from toybb.errors import ConfigError
 from toybb.models import build_model
 from toybb.models.capture import Capture, run_with_capture
+from toybb.models.sites import Edit, SiteError
 from toybb.probes import bb as bbprobes
 from toybb.task import BBTask
 from toybb.theory import experiment as E
@@ -33,6 +34,25 @@ def _model(seed=0, logits_scale=2.0):
 
 
 # ---- SimpleModel --------------------------------------------------------------------------------------
+
+
+def test_simple_model_declares_its_sites_and_takes_edits():
+    """The closed form captures every site it declares, with the declared shapes; edits act at its sites
+    (zeroing mlp.out is the MLP ablation), and the sites it does not compute with are read-only."""
+    m = _model()
+    toks = TASK.sample(jax.random.key(3), 2, 12)[:, :-1]
+    out, cap = run_with_capture(m, toks, capture=Capture("*"))
+    sites = m.sites()
+    assert set(cap) == set(sites.names())
+    for name, arr in cap.items():
+        assert tuple(arr.shape) == sites.shape(name, *toks.shape), name
+    edited = m(toks, edits=[Edit("blocks.0.mlp.out", "zero")])
+    np.testing.assert_array_equal(np.asarray(edited), np.asarray(m(toks, ablate=frozenset({"blocks.0.mlp"}))))
+    np.testing.assert_allclose(np.asarray(edited), np.asarray(cap["blocks.0.resid_mid"]), atol=1e-6)
+    doubled = m(toks, edits=[Edit("blocks.0.attn.out", "scale", value=2.0)])
+    np.testing.assert_allclose(np.asarray(doubled - out), np.asarray(cap["blocks.0.attn.out"]), atol=1e-5)
+    with pytest.raises(SiteError, match="read-only"):
+        m(toks, edits=[Edit("blocks.0.attn.pattern", "zero")])
 
 
 def test_simple_model_shapes_capture_and_brute_force_attention():

@@ -6,7 +6,7 @@ import dataclasses
 
 from flax import nnx
 
-from toybb.config import RENAMED_MODEL_FIELDS, ModelConfig
+from toybb.models.config import RENAMED_MODEL_FIELDS
 from toybb.errors import ConfigError
 from toybb.models.positional import RopeScaling
 
@@ -16,11 +16,10 @@ OPTIONS = ("attn_block", "selfextend", "sink_cache", "sliding_window", "rope_sca
 def with_options(model: nnx.Module, **changes) -> nnx.Module:
     """The same parameters under a config with `changes` (long-context fields of the model's config:
     attn_block, selfextend=(w, G), sink_cache=(k, W), sliding_window, rope_scaling, query_scale,
-    layer_types (pretrained families); a toy model also takes the former names of `RENAMED_MODEL_FIELDS`).
+    layer_types, or their former names in `RENAMED_MODEL_FIELDS`).
     The parameters are shared, not copied: only the static structure (positions, masks) changes."""
     cfg = model.cfg
-    known = {f.name for f in dataclasses.fields(cfg)}
-    allowed = {o for o in OPTIONS if o in known} | (set(RENAMED_MODEL_FIELDS) if isinstance(cfg, ModelConfig) else set())
+    allowed = set(OPTIONS) | set(RENAMED_MODEL_FIELDS)
     bad = set(changes) - allowed
     if bad:
         raise ConfigError(f"with_options: unknown option(s) {sorted(bad)}; allowed: {sorted(allowed)}")

@@ -40,6 +40,7 @@ from toybb.models.config import ATTENTION_KINDS as KINDS
 from toybb.models.capture import NO_TAP, Tap
 from toybb.models.layers import Norm, fetch, param, pv
 from toybb.models.positional import PositionConfig, attention_options, rotate
+from toybb.models.sites import RESID
 
 
 
@@ -362,6 +363,28 @@ _KEY_COLS = ("key0", "key1")  # pattern reductions that are single key columns
 
 class Attention(nnx.Module):
     """x [batch, seq, d_model] -> what the attention adds to the residual stream [batch, seq, d_model]."""
+
+    # the sites this layer emits (`toybb.models.sites`): kind -> axes
+    SITES = {
+        "attn.q_pre": ("batch", "pos", "head", "d_head"),  # queries before any rotary embedding (after q/k norm)
+        "attn.k_pre": ("batch", "pos", "kv_head", "d_head"),
+        "attn.q": ("batch", "pos", "head", "d_head"),  # as the attention sees them (after RoPE)
+        "attn.k": ("batch", "pos", "kv_head", "d_head"),
+        "attn.v": ("batch", "pos", "kv_head", "d_head"),
+        "attn.logits": ("batch", "head", "pos", "key"),
+        "attn.pattern": ("batch", "head", "pos", "key"),
+        "attn.z": ("batch", "pos", "head", "d_head"),
+        "attn.v_out": ("batch", "pos", "head", "d_model"),
+        "attn.out": RESID,  # tapped by the block, after a post-norm
+        "attn.pattern_bias": ("batch", "head", "pos"),  # with learned k', v' only
+        "attn.pattern_slot": ("batch", "head", "pos"),  # behind a sink slot only
+    }
+    READ_ONLY = frozenset({"attn.v_out", "attn.pattern_bias", "attn.pattern_slot"})
+
+    def site_kinds(self, slot: bool) -> tuple[str, ...]:
+        """The kinds of SITES this layer emits (behind a sink slot: `slot`)."""
+        optional = {"attn.pattern_bias": self.spec.learned_kv, "attn.pattern_slot": slot}
+        return tuple(k for k in self.SITES if optional.get(k, True))
 
     def __init__(self, spec: AttentionSpec, layer: int, *, rngs: nnx.Rngs | None = None):
         d, h, hk, dh = spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim

@@ -15,9 +15,11 @@ Structure (residual width = vocabulary size; embeddings and unembedding are froz
 
 The attention output is computed in O(seq * vocab) from a running sum of the values (all keys but
 BOS and the previous position carry logit 0); the full logits/pattern [batch, 1, q, k] are only
-built when a capture asks for them. Capture sites (same names as the toy transformer, so
-`toybb.probes.bb.dynamics_metrics` works unchanged): embed, blocks.0.attn.logits | pattern |
-v_out | out, blocks.0.mlp.out, blocks.0.resid_mid, blocks.0.resid_post.
+built when a capture asks for them. This closed form is the theory's model, not a configuration of the
+transformer; it declares its sites like every model (same names as the transformer's, so probes, capture
+and interventions work unchanged): embed, blocks.0.resid_pre | resid_mid | resid_post,
+blocks.0.attn.logits | pattern | v_out (read-only: the closed form does not use them) | out,
+blocks.0.mlp.hidden | out, final_norm, logits. Edits act at any other site.
 
 The trigger set and BOS id are not part of ModelConfig: by default they are those of the default task
 (BBTask(n_triggers=3): the three most frequent characters, BOS = 65); pass `triggers=` / `bos_id=`
@@ -34,7 +36,8 @@ from flax import nnx
 
 from toybb.models.config import ModelConfig
 from toybb.errors import ConfigError
-from toybb.models.capture import NO_CAPTURE, Capture
+from toybb.models.capture import NO_CAPTURE, NO_TAP, Capture, Tap
+from toybb.models.sites import NO_EDITS, RESID, Edits, ModelSites, declared
 from toybb.task import BBTask
 
 DEFAULT_N_TRIGGERS = 3
@@ -55,6 +58,11 @@ def _uniform(rngs: nnx.Rngs, shape, fan_in: int) -> nnx.Param:
 
 class SimpleAttention(nnx.Module):
     """Per-query-token sink / previous-position logits and per-token value states."""
+
+    # the closed form never forms the pattern: logits and pattern are computed for capture only
+    SITES = {"attn.logits": ("batch", "head", "pos", "key"), "attn.pattern": ("batch", "head", "pos", "key"),
+             "attn.v_out": ("batch", "pos", "head", "d_model"), "attn.out": RESID}
+    READ_ONLY = frozenset({"attn.logits", "attn.pattern", "attn.v_out"})
 
     def __init__(self, vocab: int, bos_id: int, *, rngs: nnx.Rngs):
         self.vocab, self.bos_id = vocab, bos_id
@@ -78,8 +86,8 @@ class SimpleAttention(nnx.Module):
         eye = COPY_SCALE * jnp.eye(self.vocab, dtype=jnp.float32)
         return eye.at[self.bos_id].set(self.sink_value())
 
-    def __call__(self, tokens, trig, capture: Capture = NO_CAPTURE):
-        """tokens [b, t] int, trig [b, t] bool -> attention output [b, t, vocab]."""
+    def __call__(self, tokens, trig, tap: Tap = NO_TAP):
+        """tokens [b, t] int, trig [b, t] bool -> attention output [b, t, vocab] (site attn.out)."""
         b, t = tokens.shape
         vals = self.values()[tokens]  # [b, t, V]  (W_O v_j per position)
         pos = jnp.arange(t)[None, :]
@@ -100,36 +108,34 @@ class SimpleAttention(nnx.Module):
         n_rest = (pos + 1 - 1 - extra_p).astype(jnp.float32)  # keys other than 0 and i-1
         den = w1 * n_rest + w0 + extra_p * wp
         out = num / den[..., None]
-        if capture:
-            prefix = "blocks.0.attn"
-            if capture.wants(f"{prefix}.logits") or capture.wants(f"{prefix}.pattern"):
-                k = jnp.arange(t)[None, None, :]
-                q = pos[..., None]
-                logits = jnp.where(k == 0, l0[..., None], 0.0)
-                logits = jnp.where((k == q - 1) & (q >= 2), lp[..., None], logits)
-                logits = jnp.where(k <= q, logits, -jnp.inf)[:, None]  # [b, 1, q, k]
-                capture.sow(self, f"{prefix}.logits", logits)
-                capture.sow(self, f"{prefix}.pattern", jax.nn.softmax(logits, axis=-1))
-            capture.sow(self, f"{prefix}.v_out", vals[:, :, None, :])
-            capture.sow(self, f"{prefix}.out", out)
-        return out
+        cap, prefix = tap.capture, "blocks.0.attn"
+        if cap.wants(f"{prefix}.logits") or cap.wants(f"{prefix}.pattern"):
+            k = jnp.arange(t)[None, None, :]
+            q = pos[..., None]
+            logits = jnp.where(k == 0, l0[..., None], 0.0)
+            logits = jnp.where((k == q - 1) & (q >= 2), lp[..., None], logits)
+            logits = jnp.where(k <= q, logits, -jnp.inf)[:, None]  # [b, 1, q, k]
+            tap(self, 0, "attn.logits", logits)
+            tap(self, 0, "attn.pattern", jax.nn.softmax(logits, axis=-1))
+        tap(self, 0, "attn.v_out", vals[:, :, None, :])
+        return tap(self, 0, "attn.out", out)
 
 
 class SimpleMLP(nnx.Module):
+    SITES = {"mlp.hidden": ("batch", "pos", "d_mlp"), "mlp.out": RESID}
+
     def __init__(self, vocab: int, hidden: int, *, rngs: nnx.Rngs):
         self.w_in = _uniform(rngs, (vocab, hidden), vocab)
         self.w_out = _uniform(rngs, (hidden, vocab), hidden)
 
-    def __call__(self, tokens, capture: Capture = NO_CAPTURE):
-        h = jax.nn.relu(self.w_in[...][tokens])  # one-hot input: a row of W_in
-        out = h @ self.w_out[...]
-        if capture:
-            capture.sow(self, "blocks.0.mlp.hidden", h)
-            capture.sow(self, "blocks.0.mlp.out", out)
-        return out
+    def __call__(self, tokens, tap: Tap = NO_TAP):
+        h = tap(self, 0, "mlp.hidden", jax.nn.relu(self.w_in[...][tokens]))  # one-hot input: a row of W_in
+        return tap(self, 0, "mlp.out", h @ self.w_out[...])
 
 
 class SimpleBlock(nnx.Module):
+    SITES = {"resid_pre": RESID, "resid_mid": RESID, "resid_post": RESID}
+
     def __init__(self, cfg: ModelConfig, bos_id: int, *, rngs: nnx.Rngs):
         V = cfg.vocab_size
         self.attn = SimpleAttention(V, bos_id, rngs=rngs) if cfg.has_attention(0) else None
@@ -161,21 +167,35 @@ class SimpleModel(nnx.Module):
         m = jnp.zeros((self.cfg.vocab_size,), bool).at[jnp.array(self.triggers, jnp.int32)].set(True)
         return m[tokens]
 
-    def __call__(self, tokens: jax.Array, *, capture: Capture = NO_CAPTURE,
+    SITES = {"embed": RESID, "final_norm": RESID, "logits": ("batch", "pos", "vocab")}
+
+    def sites(self) -> ModelSites:
+        """The model's sites, as its modules declare them (`toybb.models.sites`); the residual width is the
+        vocabulary. Attention logits and pattern are read-only: the closed form does not use them."""
+        block, V = self.blocks[0], self.cfg.vocab_size
+        parts = [(SimpleBlock, ("resid_pre", "resid_mid", "resid_post"))]
+        if block.attn is not None:
+            parts.append((SimpleAttention, tuple(SimpleAttention.SITES)))
+        if block.mlp is not None:
+            parts.append((SimpleMLP, tuple(SimpleMLP.SITES)))
+        table = declared([(SimpleModel, tuple(self.SITES))], None) + declared(parts, 0)
+        return ModelSites(1, (("head", 1), ("kv_head", 1), ("d_head", V), ("d_model", V), ("d_mlp", self.cfg.mlp_dim),
+                              ("vocab", V)), table, SimpleAttention.READ_ONLY)
+
+    def __call__(self, tokens: jax.Array, *, capture: Capture = NO_CAPTURE, edits: Edits = NO_EDITS,
                  ablate: frozenset[str] = frozenset()) -> jax.Array:
+        """tokens [batch, seq] -> logits [batch, seq, vocab]; capture, edits and ablate as for
+        `toybb.models.transformer.Transformer` (the sites of `sites()`)."""
+        tap = Tap.of(self.sites(), capture, edits, ablate, tokens.shape)
         V = self.cfg.vocab_size
         block = self.blocks[0]
-        x = jax.nn.one_hot(tokens, V, dtype=jnp.float32)
-        if capture:
-            capture.sow(self, "embed", x)
-            capture.sow(block, "blocks.0.resid_pre", x)
-        if block.attn is not None and "blocks.0.attn" not in ablate:
-            x = x + block.attn(tokens, self.trigger_mask(tokens), capture)
-        if capture:
-            capture.sow(block, "blocks.0.resid_mid", x)
-        if block.mlp is not None and "blocks.0.mlp" not in ablate:
-            x = x + block.mlp(tokens, capture)
-        if capture:
-            capture.sow(block, "blocks.0.resid_post", x)
-            capture.sow(self, "final_norm", x)
-        return x
+        x = tap(self, None, "embed", jax.nn.one_hot(tokens, V, dtype=jnp.float32))
+        x = tap(block, 0, "resid_pre", x)
+        h = x
+        if block.attn is not None:
+            h = x + block.attn(tokens, self.trigger_mask(tokens), tap)
+        h = tap(block, 0, "resid_mid", h)
+        if block.mlp is not None:
+            h = h + block.mlp(tokens, tap)
+        h = tap(block, 0, "resid_post", h)
+        return tap(self, None, "logits", tap(self, None, "final_norm", h))

@@ -1,7 +1,9 @@
 """The declared site table of toybb's models, and interventions at any site.
 
 Every activation a model exposes is a *site*, named the same way on the toy models and on every
-pretrained family. Per-layer sites carry the prefix `blocks.{l}.`:
+pretrained family. Each module declares the sites it emits, with their axes, where it emits them (the
+`SITES` of `Transformer`, `Block`, `MLP`, `Attention`, the SimpleModel's modules); a model's `sites()`
+collects them into its `ModelSites`. Per-layer sites carry the prefix `blocks.{l}.`:
 
 | site | axes | what |
 |---|---|---|
@@ -56,40 +58,7 @@ from toybb.names import renamed_site
 
 RESID = ("batch", "pos", "d_model")
 SLOT = ("batch", "d_model")
-# site kind (name without the `blocks.{l}.` prefix) -> axes
-LAYER_SITES: dict[str, tuple[str, ...]] = {
-    "resid_pre": RESID,
-    "resid_mid": RESID,
-    "resid_post": RESID,
-    "attn.q_pre": ("batch", "pos", "head", "d_head"),
-    "attn.k_pre": ("batch", "pos", "kv_head", "d_head"),
-    "attn.q": ("batch", "pos", "head", "d_head"),
-    "attn.k": ("batch", "pos", "kv_head", "d_head"),
-    "attn.v": ("batch", "pos", "kv_head", "d_head"),
-    "attn.logits": ("batch", "head", "pos", "key"),
-    "attn.pattern": ("batch", "head", "pos", "key"),
-    "attn.z": ("batch", "pos", "head", "d_head"),
-    "attn.v_out": ("batch", "pos", "head", "d_model"),
-    "attn.out": RESID,
-    "mlp.hidden": ("batch", "pos", "d_mlp"),
-    "mlp.out": RESID,
-    # only on models with a sink that is not an input token
-    "attn.pattern_bias": ("batch", "head", "pos"),
-    "attn.pattern_slot": ("batch", "head", "pos"),
-    "resid_pre_slot": SLOT,
-    "resid_mid_slot": SLOT,
-    "resid_post_slot": SLOT,
-}
-GLOBAL_SITES: dict[str, tuple[str, ...]] = {
-    "embed": RESID,
-    "final_norm": RESID,
-    "logits": ("batch", "pos", "vocab"),
-    "embed_slot": SLOT,
-    "final_norm_slot": SLOT,
-}
-READ_ONLY = frozenset({"attn.v_out", "attn.pattern_bias", "attn.pattern_slot"})
 OPS = ("zero", "scale", "set", "add", "mean", "patch")
-_ATTN = tuple(k for k in LAYER_SITES if k.startswith("attn."))
 
 
 class SiteError(ConfigError):
@@ -98,43 +67,22 @@ class SiteError(ConfigError):
 
 @dataclass(frozen=True)
 class ModelSites:
-    """The concrete sites of one model and the sizes of their axes (`pos` and `key` are the input's)."""
+    """The concrete sites of one model, as its modules declare them (each module class names the sites it
+    emits and their axes in `SITES`, the read-only ones in `READ_ONLY`), and the sizes of their axes
+    (`pos` and `key` are the input's)."""
 
     n_layers: int
     size_items: tuple  # ((axis name, size), ...) for head, kv_head, d_head, d_model, d_mlp, vocab
-    attn_layers: tuple[int, ...]
-    mlp_layers: tuple[int, ...]
-    extra: frozenset = frozenset()  # "attn_bias" and/or "sink_token"
+    table: tuple  # ((site name, axes), ...) in the order the forward emits them
+    read_only: frozenset = frozenset()  # site kinds computed for inspection, not used by the forward
 
     @property
     def sizes(self) -> dict[str, int]:
         return dict(self.size_items)
 
-    def kinds(self, layer: int | None) -> tuple[str, ...]:
-        if layer is None:
-            out = ["embed", "final_norm", "logits"]
-            if "sink_token" in self.extra:
-                out += ["embed_slot", "final_norm_slot"]
-            return tuple(out)
-        out = ["resid_pre", "resid_mid", "resid_post"]
-        if layer in self.attn_layers:
-            out += [k for k in _ATTN if k not in ("attn.pattern_bias", "attn.pattern_slot")]
-            if "attn_bias" in self.extra:
-                out.append("attn.pattern_bias")
-            if "sink_token" in self.extra:
-                out.append("attn.pattern_slot")
-        if layer in self.mlp_layers:
-            out += ["mlp.hidden", "mlp.out"]
-        if "sink_token" in self.extra:
-            out += ["resid_pre_slot", "resid_mid_slot", "resid_post_slot"]
-        return tuple(out)
-
     def names(self) -> dict[str, tuple[str, ...]]:
         """{concrete site name: axes}."""
-        out = {k: GLOBAL_SITES[k] for k in self.kinds(None)}
-        for l in range(self.n_layers):
-            out.update({f"blocks.{l}.{k}": LAYER_SITES[k] for k in self.kinds(l)})
-        return out
+        return dict(self.table)
 
     def shape(self, name: str, batch: int, seq: int) -> tuple[int, ...]:
         """The documented shape of site `name` for an input [batch, seq]."""
@@ -150,6 +98,15 @@ class ModelSites:
             raise SiteError(f"no site matches {pattern!r}" + (f" ({hint})" if hint else _closest(pattern, names))
                             + "; the sites are listed in toybb.models.sites")
         return hits
+
+
+def declared(modules_and_kinds, layer: int | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """((site name, axes), ...) of the site kinds `kinds` each module class declares in its `SITES`, named
+    for `layer` (None: model-level sites)."""
+    out = []
+    for cls, kinds in modules_and_kinds:
+        out += [(_name(k, layer), cls.SITES[k]) for k in kinds]
+    return tuple(out)
 
 
 def _closest(pattern: str, names) -> str:
@@ -321,10 +278,10 @@ def resolve(sites: ModelSites, edits, tokens_shape: tuple[int, int], tokens=None
 
 
 def _resolve_one(sites, e: Edit, kind, layers, batch, seq, tokens, activations) -> Edits:
-    if kind in READ_ONLY:
-        raise SiteError(f"site {kind} is read-only (computed for inspection, not used by the forward); "
-                        "edit attn.z, attn.v or attn.pattern instead")
-    axes = (LAYER_SITES if layers[0] is not None else GLOBAL_SITES)[kind]
+    if kind in sites.read_only:
+        raise SiteError(f"site {kind} is read-only on this model (computed for inspection, not used by its "
+                        "forward); edit attn.z, attn.v or attn.out instead")
+    axes = sites.names()[_name(kind, layers[0])]
     sizes = dict(sites.sizes, batch=batch, pos=seq, key=seq)
     lmask = None
     if layers[0] is not None:

@@ -33,12 +33,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from toybb.models.attention import AttentionSpec
+from toybb.models.attention import Attention, AttentionSpec
 from toybb.models.capture import NO_CAPTURE, Capture, Tap
 from toybb.models.config import ModelConfig
 from toybb.models.layers import param, pv
 from toybb.models.quant import QArray
-from toybb.models.sites import NO_EDITS, Edits, ModelSites
+from toybb.models.sites import NO_EDITS, RESID, SLOT, Edits, ModelSites, declared
 from toybb.models.trunk import Block, BlockSpec, MLPSpec, NormSpec, make_norm, site_fn
 
 ONE_HOT_VOCAB = 4096  # embeddings of vocabularies up to this size are a one-hot matmul (exact; its
@@ -100,6 +100,10 @@ class Transformer(nnx.Module):
     """tokens [batch, seq] int -> logits [batch, seq, vocab] (float32). Parameters: token_embed, pos_embed
     (learned positions), blocks, ln_f (the final norm), unembed (None when tied), sink_embed (sink_token)."""
 
+    SITES = {"embed": RESID,  # token (+ learned position) embedding, scaled as the model does
+             "final_norm": RESID, "logits": ("batch", "pos", "vocab"),
+             "embed_slot": SLOT, "final_norm_slot": SLOT}  # the sink slot's, with sink_token only
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
         self.cfg = cfg
         dt, d = _dtype(cfg), cfg.d_model
@@ -112,13 +116,13 @@ class Transformer(nnx.Module):
         self.sink_embed = param((d,), dt, "normal", rngs, 1) if cfg.sink_token else None
 
     def sites(self) -> ModelSites:
-        """The model's declared sites (`toybb.models.sites`)."""
+        """The model's sites, as its modules declare them (`toybb.models.sites`)."""
         c = self.cfg
-        extra = {n for n in ("attn_bias", "sink_token") if getattr(c, n)}
+        own = ("embed", "final_norm", "logits") + (("embed_slot", "final_norm_slot") if c.sink_token else ())
+        table = declared([(Transformer, own)], None) + sum((b.site_table() for b in self.blocks), ())
         return ModelSites(c.n_layers, (("head", c.n_heads), ("kv_head", c.n_kv_heads), ("d_head", c.head_dim),
                                        ("d_model", c.d_model), ("d_mlp", c.mlp_dim), ("vocab", c.vocab_size)),
-                          tuple(l for l in range(c.n_layers) if c.has_attention(l)),
-                          tuple(l for l in range(c.n_layers) if c.mlp_act(l) is not None), frozenset(extra))
+                          table, Attention.READ_ONLY)
 
     def __call__(
         self,

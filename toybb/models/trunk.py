@@ -21,6 +21,7 @@ from toybb.models.config import ACTIVATIONS as ACTIVATION_NAMES, NORMS, PLACEMEN
 from toybb.models.attention import Attention, AttentionSpec
 from toybb.models.capture import NO_TAP, Tap
 from toybb.models.layers import Norm, fetch, param, pv
+from toybb.models.sites import RESID, SLOT, declared
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -97,6 +98,9 @@ def _dtype(name: str):
 
 
 class MLP(nnx.Module):
+    SITES = {"mlp.hidden": ("batch", "pos", "d_mlp"),  # after the nonlinearity / gate
+             "mlp.out": RESID}  # tapped by the block, after a post-norm
+
     def __init__(self, spec: MLPSpec, layer: int, *, rngs: nnx.Rngs | None = None):
         d, f, dt, init = spec.d_model, spec.d_mlp, _dtype(spec.dtype), spec.init
         self.act, self.layer = spec.act, layer
@@ -134,6 +138,10 @@ class Block(nnx.Module):
     """x [batch, seq, d_model] -> x [batch, seq, d_model]; sites resid_pre, attn.out, resid_mid, mlp.out,
     resid_post (and those of the attention layer and the MLP)."""
 
+    SITES = {"resid_pre": RESID, "resid_mid": RESID, "resid_post": RESID,
+             # the residual stream at a sink slot, when the model has one
+             "resid_pre_slot": SLOT, "resid_mid_slot": SLOT, "resid_post_slot": SLOT}
+
     def __init__(self, spec: BlockSpec, layer: int, *, rngs: nnx.Rngs | None = None):
         self.layer, self.parallel, self.slot = layer, spec.parallel, spec.slot
         attn, mlp, pre, post = spec.attention, spec.mlp, spec.placement != "post", spec.placement != "pre"
@@ -145,6 +153,18 @@ class Block(nnx.Module):
         self.ln2 = make_norm(spec.norm, d, rngs) if mlp and pre else None
         self.ln_post_mlp = make_norm(spec.norm, d, rngs) if mlp and post else None
         self.mlp = MLP(mlp, layer, rngs=rngs) if mlp else None
+
+    def site_table(self) -> tuple:
+        """((site name, axes), ...) of this block and its sub-layers, in the order they are emitted."""
+        resid = ("resid_pre", "resid_mid", "resid_post")
+        parts = [(Block, resid)]
+        if self.attn is not None:
+            parts.append((Attention, self.attn.site_kinds(self.slot)))
+        if self.mlp is not None:
+            parts.append((MLP, tuple(MLP.SITES)))
+        if self.slot:
+            parts.append((Block, tuple(f"{k}_slot" for k in resid)))
+        return declared(parts, self.layer)
 
     def __call__(self, x, positions, tap: Tap = NO_TAP, contiguous: bool = False):
         l, slot = self.layer, self.slot
