@@ -20,8 +20,8 @@ from toybb.models.config import (  # noqa: F401 (re-exported: the model config i
     PositionConfig, RopeScaling, renamed_model_fields)
 from toybb.records import read_text
 
-OPTIMIZERS = ("adam", "sgd")
-DEFAULT_LR = {"adam": 3e-4, "sgd": 0.03}
+OPTIMIZERS = ("adam", "sgd", "muon")
+DEFAULT_LR = {"adam": 3e-4, "sgd": 0.03, "muon": 0.02}
 # the paper's 1-layer ReLU-attention run used AdamW at 3e-3; its 3-layer ReLU-attention run 3e-4 (SPEC §2)
 PAPER_RELU_1LAYER_LR = 3e-3
 # float32 matmul precision of training and evaluation -> jax.default_matmul_precision. "highest" is full
@@ -56,10 +56,10 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW or SGD with momentum, reference defaults (SPEC §2)."""
+    """AdamW or SGD with momentum, reference defaults (SPEC §2), or Muon (`toybb.train.optim`)."""
 
-    name: str = "adam"  # adam | sgd
-    lr: float | None = None  # None: 3e-4 for adam, 0.03 for sgd
+    name: str = "adam"  # adam | sgd | muon
+    lr: float | None = None  # None: 3e-4 for adam, 0.03 for sgd, 0.02 for muon
     b1: float = 0.9
     b2: float = 0.99
     eps: float = 1e-8

@@ -51,8 +51,17 @@ def add_train(sub) -> None:
                    help="MLP hidden width (default: the preset's; formerly --d-mlp)")
     g.add_argument("--max-positions", "--max-len", type=int, dest="max_positions",
                    help="size of the position table (default: the preset's, grown to --seq-len; formerly --max-len)")
-    g.add_argument("--attention", help="softmax or relu (with --preset paper and no --lr, a 1-layer ReLU model "
-                   "trains at the paper's 3e-3; its 3-layer ReLU run used the default 3e-4)")
+    g.add_argument("--attention", help="softmax (default), relu (the paper's; with --preset paper and no --lr a "
+                   "1-layer ReLU model trains at the paper's 3e-3, its 3-layer ReLU run used the default 3e-4), "
+                   "sigmoid, sigmoid_norm or softpick (README, mitigations)")
+    g.add_argument("--attn-sink", dest="attn_sink", help="none (default), zero (softmax plus a zero logit) or "
+                   "learned (a learned sink logit per head)")
+    g.add_argument("--attn-gate", dest="attn_gate", help="none (default), head or element: a sigmoid gate on "
+                   "each head's output from the layer input")
+    add_list(g, "--softmax-clip", FLOATS, None, "clipped softmax GAMMA,ZETA (gamma <= 0, zeta >= 1)",
+             dest="softmax_clip", metavar="GAMMA,ZETA")
+    g.add_argument("--sigmoid-bias", type=float, dest="sigmoid_bias",
+                   help="b of sigmoid attention, sigmoid(s + b) (default 0)")
     g.add_argument("--position", help="learned or none (default: the preset's)")
     add_list(g, "--no-attention", _layer_list, None, "layers without attention, e.g. 0 or 0,2; none for no layer",
              dest="no_attention", metavar="LAYERS")
@@ -72,7 +81,7 @@ def add_train(sub) -> None:
     g.add_argument("--table", help="bigram table: tinyshakespeare or a .npz from toybb.task.build_bigram "
                    "(default: the preset's)")
     g = p.add_argument_group("optimiser")
-    g.add_argument("--optimizer", dest="optim_name", help="adam or sgd (default: the preset's)")
+    g.add_argument("--optimizer", dest="optim_name", help="adam, sgd or muon (default: the preset's)")
     add_list(g, "--lr", FLOATS, None, "learning rate; several are vmapped (default: the preset's)")
     g.add_argument("--weight-decay", type=float, dest="weight_decay", help="weight decay (default: the preset's)")
     g = p.add_argument_group("training")
@@ -109,7 +118,8 @@ def build_config(args) -> "RunConfig":
         cfg = cfg.replace(**{sec: file_cfg.get(sec) or {} for sec in ("model", "task", "optim", "train")})
     upd: dict[str, dict] = {"model": {}, "task": {}, "optim": {}, "train": {}}
     for name in ("arch", "n_layers", "n_heads", "n_kv_heads", "d_model", "mlp_dim", "max_positions", "attention", "position",
-                 "no_attention", "no_mlp", "linear_mlp", "attn_bias", "sink_token"):
+                 "no_attention", "no_mlp", "linear_mlp", "attn_bias", "sink_token", "attn_sink", "attn_gate",
+                 "softmax_clip", "sigmoid_bias"):
         if getattr(args, name) is not None:
             upd["model"][name] = getattr(args, name)
     for name in ("seq_len", "n_triggers", "table"):

@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from toybb import device
-from toybb.models.config import ATTENTION_KINDS as KINDS
+from toybb.models.config import ATTENTION_KINDS as KINDS, ATTENTION_GATES as GATES, ATTENTION_SINKS as SINKS
 from toybb.models.capture import NO_TAP, Tap
 from toybb.models.layers import Norm, fetch, param, pv
 from toybb.models.positional import PositionConfig, attention_options, rotate
@@ -74,6 +74,9 @@ def attention(
     scale: float | None = None,
     softcap: float | None = None,
     bias: jax.Array | None = None,
+    sink_logits: jax.Array | None = None,
+    clip: tuple[float, float] | None = None,
+    sigmoid_bias: float = 0.0,
     far: tuple[jax.Array, jax.Array] | None = None,
     near: int | None = None,
     keep_first: int | None = None,
@@ -93,7 +96,14 @@ def attention(
     mask: optional extra boolean mask broadcastable to [batch, heads, q_seq, k_seq] (True = visible),
       combined with the causal(/window) mask from positions.
     bias: optional additive logits, broadcastable to [batch, heads, q_seq, k_seq] (e.g. ALiBi).
-    kind: "softmax", or "relu": A_ij = ReLU(s_ij) / (q_pos_i + 1) on visible keys (no normalisation).
+    kind: one of ATTENTION_KINDS, over the visible keys j of query i with logits s_ij:
+      "softmax"; "relu": A_ij = ReLU(s_ij) / (q_pos_i + 1) (the paper's, SPEC §2); "sigmoid":
+      A_ij = sigmoid(s_ij + sigmoid_bias), no normalisation; "sigmoid_norm": the same divided by its row sum;
+      "softpick": A_ij = ReLU(e^s_ij - 1) / (sum_j |e^s_ij - 1| + 1e-6) (Zuhri et al. 2025).
+    sink_logits: [heads] logits of one extra key of value 0 seen by every query, softmax only: zeros give
+      softmax plus a zero logit ("off by one"), learned ones gpt-oss' `sinks`. Rows then sum to below one.
+    clip: (gamma, zeta), softmax only: clipped softmax clip((zeta - gamma) A + gamma, 0, 1) (Bondarenko et
+      al. 2023); (0, 1) is softmax.
     far: (q_far [batch, q_seq, heads, head_dim], k_far [batch, k_seq, kv_heads, head_dim]), e.g. q/k
       rotated at other positions; their logits replace the normal ones where q_pos - k_pos >= near
       (one softmax over the merged logit matrix). Needs `near`.
@@ -127,7 +137,7 @@ def attention(
     if fast is not False and not weights:
         why = _fast_blocker(q, k, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, softcap=softcap, bias=bias,
                             far=far, keep_first=keep_first, alibi=alibi, contiguous=contiguous,
-                            key_cols=key_cols)
+                            key_cols=key_cols, sink_logits=sink_logits, clip=clip)
         if fast and why:
             raise ValueError(f"attention: fast=True but {why}; use fast=None to fall back to the exact path")
         if why is None and (fast or device.fast_attention()):
@@ -138,10 +148,12 @@ def attention(
         raise ValueError("attention: fast=True needs weights=False (the fast path returns no logits or pattern)")
     if block is not None and tq > block:
         kw = dict(kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale, softcap=softcap,
-                  bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi, block=block, key_cols=key_cols)
+                  bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi, block=block, key_cols=key_cols,
+                  sink_logits=sink_logits, clip=clip, sigmoid_bias=sigmoid_bias)
         return _blocked_contiguous(q, k, v, **kw) if contiguous else _blocked(q, k, v, **kw)
     res = _dense(q, k, v, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale,
                  softcap=softcap, bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi,
+                 sink_logits=sink_logits, clip=clip, sigmoid_bias=sigmoid_bias,
                  edit_logits=edit_logits, edit_pattern=edit_pattern)
     return res._replace(key_cols=_cols(res.pattern, key_cols, np.arange(k.shape[1])))
 
@@ -158,12 +170,12 @@ def _fast_result(q, k, v, *, window, scale, block, forced: bool) -> AttentionRes
 
 
 def _fast_blocker(q, k, *, kind, q_pos, k_pos, mask, softcap, bias, far, keep_first, alibi, contiguous,
-                  key_cols) -> str | None:
+                  key_cols, sink_logits=None, clip=None) -> str | None:
     """Why `jax.nn.dot_product_attention` cannot compute this attention exactly (None: it can)."""
     if kind != "softmax":
         return f"kind={kind!r} (only softmax)"
     for name, val in (("mask", mask), ("bias", bias), ("alibi", alibi), ("softcap", softcap), ("far", far),
-                      ("keep_first", keep_first)):
+                      ("keep_first", keep_first), ("sink_logits", sink_logits), ("clip", clip)):
         if val is not None:
             return f"{name} is set"
     if key_cols:
@@ -262,7 +274,7 @@ def _blocked_contiguous(q, k, v, *, q_pos, k_pos, block, mask, bias, far, window
 
 def _dense(
     q, k, v, *, kind, q_pos, k_pos, mask, window, scale, softcap, bias, far, near, keep_first, alibi,
-    edit_logits=None, edit_pattern=None,
+    sink_logits=None, clip=None, sigmoid_bias=0.0, edit_logits=None, edit_pattern=None,
 ) -> AttentionResult:
     """The attention of `attention` on all query rows at once."""
     if kind not in KINDS:
@@ -302,20 +314,45 @@ def _dense(
     vis = vis[:, None] if vis.ndim == 3 else vis[None, None]
     if mask is not None:
         vis = vis & mask
-    if kind == "softmax":
-        masked = jnp.where(vis, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-        pattern = jax.nn.softmax(masked, axis=-1)
-        pattern = jnp.where(vis, pattern, 0.0)  # rows with no visible key stay 0, not uniform
-    else:
-        qp = q_pos if q_pos.ndim == 2 else q_pos[None]
-        denom = (qp + 1).astype(jnp.float32)[:, None, :, None]
-        pattern = jnp.where(vis, jax.nn.relu(logits.astype(jnp.float32)), 0.0) / denom
-    pattern = pattern.astype(v.dtype)
+    pattern = _weights(kind, logits.astype(jnp.float32), vis, q_pos, sink_logits, clip, sigmoid_bias).astype(v.dtype)
     if edit_pattern is not None:
         pattern = edit_pattern(pattern)
     pg = pattern.reshape(b, hk, g, tq, tk)
     out = jnp.einsum("bkgqs,bskd->bqkgd", pg, v).reshape(b, tq, h, dh)
     return AttentionResult(out, logits, pattern)
+
+
+def _weights(kind, x, vis, q_pos, sink_logits, clip, sigmoid_bias) -> jax.Array:
+    """Attention weights [b, h, q, k] from float32 logits x on the visible keys `vis` (0 elsewhere; a row
+    with no visible key is 0)."""
+    if kind == "softmax":
+        masked = jnp.where(vis, x, jnp.finfo(jnp.float32).min)
+        if sink_logits is None:
+            w = jax.nn.softmax(masked, axis=-1)
+        else:  # one more key of logit s_h and value 0
+            s = jnp.asarray(sink_logits, jnp.float32)[None, :, None, None]
+            m = jax.lax.stop_gradient(jnp.maximum(jnp.max(masked, axis=-1, keepdims=True), s))
+            e = jnp.where(vis, jnp.exp(masked - m), 0.0)
+            w = e / (jnp.sum(e, axis=-1, keepdims=True) + jnp.exp(s - m))
+        if clip is not None:
+            gamma, zeta = clip
+            w = jnp.clip((zeta - gamma) * w + gamma, 0.0, 1.0)
+    elif kind == "relu":
+        qp = q_pos if q_pos.ndim == 2 else q_pos[None]
+        w = jax.nn.relu(x) / (qp + 1).astype(jnp.float32)[:, None, :, None]
+    elif kind in ("sigmoid", "sigmoid_norm"):
+        w = jnp.where(vis, jax.nn.sigmoid(x + sigmoid_bias), 0.0)
+        if kind == "sigmoid_norm":
+            w = w / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+    else:  # softpick, computed as ReLU(e^(x-m) - e^-m) / (sum |e^(x-m) - e^-m| + 1e-6 e^-m), m = max(0, max x)
+        masked = jnp.where(vis, x, jnp.finfo(jnp.float32).min)
+        m = jax.lax.stop_gradient(jnp.maximum(jnp.max(masked, axis=-1, keepdims=True), 0.0))
+        d = jnp.where(vis, jnp.exp(masked - m) - jnp.exp(-m), 0.0)
+        w = jax.nn.relu(d) / (jnp.sum(jnp.abs(d), axis=-1, keepdims=True) + SOFTPICK_EPS * jnp.exp(-m))
+    return jnp.where(vis, w, 0.0)
+
+
+SOFTPICK_EPS = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -330,6 +367,10 @@ class AttentionSpec:
     projection biases. clip_qkv: clip q, k, v to [-c, c]. qk_norm: "none" | "head" (per head) | "full"
     (across heads), a `Norm` of kind `norm` (eps `norm_eps`, (1 + w) weights if `norm_plus_one`).
     learned_kv: one learned key k' and value v' per kv head, visible to every query (key position -1).
+    sink: "none", "zero" (softmax plus a zero logit) or "learned" (a learned sink logit per head, `sinks`
+    of gpt-oss); clip: clipped softmax (gamma, zeta); sigmoid_bias: b of sigmoid attention (see
+    `attention`). gate: "none", "head" or "element": the attention output of each head (z) multiplied by
+    sigmoid(x W_gate) of the layer's input x, one gate per head or per head and feature (Qiu et al. 2025).
     init: "uniform" (the toy reference: U(+-1/sqrt(fan_in))) or "normal"; dtype of the parameters."""
 
     d_model: int
@@ -348,6 +389,10 @@ class AttentionSpec:
     norm_eps: float = 1e-6
     norm_plus_one: bool = False
     learned_kv: bool = False
+    sink: str = "none"
+    clip: tuple[float, float] | None = None
+    sigmoid_bias: float = 0.0
+    gate: str = "none"
     init: str = "uniform"
     dtype: str = "float32"
 
@@ -356,6 +401,8 @@ class AttentionSpec:
             raise ValueError(f"attention kind must be one of {KINDS}, got {self.kind!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"query heads ({self.n_heads}) must be a multiple of key/value heads ({self.n_kv_heads})")
+        if self.sink not in SINKS or self.gate not in GATES:
+            raise ValueError(f"attention sink must be one of {SINKS} and gate one of {GATES}")
 
 
 _KEY_COLS = ("key0", "key1")  # pattern reductions that are single key columns
@@ -401,6 +448,9 @@ class Attention(nnx.Module):
         self.bk = param((hk, dh), dt) if spec.qkv_bias else None
         self.bv = param((hk, dh), dt) if spec.qkv_bias else None
         self.bo = param((d,), dt) if spec.o_bias else None
+        self.sink_logit = param((h,), jnp.float32) if spec.sink == "learned" else None  # starts at a zero logit
+        gate_shape = {"none": None, "head": (d, h), "element": (d, h, dh)}[spec.gate]
+        self.w_gate = None if gate_shape is None else param(gate_shape, dt, init, rngs, d)
         if spec.qk_norm == "none":
             self.q_norm = self.k_norm = None
         else:
@@ -456,6 +506,10 @@ class Attention(nnx.Module):
         idx = (slice(None), slice(None), slice(1 if slot else 0, None), slice(extra, None)) if extra else ()
         res = self._core(q, k, v, positions, k_pos, tap, idx, extra, slot, contiguous, opts)
         z = site("attn.z", res.out)
+        if self.w_gate is not None:
+            x, (wg,) = fetch(x, self.w_gate)
+            g = jax.nn.sigmoid(jnp.einsum("btd,dh...->bth...", x, wg))
+            z = z * (g[..., None] if g.ndim == 3 else g).astype(z.dtype)
         z, (wo,) = fetch(z, self.wo)
         out = jnp.einsum("bthe,hed->btd", z, wo)
         if self.bo is not None:
@@ -476,7 +530,10 @@ class Attention(nnx.Module):
         edit_lg, edit_pat = tap.editor(l, "attn.logits", idx), tap.editor(l, "attn.pattern", idx)
         full = (cap.wants(f"{p}.logits") or any(r not in _KEY_COLS for r in pat_reds)
                 or cap.wants(f"{p}.pattern_slot") or cap.wants(f"{p}.pattern_bias"))
+        sinks = {"none": None, "zero": jnp.zeros((spec.n_heads,), jnp.float32)}.get(spec.sink)
+        sinks = pv(self.sink_logit) if self.sink_logit is not None else sinks
         res = attention(q, k, v, kind=spec.kind, q_pos=q_pos, k_pos=k_pos, scale=spec.scale, softcap=spec.softcap,
+                        sink_logits=sinks, clip=spec.clip, sigmoid_bias=spec.sigmoid_bias,
                         block=None if full else spec.position.block, contiguous=contiguous,
                         key_cols=() if full else key_cols, weights=full, edit_logits=edit_lg,
                         edit_pattern=edit_pat, **opts)

@@ -21,7 +21,11 @@ from toybb.errors import ConfigError
 TOY_ARCHS = ("transformer", "simple")
 FAMILIES = ("llama", "mistral", "qwen2", "olmo", "olmo2", "gpt2", "gpt_neox", "gemma2", "gemma3")
 ARCHS = TOY_ARCHS + FAMILIES
-ATTENTION_KINDS = ("softmax", "relu")
+# how attention weighs the visible keys (`toybb.models.attention.attention`): softmax, the paper's ReLU, sigmoid
+# without / with row normalisation, softpick
+ATTENTION_KINDS = ("softmax", "relu", "sigmoid", "sigmoid_norm", "softpick")
+ATTENTION_SINKS = ("none", "zero", "learned")  # an extra key of value 0: logit 0 (off by one) or learned per head
+ATTENTION_GATES = ("none", "head", "element")  # sigmoid output gate per head or per head and feature
 # position schemes of the token positions ("learned" adds a table to the embeddings; the others act in
 # attention); every scheme, and each long-context option of PositionConfig, works on toy and pretrained models
 POSITION_KINDS = ("learned", "none", "rope", "alibi")
@@ -160,7 +164,11 @@ class ModelConfig:
     mlp_dim: int | None = None  # MLP hidden width
     max_positions: int | None = None  # size of the learned position table / the trained context
     # attention
-    attention: str = "softmax"  # softmax | relu
+    attention: str = "softmax"  # one of ATTENTION_KINDS
+    attn_sink: str = "none"  # one of ATTENTION_SINKS (softmax only)
+    attn_gate: str = "none"  # one of ATTENTION_GATES
+    softmax_clip: tuple[float, ...] | None = None  # clipped softmax (gamma <= 0, zeta >= 1)
+    sigmoid_bias: float = 0.0  # b of sigmoid attention: sigmoid(s + b)
     query_scale: float | None = None  # attention logit scale; None: head_dim ** -0.5
     attn_softcap: float | None = None
     qkv_bias: bool = False
@@ -232,11 +240,13 @@ class ModelConfig:
             _check(isinstance(v, int) and v > 0, f"model.{name} must be a positive integer, got {v!r}")
         _check(self.n_heads % self.n_kv_heads == 0,
                f"model.n_kv_heads ({self.n_kv_heads}) must be a positive divisor of model.n_heads ({self.n_heads})")
-        for name, allowed in (("attention", ATTENTION_KINDS), ("position", POSITION_KINDS), ("norm", NORMS),
+        for name, allowed in (("attention", ATTENTION_KINDS), ("attn_sink", ATTENTION_SINKS),
+                              ("attn_gate", ATTENTION_GATES), ("position", POSITION_KINDS), ("norm", NORMS),
                               ("placement", PLACEMENTS), ("qk_norm", QK_NORMS), ("mlp", MLPS),
                               ("act", ACTIVATIONS), ("dtype", DTYPES), ("rope_pairing", PAIRINGS)):
             _check(getattr(self, name) in allowed,
                    f"model.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        self._check_attention_options()
         _check(self.norm_eps > 0, f"model.norm_eps must be positive, got {self.norm_eps!r}")
         _check(self.rope_theta > 0 and (self.query_scale is None or self.query_scale > 0),
                "model.rope_theta and model.query_scale must be positive")
@@ -280,6 +290,28 @@ class ModelConfig:
                 self.position_config(l)
         except ConfigError as e:
             raise ConfigError(f"model: {e}") from None
+
+    def _check_attention_options(self) -> None:
+        """The mitigation options of the attention layer fit the model and each other."""
+        if self.arch == "simple":
+            _check((self.attention, self.attn_sink, self.attn_gate, self.softmax_clip) == ("softmax", "none", "none", None),
+                   "the simple model (model.arch = simple) has plain softmax attention only; use model.arch = "
+                   "transformer for other attention kinds, sinks, gates or clipping")
+        if self.attn_sink != "none" or self.softmax_clip is not None:
+            _check(self.attention == "softmax", f"model.attn_sink and model.softmax_clip change softmax attention; "
+                   f"model.attention is {self.attention!r}")
+        if self.attn_gate != "none" or self.attn_sink != "none":
+            _check(len(self.no_attention) < self.n_layers,
+                   "model.attn_gate / model.attn_sink need a layer with attention (model.no_attention removes all)")
+        if self.softmax_clip is not None:
+            c = self.softmax_clip
+            _check(len(c) == 2 and c[0] <= 0 and c[1] >= 1,
+                   f"model.softmax_clip must be (gamma, zeta) with gamma <= 0 and zeta >= 1, got {c!r}")
+            object.__setattr__(self, "softmax_clip", (float(c[0]), float(c[1])))
+        _check(isinstance(self.sigmoid_bias, (int, float)) and abs(self.sigmoid_bias) < 1e4,
+               f"model.sigmoid_bias must be a finite number, got {self.sigmoid_bias!r}")
+        _check(self.sigmoid_bias == 0 or self.attention in ("sigmoid", "sigmoid_norm"),
+               f"model.sigmoid_bias applies to sigmoid attention; model.attention is {self.attention!r}")
 
     @classmethod
     def toy(cls, **fields) -> "ModelConfig":

@@ -65,7 +65,8 @@ def attention_spec(cfg: ModelConfig, layer: int) -> AttentionSpec:
         kind=cfg.attention, position=cfg.position_config(layer), scale=cfg.query_scale,
         softcap=cfg.attn_softcap, qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, clip_qkv=cfg.clip_qkv,
         qk_norm=cfg.qk_norm, norm=cfg.norm, norm_eps=cfg.norm_eps, norm_plus_one=cfg.norm_plus_one,
-        learned_kv=cfg.attn_bias, init=_init(cfg), dtype=cfg.dtype)
+        learned_kv=cfg.attn_bias, sink=cfg.attn_sink, clip=cfg.softmax_clip, sigmoid_bias=cfg.sigmoid_bias,
+        gate=cfg.attn_gate, init=_init(cfg), dtype=cfg.dtype)
 
 
 def block_spec(cfg: ModelConfig, layer: int) -> BlockSpec:
