@@ -136,3 +136,15 @@ def test_massive_activation_profile_rule_and_threshold():
     # the layer rule on host float64 values, and the threshold of an entry
     assert M.is_massive(np.array([3000.0, 400.0, 50.0]), np.array([0.5, 0.5, 0.01])).tolist() == [True, False, False]
     assert M.massive_threshold(0.5) == 500.0 and M.massive_threshold(0.01) == 100.0
+
+
+def test_sink_rate_and_excess_kurtosis():
+    import jax
+
+    from toybb.probes.metrics import SINK_EPS, excess_kurtosis, sink_rate
+
+    assert float(sink_rate(jnp.array([0.1, 0.31, 0.9, 0.3]))) == 0.5 and SINK_EPS == 0.3
+    gauss = jax.random.normal(jax.random.key(0), (4, 64, 4096))
+    assert abs(float(excess_kurtosis(gauss))) < 0.05
+    spiky = jnp.zeros((2, 3, 100)).at[..., 7].set(50.0)  # one massive feature per position
+    np.testing.assert_allclose(float(excess_kurtosis(spiky)), 100 - 2 - 3 + 1 / 99, rtol=1e-3)

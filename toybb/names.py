@@ -77,9 +77,15 @@ METRICS: tuple[Metric, ...] = (
            "layers.csv", per_layer="after", unit=NORM),
     Metric("residual_excess", "", "`residual_peak` − `residual_others`: the BOS residual's excess (a norm, not a "
            "massive activation)", "metrics.csv, series.csv", per_layer="after", unit=NORM),
+    Metric("sink_rate", "Sink^ε", "Gu et al. 2025: the fraction of (layer, head) pairs whose α₁, the mean "
+           "attention on key 0 over every query, exceeds ε = 0.3", "metrics.csv"),
     Metric("massive_top1", "", "largest |activation| of the residual stream after block l (Sun et al. 2024; "
-           "`_top2`, `_top3`: the next ones; massive when > 100 and > 1000× `massive_median`)", "layers.csv"),
-    Metric("massive_median", "", "median |activation| of the residual stream after block l", "layers.csv"),
+           "`_top2`, `_top3`: the next ones; massive when > 100 and > 1000× `massive_median`)",
+           "metrics.csv, layers.csv", per_layer="after"),
+    Metric("massive_median", "", "median |activation| of the residual stream after block l",
+           "metrics.csv, layers.csv", per_layer="after"),
+    Metric("kurtosis", "", "excess kurtosis of the residual stream after block l over the features of each "
+           "position, averaged over positions (outlier studies: 0 for a Gaussian)", "metrics.csv", per_layer="after"),
     Metric("sink_token_attention", "", "attention on the most attended data-found sink token (not BOS)",
            "heads.csv"),
     Metric("slot_attention", "", "attention of non-trigger queries on the learned sink token (`--sink-token`)",

@@ -15,7 +15,7 @@ from toybb.probes import metrics as M
 
 def eval_capture(cfg: ModelConfig) -> Capture:
     """The sites the dynamics metrics need, reduced inside the compiled function."""
-    sites = ["blocks.*.resid_post@norm"]
+    sites = ["blocks.*.resid_post@norm", "blocks.*.resid_post"]
     for l in range(cfg.n_layers):
         if cfg.has_attention(l):
             sites += [f"blocks.{l}.attn.pattern@key0", f"blocks.{l}.attn.logits", f"blocks.{l}.attn.v_out@norm"]
@@ -60,7 +60,10 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
     minus the rows' entropy (its excess over the oracle). `value_drain` is ||W_O v|| at the sink,
     `value_drain_v` ||v|| before W_O (`value_others*`: the mean over the other positions).
     `slot_attention` (model.sink_token) and `bias_attention` (model.attn_bias) are the attention of the
-    non-trigger queries on the learned slot and on k', next to `sink_attention` on the BOS.
+    non-trigger queries on the learned slot and on k', next to `sink_attention` on the BOS. The outlier
+    metrics of the residual stream after each block: `massive_top1` / `massive_median` (Sun et al.: mean
+    over the batch of each sample's largest and median |activation|), `kurtosis`; `sink_rate` is Gu et
+    al.'s Sink^0.3 over every (layer, head).
     """
     cfg: ModelConfig = model.cfg
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -115,6 +118,14 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
         peak, others, excess = M.residual_peak(cap[f"blocks.{l}.resid_post@norm"])
         out[column("residual_peak", l)], out[column("residual_others", l)] = peak, others
         out[column("residual_excess", l)] = excess
+        top, _, median = M.activation_profile(cap[f"blocks.{l}.resid_post"], k=1)
+        out[column("massive_top1", l)], out[column("massive_median", l)] = top[:, 0].mean(), median.mean()
+        out[column("kurtosis", l)] = M.excess_kurtosis(cap[f"blocks.{l}.resid_post"])
+    # Gu et al.'s alpha_1 per (layer, head): the attention on key 0 averaged over every query
+    alphas = [M.sink_attention(cap[f"blocks.{l}.attn.pattern@key0"]) for l in range(cfg.n_layers)
+              if cfg.has_attention(l)]
+    if alphas:
+        out[column("sink_rate")] = M.sink_rate(jnp.concatenate(alphas))
     return out
 
 

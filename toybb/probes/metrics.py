@@ -28,6 +28,8 @@ DORMANT_THRESHOLD = 0.89
 # below the ~25,000 that appears at layer 11.
 MASSIVE_ABS = 100.0
 MASSIVE_RATIO = 1000.0
+# Gu et al. 2025: a head sinks on a key when its mean attention there exceeds this (Sink^eps)
+SINK_EPS = 0.3
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis) -> jax.Array:
@@ -55,6 +57,21 @@ def sink_attention(
     if exclude_sink_query:
         mask = mask & (jnp.arange(t) != sink)[None]
     return masked_mean(on_sink, mask[:, None, :], axis=(0, 2))
+
+
+def sink_rate(alpha: jax.Array, eps: float = SINK_EPS) -> jax.Array:
+    """Sink^eps (Gu et al. 2025): the fraction of heads whose alpha, the mean attention on the sink key over
+    the queries that see it (`sink_attention` over every query), exceeds eps. alpha: [..., heads]."""
+    return jnp.mean((alpha > eps).astype(jnp.float32))
+
+
+def excess_kurtosis(x: jax.Array) -> jax.Array:
+    """Excess kurtosis E[(x - mean)^4] / var^2 - 3 over the last axis (the features of each position),
+    averaged over the other axes: 0 for Gaussian features, large when a few features dominate."""
+    x = x.astype(jnp.float32)
+    c = x - jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(c * c, axis=-1)
+    return jnp.mean(jnp.mean(c**4, axis=-1) / jnp.maximum(var * var, jnp.finfo(jnp.float32).tiny) - 3.0)
 
 
 def logit_gap_per_query(logits: jax.Array, *, sink: int = 0) -> tuple[jax.Array, jax.Array]:
