@@ -33,6 +33,7 @@ from toybb.train.trainer import Trainer, trainer_key
 
 SECTIONS = ("model", "task", "optim", "train")
 DONE = "done"
+LABEL = "label"  # a setting's name in the results (no config key)
 
 
 @dataclass
@@ -144,6 +145,8 @@ def plan_sweep(spec: dict[str, Any], where: str = "sweep file") -> SweepPlan:
                 continue
             if k == "train.lrs":
                 raise ConfigError(f"{where}: sweep optim.lr instead of train.lrs (each learning rate is a run)")
+            if k == LABEL:
+                continue
             _set_dotted(upd, k, v)
         try:
             cfg = base_cfg.replace(**upd)
