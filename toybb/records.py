@@ -295,6 +295,12 @@ def load_metrics(run_dir: str | Path) -> tuple[dict, list[dict[str, str]]]:
         raise ConfigError(f"{d} is not a toybb run folder (no metrics.csv/config.json); give the --out of `toybb train`")
     meta = read_run_config(d)
     rows = read_csv(d / "metrics.csv", "metrics table", required=("step", "seed", "lr"))
+    for r in rows:
+        try:
+            int(r["step"]), int(r["seed"]), float(r["lr"])
+        except ValueError:
+            raise ConfigError(f"metrics table {str(d / 'metrics.csv')!r} has a row whose step, seed or lr is not a "
+                              f"number ({r['step']!r}, {r['seed']!r}, {r['lr']!r}); repair or delete it") from None
     return meta, rows
 
 
