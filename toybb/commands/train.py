@@ -186,8 +186,8 @@ def _final_medians(summary: dict) -> list[tuple[str, dict]]:
 
 
 def cmd_plot(args) -> int:
-    if args.out is not None:
-        figure_path(args.out)
+    if args.out is not None or Path(args.run).is_dir():
+        figure_path(args.out if args.out is not None else Path(args.run) / "dynamics.png")
     path = plot_dynamics(args.run, args.out, attn_layer=args.attn_layer, resid_layer=args.resid_layer,
                          reference=args.reference)
     print(f"wrote {path}")
