@@ -3,8 +3,9 @@ around them.
 
 Each command module (`toybb.commands.*` and the `cli` module of a part of toybb) has `register(subparsers)`
 (or an `add_*` per subcommand): it parses, checks its input, calls library functions and prints; no command
-runs another through an argument list. Bad input gives one line on stderr and exit code 2; a diverged run
-exits with 3.
+runs another through an argument list. Every error is one line on stderr and its kind's exit code
+(`toybb.errors`): 2 bad input, 3 a diverged run, 4 a fault of the machine (platform, devices, full disk).
+Each output folder (DIR option) is locked while the command runs: one writer per folder.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`toybb train`, `toybb plot` and `toybb sweep`: train toy models, draw a run's dynamics, run a sweep file.
 
-Bad input gives one line on stderr and exit code 2; a diverged run exits with 3.
+Bad input gives one line on stderr and exit code 2; a diverged run exits with 3 (see `toybb.errors`).
 """
 
 from __future__ import annotations
