@@ -231,6 +231,44 @@ def test_disk_full_mid_run_exit_4_then_resumes(finished, tmp_path, capsys, monke
     assert (out / "metrics.csv").read_text() == (finished / "metrics.csv").read_text()
 
 
+FAULTS = st.sampled_from([(errno.ENOSPC, 4), (errno.EIO, 4), (errno.EDQUOT, 4), (errno.EROFS, 2), (errno.EACCES, 2)])
+
+
+def _fault_runs(examples: int):
+    """The n-th atomic write of a tiny run fails with a filesystem error: exit 4 (full disk, I/O) or 2 (a path
+    that cannot be written), one line, nothing torn or left behind; the rerun ends as an uninterrupted run."""
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(at=st.integers(1, 17), fault=FAULTS)
+    def check(finished, tmp_path_factory, capsys, monkeypatch, at, fault):
+        out = tmp_path_factory.mktemp("fault") / "run"
+        calls = []
+
+        def fsync(fd):
+            calls.append(fd)
+            if len(calls) == at:
+                raise OSError(fault[0], os.strerror(fault[0]))
+
+        with monkeypatch.context() as m:
+            m.setattr(records.os, "fsync", fsync)
+            code, err = run_cli(["train", *TINY, "--lr", "0.5", "--out", str(out)], capsys)
+        assert code == fault[1] and len(err) == 1 and os.strerror(fault[0]) in err[0], (at, fault, code, err)
+        assert not list(out.glob(".*.tmp")) and not (out / LOCK_NAME).exists()
+        code, err = run_cli(["train", *TINY, "--lr", "0.5", "--out", str(out)], capsys)
+        assert code == 0, err
+        for name in ("metrics.csv", "active_dormant.csv", "interventions.csv"):
+            assert (out / name).read_bytes() == (finished / name).read_bytes(), name
+    return check
+
+
+def test_filesystem_faults_quick(finished, tmp_path_factory, capsys, monkeypatch):
+    _fault_runs(1)(finished, tmp_path_factory, capsys, monkeypatch)
+
+
+@pytest.mark.slow  # 40 faulted runs and their reruns: about 3 minutes
+def test_filesystem_faults_full(finished, tmp_path_factory, capsys, monkeypatch):
+    _fault_runs(40)(finished, tmp_path_factory, capsys, monkeypatch)
+
+
 def test_append_on_a_full_disk_leaves_no_partial_line(tmp_path, monkeypatch):
     path = tmp_path / "t.csv"
     path.write_text("a,b\n1,2\n")
