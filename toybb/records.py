@@ -1,6 +1,5 @@
 """Files toybb writes and reads back: one writer per folder (`folder_lock`), atomic writes, whole-row appends,
-CSV tables (a run's metrics.csv),
-the package versions a record carries, and readers of JSON/CSV records
+CSV tables (a run's metrics.csv), the package versions a record carries, and readers of JSON/CSV records
 that turn bad input (missing, not UTF-8, malformed, torn by a killed process) into one-line `ConfigError`s.
 
 A reader never sees a partial file: whole files are written to a temporary name and renamed; table rows
