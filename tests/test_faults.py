@@ -96,6 +96,15 @@ def test_second_sweep_is_refused(holder, tmp_path, capsys):
     _fails(["sweep", str(f), "--out", str(out), "--no-progress"], capsys, 2, f"pid {p.pid}", untouched=out)
 
 
+@pytest.mark.parametrize("argv", [["figures", "--only", "nope", "--out"], ["theory", "--plot"],
+                                  ["longctx", "toy", "--steps", "1", "--out"], ["probe", "nosuch", "--out"],
+                                  ["intervene", "nosuch", "--site", "blocks.*.attn.z", "--op", "zero", "--out"]])
+def test_every_command_writing_a_folder_is_refused(argv, holder, tmp_path, capsys):
+    out = tmp_path / "busy"
+    p = holder(out)
+    _fails([*argv, str(out)], capsys, 2, f"pid {p.pid}", untouched=out)
+
+
 def test_lock_of_a_killed_process_is_taken_over(holder, tmp_path):
     out = tmp_path / "busy"
     p = holder(out)
