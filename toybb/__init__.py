@@ -1,11 +1,13 @@
 """toybb: a JAX/Flax sandbox for extreme-token phenomena (attention sinks, value drains, residual peaks).
 
 `toybb.load(name_or_path)` is the entry point for Python: a toy run folder or a pretrained model, ready to
-tokenize, run with captures and interventions (`toybb.Edit`); see `toybb.api`.
+tokenize, run with captures and interventions (`toybb.Edit`); see `toybb.api`. Every error toybb raises for
+bad input is a `toybb.Error` (kinds and exit codes in `toybb.errors`).
 """
 
 from toybb._version import __version__  # noqa: F401
-from toybb.errors import ConfigError, ToybbError, TrainingDiverged  # noqa: F401
+from toybb.errors import (ArgumentTypeError, CheckpointError, ConfigError, EnvironmentFault, Error,  # noqa: F401
+                          FolderBusy, ToybbError, TrainingDiverged)
 
 
 def __getattr__(name: str):  # the entry point loads JAX only when first used

@@ -19,11 +19,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from toybb.errors import CheckpointError, ConfigError
+from toybb.errors import ArgumentTypeError, CheckpointError, ConfigError
 from toybb.llm.load import load as load_llm
 from toybb.llm.registry import resolve_existing
 from toybb.models.capture import Capture
 from toybb.models.forward import forward, loss
+from toybb.models.sites import Edit, Edits
 from toybb.train.runs import is_run_folder, load_models, model_of
 
 
@@ -98,10 +99,10 @@ class Loaded:
         """Forward pass with captures (site patterns, e.g. "blocks.*.attn.pattern@key0") and interventions
         (`Edit`s) -> Output(logits, cache, tokens)."""
         model = self.model(seed)
-        capture = Capture.of(capture)
+        capture = Capture.of(_capture_arg(capture))
         capture.check(model.sites())  # before compiling
         tokens = self.tokens(text_or_ids)
-        logits, cache = forward(model, tokens, capture=capture, edits=edits)
+        logits, cache = forward(model, tokens, capture=capture, edits=_edits_arg(edits))
         return Output(logits, cache, tokens)
 
     def loss(self, text_or_ids, *, edits=None, seed: int | None = None) -> float:
@@ -109,7 +110,40 @@ class Loaded:
         tokens = self.tokens(text_or_ids)
         if tokens.shape[1] < 2:
             raise ConfigError("the loss needs at least two tokens")
-        return float(np.mean(np.asarray(loss(self.model(seed), tokens, edits=edits, reduction="token").nll)))
+        return float(np.mean(np.asarray(loss(self.model(seed), tokens, edits=_edits_arg(edits), reduction="token").nll)))
+
+
+def _capture_arg(capture):
+    """`capture=`: a site pattern, a list of them, a Capture or None (nothing), else ArgumentTypeError."""
+    if capture is None:
+        return ()
+    if isinstance(capture, (str, Capture)):
+        return capture
+    if isinstance(capture, (list, tuple)) and all(isinstance(c, str) for c in capture):
+        return tuple(capture)
+    raise ArgumentTypeError(f"capture takes a site pattern such as 'blocks.*.resid_post' or a list of them, got "
+                            f"{type(capture).__name__} {capture!r:.60}")
+
+
+def _edits_arg(edits):
+    """`edits=`: None, an Edit or a list of them, each with a string site and numeric value / min_abs."""
+    if edits is None or isinstance(edits, Edits):
+        return edits
+    listed = [edits] if isinstance(edits, Edit) else edits
+    if not isinstance(listed, (list, tuple)) or not all(isinstance(e, Edit) for e in listed):
+        raise ArgumentTypeError(f"edits takes an Edit or a list of Edits (toybb.Edit), got {type(edits).__name__} "
+                                f"{edits!r:.60}")
+    for e in listed:
+        if not isinstance(e.site, str):
+            raise ArgumentTypeError(f"Edit site must be a site pattern (a string), got {e.site!r:.60}")
+        for name in ("value", "min_abs"):
+            v = getattr(e, name)
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      or np.issubdtype(np.asarray(v).dtype, np.number)):
+                raise ArgumentTypeError(f"Edit {name} must be a number or a numeric array, got {v!r:.60}")
+        if e.min_abs is not None and np.ndim(e.min_abs) != 0:
+            raise ArgumentTypeError(f"Edit min_abs must be one number, got an array of shape {np.shape(e.min_abs)}")
+    return listed
 
 
 def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None = None, dtype: str = "float32",
@@ -118,7 +152,15 @@ def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None
     of an offline checkpoint (`toybb models`). seed / lr choose the run of a toy run folder (default: its
     first); dtype and tokenizer (a tokenizer.json) apply to pretrained models."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
-        raise ConfigError(f"toybb.load takes a path or a model name, got {source!r}")
+        raise ArgumentTypeError(f"toybb.load takes a path or a model name, got {source!r:.60}")
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
+        raise ArgumentTypeError(f"toybb.load: seed must be an integer (a seed of the run folder), got {seed!r:.60}")
+    if lr is not None and (not isinstance(lr, (int, float, np.number)) or isinstance(lr, bool)):
+        raise ArgumentTypeError(f"toybb.load: lr must be a number (a learning rate of the run folder), got {lr!r:.60}")
+    if not isinstance(dtype, str):
+        raise ArgumentTypeError(f"toybb.load: dtype must be a name such as 'float32' or 'bfloat16', got {dtype!r:.60}")
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        raise ArgumentTypeError(f"toybb.load: tokenizer must be the path of a tokenizer.json, got {tokenizer!r:.60}")
 
     path = Path(source)
     if is_run_folder(path):

@@ -3,14 +3,17 @@ around them.
 
 Each command module (`toybb.commands.*` and the `cli` module of a part of toybb) has `register(subparsers)`
 (or an `add_*` per subcommand): it parses, checks its input, calls library functions and prints; no command
-runs another through an argument list. Bad input gives one line on stderr and exit code 2; a diverged run
-exits with 3.
+runs another through an argument list. Every error is one line on stderr and its kind's exit code
+(`toybb.errors`): 2 bad input, 3 a diverged run, 4 a fault of the machine (platform, devices, full disk).
+Each output folder (DIR option) is locked while the command runs: one writer per folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
 
 from toybb import intervene_cli
@@ -18,11 +21,11 @@ from toybb._version import __version__
 from toybb.cliargs import Parser
 from toybb.commands import compare, figures, mitigations, series
 from toybb.commands import train as train_commands
-from toybb.errors import ConfigError, ToybbError
+from toybb.errors import EnvironmentFault, Error, os_error
 from toybb.llm import cli as llm_cli
 from toybb.longctx import cli as longctx_cli
 from toybb.probes import cli as probes_cli
-from toybb.records import out_folder
+from toybb.records import folder_lock, out_folder
 from toybb.texts import resolve_source
 from toybb.theory import cli as theory_cli
 
@@ -47,25 +50,36 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_HOST_DEVICES = 1024  # XLA starts 1024 host devices in 0.3 GB; far more crash it
+
+
 def _host_devices_from_env() -> None:
     """TOYBB_HOST_DEVICES=N exposes N XLA host (CPU) devices, over which the run axis of a vmapped
     batch is sharded (measured: +20-24% run-steps/s for 4-8 runs of the CPU default on 2 cores). Opt-in,
-    because float round-off then differs slightly from a one-device run. Must run before JAX starts."""
+    because float round-off then differs slightly from a one-device run. Must run before JAX starts.
+    A count XLA cannot start (XLA_FLAGS' or TOYBB_HOST_DEVICES') is an EnvironmentFault."""
     if "jax" in sys.modules and getattr(sys.modules["jax"], "_src", None) is not None:
         from jax._src import xla_bridge
 
         if xla_bridge.backends_are_initialized():
             return
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags:
+    given = re.findall(r"--xla_force_host_platform_device_count=(\S*)", flags)
+    if given:
+        _device_count(given[-1], "XLA_FLAGS --xla_force_host_platform_device_count")
         return
     n = os.environ.get("TOYBB_HOST_DEVICES")
     if n is None:
         return
-    if not n.isdigit() or int(n) < 1:
-        raise ConfigError(f"TOYBB_HOST_DEVICES must be a positive integer, got {n!r}")
-    if int(n) > 1:
+    if _device_count(n, "TOYBB_HOST_DEVICES") > 1:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
+
+
+def _device_count(n: str, name: str) -> int:
+    if not n.isdigit() or not 1 <= int(n) <= MAX_HOST_DEVICES:
+        raise EnvironmentFault(f"{name} must be a number of host devices from 1 to {MAX_HOST_DEVICES}, got {n!r}; "
+                               "fix or unset it")
+    return int(n)
 
 
 def chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
@@ -78,12 +92,15 @@ def chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentPar
         parser = subs[0].choices[name]
 
 
-def check_output_folders(parser: argparse.ArgumentParser, args) -> None:
+def output_folders(parser: argparse.ArgumentParser, args) -> list[str]:
     """Every DIR option (output folders) must be a folder or creatable: checked before any work."""
+    folders = []
     for a in chosen_parser(parser, args)._actions:
         value = getattr(args, a.dest, None)
         if a.metavar == "DIR" and isinstance(value, str):
             out_folder(value, a.option_strings[0] if a.option_strings else a.dest)
+            folders.append(value)
+    return folders
 
 
 def check_text_sources(parser: argparse.ArgumentParser, args) -> None:
@@ -96,11 +113,13 @@ def check_text_sources(parser: argparse.ArgumentParser, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes (toybb.errors): 0 done, 2 bad input, 3 divergence, 4 environment
+    fault (a missing platform, an impossible device count, a full disk), 130 interrupted."""
     try:
         _host_devices_from_env()
-    except ConfigError as e:
+    except Error as e:
         print(f"toybb: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     parser = make_parser()
     try:
         args = parser.parse_args(argv)
@@ -110,12 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        check_output_folders(parser, args)
+        folders = output_folders(parser, args)
         check_text_sources(parser, args)
-        return int(args.func(args) or 0)
-    except ToybbError as e:
+        check_platform()
+        with contextlib.ExitStack() as held:  # one writer per output folder (sweep locks its own)
+            for d in folders if getattr(args, "lock_out", True) else ():
+                held.enter_context(folder_lock(d))
+            return int(args.func(args) or 0)
+    except (Error, OSError) as e:
+        e = os_error(e) if isinstance(e, OSError) else e
         print(f"toybb {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except ImportError as e:
         top = (e.name or "").split(".")[0]
         if top not in OPTIONAL_PACKAGES:
@@ -126,6 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("toybb: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def check_platform() -> None:
+    """JAX_PLATFORMS naming a platform this machine lacks: an EnvironmentFault before any work."""
+    if not os.environ.get("JAX_PLATFORMS"):
+        return
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as e:  # RuntimeError "Unable to initialize backend", or an assertion inside JAX
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise EnvironmentFault(f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']!r} names a platform this machine cannot "
+                               f"start ({detail}); unset it or name an available one (e.g. cpu)") from None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Files toybb writes and reads back: atomic writes, whole-row appends, CSV tables (a run's metrics.csv),
-the package versions a record carries, and readers of JSON/CSV records
+"""Files toybb writes and reads back: one writer per folder (`folder_lock`), atomic writes, whole-row appends,
+CSV tables (a run's metrics.csv), the package versions a record carries, and readers of JSON/CSV records
 that turn bad input (missing, not UTF-8, malformed, torn by a killed process) into one-line `ConfigError`s.
 
 A reader never sees a partial file: whole files are written to a temporary name and renamed; table rows
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -24,7 +27,69 @@ import numpy as np
 from toybb._version import __version__ as toybb_version
 from toybb.names import read_columns
 
-from toybb.errors import ConfigError
+from toybb.errors import ConfigError, FolderBusy, os_error
+
+LOCK_NAME = ".toybb.lock"
+_held: dict[str, int] = {}  # real path of a folder this process has locked -> depth of nested holds
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """`with folder_lock(out):` one writer per folder. Creates `folder`, takes an exclusive `flock` on
+    `folder/.toybb.lock` (which names the holder's pid and host) or raises FolderBusy naming them. The
+    kernel drops the lock when its process ends, even by kill -9, so a stale lock file is simply taken
+    over. Nested holds in one process are free. On release the lock file goes, and a folder this call
+    created is removed again if nothing was written to it."""
+    d = Path(folder)
+    created = not d.exists()
+    d.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(d)
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield d
+        finally:
+            _held[key] -= 1
+        return
+    fd = _lock_file(d)
+    _held[key] = 1
+    try:
+        yield d
+    finally:
+        del _held[key]
+        if fd is not None:  # unlinked while held: a process that opened it meanwhile sees a new inode and retries
+            (d / LOCK_NAME).unlink(missing_ok=True)
+            os.close(fd)
+        if created and not any(d.iterdir()):
+            d.rmdir()
+
+
+def _lock_file(d: Path) -> int | None:
+    path = d / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown pid"
+            os.close(fd)
+            raise FolderBusy(f"{d} is being written by another toybb process ({holder}); wait for it to end, "
+                             "stop it, or use another --out") from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                return None  # a filesystem without locks: write unlocked rather than not at all
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # locked a file its holder unlinked on release: take the new one
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
 
 
 @contextlib.contextmanager
@@ -33,7 +98,10 @@ def atomic_open(path: str | Path, mode: str = "w", newline: str | None = None) -
     it over `path` when the block ends without an exception (else deletes it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": newline, "encoding": "utf-8"})) as f:
             yield f
@@ -53,8 +121,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
 
 
 def remove_temporaries(folder: str | Path) -> None:
-    """Delete what `atomic_write` left behind in `folder` when its process was killed mid-write (only
-    one process writes a folder, so none of these is in use)."""
+    """Delete what `atomic_write` left behind in `folder` when its process was killed mid-write (call it
+    holding `folder_lock`: then no other process is writing there)."""
     for p in Path(folder).glob(".*.tmp"):
         p.unlink(missing_ok=True)
 
@@ -65,10 +133,14 @@ def append_lines(path: str | Path, text: str) -> None:
     without newline, which `read_csv` drops)."""
     data = text.encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    start = os.fstat(fd).st_size
     try:
         view = memoryview(data)
         while view:  # a regular file takes the whole buffer in one call; loop only for safety
             view = view[os.write(fd, view):]
+    except OSError:  # a full disk mid-write: take the partial lines back
+        os.ftruncate(fd, start)
+        raise
     finally:
         os.close(fd)
 
@@ -225,6 +297,12 @@ def load_metrics(run_dir: str | Path) -> tuple[dict, list[dict[str, str]]]:
         raise ConfigError(f"{d} is not a toybb run folder (no metrics.csv/config.json); give the --out of `toybb train`")
     meta = read_run_config(d)
     rows = read_csv(d / "metrics.csv", "metrics table", required=("step", "seed", "lr"))
+    for r in rows:
+        try:
+            int(r["step"]), int(r["seed"]), float(r["lr"])
+        except ValueError:
+            raise ConfigError(f"metrics table {str(d / 'metrics.csv')!r} has a row whose step, seed or lr is not a "
+                              f"number ({r['step']!r}, {r['seed']!r}, {r['lr']!r}); repair or delete it") from None
     return meta, rows
 
 
@@ -251,11 +329,23 @@ def out_folder(path: str | Path, flag: str = "--out") -> Path:
     """Check that `path` can be an output folder (an existing folder, or creatable) without creating it."""
     if not str(path).strip():
         raise ConfigError(f"{flag} is empty; give a folder path")
-    p = Path(path)
+    try:
+        return _out_folder(Path(path), flag)
+    except OSError as e:  # a name too long, a path through a file, ...
+        raise ConfigError(f"{flag} {os_error(e)}") from None
+
+
+def _out_folder(p: Path, flag: str) -> Path:
+    if p.is_symlink() and not p.exists():
+        raise ConfigError(f"{flag} {str(p)!r} is a symlink to a missing target or a symlink loop; "
+                          "remove it or give another path")
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {str(p)!r} is an existing file, not a folder; give a folder path")
     q = p
     while not q.exists():
+        if q.is_symlink():
+            raise ConfigError(f"{flag} {str(p)!r}: {str(q)!r} is a symlink to a missing target or a symlink loop; "
+                              "give another path")
         if q.parent == q:
             break
         q = q.parent
@@ -282,6 +372,8 @@ def figure_path(path: str | Path, flag: str = "--out") -> Path:
         raise ConfigError(f"{flag} {str(p)!r} is a folder; give an image file name")
     if not p.parent.is_dir():
         raise ConfigError(f"{flag} {str(p)!r}: folder {str(p.parent)!r} does not exist; create it first")
+    if not os.access(p.parent, os.W_OK | os.X_OK) or p.exists() and not os.access(p, os.W_OK):
+        raise ConfigError(f"{flag} {str(p)!r} is read-only; give an image path you may write")
     return p
 
 

@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
     except ToybbError as e:
         print(f"toy_sinks: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     return 0
 
 

@@ -1,25 +1,24 @@
 """`toybb train`, `toybb plot` and `toybb sweep`: train toy models, draw a run's dynamics, run a sweep file.
 
-Bad input gives one line on stderr and exit code 2; a diverged run exits with 3.
+Bad input gives one line on stderr and exit code 2; a diverged run exits with 3 (see `toybb.errors`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import jax
 
 from toybb.cliargs import FLOATS, INTS, add_list
 from toybb.config import PRECISIONS, PRESETS, RunConfig, load_config_file, paper_learning_rate
-from toybb.errors import ConfigError, TrainingDiverged
+from toybb.errors import ConfigError
 from toybb.plot import plot_dynamics
 from toybb.records import figure_path, finite, out_folder
 from toybb.train.loop import train
 from toybb.train.memory import check_memory, estimate_group_bytes
-from toybb.train.runs import check_run_folder
+from toybb.train.runs import check_run_folder, is_finished
 from toybb.train.sweep import load_sweep_file, plan_doc, plan_sweep, run_sweep
 
 
@@ -167,13 +166,13 @@ def cmd_train(args) -> int:
     cfg = build_config(args)
     out = Path(args.out)
     check_run_folder(out, cfg)
+    if is_finished(out, cfg):
+        print(f"toybb train: {out} already holds this run, finished at step {cfg.train.steps}; nothing to do "
+              f"(give --steps above {cfg.train.steps} to train on, or another --out)")
+        return 0
     check_memory(cfg, "the run")
     print(f"toybb train: {len(cfg.runs())} run(s) -> {out}", flush=True)
-    try:
-        result = train(cfg, out, progress=not args.no_progress, write_figure=not args.no_plot)
-    except TrainingDiverged as e:
-        print(f"toybb train: error: {e}", file=sys.stderr)
-        return 3
+    result = train(cfg, out, progress=not args.no_progress, write_figure=not args.no_plot)
     summary = json.loads((out / "summary.json").read_text())
     for label, fm in _final_medians(summary):
         keys = [k for k in ("loss", "backcopy_risk", "bigram_risk", "sink_attention_l0", "value_drain_l0",
@@ -197,8 +196,8 @@ def _final_medians(summary: dict) -> list[tuple[str, dict]]:
 
 
 def cmd_plot(args) -> int:
-    if args.out is not None:
-        figure_path(args.out)
+    if args.out is not None or Path(args.run).is_dir():
+        figure_path(args.out if args.out is not None else Path(args.run) / "dynamics.png")
     path = plot_dynamics(args.run, args.out, attn_layer=args.attn_layer, resid_layer=args.resid_layer,
                          reference=args.reference)
     print(f"wrote {path}")
@@ -235,7 +234,7 @@ def add_sweep(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the groups and their memory estimate, train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plot", action="store_true", help="no dynamics.png per group")
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, lock_out=False)  # run_sweep locks --out in process 0 (the others write groups)
 
 
 def cmd_sweep(args) -> int:

@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 
 from toybb.config import ModelConfig
-from toybb.errors import ConfigError, ToybbError
+from toybb.errors import ConfigError, ToybbError, TrainingDiverged
 from toybb.models.capture import Capture
 from toybb.models import forward as F
 from toybb.models.sites import residual_add
@@ -31,8 +31,10 @@ def char_data(text: str, val_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray,
 
 
 def train_char_lm(cfg: ModelConfig, train: np.ndarray, *, seq: int, steps: int, batch: int = 32,
-                  lr: float = 3e-3, seed: int = 0, log=None) -> tuple[Transformer, list[float]]:
-    """Adam with cosine decay on random windows of `seq + 1` characters; returns (model, losses every 100)."""
+                  lr: float = 3e-3, seed: int = 0, log=None, what: str | None = None
+                  ) -> tuple[Transformer, list[float]]:
+    """Adam with cosine decay on random windows of `seq + 1` characters; returns (model, losses every 100).
+    A NaN/inf loss raises TrainingDiverged naming the step (and `what`, the model's name)."""
     if steps < 1 or seq < 2:
         raise ConfigError(f"toy training needs steps >= 1 and seq >= 2, got {steps}, {seq}")
     model = Transformer(cfg, rngs=nnx.Rngs(seed))
@@ -48,13 +50,18 @@ def train_char_lm(cfg: ModelConfig, train: np.ndarray, *, seq: int, steps: int, 
         return loss
 
     rng = np.random.default_rng(seed)
-    losses = []
+    losses, pending = [], []  # pending: this stretch's losses, checked for NaN every 100 steps
     for s in range(steps):
         start = rng.integers(0, len(train) - seq - 1, batch)
         x = jnp.asarray(train[start[:, None] + np.arange(seq + 1)])
-        loss = step(model, opt, x)
+        pending.append(step(model, opt, x))
         if s % 100 == 0 or s == steps - 1:
-            losses.append(float(loss))
+            stretch = np.asarray(jnp.stack(pending))
+            if not np.isfinite(stretch).all():
+                raise TrainingDiverged(s + 1 - len(stretch) + int(np.argmin(np.isfinite(stretch))), [], None, None,
+                                       what=what)
+            pending = []
+            losses.append(float(stretch[-1]))
             if log:
                 log(f"  step {s}: loss {losses[-1]:.3f}")
     return model, losses

@@ -151,7 +151,7 @@ def _toy_scheme(ev: _ToyEval, scheme: str, cfg, train) -> None:
     args, C, factors, wins = ev.args, ev.args.seq_len, ev.factors, ev.wins
     t0 = time.time()
     model, losses = train_char_lm(cfg, train, seq=C, steps=args.steps, batch=args.batch, lr=args.lr,
-                                  seed=args.seed)
+                                  seed=args.seed, what=f"longctx toy, {scheme} model")
     print(f"{scheme}: trained {args.steps} steps in {time.time() - t0:.0f} s, last loss {losses[-1]:.3f}", flush=True)
     name = {"none": "NoPE", "rope": "RoPE", "alibi": "ALiBi", "window": f"NoPE window {ev.W}"}[scheme]
     for f in factors:

@@ -3,7 +3,7 @@
 The paper (Llama-3.1-8B, one sentence): the BOS residual norm after layer 24 is 496 against <= 37 for
 the other tokens; zeroing the output of the layer-0 MLP drops it to 34, of the layer-1 MLP to 27, while
 zeroing the layer-0 attention output leaves it at 500. Here the same measurement for any model that
-declares its sites (the toy `ToyTransformer` and the pretrained `LLM`):
+declares its sites (the toy and pretrained configurations of the one `Transformer`):
 
 1. The unmodified model is run on a batch; the residual norm after every block
    (`blocks.{l}.resid_post@norm`, [layers, batch, seq]) locates the peak.

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         return args.func(args)
     except ToybbError as e:
         print(f"toybb theory: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -13,6 +13,17 @@ from toybb.errors import CheckpointError
 from toybb.records import atomic_write
 
 CKPT_NAME = "checkpoint.npz"
+DIVERGED_NAME = "diverged.json"  # written when a run diverges: a rerun says so instead of diverging again
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of the checkpoint at `path` without reading its arrays; None if missing or unreadable
+    (loading it then says what is wrong)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return int(z["__step__"])
+    except Exception:
+        return None
 
 
 def save_checkpoint(path: Path, state, step: int) -> None:

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from toybb.config import RunConfig, config_diffs
-from toybb.errors import CheckpointError, TrainingDiverged
+from toybb.errors import CheckpointError, ConfigError, TrainingDiverged
 from toybb.plot import plot_dynamics
-from toybb.records import (append_metrics_csv, atomic_write, package_versions, read_metrics_csv, remove_temporaries,
-                           write_metrics_csv)
-from toybb.train.checkpoint import CKPT_NAME
+from toybb.records import (append_metrics_csv, atomic_write, folder_lock, package_versions, read_metrics_csv,
+                           remove_temporaries, write_metrics_csv)
+from toybb.train.checkpoint import CKPT_NAME, DIVERGED_NAME
 from toybb.train.final import write_final_probes
 from toybb.train.runs import check_run_folder
 from toybb.train.trainer import RunResult, Trainer
@@ -108,16 +108,29 @@ def train(
     """Train every run of `cfg` (seeds x learning rates, vmapped) and record the dynamics.
 
     out_dir: run folder (config.json, metrics.csv, checkpoint.npz, final probes, dynamics.png); an
-      existing folder with a checkpoint of the same config is resumed. None: nothing is written.
+      existing folder with a checkpoint of the same config is resumed. None: nothing is written. The
+      folder is locked while training (FolderBusy if another process writes it); a divergence is
+      recorded in it (diverged.json), so a rerun says so instead of training into NaN again.
     stop_after: stop (as if interrupted) once this step is reached; used to test resumption.
     """
-    t0 = time.perf_counter()
-    if out_dir is not None:
+    if out_dir is None:
+        return _train(cfg, None, progress, trainer, stop_after, write_figure)
+    with folder_lock(out_dir):
         check_run_folder(out_dir, cfg)
+        try:
+            return _train(cfg, Path(out_dir), progress, trainer, stop_after, write_figure)
+        except TrainingDiverged as e:
+            rec = {"step": e.step, "runs": e.runs, "last_good_step": e.last_good_step}
+            atomic_write(Path(out_dir) / DIVERGED_NAME, lambda f: f.write(json.dumps(rec)), mode="w")
+            raise
+
+
+def _train(cfg: RunConfig, out: Path | None, progress: bool, trainer: Trainer | None, stop_after: int | None,
+           write_figure: bool) -> RunResult:
+    t0 = time.perf_counter()
     trainer = trainer or Trainer(cfg)
     if config_diffs(trainer.cfg.to_dict(), cfg):
-        raise ValueError("trainer was built for another config (only train.steps, ckpt_every, run_chunk and microbatch may differ)")
-    out = Path(out_dir) if out_dir is not None else None
+        raise ConfigError("trainer was built for another config (only train.steps, ckpt_every, run_chunk and microbatch may differ)")
     p = _resume_or_start(trainer, cfg, out)
     bar = None
     if progress:

@@ -7,22 +7,40 @@ from __future__ import annotations
 from pathlib import Path
 
 from toybb.config import RunConfig, config_diffs
-from toybb.errors import ConfigError
+from toybb.errors import ConfigError, TrainingDiverged
 from toybb.records import out_folder, read_json, read_run_config
-from toybb.train.checkpoint import CKPT_NAME
+from toybb.train.checkpoint import CKPT_NAME, DIVERGED_NAME, checkpoint_step
 from toybb.train.trainer import Trainer
 
 
+RUN_FILES = ("config.json", "metrics.csv", CKPT_NAME, "summary.json", "active_dormant.csv", "interventions.csv",
+             "dynamics.png", DIVERGED_NAME)
+
+
 def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
-    """Before compiling: `out_dir` must be a folder (or creatable) holding no run of another config."""
-    out_folder(out_dir)
-    if (Path(out_dir) / "config.json").exists():
+    """Before compiling: `out_dir` must be a folder (or creatable) holding no run of another config, no
+    checkpoint past `cfg`'s steps, no run that diverged, and no folder where a run file goes."""
+    d = out_folder(out_dir)
+    for name in RUN_FILES:
+        if (d / name).is_dir():
+            raise ConfigError(f"{d / name} is a folder where the run writes a file; remove it or use another --out")
+    if (d / "config.json").exists():
         diffs = config_diffs(read_run_config(out_dir)["config"], cfg)
         if diffs:
             raise ConfigError(
                 f"run folder {out_dir} holds a run with another config ({'; '.join(diffs[:4])}); "
                 "use another --out or delete the folder"
             )
+    if (d / DIVERGED_NAME).exists():
+        rec = read_json(d / DIVERGED_NAME, "divergence record", "delete it to train the folder again")
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            raise ConfigError(f"divergence record {str(d / DIVERGED_NAME)!r} is malformed; delete it to train again")
+        raise TrainingDiverged(rec["step"], rec.get("runs") or [], rec.get("last_good_step"), str(d),
+                               what=f"run folder {d} diverged before ({DIVERGED_NAME}; delete it to retry)")
+    step = checkpoint_step(d / CKPT_NAME)
+    if step is not None and step > cfg.train.steps:
+        raise ConfigError(f"run folder {d} holds a checkpoint at step {step}, past --steps {cfg.train.steps}; "
+                          f"give --steps {step} or more to continue it, or use another --out")
 
 
 def is_run_folder(path: str | Path) -> bool:

@@ -16,6 +16,7 @@ every group's `done` marker on the shared file system and alone writes the table
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -27,7 +28,8 @@ from typing import Any, Callable
 
 from toybb.config import PRESETS, RunConfig, load_config_file
 from toybb.errors import ConfigError
-from toybb.records import atomic_write, load_metrics, package_versions, read_json, remove_temporaries, write_csv_rows
+from toybb.records import (atomic_write, folder_lock, load_metrics, package_versions, read_json, remove_temporaries,
+                           write_csv_rows)
 from toybb.train.loop import train
 from toybb.train.trainer import Trainer, trainer_key
 
@@ -235,11 +237,20 @@ def run_sweep(
       only process 0 writes the table (after every group's `done` marker exists). Returns its path.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     pid, pcount = process
-    if pid == 0:
-        remove_temporaries(out)
-        _write_plan(out, plan)
+    with contextlib.ExitStack() as held:
+        if pid == 0:  # one writer of the sweep folder; the other processes write only their groups (locked by train)
+            held.enter_context(folder_lock(out))
+            remove_temporaries(out)
+            _write_plan(out, plan)
+        out.mkdir(parents=True, exist_ok=True)
+        return _run_groups(plan, out, progress, write_figure, trainers, after_group, process, wait_timeout, log)
+
+
+def _run_groups(plan: SweepPlan, out: Path, progress: bool, write_figure: bool, trainers: dict | None,
+                after_group: Callable[[Group], None] | None, process: tuple[int, int], wait_timeout: float,
+                log: Callable[[str], None]) -> Path | None:
+    pid, pcount = process
     trainers = {} if trainers is None else trainers
     total = len(plan.groups)
     for gi, g in enumerate(plan.groups):

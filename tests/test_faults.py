@@ -1,0 +1,399 @@
+"""Issue 27: one writer per run folder, resume states, divergence (exit 3) in every command that trains,
+filesystem faults (one line, exit 2; a full disk exit 4) and environment faults (exit 4), one error
+hierarchy in Python. Every case asserts the exit code, the single line and the files left untouched."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
+from test_reliability import TINY, _tiny, run_cli
+
+import toybb
+from toybb import records
+from toybb.cli import main
+from toybb.records import LOCK_NAME, folder_lock
+
+HOLD = ("import sys, time\nfrom toybb.records import folder_lock\n"
+        "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    """Every file under `d` (hidden ones included) and its bytes."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _fails(argv, capsys, code: int, *needles, untouched: Path | None = None) -> str:
+    """`toybb ARGV` ends with `code` and one line on stderr holding `needles`; `untouched` keeps its files."""
+    before = _snapshot(untouched) if untouched is not None else None
+    got, err = run_cli(argv, capsys)
+    assert got == code and len(err) == 1, (got, err)
+    for n in needles:
+        assert n in err[0], err
+    if untouched is not None:
+        assert _snapshot(untouched) == before
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny run (TINY of test_reliability: the compiled programs are shared)."""
+    out = tmp_path_factory.mktemp("fin") / "run"
+    assert main(["train", *TINY, "--lr", "0.5", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(finished, d)
+    return d
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """A real second process holding the lock of tmp_path/busy (killed at the end)."""
+    procs = []
+
+    def start(folder: Path) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+# ---- one writer per folder ---------------------------------------------------------------------------------
+def test_second_writer_is_refused_naming_the_holder(holder, tmp_path, capsys):
+    out = tmp_path / "busy"
+    p = holder(out)
+    (out / ".metrics.csv.abc.tmp").write_text("the first writer's temporary file")
+    _fails(["train", *TINY, "--out", str(out)], capsys, 2, f"pid {p.pid}", "another toybb process", untouched=out)
+
+
+def test_second_sweep_is_refused(holder, tmp_path, capsys):
+    from _shared import TINY_BASE
+
+    out = tmp_path / "busy"
+    p = holder(out)
+    f = tmp_path / "sweep.yaml"
+    f.write_text(yaml.safe_dump({"base": TINY_BASE, "grid": {"optim.lr": [1e-3]}}))
+    _fails(["sweep", str(f), "--out", str(out), "--no-progress"], capsys, 2, f"pid {p.pid}", untouched=out)
+
+
+@pytest.mark.parametrize("argv", [["figures", "--only", "nope", "--out"], ["theory", "--plot"],
+                                  ["longctx", "toy", "--steps", "1", "--out"], ["probe", "nosuch", "--out"],
+                                  ["intervene", "nosuch", "--site", "blocks.*.attn.z", "--op", "zero", "--out"]])
+def test_every_command_writing_a_folder_is_refused(argv, holder, tmp_path, capsys):
+    out = tmp_path / "busy"
+    p = holder(out)
+    _fails([*argv, str(out)], capsys, 2, f"pid {p.pid}", untouched=out)
+
+
+def test_lock_of_a_killed_process_is_taken_over(holder, tmp_path):
+    out = tmp_path / "busy"
+    p = holder(out)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert f"pid {p.pid}" in (out / LOCK_NAME).read_text()  # the stale file stays; the kernel dropped the lock
+    with folder_lock(out):
+        assert f"pid {os.getpid()} " in (out / LOCK_NAME).read_text()
+        with folder_lock(out):  # nested holds in one process
+            pass
+    assert not (out / LOCK_NAME).exists() and out.is_dir()
+
+
+def test_lock_leaves_no_trace_of_a_folder_it_created(tmp_path):
+    with folder_lock(tmp_path / "new" / "deep"):
+        pass
+    assert not (tmp_path / "new" / "deep").exists()
+
+
+@pytest.mark.slow  # two real `toybb train` processes on one folder: about 20 s
+def test_two_train_processes_one_folder(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "toybb.cli", "train", *_tiny(steps=100000), "--lr", "0.05", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    while not (out / "metrics.csv").exists() or len((out / "metrics.csv").read_text().splitlines()) < 4:
+        time.sleep(0.1)  # training: rows being appended
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert first.poll() is None, "the first run ended before the second started"
+    assert second.returncode == 2 and second.stderr.count("\n") == 1 and f"pid {first.pid}" in second.stderr
+    first.kill()  # kill -9: its lock goes with it
+    first.wait()
+    steps = [int(line.split(",")[0]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(len(steps))) and len(steps) > 1  # one row per step: no second writer
+    with folder_lock(out):
+        pass
+
+
+# ---- resume states -----------------------------------------------------------------------------------------
+def test_rerun_of_a_finished_run_does_nothing(run_copy, capsys):
+    before = _snapshot(run_copy)
+    code, err = run_cli(["train", *TINY, "--lr", "0.5", "--out", str(run_copy)], capsys)
+    assert code == 0 and not err
+    assert _snapshot(run_copy) == before
+
+
+def test_fewer_steps_than_the_checkpoint(run_copy, capsys):
+    _fails(["train", *_tiny(steps=6), "--lr", "0.5", "--out", str(run_copy)], capsys, 2,
+           "checkpoint at step 12", "--steps 12 or more", untouched=run_copy)
+
+
+def test_rerun_of_a_diverged_run_says_so(tmp_path, capsys):
+    out = tmp_path / "div"
+    first = _fails(["train", *TINY, "--lr", "1000", "--out", str(out)], capsys, 3, "NaN/inf at step")
+    assert (out / "diverged.json").exists()
+    step = first.split("at step ")[1].split()[0]
+    _fails(["train", *TINY, "--lr", "1000", "--out", str(out)], capsys, 3, "diverged before",
+           f"at step {step}", "--lr", untouched=out)
+
+
+def test_sweep_with_a_diverging_group_exits_3(tmp_path, capsys):
+    f = tmp_path / "sweep.yaml"
+    base = {"preset": "cpu", "model": {"d_model": 16}, "task": {"seq_len": 8},
+            "optim": {"name": "sgd"}, "train": {"steps": 12, "batch": 4, "eval_batch": 4, "eval_schedule": [[1, 0]],
+                                                 "ckpt_every": 1}}
+    f.write_text(yaml.safe_dump({"base": base, "seeds": 1, "grid": {"optim.lr": [1000.0]}}))
+    code, err = run_cli(["sweep", str(f), "--out", str(tmp_path / "sw"), "--no-progress", "--no-plot"], capsys)
+    assert code == 3 and err[-1].startswith("toybb sweep: error: loss became NaN/inf at step"), err
+    assert all(line.startswith("[group ") for line in err[:-1])  # the progress log, then the one error line
+    assert not (tmp_path / "sw" / "results.csv").exists()
+
+
+def test_longctx_toy_model_diverging_names_the_step():
+    from toybb.config import ModelConfig
+    from toybb.longctx.toy import train_char_lm
+
+    cfg = ModelConfig(vocab_size=8, d_model=8, n_layers=1, n_heads=1, max_positions=8, position="rope")
+    ids = np.arange(200, dtype=np.int32) % 8
+    with pytest.raises(toybb.TrainingDiverged, match=r"rope: loss became NaN/inf at step \d+\.") as e:
+        train_char_lm(cfg, ids, seq=8, steps=30, batch=2, lr=1e9, what="rope")
+    assert e.value.exit_code == 3 and 0 <= e.value.step < 30
+
+
+@pytest.mark.slow  # the whole command: 10 s
+def test_longctx_toy_divergence_exit_3_no_table(tmp_path, capsys):
+    out = tmp_path / "lt"
+    _fails(["longctx", "toy", "--seq-len", "8", "--d-model", "8", "--layers", "1", "--heads", "1", "--steps", "30",
+            "--batch", "2", "--lr", "1e9", "--schemes", "rope", "--eval-windows", "2", "--out", str(out)], capsys, 3,
+           "rope model: loss became NaN/inf at step")
+    assert not list(out.glob("toy_*.csv"))
+
+
+# ---- filesystem --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, needle", [
+    (lambda d: d / ("x" * 300), "File name too long"),
+    (lambda d: (d / "dangling").symlink_to(d / "missing") or d / "dangling", "symlink"),
+    (lambda d: (d / "loop").symlink_to(d / "loop") or d / "loop", "symlink"),
+    (lambda d: (d / "f").write_text("") or d / "f" / "sub", "is a file"),
+])
+def test_bad_out_paths(make, needle, tmp_path, capsys):
+    out = make(tmp_path)
+    _fails(["train", *TINY, "--out", str(out)], capsys, 2, needle, untouched=tmp_path)
+
+
+def test_folder_where_a_run_file_goes(run_copy, capsys):
+    (run_copy / "summary.json").unlink()
+    (run_copy / "summary.json").mkdir()
+    _fails(["train", *TINY, "--lr", "0.5", "--out", str(run_copy)], capsys, 2, "summary.json is a folder",
+           untouched=run_copy)
+
+
+def test_plot_into_a_read_only_place(run_copy, tmp_path, capsys, monkeypatch):
+    _fails(["plot", str(run_copy), "--out", "/sys/dynamics.png"], capsys, 2, "/sys/dynamics.png", untouched=run_copy)
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # a read-only folder (root may write anywhere)
+    _fails(["plot", str(run_copy)], capsys, 2, "read-only", untouched=run_copy)
+
+
+def test_disk_full_mid_run_exit_4_then_resumes(finished, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "full"
+    calls = []
+
+    def fsync(fd):  # the 4th atomic write (a checkpoint or a table) finds the disk full
+        calls.append(fd)
+        if len(calls) == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(records.os, "fsync", fsync)
+    _fails(["train", *TINY, "--lr", "0.5", "--out", str(out)], capsys, 4, "No space left", "rerun the same command")
+    assert not list(out.glob(".*.tmp")) and not (out / LOCK_NAME).exists()
+    monkeypatch.undo()
+    code, err = run_cli(["train", *TINY, "--lr", "0.5", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert (out / "metrics.csv").read_text() == (finished / "metrics.csv").read_text()
+
+
+FAULTS = st.sampled_from([(errno.ENOSPC, 4), (errno.EIO, 4), (errno.EDQUOT, 4), (errno.EROFS, 2), (errno.EACCES, 2)])
+
+
+def _fault_runs(examples: int):
+    """The n-th atomic write of a tiny run fails with a filesystem error: exit 4 (full disk, I/O) or 2 (a path
+    that cannot be written), one line, nothing torn or left behind; the rerun ends as an uninterrupted run."""
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(at=st.integers(1, 17), fault=FAULTS)
+    def check(finished, tmp_path_factory, capsys, monkeypatch, at, fault):
+        out = tmp_path_factory.mktemp("fault") / "run"
+        calls = []
+
+        def fsync(fd):
+            calls.append(fd)
+            if len(calls) == at:
+                raise OSError(fault[0], os.strerror(fault[0]))
+
+        with monkeypatch.context() as m:
+            m.setattr(records.os, "fsync", fsync)
+            code, err = run_cli(["train", *TINY, "--lr", "0.5", "--out", str(out)], capsys)
+        assert code == fault[1] and len(err) == 1 and os.strerror(fault[0]) in err[0], (at, fault, code, err)
+        assert not list(out.glob(".*.tmp")) and not (out / LOCK_NAME).exists()
+        code, err = run_cli(["train", *TINY, "--lr", "0.5", "--out", str(out)], capsys)
+        assert code == 0, err
+        for name in ("metrics.csv", "active_dormant.csv", "interventions.csv"):
+            assert (out / name).read_bytes() == (finished / name).read_bytes(), name
+    return check
+
+
+def test_filesystem_faults_quick(finished, tmp_path_factory, capsys, monkeypatch):
+    _fault_runs(1)(finished, tmp_path_factory, capsys, monkeypatch)
+
+
+@pytest.mark.slow  # 40 faulted runs and their reruns: about 3 minutes
+def test_filesystem_faults_full(finished, tmp_path_factory, capsys, monkeypatch):
+    _fault_runs(40)(finished, tmp_path_factory, capsys, monkeypatch)
+
+
+def test_append_on_a_full_disk_leaves_no_partial_line(tmp_path, monkeypatch):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n")
+    real = os.write
+
+    def write(fd, data):
+        real(fd, bytes(data[:3]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(records.os, "write", write)
+    with pytest.raises(OSError):
+        records.append_lines(path, "3,4\n5,6\n")
+    assert path.read_text() == "a,b\n1,2\n"
+
+
+# ---- environment -------------------------------------------------------------------------------------------
+def test_missing_platform_exit_4(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="nosuchplatform", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-m", "toybb.cli", "train", *TINY, "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 4 and r.stderr.count("\n") == 1, r.stderr
+    assert "JAX_PLATFORMS='nosuchplatform'" in r.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("env", [{"TOYBB_HOST_DEVICES": "100000"}, {"TOYBB_HOST_DEVICES": "0"},
+                                 {"XLA_FLAGS": "--xla_force_host_platform_device_count=abc"},
+                                 {"XLA_FLAGS": "--xla_force_host_platform_device_count=0"}])
+def test_impossible_device_count_exit_4(env, tmp_path, capsys, monkeypatch):
+    from jax._src import xla_bridge
+
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)  # as in a fresh process
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    _fails(["train", *TINY, "--out", str(tmp_path / "o")], capsys, 4, "host devices from 1 to 1024")
+    assert not (tmp_path / "o").exists()
+
+
+# ---- metrics tables and the Python API ---------------------------------------------------------------------
+@pytest.mark.parametrize("command", [["plot"], ["compare", "--reference", "one_layer_adam"]])
+def test_non_numeric_step_or_seed(command, run_copy, capsys):
+    last = (run_copy / "metrics.csv").read_text().splitlines()[-1].split(",")
+    with open(run_copy / "metrics.csv", "a") as f:
+        f.write(",".join(["12", "zero", *last[2:]]) + "\n")
+    _fails([command[0], str(run_copy), *command[1:]], capsys, 2, "not a number", "'zero'", untouched=run_copy)
+
+
+def test_error_hierarchy():
+    assert toybb.ToybbError is toybb.Error
+    for kind, code in ((toybb.ConfigError, 2), (toybb.ArgumentTypeError, 2), (toybb.CheckpointError, 2),
+                       (toybb.FolderBusy, 2), (toybb.EnvironmentFault, 4), (toybb.TrainingDiverged, 3)):
+        assert issubclass(kind, toybb.Error) and kind.exit_code == code
+    assert issubclass(toybb.ArgumentTypeError, TypeError) and issubclass(toybb.ConfigError, ValueError)
+
+
+@pytest.fixture(scope="module")
+def loaded(finished):
+    return toybb.load(str(finished))
+
+
+BAD_CALLS = {
+    "load(None)": lambda m, d: toybb.load(None),
+    "load(seed='a')": lambda m, d: toybb.load(d, seed="a"),
+    "load(lr='x')": lambda m, d: toybb.load(d, lr="x"),
+    "load(dtype=3)": lambda m, d: toybb.load(d, dtype=3),
+    "load(tokenizer=3)": lambda m, d: toybb.load(d, tokenizer=3),
+    "capture=3": lambda m, d: m.run("ab", capture=3),
+    "capture=[3]": lambda m, d: m.run("ab", capture=[3]),
+    "capture='nosuch'": lambda m, d: m.run("ab", capture="nosuch"),
+    "edits=3": lambda m, d: m.run("ab", edits=3),
+    "loss edits=3": lambda m, d: m.loss("abc", edits=3),
+    "Edit(3, 'zero')": lambda m, d: m.run("ab", edits=[toybb.Edit(3, "zero")]),
+    "Edit op=3": lambda m, d: toybb.Edit("blocks.*.attn.z", 3),
+    "Edit value='x'": lambda m, d: m.run("ab", edits=[toybb.Edit("blocks.*.attn.z", "scale", value="x")]),
+    "Edit min_abs='x'": lambda m, d: m.run("ab", edits=[toybb.Edit("blocks.*.attn.z", "zero", min_abs="x")]),
+    "Edit layer='a'": lambda m, d: m.run("ab", edits=[toybb.Edit("blocks.*.attn.z", "zero", layer="a")]),
+    "Edit head=99": lambda m, d: m.run("ab", edits=[toybb.Edit("blocks.*.attn.z", "zero", head=99)]),
+    "run(1.5)": lambda m, d: m.run(np.array([1.5])),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CALLS))
+def test_python_api_bad_arguments_raise_toybb_errors(name, loaded, finished):
+    with pytest.raises(toybb.Error) as e:
+        BAD_CALLS[name](loaded, str(finished))
+    assert len(str(e.value).splitlines()) == 1 and str(e.value)
+
+
+# ---- fuzz: corrupted metrics tables -------------------------------------------------------------------------
+FIELD = st.one_of(st.text(max_size=6), st.integers(-5, 10**20).map(str), st.sampled_from(["nan", "1e400", "-0", " 3"]))
+
+
+def _fuzz_tables(examples: int):
+    """A row whose step, seed and lr are fuzzed, appended to a finished run's metrics.csv: `plot` and `compare`
+    end with 0, or with 2 and one line; metrics.csv is never rewritten."""
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(step=FIELD, seed=FIELD, lr=FIELD)
+    def check(finished, tmp_path_factory, capsys, step, seed, lr):
+        d = tmp_path_factory.mktemp("fz") / "run"
+        shutil.copytree(finished, d)
+        last = (d / "metrics.csv").read_text().splitlines()[-1].split(",")
+        fields = [v.translate({ord(c): None for c in ',\n\r"'}) for v in (step, seed, lr)]
+        with open(d / "metrics.csv", "a") as f:
+            f.write(",".join(fields + last[3:]) + "\n")
+        table = (d / "metrics.csv").read_bytes()
+        for argv in (["plot", str(d), "--out", str(d / "f.png")], ["compare", str(d), "--reference", "one_layer_adam"]):
+            code, err = run_cli(argv, capsys)
+            assert code == 0 or code == 2 and len(err) == 1, (argv, fields, code, err)
+        assert (d / "metrics.csv").read_bytes() == table
+    return check
+
+
+def test_fuzz_metrics_fields_quick(finished, tmp_path_factory, capsys):
+    _fuzz_tables(8)(finished, tmp_path_factory, capsys)
+
+
+@pytest.mark.slow  # 150 tables: about 2 minutes
+def test_fuzz_metrics_fields_full(finished, tmp_path_factory, capsys):
+    _fuzz_tables(150)(finished, tmp_path_factory, capsys)
