@@ -141,3 +141,27 @@ def test_muon_orthogonalises_the_matrices_and_steps_the_rest_with_adam():
 def test_options_that_do_not_fit_are_one_line(kw, what):
     with pytest.raises(ConfigError, match=what):
         ModelConfig(**kw)
+
+
+def test_the_mitigation_table_from_the_runs_metrics(tmp_path, capsys):
+    """`toybb mitigations`: one row per mitigation with the median over seeds of the runs' last metrics."""
+    import csv
+
+    from toybb.cli import main
+    from toybb.records import load_metrics
+
+    out = tmp_path / "t"
+    assert main(["mitigations", "--out", str(out), "--rows", "softmax,zero_sink", "--layers", "1", "--seeds", "2",
+                 "--steps", "20", "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out / "mitigations.csv")))
+    assert [r["mitigation"] for r in rows] == ["softmax", "zero_sink"] and {r["seeds"] for r in rows} == {"2"}
+    groups = sorted((out / "1layer" / "groups").iterdir())
+    _, m = load_metrics(groups[0])
+    last = [r for r in m if int(r["step"]) == 20]
+    want = np.median([float(r["sink_attention_excl0_l0"]) for r in last])
+    np.testing.assert_allclose(float(rows[0]["attn_sink"]), want, rtol=1e-3)
+    assert "| softmax |" in (out / "mitigations.md").read_text() and (out / "mitigations.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["mitigations", "--out", str(tmp_path / "u"), "--rows", "softmax,nope", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown mitigation row(s) ['nope']" in err

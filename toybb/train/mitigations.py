@@ -181,5 +181,4 @@ def figure(table: list[dict], path: Path) -> Path:
         ax.set_xticks(x, names, rotation=60, ha="right", fontsize=6)
     style.legend(axes[0])
     style.subtitle(fig, "Mitigations on the BB task (median, min-max over seeds)")
-    fig.tight_layout()
     return style.save(fig, path)
