@@ -26,6 +26,8 @@ def run(name: str):
         cfg = {"softmax": ONE, "relu": ONE.replace(model={"attention": "relu"}),
                "sink_token": ONE.replace(model={"sink_token": True}),
                "no_bos": ONE.replace(task={"bos": False}),
+               "sigmoid": ONE.replace(model={"attention": "sigmoid", "sigmoid_bias": -4.159}),  # -log 64
+               "head_gate": ONE.replace(model={"attn_gate": "head"}),
                "adam3": THREE, "sgd3": THREE.replace(optim={"name": "sgd", "lr": 0.03}),
                "relu3": THREE.replace(model={"attention": "relu"}),
                "bias3": THREE.replace(model={"attn_bias": True})}[name]
@@ -69,6 +71,18 @@ def test_relu_attention_no_sink_and_a_growing_bos_value():
     v0, v = first_last(relu, "value_drain_l0")
     assert (v > 3 * v0).all() and (v > 0.5 * relu.metrics["value_others_l0"][-1]).all(), (v0, v)
     assert (relu.metrics["backcopy_risk"][-1] < 0.2).all()  # the task is still learned
+
+
+def test_sigmoid_attention_and_an_output_gate_remove_or_weaken_the_sink():
+    """Mitigations (toybb mitigations, figures/README.md): sigmoid attention without normalisation has no
+    sink (Gu et al.); a head-wise output gate keeps a much weaker one; both still learn the back-copy."""
+    soft, _ = run("softmax")
+    a_soft = soft.metrics["sink_attention_excl0_l0"][-1]
+    for name, frac in (("sigmoid", 0.1), ("head_gate", 0.5)):
+        res, _ = run(name)
+        a = res.metrics["sink_attention_excl0_l0"][-1]
+        assert (a < frac * a_soft.min()).all(), (name, a, a_soft)
+        assert (res.metrics["backcopy_risk"][-1] < 0.2).all(), name
 
 
 def test_three_layers_adam_residual_peak_and_sgd_none():

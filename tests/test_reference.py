@@ -52,7 +52,9 @@ def test_reference_configs_match_the_paper_preset():
     assert matching_reference(three.replace(optim={"name": "sgd", "lr": 0.03}), 0.03).name == "three_layer_sgd"
     assert matching_reference(three.replace(model={"attention": "relu"}), 3e-4).name == "three_layer_relu_attention"
     d = config_differences(REFERENCES["one_layer_adam"], paper.replace(model={"d_model": 64}), 3e-4)
-    assert d == ["model.d_model 64 (reference 256)", "model.mlp_dim 256 (reference 1024)"]  # the width follows d_model
+    # the head width and the MLP width follow d_model
+    assert d == ["model.d_model 64 (reference 256)", "model.head_dim 64 (reference 256)",
+                 "model.mlp_dim 256 (reference 1024)"]
     assert config_differences(REFERENCES["one_layer_adam"], paper.replace(train={"precision": "tf32"}), 3e-4)
 
 

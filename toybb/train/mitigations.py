@@ -52,9 +52,9 @@ COLUMNS = {
     "attn_sink": ("Attn<s>: attention on BOS of the non-trigger queries but BOS, in the sink layer (1-layer: "
                   "layer 0; 3-layer: layer 1)", lambda m, n: m[f"sink_attention_excl0_l{_sink_layer(n)}"]),
     "sink_rate": ("Sink^0.3: fraction of (layer, head) pairs with alpha_1 > 0.3 (Gu et al.)", lambda m, n: m["sink_rate"]),
-    "value_ratio": ("||Val<s>|| / ||Val|| of the other tokens in the sink layer",
+    "drain": ("||Val<s>|| / ||Val|| of the other tokens (mean) in the sink layer",
                     lambda m, n: m[f"value_drain_l{_sink_layer(n)}"] / m[f"value_others_l{_sink_layer(n)}"]),
-    "residual_ratio": ("||Res<s>|| / ||Res|| of the other positions after layer 0",
+    "peak": ("||Res<s>|| / ||Res|| of the other positions (mean) after layer 0",
                        lambda m, n: m["residual_peak_l0"] / m["residual_others_l0"]),
     "massive_ratio": ("largest / median |activation| of the residual stream, max over layers (Sun et al.)",
                       lambda m, n: max(m[f"massive_top1_l{l}"] / m[f"massive_median_l{l}"] for l in range(n))),
@@ -158,7 +158,7 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-FIGURE_COLUMNS = ("attn_sink", "sink_rate", "residual_ratio", "massive_ratio", "backcopy_risk", "loss")
+FIGURE_COLUMNS = ("attn_sink", "sink_rate", "drain", "peak", "backcopy_risk", "loss")
 
 
 def figure(table: list[dict], path: Path) -> Path:
