@@ -16,7 +16,7 @@ import sys
 from toybb import intervene_cli
 from toybb._version import __version__
 from toybb.cliargs import Parser
-from toybb.commands import compare, figures, series
+from toybb.commands import compare, figures, pretrain, series
 from toybb.commands import train as train_commands
 from toybb.errors import ConfigError, ToybbError
 from toybb.llm import cli as llm_cli
@@ -32,7 +32,7 @@ OPTIONAL_PACKAGES = {"gguf": "llm", "safetensors": "llm", "tokenizers": "llm", "
 
 # the subcommands, in the order of `toybb --help`
 COMMANDS = (train_commands.add_train, train_commands.add_plot, theory_cli.register, llm_cli.register,
-            probes_cli.register, intervene_cli.register, longctx_cli.register, train_commands.add_sweep, series.register,
+            probes_cli.register, intervene_cli.register, longctx_cli.register, train_commands.add_sweep, pretrain.add_pretrain, series.register,
             figures.register, compare.register)
 
 

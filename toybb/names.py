@@ -80,6 +80,20 @@ METRICS: tuple[Metric, ...] = (
     Metric("massive_top1", "", "largest |activation| of the residual stream after block l (Sun et al. 2024; "
            "`_top2`, `_top3`: the next ones; massive when > 100 and > 1000× `massive_median`)", "layers.csv"),
     Metric("massive_median", "", "median |activation| of the residual stream after block l", "layers.csv"),
+    Metric("sink_rate", "Sink^ε", "fraction of heads whose `sink_attention_excl0` exceeds ε = 0.3 (Gu et al. 2025)",
+           "metrics.csv (pretrain)", per_layer="in", unit="fraction of heads"),
+    Metric("value_ratio", "", "‖W_O v‖ at the first token over the median over the other positions (mean over heads)",
+           "metrics.csv (pretrain)", per_layer="in", unit="ratio"),
+    Metric("residual_ratio", "", "residual norm at the first token over the median over the other positions",
+           "metrics.csv (pretrain)", per_layer="after", unit="ratio"),
+    Metric("massive_ratio", "", "largest |activation| of the residual stream over its median |activation| (per "
+           "sequence, then the mean; Sun et al. 2024)", "metrics.csv (pretrain)", per_layer="after", unit="ratio"),
+    Metric("kurtosis", "", "kurtosis of each token's residual vector over d_model (3 for a Gaussian), mean over "
+           "tokens", "metrics.csv (pretrain)", per_layer="after"),
+    Metric("train_loss", "", "next-token cross-entropy of the last training batch", "metrics.csv (pretrain)",
+           unit=NATS),
+    Metric("heldout_loss", "", "next-token cross-entropy on the fixed held-out batch", "metrics.csv (pretrain)",
+           unit=NATS),
     Metric("sink_token_attention", "", "attention on the most attended data-found sink token (not BOS)",
            "heads.csv"),
     Metric("slot_attention", "", "attention of non-trigger queries on the learned sink token (`--sink-token`)",

@@ -183,3 +183,33 @@ def bigram_risk(nll: jax.Array, oracle_nll: jax.Array, trigger_mask: jax.Array) 
 def classify_dormant(bos_attention: jax.Array, threshold: float = DORMANT_THRESHOLD) -> jax.Array:
     """Active/dormant: True (dormant) where the attention on the sink is >= threshold."""
     return bos_attention >= threshold
+
+
+# ---- the emergence metrics of a pretraining run (Gu et al. 2025; He et al. 2024) ------------------------
+SINK_EPSILON = 0.3  # Gu et al. 2025: a head has a sink when its mean attention on the first token exceeds ε
+
+
+def sink_rate(head_scores: jax.Array, eps: float = SINK_EPSILON) -> jax.Array:
+    """Sink^ε (Gu et al. 2025): the fraction of heads whose attention on the first token (`sink_attention`
+    per head, [..., heads]) exceeds `eps`. Returns [...]."""
+    return jnp.mean((head_scores > eps).astype(jnp.float32), axis=-1)
+
+
+def ratio_to_others_median(x: jax.Array, *, sink: int = 0) -> jax.Array:
+    """The sink's value over the median value of the other positions: x [batch, seq] or [batch, seq, heads]
+    (norms: `attn.v_out@norm`, `resid_post@norm`) -> the mean over the batch of x[:, sink] divided by the
+    median over the batch and the other positions; a scalar, or [heads]. A median, not a mean: a few
+    other extreme tokens do not hide the sink's excess."""
+    others = jnp.delete(x, sink, axis=1, assume_unique_indices=True)
+    med = jnp.median(others.reshape((-1,) + x.shape[2:]), axis=0)
+    return jnp.mean(x[:, sink], axis=0) / jnp.maximum(med, jnp.finfo(jnp.float32).tiny)
+
+
+def kurtosis(x: jax.Array, axis: int = -1) -> jax.Array:
+    """Kurtosis E[(x - mean)^4] / var^2 of `x` along `axis` (3 for a Gaussian; outlier features make it
+    large). x [batch, seq, d_model] with axis -1 -> [batch, seq]; a constant vector gives 0."""
+    x = x.astype(jnp.float32)
+    c = x - jnp.mean(x, axis=axis, keepdims=True)
+    m2 = jnp.mean(c * c, axis=axis)
+    m4 = jnp.mean(c ** 4, axis=axis)
+    return jnp.where(m2 > 0, m4 / jnp.where(m2 > 0, m2 * m2, 1.0), 0.0)
