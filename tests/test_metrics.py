@@ -136,3 +136,24 @@ def test_massive_activation_profile_rule_and_threshold():
     # the layer rule on host float64 values, and the threshold of an entry
     assert M.is_massive(np.array([3000.0, 400.0, 50.0]), np.array([0.5, 0.5, 0.01])).tolist() == [True, False, False]
     assert M.massive_threshold(0.5) == 500.0 and M.massive_threshold(0.01) == 100.0
+
+
+def test_kurtosis_gaussian_constant_and_outlier():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 4096)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(M.kurtosis(x)).mean(), 3.0, atol=0.1)
+    assert np.all(np.asarray(M.kurtosis(jnp.ones((1, 2, 8)))) == 0)
+    v = np.zeros(100, np.float32)
+    v[0] = 1.0  # one outlier among 100: E[c^4]/E[c^2]^2 = (1 - 3p + 3p^2 - ... ) / (p(1-p)) ~ 98
+    p = 0.01
+    expect = ((1 - p) ** 4 * p + p ** 4 * (1 - p)) / (p * (1 - p)) ** 2
+    np.testing.assert_allclose(float(M.kurtosis(jnp.asarray(v))), expect, rtol=1e-5)
+
+
+def test_ratio_to_others_median_and_sink_rate():
+    x = jnp.asarray([[10.0, 1, 2, 3], [20, 2, 3, 4]])  # sinks 10, 20 (mean 15); others' median 2.5
+    np.testing.assert_allclose(float(M.ratio_to_others_median(x)), 6.0)
+    per_head = jnp.stack([x, 2 * x], axis=-1)  # [batch, seq, heads]: the same ratio per head
+    np.testing.assert_allclose(np.asarray(M.ratio_to_others_median(per_head)), [6.0, 6.0])
+    np.testing.assert_allclose(float(M.ratio_to_others_median(x, sink=1)), 1.5 / 3.5)
+    np.testing.assert_allclose(float(M.sink_rate(jnp.asarray([0.1, 0.5, 0.9, 0.3]))), 0.5)  # > 0.3, strictly
+    np.testing.assert_allclose(float(M.sink_rate(jnp.asarray([0.1, 0.5]), eps=0.05)), 1.0)

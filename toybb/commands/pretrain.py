@@ -12,7 +12,7 @@ from pathlib import Path
 
 from toybb.cliargs import INTS, STRS, add_list
 from toybb.config import PRECISIONS
-from toybb.pretrain.config import PretrainConfig, build_model_config, parse_bos, parse_model_set
+from toybb.pretrain.config import PretrainConfig, build_model_config, parse_model_set
 from toybb.pretrain.data import prepare_data
 from toybb.pretrain.loop import pretrain
 from toybb.pretrain.runs import check_pretrain_folder
@@ -36,7 +36,7 @@ def add_pretrain(sub) -> None:
              f"corpora ({', '.join(BUILTINS)})", metavar="SOURCE")
     g.add_argument("--max-chars", type=int, default=D.max_chars, help="read at most this many characters")
     g.add_argument("--vocab-size", type=int, default=D.vocab_size, help="tokens of the byte-level BPE tokenizer")
-    g.add_argument("--bos", type=parse_bos, default=D.bos,
+    g.add_argument("--bos", default=D.bos,
                    help="first token of every sequence: token (<|bos|>), none, or fixed:ID")
     g.add_argument("--heldout", type=float, default=D.heldout, help="fraction of the token stream held out")
     g = p.add_argument_group("model")

@@ -63,7 +63,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         _check(len(self.text) > 0, "give at least one --text SOURCE")
-        parse_bos(self.bos)
+        object.__setattr__(self, "bos", parse_bos(self.bos))
         for name in ("vocab_size", "seq_len", "batch", "steps", "eval_every", "eval_batch", "ckpt_every",
                      "series_per_decade"):
             v = getattr(self, name)
