@@ -48,6 +48,11 @@ def train_tokenizer(docs: list[str], vocab_size: int):
     the 256 bytes, then merges) learned from `docs`; a text too small for that many merges is a ConfigError."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    n_chars = sum(len(d) for d in docs)
+    if vocab_size > 258 + n_chars:  # each merge needs at least one more character (and the trainer
+        # allocates by vocab_size before it looks at the text)
+        raise ConfigError(f"--vocab-size {vocab_size} is larger than the text allows: {n_chars} characters give at "
+                          f"most {258 + n_chars} tokens; lower --vocab-size or give more text")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
