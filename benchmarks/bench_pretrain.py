@@ -23,7 +23,7 @@ from toybb.pretrain.loop import Pretrainer
 
 TEXT = ("pride", "emma", "mobydick", "shakespeare", "pydoc")
 # (layers, d_model, heads, seq_len, batch)
-CANDIDATES = [(2, 128, 4, 64, 16), (4, 128, 4, 128, 16), (4, 256, 4, 128, 16), (6, 256, 8, 128, 32)]
+CANDIDATES = [(2, 128, 4, 64, 16), (4, 128, 4, 64, 16), (4, 192, 6, 64, 16), (6, 128, 4, 128, 16)]
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--timed-steps", type=int, default=10)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--vocab-size", type=int, default=1024)
     a = ap.parse_args()
     print(f"devices: {jax.devices()}")
     for i, (L, d, h, T, B) in enumerate(CANDIDATES):

@@ -53,6 +53,7 @@ def test_loss_falls_and_the_run_is_recorded(run):
     assert meta["kind"] == "pretrain" and meta["precision"] == "highest" and "jax" in meta["versions"]
     assert meta["config"]["model"]["arch"] == "llama" and meta["config"]["model"]["vocab_size"] == 300
     assert json.loads((run / "summary.json").read_text())["tokens_seen"] == 40 * 8 * 16
+    assert (run / "emergence.png").stat().st_size > 10_000  # the figure of the finished run
 
 
 def test_series_is_written_and_loads_at_each_step(run):

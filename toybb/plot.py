@@ -11,7 +11,7 @@ from toybb import style
 from toybb.config import RunConfig
 from toybb.errors import ConfigError
 from toybb.names import METRIC, METRICS
-from toybb.records import load_metrics, seed_table
+from toybb.records import load_metrics, read_csv, read_json, seed_table
 from toybb.reference import config_differences, load_reference, matching_reference
 
 
@@ -124,4 +124,44 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
                    model=f"toy {m['n_layers']}-layer {m['attention']} attention ({run_dir.name})",
                    config=_run_config(meta, lrs, n_seeds))
     out_path = Path(out_path) if out_path is not None else run_dir / "dynamics.png"
+    return style.save(fig, out_path)
+
+
+# the panels of a pretraining run's emergence figure: (metric, log y)
+EMERGENCE_PANELS = (("heldout_loss", False), ("sink_attention_excl0", False), ("sink_rate", False),
+                    ("value_ratio", False), ("residual_ratio", False), ("massive_ratio", True), ("kurtosis", True))
+
+
+@style.styled
+def plot_emergence(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
+    """The emergence figure of a `toybb pretrain` run from its metrics.csv: the held-out loss and, one line
+    per layer, attention on the first position, Sink^ε, the first token's value and residual norms over the
+    others' median, the massive-activation ratio and the kurtosis, against step (log axis)."""
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "config.json", "run config", f"delete {run_dir} to start over")
+    rows = read_csv(run_dir / "metrics.csv", "metrics table", required=("step", "heldout_loss"))
+    if len(rows) < 2:
+        raise ConfigError(f"{run_dir}/metrics.csv has fewer than two evaluation steps")
+    steps = np.maximum(np.array([int(r["step"]) for r in rows]), 1)
+    m = meta["config"]["model"]
+    fig, axes = style.subplots(len(EMERGENCE_PANELS), 2, sharex=True)
+    for ax, (name, logy) in zip(axes, EMERGENCE_PANELS):
+        metric = METRIC[name]
+        cols = [(None, name)] if not metric.per_layer else [
+            (l, metric.column(l)) for l in range(m["n_layers"]) if metric.column(l) in rows[0]]
+        for l, col in cols:
+            ax.plot(steps, [float(r[col]) for r in rows], color=f"C{l or 0}",
+                    label=None if l is None else f"layer {l}")
+        ax.set(title=metric.label if metric.label != name else name.replace("_", " "), xlabel="training step",
+               ylabel=metric.unit)
+        style.log_axes(ax, "xy" if logy else "x")
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    style.figure_legend(fig, axes)
+    p = meta["config"]["pretrain"]
+    style.subtitle(fig, "Emergence during pretraining (fixed held-out batch)",
+                   model=f"{m['arch']} {m['n_layers']}-layer d {m['d_model']} {m['attention']} attention ({run_dir.name})",
+                   config={"optimiser": p["optimizer"], "lr": p["lr"], "vocab": p["vocab_size"], "sequence": p["seq_len"],
+                           "batch": p["batch"], "steps": p["steps"], "bos": p["bos"]})
+    out_path = Path(out_path) if out_path is not None else run_dir / "emergence.png"
     return style.save(fig, out_path)

@@ -29,7 +29,7 @@ def add_pretrain(sub) -> None:
         "config, precision, versions), tokenizer.json, metrics.csv (held-out loss and per-layer sink attention, "
         "Sink^eps, value and residual norms of the first token against the others, massive-activation ratio, "
         "kurtosis at each evaluation step), series/step_N.npz at log-spaced steps (toybb.load(DIR, step=N)), "
-        "checkpoint.npz and summary.json. Rerunning the command resumes.")
+        "checkpoint.npz, summary.json and emergence.png. Rerunning the command resumes.")
     p.add_argument("--out", metavar="DIR", required=True, help="run folder")
     g = p.add_argument_group("data")
     add_list(g, "--text", STRS, D.text, f"text SOURCEs: files, folders, .jsonl files (field 'text') or built-in "
@@ -63,6 +63,7 @@ def add_pretrain(sub) -> None:
                    help="checkpoints of the series per factor of 10 in steps (log-spaced)")
     add_list(g, "--series-steps", INTS, None, "the steps of the series instead (default: log-spaced)", metavar="STEPS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true", help="no emergence.png")
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -81,7 +82,7 @@ def cmd_pretrain(args) -> int:
     print(f"toybb pretrain: {model.n_layers} layers x d_model {model.d_model}, vocabulary {cfg.vocab_size}, "
           f"{data.train.size:,} training tokens ({data.distinct:,} distinct), {cfg.steps} steps of "
           f"{cfg.batch} x {cfg.seq_len} -> {args.out}", flush=True)
-    s = pretrain(cfg, model, data, args.out, progress=not args.no_progress)
+    s = pretrain(cfg, model, data, args.out, progress=not args.no_progress, write_figure=not args.no_plot)
     print(f"step {s['step']}: held-out loss {s['heldout_loss']:.4f}, {s['tokens_per_second'] or 0:,.0f} tokens/s "
           f"({s['seconds_training']:.0f} s training)")
     return 0

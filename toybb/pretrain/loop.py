@@ -29,6 +29,7 @@ from toybb.models.capture import Capture, capture_call
 from toybb.models.config import ModelConfig
 from toybb.models.transformer import Transformer
 from toybb.names import column
+from toybb.plot import plot_emergence
 from toybb.pretrain.config import PretrainConfig
 from toybb.pretrain.data import TokenData, batch_at, first_token, heldout_batch
 from toybb.pretrain.runs import KIND, series_path
@@ -184,10 +185,11 @@ def _resume(trainer: Pretrainer, out: Path) -> tuple[Any, int, list[dict]]:
 
 
 def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str | Path, *, progress: bool = True,
-             stop_after: int | None = None, info: dict | None = None) -> dict:
+             stop_after: int | None = None, info: dict | None = None, write_figure: bool = True) -> dict:
     """Train (or resume) the run in folder `out` up to cfg.steps (or `stop_after`, as if interrupted there);
     returns the summary (also summary.json once the run is finished). `data` and the folder's tokenizer.json
-    come from `toybb.pretrain.data.prepare_data`; `info` is added to config.json."""
+    come from `toybb.pretrain.data.prepare_data`; `info` is added to config.json. A finished run draws
+    emergence.png (`toybb.plot.plot_emergence`) unless not `write_figure`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out)
@@ -249,4 +251,6 @@ def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str 
                "heldout_loss": None if last is None else last[column("heldout_loss")]}
     if step == cfg.steps:
         atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2)), mode="w")
+        if write_figure:
+            plot_emergence(out)
     return summary
