@@ -12,7 +12,7 @@ from pathlib import Path
 
 from toybb.cliargs import INTS, STRS, add_list
 from toybb.config import PRECISIONS
-from toybb.pretrain.config import PretrainConfig, build_model_config, parse_model_set
+from toybb.pretrain.config import DEFAULT_MODEL, PretrainConfig, build_model_config, parse_model_set
 from toybb.pretrain.data import prepare_data
 from toybb.pretrain.loop import pretrain
 from toybb.pretrain.runs import check_pretrain_folder
@@ -40,9 +40,9 @@ def add_pretrain(sub) -> None:
                    help="first token of every sequence: token (<|bos|>), none, or fixed:ID")
     g.add_argument("--heldout", type=float, default=D.heldout, help="fraction of the token stream held out")
     g = p.add_argument_group("model")
-    g.add_argument("--layers", type=int, default=2, help="number of layers")
-    g.add_argument("--d-model", type=int, default=128, help="residual width")
-    g.add_argument("--heads", type=int, default=4, help="attention heads per layer")
+    g.add_argument("--layers", type=int, default=DEFAULT_MODEL["n_layers"], help="number of layers")
+    g.add_argument("--d-model", type=int, default=DEFAULT_MODEL["d_model"], help="residual width")
+    g.add_argument("--heads", type=int, default=DEFAULT_MODEL["n_heads"], help="attention heads per layer")
     g.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="set any ModelConfig field (repeatable), e.g. attention=relu, n_kv_heads=2, mlp_dim=256, "
                    "arch=gpt2; the value is read as JSON, else as a string")

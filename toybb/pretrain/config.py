@@ -15,7 +15,8 @@ from toybb.errors import ConfigError
 from toybb.models.config import ModelConfig
 
 # the model a pretraining run trains unless told otherwise: Llama-style (RoPE, RMSNorm, gated SiLU MLP)
-DEFAULT_MODEL = dict(arch="llama", n_layers=2, d_model=128, n_heads=4, mlp_dim=512)
+# the CPU configuration (benchmarks/bench_pretrain.py): 4 layers x d_model 128, 1.3 M parameters
+DEFAULT_MODEL = dict(arch="llama", n_layers=4, d_model=128, n_heads=4, mlp_dim=512)
 BOS_TOKEN, EOS_TOKEN = "<|bos|>", "<|endoftext|>"  # the tokenizer's special tokens (ids 1 and 0)
 
 
@@ -42,18 +43,18 @@ class PretrainConfig:
     `log_steps(steps, series_per_decade)` (or at `series_steps` when given), loadable with
     `toybb.load(DIR, step=N)`."""
 
-    text: tuple[str, ...] = ("pride",)
+    text: tuple[str, ...] = ("pride", "emma", "mobydick", "shakespeare", "pydoc")
     max_chars: int | None = None
-    vocab_size: int = 512
+    vocab_size: int = 1024
     bos: str = "token"
     seq_len: int = 64
     batch: int = 16
-    steps: int = 500
+    steps: int = 3000
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
-    eval_every: int = 50
+    eval_every: int = 100
     eval_batch: int = 16
     heldout: float = 0.05
     ckpt_every: int = 100
