@@ -34,8 +34,7 @@ from toybb.pretrain.config import PretrainConfig
 from toybb.pretrain.data import TokenData, batch_at, first_token, heldout_batch
 from toybb.pretrain.runs import KIND, series_path
 from toybb.probes import metrics as M
-from toybb.records import (append_lines, atomic_write, package_versions, read_csv, remove_temporaries,
-                           write_csv_rows)
+from toybb.records import append_lines, atomic_write, package_versions, read_csv, remove_temporaries
 from toybb.train.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
 from toybb.train.optim import make_optimizer
 from toybb.train.trainer import with_precision
@@ -204,7 +203,8 @@ def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str 
     atomic_write(out / "config.json", lambda f: f.write(json.dumps(meta, indent=2)), mode="w")
     state, step, rows = _resume(trainer, out)
     header = ["step", "tokens", *trainer.names]
-    write_csv_rows(out / "metrics.csv", rows, header)
+    text = "".join(",".join(r[k] for k in header) + "\n" for r in rows)  # the rows as they were appended
+    atomic_write(out / "metrics.csv", lambda f: f.write(",".join(header) + "\n" + text), mode="w")
     per_step = cfg.batch * cfg.seq_len  # positions the model reads per step
     if step == 0:
         row = trainer.evaluate(state)
@@ -235,10 +235,10 @@ def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str 
                 save_checkpoint(series_path(out, step), state["params"], step)
             if step // cfg.ckpt_every > prev // cfg.ckpt_every or step == cfg.steps:
                 save_checkpoint(out / CKPT_NAME, state, step)
-            if bar is not None:
-                bar.update(step - prev)
+            if bar is not None:  # the postfix first: the update draws it
                 bar.set_postfix(loss=f"{loss:.3f}", heldout=f"{last[column('heldout_loss')]:.3f}",
                                 tok_s=f"{trained_steps * per_step / max(trained_s, 1e-9):,.0f}", refresh=False)
+                bar.update(step - prev)
             if stop_after is not None and step >= stop_after:
                 break
     finally:
