@@ -83,6 +83,8 @@ def test_interrupted_run_resumes_to_the_same_metrics(run, tmp_path):
     pretrain(cfg, model, data, out, progress=False, stop_after=18)  # as if killed after step 18's rows
     assert not (out / "summary.json").exists() and int(_csv(out)[-1]["step"]) == 18
     assert main(args) == 0  # resumes from the checkpoint of step 10, rewrites the rows after it
+    summary = (out / "summary.json").read_text()
+    assert main(args) == 0 and (out / "summary.json").read_text() == summary  # finished: nothing changes
     assert (out / "metrics.csv").read_bytes() == (run / "metrics.csv").read_bytes()
     for step in series_steps(run):
         assert (out / "series" / f"step_{step:07d}.npz").read_bytes() == (run / "series" / f"step_{step:07d}.npz").read_bytes()

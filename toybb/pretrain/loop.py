@@ -34,7 +34,7 @@ from toybb.pretrain.config import PretrainConfig
 from toybb.pretrain.data import TokenData, batch_at, first_token, heldout_batch
 from toybb.pretrain.runs import KIND, series_path
 from toybb.probes import metrics as M
-from toybb.records import append_lines, atomic_write, package_versions, read_csv, remove_temporaries
+from toybb.records import append_lines, atomic_write, package_versions, read_csv, read_json, remove_temporaries
 from toybb.train.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
 from toybb.train.optim import make_optimizer
 from toybb.train.trainer import with_precision
@@ -190,6 +190,10 @@ def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str 
     come from `toybb.pretrain.data.prepare_data`; `info` is added to config.json. A finished run draws
     emergence.png (`toybb.plot.plot_emergence`) unless not `write_figure`."""
     out = Path(out)
+    if (out / "summary.json").is_file():
+        done = read_json(out / "summary.json", "run summary", f"delete it to finish {out} again")
+        if isinstance(done, dict) and done.get("step") == cfg.steps:
+            return done  # finished already: nothing to train, nothing rewritten
     out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out)
     (out / "series").mkdir(exist_ok=True)
