@@ -147,3 +147,9 @@ def test_model_set_reaches_the_model_config():
     cfg = build_model_config({"n_layers": 2, **fields}, 300, 16)
     assert (cfg.attention, cfg.n_kv_heads, cfg.attn_bias, cfg.no_mlp, cfg.max_positions) == ("relu", 1, True, (0,), 16)
     assert log_steps(1000, 4) == (1, 2, 3, 6, 10, 18, 32, 56, 100, 178, 316, 562, 1000)
+
+
+def test_toy_train_refuses_a_pretrain_folder(run, capsys):
+    assert main(["train", "--out", str(run), "--steps", "2", "--no-progress", "--no-plot"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another kind of run" in err[0], err

@@ -171,7 +171,6 @@ def _row_text(names: list[str], step: int, tokens: int, m: dict[str, float]) -> 
 
 def _resume(trainer: Pretrainer, out: Path) -> tuple[Any, int, list[dict]]:
     """(state, step, metrics rows) from the folder's checkpoint, or a fresh state at step 0."""
-    names = trainer.names
     if (out / CKPT_NAME).exists():
         state, step = trainer.load(out / CKPT_NAME)
         rows = [r for r in read_csv(out / "metrics.csv", "metrics table", required=("step",))
