@@ -153,3 +153,16 @@ def test_toy_train_refuses_a_pretrain_folder(run, capsys):
     assert main(["train", "--out", str(run), "--steps", "2", "--no-progress", "--no-plot"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another kind of run" in err[0], err
+
+
+def test_emergence_figure_has_every_line_in_its_legend(run, tmp_path, monkeypatch):
+    from toybb import plot, style
+
+    seen = {}
+    monkeypatch.setattr(style, "save", lambda fig, path, dpi=style.DPI: seen.setdefault("fig", fig) and Path(path))
+    plot.plot_emergence(run, tmp_path / "e.png")
+    fig = seen["fig"]
+    assert len(fig.axes) == len(plot.EMERGENCE_PANELS) and style.unlisted_labels(fig) == []
+    assert {"layer 0", "layer 1"} <= {t.get_text() for t in fig.legends[0].get_texts()}
+    assert "llama 2-layer" in fig._suptitle.get_text()
+    style.pyplot().close(fig)
