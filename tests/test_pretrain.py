@@ -160,9 +160,21 @@ def test_emergence_figure_has_every_line_in_its_legend(run, tmp_path, monkeypatc
 
     seen = {}
     monkeypatch.setattr(style, "save", lambda fig, path, dpi=style.DPI: seen.setdefault("fig", fig) and Path(path))
-    plot.plot_emergence(run, tmp_path / "e.png")
+    bb = tmp_path / "bb"  # a `toybb train` folder: 2 seeds x 3 steps
+    bb.mkdir()
+    from toybb.config import cpu_preset
+
+    cfg = cpu_preset().replace(train={"seeds": (0, 1), "steps": 20})
+    (bb / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    cols = ["step", "seed", "lr", "sink_attention_l0", "value_drain_l0", "value_others_l0", "residual_peak_l0",
+            "residual_others_l0"]
+    rows = [[s, seed, "0.004", 0.3 + s / 100, 1.0 - s / 40, 2.0, 5 + s / 5, 4.0] for s in (0, 10, 20) for seed in (0, 1)]
+    (bb / "metrics.csv").write_text("\n".join(",".join(map(str, r)) for r in [cols, *rows]) + "\n")
+    plot.plot_emergence(run, tmp_path / "e.png", bb_run=bb)
     fig = seen["fig"]
-    assert len(fig.axes) == len(plot.EMERGENCE_PANELS) and style.unlisted_labels(fig) == []
+    assert len(fig.axes) == len(plot.EMERGENCE_PANELS) + 3 and style.unlisted_labels(fig) == []
     assert {"layer 0", "layer 1"} <= {t.get_text() for t in fig.legends[0].get_texts()}
     assert "llama 2-layer" in fig._suptitle.get_text()
+    value = fig.axes[len(plot.EMERGENCE_PANELS) + 1].get_lines()[0].get_ydata()
+    np.testing.assert_allclose(value, [0.5, 0.375, 0.25])  # ||Val<s>|| over the others' mean, per step
     style.pyplot().close(fig)
