@@ -113,6 +113,7 @@ def test_four_devices_equal_one(run, tmp_path):
     ("other_run", "another kind of run"),
     ("field", "not a model field"),
     ("bos", "--bos must be"),
+    ("bb_run", "not a `toybb train` run folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(case, needle, tmp_path, capsys):
     out = tmp_path / "out"
@@ -132,8 +133,10 @@ def test_bad_input_is_one_line_and_exit_2(case, needle, tmp_path, capsys):
         (out / "config.json").write_text(json.dumps({"config": {"model": {}, "task": {}, "optim": {}, "train": {}}}))
     elif case == "field":
         args += ["--model-set", "n_layerz=3"]
-    else:
+    elif case == "bos":
         args += ["--bos", "first"]
+    else:
+        args += ["--bb-run", str(tmp_path)]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err

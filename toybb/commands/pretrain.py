@@ -12,11 +12,13 @@ from pathlib import Path
 
 from toybb.cliargs import INTS, STRS, add_list
 from toybb.config import PRECISIONS
+from toybb.errors import ConfigError
 from toybb.pretrain.config import DEFAULT_MODEL, PretrainConfig, build_model_config, parse_model_set
 from toybb.pretrain.data import prepare_data
 from toybb.pretrain.loop import pretrain
 from toybb.pretrain.runs import check_pretrain_folder
 from toybb.texts import BUILTINS
+from toybb.train.runs import is_run_folder
 
 D = PretrainConfig()
 
@@ -64,6 +66,8 @@ def add_pretrain(sub) -> None:
     add_list(g, "--series-steps", INTS, None, "the steps of the series instead (default: log-spaced)", metavar="STEPS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="no emergence.png")
+    p.add_argument("--bb-run", metavar="RUN", help="a `toybb train` run folder whose sink attention, value drain and "
+                   "residual peak emergence.png draws beside the pretraining curves")
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -78,11 +82,14 @@ def cmd_pretrain(args) -> int:
               "mlp_dim": 4 * args.d_model, **parse_model_set(tuple(args.model_set))}
     model = build_model_config(fields, cfg.vocab_size, cfg.seq_len)
     check_pretrain_folder(args.out, cfg, model)
+    if args.bb_run is not None and not (is_run_folder(args.bb_run) and (Path(args.bb_run) / "metrics.csv").is_file()):
+        raise ConfigError(f"--bb-run {args.bb_run}: not a `toybb train` run folder (config.json and metrics.csv)")
     data, _ = prepare_data(cfg, Path(args.out))
     print(f"toybb pretrain: {model.n_layers} layers x d_model {model.d_model}, vocabulary {cfg.vocab_size}, "
           f"{data.train.size:,} training tokens ({data.distinct:,} distinct), {cfg.steps} steps of "
           f"{cfg.batch} x {cfg.seq_len} -> {args.out}", flush=True)
-    s = pretrain(cfg, model, data, args.out, progress=not args.no_progress, write_figure=not args.no_plot)
+    s = pretrain(cfg, model, data, args.out, progress=not args.no_progress, write_figure=not args.no_plot,
+                 bb_run=args.bb_run)
     print(f"step {s['step']}: held-out loss {s['heldout_loss']:.4f}, {s['tokens_per_second'] or 0:,.0f} tokens/s "
           f"({s['seconds_training']:.0f} s training)")
     return 0

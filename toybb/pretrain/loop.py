@@ -183,11 +183,13 @@ def _resume(trainer: Pretrainer, out: Path) -> tuple[Any, int, list[dict]]:
 
 
 def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str | Path, *, progress: bool = True,
-             stop_after: int | None = None, info: dict | None = None, write_figure: bool = True) -> dict:
+             stop_after: int | None = None, info: dict | None = None, write_figure: bool = True,
+             bb_run: str | Path | None = None) -> dict:
     """Train (or resume) the run in folder `out` up to cfg.steps (or `stop_after`, as if interrupted there);
     returns the summary (also summary.json once the run is finished). `data` and the folder's tokenizer.json
     come from `toybb.pretrain.data.prepare_data`; `info` is added to config.json. A finished run draws
-    emergence.png (`toybb.plot.plot_emergence`) unless not `write_figure`."""
+    emergence.png (`toybb.plot.plot_emergence`, with the `toybb train` run `bb_run` beside it when given)
+    unless not `write_figure`."""
     out = Path(out)
     if (out / "summary.json").is_file():
         done = read_json(out / "summary.json", "run summary", f"delete it to finish {out} again")
@@ -255,5 +257,5 @@ def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str 
     if step == cfg.steps:
         atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2)), mode="w")
         if write_figure:
-            plot_emergence(out)
+            plot_emergence(out, bb_run=bb_run)
     return summary
