@@ -129,7 +129,7 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
 
 # the panels of a pretraining run's emergence figure: (metric, log y)
 EMERGENCE_PANELS = (("heldout_loss", False), ("sink_attention_excl0", False), ("sink_rate", False),
-                    ("value_ratio", False), ("residual_ratio", False), ("massive_ratio", True), ("kurtosis", True))
+                    ("value_ratio", False), ("residual_ratio", False), ("massive_ratio", True), ("kurtosis", False))
 
 
 def _bb_panels(bb_run: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
