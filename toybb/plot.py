@@ -175,7 +175,7 @@ def plot_emergence(run_dir: str | Path, out_path: str | Path | None = None, *, b
         cols = [(None, name)] if not metric.per_layer else [
             (l, metric.column(l)) for l in range(m["n_layers"]) if metric.column(l) in rows[0]]
         for l, col in cols:
-            ax.plot(steps, [float(r[col]) for r in rows], color=f"C{l or 0}",
+            ax.plot(steps, [float(r[col]) for r in rows], color="0.3" if l is None else f"C{l}",
                     label="whole model" if l is None else f"layer {l}")
         ax.set(title=metric.label if metric.label != name else name.replace("_", " "), xlabel="training step",
                ylabel=metric.unit)
