@@ -36,7 +36,7 @@ def _stop(*a, **k):
     raise Work
 
 
-STUBS = [("toybb.train.loop", "Trainer"), ("toybb.train.trainer", "Trainer"), ("toybb.llm.load", "load"), ("toybb.longctx.toy", "train_char_lm"),
+STUBS = [("toybb.train.loop", "Trainer"), ("toybb.pretrain.loop", "Pretrainer"), ("toybb.train.trainer", "Trainer"), ("toybb.llm.load", "load"), ("toybb.longctx.toy", "train_char_lm"),
          ("toybb.records", "save_figure")]
 
 

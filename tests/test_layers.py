@@ -19,7 +19,7 @@ LAYERS = [
     ("toybb.models",),
     ("toybb.llm",),
     ("toybb.plot", "toybb.probes"),
-    ("toybb.train",),
+    ("toybb.train", "toybb.pretrain"),
     ("toybb.theory", "toybb.reference.compare", "toybb.longctx", "toybb.series"),
     ("toybb.gallery", "toybb.intervene", "toybb.intervene_cli", "toybb.toy_sinks", "toybb.api"),
     ("toybb.commands", "toybb.cli", "toybb"),

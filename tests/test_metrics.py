@@ -144,7 +144,17 @@ def test_sink_rate_and_excess_kurtosis():
     from toybb.probes.metrics import SINK_EPS, excess_kurtosis, sink_rate
 
     assert float(sink_rate(jnp.array([0.1, 0.31, 0.9, 0.3]))) == 0.5 and SINK_EPS == 0.3
+    np.testing.assert_allclose(float(sink_rate(jnp.asarray([0.1, 0.5]), eps=0.05)), 1.0)
     gauss = jax.random.normal(jax.random.key(0), (4, 64, 4096))
-    assert abs(float(excess_kurtosis(gauss))) < 0.05
+    assert abs(float(excess_kurtosis(gauss).mean())) < 0.05
+    assert np.all(np.asarray(excess_kurtosis(jnp.ones((1, 2, 8)))) == 0)  # a constant vector: no outliers
     spiky = jnp.zeros((2, 3, 100)).at[..., 7].set(50.0)  # one massive feature per position
-    np.testing.assert_allclose(float(excess_kurtosis(spiky)), 100 - 2 - 3 + 1 / 99, rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(excess_kurtosis(spiky)), 100 - 2 - 3 + 1 / 99, rtol=1e-3)
+
+
+def test_ratio_to_others_median():
+    x = jnp.asarray([[10.0, 1, 2, 3], [20, 2, 3, 4]])  # sinks 10, 20 (mean 15); others' median 2.5
+    np.testing.assert_allclose(float(M.ratio_to_others_median(x)), 6.0)
+    per_head = jnp.stack([x, 2 * x], axis=-1)  # [batch, seq, heads]: the same ratio per head
+    np.testing.assert_allclose(np.asarray(M.ratio_to_others_median(per_head)), [6.0, 6.0])
+    np.testing.assert_allclose(float(M.ratio_to_others_median(x, sink=1)), 1.5 / 3.5)

@@ -2,6 +2,7 @@
 
     m = toybb.load("smollm2-135m-instruct")     # a name from `toybb models`, an HF folder, a .gguf file
     m = toybb.load("runs/default", seed=1)      # or a `toybb train` run folder (one of its runs)
+    m = toybb.load("runs/lm", step=100)         # or a `toybb pretrain` folder at a step of its series
     out = m.run("The cat sat on the mat.", capture="blocks.*.resid_post@norm")
     out.cache["blocks.3.resid_post@norm"]       # [1, tokens]; out.logits [1, tokens, vocab]
     m.loss(text, edits=[Edit("blocks.*.attn.z", "zero", layer=1, head=0)])
@@ -25,6 +26,7 @@ from toybb.llm.registry import resolve_existing
 from toybb.models.capture import Capture
 from toybb.models.forward import forward, loss
 from toybb.models.sites import Edit, Edits
+from toybb.pretrain.runs import is_pretrain_folder, load_step
 from toybb.train.runs import is_run_folder, load_models, model_of
 
 
@@ -147,10 +149,11 @@ def _edits_arg(edits):
 
 
 def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None = None, dtype: str = "float32",
-         tokenizer: str | None = None) -> Loaded:
-    """A toy run folder (written by `toybb train`), a Hugging Face model directory, a .gguf file or the name
-    of an offline checkpoint (`toybb models`). seed / lr choose the run of a toy run folder (default: its
-    first); dtype and tokenizer (a tokenizer.json) apply to pretrained models."""
+         tokenizer: str | None = None, step: int | None = None) -> Loaded:
+    """A toy run folder (written by `toybb train`), a `toybb pretrain` folder, a Hugging Face model directory,
+    a .gguf file or the name of an offline checkpoint (`toybb models`). seed / lr choose the run of a toy run
+    folder (default: its first); step the checkpoint of a pretrain folder's series (default: its latest);
+    dtype and tokenizer (a tokenizer.json) apply to pretrained models."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ArgumentTypeError(f"toybb.load takes a path or a model name, got {source!r:.60}")
     if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
@@ -163,6 +166,14 @@ def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None
         raise ArgumentTypeError(f"toybb.load: tokenizer must be the path of a tokenizer.json, got {tokenizer!r:.60}")
 
     path = Path(source)
+    if is_pretrain_folder(path):
+        if seed is not None or lr is not None:
+            raise ConfigError(f"{source}: a pretrain folder holds one run; choose a checkpoint with step=")
+        model, tok, cfg, got = load_step(path, step)
+        return Loaded("llm", str(path), cfg, tok, [(None, None)], lambda run: model, (None, None), cfg.max_positions,
+                      {"format": "toybb pretrain", "step": got, "path": str(path)})
+    if step is not None:
+        raise ConfigError(f"{source}: step chooses a checkpoint of a `toybb pretrain` folder; this is not one")
     if is_run_folder(path):
         return _load_run(path, seed, lr)
     if seed is not None or lr is not None:

@@ -19,7 +19,7 @@ import sys
 from toybb import intervene_cli
 from toybb._version import __version__
 from toybb.cliargs import Parser
-from toybb.commands import compare, figures, mitigations, series
+from toybb.commands import compare, figures, mitigations, pretrain, series
 from toybb.commands import train as train_commands
 from toybb.errors import EnvironmentFault, Error, os_error
 from toybb.llm import cli as llm_cli
@@ -36,7 +36,7 @@ OPTIONAL_PACKAGES = {"gguf": "llm", "safetensors": "llm", "tokenizers": "llm", "
 # the subcommands, in the order of `toybb --help`
 COMMANDS = (train_commands.add_train, train_commands.add_plot, theory_cli.register, llm_cli.register,
             probes_cli.register, intervene_cli.register, longctx_cli.register, train_commands.add_sweep, mitigations.register,
-            series.register,
+            pretrain.add_pretrain, series.register,
             figures.register, compare.register)
 
 

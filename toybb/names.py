@@ -77,15 +77,26 @@ METRICS: tuple[Metric, ...] = (
            "layers.csv", per_layer="after", unit=NORM),
     Metric("residual_excess", "", "`residual_peak` − `residual_others`: the BOS residual's excess (a norm, not a "
            "massive activation)", "metrics.csv, series.csv", per_layer="after", unit=NORM),
-    Metric("sink_rate", "Sink^ε", "Gu et al. 2025: the fraction of (layer, head) pairs whose α₁, the mean "
-           "attention on key 0 over every query, exceeds ε = 0.3", "metrics.csv"),
+    Metric("sink_rate", "Sink^ε", "Gu et al. 2025: the fraction of heads whose α₁, the mean attention on key 0 "
+           "over the queries, exceeds ε = 0.3; in a toy run over every (layer, head), in a pretraining run per layer",
+           "metrics.csv", per_layer="in", unit="fraction of heads"),
     Metric("massive_top1", "", "largest |activation| of the residual stream after block l (Sun et al. 2024; "
            "`_top2`, `_top3`: the next ones; massive when > 100 and > 1000× `massive_median`)",
            "metrics.csv, layers.csv", per_layer="after"),
     Metric("massive_median", "", "median |activation| of the residual stream after block l",
            "metrics.csv, layers.csv", per_layer="after"),
+    Metric("massive_ratio", "", "largest |activation| of the residual stream over its median |activation| (per "
+           "sequence, then the mean; Sun et al. 2024)", "metrics.csv (pretrain)", per_layer="after", unit="ratio"),
     Metric("kurtosis", "", "excess kurtosis of the residual stream after block l over the features of each "
            "position, averaged over positions (outlier studies: 0 for a Gaussian)", "metrics.csv", per_layer="after"),
+    Metric("value_ratio", "", "‖W_O v‖ at the first token over the median over the other positions (mean over heads)",
+           "metrics.csv (pretrain)", per_layer="in", unit="ratio"),
+    Metric("residual_ratio", "", "residual norm at the first token over the median over the other positions",
+           "metrics.csv (pretrain)", per_layer="after", unit="ratio"),
+    Metric("train_loss", "", "next-token cross-entropy of the last training batch", "metrics.csv (pretrain)",
+           unit=NATS),
+    Metric("heldout_loss", "", "next-token cross-entropy on the fixed held-out batch", "metrics.csv (pretrain)",
+           unit=NATS),
     Metric("sink_token_attention", "", "attention on the most attended data-found sink token (not BOS)",
            "heads.csv"),
     Metric("slot_attention", "", "attention of non-trigger queries on the learned sink token (`--sink-token`)",

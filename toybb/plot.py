@@ -11,7 +11,7 @@ from toybb import style
 from toybb.config import RunConfig
 from toybb.errors import ConfigError
 from toybb.names import METRIC, METRICS
-from toybb.records import load_metrics, seed_table
+from toybb.records import load_metrics, read_csv, read_json, seed_table
 from toybb.reference import config_differences, load_reference, matching_reference
 
 
@@ -124,4 +124,69 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
                    model=f"toy {m['n_layers']}-layer {m['attention']} attention ({run_dir.name})",
                    config=_run_config(meta, lrs, n_seeds))
     out_path = Path(out_path) if out_path is not None else run_dir / "dynamics.png"
+    return style.save(fig, out_path)
+
+
+# the panels of a pretraining run's emergence figure: (metric, log y)
+EMERGENCE_PANELS = (("heldout_loss", False), ("sink_attention_excl0", False), ("sink_rate", False),
+                    ("value_ratio", False), ("residual_ratio", False), ("massive_ratio", True), ("kurtosis", False))
+
+
+def _bb_panels(bb_run: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(title, steps, median over seeds) of a `toybb train` run's Attn<s>, ||Val<s>|| / others and
+    ||Res<s>|| / others (the layers of its dynamics figure), for the emergence figure's comparison row."""
+    meta, rows = load_metrics(bb_run)
+    la, lr_ = _layers(meta)
+    lr = sorted({r["lr"] for r in rows}, key=float)[0]
+    cols = [METRIC["sink_attention"].column(la), METRIC["value_drain"].column(la), METRIC["value_others"].column(la),
+            METRIC["residual_peak"].column(lr_), METRIC["residual_others"].column(lr_)]
+    steps, _, t = seed_table(rows, cols, lr)
+    x = np.maximum(steps, 1)
+    med = {c: np.nanmedian(t[c], axis=1) for c in cols}
+    return [(f"BB {METRIC['sink_attention'].title(la)}", x, med[cols[0]]),
+            (f"BB ‖Val<s>‖ / others (layer {la})", x, med[cols[1]] / med[cols[2]]),
+            (f"BB ‖Res<s>‖ / others (after layer {lr_})", x, med[cols[3]] / med[cols[4]])]
+
+
+@style.styled
+def plot_emergence(run_dir: str | Path, out_path: str | Path | None = None, *, bb_run: str | Path | None = None
+                   ) -> Path:
+    """The emergence figure of a `toybb pretrain` run from its metrics.csv: the held-out loss and, one line
+    per layer, attention on the first position, Sink^ε, the first token's value and residual norms over the
+    others' median, the massive-activation ratio and the kurtosis, against step (log axis). bb_run: a
+    `toybb train` folder whose Attn<s>, ||Val<s>|| and ||Res<s>|| (each over the other tokens' mean; median
+    of its seeds) are drawn in panels of their own beside them, to compare the shapes of the curves."""
+    run_dir = Path(run_dir)
+    bb = _bb_panels(Path(bb_run)) if bb_run is not None else []
+    meta = read_json(run_dir / "config.json", "run config", f"delete {run_dir} to start over")
+    rows = read_csv(run_dir / "metrics.csv", "metrics table", required=("step", "heldout_loss"))
+    if len(rows) < 2:
+        raise ConfigError(f"{run_dir}/metrics.csv has fewer than two evaluation steps")
+    steps = np.maximum(np.array([int(r["step"]) for r in rows]), 1)
+    m = meta["config"]["model"]
+    fig, axes = style.subplots(len(EMERGENCE_PANELS) + len(bb), 2)
+    for ax, (title, x, y) in zip(axes[len(EMERGENCE_PANELS):], bb):
+        ax.plot(x, y, "--", color="k", label=f"BB run {Path(bb_run).name} (median of seeds)")
+        ax.set(title=title, xlabel="training step", ylabel="attention weight on BOS" if "Attn" in title else "ratio")
+        style.log_axes(ax, "x")
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    for ax, (name, logy) in zip(axes, EMERGENCE_PANELS):
+        metric = METRIC[name]
+        cols = [(None, name)] if not metric.per_layer else [
+            (l, metric.column(l)) for l in range(m["n_layers"]) if metric.column(l) in rows[0]]
+        for l, col in cols:
+            ax.plot(steps, [float(r[col]) for r in rows], color="0.3" if l is None else f"C{l}",
+                    label="whole model" if l is None else f"layer {l}")
+        ax.set(title=metric.label if metric.label != name else name.replace("_", " "), xlabel="training step",
+               ylabel=metric.unit)
+        style.log_axes(ax, "xy" if logy else "x")
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    style.figure_legend(fig, axes)
+    p = meta["config"]["pretrain"]
+    style.subtitle(fig, "Emergence during pretraining (fixed held-out batch)",
+                   model=f"{m['arch']} {m['n_layers']}-layer d {m['d_model']} {m['attention']} attention ({run_dir.name})",
+                   config={"optimiser": p["optimizer"], "lr": p["lr"], "vocab": p["vocab_size"], "sequence": p["seq_len"],
+                           "batch": p["batch"], "steps": p["steps"], "bos": p["bos"]})
+    out_path = Path(out_path) if out_path is not None else run_dir / "emergence.png"
     return style.save(fig, out_path)

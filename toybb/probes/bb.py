@@ -120,7 +120,7 @@ def dynamics_metrics(model, tokens: jax.Array, task) -> dict[str, jax.Array]:
         out[column("residual_excess", l)] = excess
         top, _, median = M.activation_profile(cap[f"blocks.{l}.resid_post"], k=1)
         out[column("massive_top1", l)], out[column("massive_median", l)] = top[:, 0].mean(), median.mean()
-        out[column("kurtosis", l)] = M.excess_kurtosis(cap[f"blocks.{l}.resid_post"])
+        out[column("kurtosis", l)] = M.excess_kurtosis(cap[f"blocks.{l}.resid_post"]).mean()
     # Gu et al.'s alpha_1 per (layer, head): the attention on key 0 averaged over every query
     alphas = [M.sink_attention(cap[f"blocks.{l}.attn.pattern@key0"]) for l in range(cfg.n_layers)
               if cfg.has_attention(l)]

@@ -61,17 +61,19 @@ def sink_attention(
 
 def sink_rate(alpha: jax.Array, eps: float = SINK_EPS) -> jax.Array:
     """Sink^eps (Gu et al. 2025): the fraction of heads whose alpha, the mean attention on the sink key over
-    the queries that see it (`sink_attention` over every query), exceeds eps. alpha: [..., heads]."""
-    return jnp.mean((alpha > eps).astype(jnp.float32))
+    the queries that see it (`sink_attention`), exceeds eps. alpha: [..., heads] -> [...]."""
+    return jnp.mean((alpha > eps).astype(jnp.float32), axis=-1)
 
 
-def excess_kurtosis(x: jax.Array) -> jax.Array:
-    """Excess kurtosis E[(x - mean)^4] / var^2 - 3 over the last axis (the features of each position),
-    averaged over the other axes: 0 for Gaussian features, large when a few features dominate."""
+def excess_kurtosis(x: jax.Array, axis: int = -1) -> jax.Array:
+    """Excess kurtosis E[(x - mean)^4] / var^2 - 3 along `axis` (the features of each position): 0 for
+    Gaussian features, large when a few features dominate; a constant vector gives 0. x [batch, seq, d] ->
+    [batch, seq]."""
     x = x.astype(jnp.float32)
-    c = x - jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(c * c, axis=-1)
-    return jnp.mean(jnp.mean(c**4, axis=-1) / jnp.maximum(var * var, jnp.finfo(jnp.float32).tiny) - 3.0)
+    c = x - jnp.mean(x, axis=axis, keepdims=True)
+    m2 = jnp.mean(c * c, axis=axis)
+    m4 = jnp.mean(c**4, axis=axis)
+    return jnp.where(m2 > 0, m4 / jnp.where(m2 > 0, m2 * m2, 1.0) - 3.0, 0.0)
 
 
 def logit_gap_per_query(logits: jax.Array, *, sink: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -200,3 +202,14 @@ def bigram_risk(nll: jax.Array, oracle_nll: jax.Array, trigger_mask: jax.Array) 
 def classify_dormant(bos_attention: jax.Array, threshold: float = DORMANT_THRESHOLD) -> jax.Array:
     """Active/dormant: True (dormant) where the attention on the sink is >= threshold."""
     return bos_attention >= threshold
+
+
+# ---- the emergence metrics of a pretraining run (Gu et al. 2025; He et al. 2024) ------------------------
+def ratio_to_others_median(x: jax.Array, *, sink: int = 0) -> jax.Array:
+    """The sink's value over the median value of the other positions: x [batch, seq] or [batch, seq, heads]
+    (norms: `attn.v_out@norm`, `resid_post@norm`) -> the mean over the batch of x[:, sink] divided by the
+    median over the batch and the other positions; a scalar, or [heads]. A median, not a mean: a few
+    other extreme tokens do not hide the sink's excess."""
+    others = jnp.delete(x, sink, axis=1, assume_unique_indices=True)
+    med = jnp.median(others.reshape((-1,) + x.shape[2:]), axis=0)
+    return jnp.mean(x[:, sink], axis=0) / jnp.maximum(med, jnp.finfo(jnp.float32).tiny)

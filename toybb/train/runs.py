@@ -18,13 +18,17 @@ RUN_FILES = ("config.json", "metrics.csv", CKPT_NAME, "summary.json", "active_do
 
 
 def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
-    """Before compiling: `out_dir` must be a folder (or creatable) holding no run of another config, no
-    checkpoint past `cfg`'s steps, no run that diverged, and no folder where a run file goes."""
+    """Before compiling: `out_dir` must be a folder (or creatable) holding no run of another config or kind,
+    no checkpoint past `cfg`'s steps, no run that diverged, and no folder where a run file goes."""
     d = out_folder(out_dir)
     for name in RUN_FILES:
         if (d / name).is_dir():
             raise ConfigError(f"{d / name} is a folder where the run writes a file; remove it or use another --out")
     if (d / "config.json").exists():
+        meta = read_json(d / "config.json", "run config", "use another --out or delete the folder")
+        if isinstance(meta, dict) and meta.get("kind", "train") != "train":
+            raise ConfigError(f"run folder {out_dir} holds another kind of run ({meta.get('kind')!r}, not a "
+                              "`toybb train` run); use another --out")
         diffs = config_diffs(read_run_config(out_dir)["config"], cfg)
         if diffs:
             raise ConfigError(
@@ -50,7 +54,8 @@ def is_run_folder(path: str | Path) -> bool:
     if not (p.is_dir() and (p / "config.json").is_file()):
         return False
     meta = read_json(p / "config.json", "config", "repair or delete it")
-    return isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "model" in meta["config"]
+    return (isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "model" in meta["config"]
+            and meta.get("kind", "train") == "train")  # `toybb pretrain` folders say "kind": "pretrain"
 
 
 def run_config(run_dir: str | Path) -> RunConfig:

@@ -1,0 +1,183 @@
+"""`toybb pretrain` on one tiny configuration shared by every test: the loss falls, the checkpoint series is
+written and loads with toybb.load(DIR, step=N) (reproducing metrics.csv), an interrupted run resumed gives
+the same metrics.csv, a 4-device run equals the 1-device one, and bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import toybb
+from toybb.cli import main
+from toybb.pretrain.config import PretrainConfig, build_model_config, log_steps
+from toybb.pretrain.data import first_token, heldout_batch, prepare_data
+from toybb.pretrain.loop import pretrain
+from toybb.pretrain.runs import read_configs, series_steps
+from toybb.probes.metrics import token_nll
+from toybb.records import read_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--text", "pride", "--max-chars", "30000", "--vocab-size", "300", "--layers", "2", "--d-model", "32",
+        "--heads", "2", "--seq-len", "16", "--batch", "8", "--steps", "40", "--eval-every", "10", "--eval-batch", "8",
+        "--ckpt-every", "10", "--lr", "3e-3", "--no-progress"]
+
+
+def _csv(folder: Path) -> list[dict[str, str]]:
+    return read_csv(folder / "metrics.csv", required=("step", "heldout_loss"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    assert main(["pretrain", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_loss_falls_and_the_run_is_recorded(run):
+    rows = _csv(run)
+    assert [int(r["step"]) for r in rows] == list(PretrainConfig(steps=40, eval_every=10).eval_steps())
+    held = [float(r["heldout_loss"]) for r in rows]
+    assert held[0] > np.log(300) - 0.5 and held[-1] < held[0] - 1.0, held
+    assert float(rows[-1]["train_loss"]) < float(rows[1]["train_loss"]) - 1.0
+    for name in ("sink_attention_excl0_l1", "sink_rate_l1", "value_ratio_l0", "residual_ratio_l1", "massive_ratio_l0",
+                 "kurtosis_l1"):
+        assert all(np.isfinite(float(r[name])) for r in rows), name
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["kind"] == "pretrain" and meta["precision"] == "highest" and "jax" in meta["versions"]
+    assert meta["config"]["model"]["arch"] == "llama" and meta["config"]["model"]["vocab_size"] == 300
+    assert json.loads((run / "summary.json").read_text())["tokens_seen"] == 40 * 8 * 16
+    assert (run / "emergence.png").stat().st_size > 10_000  # the figure of the finished run
+
+
+def test_series_is_written_and_loads_at_each_step(run):
+    cfg, model_cfg = read_configs(run)
+    assert series_steps(run) == list(cfg.series()) == [1, 2, 3, 6, 10, 18, 32, 40]
+    data, _ = prepare_data(cfg, run)
+    tokens = heldout_batch(data.heldout, cfg.eval_batch, cfg.seq_len, first_token(cfg))
+    by_step = {int(r["step"]): float(r["heldout_loss"]) for r in _csv(run)}
+    for step in (1, 10, 40):
+        m = toybb.load(run, step=step)
+        assert m.info["step"] == step and m.config == model_cfg
+        nll = token_nll(m.model()(jnp.asarray(tokens[:, :-1])), jnp.asarray(tokens[:, 1:])).mean()
+        np.testing.assert_allclose(float(nll), by_step[step], rtol=1e-5)  # metrics.csv, measured while training
+    m = toybb.load(run)  # the latest step
+    assert m.info["step"] == 40 and m.encode("It is")[0] == 1  # BOS first
+    with pytest.raises(toybb.ConfigError, match="no checkpoint of step 5"):
+        toybb.load(run, step=5)
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(run, tmp_path):
+    out = tmp_path / "resumed"
+    args = ["pretrain", "--out", str(out), *TINY]
+    cfg = PretrainConfig(text=("pride",), max_chars=30000, vocab_size=300, seq_len=16, batch=8, steps=40,
+                         eval_every=10, eval_batch=8, ckpt_every=10, lr=3e-3)
+    model = build_model_config(dict(n_layers=2, d_model=32, n_heads=2, mlp_dim=128), 300, 16)
+    data, _ = prepare_data(cfg, out)
+    pretrain(cfg, model, data, out, progress=False, stop_after=18)  # as if killed after step 18's rows
+    assert not (out / "summary.json").exists() and int(_csv(out)[-1]["step"]) == 18
+    assert main(args) == 0  # resumes from the checkpoint of step 10, rewrites the rows after it
+    summary = (out / "summary.json").read_text()
+    assert main(args) == 0 and (out / "summary.json").read_text() == summary  # finished: nothing changes
+    assert (out / "metrics.csv").read_bytes() == (run / "metrics.csv").read_bytes()
+    for step in series_steps(run):
+        assert (out / "series" / f"step_{step:07d}.npz").read_bytes() == (run / "series" / f"step_{step:07d}.npz").read_bytes()
+
+
+def test_four_devices_equal_one(run, tmp_path):
+    out = tmp_path / "four"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "toybb.cli", "pretrain", "--out", str(out), *TINY],
+                       capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["devices"] == 4
+    one, four = _csv(run), _csv(out)
+    assert [r["step"] for r in one] == [r["step"] for r in four]
+    for a, b in zip(one, four):
+        for k in a:  # the gradient's sum is split over devices: equal up to float rounding
+            np.testing.assert_allclose(float(b[k]), float(a[k]), rtol=2e-4, atol=1e-5, err_msg=f"{k} at {a['step']}")
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("empty", "holds no text"),
+    ("binary", "not UTF-8"),
+    ("vocab", "larger than the text allows"),
+    ("positions", "beyond the model's positions"),
+    ("other_run", "another kind of run"),
+    ("field", "not a model field"),
+    ("bos", "--bos must be"),
+    ("bb_run", "not a `toybb train` run folder"),
+])
+def test_bad_input_is_one_line_and_exit_2(case, needle, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["pretrain", "--out", str(out), "--no-progress", "--steps", "2"]
+    if case == "empty":
+        (tmp_path / "e.txt").write_text("  \n\n")
+        args += ["--text", str(tmp_path / "e.txt")]
+    elif case == "binary":
+        (tmp_path / "b.bin").write_bytes(bytes(range(256)) * 4)
+        args += ["--text", str(tmp_path / "b.bin")]
+    elif case == "vocab":
+        args += ["--max-chars", "20000", "--vocab-size", "5000"]  # BPE finds fewer tokens in it
+    elif case == "positions":
+        args += ["--seq-len", "64", "--model-set", "max_positions=32"]
+    elif case == "other_run":
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps({"config": {"model": {}, "task": {}, "optim": {}, "train": {}}}))
+    elif case == "field":
+        args += ["--model-set", "n_layerz=3"]
+    elif case == "bos":
+        args += ["--bos", "first"]
+    else:
+        args += ["--bb-run", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (out / "metrics.csv").exists()  # stopped before training
+
+
+def test_model_set_reaches_the_model_config():
+    from toybb.pretrain.config import parse_model_set
+
+    fields = parse_model_set(("attention=relu", "n_kv_heads=1", "attn_bias=true", "no_mlp=[0]"))
+    cfg = build_model_config({"n_layers": 2, **fields}, 300, 16)
+    assert (cfg.attention, cfg.n_kv_heads, cfg.attn_bias, cfg.no_mlp, cfg.max_positions) == ("relu", 1, True, (0,), 16)
+    assert log_steps(1000, 4) == (1, 2, 3, 6, 10, 18, 32, 56, 100, 178, 316, 562, 1000)
+
+
+def test_toy_train_refuses_a_pretrain_folder(run, capsys):
+    assert main(["train", "--out", str(run), "--steps", "2", "--no-progress", "--no-plot"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another kind of run" in err[0], err
+
+
+def test_emergence_figure_has_every_line_in_its_legend(run, tmp_path, monkeypatch):
+    from toybb import plot, style
+
+    seen = {}
+    monkeypatch.setattr(style, "save", lambda fig, path, dpi=style.DPI: seen.setdefault("fig", fig) and Path(path))
+    bb = tmp_path / "bb"  # a `toybb train` folder: 2 seeds x 3 steps
+    bb.mkdir()
+    from toybb.config import cpu_preset
+
+    cfg = cpu_preset().replace(train={"seeds": (0, 1), "steps": 20})
+    (bb / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    cols = ["step", "seed", "lr", "sink_attention_l0", "value_drain_l0", "value_others_l0", "residual_peak_l0",
+            "residual_others_l0"]
+    rows = [[s, seed, "0.004", 0.3 + s / 100, 1.0 - s / 40, 2.0, 5 + s / 5, 4.0] for s in (0, 10, 20) for seed in (0, 1)]
+    (bb / "metrics.csv").write_text("\n".join(",".join(map(str, r)) for r in [cols, *rows]) + "\n")
+    plot.plot_emergence(run, tmp_path / "e.png", bb_run=bb)
+    fig = seen["fig"]
+    assert len(fig.axes) == len(plot.EMERGENCE_PANELS) + 3 and style.unlisted_labels(fig) == []
+    assert {"layer 0", "layer 1"} <= {t.get_text() for t in fig.legends[0].get_texts()}
+    assert "llama 2-layer" in fig._suptitle.get_text()
+    value = fig.axes[len(plot.EMERGENCE_PANELS) + 1].get_lines()[0].get_ydata()
+    np.testing.assert_allclose(value, [0.5, 0.375, 0.25])  # ||Val<s>|| over the others' mean, per step
+    style.pyplot().close(fig)

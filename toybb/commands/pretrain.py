@@ -1,0 +1,95 @@
+"""`toybb pretrain`: train a language model of the one model from scratch on real text, and record the
+emergence of the extreme-token phenomena as it trains (`toybb.pretrain`).
+
+Everything is checked before anything compiles: the flags, the model config (`--model-set FIELD=VALUE` for
+any `ModelConfig` field), the run folder, the text (empty or binary), the tokenizer's vocabulary and the
+sequence length. Bad input gives one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toybb.cliargs import INTS, STRS, add_list
+from toybb.config import PRECISIONS
+from toybb.errors import ConfigError
+from toybb.pretrain.config import DEFAULT_MODEL, PretrainConfig, build_model_config, parse_model_set
+from toybb.pretrain.data import prepare_data
+from toybb.pretrain.loop import pretrain
+from toybb.pretrain.runs import check_pretrain_folder
+from toybb.texts import BUILTINS
+from toybb.train.runs import is_run_folder
+
+D = PretrainConfig()
+
+
+def add_pretrain(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", help="pretrain a language model from scratch on text and record the emergence of sinks",
+        description="Train a byte-level BPE tokenizer and a Llama-style model (any ModelConfig field via "
+        "--model-set) on --text, data parallel over every device, and write to --out: config.json (the full "
+        "config, precision, versions), tokenizer.json, metrics.csv (held-out loss and per-layer sink attention, "
+        "Sink^eps, value and residual norms of the first token against the others, massive-activation ratio, "
+        "kurtosis at each evaluation step), series/step_N.npz at log-spaced steps (toybb.load(DIR, step=N)), "
+        "checkpoint.npz, summary.json and emergence.png. Rerunning the command resumes.")
+    p.add_argument("--out", metavar="DIR", required=True, help="run folder")
+    g = p.add_argument_group("data")
+    add_list(g, "--text", STRS, D.text, f"text SOURCEs: files, folders, .jsonl files (field 'text') or built-in "
+             f"corpora ({', '.join(BUILTINS)})", metavar="SOURCE")
+    g.add_argument("--max-chars", type=int, default=D.max_chars, help="read at most this many characters")
+    g.add_argument("--vocab-size", type=int, default=D.vocab_size, help="tokens of the byte-level BPE tokenizer")
+    g.add_argument("--bos", default=D.bos,
+                   help="first token of every sequence: token (<|bos|>), none, or fixed:ID")
+    g.add_argument("--heldout", type=float, default=D.heldout, help="fraction of the token stream held out")
+    g = p.add_argument_group("model")
+    g.add_argument("--layers", type=int, default=DEFAULT_MODEL["n_layers"], help="number of layers")
+    g.add_argument("--d-model", type=int, default=DEFAULT_MODEL["d_model"], help="residual width")
+    g.add_argument("--heads", type=int, default=DEFAULT_MODEL["n_heads"], help="attention heads per layer")
+    g.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any ModelConfig field (repeatable), e.g. attention=relu, n_kv_heads=2, mlp_dim=256, "
+                   "arch=gpt2; the value is read as JSON, else as a string")
+    g = p.add_argument_group("training")
+    g.add_argument("--seq-len", type=int, default=D.seq_len, metavar="N", help="positions per sequence, BOS included")
+    g.add_argument("--batch", type=int, default=D.batch, help="sequences per step (a multiple of the devices)")
+    g.add_argument("--steps", type=int, default=D.steps, help="training steps")
+    g.add_argument("--optimizer", default=D.optimizer, help="adam or sgd (toybb.train.optim)")
+    g.add_argument("--lr", type=float, default=D.lr, help="learning rate")
+    g.add_argument("--weight-decay", type=float, default=D.weight_decay, help="weight decay")
+    g.add_argument("--seed", type=int, default=D.seed, help="seed of the initialisation and the batches")
+    g.add_argument("--precision", choices=tuple(PRECISIONS), default=D.precision, help="float32 matmul precision")
+    g = p.add_argument_group("evaluations and checkpoints")
+    g.add_argument("--eval-every", type=int, default=D.eval_every, help="steps between evaluations")
+    g.add_argument("--eval-batch", type=int, default=D.eval_batch, help="sequences of the fixed held-out batch")
+    g.add_argument("--ckpt-every", type=int, default=D.ckpt_every, help="steps between resume checkpoints")
+    g.add_argument("--series-per-decade", type=int, default=D.series_per_decade,
+                   help="checkpoints of the series per factor of 10 in steps (log-spaced)")
+    add_list(g, "--series-steps", INTS, None, "the steps of the series instead (default: log-spaced)", metavar="STEPS")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true", help="no emergence.png")
+    p.add_argument("--bb-run", metavar="RUN", help="a `toybb train` run folder whose sink attention, value drain and "
+                   "residual peak emergence.png draws beside the pretraining curves")
+    p.set_defaults(func=cmd_pretrain)
+
+
+def cmd_pretrain(args) -> int:
+    cfg = PretrainConfig(
+        text=tuple(args.text), max_chars=args.max_chars, vocab_size=args.vocab_size, bos=args.bos, seq_len=args.seq_len,
+        batch=args.batch, steps=args.steps, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        seed=args.seed, eval_every=args.eval_every, eval_batch=args.eval_batch, heldout=args.heldout,
+        ckpt_every=args.ckpt_every, series_per_decade=args.series_per_decade,
+        series_steps=tuple(args.series_steps or ()), precision=args.precision)
+    fields = {"n_layers": args.layers, "d_model": args.d_model, "n_heads": args.heads,
+              "mlp_dim": 4 * args.d_model, **parse_model_set(tuple(args.model_set))}
+    model = build_model_config(fields, cfg.vocab_size, cfg.seq_len)
+    check_pretrain_folder(args.out, cfg, model)
+    if args.bb_run is not None and not (is_run_folder(args.bb_run) and (Path(args.bb_run) / "metrics.csv").is_file()):
+        raise ConfigError(f"--bb-run {args.bb_run}: not a `toybb train` run folder (config.json and metrics.csv)")
+    data, _ = prepare_data(cfg, Path(args.out))
+    print(f"toybb pretrain: {model.n_layers} layers x d_model {model.d_model}, vocabulary {cfg.vocab_size}, "
+          f"{data.train.size:,} training tokens ({data.distinct:,} distinct), {cfg.steps} steps of "
+          f"{cfg.batch} x {cfg.seq_len} -> {args.out}", flush=True)
+    s = pretrain(cfg, model, data, args.out, progress=not args.no_progress, write_figure=not args.no_plot,
+                 bb_run=args.bb_run)
+    print(f"step {s['step']}: held-out loss {s['heldout_loss']:.4f}, {s['tokens_per_second'] or 0:,.0f} tokens/s "
+          f"({s['seconds_training']:.0f} s training)")
+    return 0
