@@ -14,6 +14,7 @@ from toybb.gallery import draw as D
 from toybb.gallery.registry import FigureContext, register_figure
 from toybb.models.capture import Capture, run_with_capture
 from toybb.plot import plot_dynamics
+from toybb.train import mitigations
 from toybb.train.runs import load_models, model_of
 
 
@@ -197,3 +198,12 @@ def fig_sink_variants(ctx: FigureContext) -> list[Path]:
            {"1-layer": one, "3-layer": plain3})
     return [style.save(fig, ctx.out / "sink_variants.png")]
 
+
+
+@register_figure("mitigations", "Every mitigation on the BB task side by side (`toybb mitigations`, 1- and 3-layer "
+                 "models, 3 seeds, median and min-max): Attn<s>, Sink^0.3, the BOS value and residual ratios, "
+                 "back-copy risk and loss.")
+def fig_mitigations(ctx: FigureContext) -> list[Path]:
+    return ctx.cached("mitigations", {"mitigations.png": "mitigations.png", "mitigations.md": "mitigations.md"},
+                      lambda d: mitigations.run(d, list(mitigations.ROWS), sorted(mitigations.SCALES), 3,
+                                                progress=ctx.progress))

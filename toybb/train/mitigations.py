@@ -158,7 +158,8 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-FIGURE_COLUMNS = ("attn_sink", "sink_rate", "drain", "peak", "backcopy_risk", "loss")
+FIGURE_COLUMNS = {"attn_sink": "attention on BOS", "sink_rate": "fraction of heads", "drain": "BOS / others",
+                  "peak": "BOS / others", "backcopy_risk": "nats", "loss": "nats"}  # column -> y label
 
 
 def figure(table: list[dict], path: Path) -> Path:
@@ -178,6 +179,7 @@ def figure(table: list[dict], path: Path) -> Path:
             ax.bar(x + (i - (len(scales) - 1) / 2) * w, med, w, yerr=[med - lo, hi - med],
                    label=f"{n} layer{'s' if n > 1 else ''}", capsize=1.5)
         ax.set_title(col)
+        ax.set_ylabel(FIGURE_COLUMNS[col])
         ax.set_xticks(x, names, rotation=60, ha="right", fontsize=6)
     style.legend(axes[0])
     style.subtitle(fig, "Mitigations on the BB task (median, min-max over seeds)")
