@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 from toybb.errors import ConfigError
 from toybb.models.config import (  # noqa: F401 (re-exported: the model config is one section of a run)
     ARCHS, ATTENTION_KINDS, PAIRINGS, POSITION_KINDS, RELATIVE_POSITIONS, RENAMED_MODEL_FIELDS, ModelConfig,
-    PositionConfig, RopeScaling, renamed_model_fields)
+    PositionConfig, RopeScaling, _check, renamed_model_fields)
 from toybb.records import read_text
 
 OPTIMIZERS = ("adam", "sgd", "muon")
@@ -27,11 +27,6 @@ PAPER_RELU_1LAYER_LR = 3e-3
 # float32 matmul precision of training and evaluation -> jax.default_matmul_precision. "highest" is full
 # float32 on every backend (the authors trained in fp32); on NVIDIA GPUs JAX's default would be TF32.
 PRECISIONS = {"highest": "highest", "tf32": "tensorfloat32", "bf16": "bfloat16"}
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
 
 
 @dataclass(frozen=True)

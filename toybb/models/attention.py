@@ -530,8 +530,8 @@ class Attention(nnx.Module):
         edit_lg, edit_pat = tap.editor(l, "attn.logits", idx), tap.editor(l, "attn.pattern", idx)
         full = (cap.wants(f"{p}.logits") or any(r not in _KEY_COLS for r in pat_reds)
                 or cap.wants(f"{p}.pattern_slot") or cap.wants(f"{p}.pattern_bias"))
-        sinks = {"none": None, "zero": jnp.zeros((spec.n_heads,), jnp.float32)}.get(spec.sink)
-        sinks = pv(self.sink_logit) if self.sink_logit is not None else sinks
+        sinks = None if spec.sink == "none" else (
+            jnp.zeros((spec.n_heads,), jnp.float32) if self.sink_logit is None else pv(self.sink_logit))
         res = attention(q, k, v, kind=spec.kind, q_pos=q_pos, k_pos=k_pos, scale=spec.scale, softcap=spec.softcap,
                         sink_logits=sinks, clip=spec.clip, sigmoid_bias=spec.sigmoid_bias,
                         block=None if full else spec.position.block, contiguous=contiguous,

@@ -230,12 +230,10 @@ class ModelConfig:
         if self.head_dim is None:
             _check(self.d_model % self.n_heads == 0,
                    f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
-            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
-        if self.n_kv_heads is None:
-            object.__setattr__(self, "n_kv_heads", self.n_heads)
-        if self.mlp_dim is None:
-            object.__setattr__(self, "mlp_dim", 4 * self.d_model)
-        for name in ("head_dim", "n_kv_heads", "mlp_dim"):
+        for name, value in self.derived_values().items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        for name in DERIVED_FIELDS:
             v = getattr(self, name)
             _check(isinstance(v, int) and v > 0, f"model.{name} must be a positive integer, got {v!r}")
         _check(self.n_heads % self.n_kv_heads == 0,
@@ -319,6 +317,13 @@ class ModelConfig:
         the paper's 3-layer model; attention="relu", attn_bias=True, sink_token=True, ...: its variants)."""
         return cls(**{"arch": "transformer", **fields})
 
+    def derived_values(self) -> dict[str, int]:
+        """The values DERIVED_FIELDS take when left None: n_kv_heads = n_heads (multi-head), head_dim =
+        d_model // n_heads, mlp_dim = 4 * d_model."""
+        values = {"n_kv_heads": self.n_heads, "head_dim": self.d_model // self.n_heads, "mlp_dim": 4 * self.d_model}
+        assert tuple(values) == DERIVED_FIELDS
+        return values
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads
@@ -368,10 +373,9 @@ class ModelConfig:
         """The fields of a copy with `fields` changed: derived fields (DERIVED_FIELDS) left at their derived
         value follow the fields they derive from (a wider d_model widens the default MLP)."""
         fields = renamed_model_fields(fields)
-        derived = dict(n_kv_heads=self.n_heads, head_dim=self.d_model // self.n_heads, mlp_dim=4 * self.d_model)
         merged = {**dataclasses.asdict(self), **fields}
-        for name in DERIVED_FIELDS:
-            if name not in fields and getattr(self, name) == derived[name]:
+        for name, value in self.derived_values().items():
+            if name not in fields and getattr(self, name) == value:
                 merged[name] = None
         return merged
 

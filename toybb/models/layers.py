@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from toybb.models.config import NORMS
 from toybb.models.quant import QArray, value as qvalue
-
-NORMS = ("rms", "layer", "layer_noparam")
 
 
 def param(shape, dtype=jnp.float32, init: str = "zeros", rngs: nnx.Rngs | None = None, fan_in: int = 1) -> nnx.Param:
@@ -52,8 +51,8 @@ class Norm(nnx.Module):
     plus_one: the weight is stored as w and applied as (1 + w) (Gemma)."""
 
     def __init__(self, dim: int, kind: str = "rms", eps: float = 1e-5, plus_one: bool = False, dtype=jnp.float32):
-        if kind not in NORMS:
-            raise ValueError(f"norm kind must be one of {NORMS}, got {kind!r}")
+        if kind not in NORMS or kind == "layer_flax":  # layer_flax is flax's nnx.LayerNorm (`trunk.make_norm`)
+            raise ValueError(f"norm kind must be one of {NORMS[:-1]}, got {kind!r}")
         self.kind, self.eps, self.plus_one = kind, eps, plus_one
         self.scale = None if kind == "layer_noparam" else param((dim,), dtype, "zeros" if plus_one else "ones")
         self.bias = param((dim,), dtype) if kind == "layer" else None

@@ -181,5 +181,6 @@ class Transformer(nnx.Module):
 
 
 def abstract_model(cfg: ModelConfig) -> Transformer:
-    """The model's structure with shapes only (no allocation), for loaders to fill."""
-    return nnx.eval_shape(lambda: Transformer(cfg))
+    """The model's structure with shapes only (no allocation), for loaders to fill (the random keys are
+    abstract too; the toy models' flax LayerNorm needs them)."""
+    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from toybb.errors import CheckpointError, ConfigError, TrainingDiverged
 from toybb.models.capture import Capture, capture_call
 from toybb.models.config import ModelConfig
-from toybb.models.transformer import Transformer
+from toybb.models.transformer import Transformer, abstract_model
 from toybb.names import column
 from toybb.plot import plot_emergence
 from toybb.pretrain.config import PretrainConfig
@@ -108,7 +108,7 @@ class Pretrainer:
                                                                     self.first)), self.replicated)
         init_key, data_key = jax.random.split(jax.random.key(cfg.seed))
         self.init_key, self.data_key = init_key, jax.random.key_data(data_key)
-        self.graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(model, rngs=nnx.Rngs(0))))[0]
+        self.graphdef = nnx.graphdef(abstract_model(model))
         self._build()
 
     def _build(self):

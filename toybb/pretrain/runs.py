@@ -14,7 +14,7 @@ from toybb.config import section_from_dict
 from toybb.errors import ConfigError
 from toybb.llm.tokenizer import TextTokenizer
 from toybb.models.config import ModelConfig
-from toybb.models.transformer import Transformer
+from toybb.models.transformer import Transformer, abstract_model
 from toybb.pretrain.config import PretrainConfig
 from toybb.pretrain.data import TOKENIZER_NAME, text_tokenizer
 from toybb.records import out_folder, read_json
@@ -83,7 +83,6 @@ def load_step(folder: str | Path, step: int | None = None) -> tuple[Transformer,
         step = saved[-1]
     if step not in saved:
         raise ConfigError(f"{folder} has no checkpoint of step {step}; its series: {saved or 'none yet'}")
-    abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
-    graphdef, template = nnx.split(abstract)
+    graphdef, template = nnx.split(abstract_model(model_cfg))
     state, got = load_checkpoint(series_path(folder, step), template)
     return nnx.merge(graphdef, state), text_tokenizer(folder / TOKENIZER_NAME, cfg), model_cfg, got
