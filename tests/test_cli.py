@@ -1,12 +1,15 @@
 """CLI: bad input is one line on stderr with exit code 2 (no traceback); a tiny run end to end."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from toybb.cli import main
+from toybb.plot import run_labels
+from toybb.records import load_metrics
 
 TINY = ["--d-model", "16", "--seq-len", "8", "--batch", "8", "--eval-batch", "8", "--steps", "20",
         "--eval-every", "10", "--seeds", "2", "--no-progress"]
@@ -68,6 +71,15 @@ def test_train_and_plot_end_to_end(tmp_path, capsys):
     assert "active tokens" in capsys.readouterr().out
     (out / "dynamics.png").unlink()
     assert main(["plot", str(out)]) == 0 and (out / "dynamics.png").exists()
+    # several runs in one figure, labelled by the settings in which they differ
+    other = tmp_path / "sgd"
+    shutil.copytree(out, other)
+    meta["config"]["optim"]["name"] = "sgd"
+    (other / "config.json").write_text(json.dumps(meta))
+    assert main(["plot", str(out), str(other)]) == 0 and (tmp_path / "run_vs_sgd.png").stat().st_size > 10_000
+    assert run_labels([load_metrics(out), load_metrics(other)], ["run", "sgd"]) == ["optimizer adam", "optimizer sgd"]
+    assert main(["plot", str(out), "--reference", str(other / "metrics.csv")]) == 2  # a run is not a reference
+    assert f"toybb plot {out} {other}" in capsys.readouterr().err
     # rerunning a finished run resumes from its final checkpoint and changes nothing
     before = (out / "metrics.csv").read_text()
     assert main(["train", *TINY, "--config", str(cfg), "--out", str(out)]) == 0

@@ -23,6 +23,9 @@ SMALLER = {  # recipe -> (text in the README, what the test runs instead)
     "probe": [("--samples 64 --seq-len 256", "--samples 2 --seq-len 32 --batch 2 --intervene-samples 1 "
                                              "--intervene-heads 1 --no-progress")],
     "head-cli": [("--out runs/iv_head", "--samples 4 --out runs/iv_head")],
+    "two-runs": [("--out runs/adam", f"--steps 2 --eval-every 1 --seq-len 16 --seeds 2 --no-plot {TINY} --out runs/adam"),
+                 ("--optimizer sgd --out runs/sgd", f"--optimizer sgd --steps 2 --eval-every 1 --seq-len 16 --seeds 2 "
+                                                    f"--no-plot {TINY} --out runs/sgd")],
     "selfextend": [("--tokens 16384 --seq-len 2048,8192,16384", "--tokens 256 --seq-len 128,256"),
                    ("--selfextend 1024,3", "--selfextend 32,2")],
 }
@@ -44,8 +47,9 @@ def smaller(name: str, code: str) -> str:
     return code
 
 
-def test_six_tasks_have_recipes():
-    assert set(recipes()) == {"paper", "sweep", "probe", "norms", "head", "head-cli", "selfextend", "api", "sites"}
+def test_nine_tasks_have_recipes():
+    assert set(recipes()) == {"paper", "sweep", "probe", "norms", "head", "head-cli", "selfextend", "patching",
+                              "attribution", "two-runs", "api", "sites"}
 
 
 def test_every_substitution_still_matches_the_readme():
@@ -136,6 +140,24 @@ def test_recipe_probe(work):
     _bash(work, "probe")
     head = (work / "runs" / "probe" / "heads.csv").read_text().splitlines()[0]
     assert "sink_attention_excl0_prose" in head and "value_drain_code" in head
+
+
+@pytest.mark.slow  # plotting several runs is guarded by test_cli::test_train_and_plot_end_to_end
+def test_recipe_two_runs(work):
+    _bash(work, "two-runs")
+    assert (work / "adam_vs_sgd.png").stat().st_size > 10_000
+
+
+def test_recipes_patching_and_attribution(work):
+    """Recipes 7 and 8 on the tiny run: patching a position before the corrupted one changes nothing, the
+    corrupted position does, and the attribution map is zero exactly where patching is."""
+    ns = {"toy": toybb.load(work / "runs" / "default", seed=0), "Edit": toybb.Edit}
+    for name in ("patching", "attribution"):
+        exec(compile(recipes()[name][1], f"README recipe {name}", "exec"), ns)
+    patched, attrib = ns["patched"], ns["attrib"]
+    assert patched.shape == attrib.shape == (1, 5)
+    assert not patched[:, :3].any() and not attrib[:, :3].any() and patched[0, 3] != 0 and attrib[0, 3] != 0
+    assert float(ns["g"].value) == pytest.approx(ns["base"], rel=1e-5)
 
 
 @pytest.mark.slow  # SelfExtend on SmolLM2 is guarded by test_longctx_llm

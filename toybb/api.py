@@ -6,6 +6,7 @@
     out = m.run("The cat sat on the mat.", capture="blocks.*.resid_post@norm")
     out.cache["blocks.3.resid_post@norm"]       # [1, tokens]; out.logits [1, tokens, vocab]
     m.loss(text, edits=[Edit("blocks.*.attn.z", "zero", layer=1, head=0)])
+    g = m.grad(text, "blocks.*.resid_post")     # d loss / d activation at every site: g.grads, g.cache
 
 The text is tokenized as the model expects (BOS first where it was trained with one); captures and
 interventions are those of `toybb.models.capture` / `toybb.models.sites`; one compilation per shape.
@@ -24,7 +25,7 @@ from toybb.errors import ArgumentTypeError, CheckpointError, ConfigError
 from toybb.llm.load import load as load_llm
 from toybb.llm.registry import resolve_existing
 from toybb.models.capture import Capture
-from toybb.models.forward import forward, loss
+from toybb.models.forward import Gradients, forward, gradients, loss
 from toybb.models.sites import Edit, Edits
 from toybb.pretrain.runs import is_pretrain_folder, load_step
 from toybb.train.runs import is_run_folder, load_models, model_of
@@ -113,6 +114,22 @@ class Loaded:
         if tokens.shape[1] < 2:
             raise ConfigError("the loss needs at least two tokens")
         return float(np.mean(np.asarray(loss(self.model(seed), tokens, edits=_edits_arg(edits), reduction="token").nll)))
+
+    def grad(self, text_or_ids, sites, *, metric="loss", edits=None, seed: int | None = None) -> Gradients:
+        """The gradient of `metric` ("loss": the mean next-token loss, or a function (logits, tokens) ->
+        scalar such as a logit difference) with respect to the activation at every site matching `sites`
+        -> Gradients(value, grads {site: array}, cache {site: activation}). With `run`'s captures of a
+        second text this gives attribution patching: (clean - corrupt) . grad, summed over the last axis."""
+        model = self.model(seed)
+        patterns = (_capture_arg(sites),) if isinstance(sites, str) else _capture_arg(sites)
+        for p in patterns:
+            if "@" in p:
+                raise ArgumentTypeError(f"grad takes site patterns without a reduction, got {p!r}")
+            model.sites().match(p)  # before compiling
+        tokens = self.tokens(text_or_ids)
+        if metric == "loss" and tokens.shape[1] < 2:
+            raise ConfigError("the loss needs at least two tokens")
+        return gradients(model, tokens, patterns, metric=metric, edits=_edits_arg(edits))
 
 
 def _capture_arg(capture):

@@ -127,6 +127,87 @@ def plot_dynamics(run_dir: str | Path, out_path: str | Path | None = None, *, at
     return style.save(fig, out_path)
 
 
+def _settings(meta: dict, rows: list[dict]) -> dict[str, str]:
+    """A run's settings as {"section.key": value} (model, task, optim, train; seeds and speed-only keys
+    left out; the learning rates those of its metrics), to label runs by what differs between them."""
+    skip = {"seeds", "eval_every", "eval_batch", "log_every", "checkpoint_every", "progress", "plot", "lr"}
+    out = {f"{sec}.{k}": str(v) for sec in ("model", "task", "optim", "train")
+           for k, v in meta["config"].get(sec, {}).items() if k not in skip}
+    out["optim.lr"] = "/".join(sorted({r["lr"] for r in rows}, key=float))
+    return out
+
+
+def run_labels(loaded: list[tuple[dict, list]], names: list[str]) -> list[str]:
+    """One label per run (config.json, metrics rows): the settings in which the runs differ ("optimizer sgd,
+    lr 0.03"), else the folder names."""
+    settings = [_settings(m, rows) for m, rows in loaded]
+    keys = [k for k in settings[0] if len({s.get(k) for s in settings}) > 1]
+    keys += [k for s in settings[1:] for k in s if k not in settings[0] and k not in keys]
+    if not keys:
+        return names
+    short = {"optim.name": "optimizer"}
+    labels = [", ".join(f"{short.get(k, k.split('.', 1)[1])} {s.get(k, '-')}" for k in keys) for s in settings]
+    return labels if len(set(labels)) == len(labels) else [f"{n}: {l}" for n, l in zip(names, labels)]
+
+
+@style.styled
+def plot_runs(run_dirs, out_path: str | Path, *, labels: list[str] | None = None, metrics: list[str] | None = None,
+              reference: bool = True) -> Path:
+    """Several `toybb train` runs in one figure: per run (and learning rate) the median over seeds with a
+    min-max band, one colour each, labelled by `labels` or by the settings in which the runs differ; the
+    panels are the dynamics figure's (each run read in its own layers, as `plot_dynamics` reads it) or the
+    vocabulary names in `metrics`; the authors' trajectory dashed where a run's configuration matches one."""
+    run_dirs = [Path(d) for d in run_dirs]
+    loaded = [load_metrics(d) for d in run_dirs]
+    for d, (_, rows) in zip(run_dirs, loaded):
+        if not rows:
+            raise ConfigError(f"{d}/metrics.csv has no rows yet")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ConfigError(f"{len(labels)} labels for {len(run_dirs)} runs; give one label per run")
+    labels = labels or run_labels(loaded, [d.name for d in run_dirs])
+    names = metrics or [m.name for m in METRICS if m.panel]
+    for n in names:
+        if n not in METRIC:
+            raise ConfigError(f"unknown metric {n!r}; metrics: {', '.join(m.name for m in METRICS)}")
+    layers = [_layers(m) for m, _ in loaded]
+    panels = []  # (metric, column per run) of every metric some run has
+    for n in names:
+        m = METRIC[n]
+        cols = [m.column(lr_ if m.per_layer == "after" else la) for la, lr_ in layers]
+        if any(c in rows[0] for c, (_, rows) in zip(cols, loaded)):
+            panels.append((m, cols))
+    if not panels:
+        raise ConfigError(f"none of the runs has the metrics {', '.join(names)}")
+    fig, axes = style.subplots(len(panels), 2, sharex=True)
+    series = [(i, lr) for i, (_, rows) in enumerate(loaded) for lr in sorted({r["lr"] for r in rows}, key=float)]
+    for ax, (m, cols) in zip(axes, panels):
+        drawn = set()
+        for ci, (i, lr) in enumerate(series):
+            meta, rows = loaded[i]
+            if cols[i] not in rows[0]:
+                continue
+            many_lr = sum(j == i for j, _ in series) > 1
+            steps, _, table = seed_table(rows, [cols[i]], lr)
+            vals, x = table[cols[i]], np.maximum(steps, 1)
+            label = labels[i] + (f", lr {lr}" if many_lr else "")
+            ax.plot(x, np.nanmedian(vals, axis=1), color=f"C{ci}", label=label)
+            if vals.shape[1] > 1:
+                ax.fill_between(x, np.nanmin(vals, 1), np.nanmax(vals, 1), color=f"C{ci}", alpha=0.2, lw=0)
+            found = reference_for(meta, lr) if reference else None
+            if found is not None and id(found[0]) not in drawn and reference_line(
+                    ax, found, cols[i], int(steps[-1]), "--", "k", 1.0):
+                drawn.add(id(found[0]))
+        titles = {m.title(lr_ if m.per_layer == "after" else la) for la, lr_ in layers}
+        ax.set(title=titles.pop() if len(titles) == 1 else m.title(), xlabel="training step", ylabel=m.unit)
+        style.log_axes(ax, "xy" if m.panel == "log" else "x")
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    style.figure_legend(fig, axes)
+    n_seeds = "/".join(str(len({r["seed"] for r in rows})) for _, rows in loaded)
+    style.subtitle(fig, f"{', '.join(d.name for d in run_dirs)}: median over seeds ({n_seeds}), band = min-max")
+    return style.save(fig, Path(out_path))
+
+
 # the panels of a pretraining run's emergence figure: (metric, log y)
 EMERGENCE_PANELS = (("heldout_loss", False), ("sink_attention_excl0", False), ("sink_rate", False),
                     ("value_ratio", False), ("residual_ratio", False), ("massive_ratio", True), ("kurtosis", False))

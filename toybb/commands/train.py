@@ -14,7 +14,7 @@ import jax
 from toybb.cliargs import FLOATS, INTS, add_list
 from toybb.config import PRECISIONS, PRESETS, RunConfig, load_config_file, paper_learning_rate
 from toybb.errors import ConfigError
-from toybb.plot import plot_dynamics
+from toybb.plot import plot_dynamics, plot_runs
 from toybb.records import figure_path, finite, out_folder
 from toybb.train.loop import train
 from toybb.train.memory import check_memory, estimate_group_bytes
@@ -196,22 +196,45 @@ def _final_medians(summary: dict) -> list[tuple[str, dict]]:
 
 
 def cmd_plot(args) -> int:
-    if args.out is not None or Path(args.run).is_dir():
-        figure_path(args.out if args.out is not None else Path(args.run) / "dynamics.png")
-    path = plot_dynamics(args.run, args.out, attn_layer=args.attn_layer, resid_layer=args.resid_layer,
-                         reference=args.reference)
+    runs = args.run
+    ref = args.reference
+    if ref is not None and (Path(ref).is_dir() or (Path(ref).parent / "config.json").is_file()):
+        other = Path(ref).parent if Path(ref).is_file() else Path(ref)
+        raise ConfigError(f"--reference {ref} is a run, not the authors' reference (a built-in name or a reference "
+                          f"CSV); to draw runs side by side give them all: toybb plot {' '.join(runs)} {other}")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    labels = [l.strip() for l in args.labels.split(",")] if args.labels else None
+    if len(runs) == 1 and metrics is None and labels is None:
+        if args.out is not None or Path(runs[0]).is_dir():
+            figure_path(args.out if args.out is not None else Path(runs[0]) / "dynamics.png")
+        path = plot_dynamics(runs[0], args.out, attn_layer=args.attn_layer, resid_layer=args.resid_layer,
+                             reference=ref)
+    else:
+        if args.attn_layer is not None or args.resid_layer is not None or ref is not None:
+            raise ConfigError("--attn-layer, --resid-layer and --reference apply to one run's dynamics figure; "
+                              "with several runs each is read in its own layers beside its matching reference")
+        out = args.out or Path(runs[0]).parent / ("_vs_".join(Path(r).name for r in runs) + ".png")
+        figure_path(out)
+        path = plot_runs(runs, out, labels=labels, metrics=metrics)
     print(f"wrote {path}")
     return 0
 
 
 def add_plot(sub) -> None:
-    p = sub.add_parser("plot", help="draw the dynamics figure of a run folder")
-    p.add_argument("run", metavar="RUN", help="run folder written by `toybb train`")
-    p.add_argument("--out", metavar="FILE", help="image path (default: RUN/dynamics.png)")
-    p.add_argument("--attn-layer", type=int, help="layer for Attn<s> and ||Val<s>|| (default: 0, or 1 if deeper)")
-    p.add_argument("--resid-layer", type=int, help="layer after which ||Res<s>|| is read (default: 0)")
-    p.add_argument("--reference", metavar="NAME", help="draw this reference (a built-in name or a CSV) even if the "
-                   "run's configuration differs, labelled as such (default: the matching built-in one, if any)")
+    p = sub.add_parser("plot", help="draw the dynamics figure of a run folder, or several runs in one figure",
+                       description="One run: its dynamics figure (RUN/dynamics.png). Several runs: one figure with "
+                       "a median line and a min-max band per run, labelled by the settings in which they differ "
+                       "(e.g. toybb plot runs/adam runs/sgd --out adam_vs_sgd.png).")
+    p.add_argument("run", metavar="RUN", nargs="+", help="run folder(s) written by `toybb train`")
+    p.add_argument("--out", metavar="FILE", help="image path (default: RUN/dynamics.png; several runs: "
+                   "NAME1_vs_NAME2.png beside the first run)")
+    p.add_argument("--labels", metavar="A,B", help="one label per run (default: the settings in which they differ)")
+    p.add_argument("--metrics", metavar="NAMES", help="comma-separated metric names (the README's vocabulary table, "
+                   "e.g. sink_attention,residual_peak; default: the dynamics figure's panels)")
+    p.add_argument("--attn-layer", type=int, help="one run: layer for Attn<s> and ||Val<s>|| (default: 0, or 1 if deeper)")
+    p.add_argument("--resid-layer", type=int, help="one run: layer after which ||Res<s>|| is read (default: 0)")
+    p.add_argument("--reference", metavar="NAME", help="one run: draw this reference (a built-in name or a CSV) even "
+                   "if the run's configuration differs, labelled as such (default: the matching built-in one, if any)")
     p.set_defaults(func=cmd_plot)
 
 

@@ -6,6 +6,9 @@ capture and edits, and the losses built on it.
 - `loss(model, tokens, targets, valid=..., edits=..., capture=..., reduction=...)` -> `Loss(nll, count,
   cache)`: the one "loss under edits" of the probes, the circuit experiment, `toybb intervene`, long
   context and `toybb.load`.
+- `gradients(model, tokens, sites, metric=...)` -> `Gradients(value, grads, cache)`: the gradient of the
+  loss (or of any scalar of the logits, e.g. a logit difference) with respect to the activation at every
+  matching site, and those activations (gradient x activation, attribution patching).
 - `token_nll`, `next_token_nll`, `perplexity`: the language-model losses every caller shares.
 
 Every compiled function comes from one cache, `compiled(fn, graphdef, *static)`: one compilation per
@@ -27,7 +30,7 @@ from flax import nnx
 
 from toybb import device
 from toybb.models.capture import NO_CAPTURE, Capture, capture_call, resolve_edits
-from toybb.models.sites import NO_EDITS
+from toybb.models.sites import NO_EDITS, Edit, Edits, SiteError, resolve, split_name
 
 REDUCTIONS = ("sum", "token")
 
@@ -151,6 +154,72 @@ def loss(model: nnx.Module, tokens, targets=None, *, valid=None, edits=None, cap
     edits = resolve_edits(model, edits, tokens) if edits else NO_EDITS
     return call(_loss, model, tokens, tgt, valid, edits,
                 static=(Capture.of(capture), targets is not None, reduction))
+
+
+class Gradients(NamedTuple):
+    """value: the metric (a float32 scalar); grads: {site: d value / d activation}, each of the site's
+    shape; cache: {site: activation} at the same sites (after `edits`)."""
+
+    value: jax.Array
+    grads: dict
+    cache: dict
+
+
+def _metric(metric, logits, tokens):
+    """"loss": mean next-token NLL (nats) over every predicted position; else `metric(logits, tokens)`."""
+    return jnp.mean(next_token_nll(logits, tokens)) if metric == "loss" else metric(logits, tokens)
+
+
+def _gradients(model, capture, metric, tokens, edits, probe, deltas):
+    graphdef, state = nnx.split(model)
+
+    def value(deltas):  # the model is rebuilt inside the transform, where capture may write to it
+        arrays = tuple(a[:3] + (d,) for a, d in zip(probe.arrays, deltas))
+        logits, cache = capture_call(nnx.merge(graphdef, state), tokens, capture=capture, edits=edits + Edits(probe.static, arrays))
+        return jnp.asarray(_metric(metric, logits, tokens), jnp.float32), cache
+
+    (v, cache), grads = jax.value_and_grad(value, has_aux=True)(deltas)
+    return v, grads, cache
+
+
+def gradients(model: nnx.Module, tokens, sites, *, metric="loss", edits=None) -> Gradients:
+    """The gradient of `metric` with respect to the activation at every site matching `sites` (a pattern
+    such as "blocks.*.resid_post" or a list of them; the names and selectors of capture and edits), in one
+    forward and backward pass over tokens [batch, seq].
+
+    metric: "loss" (mean next-token NLL) or a function (logits [batch, seq, vocab], tokens) -> scalar, e.g.
+    a logit difference `lambda lg, t: lg[0, -1, a] - lg[0, -1, b]` (a module-level function compiles once).
+    edits: `Edit`s applied first; the gradient is taken at the edited activation. Each site is probed by
+    an `add` of zeros, so read-only sites (computed for inspection only) have no gradient."""
+    tokens = _as_batch(tokens)
+    if not (metric == "loss" or callable(metric)):
+        raise SiteError(f"metric must be 'loss' or a function (logits, tokens) -> scalar, got {metric!r:.60}")
+    table = model.sites()
+    patterns = (sites,) if isinstance(sites, str) else tuple(sites)
+    names = list(dict.fromkeys(n for p in patterns for n in table.match(p)))
+    if not names:
+        raise SiteError("name at least one site to take the gradient at, e.g. 'blocks.*.resid_post'")
+    by_kind: dict[str, list] = {}
+    for n in names:
+        layer, kind = split_name(n)
+        by_kind.setdefault(kind, []).append(layer)
+    probes = []
+    for kind, layers in by_kind.items():
+        shape = table.shape(kind if layers[0] is None else f"blocks.{layers[0]}.{kind}", *tokens.shape)
+        if layers[0] is None:
+            probes.append(Edit(kind, "add", value=np.zeros(shape, np.float32)))
+        else:
+            probes.append(Edit(f"blocks.*.{kind}", "add", value=np.zeros((table.n_layers,) + shape, np.float32),
+                               layer=layers))
+    probe = resolve(table, probes, tuple(tokens.shape))
+    edits = resolve_edits(model, edits, tokens) if edits else NO_EDITS
+    deltas = tuple(a[3] for a in probe.arrays)
+    v, g, cache = call(_gradients, model, tokens, edits, probe, deltas, static=(Capture(tuple(names)), metric))
+    grads = {}
+    for (kind, layers), gk in zip(by_kind.items(), g):
+        for layer in layers:
+            grads[kind if layer is None else f"blocks.{layer}.{kind}"] = gk if layer is None else gk[layer]
+    return Gradients(v, grads, cache)
 
 
 def token_logprobs(model: nnx.Module, tokens) -> np.ndarray:
