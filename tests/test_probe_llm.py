@@ -137,3 +137,42 @@ def test_massive_zero_vs_mean(model, stats):
     assert mean == pytest.approx(base, rel=1e-3)  # the value is the same on every sample
     zero_x = model(jnp.asarray(toks), edits=P.massive_edit(info, "zero"))
     assert not np.allclose(np.asarray(zero_x), np.asarray(model(jnp.asarray(toks))))
+
+
+class _CharTokenizer:
+    """Characters to ids 1..23 (0 is the BOS), for a probe run of the wired model on real text."""
+
+    bos_id, add_bos = BOS, False
+
+    def encode(self, text, add_bos=False):
+        return ([BOS] if add_bos else []) + [1 + ord(c) % (CFG.vocab_size - 1) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(96 + i) for i in ids)
+
+
+def test_probe_report_states_the_rule_and_what_was_edited(model, tmp_path):
+    """heads.csv has an active/dormant column by the stated 0.89 rule, metrics.json separates the rule's
+    heads from the ranking, and the printed summary gives one perplexity and names the edited entries."""
+    import csv
+    import json
+    from types import SimpleNamespace
+
+    from toybb.probes.corpus import Domain
+    from toybb.probes.report import DORMANT_RULE, ProbeSettings, run_probe, summary_lines
+
+    pre = SimpleNamespace(cfg=CFG, model=model, source="wired", tokenizer=_CharTokenizer())
+    settings = ProbeSettings(samples=4, seq_len=16, batch=4, k_first=4, intervene_samples=2, intervene_heads=2)
+    summary = run_probe(pre, [Domain("prose", "pride"), Domain("code", "stdlib")], settings, tmp_path, progress=False)
+    rows = {(int(r["layer"]), int(r["head"])): r for r in csv.DictReader(open(tmp_path / "heads.csv"))}
+    assert rows[SINK_HEAD]["state_prose"] == rows[SINK_HEAD]["state_code"] == "dormant"
+    for r in rows.values():
+        for n in ("prose", "code"):
+            assert r[f"state_{n}"] == ("dormant" if float(r[f"sink_attention_excl0_{n}"]) >= 0.89 else "active")
+    sel = json.loads((tmp_path / "metrics.json").read_text())["selective"]
+    assert sel["rule"] == DORMANT_RULE and "0.89" in DORMANT_RULE
+    assert [SINK_HEAD] != [(h["layer"], h["head"]) for h in sel["dormant_on_prose_active_on_code"]]
+    assert len(sel["largest_prose_minus_code"]) == 5
+    lines = summary_lines(summary)
+    assert lines[0].startswith("prose: perplexity ") and lines[0].count("perplexity") == 1
+    assert "blocks.1.resid_post dims [5]" in lines[0] and "to zero changes the loss by" in lines[0]

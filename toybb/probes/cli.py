@@ -13,7 +13,7 @@ from toybb.errors import ConfigError, ToybbError
 from toybb.llm.load import load, read_config
 from toybb.llm.registry import resolve
 from toybb.probes.corpus import parse_domain
-from toybb.probes.report import ProbeSettings, run_probe
+from toybb.probes.report import ProbeSettings, run_probe, summary_lines
 
 
 def register(subparsers) -> None:
@@ -59,12 +59,6 @@ def cmd_probe(args) -> int:
 
     out = Path(args.out)
     s = run_probe(pre, domains, settings, out, progress=not args.no_progress, command=["toybb", *sys.argv[1:]])
-    for name, d in s["domains"].items():
-        m = d["massive"]
-        ip = d.get("intervention_ppl", {})
-        print(f"{name}: ppl {d['ppl']:.3f}; heads with sink score > 0.9: {d['heads_sink_gt_0.9']}; "
-              f"sink tokens {[t[1] for t in d['sink_tokens']]}; first massive layer {m['first_layer']} dims "
-              f"{m['dims'][:4]}; ppl original/zero/mean {ip.get('none', float('nan')):.3f}/"
-              f"{ip.get('massive_zero', float('nan')):.4g}/{ip.get('massive_mean', float('nan')):.3f}")
+    print("\n".join(summary_lines(s)))
     print(f"wrote {out}")
     return 0

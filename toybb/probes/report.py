@@ -4,9 +4,10 @@
 Outputs in the run folder:
   config.json          command, settings, package versions
   metrics.json         everything below plus per-domain summaries (perplexity, sink tokens, massive activations)
-  heads.csv            per layer and head and domain: sink_attention_excl0, sink_logit_gap, value_drain,
-                       value_others, sink_token_attention; selectivity (sink_attention_excl0 on the first domain
-                       minus the second). Column names: toybb.names.
+  heads.csv            per layer and head and domain: sink_attention_excl0, state (active or dormant by
+                       `DORMANT_RULE`), sink_logit_gap, value_drain, value_others, sink_token_attention;
+                       selectivity (sink_attention_excl0 on the first domain minus the second). Column
+                       names: toybb.names.
   layers.csv           per layer and domain: residual_peak, residual_others, massive_top1..3, massive_median
   interventions.csv    loss per domain for each head intervention and for the massive-activation ones
   sink_heatmap.png, norms_by_position.png, massive_profile.png, interventions.png, attention_maps.png
@@ -31,7 +32,7 @@ from toybb.probes.corpus import Domain, domain_batches
 from toybb.probes import metrics as M
 from toybb.records import atomic_open, atomic_write, package_versions
 
-SINK_HIGH = 0.9  # "heads with sink score > 0.9" in the summary
+DORMANT_RULE = f"dormant where sink_attention_excl0 >= {M.DORMANT_THRESHOLD} (the paper's threshold), else active"
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
 
     stats, held = _probe_domains(pre, domains, settings, progress)
     summary: dict = {"domains": {name: _domain_summary(st, tok) for name, st in stats.items()}}
-    # domain selectivity: sink score on the first domain minus the second
+    # domain selectivity: sink_attention_excl0 on the first domain minus the second
     sel = None
     if len(domains) >= 2:
         sel, summary["selective"] = _selectivity(stats, names)
@@ -153,8 +154,7 @@ def _domain_summary(st: P.DomainStats, tok) -> dict:
     rs, ro = st.mean("residual_peak"), st.mean("residual_others")
     return {
         "samples": st.n, "tokens_scored": int(st.sums["nll_count"]), "ppl": st.ppl,
-        "heads_sink_gt_0.9": int((score > SINK_HIGH).sum()),
-        "heads_dormant": int(np.asarray(M.classify_dormant(score)).sum()),
+        "heads_dormant": int(np.asarray(M.classify_dormant(score)).sum()), "heads": int(score.size),
         "sink_tokens": [(i, tok.decode([i]), float(st.mean("tok_attn").mean(axis=(0, 1))[i]),
                          int(st.sums["tok_count"][i])) for i in st.sink_tokens()],
         "residual_peak": rs.tolist(), "residual_others": ro.tolist(),
@@ -164,16 +164,21 @@ def _domain_summary(st: P.DomainStats, tok) -> dict:
 
 
 def _selectivity(stats: dict, names: list[str]) -> tuple[np.ndarray, dict]:
-    """(sink score on the first domain minus the second [layers, heads], the five most selective heads each way)."""
+    """(sink_attention_excl0 on the first domain minus the second [layers, heads], metrics.json's "selective":
+    the five heads of largest difference each way (a ranking), and the heads dormant on one domain and
+    active on the other by the rule `DORMANT_RULE`)."""
     a, b = names[0], names[1]
-    sel = stats[a].mean("sink_attention_excl0") - stats[b].mean("sink_attention_excl0")
+    score = {n: stats[n].mean("sink_attention_excl0") for n in names}
+    dormant = {n: np.asarray(M.classify_dormant(score[n])) for n in names}
+    sel = score[a] - score[b]
     order = np.argsort(sel, axis=None)
-    top_a = [np.unravel_index(i, sel.shape) for i in order[::-1][:5]]
-    top_b = [np.unravel_index(i, sel.shape) for i in order[:5]]
     fmt = lambda lh: {"layer": int(lh[0]), "head": int(lh[1]), "selectivity": float(sel[lh]),  # noqa: E731
-                      **{f"sink_attention_excl0_{n}": float(stats[n].mean("sink_attention_excl0")[lh]) for n in names}}
-    return sel, {f"dormant_on_{a}_active_on_{b}": [fmt(x) for x in top_a],
-                 f"dormant_on_{b}_active_on_{a}": [fmt(x) for x in top_b]}
+                      **{f"sink_attention_excl0_{n}": float(score[n][lh]) for n in names}}
+    ranked = lambda idx: [fmt(np.unravel_index(i, sel.shape)) for i in idx]  # noqa: E731
+    ruled = lambda x, y: [fmt(lh) for lh in zip(*np.nonzero(dormant[x] & ~dormant[y]))]  # noqa: E731
+    return sel, {"rule": DORMANT_RULE,
+                 f"dormant_on_{a}_active_on_{b}": ruled(a, b), f"dormant_on_{b}_active_on_{a}": ruled(b, a),
+                 f"largest_{a}_minus_{b}": ranked(order[::-1][:5]), f"largest_{b}_minus_{a}": ranked(order[:5])}
 
 
 def _interventions(pre, name: str, bt: list, heads: list, dom: dict, progress: bool) -> list[dict]:
@@ -199,10 +204,40 @@ def _interventions(pre, name: str, bt: list, heads: list, dom: dict, progress: b
             v = P.edited_nll(pre.model, bt, P.massive_edit(m, mode))
             rows.append({"domain": name, "intervention": f"massive_{mode}", "layer": m["first_layer"],
                          "head": "", "nll": v, "ppl": M.perplexity(v), "delta_nll": v - base})
-    dom["intervention_ppl"] = {r["intervention"]: r["ppl"] for r in rows
-                               if r["intervention"] in ("none", "massive_zero", "massive_mean")}
     dom["intervention_samples"] = int(sum(v.sum() for _, v in bt))
+    if m["first_layer"] is not None:
+        dom["massive_intervention"] = {
+            "edited": f"blocks.{m['first_layer']}.resid_post dims {sorted(m['dims'])} where |h| >= {m['threshold']:.4g}",
+            "samples": dom["intervention_samples"], "nll_unedited": base,
+            **{f"delta_nll_{r['intervention'][8:]}": r["delta_nll"] for r in rows
+               if r["intervention"].startswith("massive_")}}
     return rows
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The printed summary of a probe: per domain one perplexity (all its samples), the dormant heads by
+    `DORMANT_RULE`, the sink tokens, and what setting the massive activations to zero / their mean does."""
+    lines = []
+    for name, d in summary["domains"].items():
+        m = d["massive"]
+        line = (f"{name}: perplexity {d['ppl']:.3f} ({d['samples']} samples); dormant heads (sink_attention_excl0 >= "
+                f"{M.DORMANT_THRESHOLD}) {d['heads_dormant']} of {d['heads']}; sink tokens "
+                f"{[t[1] for t in d['sink_tokens']]}")
+        mi = d.get("massive_intervention")
+        if mi is None:
+            line += "; no massive activations"
+        else:
+            line += (f"; massive activations from layer {m['first_layer']} on: setting "
+                     f"{mi['edited']} to zero changes the loss by {mi['delta_nll_zero']:+.3f} nats, to their mean "
+                     f"by {mi['delta_nll_mean']:+.3f} (on {mi['samples']} samples)")
+        lines.append(line)
+    sel = summary.get("selective")
+    if sel:
+        for key, heads in sel.items():
+            if key.startswith("dormant_on_"):
+                lines.append(f"{key.replace('_', ' ')}: {len(heads)} head(s) "
+                             f"{[(h['layer'], h['head']) for h in heads[:8]]}{' ...' if len(heads) > 8 else ''}")
+    return lines
 
 
 def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
@@ -211,8 +246,8 @@ def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
         w = csv.writer(f)
         cols = ["layer", "head"]
         for n in names:
-            cols += [f"sink_attention_excl0_{n}", f"sink_logit_gap_{n}", f"value_drain_{n}", f"value_others_{n}",
-                     f"sink_token_attention_{n}"]
+            cols += [f"sink_attention_excl0_{n}", f"state_{n}", f"sink_logit_gap_{n}", f"value_drain_{n}",
+                     f"value_others_{n}", f"sink_token_attention_{n}"]
         if sel is not None:
             cols.append(f"selectivity_{names[0]}_minus_{names[1]}")
         w.writerow(cols)
@@ -223,7 +258,7 @@ def _write_tables(out: Path, stats, names, sel, rows, cfg) -> None:
                 row = [l, h]
                 for n in names:
                     s, g, vs, vo, ta, st = per[n]
-                    row += [f"{s[l, h]:.5g}", f"{g[l, h]:.5g}", f"{vs[l, h]:.5g}", f"{vo[l, h]:.5g}",
+                    row += [f"{s[l, h]:.5g}", "dormant" if M.classify_dormant(s[l, h]) else "active", f"{g[l, h]:.5g}", f"{vs[l, h]:.5g}", f"{vo[l, h]:.5g}",
                             f"{ta[l, h, st[0]]:.5g}" if st else ""]
                 if sel is not None:
                     row.append(f"{sel[l, h]:.5g}")
@@ -255,7 +290,8 @@ def _attention_maps(pre, held, summary, names) -> dict:
     sel = summary["selective"]
     heads = []
     for key in sel:
-        heads += [(x["layer"], x["head"]) for x in sel[key][:2]]
+        if key.startswith("largest_"):
+            heads += [(x["layer"], x["head"]) for x in sel[key][:2]]
     layers = sorted({l for l, _ in heads})
     cap = Capture(tuple(f"blocks.{l}.attn.pattern" for l in layers))
     maps: dict = {lh: {} for lh in heads}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def compare_run(run_dir: str | Path | list, reference: str | None = None) -> lis
         common = np.intersect1d(steps, table.steps)
         if common.size == 0:
             raise ConfigError(f"run {run_dir} and reference {table.name!r} share no logged step")
+        if common.size == 1:
+            print(f"warning: run {run_dir} (lr {lr}) and reference {table.name!r} share only step {int(common[0])}; "
+                  f"each panel is one point. The reference logs steps {', '.join(map(str, table.steps[:4]))}, ...: "
+                  "train longer or with an --eval-every that lands on them", file=sys.stderr)
         ri, fi = np.searchsorted(steps, common), np.searchsorted(table.steps, common)
         out.append(Comparison(float(lr), table, diffs, common, metrics, len(seed_ids),
                               {m: run[m][ri] for m in metrics}, {m: table.values[m][fi] for m in metrics}))
@@ -142,15 +147,17 @@ def format_table(c: Comparison, rows: list[dict], steps: np.ndarray | None = Non
     buf.write(f"lr {c.lr:g}: {c.seeds} seed(s) vs {c.label}\n")
     if c.differences:
         buf.write(f"  configuration differs: {'; '.join(c.differences)}\n")
-    buf.write(f"  {'metric':28s} {'step':>6s}  {'median':>10s} {'[min, max]':>23s}  {'reference':>10s}  band\n")
+    buf.write(f"  {'metric':28s} {'step':>6s}  {'median':>10s} {'[min, max] of seeds':>23s}  {'reference':>10s}  "
+              "reference against the seeds' [min, max]\n")
     for m in c.metrics:
         for r in rows:
             if r["metric"] != m or r["step"] not in steps:
                 continue
-            where = "inside" if r["inside"] else f"{r['outside_rel']:+.0%}"
             edge = r["min"] if r["reference"] < r["min"] else r["max"]
+            side = "below min" if r["reference"] < r["min"] else "above max"
+            where = "inside" if r["inside"] else f"{r['outside_rel']:+.0%} {side}"
             if not r["inside"] and abs(edge) < 0.1:  # near zero (logits) a relative distance says little
-                where = f"{r['reference'] - edge:+.3g} (absolute)"
+                where = f"{r['reference'] - edge:+.3g} {side} (absolute)"
             buf.write(f"  {LABELS.get(m, m)[:28]:28s} {r['step']:6d}  {r['median']:10.4g} [{r['min']:10.4g}, {r['max']:10.4g}]"
                       f"  {r['reference']:10.4g}  {where}\n")
     return buf.getvalue()
