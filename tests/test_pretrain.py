@@ -73,6 +73,20 @@ def test_series_is_written_and_loads_at_each_step(run):
         toybb.load(run, step=5)
 
 
+def test_series_command_reads_a_pretrain_folder(run, tmp_path, capsys):
+    """`toybb series DIR` probes every checkpoint of a pretrain folder's series (or those of --steps) with
+    the metrics it uses for any LLM checkpoint; a step the series lacks is one line before any probe."""
+    out = tmp_path / "series"
+    assert main(["series", str(run), "--steps", "1,40", "--out", str(out)]) == 0
+    rows = read_csv(out / "series.csv", required=("step",))
+    assert [int(r["step"]) for r in rows] == [1, 40] and (out / "series.png").stat().st_size > 10_000
+    assert all(0 <= float(r["sink_attention_excl0_l1"]) <= 1 and float(r["residual_peak_l1"]) > 0 for r in rows)
+    assert rows[0]["residual_peak_l1"] != rows[1]["residual_peak_l1"]  # two different checkpoints
+    assert main(["series", str(run), "--steps", "5", "--out", str(tmp_path / "bad")]) == 2
+    assert "no checkpoint of step 5; its series: [1, 2, 3, 6, 10, 18, 32, 40]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_interrupted_run_resumes_to_the_same_metrics(run, tmp_path):
     out = tmp_path / "resumed"
     args = ["pretrain", "--out", str(out), *TINY]

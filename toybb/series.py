@@ -5,7 +5,8 @@ metrics drawn against step, like the dynamics figure of a toy run:
 - toy run folders of `toybb train` (or their `checkpoint.npz`): the SPEC §3 dynamics metrics of
   `toybb.probes.bb` on the run's fixed evaluation batch, for every vmapped run (seed, lr);
 - Hugging Face directories (e.g. OLMo or Pythia revisions saved locally) or .gguf files, loaded with
-  `toybb.llm.load.load`: per layer, attention on BOS (capture `blocks.*.attn.pattern@key0`, queries
+  `toybb.llm.load.load`, and `toybb pretrain` folders (every checkpoint of their series, or those of
+  `--steps`): per layer, attention on BOS (capture `blocks.*.attn.pattern@key0`, queries
   1.. averaged), residual norm at BOS vs the other positions (`blocks.*.resid_post@norm`) and the
   BOS value norm vs the others (`blocks.*.attn.v_out@norm`), on a fixed text.
 The step of a checkpoint comes from `--steps`, else from its path (`step1000`, `step-1000`,
@@ -20,6 +21,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from toybb.errors import ConfigError
 from toybb.llm.load import load
 from toybb.models.forward import forward
 from toybb.models.capture import Capture
+from toybb.pretrain.runs import is_pretrain_folder, load_step, series_steps
 from toybb.probes import metrics as M
 from toybb.records import atomic_open
 from toybb.train.checkpoint import CKPT_NAME
@@ -97,12 +100,17 @@ def llm_tokens(pre, text: str = FIXED_TEXT, n_random: int = 48) -> np.ndarray:
     return np.array([ids], np.int32)
 
 
-def probe_llm(path: str | Path, text: str = FIXED_TEXT) -> list[dict]:
+def probe_llm(path: str | Path, text: str = FIXED_TEXT, step: int | None = None) -> list[dict]:
     """One row: per layer sink_attention_excl0_l{l}, value_drain_l{l}, value_others_l{l}, residual_peak_l{l},
-    residual_others_l{l}, residual_excess_l{l} of the model on the fixed text (BOS at position 0)."""
+    residual_others_l{l}, residual_excess_l{l} of the model on the fixed text (BOS at position 0). A
+    `toybb pretrain` folder is read at `step` of its series."""
     import jax.numpy as jnp
 
-    pre = load(str(path))
+    if is_pretrain_folder(path):
+        model, tok, cfg, _ = load_step(path, step)
+        pre = SimpleNamespace(model=model, tokenizer=tok, cfg=cfg)
+    else:
+        pre = load(str(path))
     tokens = llm_tokens(pre, text)
     _, cap = forward(pre.model, tokens, capture=Capture(LLM_SITES))
     row: dict = {"seed": "", "lr": "", "n_tokens": tokens.shape[1]}
@@ -127,6 +135,19 @@ def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = 
     trainers: a cache of compiled toy Trainers to reuse (see toybb.train.sweep.run_sweep)."""
     if not ckpts:
         raise ConfigError("give at least one checkpoint")
+    pretrain = [c for c in ckpts if is_pretrain_folder(c)]
+    if pretrain:  # a pretrain folder is a whole series: its checkpoints (those of --steps if given)
+        if len(ckpts) > 1:
+            raise ConfigError("a toybb pretrain folder holds a whole series; give it alone (with --steps to choose "
+                              "checkpoints of it)")
+        saved = series_steps(ckpts[0])
+        if not saved:
+            raise ConfigError(f"{ckpts[0]} holds no checkpoint yet; train it first (toybb pretrain --out {ckpts[0]})")
+        missing = sorted(set(steps or []) - set(saved))
+        if missing:
+            raise ConfigError(f"{ckpts[0]} has no checkpoint of step {missing[0]}; its series: {saved}")
+        steps = list(steps or saved)
+        ckpts = ckpts * len(steps)
     if steps is not None and len(steps) != len(ckpts):
         raise ConfigError(f"--steps has {len(steps)} value(s) for {len(ckpts)} checkpoint(s)")
     kinds = {kind_of(c) for c in ckpts}
@@ -146,7 +167,7 @@ def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = 
             own, got = probe_toy(c, trainers)
             s = own if s is None else s
         else:
-            got = probe_llm(c, text)
+            got = probe_llm(c, text, s)
         log(f"{c}: step {s}")
         rows += [{"checkpoint": str(c), "step": s, **r} for r in got]
     out = Path(out_dir)

@@ -13,9 +13,11 @@ def register(subparsers) -> None:
                               "or checkpoint.npz, Hugging Face directories, .gguf files) and plot them against the "
                               "training step; writes DIR/series.csv and DIR/series.png.")
     p.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoints in training order: toy run folders or "
-                   "checkpoint.npz, Hugging Face model directories, .gguf files")
+                   "checkpoint.npz, Hugging Face model directories, .gguf files; or one `toybb pretrain` folder "
+                   "(its series)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (series.csv, series.png)")
-    add_list(p, "--steps", INTS, None, "steps, one per checkpoint (default: parsed from the paths)", metavar="S,S,...")
+    add_list(p, "--steps", INTS, None, "steps, one per checkpoint (default: parsed from the paths); of a pretrain "
+             "folder, the checkpoints of its series to probe (default: all)", metavar="S,S,...")
     add_text(p, None, help="LLM probe text SOURCE (a file, folder, .jsonl or a built-in corpus such as "
              "pydoc or pride; default: a fixed English paragraph)")
     p.set_defaults(func=cmd_series)
