@@ -397,3 +397,70 @@ def test_fuzz_metrics_fields_quick(finished, tmp_path_factory, capsys):
 @pytest.mark.slow  # 150 tables: about 2 minutes
 def test_fuzz_metrics_fields_full(finished, tmp_path_factory, capsys):
     _fuzz_tables(150)(finished, tmp_path_factory, capsys)
+
+
+# ---- issue 28: every input of intervene and probe checked before the weights load ------------------------------
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    """A tiny Llama folder (2 layers, 2 heads, context 64) and a text of 400 of its words."""
+    from _tiny_hf import write_tiny_llama
+
+    d = tmp_path_factory.mktemp("llm")
+    (d / "words.txt").write_text(" ".join(f"w{i % 53}" for i in range(400)))
+    (d / "short.txt").write_text("w1 w2 w3")
+    return write_tiny_llama(d / "m"), d
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    from toybb.llm.load import Checkpoint
+
+    def refuse(*a, **k):
+        raise AssertionError("loaded the weights before checking the input")
+
+    monkeypatch.setattr(Checkpoint, "load_weights", refuse)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--site", "blocks.*.atn.z", "--op", "zero"], "no site matches 'blocks.*.atn.z' (closest: blocks.*.attn.z"),
+    (["--site", "blocks.*.attn.z", "--op", "zero", "--layer", "5"], "layer 5 is out of range (0..1)"),
+    (["--site", "blocks.0.attn.z", "--op", "zero", "--head", "2"], "head 2 is out of range (0..1)"),
+    (["--site", "blocks.0.mlp.out", "--op", "zero", "--feature", "99"], "feature 99 is out of range"),
+    (["--site", "blocks.0.mlp.out", "--op", "zero", "--each", "head"], "selector head does not fit"),
+    (["--site", "blocks.0.mlp.out", "--op", "zero", "--position", "first:52"], "token 52 is missing"),
+    (["--site", "embed", "--op", "zero", "--capture", "blocks.*.resid_post@nrm"], "unknown capture reduction"),
+    (["--site", "embed", "--op", "zero", "--capture", "blocks.0.attn.pattern"], "one number per position"),
+    (["--edit", "blocks.0.resid_post:patch:source=zz"], "source 'zz' is not one of the domains"),
+    (["--site", "embed", "--op", "zero", "--domain", "a=nosuch.txt"], "'nosuch.txt' is neither a file"),
+    (["--site", "embed", "--op", "zero", "--domain", "a=SHORT"], "holds no text of 16 tokens"),
+    (["--site", "embed", "--op", "zero", "--seq-len", "100"], "longer than the model context (64)"),
+])
+def test_intervene_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, capsys, argv, needle):
+    model, texts = tiny_llm
+    argv = [a.replace("SHORT", str(texts / "short.txt")) for a in argv]
+    text = ([] if "--domain" in argv else ["--domain", f"a={texts / 'words.txt'}"]) + \
+        ([] if "--seq-len" in argv else ["--seq-len", "16"])
+    _fails(["intervene", str(model), *text, "--samples", "2", *argv, "--out", str(tmp_path / "o")], capsys, 2, needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--domain", "a=SHORT", "--seq-len", "32"], "holds no text of 32 tokens"),
+    (["--domain", "a=WORDS", "--seq-len", "100"], "longer than the model context (64 tokens)"),
+    (["--domain", "a=WORDS", "--domain", "a=WORDS", "--seq-len", "16"], "names must differ"),
+])
+def test_probe_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, capsys, argv, needle):
+    model, texts = tiny_llm
+    argv = [a.replace("SHORT", str(texts / "short.txt")).replace("WORDS", str(texts / "words.txt")) for a in argv]
+    _fails(["probe", str(model), *argv, "--out", str(tmp_path / "o")], capsys, 2, needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_intervene_on_a_tiny_llm_runs(tiny_llm, tmp_path, capsys):
+    """The same command with good input loads and measures (the checks refuse nothing valid)."""
+    model, texts = tiny_llm
+    assert main(["intervene", str(model), "--site", "blocks.*.attn.z", "--op", "zero", "--layer", "1",
+                 "--position", "first:1", "--capture", "blocks.*.attn.pattern@key0",
+                 "--domain", f"a={texts / 'words.txt'}", "--seq-len", "16", "--samples", "2",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "interventions.csv").is_file()

@@ -12,7 +12,8 @@ import math
 
 from toybb.cliargs import STRS, ListAction, add_model, add_seq_len
 from toybb.errors import ConfigError
-from toybb.intervene import SELECTORS, EditSpec, interventions, load_subject, measure, write_outputs
+from toybb.intervene import (SELECTORS, EditSpec, check_interventions, interventions, load_subject, measure,
+                             write_outputs)
 from toybb.models.capture import Capture
 from toybb.models.sites import OPS
 from toybb.records import finite, out_folder
@@ -105,14 +106,17 @@ def cmd_intervene(args) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     finite(args.value, "--value")
     finite(args.min_abs, "--min-abs", minimum=0.0)
-    capture = Capture(tuple(args.capture))  # reductions checked before loading
+    capture = Capture(tuple(args.capture))  # reductions checked before anything is read
     specs = edit_specs(args)
+    ivs: list = []
+
+    def check(sites, batches):  # before any weights load
+        ivs[:] = interventions(specs, sites.n_layers, sites.sizes["head"], args.each)
+        check_interventions(sites, batches, ivs, capture.sites)
+
     subject = load_subject(args.model, domains=args.domain, samples=args.samples, seq_len=args.seq_len,
                            batch=args.batch, run=args.run, dtype=args.dtype, tokenizer=args.tokenizer,
-                           bos=not args.no_bos)
-    sites = subject.model.sites()
-    ivs = interventions(specs, sites.n_layers, sites.sizes["head"], args.each)
-    capture.check(sites)  # before anything is compiled
+                           bos=not args.no_bos, check=check)
     rows = measure(subject.model, subject.batches, ivs, capture.sites)
     write_outputs(out, rows, subject, {k: v for k, v in vars(args).items() if k != "func"})
     for r in rows:

@@ -4,16 +4,15 @@ Imports of JAX and the loaders happen inside the command so `toybb --help` stays
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from toybb.cliargs import add_model, add_seq_len
-from toybb.errors import ConfigError, ToybbError
-from toybb.llm.load import load, read_config
-from toybb.llm.registry import resolve
+from toybb.errors import ConfigError
+from toybb.llm.load import open_checkpoint
+from toybb.llm.registry import resolve_existing
 from toybb.probes.corpus import parse_domain
-from toybb.probes.report import ProbeSettings, run_probe
+from toybb.probes.report import ProbeSettings, check_probe, run_probe
 
 
 def register(subparsers) -> None:
@@ -50,12 +49,9 @@ def cmd_probe(args) -> int:
                              intervene_heads=args.intervene_heads)
     settings.check(max_positions=10**9)  # context checked once the model's config is read
 
-    path = resolve(args.model)
-    if not os.path.exists(path):
-        raise ToybbError(f"{args.model}: no such file, directory or offline checkpoint (see `toybb models`)")
-    cfg, _ = read_config(path, dtype=args.dtype)
-    settings.check(cfg.max_positions)
-    pre = load(path, dtype=args.dtype, tokenizer=args.tokenizer)
+    ck = open_checkpoint(resolve_existing(args.model), dtype=args.dtype, tokenizer=args.tokenizer)
+    check_probe(ck, domains, settings)  # context, tokenizer and every text's length, before the weights load
+    pre = ck.load_weights()
 
     out = Path(args.out)
     s = run_probe(pre, domains, settings, out, progress=not args.no_progress, command=["toybb", *sys.argv[1:]])
