@@ -461,6 +461,8 @@ def test_intervene_on_a_tiny_llm_runs(tiny_llm, tmp_path, capsys):
     model, texts = tiny_llm
     assert main(["intervene", str(model), "--site", "blocks.*.attn.z", "--op", "zero", "--layer", "1",
                  "--position", "first:1", "--capture", "blocks.*.attn.pattern@key0",
-                 "--domain", f"a={texts / 'words.txt'}", "--seq-len", "16", "--samples", "2",
-                 "--out", str(tmp_path / "o")]) == 0
-    assert (tmp_path / "o" / "interventions.csv").is_file()
+                 "--text", str(texts / "words.txt"), "--seq-len", "16", "--samples", "2",
+                 "--edit", "blocks.*.mlp.out:scale:layer=0,value=0.5", "--out", str(tmp_path / "o")]) == 0
+    table = (tmp_path / "o" / "interventions.csv").read_text()
+    assert "text,blocks.*.mlp.out scale [layer=0]" in table  # --text is the domain 'text'
+

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("ppl", help="perplexity of a checkpoint on a text")
     add_model(p)
-    add_text(p, None, required=True)
+    add_text(p, None)
     p.add_argument("--tokens", type=int, default=1024, metavar="N", help="score the first N tokens of the text "
                    "(0 = all)")
     add_seq_len(p, 1024)
@@ -69,6 +69,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_ppl(args) -> int:
+    if args.text is None:
+        raise ToybbError("give the text to score: --text SOURCE (a file, a folder, a .jsonl file or a built-in corpus)")
     if args.seq_len < 2:
         raise ToybbError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.tokens < 0:

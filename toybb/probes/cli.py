@@ -1,4 +1,4 @@
-"""`toybb probe MODEL --domain NAME=SOURCE ... --out DIR`: extreme-token probes of a pretrained LLM.
+"""`toybb probe MODEL (--text SOURCE | --domain NAME=SOURCE ...) --out DIR`: extreme-token probes of a pretrained LLM.
 
 Imports of JAX and the loaders happen inside the command so `toybb --help` stays fast."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from toybb.cliargs import add_model, add_seq_len
+from toybb.cliargs import add_model, add_seq_len, add_text
 from toybb.errors import ConfigError
 from toybb.llm.load import open_checkpoint
 from toybb.llm.registry import resolve_existing
@@ -23,8 +23,9 @@ def register(subparsers) -> None:
         "a folder, a .jsonl file (field 'text') or a built-in corpus: stdlib (Python sources), pydoc "
         "(Python documentation prose), pride, emma, mobydick, shakespeare (public-domain excerpts).")
     add_model(p)
+    add_text(p, None, help="one text (the domain 'text'); SOURCE as below")
     p.add_argument("--domain", action="append", default=[], metavar="NAME=SOURCE",
-                   help="a text domain, e.g. prose=pride or code=stdlib (repeat; give two to compare)")
+                   help="a named text domain, e.g. prose=pride or code=stdlib (repeat; give two to compare)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
     p.add_argument("--samples", type=int, default=64, help="samples per domain")
     add_seq_len(p, 256, help="tokens per sample, BOS included")
@@ -41,9 +42,10 @@ def register(subparsers) -> None:
 
 
 def cmd_probe(args) -> int:
-    domains = [parse_domain(s) for s in args.domain]
+    domains = [parse_domain(s) for s in ([f"text={args.text}"] if args.text is not None else []) + args.domain]
     if not domains:
-        raise ConfigError("give at least one --domain NAME=SOURCE, e.g. --domain code=stdlib")
+        raise ConfigError("give a text: --text SOURCE, or several named ones: --domain NAME=SOURCE "
+                          "(e.g. --domain code=stdlib --domain prose=pride)")
     settings = ProbeSettings(samples=args.samples, seq_len=args.seq_len, batch=args.batch, bos=not args.no_bos,
                              k_first=args.k_first, intervene_samples=args.intervene_samples,
                              intervene_heads=args.intervene_heads)
