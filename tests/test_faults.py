@@ -466,3 +466,79 @@ def test_intervene_on_a_tiny_llm_runs(tiny_llm, tmp_path, capsys):
     table = (tmp_path / "o" / "interventions.csv").read_text()
     assert "text,blocks.*.mlp.out scale [layer=0]" in table  # --text is the domain 'text'
 
+
+
+# ---- issue 27 item 2: every count and size bounded before anything is allocated or compiled -------------------
+_LRS = ", ".join(str(0.001 * (i + 1)) for i in range(30))
+_FILES = {
+    "eval_seed.yaml": "train: {eval_seed: -1}\n",
+    "big_seed.yaml": "train: {seeds: [0, 4294967296]}\n",
+    "vocab.yaml": "model: {vocab_size: 1000000000}\n",
+    "schedule.yaml": "train: {steps: 2000000, eval_schedule: [[1, 0]]}\n",
+    "sweep_seed.yaml": "seeds: [0, 4294967296]\ngrid: {optim.lr: [0.001]}\n",
+    "sweep_setting_seed.yaml": "grid: {optim.lr: [0.001], seed: [5, 18446744073709551616]}\n",
+    "sweep_count.yaml": "seeds: 100000000000\ngrid: {optim.lr: [0.001]}\n",
+    "sweep_steps.yaml": "base: {train: {steps: 1000000000000}}\ngrid: {optim.lr: [0.001]}\n",
+    "sweep_runs.yaml": f"seeds: 4000\ngrid: {{optim.lr: [{_LRS}]}}\n",
+}
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--steps", "1000000000000000"], "train.steps must be an integer from 1 to 1,000,000,000, got"),
+    (["train", "--steps", "1000000000"], "evaluations for 1,000,000,000 steps; at most 100,000"),
+    (["train", "--seeds", "10000000000"], "--seeds must be an integer from 1 to 4,096"),
+    (["train", "--layers", "100000000"], "model.n_layers must be an integer from 1 to 1,024"),
+    (["train", "--d-model", "70000"], "model.d_model must be an integer from 1 to 65,536"),
+    (["train", "--batch", "100000000000"], "train.batch must be an integer from 1 to 1,048,576"),
+    (["train", "--eval-batch", "100000000000"], "train.eval_batch must be an integer"),
+    (["train", "--seq-len", "10000000000"], "--seq-len must be an integer from 2 to 1,048,576"),
+    (["train", "--config", "eval_seed.yaml"], "train.eval_seed must be an integer from 0 to 4,294,967,295"),
+    (["train", "--config", "big_seed.yaml"], "every seed must be an integer from 0 to 4,294,967,295"),
+    (["train", "--config", "vocab.yaml"], "model.vocab_size must be an integer from 1 to 4,194,304"),
+    (["train", "--config", "schedule.yaml"], "2,000,002 evaluations"),
+    (["sweep", "sweep_seed.yaml", "--dry-run"], "every seed must be an integer from 0 to 4,294,967,295"),
+    (["sweep", "sweep_setting_seed.yaml", "--dry-run"], "seed: every seed must be an integer"),
+    (["sweep", "sweep_count.yaml", "--dry-run"], "(a number of seeds) must be an integer from 1 to 4,096"),
+    (["sweep", "sweep_steps.yaml", "--dry-run"], "train.steps must be an integer from 1 to 1,000,000,000"),
+    (["sweep", "sweep_runs.yaml", "--dry-run"], "120,000 runs (settings x seeds); at most 100,000"),
+    (["pretrain", "--seed", "99999999999"], "--seed must be an integer from 0 to 4,294,967,295"),
+    (["pretrain", "--steps", "100000000", "--eval-every", "1"], "evaluations of 100,000,000 steps"),
+    (["pretrain", "--vocab-size", "10000000000"], "--vocab-size must be an integer from 1 to 4,194,304"),
+    (["pretrain", "--batch", "0"], "--batch must be an integer from 1"),
+    (["mitigations", "--seeds", "100000000"], "--seeds must be an integer from 1 to 4,096"),
+    (["mitigations", "--steps", "10000000000"], "--steps must be an integer from 1 to 1,000,000,000"),
+])
+def test_every_count_bounded_before_allocation(argv, needle, tmp_path, capsys, monkeypatch):
+    import toybb.train.trainer
+
+    def refuse(*a, **k):
+        raise AssertionError("built a trainer before bounding the counts")
+
+    monkeypatch.setattr(toybb.train.trainer.Trainer, "__init__", refuse)
+    for name, text in _FILES.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    _fails([*argv, "--out", str(tmp_path / "o")], capsys, 2, needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_steps_as_ranges_equal_the_grid():
+    """The evaluation grid is built from ranges whose size is checked first; the steps are those of the loop
+    it replaced."""
+    from toybb.config import TrainConfig
+
+    def loop(c):
+        steps, s = [0], 0
+        for every, until in c.eval_schedule:
+            end = c.steps if until == 0 else min(until, c.steps)
+            while s + every <= end:
+                s += every
+                steps.append(s)
+            if end >= c.steps:
+                break
+        return steps + ([c.steps] if steps[-1] != c.steps else [])
+
+    for steps in (1, 20, 21, 999, 10_000, 10_001, 30_000):
+        for sched in (((20, 10_000), (200, 0)), ((7, 5), (3, 50), (11, 0)), ((5, 3),), ((3, 100), (1000, 200))):
+            c = TrainConfig(steps=steps, eval_schedule=sched)
+            assert c.eval_steps() == loop(c), (steps, sched)

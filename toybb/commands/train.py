@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 
 from toybb.cliargs import FLOATS, INTS, add_list
-from toybb.config import DEFAULT_LR, PRECISIONS, PRESETS, RunConfig, load_config_file, paper_learning_rate
+from toybb.config import DEFAULT_LR, PRECISIONS, PRESETS, RunConfig, check_count, load_config_file, paper_learning_rate
 from toybb.errors import ConfigError
 from toybb.plot import plot_dynamics
 from toybb.records import figure_path, finite, out_folder
@@ -157,8 +157,7 @@ def build_config(args) -> "RunConfig":
         if getattr(args, name) is not None:
             upd["train"][name] = getattr(args, name)
     if args.seeds is not None:
-        if args.seeds < 1:
-            raise ConfigError(f"--seeds must be a positive number of seeds, got {args.seeds}")
+        check_count(args.seeds, "--seeds", "runs")
         upd["train"]["seeds"] = tuple(range(args.seeds))
     if args.eval_every is not None:
         upd["train"]["eval_schedule"] = ((args.eval_every, 0),)
@@ -166,6 +165,8 @@ def build_config(args) -> "RunConfig":
         upd["train"]["precision"] = args.precision
     # a longer sequence than the preset's position table: grow the table with it unless set explicitly
     seq = upd["task"].get("seq_len")
+    if seq is not None:
+        check_count(seq, "--seq-len", "seq_len", low=2)
     if seq is not None and args.max_positions is None and seq > cfg.model.max_positions:
         upd["model"]["max_positions"] = seq
     cfg = cfg.replace(**upd)
