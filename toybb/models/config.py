@@ -49,7 +49,7 @@ FAMILY_DEFAULTS = {a: _TOY if a in TOY_ARCHS else _PRETRAINED for a in ARCHS}
 # hold every pretrained family toybb loads with room to spare (Llama 3.1 405B: 126 layers, d_model 16,384,
 # MLP 53,248; Gemma 3: a 262,144-token vocabulary; 128k-token contexts).
 LIMITS = {
-    "n_layers": 1024, "d_model": 2**16, "n_heads": 1024, "n_kv_heads": 1024, "head_dim": 2**13, "mlp_dim": 2**18,
+    "n_layers": 1024, "d_model": 2**16, "n_heads": 1024, "n_kv_heads": 1024, "head_dim": 2**16, "mlp_dim": 2**18,
     "vocab_size": 2**22, "max_positions": 2**24,
     "steps": 10**9,  # training steps
     "evaluations": 10**5,  # evaluations of one run (rows of its metrics.csv)
