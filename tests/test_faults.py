@@ -542,3 +542,68 @@ def test_eval_steps_as_ranges_equal_the_grid():
         for sched in (((20, 10_000), (200, 0)), ((7, 5), (3, 50), (11, 0)), ((5, 3),), ((3, 100), (1000, 200))):
             c = TrainConfig(steps=steps, eval_schedule=sched)
             assert c.eval_steps() == loop(c), (steps, sched)
+
+
+# ---- issue 27 item 6: pretrained inputs validated before loading -------------------------------------------------
+def _index(d, doc):
+    import json
+
+    (d / "model.safetensors.index.json").write_text(json.dumps(doc))
+
+
+_BAD_HF = {  # name: (what to break in a tiny Llama folder, the line's text)
+    "config_list": (lambda d: (d / "config.json").write_text("[1, 2]"), "a config must be a JSON object"),
+    "config_not_utf8": (lambda d: (d / "config.json").write_bytes(b'{"model_type": "llama\xff"}'), "is not UTF-8"),
+    "config_bad_json": (lambda d: (d / "config.json").write_text('{"model_type": '), "is not valid JSON"),
+    "field_type": ({"max_position_embeddings": "64"}, "field 'max_position_embeddings' must be an integer, got '64'"),
+    "field_bool": ({"tie_word_embeddings": "yes"}, "field 'tie_word_embeddings' must be true or false"),
+    "field_float": ({"rms_norm_eps": [1e-5]}, "field 'rms_norm_eps' must be a number"),
+    "nested_type": ({"rope_parameters": {"rope_type": "llama3", "factor": "8"}},
+                    "field 'rope_parameters.factor' must be a number"),
+    "rope_not_mapping": ({"rope_parameters": [1]}, "field 'rope_parameters' must be a mapping"),
+    "layer_types": ({"layer_types": 5}, "field 'layer_types' must be a list of strings"),
+    "index_list": (lambda d: _index(d, [1, 2]), "not a weight index"),
+    "index_map_list": (lambda d: _index(d, {"weight_map": ["model.safetensors"]}), "not a weight index"),
+    "index_values": (lambda d: _index(d, {"weight_map": {"lm_head.weight": 3}}), "not a weight index"),
+    "index_outside": (lambda d: _index(d, {"weight_map": {"lm_head.weight": "../model.safetensors"}}),
+                      "is not a file name in the model folder"),
+    "tensor_shape": ({"shapes": {"model.layers.1.self_attn.q_proj.weight": (16, 15)}},
+                     "model.layers.1.self_attn.q_proj.weight (blocks.1.attn.wq) is stored with shape [16, 15]"),
+    "tensor_rows": ({"shapes": {"model.layers.0.mlp.up_proj.weight": (25, 16)}}, "is stored with shape [25, 16]"),
+    "tied_head": ({"tie_word_embeddings": True, "shapes": {"lm_head.weight": (52, 16)}},
+                  "lm_head.weight has shape [52, 16] and the embedding [53, 16]"),
+    "tokenizer_config": (lambda d: (d / "tokenizer_config.json").write_bytes(b"\xff\xfe"), "is not UTF-8"),
+    "tokenizer_config_type": (lambda d: (d / "tokenizer_config.json").write_text('{"add_bos_token": "yes"}'),
+                              "not a tokenizer config"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_HF))
+def test_malformed_pretrained_inputs_before_any_tensor_is_read(case, tiny_llm, tmp_path, capsys, monkeypatch):
+    from _tiny_hf import write_tiny_llama
+
+    import toybb.llm.hf
+
+    def refuse(*a, **k):
+        raise AssertionError("read a tensor before validating the checkpoint")
+
+    monkeypatch.setattr(toybb.llm.hf.SafetensorsFile, "get", refuse)
+    _, texts = tiny_llm
+    how, needle = _BAD_HF[case]
+    if callable(how):
+        d = write_tiny_llama(tmp_path / "m")
+        how(d)
+    else:
+        config = {k: v for k, v in how.items() if k != "shapes"}
+        d = write_tiny_llama(tmp_path / "m", config, how.get("shapes"))
+    _fails(["ppl", str(d), "--text", str(texts / "words.txt"), "--tokens", "16", "--seq-len", "8", "--no-progress"],
+           capsys, 2, needle, untouched=d)
+
+
+def test_jsonl_not_utf8_is_one_line(tiny_llm, tmp_path, capsys, no_weights):
+    model, _ = tiny_llm
+    t = tmp_path / "t.jsonl"
+    t.write_bytes(b'{"text": "w1 w2"}\n{"text": "w3 \xff"}\n')
+    _fails(["ppl", str(model), "--text", str(t)], capsys, 2, "t.jsonl:2: not UTF-8 text", untouched=tmp_path)
+    _fails(["probe", str(model), "--text", str(t), "--seq-len", "16", "--out", str(tmp_path / "o")], capsys, 2,
+           "t.jsonl:2: not UTF-8")

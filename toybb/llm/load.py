@@ -17,6 +17,7 @@ from toybb.llm.registry import resolve
 from toybb.llm.sharding import param_putter
 from toybb.llm.tokenizer import TextTokenizer, check_matches, from_gguf_metadata, from_tokenizer_json
 from toybb.llm.weights import build_model
+from toybb.records import read_json
 
 
 @dataclass
@@ -113,12 +114,10 @@ def load(
 
 
 def _hf_adds_bos(model_dir: str) -> bool:
-    import json
-
     p = Path(model_dir) / "tokenizer_config.json"
-    if p.is_file():
-        try:
-            return bool(json.loads(p.read_text()).get("add_bos_token", False))
-        except json.JSONDecodeError:
-            return False
-    return False
+    if not p.is_file():
+        return False
+    d = read_json(p, "tokenizer config", "download or save the model again")
+    if not isinstance(d, dict) or not isinstance(d.get("add_bos_token", False), (bool, type(None))):
+        raise CheckpointError(f"{p}: not a tokenizer config (an object whose add_bos_token is true or false)")
+    return bool(d.get("add_bos_token", False))
