@@ -565,7 +565,7 @@ _BAD_HF = {  # name: (what to break in a tiny Llama folder, the line's text)
     "index_list": (lambda d: _index(d, [1, 2]), "not a weight index"),
     "index_map_list": (lambda d: _index(d, {"weight_map": ["model.safetensors"]}), "not a weight index"),
     "index_values": (lambda d: _index(d, {"weight_map": {"lm_head.weight": 3}}), "not a weight index"),
-    "index_outside": (lambda d: _index(d, {"weight_map": {"lm_head.weight": "../model.safetensors"}}),
+    "index_outside": (lambda d: _index(d, {"weight_map": {"lm_head.weight": "sub/model.safetensors"}}),
                       "is not a file name in the model folder"),
     "tensor_shape": ({"shapes": {"model.layers.1.self_attn.q_proj.weight": (16, 15)}},
                      "model.layers.1.self_attn.q_proj.weight (blocks.1.attn.wq) is stored with shape [16, 15]"),

@@ -74,7 +74,7 @@ def open_tensors(model_dir: str | Path) -> dict[str, Lazy]:
                                   f"tensor name to its shard file; {_FIX}")
         shards = sorted(set(wm.values()))
         for s in shards:
-            if Path(s).name != s or s in (".", ".."):
+            if Path(s).name != s or not s.strip("."):  # a plain file name: no folder, not the folder itself
                 raise CheckpointError(f"{index}: shard {s!r} is not a file name in the model folder; {_FIX}")
         for s in shards:
             if not (model_dir / s).is_file():
