@@ -456,6 +456,17 @@ def test_probe_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, ca
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["stream", "--tokens", "100", "--recent", "8"], "--tokens 100 exceeds the context 64"),
+    (["posvec", "--plot-layers", "5"], "layers must be in [0, 2)"),
+    (["passkey", "--seq-len", "1000", "--methods", "selfextend", "--selfextend", "16,2"],
+     "SelfExtend w=16, G=2 supports (L - w) * G + w = 112 tokens < 1000"),
+])
+def test_longctx_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, capsys, argv, needle):
+    model, _ = tiny_llm
+    _fails(["longctx", argv[0], str(model), *argv[1:], "--out", str(tmp_path / "o")], capsys, 2, needle)
+
+
 def test_intervene_on_a_tiny_llm_runs(tiny_llm, tmp_path, capsys):
     """The same command with good input loads and measures (the checks refuse nothing valid)."""
     model, texts = tiny_llm

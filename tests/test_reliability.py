@@ -184,6 +184,7 @@ def no_model(monkeypatch):
         raise AssertionError("loaded a model before validating the arguments")
 
     monkeypatch.setattr(load, "load", refuse)
+    monkeypatch.setattr(load.Checkpoint, "load_weights", refuse)
     monkeypatch.setattr(toy, "train_char_lm", refuse)
 
 

@@ -11,7 +11,7 @@ import os
 from toybb.cliargs import add_model, add_renamed, add_seq_len, add_text
 from toybb.errors import ToybbError
 from toybb.llm.config import describe
-from toybb.llm.load import load, read_config
+from toybb.llm.load import open_checkpoint, read_config
 from toybb.llm.ppl import perplexity
 from toybb.llm.registry import find_models, resolve, weights
 from toybb.llm.weights import param_shapes
@@ -77,7 +77,10 @@ def cmd_ppl(args) -> int:
         raise ToybbError(f"--tokens must be >= 0 (0 = all tokens), got {args.tokens}")
     # ~10 characters per token at most: a built-in corpus is read only as far as --tokens needs
     text = read_source(args.text, "--text", max_chars=args.tokens * 16 or None)
-    pre = load(args.model, dtype=args.dtype, tokenizer=args.tokenizer)
+    ck = open_checkpoint(args.model, dtype=args.dtype, tokenizer=args.tokenizer)
+    if ck.tokenizer is None:
+        raise ToybbError(f"{ck.source}: no tokenizer found; pass --tokenizer tokenizer.json")
+    pre = ck.load_weights()
     r = perplexity(pre, text, max_tokens=args.tokens or None, window=args.seq_len,
                    progress=not args.no_progress)
     print(f"perplexity {r.ppl:.3f}  (nll {r.nll:.4f} nats/token over {r.n_predicted} predicted tokens of "
