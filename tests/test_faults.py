@@ -444,6 +444,21 @@ def test_intervene_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("site", ["blocks.*.atn.z", "blocks.3.atn.z@norm", "emb"])
+def test_mistyped_site_fails_before_the_checkpoint_is_read(site, tiny_llm, tmp_path, capsys, monkeypatch):
+    import toybb.intervene
+
+    def refuse(*a, **k):
+        raise AssertionError("read the checkpoint before checking the site's name")
+
+    monkeypatch.setattr(toybb.intervene, "open_checkpoint", refuse)
+    model, texts = tiny_llm
+    flags = ["--capture", site] if "@" in site else ["--site", site, "--op", "zero"]
+    _fails(["intervene", str(model), "--text", str(texts / "words.txt"), *flags, *(["--site", "embed", "--op", "zero"]
+            if "@" in site else []), "--out", str(tmp_path / "o")], capsys, 2, f"no site matches {site.split('@')[0]!r}",
+           "(closest: ")
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--domain", "a=SHORT", "--seq-len", "32"], "holds no text of 32 tokens"),
     (["--domain", "a=WORDS", "--seq-len", "100"], "longer than the model context (64 tokens)"),

@@ -15,6 +15,7 @@ from toybb.cliargs import STRS, ListAction, TEXT_HELP, add_model, add_seq_len, a
 from toybb.errors import ConfigError
 from toybb.intervene import (SELECTORS, EditSpec, check_interventions, interventions, load_subject, measure,
                              write_outputs)
+from toybb.models import check_site_pattern
 from toybb.models.capture import Capture
 from toybb.models.sites import OPS
 from toybb.records import finite, out_folder
@@ -116,6 +117,8 @@ def cmd_intervene(args) -> int:
     finite(args.min_abs, "--min-abs", minimum=0.0)
     capture = Capture(tuple(args.capture))  # reductions checked before anything is read
     specs = edit_specs(args)
+    for pattern in [s.site for s in specs] + [c.partition("@")[0] for c in capture.sites]:
+        check_site_pattern(pattern)  # a mistyped site fails before any model or config is read
     ivs: list = []
 
     def check(sites, batches):  # before any weights load
