@@ -485,12 +485,11 @@ def test_longctx_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, 
 def test_intervene_on_a_tiny_llm_runs(tiny_llm, tmp_path, capsys):
     """The same command with good input loads and measures (the checks refuse nothing valid)."""
     model, texts = tiny_llm
-    assert main(["intervene", str(model), "--site", "blocks.*.attn.z", "--op", "zero", "--layer", "1",
-                 "--position", "first:1", "--capture", "blocks.*.attn.pattern@key0",
-                 "--text", str(texts / "words.txt"), "--seq-len", "16", "--samples", "2",
-                 "--edit", "blocks.*.mlp.out:scale:layer=0,value=0.5", "--out", str(tmp_path / "o")]) == 0
+    assert main(["intervene", str(model), "--text", str(texts / "words.txt"), "--seq-len", "16", "--samples", "2",
+                 "--edit", "blocks.*.mlp.out:scale:layer=0,value=0.5,position=first:1",
+                 "--out", str(tmp_path / "o")]) == 0
     table = (tmp_path / "o" / "interventions.csv").read_text()
-    assert "text,blocks.*.mlp.out scale [layer=0]" in table  # --text is the domain 'text'
+    assert 'text,"blocks.*.mlp.out scale [layer=0,position=first:1]"' in table  # --text is the domain 'text'
 
 
 
