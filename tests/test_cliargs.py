@@ -40,8 +40,9 @@ def test_every_option_of_every_subcommand_has_help():
 def test_every_help_shows_its_default():
     for cmd, p in PARSERS.items():
         for a in p._actions:
-            if a.help != argparse.SUPPRESS and a.default not in (None, False, argparse.SUPPRESS, ()) and a.option_strings:
+            if a.help != argparse.SUPPRESS and a.default not in (None, False, argparse.SUPPRESS, (), []) and a.option_strings:
                 assert "default" in DefaultsFormatter(cmd)._get_help_string(a).lower(), (cmd, a.option_strings)
+        assert "(default: )" not in " ".join(p.format_help().split()), cmd  # an empty default is not shown
     assert "(default: float32)" in PARSERS["ppl"].format_help()
     assert "(default: 1,2,4)" in PARSERS["longctx toy"].format_help()
 

@@ -95,7 +95,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         d = action.default
-        if (d is None or d is False or d is argparse.SUPPRESS or d == () or "default" in text.lower()
+        if (d is None or d is False or d is argparse.SUPPRESS or d == () or d == [] or "default" in text.lower()
                 or not action.option_strings and action.nargs in ("+", "*")):
             return text
         shown = ",".join(map(str, d)) if isinstance(d, (tuple, list)) else str(d)
