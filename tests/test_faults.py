@@ -1,6 +1,8 @@
 """Issue 27: one writer per run folder, resume states, divergence (exit 3) in every command that trains,
 filesystem faults (one line, exit 2; a full disk exit 4) and environment faults (exit 4), one error
-hierarchy in Python. Every case asserts the exit code, the single line and the files left untouched."""
+hierarchy in Python, every count bounded and every pretrained input validated before anything is allocated or
+read; issue 28: every input of intervene, probe, ppl and longctx checked before a model's weights load. Every
+case asserts the exit code, the single line and the files left untouched."""
 
 from __future__ import annotations
 
