@@ -68,6 +68,8 @@ def test_table_against_the_unmodified_model(run, tmp_path, capsys):
     (["--edit", "blocks.0.resid_post:patch:source=zz"], "source 'zz' is not one of the domains"),
     (["--site", "blocks.0.mlp.out", "--op", "zero", "--capture", "blocks.0.attn.pattern"], "one number per position"),
     (["--site", "blocks.0.mlp.out", "--op", "zero", "--domain", "x=text"], "NAME=task"),
+    (["--site", "blocks.0.mlp.out", "--op", "zero", "--domain", "x=task:99999999999999999999"],
+     "the seed must be an integer from 0 to 4,294,967,295"),
     (["--op", "zero"], "--site and --op go together"),
 ])
 def test_bad_input_is_one_line_exit_2(run, tmp_path, capsys, monkeypatch, argv, match):

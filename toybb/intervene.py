@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from toybb import style
+from toybb.config import check_count
 from toybb.errors import ConfigError
 from toybb.llm.load import open_checkpoint
 from toybb.llm.registry import resolve_existing
@@ -128,6 +129,7 @@ def _toy_subject(path, domains, samples, batch, run, check) -> Subject:
         kind, _, seed = src.partition(":")
         if not name or kind != "task" or (seed and not seed.isdigit()):
             raise ConfigError(f"--domain {spec!r}: a toy run takes NAME=task or NAME=task:SEED")
+        check_count(int(seed or 0), f"--domain {spec!r}: the seed", "seed", low=0)
         toks = np.asarray(trainer.task.sample(jax.random.key(int(seed or 0)), samples, cfg.task.seq_len))
         batches[name] = [(toks[i:i + batch], np.ones(len(toks[i:i + batch]), bool))
                          for i in range(0, len(toks), batch)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from toybb.cliargs import FLOATS, INTS, STRS, add_list, add_model, add_renamed, add_seq_len, add_text
+from toybb.config import check_count
 from toybb.errors import ConfigError, ToybbError
 from toybb.llm.load import open_checkpoint
 from toybb.llm.registry import resolve
@@ -223,6 +224,7 @@ def cmd_passkey(args) -> int:
     depths = _nonempty(args.depths, "--depths", 0, 1)
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    check_count(args.seed, "--seed", "seed", low=0)
     methods = _methods(args)
     pre = _load(args, lambda cfg: _check_methods(cfg, methods, args, max(lengths)))
     models = {m: _method_model(pre, m, args, max(lengths)) for m in methods}
