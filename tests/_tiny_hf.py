@@ -186,3 +186,49 @@ def llama3_freq_factors(rp: dict, head_dim: int):
     mid = 1.0 / ((1 - blend) / rp["factor"] + blend)
     f = np.where(wavelen < old / hi, 1.0, np.where(wavelen > old / lo, rp["factor"], mid))
     return f.astype(np.float32)
+
+
+TINY_LLAMA = dict(model_type="llama", vocab_size=53, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, rms_norm_eps=1e-5,
+                  hidden_act="silu", bos_token_id=1, tie_word_embeddings=False)
+
+
+def llama_shapes(c: dict) -> dict:
+    """{Hugging Face tensor name: shape} of a Llama config `c`."""
+    d, v, m = c["hidden_size"], c["vocab_size"], c["intermediate_size"]
+    dh = d // c["num_attention_heads"]
+    out = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,), "lm_head.weight": (v, d)}
+    for l in range(c["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        out.update({p + "self_attn.q_proj.weight": (c["num_attention_heads"] * dh, d),
+                    p + "self_attn.k_proj.weight": (c["num_key_value_heads"] * dh, d),
+                    p + "self_attn.v_proj.weight": (c["num_key_value_heads"] * dh, d),
+                    p + "self_attn.o_proj.weight": (d, c["num_attention_heads"] * dh),
+                    p + "mlp.gate_proj.weight": (m, d), p + "mlp.up_proj.weight": (m, d),
+                    p + "mlp.down_proj.weight": (d, m), p + "input_layernorm.weight": (d,),
+                    p + "post_attention_layernorm.weight": (d,)})
+    return out
+
+
+def write_tiny_llama(d, config: dict | None = None, shapes: dict | None = None):
+    """A tiny Llama folder without torch: config.json (TINY_LLAMA updated by `config`), random float32
+    weights in model.safetensors (`shapes` overrides tensor shapes) and a word-level tokenizer.json (w0 .. w52,
+    whitespace-separated). Returns the folder."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    c = {**TINY_LLAMA, **(config or {})}
+    (d / "config.json").write_text(json.dumps(c))
+    rng = np.random.default_rng(0)
+    save_file({k: rng.normal(0, 0.3, s).astype(np.float32) for k, s in {**llama_shapes(c), **(shapes or {})}.items()},
+              str(d / "model.safetensors"))
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(c["vocab_size"])}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(d / "tokenizer.json"))
+    return d

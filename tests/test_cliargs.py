@@ -40,8 +40,9 @@ def test_every_option_of_every_subcommand_has_help():
 def test_every_help_shows_its_default():
     for cmd, p in PARSERS.items():
         for a in p._actions:
-            if a.help != argparse.SUPPRESS and a.default not in (None, False, argparse.SUPPRESS, ()) and a.option_strings:
+            if a.help != argparse.SUPPRESS and a.default not in (None, False, argparse.SUPPRESS, (), []) and a.option_strings:
                 assert "default" in DefaultsFormatter(cmd)._get_help_string(a).lower(), (cmd, a.option_strings)
+        assert "(default: )" not in " ".join(p.format_help().split()), cmd  # an empty default is not shown
     assert "(default: float32)" in PARSERS["ppl"].format_help()
     assert "(default: 1,2,4)" in PARSERS["longctx toy"].format_help()
 
@@ -87,6 +88,12 @@ def test_scalar_flag_given_twice_is_one_line_exit_2(argv, needle, capsys):
     (["longctx", "stream", "m", "--out", "{tmp}", "--window", "8"], "--window was renamed --recent"),
     (["longctx", "ppl-length", "--model", "m", "--out", "{tmp}"], "--model was renamed"),
     (["ppl", "m", "--text", "t", "--window", "8"], "--window was renamed --seq-len"),
+    (["train", "--stpes", "5"], "unknown flag --stpes; did you mean --steps"),
+    (["sweep", "f.yaml", "--dry-rn"], "did you mean --dry-run"),
+    (["intervene", "m", "--out", "{tmp}", "--domian", "a=b"], "did you mean --domain"),
+    (["ppl", "m", "t.txt"], "unexpected argument 't.txt'; a text is given as --text t.txt"),
+    (["probe", "m", "t.txt", "--out", "{tmp}"], "a text is given as --text t.txt"),
+    (["ppl", "m"], "give the text to score: --text SOURCE"),
 ])
 def test_command_line_rules_end_to_end(argv, needle, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
@@ -114,3 +121,39 @@ def test_text_sources_resolve_under_toybb_data(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match="TOYBB_DATA"):
         resolve_source("prose/missing.txt")
+
+
+def test_one_flag_per_concept():
+    """--text SOURCE wherever one text is meant, --domain NAME=SOURCE wherever several named ones are."""
+    def flags(cmd):
+        return {o: a for a in PARSERS[cmd]._actions for o in a.option_strings}
+    for cmd in ("ppl", "intervene", "probe", "longctx stream", "series"):
+        assert flags(cmd)["--text"].metavar == "SOURCE", cmd
+    for cmd in ("intervene", "probe"):
+        assert flags(cmd)["--domain"].metavar == "NAME=SOURCE", cmd
+
+
+def test_edit_fields_need_no_shell_quoting():
+    from toybb.intervene_cli import _parse_edit
+
+    a = _parse_edit("blocks.*.attn.z:scale:layer=3,head=0,2,value=0.5,position=first:5")
+    b = _parse_edit("blocks.*.attn.z:scale:layer=3;head=0,2;value=0.5;position=first:5")
+    assert a == b and a.sel == {"layer": "3", "head": "0,2", "position": "first:5"} and a.value == 0.5
+
+
+def test_train_help_shows_the_presets_values():
+    text = " ".join(PARSERS["train"].format_help().split())
+    assert "the preset's)" not in text
+    assert "training steps (default: 5000 with --preset cpu, 10000 with paper)" in text
+    assert "number of trigger tokens (default: 3)" in text
+
+
+def test_public_names_and_one_error_class_per_mistake():
+    import toybb
+    from toybb.models.capture import Capture
+    from toybb.models.sites import SiteError
+
+    assert {"load", "Edit", "Error"} <= set(dir(toybb))
+    for bad in ("blocks.*.resid_post@nrm", 3):  # a bad reduction is a site mistake, like a bad site
+        with pytest.raises(SiteError):
+            Capture((bad,))

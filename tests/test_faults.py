@@ -1,6 +1,8 @@
 """Issue 27: one writer per run folder, resume states, divergence (exit 3) in every command that trains,
 filesystem faults (one line, exit 2; a full disk exit 4) and environment faults (exit 4), one error
-hierarchy in Python. Every case asserts the exit code, the single line and the files left untouched."""
+hierarchy in Python, every count bounded and every pretrained input validated before anything is allocated or
+read; issue 28: every input of intervene, probe, ppl and longctx checked before a model's weights load. Every
+case asserts the exit code, the single line and the files left untouched."""
 
 from __future__ import annotations
 
@@ -397,3 +399,241 @@ def test_fuzz_metrics_fields_quick(finished, tmp_path_factory, capsys):
 @pytest.mark.slow  # 150 tables: about 2 minutes
 def test_fuzz_metrics_fields_full(finished, tmp_path_factory, capsys):
     _fuzz_tables(150)(finished, tmp_path_factory, capsys)
+
+
+# ---- issue 28: every input of intervene and probe checked before the weights load ------------------------------
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    """A tiny Llama folder (2 layers, 2 heads, context 64) and a text of 400 of its words."""
+    from _tiny_hf import write_tiny_llama
+
+    d = tmp_path_factory.mktemp("llm")
+    (d / "words.txt").write_text(" ".join(f"w{i % 53}" for i in range(400)))
+    (d / "short.txt").write_text("w1 w2 w3")
+    return write_tiny_llama(d / "m"), d
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    from toybb.llm.load import Checkpoint
+
+    def refuse(*a, **k):
+        raise AssertionError("loaded the weights before checking the input")
+
+    monkeypatch.setattr(Checkpoint, "load_weights", refuse)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--site", "blocks.*.atn.z", "--op", "zero"], "no site matches 'blocks.*.atn.z' (closest: blocks.*.attn.z"),
+    (["--site", "blocks.*.attn.z", "--op", "zero", "--layer", "5"], "layer 5 is out of range (0..1)"),
+    (["--site", "blocks.0.attn.z", "--op", "zero", "--head", "2"], "head 2 is out of range (0..1)"),
+    (["--site", "blocks.0.mlp.out", "--op", "zero", "--feature", "99"], "feature 99 is out of range"),
+    (["--site", "blocks.0.mlp.out", "--op", "zero", "--each", "head"], "selector head does not fit"),
+    (["--site", "blocks.0.mlp.out", "--op", "zero", "--position", "first:52"], "token 52 is missing"),
+    (["--site", "embed", "--op", "zero", "--capture", "blocks.*.resid_post@nrm"], "unknown capture reduction"),
+    (["--site", "embed", "--op", "zero", "--capture", "blocks.0.attn.pattern"], "one number per position"),
+    (["--edit", "blocks.0.resid_post:patch:source=zz"], "source 'zz' is not one of the domains"),
+    (["--site", "embed", "--op", "zero", "--domain", "a=nosuch.txt"], "'nosuch.txt' is neither a file"),
+    (["--site", "embed", "--op", "zero", "--domain", "a=SHORT"], "holds no text of 16 tokens"),
+    (["--site", "embed", "--op", "zero", "--seq-len", "100"], "longer than the model context (64)"),
+])
+def test_intervene_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, capsys, argv, needle):
+    model, texts = tiny_llm
+    argv = [a.replace("SHORT", str(texts / "short.txt")) for a in argv]
+    text = ([] if "--domain" in argv else ["--domain", f"a={texts / 'words.txt'}"]) + \
+        ([] if "--seq-len" in argv else ["--seq-len", "16"])
+    _fails(["intervene", str(model), *text, "--samples", "2", *argv, "--out", str(tmp_path / "o")], capsys, 2, needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("site", ["blocks.*.atn.z", "blocks.3.atn.z@norm", "emb"])
+def test_mistyped_site_fails_before_the_checkpoint_is_read(site, tiny_llm, tmp_path, capsys, monkeypatch):
+    import toybb.intervene
+
+    def refuse(*a, **k):
+        raise AssertionError("read the checkpoint before checking the site's name")
+
+    monkeypatch.setattr(toybb.intervene, "open_checkpoint", refuse)
+    model, texts = tiny_llm
+    flags = ["--capture", site] if "@" in site else ["--site", site, "--op", "zero"]
+    _fails(["intervene", str(model), "--text", str(texts / "words.txt"), *flags, *(["--site", "embed", "--op", "zero"]
+            if "@" in site else []), "--out", str(tmp_path / "o")], capsys, 2, f"no site matches {site.split('@')[0]!r}",
+           "(closest: ")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--domain", "a=SHORT", "--seq-len", "32"], "holds no text of 32 tokens"),
+    (["--domain", "a=WORDS", "--seq-len", "100"], "longer than the model context (64 tokens)"),
+    (["--domain", "a=WORDS", "--domain", "a=WORDS", "--seq-len", "16"], "names must differ"),
+])
+def test_probe_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, capsys, argv, needle):
+    model, texts = tiny_llm
+    argv = [a.replace("SHORT", str(texts / "short.txt")).replace("WORDS", str(texts / "words.txt")) for a in argv]
+    _fails(["probe", str(model), *argv, "--out", str(tmp_path / "o")], capsys, 2, needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["stream", "--tokens", "100", "--recent", "8"], "--tokens 100 exceeds the context 64"),
+    (["posvec", "--plot-layers", "5"], "layers must be in [0, 2)"),
+    (["passkey", "--seq-len", "1000", "--methods", "selfextend", "--selfextend", "16,2"],
+     "SelfExtend w=16, G=2 supports (L - w) * G + w = 112 tokens < 1000"),
+])
+def test_longctx_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, capsys, argv, needle):
+    model, _ = tiny_llm
+    _fails(["longctx", argv[0], str(model), *argv[1:], "--out", str(tmp_path / "o")], capsys, 2, needle)
+
+
+def test_intervene_on_a_tiny_llm_runs(tiny_llm, tmp_path, capsys):
+    """The same command with good input loads and measures (the checks refuse nothing valid)."""
+    model, texts = tiny_llm
+    assert main(["intervene", str(model), "--text", str(texts / "words.txt"), "--seq-len", "16", "--samples", "2",
+                 "--edit", "blocks.*.mlp.out:scale:layer=0,value=0.5,position=first:1",
+                 "--out", str(tmp_path / "o")]) == 0
+    table = (tmp_path / "o" / "interventions.csv").read_text()
+    assert 'text,"blocks.*.mlp.out scale [layer=0,position=first:1]"' in table  # --text is the domain 'text'
+
+
+
+# ---- issue 27 item 2: every count and size bounded before anything is allocated or compiled -------------------
+_LRS = ", ".join(str(0.001 * (i + 1)) for i in range(30))
+_FILES = {
+    "eval_seed.yaml": "train: {eval_seed: -1}\n",
+    "big_seed.yaml": "train: {seeds: [0, 4294967296]}\n",
+    "vocab.yaml": "model: {vocab_size: 1000000000}\n",
+    "schedule.yaml": "train: {steps: 2000000, eval_schedule: [[1, 0]]}\n",
+    "sweep_seed.yaml": "seeds: [0, 4294967296]\ngrid: {optim.lr: [0.001]}\n",
+    "sweep_setting_seed.yaml": "grid: {optim.lr: [0.001], seed: [5, 18446744073709551616]}\n",
+    "sweep_count.yaml": "seeds: 100000000000\ngrid: {optim.lr: [0.001]}\n",
+    "sweep_steps.yaml": "base: {train: {steps: 1000000000000}}\ngrid: {optim.lr: [0.001]}\n",
+    "sweep_runs.yaml": f"seeds: 4000\ngrid: {{optim.lr: [{_LRS}]}}\n",
+}
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--steps", "1000000000000000"], "train.steps must be an integer from 1 to 1,000,000,000, got"),
+    (["train", "--steps", "1000000000"], "evaluations for 1,000,000,000 steps; at most 100,000"),
+    (["train", "--seeds", "10000000000"], "--seeds must be an integer from 1 to 4,096"),
+    (["train", "--layers", "100000000"], "model.n_layers must be an integer from 1 to 1,024"),
+    (["train", "--d-model", "70000"], "model.d_model must be an integer from 1 to 65,536"),
+    (["train", "--batch", "100000000000"], "train.batch must be an integer from 1 to 1,048,576"),
+    (["train", "--eval-batch", "100000000000"], "train.eval_batch must be an integer"),
+    (["train", "--seq-len", "10000000000"], "--seq-len must be an integer from 2 to 1,048,576"),
+    (["train", "--config", "eval_seed.yaml"], "train.eval_seed must be an integer from 0 to 4,294,967,295"),
+    (["train", "--config", "big_seed.yaml"], "every seed must be an integer from 0 to 4,294,967,295"),
+    (["train", "--config", "vocab.yaml"], "model.vocab_size must be an integer from 1 to 4,194,304"),
+    (["train", "--config", "schedule.yaml"], "2,000,002 evaluations"),
+    (["sweep", "sweep_seed.yaml", "--dry-run"], "every seed must be an integer from 0 to 4,294,967,295"),
+    (["sweep", "sweep_setting_seed.yaml", "--dry-run"], "seed: every seed must be an integer"),
+    (["sweep", "sweep_count.yaml", "--dry-run"], "(a number of seeds) must be an integer from 1 to 4,096"),
+    (["sweep", "sweep_steps.yaml", "--dry-run"], "train.steps must be an integer from 1 to 1,000,000,000"),
+    (["sweep", "sweep_runs.yaml", "--dry-run"], "120,000 runs (settings x seeds); at most 100,000"),
+    (["pretrain", "--seed", "99999999999"], "--seed must be an integer from 0 to 4,294,967,295"),
+    (["pretrain", "--steps", "100000000", "--eval-every", "1"], "evaluations of 100,000,000 steps"),
+    (["pretrain", "--vocab-size", "10000000000"], "--vocab-size must be an integer from 1 to 4,194,304"),
+    (["pretrain", "--batch", "0"], "--batch must be an integer from 1"),
+    (["mitigations", "--seeds", "100000000"], "--seeds must be an integer from 1 to 4,096"),
+    (["mitigations", "--steps", "10000000000"], "--steps must be an integer from 1 to 1,000,000,000"),
+    (["longctx", "toy", "--seed", "99999999999999999999999"], "--seed must be an integer from 0 to 4,294,967,295"),
+    (["longctx", "passkey", "m", "--seed", "-3"], "--seed must be an integer from 0 to 4,294,967,295"),
+    (["theory", "--seed", "99999999999999999999"], "--seed must be an integer from 0 to 4,294,967,295"),
+])
+def test_every_count_bounded_before_allocation(argv, needle, tmp_path, capsys, monkeypatch):
+    import toybb.train.trainer
+
+    def refuse(*a, **k):
+        raise AssertionError("built a trainer before bounding the counts")
+
+    monkeypatch.setattr(toybb.train.trainer.Trainer, "__init__", refuse)
+    for name, text in _FILES.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    _fails([*argv, *(["--out", str(tmp_path / "o")] if argv[0] != "theory" else [])], capsys, 2, needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_steps_as_ranges_equal_the_grid():
+    """The evaluation grid is built from ranges whose size is checked first; the steps are those of the loop
+    it replaced."""
+    from toybb.config import TrainConfig
+
+    def loop(c):
+        steps, s = [0], 0
+        for every, until in c.eval_schedule:
+            end = c.steps if until == 0 else min(until, c.steps)
+            while s + every <= end:
+                s += every
+                steps.append(s)
+            if end >= c.steps:
+                break
+        return steps + ([c.steps] if steps[-1] != c.steps else [])
+
+    for steps in (1, 20, 21, 999, 10_000, 10_001, 30_000):
+        for sched in (((20, 10_000), (200, 0)), ((7, 5), (3, 50), (11, 0)), ((5, 3),), ((3, 100), (1000, 200))):
+            c = TrainConfig(steps=steps, eval_schedule=sched)
+            assert c.eval_steps() == loop(c), (steps, sched)
+
+
+# ---- issue 27 item 6: pretrained inputs validated before loading -------------------------------------------------
+def _index(d, doc):
+    import json
+
+    (d / "model.safetensors.index.json").write_text(json.dumps(doc))
+
+
+_BAD_HF = {  # name: (what to break in a tiny Llama folder, the line's text)
+    "config_list": (lambda d: (d / "config.json").write_text("[1, 2]"), "a config must be a JSON object"),
+    "config_not_utf8": (lambda d: (d / "config.json").write_bytes(b'{"model_type": "llama\xff"}'), "is not UTF-8"),
+    "config_bad_json": (lambda d: (d / "config.json").write_text('{"model_type": '), "is not valid JSON"),
+    "field_type": ({"max_position_embeddings": "64"}, "field 'max_position_embeddings' must be an integer, got '64'"),
+    "field_bool": ({"tie_word_embeddings": "yes"}, "field 'tie_word_embeddings' must be true or false"),
+    "field_float": ({"rms_norm_eps": [1e-5]}, "field 'rms_norm_eps' must be a number"),
+    "nested_type": ({"rope_parameters": {"rope_type": "llama3", "factor": "8"}},
+                    "field 'rope_parameters.factor' must be a number"),
+    "rope_not_mapping": ({"rope_parameters": [1]}, "field 'rope_parameters' must be a mapping"),
+    "layer_types": ({"layer_types": 5}, "field 'layer_types' must be a list of strings"),
+    "index_list": (lambda d: _index(d, [1, 2]), "not a weight index"),
+    "index_map_list": (lambda d: _index(d, {"weight_map": ["model.safetensors"]}), "not a weight index"),
+    "index_values": (lambda d: _index(d, {"weight_map": {"lm_head.weight": 3}}), "not a weight index"),
+    "index_outside": (lambda d: _index(d, {"weight_map": {"lm_head.weight": "sub/model.safetensors"}}),
+                      "is not a file name in the model folder"),
+    "tensor_shape": ({"shapes": {"model.layers.1.self_attn.q_proj.weight": (16, 15)}},
+                     "model.layers.1.self_attn.q_proj.weight (blocks.1.attn.wq) is stored with shape [16, 15]"),
+    "tensor_rows": ({"shapes": {"model.layers.0.mlp.up_proj.weight": (25, 16)}}, "is stored with shape [25, 16]"),
+    "tied_head": ({"tie_word_embeddings": True, "shapes": {"lm_head.weight": (52, 16)}},
+                  "lm_head.weight has shape [52, 16] and the embedding [53, 16]"),
+    "tokenizer_config": (lambda d: (d / "tokenizer_config.json").write_bytes(b"\xff\xfe"), "is not UTF-8"),
+    "tokenizer_config_type": (lambda d: (d / "tokenizer_config.json").write_text('{"add_bos_token": "yes"}'),
+                              "not a tokenizer config"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_HF))
+def test_malformed_pretrained_inputs_before_any_tensor_is_read(case, tiny_llm, tmp_path, capsys, monkeypatch):
+    from _tiny_hf import write_tiny_llama
+
+    import toybb.llm.hf
+
+    def refuse(*a, **k):
+        raise AssertionError("read a tensor before validating the checkpoint")
+
+    monkeypatch.setattr(toybb.llm.hf.SafetensorsFile, "get", refuse)
+    _, texts = tiny_llm
+    how, needle = _BAD_HF[case]
+    if callable(how):
+        d = write_tiny_llama(tmp_path / "m")
+        how(d)
+    else:
+        config = {k: v for k, v in how.items() if k != "shapes"}
+        d = write_tiny_llama(tmp_path / "m", config, how.get("shapes"))
+    _fails(["ppl", str(d), "--text", str(texts / "words.txt"), "--tokens", "16", "--seq-len", "8", "--no-progress"],
+           capsys, 2, needle, untouched=d)
+
+
+def test_jsonl_not_utf8_is_one_line(tiny_llm, tmp_path, capsys, no_weights):
+    model, _ = tiny_llm
+    t = tmp_path / "t.jsonl"
+    t.write_bytes(b'{"text": "w1 w2"}\n{"text": "w3 \xff"}\n')
+    _fails(["ppl", str(model), "--text", str(t)], capsys, 2, "t.jsonl:2: not UTF-8 text", untouched=tmp_path)
+    _fails(["probe", str(model), "--text", str(t), "--seq-len", "16", "--out", str(tmp_path / "o")], capsys, 2,
+           "t.jsonl:2: not UTF-8")

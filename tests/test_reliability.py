@@ -137,7 +137,7 @@ def test_train_model_too_large_fails_before_compiling(tmp_path, capsys, monkeypa
     import toybb.train.loop as loop
 
     monkeypatch.setattr(loop, "Trainer", lambda *a, **k: pytest.fail("compiled a model that cannot fit"))
-    one_line_error(["train", *_tiny(d_model=262144), "--out", str(tmp_path / "big")], capsys,
+    one_line_error(["train", *_tiny(d_model=65536), "--out", str(tmp_path / "big")], capsys,
                    "needs about", "GiB", "smaller model")
     assert not (tmp_path / "big" / "config.json").exists()
 
@@ -184,6 +184,7 @@ def no_model(monkeypatch):
         raise AssertionError("loaded a model before validating the arguments")
 
     monkeypatch.setattr(load, "load", refuse)
+    monkeypatch.setattr(load.Checkpoint, "load_weights", refuse)
     monkeypatch.setattr(toy, "train_char_lm", refuse)
 
 

@@ -20,3 +20,11 @@ def __getattr__(name: str):  # the entry point loads JAX only when first used
 
         return Edit
     raise AttributeError(f"module 'toybb' has no attribute {name!r}")
+
+
+__all__ = ["load", "Loaded", "Edit", "Error", "ConfigError", "ArgumentTypeError", "CheckpointError", "FolderBusy",
+           "TrainingDiverged", "EnvironmentFault", "__version__"]
+
+
+def __dir__() -> list[str]:  # the lazy names (load, Loaded, Edit) too
+    return sorted(set(globals()) | set(__all__))

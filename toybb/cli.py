@@ -18,7 +18,7 @@ import sys
 
 from toybb import intervene_cli
 from toybb._version import __version__
-from toybb.cliargs import Parser
+from toybb.cliargs import Parser, chosen_parser
 from toybb.commands import compare, figures, mitigations, pretrain, series
 from toybb.commands import train as train_commands
 from toybb.errors import EnvironmentFault, Error, os_error
@@ -80,16 +80,6 @@ def _device_count(n: str, name: str) -> int:
         raise EnvironmentFault(f"{name} must be a number of host devices from 1 to {MAX_HOST_DEVICES}, got {n!r}; "
                                "fix or unset it")
     return int(n)
-
-
-def chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
-    """The (sub)parser of the command `args` were parsed for (`toybb longctx toy` -> its own parser)."""
-    while True:
-        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        name = getattr(args, subs[0].dest, None) if subs else None
-        if name not in (subs[0].choices if subs else {}):
-            return parser
-        parser = subs[0].choices[name]
 
 
 def output_folders(parser: argparse.ArgumentParser, args) -> list[str]:

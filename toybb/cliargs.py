@@ -3,7 +3,11 @@
 - A list flag takes comma-separated values and accumulates when repeated (`--lr 1e-3 --lr 2e-3` is
   `--lr 1e-3,2e-3`); flags whose items contain commas (`--edit`, `--domain`) are repeated instead.
 - A scalar flag given twice is an error (one line, exit 2), not a silent override.
-- A flag renamed since an earlier release is an error naming the new one (`RENAMED_FLAGS`).
+- A flag renamed since an earlier release is an error naming the new one (`RENAMED_FLAGS`); an unknown flag
+  names the closest ones (`--stpes`: did you mean --steps?); a stray positional of a command that takes
+  `--text` says to give it as `--text` (the old `toybb ppl MODEL FILE` form).
+- One flag per concept: `--text SOURCE` wherever one text is meant, `--domain NAME=SOURCE` (repeated) wherever
+  several named texts are compared.
 - Every help text shows the default (`DefaultsFormatter`).
 Imported by CLIs in several layers, so it imports only `toybb.errors` and `toybb.texts` (standard library only).
 """
@@ -11,6 +15,7 @@ Imported by CLIs in several layers, so it imports only `toybb.errors` and `toybb
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from typing import Callable
 
@@ -90,7 +95,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         d = action.default
-        if (d is None or d is False or d is argparse.SUPPRESS or d == () or "default" in text.lower()
+        if (d is None or d is False or d is argparse.SUPPRESS or d == () or d == [] or "default" in text.lower()
                 or not action.option_strings and action.nargs in ("+", "*")):
             return text
         shown = ",".join(map(str, d)) if isinstance(d, (tuple, list)) else str(d)
@@ -115,9 +120,50 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
     def parse_known_args(self, args=None, namespace=None):
+        if args is not None and self._subparsers is None:  # a command: an unknown flag before a missing one
+            unknown = [a for a in (args[:args.index("--")] if "--" in args else args) if self._unknown_flag(a)]
+            if unknown:
+                self.error(unrecognized(self, unknown))
         ns, rest = super().parse_known_args(args, namespace)
         ns.__dict__.pop(_GIVEN, None)
         return ns, rest
+
+    def _unknown_flag(self, arg: str) -> bool:
+        if not arg.startswith("--") or arg == "--":
+            return False
+        name = arg.split("=", 1)[0]
+        return not any(o.startswith(name) for o in self._option_string_actions)  # argparse takes prefixes
+
+    def parse_args(self, args=None, namespace=None):
+        ns, rest = self.parse_known_args(args, namespace)
+        if rest:
+            chosen = chosen_parser(self, ns)
+            chosen.error(unrecognized(chosen, rest))
+        return ns
+
+
+def chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)parser of the command `args` were parsed for (`toybb longctx toy` -> its own parser)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
+
+def unrecognized(parser: argparse.ArgumentParser, rest: list[str]) -> str:
+    """The message for arguments `parser` does not take: the closest flags of an unknown flag, and for a
+    stray positional of a command with --text, the --text form."""
+    flags = [o for a in parser._actions for o in a.option_strings if a.help is not argparse.SUPPRESS]
+    for arg in rest:
+        if arg.startswith("-") and len(arg) > 1:
+            name = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(name, flags, n=2, cutoff=0.6)
+            return f"unknown flag {name}" + (f"; did you mean {' or '.join(close)}?" if close else "")
+    if "--text" in flags:
+        return f"unexpected argument {rest[0]!r}; a text is given as --text {rest[0]}"
+    return f"unexpected argument{'s' if len(rest) > 1 else ''} {' '.join(rest)}"
 
 
 def add_renamed(parser: argparse.ArgumentParser, command: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 from toybb.errors import ConfigError
 from toybb.models.config import (  # noqa: F401 (re-exported: the model config is one section of a run)
     ARCHS, ATTENTION_KINDS, PAIRINGS, POSITION_KINDS, RELATIVE_POSITIONS, RENAMED_MODEL_FIELDS, ModelConfig,
-    PositionConfig, RopeScaling, _check, renamed_model_fields)
+    LIMITS, PositionConfig, RopeScaling, _check, check_count, renamed_model_fields)
 from toybb.records import read_text
 
 OPTIMIZERS = ("adam", "sgd", "muon")
@@ -39,10 +39,7 @@ class TaskConfig:
     table: str = "tinyshakespeare"  # packaged bigram table, or a path to a .npz built by toybb.task.build_bigram
 
     def __post_init__(self):
-        _check(
-            isinstance(self.seq_len, int) and self.seq_len >= 2,
-            f"task.seq_len must be an integer >= 2, got {self.seq_len!r}",
-        )
+        check_count(self.seq_len, "task.seq_len", "seq_len", low=2)
         _check(
             isinstance(self.n_triggers, int) and self.n_triggers >= 1,
             f"task.n_triggers must be a positive integer, got {self.n_triggers!r}",
@@ -108,16 +105,17 @@ class TrainConfig:
     precision: str = "highest"  # matmul precision: highest (full float32) | tf32 | bf16 (speed, on GPUs/TPUs)
 
     def __post_init__(self):
-        _check(isinstance(self.steps, int) and self.steps > 0, f"train.steps must be a positive integer, got {self.steps!r}")
-        _check(isinstance(self.batch, int) and self.batch > 0, f"train.batch must be a positive integer, got {self.batch!r}")
-        _check(
-            isinstance(self.eval_batch, int) and self.eval_batch > 0,
-            f"train.eval_batch must be a positive integer, got {self.eval_batch!r}",
-        )
+        check_count(self.steps, "train.steps", "steps")
+        check_count(self.batch, "train.batch", "batch")
+        check_count(self.eval_batch, "train.eval_batch", "batch")
+        check_count(self.eval_seed, "train.eval_seed", "seed", low=0)
         _check(len(self.seeds) > 0, "train.seeds must name at least one seed")
-        _check(len(set(self.seeds)) == len(self.seeds), f"train.seeds has duplicates: {self.seeds}")
         for s in self.seeds:
-            _check(isinstance(s, int) and s >= 0, f"train.seeds must be non-negative integers, got {s!r}")
+            check_count(s, "train.seeds: every seed", "seed", low=0)
+        _check(len(set(self.seeds)) == len(self.seeds), f"train.seeds has duplicates: {self.seeds}")
+        _check(len(self.seeds) * max(1, len(self.lrs)) <= LIMITS["runs"],
+               f"train.seeds x train.lrs gives {len(self.seeds) * max(1, len(self.lrs)):,} runs; at most "
+               f"{LIMITS['runs']:,} train together")
         for lr in self.lrs:
             _check(
                 isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
@@ -131,6 +129,10 @@ class TrainConfig:
                 isinstance(every, int) and every > 0 and isinstance(until, int) and until >= 0,
                 f"train.eval_schedule entries are (every > 0, until >= 0; 0 = forever), got {(every, until)!r}",
             )
+        n = sum(map(len, self._eval_grid())) + 2
+        _check(n <= LIMITS["evaluations"],
+               f"the evaluation schedule gives {n:,} evaluations for {self.steps:,} steps; at most "
+               f"{LIMITS['evaluations']:,}: evaluate less often (--eval-every) or train fewer steps")
         _check(
             isinstance(self.ckpt_every, int) and self.ckpt_every > 0,
             f"train.ckpt_every must be a positive integer, got {self.ckpt_every!r}",
@@ -146,16 +148,21 @@ class TrainConfig:
             f"got {self.microbatch!r}",
         )
 
-    def eval_steps(self) -> list[int]:
-        """Steps at which metrics are recorded: 0, the schedule's grid, and the last step."""
-        steps, s = [0], 0
+    def _eval_grid(self) -> list[range]:
+        """The schedule's grid as ranges (lazy: its size is checked before any list is built)."""
+        grid, s = [], 0
         for every, until in self.eval_schedule:
             end = self.steps if until == 0 else min(until, self.steps)
-            while s + every <= end:
-                s += every
-                steps.append(s)
+            r = range(s + every, end + 1, every)
+            grid.append(r)
+            s = r[-1] if r else s
             if end >= self.steps:
                 break
+        return grid
+
+    def eval_steps(self) -> list[int]:
+        """Steps at which metrics are recorded: 0, the schedule's grid, and the last step."""
+        steps = [0] + [s for r in self._eval_grid() for s in r]
         if steps[-1] != self.steps:
             steps.append(self.steps)
         return steps

@@ -23,17 +23,21 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from toybb import style
+from toybb.config import check_count
 from toybb.errors import ConfigError
-from toybb.llm.load import load, read_config
+from toybb.llm.load import open_checkpoint
 from toybb.llm.registry import resolve_existing
 from toybb.models.capture import Capture
 from toybb.models.forward import loss, perplexity
-from toybb.models.sites import Edit, selector_mask
+from toybb.models import build_model
+from toybb.models.sites import Edit, ModelSites, SiteError, resolve, selector_mask
 from toybb.probes.corpus import domain_batches, parse_domain
 from toybb.records import atomic_open, atomic_write, package_versions
-from toybb.train.runs import is_run_folder, load_models, model_of
+from toybb.train.runs import is_run_folder, load_models, model_of, run_config
+from toybb.train.trainer import Trainer
 
 SELECTORS = ("layer", "head", "position", "key", "feature")  # the selectors of an `Edit`
 
@@ -104,50 +108,96 @@ class Subject:
 
 
 def load_subject(model: str, *, domains=(), samples: int = 16, seq_len: int = 128, batch: int = 8, run: int = 0,
-                 dtype: str = "float32", tokenizer: str | None = None, bos: bool = True) -> Subject:
+                 dtype: str = "float32", tokenizer: str | None = None, bos: bool = True, check=None) -> Subject:
     """A toy run folder (its task's samples; `domains` NAME=task or NAME=task:SEED, `run` its run index) or
     a pretrained model (`domains` NAME=SOURCE texts as in `toybb probe`; `seq_len` tokens per sample, BOS
-    first unless `bos` is False). `samples` per domain in batches of `batch`."""
+    first unless `bos` is False). `samples` per domain in batches of `batch`. `check(sites, batches)` runs
+    once the model's sites (from its config) and the samples are known, before any weights load."""
     if is_run_folder(model):
-        return _toy_subject(model, domains, samples, batch, run)
-    return _llm_subject(model, domains, samples, seq_len, batch, dtype, tokenizer, bos)
+        return _toy_subject(model, domains, samples, batch, run, check)
+    return _llm_subject(model, domains, samples, seq_len, batch, dtype, tokenizer, bos, check)
 
 
-def _toy_subject(path, domains, samples, batch, run) -> Subject:
-    cfg, trainer, state, step = load_models(path)
-    n_runs = len(trainer.runs)
+def _toy_subject(path, domains, samples, batch, run, check) -> Subject:
+    trainer = Trainer(run_config(path))
+    cfg, n_runs = trainer.cfg, len(trainer.runs)
     if not 0 <= run < n_runs:
         raise ConfigError(f"--run {run}: {path} holds runs 0..{n_runs - 1}")
-    model = model_of(trainer, state, run)
     batches = {}
     for spec in domains or ["task=task:0"]:
         name, _, src = spec.partition("=")
         kind, _, seed = src.partition(":")
         if not name or kind != "task" or (seed and not seed.isdigit()):
             raise ConfigError(f"--domain {spec!r}: a toy run takes NAME=task or NAME=task:SEED")
+        check_count(int(seed or 0), f"--domain {spec!r}: the seed", "seed", low=0)
         toks = np.asarray(trainer.task.sample(jax.random.key(int(seed or 0)), samples, cfg.task.seq_len))
         batches[name] = [(toks[i:i + batch], np.ones(len(toks[i:i + batch]), bool))
                          for i in range(0, len(toks), batch)]
+    if check is not None:
+        check(nnx.eval_shape(lambda: build_model(cfg.model, nnx.Rngs(0), trainer.task)).sites(), batches)
+    _, _, state, step = load_models(path, trainer)
+    model = model_of(trainer, state, run)
     seed, lr = trainer.runs[run]
     return Subject(model, f"{path} (run {run}: seed {seed}, lr {lr:g}, step {step})", batches,
                    {"kind": "toy", "step": step, "seed": seed, "lr": lr})
 
 
-def _llm_subject(source, domains, samples, seq_len, batch, dtype, tokenizer, bos) -> Subject:
+def _llm_subject(source, domains, samples, seq_len, batch, dtype, tokenizer, bos, check) -> Subject:
     path = resolve_existing(source)
     domains = [parse_domain(s) for s in domains]
     if not domains:
-        raise ConfigError("a pretrained model needs text: give --domain NAME=SOURCE (e.g. prose=pydoc)")
-    cfg, _ = read_config(path, dtype=dtype)
-    if seq_len > cfg.max_positions:
-        raise ConfigError(f"--seq-len {seq_len} is longer than the model context ({cfg.max_positions})")
-    pre = load(path, dtype=dtype, tokenizer=tokenizer)
-    if pre.tokenizer is None:
-        raise ConfigError(f"{pre.source}: no tokenizer found; pass --tokenizer tokenizer.json")
-    bos_id = pre.cfg.bos_token_id if bos else None
-    batches = {d.name: list(domain_batches(d, pre.tokenizer.encode, n=samples, seq_len=seq_len,
+        raise ConfigError("a pretrained model needs text: give --text SOURCE or --domain NAME=SOURCE "
+                          "(e.g. --text pydoc)")
+    ck = open_checkpoint(path, dtype=dtype, tokenizer=tokenizer)
+    if seq_len > ck.cfg.max_positions:
+        raise ConfigError(f"--seq-len {seq_len} is longer than the model context ({ck.cfg.max_positions})")
+    if ck.tokenizer is None:
+        raise ConfigError(f"{ck.source}: no tokenizer found; pass --tokenizer tokenizer.json")
+    sites = ck.sites()
+    if check is not None:
+        check(sites, {})  # the sites and selectors that need no tokens, before any text is read
+    bos_id = ck.cfg.bos_token_id if bos else None
+    batches = {d.name: list(domain_batches(d, ck.tokenizer.encode, n=samples, seq_len=seq_len,
                                            batch=batch, bos_id=bos_id)) for d in domains}
+    if check is not None:
+        check(sites, batches)
+    pre = ck.load_weights()
     return Subject(pre.model, pre.source, batches, {"kind": "llm", "arch": pre.cfg.arch, "bos": bos_id is not None})
+
+
+def check_interventions(sites: ModelSites, batches: dict, interventions: list[Intervention],
+                        capture_patterns: tuple[str, ...] = ()) -> None:
+    """Everything `measure` needs of its input, checked against the model's sites before anything runs:
+    each capture matches a site and reduces to one number per position (per head), each source names a
+    domain, and each edit resolves on every domain's first batch (sites, selectors, values). With no
+    batches, the checks that need no tokens (site patterns, layers, heads)."""
+    capture = Capture(tuple(capture_patterns))
+    capture.check(sites)
+    axes = sites.names()
+    for pattern in capture.sites:
+        base, _, red = pattern.partition("@")
+        for name in sites.match(base):
+            if len(axes[name]) - bool(red) not in (2, 3):
+                raise SiteError(f"--capture {pattern}: {name} has axes {', '.join(axes[name])}; reduce it to one "
+                                "number per position (e.g. @norm or @key0)")
+    for iv in interventions:
+        if batches and iv.source and iv.source not in batches:
+            raise ConfigError(f"source {iv.source!r} is not one of the domains ({', '.join(batches)})")
+    # mean / patch take their values from a run of the model: checked here as zero edits of the same entries
+    edits = [[dataclasses.replace(e, op="zero", value=None) if e.op in ("mean", "patch") else e for e in iv.edits]
+             for iv in interventions]
+    if not batches:
+        for es in edits:
+            resolve(sites, [e for e in es if not _needs_tokens(e)], (1, 2))
+    for bt in batches.values():
+        tokens = np.asarray(bt[0][0])[:, :-1]
+        for es in edits:
+            resolve(sites, es, tokens.shape, tokens=tokens)
+
+
+def _needs_tokens(e: Edit) -> bool:
+    """An edit whose check needs the samples' shape: a position or key selector, a value shaped like the site."""
+    return e.position is not None or e.key is not None or (e.value is not None and np.ndim(e.value) > 0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -158,9 +208,7 @@ def measure(model, batches: dict, interventions: list[Intervention], capture_pat
     """Rows (domain, intervention, nll, ppl, delta_nll, captures) for the unmodified model and each
     intervention; a capture `SITE@RED` of shape [batch, pos] (or [batch, heads, pos], averaged over heads)
     gives `SITE@RED:pos0`, `:others_max` and `:others_mean` (positions 1..)."""
-    for iv in interventions:
-        if iv.source and iv.source not in batches:
-            raise ConfigError(f"source {iv.source!r} is not one of the domains ({', '.join(batches)})")
+    check_interventions(model.sites(), batches, interventions, capture_patterns)
     capture = Capture(tuple(capture_patterns))
     rows = []
     for dom, bt in batches.items():
@@ -188,8 +236,6 @@ def _measure_one(model, capture, bt, iv: Intervention, batches) -> dict:
         for k, a in cap.items():
             a = np.asarray(a, np.float64)[v]
             a = a.mean(1) if a.ndim == 3 else a  # [b, heads, pos] -> mean over heads
-            if a.ndim != 2:
-                raise ConfigError(f"--capture {k}: reduce it to one number per position (e.g. @norm or @key0)")
             for stat, val in (("pos0", a[:, 0].sum()), ("others_max", a[:, 1:].max(1).sum()),
                               ("others_mean", a[:, 1:].mean(1).sum())):
                 sums[f"{k}:{stat}"] = sums.get(f"{k}:{stat}", 0.0) + val

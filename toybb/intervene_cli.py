@@ -9,13 +9,17 @@ interventions.png.
 from __future__ import annotations
 
 import math
+import re
 
-from toybb.cliargs import STRS, ListAction, add_model, add_seq_len
+from toybb.cliargs import STRS, ListAction, TEXT_HELP, add_model, add_seq_len, add_text
 from toybb.errors import ConfigError
-from toybb.intervene import SELECTORS, EditSpec, interventions, load_subject, measure, write_outputs
+from toybb.intervene import (SELECTORS, EditSpec, check_interventions, interventions, load_subject, measure,
+                             write_outputs)
+from toybb.models import check_site_pattern
 from toybb.models.capture import Capture
 from toybb.models.sites import OPS
 from toybb.records import finite, out_folder
+from toybb.train.runs import is_run_folder
 
 
 def register(subparsers) -> None:
@@ -38,17 +42,18 @@ def register(subparsers) -> None:
     p.add_argument("--min-abs", type=float, help="only entries with |x| >= this (massive activations)")
     p.add_argument("--source", metavar="DOMAIN", help="mean / patch: the domain whose activations are used "
                    "(default: the edited domain itself)")
-    p.add_argument("--edit", action="append", default=[], metavar="SITE:OP[:NAME=VALUE;...]",
-                   help="another intervention, e.g. blocks.0.mlp.out:zero or blocks.*.attn.z:zero:layer=3;head=1 "
-                   "(repeat; selectors as above, plus value, min_abs and source)")
+    p.add_argument("--edit", action="append", default=[], metavar="SITE:OP[:NAME=VALUE,...]",
+                   help="another intervention, e.g. blocks.0.mlp.out:zero or blocks.*.attn.z:zero:layer=3,head=0,2 "
+                   "(repeat; fields separated by ',' or ';'; selectors as above, plus value, min_abs and source)")
     p.add_argument("--each", choices=("layer", "head"),
                    help="split every intervention into one per layer (or per layer and head) it covers")
     p.add_argument("--capture", action=ListAction, type=STRS, default=(), metavar="SITE@REDUCTION",
                    help="record a reduced site per intervention: its mean at position 0 and max and mean over the "
                    "other positions, e.g. blocks.*.resid_post@norm or blocks.*.attn.pattern@key0 (comma-separated or repeated)")
+    add_text(p, None, help="one text for an LLM (the domain 'text'): " + TEXT_HELP.removeprefix("text SOURCE: "))
     p.add_argument("--domain", action="append", default=[], metavar="NAME=SOURCE",
-                   help="text for an LLM (as in `toybb probe`); for a toy run NAME=task or NAME=task:SEED "
-                   "(Bigram-Backcopy samples; default task=task:0; repeat)")
+                   help="several named texts for an LLM (as in `toybb probe`); for a toy run NAME=task or "
+                   "NAME=task:SEED (Bigram-Backcopy samples; default task=task:0; repeat)")
     p.add_argument("--samples", type=int, default=16, help="samples per domain")
     add_seq_len(p, 128, help="tokens per sample (default 128; a toy run: its own)")
     p.add_argument("--batch", type=int, default=8, help="samples per forward pass")
@@ -71,12 +76,17 @@ def edit_specs(args) -> list[EditSpec]:
     return specs + [_parse_edit(e) for e in args.edit]
 
 
+_FIELD_SEP = re.compile(r"[;,](?=\s*[A-Za-z_-]+\s*=)|;")
+
+
 def _parse_edit(text: str) -> EditSpec:
     parts = text.split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise ConfigError(f"--edit {text!r}: write SITE:OP[:NAME=VALUE;...], e.g. blocks.0.mlp.out:zero")
     sel, value, min_abs, source = {}, None, None, None
-    for item in (parts[2].split(";") if len(parts) == 3 and parts[2] else []):
+    # fields are separated by ',' (no shell quoting) or ';'; a ',' inside a list value (head=0,2) is not
+    # followed by NAME=
+    for item in (_FIELD_SEP.split(parts[2]) if len(parts) == 3 and parts[2] else []):
         k, eq, v = item.partition("=")
         k = k.strip().replace("-", "_")
         if not eq or k not in SELECTORS + ("value", "min_abs", "source"):
@@ -105,14 +115,24 @@ def cmd_intervene(args) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     finite(args.value, "--value")
     finite(args.min_abs, "--min-abs", minimum=0.0)
-    capture = Capture(tuple(args.capture))  # reductions checked before loading
+    capture = Capture(tuple(args.capture))  # reductions checked before anything is read
     specs = edit_specs(args)
-    subject = load_subject(args.model, domains=args.domain, samples=args.samples, seq_len=args.seq_len,
+    for pattern in [s.site for s in specs] + [c.partition("@")[0] for c in capture.sites]:
+        check_site_pattern(pattern)  # a mistyped site fails before any model or config is read
+    ivs: list = []
+
+    def check(sites, batches):  # before any weights load
+        ivs[:] = interventions(specs, sites.n_layers, sites.sizes["head"], args.each)
+        check_interventions(sites, batches, ivs, capture.sites)
+
+    domains = list(args.domain)
+    if args.text is not None:
+        if is_run_folder(args.model):
+            raise ConfigError("--text is for an LLM; a toy run takes --domain NAME=task or NAME=task:SEED")
+        domains.insert(0, f"text={args.text}")
+    subject = load_subject(args.model, domains=domains, samples=args.samples, seq_len=args.seq_len,
                            batch=args.batch, run=args.run, dtype=args.dtype, tokenizer=args.tokenizer,
-                           bos=not args.no_bos)
-    sites = subject.model.sites()
-    ivs = interventions(specs, sites.n_layers, sites.sizes["head"], args.each)
-    capture.check(sites)  # before anything is compiled
+                           bos=not args.no_bos, check=check)
     rows = measure(subject.model, subject.batches, ivs, capture.sites)
     write_outputs(out, rows, subject, {k: v for k, v in vars(args).items() if k != "func"})
     for r in rows:

@@ -55,8 +55,13 @@ def _read(path: Path) -> str | None:
 
 
 def _jsonl(source: str) -> Iterator[str]:
-    with open(source, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    with open(source, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"{source}:{i}: not UTF-8 text; a .jsonl file holds one UTF-8 JSON object per "
+                                  "line") from None
             if not line.strip():
                 continue
             try:

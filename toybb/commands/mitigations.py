@@ -4,7 +4,7 @@ and one figure (`toybb.train.mitigations`)."""
 from __future__ import annotations
 
 from toybb.cliargs import INTS, add_list
-from toybb.errors import ConfigError
+from toybb.config import check_count
 from toybb.records import out_folder
 from toybb.train import mitigations
 
@@ -27,8 +27,9 @@ def register(subparsers) -> None:
 
 
 def cmd_mitigations(args) -> int:
-    if args.seeds < 1 or (args.steps is not None and args.steps < 1):
-        raise ConfigError("--seeds and --steps must be positive")
+    check_count(args.seeds, "--seeds", "runs")
+    if args.steps is not None:
+        check_count(args.steps, "--steps", "steps")
     rows = list(args.rows or mitigations.ROWS)
     layers = list(args.layers or sorted(mitigations.SCALES))
     out = out_folder(args.out)

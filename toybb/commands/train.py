@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 
 from toybb.cliargs import FLOATS, INTS, add_list
-from toybb.config import PRECISIONS, PRESETS, RunConfig, load_config_file, paper_learning_rate
+from toybb.config import DEFAULT_LR, PRECISIONS, PRESETS, RunConfig, check_count, load_config_file, paper_learning_rate
 from toybb.errors import ConfigError
 from toybb.plot import plot_dynamics, plot_runs
 from toybb.records import figure_path, finite, out_folder
@@ -28,6 +28,21 @@ def _layer_list(text: str) -> tuple[int, ...]:
     return INTS(text)
 
 
+def _lr(lr) -> str:
+    own = ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+    return f"the optimizer's own ({own}; Adam 3e-3 for a 1-layer ReLU-attention model)" if lr is None else f"{lr:g}"
+
+
+def _preset_default(section: str, field: str, show=str) -> str:
+    """'(default: 64)', or '(default: 64 with --preset cpu, 256 with paper)' where the presets differ: the
+    presets' real values in --help."""
+    vals = {name: show(getattr(getattr(make(), section), field)) for name, make in PRESETS.items()}
+    if len(set(vals.values())) == 1:
+        return f"(default: {next(iter(vals.values()))})"
+    first, *others = vals.items()
+    return f"(default: {first[1]} with --preset {first[0]}, " + ", ".join(f"{v} with {n}" for n, v in others) + ")"
+
+
 def add_train(sub) -> None:
     p = sub.add_parser(
         "train",
@@ -41,15 +56,15 @@ def add_train(sub) -> None:
     p.add_argument("--out", metavar="DIR", default="runs/default", help="run folder")
     g = p.add_argument_group("model")
     g.add_argument("--arch", help="transformer (default) or simple (the reduced SimpleModel of SPEC §4)")
-    g.add_argument("--layers", type=int, dest="n_layers", help="number of layers (default: the preset's)")
-    g.add_argument("--heads", type=int, dest="n_heads", help="attention heads per layer (default: the preset's)")
+    g.add_argument("--layers", type=int, dest="n_layers", help=f"number of layers {_preset_default('model', 'n_layers')}")
+    g.add_argument("--heads", type=int, dest="n_heads", help=f"attention heads per layer {_preset_default('model', 'n_heads')}")
     g.add_argument("--kv-heads", type=int, dest="n_kv_heads",
-                   help="key/value heads per layer, a divisor of --heads (default: the preset's)")
-    g.add_argument("--d-model", type=int, dest="d_model", help="residual width (default: the preset's)")
+                   help=f"key/value heads per layer, a divisor of --heads {_preset_default('model', 'n_kv_heads')}")
+    g.add_argument("--d-model", type=int, dest="d_model", help=f"residual width {_preset_default('model', 'd_model')}")
     g.add_argument("--mlp-dim", "--d-mlp", type=int, dest="mlp_dim",
-                   help="MLP hidden width (default: the preset's; formerly --d-mlp)")
+                   help=f"MLP hidden width, formerly --d-mlp {_preset_default('model', 'mlp_dim')}")
     g.add_argument("--max-positions", "--max-len", type=int, dest="max_positions",
-                   help="size of the position table (default: the preset's, grown to --seq-len; formerly --max-len)")
+                   help=f"size of the position table, grown to --seq-len; formerly --max-len {_preset_default('model', 'max_positions')}")
     g.add_argument("--attention", help="softmax (default), relu (the paper's; with --preset paper and no --lr a "
                    "1-layer ReLU model trains at the paper's 3e-3, its 3-layer ReLU run used the default 3e-4), "
                    "sigmoid, sigmoid_norm or softpick (README, mitigations)")
@@ -61,7 +76,7 @@ def add_train(sub) -> None:
              dest="softmax_clip", metavar="GAMMA,ZETA")
     g.add_argument("--sigmoid-bias", type=float, dest="sigmoid_bias",
                    help="b of sigmoid attention, sigmoid(s + b) (default 0)")
-    g.add_argument("--position", help="learned or none (default: the preset's)")
+    g.add_argument("--position", help=f"learned or none {_preset_default('model', 'position')}")
     add_list(g, "--no-attention", _layer_list, None, "layers without attention, e.g. 0 or 0,2; none for no layer",
              dest="no_attention", metavar="LAYERS")
     add_list(g, "--no-mlp", _layer_list, None, "layers without MLP", dest="no_mlp", metavar="LAYERS")
@@ -73,26 +88,26 @@ def add_train(sub) -> None:
                    help="prepend a learned sink vector to every sequence (captures gain a position 0)")
     g = p.add_argument_group("task")
     g.add_argument("--seq-len", type=int, dest="seq_len", metavar="N",
-                   help="tokens per training sequence (default: the preset's)")
+                   help=f"tokens per training sequence {_preset_default('task', 'seq_len')}")
     g.add_argument("--triggers", type=int, dest="n_triggers", metavar="K",
-                   help="number of trigger tokens (default: the preset's)")
+                   help=f"number of trigger tokens {_preset_default('task', 'n_triggers')}")
     g.add_argument("--no-bos", action="store_true", help="sequences without a BOS token")
     g.add_argument("--table", help="bigram table: tinyshakespeare or a .npz from toybb.task.build_bigram "
-                   "(default: the preset's)")
+                   f"{_preset_default('task', 'table')}")
     g = p.add_argument_group("optimiser")
-    g.add_argument("--optimizer", dest="optim_name", help="adam, sgd or muon (default: the preset's)")
-    add_list(g, "--lr", FLOATS, None, "learning rate; several are vmapped (default: the preset's)")
-    g.add_argument("--weight-decay", type=float, dest="weight_decay", help="weight decay (default: the preset's)")
+    g.add_argument("--optimizer", dest="optim_name", help=f"adam, sgd or muon {_preset_default('optim', 'name')}")
+    add_list(g, "--lr", FLOATS, None, f"learning rate; several are vmapped {_preset_default('optim', 'lr', _lr)}")
+    g.add_argument("--weight-decay", type=float, dest="weight_decay", help=f"weight decay {_preset_default('optim', 'weight_decay')}")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    g.add_argument("--batch", type=int, help="sequences per step (default: the preset's)")
+    g.add_argument("--steps", type=int, help=f"training steps {_preset_default('train', 'steps')}")
+    g.add_argument("--batch", type=int, help=f"sequences per step {_preset_default('train', 'batch')}")
     g.add_argument("--seeds", type=int, metavar="N", help="train seeds 0..N-1 in one vmapped program "
-                   "(default: the preset's)")
+                   f"{_preset_default('train', 'seeds', len)}")
     g.add_argument("--eval-batch", type=int, dest="eval_batch",
-                   help="sequences of the fixed evaluation batch (default: the preset's)")
+                   help=f"sequences of the fixed evaluation batch {_preset_default('train', 'eval_batch')}")
     g.add_argument("--eval-every", type=int, dest="eval_every", help="one evaluation grid step (default: "
                    "every 20 steps to 10k, then every 200)")
-    g.add_argument("--ckpt-every", type=int, dest="ckpt_every", help="steps between checkpoints (default: the preset's)")
+    g.add_argument("--ckpt-every", type=int, dest="ckpt_every", help=f"steps between checkpoints {_preset_default('train', 'ckpt_every')}")
     g.add_argument("--run-chunk", type=int, dest="run_chunk", metavar="K",
                    help="vmap K runs at a time inside the compiled step (default: automatic; speed only)")
     g.add_argument("--microbatch", type=int, metavar="M",
@@ -142,8 +157,7 @@ def build_config(args) -> "RunConfig":
         if getattr(args, name) is not None:
             upd["train"][name] = getattr(args, name)
     if args.seeds is not None:
-        if args.seeds < 1:
-            raise ConfigError(f"--seeds must be a positive number of seeds, got {args.seeds}")
+        check_count(args.seeds, "--seeds", "runs")
         upd["train"]["seeds"] = tuple(range(args.seeds))
     if args.eval_every is not None:
         upd["train"]["eval_schedule"] = ((args.eval_every, 0),)
@@ -151,6 +165,8 @@ def build_config(args) -> "RunConfig":
         upd["train"]["precision"] = args.precision
     # a longer sequence than the preset's position table: grow the table with it unless set explicitly
     seq = upd["task"].get("seq_len")
+    if seq is not None:
+        check_count(seq, "--seq-len", "seq_len", low=2)
     if seq is not None and args.max_positions is None and seq > cfg.model.max_positions:
         upd["model"]["max_positions"] = seq
     cfg = cfg.replace(**upd)

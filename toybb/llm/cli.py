@@ -11,7 +11,7 @@ import os
 from toybb.cliargs import add_model, add_renamed, add_seq_len, add_text
 from toybb.errors import ToybbError
 from toybb.llm.config import describe
-from toybb.llm.load import load, read_config
+from toybb.llm.load import open_checkpoint, read_config
 from toybb.llm.ppl import perplexity
 from toybb.llm.registry import find_models, resolve, weights
 from toybb.llm.weights import param_shapes
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("ppl", help="perplexity of a checkpoint on a text")
     add_model(p)
-    add_text(p, None, required=True)
+    add_text(p, None)
     p.add_argument("--tokens", type=int, default=1024, metavar="N", help="score the first N tokens of the text "
                    "(0 = all)")
     add_seq_len(p, 1024)
@@ -69,13 +69,18 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_ppl(args) -> int:
+    if args.text is None:
+        raise ToybbError("give the text to score: --text SOURCE (a file, a folder, a .jsonl file or a built-in corpus)")
     if args.seq_len < 2:
         raise ToybbError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.tokens < 0:
         raise ToybbError(f"--tokens must be >= 0 (0 = all tokens), got {args.tokens}")
     # ~10 characters per token at most: a built-in corpus is read only as far as --tokens needs
     text = read_source(args.text, "--text", max_chars=args.tokens * 16 or None)
-    pre = load(args.model, dtype=args.dtype, tokenizer=args.tokenizer)
+    ck = open_checkpoint(args.model, dtype=args.dtype, tokenizer=args.tokenizer)
+    if ck.tokenizer is None:
+        raise ToybbError(f"{ck.source}: no tokenizer found; pass --tokenizer tokenizer.json")
+    pre = ck.load_weights()
     r = perplexity(pre, text, max_tokens=args.tokens or None, window=args.seq_len,
                    progress=not args.no_progress)
     print(f"perplexity {r.ppl:.3f}  (nll {r.nll:.4f} nats/token over {r.n_predicted} predicted tokens of "

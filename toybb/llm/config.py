@@ -5,6 +5,7 @@ is how a port produces plausible but wrong logits.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from toybb.errors import ConfigError
@@ -26,6 +27,47 @@ _NEUTRAL = {
     "max_window_layers", "cache_implementation", "_sliding_window_pattern", "sliding_window_pattern",
     "bos_token", "eos_token", "decoder_start_token_id",
 }
+
+# The type of every field toybb reads (null is allowed: the family's default); checked before any field is used,
+# in nested mappings too (rope_parameters, Gemma 3's per-layer-type RoPE).
+_INT = ("vocab_size", "hidden_size", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "head_dim",
+        "intermediate_size", "max_position_embeddings", "n_embd", "n_head", "n_layer", "n_positions", "n_inner",
+        "sliding_window", "sliding_window_pattern", "_sliding_window_pattern", "original_max_position_embeddings")
+_FLOAT = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_theta", "rope_local_base_freq",
+          "attn_logit_softcapping", "final_logit_softcapping", "clip_qkv", "rotary_pct", "rotary_emb_base",
+          "partial_rotary_factor", "query_pre_attn_scalar", "factor", "low_freq_factor", "high_freq_factor")
+_BOOL = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_parallel_residual", "use_sliding_window",
+         "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "use_bidirectional_attention")
+_STR = ("model_type", "hidden_act", "hidden_activation", "activation_function", "rope_type", "type")
+_TYPES = {**{k: "an integer" for k in _INT}, **{k: "a number" for k in _FLOAT}, **{k: "true or false" for k in _BOOL},
+          **{k: "a string" for k in _STR}, "rope_parameters": "a mapping", "rope_scaling": "a mapping",
+          "layer_types": "a list of strings"}
+
+
+def _type_ok(want: str, v) -> bool:
+    if want == "an integer":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if want == "a number":
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if want == "true or false":
+        return isinstance(v, bool)
+    if want == "a string":
+        return isinstance(v, str)
+    if want == "a mapping":
+        return isinstance(v, dict)
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def check_types(d: dict, where: str, prefix: str = "") -> None:
+    """Every field toybb reads has its type (`_TYPES`; null allowed), in nested mappings too: one ConfigError
+    naming the field, before any is used."""
+    for key, v in d.items():
+        want = _TYPES.get(key)
+        if want is not None and v is not None and not _type_ok(want, v):
+            raise ConfigError(f"{where}: field {prefix + key!r} must be {want}, got {v!r}"[:300])
+        if isinstance(v, dict) and key in ("rope_parameters", "rope_scaling", "full_attention", "sliding_attention"):
+            check_types(v, where, f"{prefix}{key}.")
+
 
 _ACT = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
         "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
@@ -112,6 +154,9 @@ def _layer_types(f: _Fields, n_layers: int) -> tuple[str, ...]:
 
 def from_hf_config(d: dict[str, Any], *, dtype: str = "float32", where: str = "config.json") -> ModelConfig:
     """Parse a Hugging Face config.json dict (transformers 4.x or 5.x layout) into an ModelConfig."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: a config must be a JSON object (a mapping of fields), got {type(d).__name__}")
+    check_types(d, where)
     mt = d.get("model_type")
     if mt == "gemma3" and isinstance(d.get("text_config"), dict):
         raise ConfigError(f"{where}: multimodal gemma3 checkpoints are not supported; use the text-only model")

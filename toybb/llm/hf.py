@@ -7,7 +7,6 @@ each with the reshape that turns a PyTorch [out, in] matrix into toybb's per-hea
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Callable
@@ -16,7 +15,9 @@ import numpy as np
 
 from toybb.errors import CheckpointError
 from toybb.llm.config import from_hf_config
+from toybb.llm.weights import Lazy
 from toybb.models.config import ModelConfig
+from toybb.records import read_json
 
 class SafetensorsFile:
     """A safetensors file read with the `safetensors` library (numpy arrays; bfloat16 through ml_dtypes).
@@ -40,6 +41,10 @@ class SafetensorsFile:
     def keys(self):
         return self._keys
 
+    def shape(self, name: str) -> list[int]:
+        """The stored shape of tensor `name`, from the header (nothing read)."""
+        return self._f.get_slice(name).get_shape()
+
     def get(self, name: str) -> np.ndarray:
         try:
             return self._f.get_tensor(name)
@@ -51,23 +56,26 @@ def read_config(model_dir: str | Path, dtype: str = "float32") -> ModelConfig:
     p = Path(model_dir) / "config.json"
     if not p.is_file():
         raise CheckpointError(f"{model_dir}: no config.json (expected a Hugging Face model directory)")
-    try:
-        d = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p}: invalid JSON ({e})") from None
-    return from_hf_config(d, dtype=dtype, where=str(p))
+    return from_hf_config(read_json(p, "config", _FIX), dtype=dtype, where=str(p))
 
 
-def open_tensors(model_dir: str | Path) -> dict[str, Callable[[], np.ndarray]]:
-    """{hf name: thunk} over every safetensors shard of the directory."""
+_FIX = "download or save the model again"
+
+
+def open_tensors(model_dir: str | Path) -> dict[str, Lazy]:
+    """{hf name: tensor not read yet (its shape from the header)} over every safetensors shard of the directory."""
     model_dir = Path(model_dir)
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            wm = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: invalid index ({e})") from None
+        doc = read_json(index, "weight index", _FIX)
+        wm = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not (isinstance(wm, dict) and wm and all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items())):
+            raise CheckpointError(f"{index}: not a weight index: it must be an object whose 'weight_map' maps each "
+                                  f"tensor name to its shard file; {_FIX}")
         shards = sorted(set(wm.values()))
+        for s in shards:
+            if Path(s).name != s or not s.strip("."):  # a plain file name: no folder, not the folder itself
+                raise CheckpointError(f"{index}: shard {s!r} is not a file name in the model folder; {_FIX}")
         for s in shards:
             if not (model_dir / s).is_file():
                 raise CheckpointError(f"{index}: shard {s} is missing")
@@ -76,7 +84,7 @@ def open_tensors(model_dir: str | Path) -> dict[str, Callable[[], np.ndarray]]:
         wm = None
     if not shards:
         raise CheckpointError(f"{model_dir}: no *.safetensors files (PyTorch .bin checkpoints are not supported)")
-    out: dict[str, Callable[[], np.ndarray]] = {}
+    out: dict[str, Lazy] = {}
     for s in shards:
         f = SafetensorsFile(model_dir / s)
         for k in f.keys():
@@ -84,7 +92,7 @@ def open_tensors(model_dir: str | Path) -> dict[str, Callable[[], np.ndarray]]:
                 raise CheckpointError(f"{model_dir / s}: tensor {k} is not listed for this shard in the index")
             if k in out:
                 raise CheckpointError(f"{model_dir}: tensor {k} appears in more than one shard")
-            out[k] = (lambda f=f, k=k: f.get(k))
+            out[k] = Lazy(lambda f=f, k=k: f.get(k), f.shape(k), name=k)
     if wm is not None:
         absent = sorted(set(wm) - set(out))
         if absent:
@@ -189,10 +197,10 @@ _BUFFERS = re.compile(r".*(\.attn\.bias|\.attn\.masked_bias|\.attention\.bias|\.
                       r"|rotary_emb\.inv_freq)$")
 
 
-def map_names(cfg: ModelConfig, tensors: dict[str, Callable[[], np.ndarray]], source: str):
-    """HF {name: thunk} -> toybb {name: thunk}. Unknown HF names are collected and reported."""
+def map_names(cfg: ModelConfig, tensors: dict[str, Lazy], source: str) -> dict[str, Lazy]:
+    """HF {name: tensor} -> toybb {name: tensor} (nothing read). Unknown HF names are collected and reported."""
     rules = [(re.compile(r + "$"), t, fn) for r, t, fn in _rules(cfg)]
-    out: dict[str, Callable[[], np.ndarray]] = {}
+    out: dict[str, Lazy] = {}
     unknown, dupes = [], []
     for name, thunk in tensors.items():
         short = name
@@ -212,13 +220,13 @@ def map_names(cfg: ModelConfig, tensors: dict[str, Callable[[], np.ndarray]], so
                 out["__tied_head__"] = thunk
                 break
             if fn is None:  # fused q/k/v
-                for part, f in _split_fused(cfg, thunk, tmpl.endswith("b{qkv}")).items():
-                    out[tmpl.format(*mt.groups(), qkv=part)] = f
+                for part, f in _split_fused(cfg, tmpl.endswith("b{qkv}")).items():
+                    out[tmpl.format(*mt.groups(), qkv=part)] = thunk.then(f)
                 break
             key = tmpl.format(*mt.groups())
             if key in out:
                 dupes.append(name)
-            out[key] = (lambda thunk=thunk, fn=fn: fn(thunk()))
+            out[key] = thunk.then(fn)
             break
         else:
             unknown.append(name)
@@ -226,24 +234,26 @@ def map_names(cfg: ModelConfig, tensors: dict[str, Callable[[], np.ndarray]], so
         raise CheckpointError(f"{source}: unexpected weights for {cfg.arch}: {sorted(unknown + dupes)[:20]}"
                               + (f" ... ({len(unknown) + len(dupes)} in all)" if len(unknown) + len(dupes) > 20 else ""))
     tied = out.pop("__tied_head__", None)
+    if tied is not None and "token_embed" in out and tied.shape != out["token_embed"].shape:
+        raise CheckpointError(f"{source}: config ties the embeddings but lm_head.weight has shape {list(tied.shape)} "
+                              f"and the embedding {list(out['token_embed'].shape)}")
     if tied is not None and "token_embed" in out and not np.array_equal(np.asarray(tied()), np.asarray(out["token_embed"]())):
         raise CheckpointError(f"{source}: config ties the embeddings but lm_head.weight differs from the embedding")
     return out
 
 
-def _split_fused(cfg: ModelConfig, thunk, is_bias: bool) -> dict[str, Callable[[], np.ndarray]]:
+def _split_fused(cfg: ModelConfig, is_bias: bool) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The q, k and v parts of a fused projection, as functions of the stored array."""
     h, dh = cfg.n_heads, cfg.head_dim
     if cfg.arch == "gpt2":  # Conv1D [d, 3*d] in (q | k | v) blocks; bias [3*d]
         def part(i):
-            def f():
-                w = thunk()
+            def f(w):
                 blk = w[..., i * h * dh:(i + 1) * h * dh]
                 return blk.reshape(h, dh) if is_bias else blk.reshape(w.shape[0], h, dh)
             return f
     else:  # GPT-NeoX: rows ordered [head][q|k|v][head_dim]
         def part(i):
-            def f():
-                w = thunk()
+            def f(w):
                 if is_bias:
                     return w.reshape(h, 3, dh)[:, i]
                 return w.reshape(h, 3, dh, w.shape[-1])[:, i].transpose(2, 0, 1)

@@ -1,4 +1,5 @@
-"""One entry point: `load(path)` for a Hugging Face model directory or a .gguf file."""
+"""One entry point: `load(path)` for a Hugging Face model directory or a .gguf file. `open_checkpoint(path)`
+reads its config and tokenizer only, so a command checks its input before the weights load."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from toybb.device import release_host_memory
 from toybb.errors import CheckpointError
 from toybb.llm import gguf_loader, hf
 from toybb.models.config import ModelConfig
-from toybb.models.transformer import Transformer
+from toybb.models.sites import ModelSites
+from toybb.models.transformer import Transformer, abstract_model
 from toybb.llm.registry import resolve
 from toybb.llm.sharding import param_putter
 from toybb.llm.tokenizer import TextTokenizer, check_matches, from_gguf_metadata, from_tokenizer_json
 from toybb.llm.weights import build_model
+from toybb.records import read_json
 
 
 @dataclass
@@ -28,12 +31,63 @@ class Pretrained:
 
 def read_config(path: str, *, dtype: str = "float32") -> tuple[ModelConfig, str]:
     """(config, format) without loading any weights."""
+    ck = open_checkpoint(path, dtype=dtype, with_tokenizer=False)
+    return ck.cfg, ck.fmt
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint whose config and tokenizer are read and whose weights are not: everything a command
+    checks its input against (layers, heads, context, the texts' token counts) before `load_weights`."""
+
+    cfg: ModelConfig
+    tokenizer: TextTokenizer | None
+    source: str
+    fmt: str  # "hf" | "gguf"
+    _gguf: object = None
+
+    def sites(self) -> ModelSites:
+        """The model's sites, from its structure alone (nothing allocated)."""
+        return abstract_model(self.cfg).sites()
+
+    def load_weights(self, *, mesh=None, quantized: bool = False) -> Pretrained:
+        """The model (see `load` for `mesh` and `quantized`)."""
+        put = param_putter(mesh) if mesh is not None else None
+        if self.fmt == "hf":
+            arrays = hf.map_names(self.cfg, hf.open_tensors(self.source), self.source)
+        else:
+            arrays = gguf_loader.tensor_thunks(self._gguf, self.cfg, quantized)
+        model = build_model(self.cfg, arrays, self.source, put=put)
+        self._gguf = None
+        release_host_memory()
+        return Pretrained(model, self.cfg, self.tokenizer, self.source, self.fmt)
+
+
+def open_checkpoint(path: str, *, dtype: str = "float32", tokenizer: str | None = None,
+                    rope_pairing: str = "half", with_tokenizer: bool = True) -> Checkpoint:
+    """The config and tokenizer of a checkpoint (HF directory or .gguf file, or the name of an offline
+    checkpoint), without reading any weights. tokenizer: a tokenizer.json instead of the checkpoint's own."""
     path = resolve(path)
+    tok = None
     if os.path.isdir(path):
-        return hf.read_config(path, dtype), "hf"
-    if path.endswith(".gguf") and os.path.isfile(path):
-        return gguf_loader.read_config(gguf_loader.GGUFFile(path), dtype=dtype), "gguf"
-    raise CheckpointError(f"{path}: not a Hugging Face model directory or a .gguf file")
+        cfg = hf.read_config(path, dtype)
+        tok_path = tokenizer or (str(Path(path) / "tokenizer.json") if (Path(path) / "tokenizer.json").is_file()
+                                 else None)
+        if with_tokenizer and tok_path:
+            tok = from_tokenizer_json(tok_path, cfg.bos_token_id, add_bos=_hf_adds_bos(path))
+        ck = Checkpoint(cfg, tok, path, "hf")
+    elif path.endswith(".gguf") and os.path.isfile(path):
+        g = gguf_loader.GGUFFile(path)
+        cfg = gguf_loader.read_config(g, dtype=dtype, rope_pairing=rope_pairing)
+        if with_tokenizer:
+            tok = (from_tokenizer_json(tokenizer, cfg.bos_token_id) if tokenizer
+                   else from_gguf_metadata(g.meta, path))
+        ck = Checkpoint(cfg, tok, path, "gguf", g)
+    else:
+        raise CheckpointError(f"{path}: not a Hugging Face model directory or a .gguf file")
+    if tok is not None:
+        check_matches(tok, cfg.vocab_size, path)
+    return ck
 
 
 def load(
@@ -55,44 +109,15 @@ def load(
     quantized (GGUF only): keep Q4_0/Q4_1/Q8_0 weights packed and dequantise them inside the compiled
       forward (same logits, a fraction of the memory); with a mesh, packed matrices are split over whole
       rows or 32-weight blocks."""
-    path = resolve(path)
-    put = None
-    if mesh is not None:
-        put = param_putter(mesh)
-    if os.path.isdir(path):
-        cfg = hf.read_config(path, dtype)
-        tok_path = tokenizer or (str(Path(path) / "tokenizer.json") if (Path(path) / "tokenizer.json").is_file()
-                                 else None)
-        tok = None
-        if with_tokenizer and tok_path:
-            tok = from_tokenizer_json(tok_path, cfg.bos_token_id, add_bos=_hf_adds_bos(path))
-            check_matches(tok, cfg.vocab_size, path)  # before reading any weights
-        model = build_model(cfg, hf.map_names(cfg, hf.open_tensors(path), path), path, put=put)
-        fmt = "hf"
-    elif path.endswith(".gguf") and os.path.isfile(path):
-        g = gguf_loader.GGUFFile(path)
-        cfg = gguf_loader.read_config(g, dtype=dtype, rope_pairing=rope_pairing)
-        tok = None
-        if with_tokenizer:
-            tok = (from_tokenizer_json(tokenizer, cfg.bos_token_id) if tokenizer
-                   else from_gguf_metadata(g.meta, path))
-            check_matches(tok, cfg.vocab_size, path)
-        model = build_model(cfg, gguf_loader.tensor_thunks(g, cfg, quantized), path, put=put)
-        fmt = "gguf"
-        del g
-    else:
-        raise CheckpointError(f"{path}: not a Hugging Face model directory or a .gguf file")
-    release_host_memory()
-    return Pretrained(model, cfg, tok, path, fmt)
+    return open_checkpoint(path, dtype=dtype, tokenizer=tokenizer, rope_pairing=rope_pairing,
+                           with_tokenizer=with_tokenizer).load_weights(mesh=mesh, quantized=quantized)
 
 
 def _hf_adds_bos(model_dir: str) -> bool:
-    import json
-
     p = Path(model_dir) / "tokenizer_config.json"
-    if p.is_file():
-        try:
-            return bool(json.loads(p.read_text()).get("add_bos_token", False))
-        except json.JSONDecodeError:
-            return False
-    return False
+    if not p.is_file():
+        return False
+    d = read_json(p, "tokenizer config", "download or save the model again")
+    if not isinstance(d, dict) or not isinstance(d.get("add_bos_token", False), (bool, type(None))):
+        raise CheckpointError(f"{p}: not a tokenizer config (an object whose add_bos_token is true or false)")
+    return bool(d.get("add_bos_token", False))

@@ -4,6 +4,7 @@ up as garbage logits)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Callable
 
@@ -16,6 +17,32 @@ from toybb.errors import CheckpointError
 from toybb.models.config import ModelConfig
 from toybb.models.transformer import Transformer, abstract_model
 from toybb.models.quant import QArray
+
+
+class Lazy:
+    """A tensor not read yet: `read()` gives the array as stored (of `stored_shape`, from the file's header),
+    `fn` turns it into toybb's layout. `shape` is the result's shape, found without reading anything (None:
+    the stored shape cannot take that layout), so every shape is checked before any tensor loads."""
+
+    def __init__(self, read: Callable[[], np.ndarray], stored_shape, fn: Callable | None = None, name: str = ""):
+        self.read, self.stored_shape, self.fn, self.name = read, tuple(int(x) for x in stored_shape), fn, name
+
+    def __call__(self) -> np.ndarray:
+        w = self.read()
+        return w if self.fn is None else self.fn(w)
+
+    def then(self, fn: Callable) -> "Lazy":
+        first = self.fn
+        return Lazy(self.read, self.stored_shape, fn if first is None else (lambda w: fn(first(w))), self.name)
+
+    @functools.cached_property
+    def shape(self) -> tuple[int, ...] | None:
+        if self.fn is None:
+            return self.stored_shape
+        try:
+            return tuple(jax.eval_shape(self.fn, jax.ShapeDtypeStruct(self.stored_shape, jnp.float32)).shape)
+        except (TypeError, ValueError, IndexError):  # a reshape the stored shape cannot take
+            return None
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -51,6 +78,13 @@ def build_model(
         if unexpected:
             parts.append(f"unexpected weights: {_list(unexpected)}")
         raise CheckpointError(f"{source}: checkpoint does not match the {cfg.arch} architecture; " + "; ".join(parts))
+    for path, var in flat:  # shapes from the files' headers, before any tensor is read
+        name, a = ".".join(map(str, path)), arrays[".".join(map(str, path))]
+        if isinstance(a, Lazy) and a.shape != tuple(var.shape):
+            stored = f"{a.name} ({name})" if a.name else name
+            raise CheckpointError(f"{source}: weight {stored} is stored with shape {list(a.stored_shape)}, which does "
+                                  f"not give the {cfg.arch} model's {list(var.shape)}; the checkpoint does not match "
+                                  "its config")
     dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
     leaves = []
     for path, var in flat:

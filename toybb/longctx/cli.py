@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 
 from toybb.cliargs import FLOATS, INTS, STRS, add_list, add_model, add_renamed, add_seq_len, add_text
+from toybb.config import check_count
 from toybb.errors import ConfigError, ToybbError
-from toybb.llm.load import load
+from toybb.llm.load import open_checkpoint
 from toybb.llm.registry import resolve
 from toybb.longctx import plots as P
 from toybb.longctx import toy_cli
@@ -126,10 +127,14 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load(args):
+def _load(args, check=None):
+    """The model of `args.model`; `check(cfg)` runs on its config before the weights load."""
     if args.block < 1:
         raise ConfigError(f"--block must be a positive number of query rows, got {args.block}")
-    return load(resolve(args.model), dtype=args.dtype, tokenizer=args.tokenizer)
+    ck = open_checkpoint(resolve(args.model), dtype=args.dtype, tokenizer=args.tokenizer)
+    if check is not None:
+        check(ck.cfg)
+    return ck.load_weights()
 
 
 def _bos(pre) -> list[int]:
@@ -137,25 +142,30 @@ def _bos(pre) -> list[int]:
     return [t.bos_id] if t is not None and t.add_bos and t.bos_id is not None else []
 
 
+def _check_methods(cfg, methods, args, length: int) -> None:
+    """Each method (of `_methods`) supports `length` tokens on a model of config `cfg`."""
+    for method in methods:
+        if method == "selfextend":
+            w, g = _pair(args.selfextend, "--selfextend")
+            mx = selfextend_max_length(cfg.max_positions, w, g)
+            if length > mx:
+                raise ConfigError(f"SelfExtend w={w}, G={g} supports (L - w) * G + w = {mx} tokens < {length}; raise G")
+
+
 def _method_model(pre, method: str, args, length: int):
     """(model, label) for a method name; checks the method supports `length`."""
-    L = pre.cfg.max_positions
+    _check_methods(pre.cfg, [method], args, length)
     base = dict(attn_block=args.block)
     if method == "plain":
         return with_options(pre.model, **base), "plain"
     if method == "selfextend":
         w, g = _pair(args.selfextend, "--selfextend")
-        mx = selfextend_max_length(L, w, g)
-        if length > mx:
-            raise ConfigError(f"SelfExtend w={w}, G={g} supports (L - w) * G + w = {mx} tokens < {length}; raise G")
         return with_options(pre.model, selfextend=(w, g), **base), f"selfextend w={w} G={g}"
     if method == "pi":
         return with_options(pre.model, rope_scaling=rope_scaling(pi=args.pi), **base), f"PI x{args.pi:g}"
     if method == "ntk":
         return with_options(pre.model, rope_scaling=rope_scaling(ntk=args.ntk), **base), f"NTK x{args.ntk:g}"
-    if method == "window":
-        return with_options(pre.model, sliding_window=args.sliding_window, **base), f"window {args.sliding_window}"
-    raise ConfigError(f"unknown method {method!r}; choose from plain, selfextend, pi, ntk, window")
+    return with_options(pre.model, sliding_window=args.sliding_window, **base), f"window {args.sliding_window}"
 
 
 def cmd_ppl_length(args) -> int:
@@ -171,8 +181,8 @@ def cmd_ppl_length(args) -> int:
     if max(lengths) > args.tokens:
         raise ConfigError(f"--seq-len goes up to {max(lengths)} but --tokens is {args.tokens}")
     methods = _methods(args)
-    pre = _load(args)
-    models = {m: _method_model(pre, m, args, args.tokens) for m in methods}  # validate all before running
+    pre = _load(args, lambda cfg: _check_methods(cfg, methods, args, args.tokens))
+    models = {m: _method_model(pre, m, args, args.tokens) for m in methods}
     write_config(args.out, args, {"context": pre.cfg.max_positions})
     bos = _bos(pre)
     rows, curves = [], {}
@@ -214,8 +224,9 @@ def cmd_passkey(args) -> int:
     depths = _nonempty(args.depths, "--depths", 0, 1)
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    check_count(args.seed, "--seed", "seed", low=0)
     methods = _methods(args)
-    pre = _load(args)
+    pre = _load(args, lambda cfg: _check_methods(cfg, methods, args, max(lengths)))
     models = {m: _method_model(pre, m, args, max(lengths)) for m in methods}
     write_config(args.out, args)
     rng = np.random.default_rng(args.seed)
@@ -243,9 +254,11 @@ def cmd_stream(args) -> int:
     if args.tokens < args.recent + 6:  # the perplexity after the window needs tokens beyond it
         raise ConfigError(f"--tokens must exceed --recent + 5 = {args.recent + 5} (perplexity after the window), "
                           f"got {args.tokens}")
-    pre = _load(args)
-    if args.tokens > pre.cfg.max_positions:
-        raise ConfigError(f"--tokens {args.tokens} exceeds the context {pre.cfg.max_positions} (full-attention baseline)")
+    def check(cfg):
+        if args.tokens > cfg.max_positions:
+            raise ConfigError(f"--tokens {args.tokens} exceeds the context {cfg.max_positions} (full-attention baseline)")
+
+    pre = _load(args, check)
     write_config(args.out, args)
     bos = _bos(pre)
     ids = bos + pre.tokenizer.encode(read_source(args.text, max_chars=16 * args.tokens), add_bos=False)[: args.tokens - len(bos)]
@@ -273,9 +286,11 @@ def cmd_posvec(args) -> int:
     import numpy as np
 
     layers = _posvec_check(args)
-    pre = _load(args)
-    if any(not 0 <= l < pre.cfg.n_layers for l in layers + (args.ablate_layer, args.value_from_layer)):
-        raise ConfigError(f"layers must be in [0, {pre.cfg.n_layers})")
+    def check(cfg):
+        if any(not 0 <= l < cfg.n_layers for l in layers + (args.ablate_layer, args.value_from_layer)):
+            raise ConfigError(f"layers must be in [0, {cfg.n_layers})")
+
+    pre = _load(args, check)
     write_config(args.out, args)
     sel, held = _posvec_windows(pre, args)
     batches = (np.asarray(sel[i : i + args.batch]) for i in range(0, len(sel), args.batch))

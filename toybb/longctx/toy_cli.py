@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toybb.cliargs import FLOATS, INTS, STRS, add_list, add_renamed, add_seq_len, add_text
-from toybb.config import ModelConfig
+from toybb.config import ModelConfig, check_count
 from toybb.errors import ConfigError
 from toybb.longctx import plots as P
 from toybb.longctx.common import _nonempty, write_config, write_table
@@ -122,8 +122,7 @@ def _toy_check(args) -> tuple[list[int], list[str]]:
             raise ConfigError(f"{flag} must be >= 1, got {v}")
     if not 0 < args.lr < math.inf:
         raise ConfigError(f"--lr must be a positive learning rate, got {args.lr!r}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    check_count(args.seed, "--seed", "seed", low=0)
     if not 0 <= args.replace_layer < args.layers:
         raise ConfigError(f"--replace-layer must be in [0, {args.layers})")
     if args.sliding_window < 0:

@@ -53,7 +53,7 @@ class Capture:
                 raise SiteError(f"capture sites must be strings (site patterns), got {s!r}")
             base, _, red = s.partition("@")
             if red and red not in REDUCTIONS:
-                raise ValueError(f"unknown capture reduction '@{red}' in {s!r}; known: {sorted(REDUCTIONS)}")
+                raise SiteError(f"unknown capture reduction '@{red}' in {s!r}; known: {', '.join(sorted(REDUCTIONS))}")
 
     def __bool__(self) -> bool:
         return bool(self.sites)

@@ -45,9 +45,33 @@ _PRETRAINED = dict(position="rope", max_positions=2048, norm="rms", mlp="gated",
 FAMILY_DEFAULTS = {a: _TOY if a in TOY_ARCHS else _PRETRAINED for a in ARCHS}
 
 
+# Upper bounds of every size and count, checked before anything is allocated or compiled. The model sizes
+# hold every pretrained family toybb loads with room to spare (Llama 3.1 405B: 126 layers, d_model 16,384,
+# MLP 53,248; Gemma 3: a 262,144-token vocabulary; 128k-token contexts).
+LIMITS = {
+    "n_layers": 1024, "d_model": 2**16, "n_heads": 1024, "n_kv_heads": 1024, "head_dim": 2**16, "mlp_dim": 2**18,
+    "vocab_size": 2**22, "max_positions": 2**24,
+    "steps": 10**9,  # training steps
+    "evaluations": 10**5,  # evaluations of one run (rows of its metrics.csv)
+    "seed": 2**32 - 1,  # numpy's and JAX's generators take seeds below 2**32
+    "runs": 4096,  # seeds x learning rates trained together
+    "sweep_runs": 10**5,  # runs of one sweep file (settings x seeds)
+    "batch": 2**20,  # sequences per step or evaluation
+    "seq_len": 2**20,  # tokens per training sequence
+}
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def check_count(value, where: str, limit: str, low: int = 1) -> int:
+    """`value` as an integer in [low, LIMITS[limit]], else one ConfigError naming `where` and the range."""
+    hi = LIMITS[limit]
+    _check(isinstance(value, int) and not isinstance(value, bool) and low <= value <= hi,
+           f"{where} must be an integer from {low} to {hi:,}, got {value!r}")
+    return value
 
 
 def _layer_list(name: str, layers: tuple[int, ...], n_layers: int) -> None:
@@ -224,9 +248,7 @@ class ModelConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions"):
-            v = getattr(self, name)
-            _check(isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                   f"model.{name} must be a positive integer, got {v!r}")
+            check_count(getattr(self, name), f"model.{name}", name)
         if self.head_dim is None:
             _check(self.d_model % self.n_heads == 0,
                    f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
@@ -234,8 +256,7 @@ class ModelConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         for name in DERIVED_FIELDS:
-            v = getattr(self, name)
-            _check(isinstance(v, int) and v > 0, f"model.{name} must be a positive integer, got {v!r}")
+            check_count(getattr(self, name), f"model.{name}", name)
         _check(self.n_heads % self.n_kv_heads == 0,
                f"model.n_kv_heads ({self.n_kv_heads}) must be a positive divisor of model.n_heads ({self.n_heads})")
         for name, allowed in (("attention", ATTENTION_KINDS), ("attn_sink", ATTENTION_SINKS),

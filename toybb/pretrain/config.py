@@ -12,7 +12,7 @@ from typing import Any
 
 from toybb.config import OPTIMIZERS, PRECISIONS, OptimConfig, section_from_dict
 from toybb.errors import ConfigError
-from toybb.models.config import ModelConfig
+from toybb.models.config import LIMITS, ModelConfig, check_count
 
 # the model a pretraining run trains unless told otherwise: Llama-style (RoPE, RMSNorm, gated SiLU MLP)
 # the CPU configuration (benchmarks/bench_pretrain.py): 4 layers x d_model 128, 1.3 M parameters
@@ -65,10 +65,14 @@ class PretrainConfig:
     def __post_init__(self):
         _check(len(self.text) > 0, "give at least one --text SOURCE")
         object.__setattr__(self, "bos", parse_bos(self.bos))
-        for name in ("vocab_size", "seq_len", "batch", "steps", "eval_every", "eval_batch", "ckpt_every",
-                     "series_per_decade"):
-            v = getattr(self, name)
-            _check(isinstance(v, int) and v > 0, f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name, limit in (("vocab_size", "vocab_size"), ("seq_len", "seq_len"), ("batch", "batch"),
+                            ("steps", "steps"), ("eval_every", "steps"), ("eval_batch", "batch"),
+                            ("ckpt_every", "steps"), ("series_per_decade", "evaluations")):
+            check_count(getattr(self, name), f"--{name.replace('_', '-')}", limit)
+        check_count(self.seed, "--seed", "seed", low=0)
+        n = self.steps // self.eval_every + self.series_per_decade * (len(str(self.steps)) + 1) + 2
+        _check(n <= LIMITS["evaluations"], f"--eval-every {self.eval_every} gives about {n:,} evaluations of "
+               f"{self.steps:,} steps; at most {LIMITS['evaluations']:,}: evaluate less often")
         _check(self.seq_len >= 2, f"--seq-len must be at least 2, got {self.seq_len}")
         _check(self.max_chars is None or self.max_chars > 0, f"--max-chars must be positive, got {self.max_chars}")
         _check(self.vocab_size >= 258, f"--vocab-size must be at least 258 (256 bytes and 2 special tokens), "

@@ -1,19 +1,18 @@
-"""`toybb probe MODEL --domain NAME=SOURCE ... --out DIR`: extreme-token probes of a pretrained LLM.
+"""`toybb probe MODEL (--text SOURCE | --domain NAME=SOURCE ...) --out DIR`: extreme-token probes of a pretrained LLM.
 
 Imports of JAX and the loaders happen inside the command so `toybb --help` stays fast."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from toybb.cliargs import add_model, add_seq_len
-from toybb.errors import ConfigError, ToybbError
-from toybb.llm.load import load, read_config
-from toybb.llm.registry import resolve
+from toybb.cliargs import add_model, add_seq_len, add_text
+from toybb.errors import ConfigError
+from toybb.llm.load import open_checkpoint
+from toybb.llm.registry import resolve_existing
 from toybb.probes.corpus import parse_domain
-from toybb.probes.report import ProbeSettings, run_probe, summary_lines
+from toybb.probes.report import ProbeSettings, check_probe, run_probe, summary_lines
 
 
 def register(subparsers) -> None:
@@ -24,8 +23,9 @@ def register(subparsers) -> None:
         "a folder, a .jsonl file (field 'text') or a built-in corpus: stdlib (Python sources), pydoc "
         "(Python documentation prose), pride, emma, mobydick, shakespeare (public-domain excerpts).")
     add_model(p)
+    add_text(p, None, help="one text (the domain 'text'); SOURCE as below")
     p.add_argument("--domain", action="append", default=[], metavar="NAME=SOURCE",
-                   help="a text domain, e.g. prose=pride or code=stdlib (repeat; give two to compare)")
+                   help="a named text domain, e.g. prose=pride or code=stdlib (repeat; give two to compare)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
     p.add_argument("--samples", type=int, default=64, help="samples per domain")
     add_seq_len(p, 256, help="tokens per sample, BOS included")
@@ -42,20 +42,18 @@ def register(subparsers) -> None:
 
 
 def cmd_probe(args) -> int:
-    domains = [parse_domain(s) for s in args.domain]
+    domains = [parse_domain(s) for s in ([f"text={args.text}"] if args.text is not None else []) + args.domain]
     if not domains:
-        raise ConfigError("give at least one --domain NAME=SOURCE, e.g. --domain code=stdlib")
+        raise ConfigError("give a text: --text SOURCE, or several named ones: --domain NAME=SOURCE "
+                          "(e.g. --domain code=stdlib --domain prose=pride)")
     settings = ProbeSettings(samples=args.samples, seq_len=args.seq_len, batch=args.batch, bos=not args.no_bos,
                              k_first=args.k_first, intervene_samples=args.intervene_samples,
                              intervene_heads=args.intervene_heads)
     settings.check(max_positions=10**9)  # context checked once the model's config is read
 
-    path = resolve(args.model)
-    if not os.path.exists(path):
-        raise ToybbError(f"{args.model}: no such file, directory or offline checkpoint (see `toybb models`)")
-    cfg, _ = read_config(path, dtype=args.dtype)
-    settings.check(cfg.max_positions)
-    pre = load(path, dtype=args.dtype, tokenizer=args.tokenizer)
+    ck = open_checkpoint(resolve_existing(args.model), dtype=args.dtype, tokenizer=args.tokenizer)
+    check_probe(ck, domains, settings)  # context, tokenizer and every text's length, before the weights load
+    pre = ck.load_weights()
 
     out = Path(args.out)
     s = run_probe(pre, domains, settings, out, progress=not args.no_progress, command=["toybb", *sys.argv[1:]])

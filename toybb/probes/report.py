@@ -76,7 +76,7 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
               command: list[str] | None = None) -> dict:
     """Probe `pre` (a loaded `Pretrained`) on each domain and write tables and figures to `out`."""
     cfg, tok = pre.cfg, pre.tokenizer
-    _check_probe(pre, domains, settings)
+    check_probe(pre, domains, settings)
     names = [d.name for d in domains]
     out.mkdir(parents=True, exist_ok=True)
 
@@ -112,8 +112,9 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
     return summary
 
 
-def _check_probe(pre, domains: list[Domain], settings: ProbeSettings) -> None:
-    """Everything `run_probe` needs, checked before any model runs."""
+def check_probe(pre, domains: list[Domain], settings: ProbeSettings) -> None:
+    """Everything `run_probe` needs, checked before any model runs; `pre` is a `Pretrained` or a
+    `Checkpoint` (config and tokenizer, weights not loaded yet): each domain must hold one full sample."""
     if pre.tokenizer is None:
         raise ConfigError(f"{pre.source}: no tokenizer found; pass --tokenizer tokenizer.json")
     if not domains:
@@ -124,6 +125,10 @@ def _check_probe(pre, domains: list[Domain], settings: ProbeSettings) -> None:
     settings.check(pre.cfg.max_positions)
     if settings.bos and pre.tokenizer.bos_id is None:
         raise ConfigError(f"{pre.source}: the tokenizer has no BOS token; run with --no-bos")
+    bos_id = pre.tokenizer.bos_id if settings.bos else None
+    for d in domains:  # tokenizes the head of the first documents only
+        domain_batches(d, lambda text: pre.tokenizer.encode(text, add_bos=False), n=1, seq_len=settings.seq_len,
+                       batch=1, bos_id=bos_id, max_per_doc=settings.max_per_doc)
 
 
 def _probe_domains(pre, domains: list[Domain], settings: ProbeSettings, progress: bool):

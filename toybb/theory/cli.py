@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from toybb.cliargs import STRS, Parser, add_list
+from toybb.config import check_count
 from toybb.errors import ConfigError, ToybbError
 from toybb.theory import experiment as E
 from toybb.theory import statements as S
@@ -57,8 +58,7 @@ def run_trained(args, plot_dir: Path | None) -> int:
 
 
 def run(args) -> int:
-    if args.seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    check_count(args.seed, "--seed", "seed", low=0)
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:
         if plot_dir.exists() and not plot_dir.is_dir():

@@ -20,13 +20,14 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from toybb.config import PRESETS, RunConfig, load_config_file
+from toybb.config import LIMITS, PRESETS, RunConfig, check_count, load_config_file
 from toybb.errors import ConfigError
 from toybb.records import (atomic_write, folder_lock, load_metrics, package_versions, read_json, remove_temporaries,
                            write_csv_rows)
@@ -78,11 +79,11 @@ def _seed_list(value: Any, where: str) -> list[int]:
     if isinstance(value, bool):
         raise ConfigError(f"{where} must be a number of seeds or a list of seeds, got {value!r}")
     if isinstance(value, int):
-        if value < 1:
-            raise ConfigError(f"{where} must be a positive number of seeds, got {value}")
-        return list(range(value))
+        return list(range(check_count(value, f"{where} (a number of seeds)", "runs")))
     if isinstance(value, (list, tuple)) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                                           for s in value):
+        for s in value:
+            check_count(s, f"{where}: every seed", "seed", low=0)
         return list(value)
     raise ConfigError(f"{where} must be a positive int N (seeds 0..N-1) or a non-empty list of seeds >= 0, got {value!r}")
 
@@ -124,11 +125,18 @@ def plan_sweep(spec: dict[str, Any], where: str = "sweep file") -> SweepPlan:
         for k, vals in grid.items():
             if not isinstance(vals, list) or not vals:
                 raise ConfigError(f"{where}: grid key {k!r} needs a non-empty list of values, got {vals!r}")
-        settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    n_grid = math.prod(len(v) for v in grid.values()) if grid is not None else 1
     if "list" in spec:
         lst = spec["list"]
         if not isinstance(lst, list) or not lst or not all(isinstance(x, dict) for x in lst):
             raise ConfigError(f"{where}: `list` must be a non-empty list of mappings key -> value")
+    n = n_grid * (len(spec["list"]) if "list" in spec else 1) * len(default_seeds)
+    if n > LIMITS["sweep_runs"]:  # counted before any setting is built
+        raise ConfigError(f"{where}: {n:,} runs (settings x seeds); at most {LIMITS['sweep_runs']:,} in one sweep: "
+                          "split it into several sweep files")
+    if grid is not None:
+        settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    if "list" in spec:
         settings = [{**item, **s} for item in lst for s in settings]
 
     keys: list[str] = []
