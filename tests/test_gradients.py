@@ -30,7 +30,7 @@ def logit_diff(logits, tokens):
     return jnp.sum(logits[:, -1, 5] - logits[:, -1, 11])
 
 
-@pytest.mark.parametrize("kind", ["toy", "llama"])
+@pytest.mark.parametrize("kind", ["toy", pytest.param("llama", marks=pytest.mark.slow)])
 def test_gradient_equals_finite_differences(kind):
     model = make(kind)
     g = F.gradients(model, TOKS, ["blocks.*.resid_post", "blocks.1.attn.z", "embed"])

@@ -99,6 +99,7 @@ def test_cli_errors_one_line_exit_2(tmp_path, argv):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow  # `longctx toy` runs in the default suite through test_faults (divergence) and its core tests
 def test_toy_cli_end_to_end_with_beyond_similarity(tmp_path):
     # tiny models, a few steps: the command runs through and its tables hold sane numbers
     argv = ["toy", "--out", str(tmp_path), "--seq-len", "16", "--factors", "1,2", "--schemes", "none,window",

@@ -123,6 +123,7 @@ def python_recipes(work):
     return ns
 
 
+@pytest.mark.slow  # loads SmolLM2 (~75 s); its BOS residual peak is guarded by test_circuit and test_probe_smollm2
 def test_recipe_norms(python_recipes):
     bos = python_recipes["bos"]
     assert len(bos) == 30 and max(bos[11:20]) > 20_000 > 1_000 > bos[0]  # the residual peak of SPEC §5
@@ -130,6 +131,7 @@ def test_recipe_norms(python_recipes):
     assert norms.shape == (1, len("To be, or not to be") + 1)
 
 
+@pytest.mark.slow  # zeroing a head: guarded by test_intervene and recipe 7's patching in the default run
 def test_recipe_head_changes_the_loss(python_recipes):
     toy, text, zero = python_recipes["toy"], python_recipes["text"], python_recipes["zero"]
     assert toy.loss(text, edits=zero) != toy.loss(text)
