@@ -134,6 +134,7 @@ def attention(
     tq = q.shape[1]
     if block is not None and block < 1:
         raise ValueError(f"attention block must be a positive number of query rows, got {block}")
+    plain_blocks = False
     if fast is not False and not weights:
         why = _fast_blocker(q, k, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, softcap=softcap, bias=bias,
                             far=far, keep_first=keep_first, alibi=alibi, contiguous=contiguous,
@@ -144,8 +145,11 @@ def attention(
             res = _fast_result(q, k, v, window=window, scale=scale, block=block, forced=bool(fast))
             if res is not None:
                 return res
+        plain_blocks = why is None and contiguous and block is not None and tq > block
     elif fast and weights:
         raise ValueError("attention: fast=True needs weights=False (the fast path returns no logits or pattern)")
+    if plain_blocks:
+        return AttentionResult(_plain_blocked(q, k, v, scale=scale, window=window, block=block), None, None)
     if block is not None and tq > block:
         kw = dict(kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale, softcap=softcap,
                   bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi, block=block, key_cols=key_cols,
@@ -200,6 +204,57 @@ def _fast(q, k, v, *, window, scale, impl) -> jax.Array:
             pass
     return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=lw,
                                         implementation="xla")
+
+
+def _plain_blocked(q, k, v, *, scale, window, block) -> jax.Array:
+    """Causal (sliding-window) softmax attention at default positions, computed as flash attention does:
+    query blocks of `block` rows, each visiting only its visible key chunks of `block` keys (its own,
+    masked, then a loop over the earlier ones) with a running max, sum and output, so every intermediate
+    stays [block * group, block] per kv head (cache-sized) and the division happens once per output row.
+    Logits are [rows, keys] with keys on the minor axis (no [q, k]-sized transpose).
+    q [batch, seq, heads, head_dim], k/v [batch, seq, kv_heads, head_dim] -> [batch, seq, heads, head_dim]."""
+    b, t, h, dh = q.shape
+    hk = k.shape[2]
+    g = h // hk
+    scale = dh**-0.5 if scale is None else scale
+    qt = q.reshape(b, t, hk, g, dh).transpose(0, 2, 1, 3, 4)  # [b, hk, t, g, dh]
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, hk, t, dh]
+
+    def part(qb, s, kc, vc, lo, masked):
+        """Queries s.. against keys lo..: (row max, row sum, unnormalised output) [b, hk, n, g, 1 | dh]."""
+        x = jnp.einsum("bkqgd,bksd->bkqgs", qb, kc).astype(jnp.float32) * scale
+        if masked:
+            shape = x.shape[2:]
+            qp = s + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+            kp = lo + jax.lax.broadcasted_iota(jnp.int32, shape, 2)
+            vis = kp <= qp if window is None else (kp <= qp) & (qp - kp < window)
+            x = jnp.where(vis, x, jnp.finfo(jnp.float32).min)
+        m = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+        e = jnp.exp(x - m)
+        if masked:
+            e = jnp.where(vis, e, 0.0)  # a row with no visible key in this chunk adds nothing
+        return m, jnp.sum(e, axis=-1, keepdims=True), jnp.einsum("bkqgs,bksd->bkqgd", e.astype(v.dtype), vc)
+
+    outs = []
+    for s in range(0, t, block):
+        e = min(s + block, t)
+        qb = qt[:, :, s:e]
+        acc = part(qb, s, kt[:, :, s:e], vt[:, :, s:e], s, True)  # its own keys: every row sees one
+        first = 0 if window is None else max(0, s - window + 1) // block
+
+        def step(c, acc, qb=qb, s=s):
+            lo = c * block
+            kc, vc = (jax.lax.dynamic_slice_in_dim(a, lo, block, axis=2) for a in (kt, vt))
+            m2, l2, o2 = part(qb, s, kc, vc, lo, window is not None)
+            m1, l1, o1 = acc
+            m = jnp.maximum(m1, m2)
+            a1, a2 = jnp.exp(m1 - m), jnp.exp(m2 - m)
+            return m, l1 * a1 + l2 * a2, o1 * a1.astype(o1.dtype) + o2 * a2.astype(o2.dtype)
+
+        if s // block > first:
+            acc = jax.lax.fori_loop(first, s // block, step, acc)
+        outs.append(acc[2] / acc[1].astype(acc[2].dtype))
+    return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3, 4).reshape(b, t, h, dh)
 
 
 def _cols(pattern: jax.Array, key_cols: tuple[int, ...], idx: np.ndarray) -> jax.Array | None:
