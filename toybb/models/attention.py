@@ -22,7 +22,10 @@ the options are those of plain causal softmax attention (at most a sliding windo
 bias, soft-cap, far logits or sinks), the core can call `jax.nn.dot_product_attention` instead: cuDNN
 flash attention on NVIDIA GPUs for 16-bit inputs, XLA's fused attention elsewhere. Whether it does by
 default is one backend decision (`toybb.device.fast_attention`: on accelerators, not on the CPU);
-`fast=True` forces it (tests compare both paths on the CPU).
+`fast=True` forces it (tests compare both paths on the CPU). Where it does not, the same plain case with
+`block` and `contiguous` set (pretrained models with `attn_block`) takes `_plain_blocked`: key chunks with a
+running softmax, as flash attention computes it (and the `key_cols` weights from each row's final max and
+sum); `fast=False` keeps the blocked exact path (benchmarks/README.md, issue 29).
 """
 
 from __future__ import annotations
