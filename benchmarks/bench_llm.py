@@ -18,6 +18,8 @@ The last two columns compare like with like: "x tf plain" is a row's tokens/s ov
 row takes; the issue's target for a probe pass is <= 1.5).
 
     python benchmarks/bench_llm.py [--tokens 512 1024 2048] [--repeats 3] [--rounds 1] [--json out.json]
+    python benchmarks/bench_llm.py --tokens 512 4096 --transformers plain --rows toybb_plain toybb_reduced \
+        --before /tmp/old      # before/after in one run (/tmp/old: `git archive OLD toybb | tar -x -C /tmp/old`)
 
 The reduced rows run blocked attention (--attn-block, default 128 query rows, exact): each query block
 sees only the keys the causal mask lets it see, and `@key0` comes out of each block as a key column, so
