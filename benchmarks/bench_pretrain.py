@@ -7,11 +7,20 @@ s/step, tokens/s, and the minutes a run of --steps steps with an evaluation ever
 
     python benchmarks/bench_pretrain.py                  # all candidates
     python benchmarks/bench_pretrain.py --only 1         # one of them (index)
+    python benchmarks/bench_pretrain.py --only 1 --torch # and the same model's step in PyTorch, same run
+
+--torch times `torch_baseline.py --llama` (the same Llama-style model and AdamW step in PyTorch, on token
+batches drawn before its clock) in a subprocess after the default candidate (4 x 128), and prints
+PyTorch / toybb.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -33,6 +42,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--vocab-size", type=int, default=1024)
+    ap.add_argument("--torch", action="store_true", help="also time the same model's step in PyTorch")
     a = ap.parse_args()
     print(f"devices: {jax.devices()}")
     for i, (L, d, h, T, B) in enumerate(CANDIDATES):
@@ -66,6 +76,17 @@ def main() -> None:
               f"{t_compile:.1f} s; {per_step * 1e3:.1f} ms/step = {B * T / per_step:,.0f} tokens/s; eval "
               f"{t_eval * 1e3:.0f} ms; a run of {a.steps} steps: {run_min:.1f} min, "
               f"{a.steps * B * T / 1e6:.1f} M tokens", flush=True)
+        if a.torch and (L, d, h) == (4, 128, 4):  # the PyTorch baseline is `toybb pretrain`'s default model
+            r = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                             "torch_baseline.py"), "--llama", "--batch", str(B),
+                                "--seq", str(T), "--steps", "20"], capture_output=True, text=True)
+            line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+            if r.returncode or not line:
+                raise SystemExit(f"PyTorch baseline failed:\n{r.stderr[-2000:]}")
+            pt = json.loads(line[-1][7:])
+            print(f"    PyTorch {pt['torch']} ({pt['threads']} threads), same model and AdamW step: "
+                  f"{pt['s_per_step'] * 1e3:.1f} ms/step; PyTorch / toybb = {pt['s_per_step'] / per_step:.2f}x",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ device inside its compiled step, and `bench_train.py` reports that sampling time
 Threads: `torch.set_num_threads(os.cpu_count())`, all cores, as XLA's CPU client uses.
 
     python benchmarks/torch_baseline.py --d 64 --layers 1 --batch 64 --seq 64 --steps 20
+    python benchmarks/torch_baseline.py --llama --batch 16 --seq 64     # `toybb pretrain`'s default model
 """
 
 from __future__ import annotations
@@ -60,6 +61,91 @@ class ToyTorch(nn.Module):
         for b in self.blocks:
             x = b(x)
         return self.out(self.ln_f(x))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class LlamaBlock(nn.Module):
+    """RMSNorm, attention with RoPE (half pairing, base 10000), RMSNorm, gated SiLU MLP; no biases."""
+
+    def __init__(self, d: int, n_heads: int, mlp_dim: int):
+        super().__init__()
+        self.h = n_heads
+        self.ln1, self.ln2 = RMSNorm(d), RMSNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.gate, self.up = nn.Linear(d, mlp_dim, bias=False), nn.Linear(d, mlp_dim, bias=False)
+        self.down = nn.Linear(mlp_dim, d, bias=False)
+
+    def forward(self, x, cos, sin):
+        b, t, d = x.shape
+        h = self.ln1(x)
+        q, k, v = (f(h).view(b, t, self.h, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        q, k = (torch.cat([a1 * cos - a2 * sin, a2 * cos + a1 * sin], -1)
+                for a1, a2 in (z.chunk(2, -1) for z in (q, k)))
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(z.transpose(1, 2).reshape(b, t, d))
+        h = self.ln2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class LlamaTorch(nn.Module):
+    """`toybb pretrain`'s default model (toybb.pretrain.config.DEFAULT_MODEL: Llama-style, RoPE, RMSNorm, gated
+    SiLU MLP, untied output) in PyTorch: tokens [batch, seq] -> logits [batch, seq, vocab]."""
+
+    def __init__(self, vocab: int, d: int, n_layers: int, n_heads: int, mlp_dim: int):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.blocks = nn.ModuleList(LlamaBlock(d, n_heads, mlp_dim) for _ in range(n_layers))
+        self.ln_f, self.out = RMSNorm(d), nn.Linear(d, vocab, bias=False)
+        half = d // n_heads // 2
+        self.register_buffer("inv_freq", 1.0 / 10000.0 ** (torch.arange(half, dtype=torch.float32) / half))
+
+    def forward(self, tokens):
+        ang = torch.arange(tokens.shape[1], dtype=torch.float32)[:, None] * self.inv_freq
+        cos, sin = ang.cos(), ang.sin()
+        x = self.tok(tokens)
+        for b in self.blocks:
+            x = b(x, cos, sin)
+        return self.out(self.ln_f(x))
+
+
+def time_torch_llama(d: int = 128, n_layers: int = 4, n_heads: int = 4, mlp_dim: int = 512, vocab: int = 1024,
+                     batch: int = 16, seq: int = 64, steps: int = 20, warmup: int = 2, lr: float = 1e-3) -> dict:
+    """Seconds per training step of `LlamaTorch` (median of `steps` after `warmup`): next-token
+    cross-entropy on random token batches [batch, seq + 1] drawn before the clock, backward, AdamW with
+    `toybb pretrain`'s defaults (lr 1e-3, betas (0.9, 0.99), eps 1e-8, no weight decay)."""
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    pool = [torch.randint(0, vocab, (batch, seq + 1), generator=gen) for _ in range(4)]
+    model = LlamaTorch(vocab, d, n_layers, n_heads, mlp_dim)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0)
+
+    def step(tokens):
+        loss = F.cross_entropy(model(tokens[:, :-1]).reshape(-1, vocab), tokens[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    for i in range(warmup):
+        step(pool[i % len(pool)])
+    times = []
+    for i in range(steps):
+        s = time.perf_counter()
+        loss = step(pool[i % len(pool)])
+        times.append(time.perf_counter() - s)
+    times.sort()
+    return {"framework": "pytorch", "model": "llama", "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "d": d, "layers": n_layers, "batch": batch, "seq": seq, "steps_timed": steps,
+            "s_per_step": times[len(times) // 2], "last_loss": loss.item()}
 
 
 def sample_pool(n: int, batch: int, seq: int, seed: int = 0):
@@ -124,11 +210,17 @@ def main():
     ap.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--llama", action="store_true",
+                    help="time `toybb pretrain`'s default Llama-style model instead (4 layers, d 128, vocab 1024; "
+                         "--batch/--seq/--steps apply, defaults 16 x 64 there)")
     a = ap.parse_args()
     for name in ("d", "layers", "batch", "seq", "steps"):
         if getattr(a, name) < 1:
             ap.error(f"--{name} must be a positive integer")
-    r = time_torch(a.d, a.layers, a.batch, a.seq, a.steps, warmup=a.warmup, device=a.device)
+    if a.llama:
+        r = time_torch_llama(batch=a.batch, seq=a.seq, steps=a.steps, warmup=a.warmup)
+    else:
+        r = time_torch(a.d, a.layers, a.batch, a.seq, a.steps, warmup=a.warmup, device=a.device)
     print("RESULT " + json.dumps(r))
 
 

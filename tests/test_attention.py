@@ -97,6 +97,27 @@ def test_fast_path_matches_exact(hk, window, scale):
     np.testing.assert_allclose(fast2.out, exact.out, atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("t, hk, window, block, cols", [(10, 2, None, 4, (0, 30)), (9, 1, 5, 3, (1,))])
+def test_plain_blocked_matches_exact(t, hk, window, block, cols):
+    """Blocked contiguous softmax attention without weights (query blocks, key chunks, running softmax):
+    the same output, key columns and gradient as the dense exact path, with a partial last block."""
+    q, k, v = _qkv(t=t, hk=hk)
+
+    @jax.jit
+    def both(q):
+        exact = attention(q, k, v, window=window)
+        got = attention(q, k, v, window=window, block=block, contiguous=True, weights=False, key_cols=cols)
+        return exact, got, [jax.grad(lambda q, kw=kw: jnp.sum(jnp.sin(attention(q, k, v, window=window, **kw).out)))(q)
+                            for kw in ({}, dict(block=block, contiguous=True, weights=False))]
+
+    exact, got, (g_exact, g_got) = both(q)
+    assert got.pattern is None
+    np.testing.assert_allclose(got.out, exact.out, atol=2e-6, rtol=1e-5)
+    want = np.stack([exact.pattern[..., c] if c < t else np.zeros(exact.pattern.shape[:-1]) for c in cols], -1)
+    np.testing.assert_allclose(got.key_cols, want, atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(g_got, g_exact, atol=1e-5, rtol=1e-4)
+
+
 def test_fast_path_only_where_exact():
     q, k, v = _qkv()
     for bad in (dict(kind="relu"), dict(softcap=5.0), dict(keep_first=1, window=3), dict(alibi=jnp.ones(4)),

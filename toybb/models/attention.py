@@ -22,7 +22,10 @@ the options are those of plain causal softmax attention (at most a sliding windo
 bias, soft-cap, far logits or sinks), the core can call `jax.nn.dot_product_attention` instead: cuDNN
 flash attention on NVIDIA GPUs for 16-bit inputs, XLA's fused attention elsewhere. Whether it does by
 default is one backend decision (`toybb.device.fast_attention`: on accelerators, not on the CPU);
-`fast=True` forces it (tests compare both paths on the CPU).
+`fast=True` forces it (tests compare both paths on the CPU). Where it does not, the same plain case with
+`block` and `contiguous` set (pretrained models with `attn_block`) takes `_plain_blocked`: key chunks with a
+running softmax, as flash attention computes it (and the `key_cols` weights from each row's final max and
+sum); `fast=False` keeps the blocked exact path (benchmarks/README.md, issue 29).
 """
 
 from __future__ import annotations
@@ -134,18 +137,23 @@ def attention(
     tq = q.shape[1]
     if block is not None and block < 1:
         raise ValueError(f"attention block must be a positive number of query rows, got {block}")
+    plain_blocks = False
     if fast is not False and not weights:
-        why = _fast_blocker(q, k, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, softcap=softcap, bias=bias,
-                            far=far, keep_first=keep_first, alibi=alibi, contiguous=contiguous,
-                            key_cols=key_cols, sink_logits=sink_logits, clip=clip)
+        plain = _fast_blocker(q, k, kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, softcap=softcap, bias=bias,
+                              far=far, keep_first=keep_first, alibi=alibi, contiguous=contiguous,
+                              sink_logits=sink_logits, clip=clip)
+        why = plain or ("key_cols are requested" if key_cols else None)
         if fast and why:
             raise ValueError(f"attention: fast=True but {why}; use fast=None to fall back to the exact path")
         if why is None and (fast or device.fast_attention()):
             res = _fast_result(q, k, v, window=window, scale=scale, block=block, forced=bool(fast))
             if res is not None:
                 return res
+        plain_blocks = plain is None and contiguous and block is not None and tq > block
     elif fast and weights:
         raise ValueError("attention: fast=True needs weights=False (the fast path returns no logits or pattern)")
+    if plain_blocks:
+        return _plain_blocked(q, k, v, scale=scale, window=window, block=block, key_cols=key_cols)
     if block is not None and tq > block:
         kw = dict(kind=kind, q_pos=q_pos, k_pos=k_pos, mask=mask, window=window, scale=scale, softcap=softcap,
                   bias=bias, far=far, near=near, keep_first=keep_first, alibi=alibi, block=block, key_cols=key_cols,
@@ -170,16 +178,15 @@ def _fast_result(q, k, v, *, window, scale, block, forced: bool) -> AttentionRes
 
 
 def _fast_blocker(q, k, *, kind, q_pos, k_pos, mask, softcap, bias, far, keep_first, alibi, contiguous,
-                  key_cols, sink_logits=None, clip=None) -> str | None:
-    """Why `jax.nn.dot_product_attention` cannot compute this attention exactly (None: it can)."""
+                  sink_logits=None, clip=None) -> str | None:
+    """Why this attention is not plain causal (sliding-window) softmax attention at default positions, which
+    `jax.nn.dot_product_attention` and `_plain_blocked` compute (None: it is)."""
     if kind != "softmax":
         return f"kind={kind!r} (only softmax)"
     for name, val in (("mask", mask), ("bias", bias), ("alibi", alibi), ("softcap", softcap), ("far", far),
                       ("keep_first", keep_first), ("sink_logits", sink_logits), ("clip", clip)):
         if val is not None:
             return f"{name} is set"
-    if key_cols:
-        return "key_cols are requested"
     if q.shape[1] != k.shape[1]:
         return "q_seq != k_seq"
     if not contiguous and (q_pos is not None or k_pos is not None):
@@ -200,6 +207,77 @@ def _fast(q, k, v, *, window, scale, impl) -> jax.Array:
             pass
     return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=lw,
                                         implementation="xla")
+
+
+def _plain_blocked(q, k, v, *, scale, window, block, key_cols=()) -> AttentionResult:
+    """Causal (sliding-window) softmax attention at default positions, computed as flash attention does:
+    query blocks of `block` rows, each visiting only its visible key chunks of `block` keys (its own,
+    masked, then a loop over the earlier ones) with a running max, sum and output, so every intermediate
+    stays [block * group, block] per kv head (cache-sized) and the division happens once per output row.
+    Logits are [rows, keys] with keys on the minor axis (no [q, k]-sized transpose). The weights of
+    `key_cols` come from their logits and each row's final max and sum.
+    q [batch, seq, heads, head_dim], k/v [batch, seq, kv_heads, head_dim] -> out [batch, seq, heads, head_dim]
+    (and key_cols [batch, heads, seq, len(key_cols)])."""
+    b, t, h, dh = q.shape
+    hk = k.shape[2]
+    g = h // hk
+    scale = dh**-0.5 if scale is None else scale
+    qt = q.reshape(b, t, hk, g, dh).transpose(0, 2, 1, 3, 4)  # [b, hk, t, g, dh]
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, hk, t, dh]
+
+    def visible(qp, kp):
+        return kp <= qp if window is None else (kp <= qp) & (qp - kp < window)
+
+    def logits(qb, kc):  # [b, hk, n, g, dh] x [b, hk, m, dh] -> [b, hk, n, g, m] float32
+        return jnp.einsum("bkqgd,bksd->bkqgs", qb, kc).astype(jnp.float32) * scale
+
+    def part(qb, s, kc, vc, lo, masked):
+        """Queries s.. against keys lo..: (row max, row sum, unnormalised output) [b, hk, n, g, 1 | dh]."""
+        x = logits(qb, kc)
+        if masked:
+            shape = x.shape[2:]
+            vis = visible(s + jax.lax.broadcasted_iota(jnp.int32, shape, 0),
+                          lo + jax.lax.broadcasted_iota(jnp.int32, shape, 2))
+            x = jnp.where(vis, x, jnp.finfo(jnp.float32).min)
+        m = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+        e = jnp.exp(x - m)
+        if masked:
+            e = jnp.where(vis, e, 0.0)  # a row with no visible key in this chunk adds nothing
+        return m, jnp.sum(e, axis=-1, keepdims=True), jnp.einsum("bkqgs,bksd->bkqgd", e.astype(v.dtype), vc)
+
+    outs, maxes, sums = [], [], []
+    for s in range(0, t, block):
+        e = min(s + block, t)
+        qb = qt[:, :, s:e]
+        acc = part(qb, s, kt[:, :, s:e], vt[:, :, s:e], s, True)  # its own keys: every row sees one
+        first = 0 if window is None else max(0, s - window + 1) // block
+
+        def step(c, acc, qb=qb, s=s):
+            lo = c * block
+            kc, vc = (jax.lax.dynamic_slice_in_dim(a, lo, block, axis=2) for a in (kt, vt))
+            m2, l2, o2 = part(qb, s, kc, vc, lo, window is not None)
+            m1, l1, o1 = acc
+            m = jnp.maximum(m1, m2)
+            a1, a2 = jnp.exp(m1 - m), jnp.exp(m2 - m)
+            return m, l1 * a1 + l2 * a2, o1 * a1.astype(o1.dtype) + o2 * a2.astype(o2.dtype)
+
+        if s // block > first:
+            acc = jax.lax.fori_loop(first, s // block, step, acc)
+        outs.append(acc[2] / acc[1].astype(acc[2].dtype))
+        maxes.append(acc[0])
+        sums.append(acc[1])
+    out = jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3, 4).reshape(b, t, h, dh)
+    if not key_cols:
+        return AttentionResult(out, None, None)
+    idx = np.asarray([c for c in key_cols if c < t], np.int64)
+    if not len(idx):
+        return AttentionResult(out, None, None, jnp.zeros((b, h, t, len(key_cols)), v.dtype))
+    x = logits(qt, kt[:, :, idx])  # [b, hk, t, g, n]
+    shape = x.shape[2:]
+    vis = visible(jax.lax.broadcasted_iota(jnp.int32, shape, 0), jnp.asarray(idx, jnp.int32))
+    w = jnp.where(vis, jnp.exp(x - jnp.concatenate(maxes, 2)) / jnp.concatenate(sums, 2), 0.0)
+    w = w.transpose(0, 1, 3, 2, 4).reshape(b, h, t, len(idx)).astype(v.dtype)
+    return AttentionResult(out, None, None, _cols(w, key_cols, idx))
 
 
 def _cols(pattern: jax.Array, key_cols: tuple[int, ...], idx: np.ndarray) -> jax.Array | None:
