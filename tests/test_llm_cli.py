@@ -75,6 +75,17 @@ def test_models_lists_toybb_models_dirs(tiny_dir, monkeypatch, capsys):
     assert str(tiny_dir) in capsys.readouterr().out
 
 
+def test_models_lists_a_malformed_folder_as_unreadable(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("[1, 2]")  # valid JSON, not an object
+    (bad / "model.safetensors").write_bytes(b"")
+    monkeypatch.setenv("TOYBB_MODELS", str(tmp_path))
+    assert _run(["models"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if str(bad) in x]
+    assert line and "hf, unreadable" in line[0], line
+
+
 def test_unsupported_architecture_is_clear_error(tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"model_type": "mamba", "hidden_size": 8}')
     assert _run(["inspect", str(tmp_path)]) == 2

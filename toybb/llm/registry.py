@@ -76,6 +76,8 @@ def weights(fmt: str, path: str) -> str:
             quant = [k for k, _ in kinds.most_common() if k not in ("F32", "F16", "BF16")]
             return f"GGUF, {(quant or [kinds.most_common(1)[0][0]])[0]} weights, dequantised to float32"
         cfg = json.loads((Path(path) / "config.json").read_text())
+        if not isinstance(cfg, dict):
+            raise ValueError("config.json is not an object")
         return f"Hugging Face safetensors, {cfg.get('torch_dtype') or 'float32'} weights"
     except (OSError, ValueError, IndexError, ImportError):
         return f"{fmt}, unreadable"
