@@ -21,10 +21,13 @@ def cmd_compare(args) -> int:
     steps = None
     if args.steps:
         steps = np.array(sorted(set(args.steps)))
-    comparisons = compare_run(args.run, args.reference)
+    warnings: list[str] = []
+    comparisons = compare_run(args.run, args.reference, warnings)
     rows = [r for c in comparisons for r in comparison_rows(c)]
     if not rows:
         raise ConfigError(f"run {run} and the reference share no step where both have a value")
+    for w in warnings:  # after every check, so an error stays one line
+        print(w, file=sys.stderr)
     for c in comparisons:
         sys.stdout.write(format_table(c, [r for r in rows if r["lr"] == c.lr], steps))
     out.mkdir(parents=True, exist_ok=True)

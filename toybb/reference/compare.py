@@ -74,14 +74,17 @@ def load_runs(run_dirs: list[str | Path]) -> tuple[RunConfig, list[dict[str, str
     return cfg, rows
 
 
-def compare_run(run_dir: str | Path | list, reference: str | None = None) -> list[Comparison]:
+def compare_run(run_dir: str | Path | list, reference: str | None = None, warnings: list | None = None
+                ) -> list[Comparison]:
     """One comparison per learning rate of the run (its seeds pooled; several run folders of one
-    configuration pool their seeds)."""
+    configuration pool their seeds). Warnings (a run sharing a single step with the reference) are appended to
+    `warnings`, or printed on stderr once every learning rate compares when it is None."""
     dirs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
     cfg, rows = load_runs(dirs)
     run_dir = dirs[0] if len(dirs) == 1 else f"{dirs[0]} (+{len(dirs) - 1})"
     forced = load_reference(reference) if reference is not None else None
-    out = []
+    out, printed = [], warnings is None
+    warnings = [] if warnings is None else warnings
     for lr in sorted({r["lr"] for r in rows}, key=float):
         if forced is not None:
             table = forced
@@ -105,12 +108,15 @@ def compare_run(run_dir: str | Path | list, reference: str | None = None) -> lis
         if common.size == 0:
             raise ConfigError(f"run {run_dir} and reference {table.name!r} share no logged step")
         if common.size == 1:
-            print(f"warning: run {run_dir} (lr {lr}) and reference {table.name!r} share only step {int(common[0])}; "
-                  f"each panel is one point. The reference logs steps {', '.join(map(str, table.steps[:4]))}, ...: "
-                  "train longer or with an --eval-every that lands on them", file=sys.stderr)
+            warnings.append(f"warning: run {run_dir} (lr {lr}) and reference {table.name!r} share only step "
+                            f"{int(common[0])}; each panel is one point. The reference logs steps "
+                            f"{', '.join(map(str, table.steps[:4]))}, ...: train longer or with an --eval-every "
+                            "that lands on them")
         ri, fi = np.searchsorted(steps, common), np.searchsorted(table.steps, common)
         out.append(Comparison(float(lr), table, diffs, common, metrics, len(seed_ids),
                               {m: run[m][ri] for m in metrics}, {m: table.values[m][fi] for m in metrics}))
+    for w in warnings if printed else ():
+        print(w, file=sys.stderr)
     return out
 
 
