@@ -195,7 +195,9 @@ class Trainer:
             return bbprobes.dynamics_metrics(nnx.merge(graphdef, params), tokens, task)
 
         prec = cfg.train.precision
-        self._init = jax.jit(jax.vmap(init_one))
+        # eager, not compiled: its small kernels are shared by every config of the same shapes, where XLA
+        # compiles each config's whole initialisation anew (5-10 s on a CPU); the same numbers either way
+        self._init = jax.vmap(init_one)
         self._segment = jax.jit(with_precision(segment, prec), donate_argnums=0)
         self._evaluate = jax.jit(with_precision(jax.vmap(evaluate_one, in_axes=(0, None)), prec))
         self.eval_tokens = task.sample(jax.random.key(cfg.train.eval_seed), cfg.train.eval_batch, T)
