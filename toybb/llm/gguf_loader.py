@@ -12,6 +12,8 @@ frequencies (`ModelConfig.rope_freq_factors`).
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,6 +60,13 @@ class GGUFFile:
         # vocabulary, ~90 MB of host memory); `meta` holds the converted values
         self.reader.fields = {}
 
+    @classmethod
+    def open(cls, path: str | Path) -> "GGUFFile":
+        """The file, parsed once per process while it is unchanged (same size and modification time): the
+        gguf reader takes seconds over a 49k-token vocabulary, and the file is only ever read."""
+        st = os.stat(path)
+        return _parsed(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
     def get(self, name: str) -> np.ndarray:
         """Tensor `name` as float32 numpy in PyTorch layout ([out, in] for matrices)."""
         from gguf import GGMLQuantizationType, quants
@@ -73,6 +82,12 @@ class GGUFFile:
             return np.asarray(arr, np.float32).reshape(shape)
         except (NotImplementedError, ValueError) as e:
             raise CheckpointError(f"{self.path}: cannot dequantise {name} ({t.tensor_type.name}: {e})") from None
+
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(path: str, size: int, mtime_ns: int) -> GGUFFile:
+    return GGUFFile(path)
 
 
 def _f(v) -> float | None:

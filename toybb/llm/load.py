@@ -77,7 +77,7 @@ def open_checkpoint(path: str, *, dtype: str = "float32", tokenizer: str | None 
             tok = from_tokenizer_json(tok_path, cfg.bos_token_id, add_bos=_hf_adds_bos(path))
         ck = Checkpoint(cfg, tok, path, "hf")
     elif path.endswith(".gguf") and os.path.isfile(path):
-        g = gguf_loader.GGUFFile(path)
+        g = gguf_loader.GGUFFile.open(path)
         cfg = gguf_loader.read_config(g, dtype=dtype, rope_pairing=rope_pairing)
         if with_tokenizer:
             tok = (from_tokenizer_json(tokenizer, cfg.bos_token_id) if tokenizer
