@@ -166,7 +166,8 @@ def _llm_subject(source, domains, samples, seq_len, batch, dtype, tokenizer, bos
     if check is not None:
         check(sites, batches)
     pre = ck.load_weights()
-    return Subject(pre.model, pre.source, batches, {"kind": "llm", "arch": pre.cfg.arch, "bos": bos_id is not None})
+    return Subject(pre.model, pre.source, batches, {"kind": "llm", "arch": pre.cfg.arch, "bos": bos_id is not None,
+                                                    **({} if pre.step is None else {"step": pre.step})})
 
 
 def check_interventions(sites: ModelSites, batches: dict, interventions: list[Intervention],
