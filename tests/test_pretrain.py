@@ -153,7 +153,7 @@ MISSING_STEP = "has no checkpoint of step 5; its series: [1, 2, 3, 6, 10, 18, 32
 
 @pytest.mark.parametrize("command, case, needle", [
     *[(c, "step", MISSING_STEP) for c in (PROBE, INTERVENE, PPL)],
-    *[(c, "empty", "holds no checkpoint yet; train it first") for c in (PROBE, INTERVENE, PPL)],
+    *[(c, "empty", "holds no checkpoint yet; train it first") for c in (PROBE, INTERVENE, PPL, ["series"])],
     *[(c, "seq_len", "longer than the model context (16") for c in (PROBE, INTERVENE)],
     (["intervene", "--text", "pride", "--site", "blocks.*.attn.z", "--op", "zero", "--layer", "2", "--seq-len", "16"],
      "layer", "layer 2 is out of range (0..1)"),

@@ -231,8 +231,8 @@ def _load_pretrained(source: str, dtype: str, tokenizer: str | None, step: int |
     path = resolve_existing(source)
     if os.path.isdir(path) and not (Path(path) / "config.json").is_file():
         raise CheckpointError(f"{source}: a folder that is neither a toybb run (config.json and checkpoint.npz "
-                              "from `toybb train` or `toybb pretrain`) nor a Hugging Face model (config.json and "
-                              "*.safetensors)")
+                              "from `toybb train`, or config.json and series/ from `toybb pretrain`) nor a Hugging "
+                              "Face model (config.json and *.safetensors)")
     pre = load_llm(path, dtype=dtype, tokenizer=tokenizer, step=step)
     if pre.tokenizer is None:
         raise CheckpointError(f"{source}: no tokenizer found; pass tokenizer='path/to/tokenizer.json'")

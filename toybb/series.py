@@ -26,7 +26,7 @@ import numpy as np
 
 from toybb import style
 from toybb.errors import ConfigError
-from toybb.llm.load import load
+from toybb.llm.load import load, open_checkpoint
 from toybb.models.forward import forward
 from toybb.models.capture import Capture
 from toybb.pretrain.runs import is_pretrain_folder, series_steps
@@ -135,13 +135,9 @@ def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = 
         if len(ckpts) > 1:
             raise ConfigError("a toybb pretrain folder holds a whole series; give it alone (with --steps to choose "
                               "checkpoints of it)")
-        saved = series_steps(ckpts[0])
-        if not saved:
-            raise ConfigError(f"{ckpts[0]} holds no checkpoint yet; train it first (toybb pretrain --out {ckpts[0]})")
-        missing = sorted(set(steps or []) - set(saved))
-        if missing:
-            raise ConfigError(f"{ckpts[0]} has no checkpoint of step {missing[0]}; its series: {saved}")
-        steps = list(steps or saved)
+        steps = list(steps or series_steps(ckpts[0]))
+        for s in steps or [None]:  # an empty series or a step it lacks: the loader's one line, before any probe
+            open_checkpoint(ckpts[0], step=s, with_tokenizer=False)
         ckpts = ckpts * len(steps)
     if steps is not None and len(steps) != len(ckpts):
         raise ConfigError(f"--steps has {len(steps)} value(s) for {len(ckpts)} checkpoint(s)")

@@ -1,7 +1,8 @@
 """`toybb inspect MODEL`, `toybb ppl MODEL --text SOURCE`, `toybb models`.
 
 MODEL is a Hugging Face model directory, a .gguf file, a `toybb pretrain` folder (--step N: a checkpoint of
-its series), or the name of an offline checkpoint listed by `toybb models`. Imports of JAX and the loaders happen inside the commands so `toybb --help` stays fast.
+its series), or the name of an offline checkpoint listed by `toybb models`. Imports of JAX and the loaders
+happen inside the commands so `toybb --help` stays fast.
 """
 
 from __future__ import annotations
