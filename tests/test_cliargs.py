@@ -124,13 +124,16 @@ def test_text_sources_resolve_under_toybb_data(tmp_path, monkeypatch):
 
 
 def test_one_flag_per_concept():
-    """--text SOURCE wherever one text is meant, --domain NAME=SOURCE wherever several named ones are."""
+    """--text SOURCE wherever one text is meant, --domain NAME=SOURCE wherever several named ones are, --step N
+    wherever a MODEL is read."""
     def flags(cmd):
         return {o: a for a in PARSERS[cmd]._actions for o in a.option_strings}
     for cmd in ("ppl", "intervene", "probe", "longctx stream", "series"):
         assert flags(cmd)["--text"].metavar == "SOURCE", cmd
     for cmd in ("intervene", "probe"):
         assert flags(cmd)["--domain"].metavar == "NAME=SOURCE", cmd
+    for cmd in ("ppl", "intervene", "probe", "inspect", "longctx stream"):  # a checkpoint of a pretrain folder
+        assert flags(cmd)["--step"].type is int and flags(cmd)["--step"].default is None, cmd
 
 
 def test_edit_fields_need_no_shell_quoting():

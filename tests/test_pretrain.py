@@ -1,6 +1,7 @@
 """`toybb pretrain` on one tiny configuration shared by every test: the loss falls, the checkpoint series is
-written and loads with toybb.load(DIR, step=N) (reproducing metrics.csv), an interrupted run resumed gives
-the same metrics.csv, a 4-device run equals the 1-device one, and bad input is one line and exit 2."""
+written and loads with toybb.load(DIR, step=N) (reproducing metrics.csv) and in every command taking a MODEL
+(`--step N`), an interrupted run resumed gives the same metrics.csv, a 4-device run equals the 1-device one,
+and bad input is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -85,6 +86,92 @@ def test_series_command_reads_a_pretrain_folder(run, tmp_path, capsys):
     assert main(["series", str(run), "--steps", "5", "--out", str(tmp_path / "bad")]) == 2
     assert "no checkpoint of step 5; its series: [1, 2, 3, 6, 10, 18, 32, 40]" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_load_gives_the_logits_of_the_stored_parameters(run):
+    """toybb.load(DIR, step=N) goes through the one loader (`toybb.llm.load.open_checkpoint`) and gives the
+    logits of series/step_N.npz merged into the model as it was trained."""
+    from flax import nnx
+
+    from toybb.models.transformer import abstract_model
+    from toybb.pretrain.runs import series_path
+    from toybb.train.checkpoint import load_checkpoint
+
+    graphdef, template = nnx.split(abstract_model(read_configs(run)[1]))
+    for step in (2, 40):
+        m = toybb.load(run, step=step)
+        tokens = jnp.asarray(m.tokens("It is a truth"))
+        stored, _ = load_checkpoint(series_path(run, step), template)
+        np.testing.assert_array_equal(np.asarray(m.model()(tokens)), np.asarray(nnx.merge(graphdef, stored)(tokens)))
+
+
+def test_ppl_and_intervene_read_a_pretrain_folder(run, tmp_path, capsys):
+    """Every command taking a MODEL reads a pretrain folder: its latest checkpoint, or the one of --step N."""
+    ppl = {}
+    for step in ([], ["--step", "1"], ["--step", "40"]):
+        assert main(["ppl", str(run), "--text", "pride", "--tokens", "150", "--seq-len", "16", "--no-progress",
+                     *step]) == 0
+        ppl[tuple(step)] = float(capsys.readouterr().out.split()[1])
+    assert ppl[()] == ppl[("--step", "40")] < ppl[("--step", "1")] / 2  # the latest is the trained one
+
+    nll = {}
+    for step in ("1", "40"):
+        out = tmp_path / f"intervene{step}"
+        assert main(["intervene", str(run), "--step", step, "--text", "pride", "--site", "blocks.1.attn.z", "--op",
+                     "zero", "--samples", "4", "--batch", "4", "--seq-len", "16", "--out", str(out)]) == 0
+        meta = json.loads((out / "config.json").read_text())
+        assert meta["step"] == int(step) and meta["bos"] is True  # the run's <|bos|> first, as in training
+        nll[step] = {r["intervention"]: float(r["nll"]) for r in read_csv(out / "interventions.csv",
+                                                                           required=("nll",))}
+    assert nll["40"]["none"] < nll["1"]["none"] - 0.5 and nll["40"]["blocks.1.attn.z zero"] != nll["40"]["none"]
+
+
+@pytest.mark.slow  # the probe's interventions and four figures: about 20 s
+def test_probe_reads_a_pretrain_folder(run, tmp_path):
+    out = tmp_path / "probe"
+    assert main(["probe", str(run), "--step", "10", "--text", "pride", "--samples", "2", "--seq-len", "16",
+                 "--batch", "2", "--first-positions", "4", "--intervene-samples", "1", "--intervene-heads", "1",
+                 "--no-progress", "--out", str(out)]) == 0
+    assert [r["layer"] for r in read_csv(out / "layers.csv", required=("layer",))] == ["0", "1"]
+    assert json.loads((out / "config.json").read_text())["step"] == 10
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    from toybb.llm.load import Checkpoint
+
+    def refuse(*a, **k):
+        raise AssertionError("loaded the weights before checking the input")
+
+    monkeypatch.setattr(Checkpoint, "load_weights", refuse)
+
+
+PROBE, INTERVENE, PPL = (["probe", "--text", "pride"], ["intervene", "--text", "pride", "--site", "embed", "--op", "zero"],
+                         ["ppl", "--text", "pride"])
+MISSING_STEP = "has no checkpoint of step 5; its series: [1, 2, 3, 6, 10, 18, 32, 40]"
+
+
+@pytest.mark.parametrize("command, case, needle", [
+    *[(c, "step", MISSING_STEP) for c in (PROBE, INTERVENE, PPL)],
+    *[(c, "empty", "holds no checkpoint yet; train it first") for c in (PROBE, INTERVENE, PPL, ["series"])],
+    *[(c, "seq_len", "longer than the model context (16") for c in (PROBE, INTERVENE)],
+    (["intervene", "--text", "pride", "--site", "blocks.*.attn.z", "--op", "zero", "--layer", "2", "--seq-len", "16"],
+     "layer", "layer 2 is out of range (0..1)"),
+])
+def test_bad_step_or_input_fails_before_the_weights_load(run, tmp_path, capsys, no_weights, command, case, needle):
+    """A step the series lacks, an empty series, a context or a layer the model lacks: one line, exit 2, from
+    the config and tokenizer alone (Checkpoint.load_weights refuses to run)."""
+    folder, extra = run, {"step": ["--step", "5"], "seq_len": ["--seq-len", "32"]}.get(case, [])
+    if case == "empty":  # killed before its first checkpoint
+        folder = tmp_path / "empty"
+        folder.mkdir()
+        for name in ("config.json", "tokenizer.json"):
+            (folder / name).write_bytes((run / name).read_bytes())
+    out = ["--out", str(tmp_path / "o")] if command[0] != "ppl" else []
+    assert main([command[0], str(folder), *command[1:], *extra, *out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "o").exists()
 
 
 def test_interrupted_run_resumes_to_the_same_metrics(run, tmp_path):

@@ -27,7 +27,6 @@ from toybb.llm.registry import resolve_existing
 from toybb.models.capture import Capture
 from toybb.models.forward import Gradients, forward, gradients, loss
 from toybb.models.sites import Edit, Edits
-from toybb.pretrain.runs import is_pretrain_folder, load_step
 from toybb.train.runs import is_run_folder, load_models, model_of
 
 
@@ -181,21 +180,18 @@ def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None
         raise ArgumentTypeError(f"toybb.load: dtype must be a name such as 'float32' or 'bfloat16', got {dtype!r:.60}")
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         raise ArgumentTypeError(f"toybb.load: tokenizer must be the path of a tokenizer.json, got {tokenizer!r:.60}")
+    if step is not None and (not isinstance(step, (int, np.integer)) or isinstance(step, bool)):
+        raise ArgumentTypeError(f"toybb.load: step must be an integer (a step of the pretrain folder's series), got "
+                                f"{step!r:.60}")
 
     path = Path(source)
-    if is_pretrain_folder(path):
-        if seed is not None or lr is not None:
-            raise ConfigError(f"{source}: a pretrain folder holds one run; choose a checkpoint with step=")
-        model, tok, cfg, got = load_step(path, step)
-        return Loaded("llm", str(path), cfg, tok, [(None, None)], lambda run: model, (None, None), cfg.max_positions,
-                      {"format": "toybb pretrain", "step": got, "path": str(path)})
-    if step is not None:
-        raise ConfigError(f"{source}: step chooses a checkpoint of a `toybb pretrain` folder; this is not one")
     if is_run_folder(path):
+        if step is not None:
+            raise ConfigError(f"{source}: step chooses a checkpoint of a `toybb pretrain` folder; this is not one")
         return _load_run(path, seed, lr)
     if seed is not None or lr is not None:
         raise ConfigError(f"{source}: seed and lr choose a run of a toy run folder; this is not one")
-    return _load_pretrained(str(source), dtype, tokenizer)
+    return _load_pretrained(str(source), dtype, tokenizer, None if step is None else int(step))
 
 
 def _pick(runs: list[tuple], seed, lr, name) -> tuple:
@@ -231,16 +227,18 @@ class _ToyTokenizer:
         return self.task.decode(ids)
 
 
-def _load_pretrained(source: str, dtype: str, tokenizer: str | None) -> Loaded:
+def _load_pretrained(source: str, dtype: str, tokenizer: str | None, step: int | None) -> Loaded:
     path = resolve_existing(source)
     if os.path.isdir(path) and not (Path(path) / "config.json").is_file():
         raise CheckpointError(f"{source}: a folder that is neither a toybb run (config.json and checkpoint.npz "
-                              "from `toybb train`) nor a Hugging Face model (config.json and *.safetensors)")
-    pre = load_llm(path, dtype=dtype, tokenizer=tokenizer)
+                              "from `toybb train`, or config.json and series/ from `toybb pretrain`) nor a Hugging "
+                              "Face model (config.json and *.safetensors)")
+    pre = load_llm(path, dtype=dtype, tokenizer=tokenizer, step=step)
     if pre.tokenizer is None:
         raise CheckpointError(f"{source}: no tokenizer found; pass tokenizer='path/to/tokenizer.json'")
     tok = pre.tokenizer
     if tok.bos_id is not None and not tok.add_bos:  # the probes' convention: BOS first when the model has one
         tok = dataclasses.replace(tok, add_bos=True)
+    info = {"format": pre.fmt, "path": pre.source} | ({} if pre.step is None else {"step": pre.step})
     return Loaded("llm", source, pre.cfg, tok, [(None, None)], lambda run: pre.model, (None, None),
-                  pre.cfg.max_positions, {"format": pre.fmt, "path": pre.source})
+                  pre.cfg.max_positions, info)

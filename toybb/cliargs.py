@@ -21,7 +21,7 @@ from typing import Callable
 
 from toybb.texts import BUILTINS
 
-MODEL_HELP = "HF model directory, .gguf file, or a name from `toybb models`"
+MODEL_HELP = "HF model directory, .gguf file, `toybb pretrain` folder, or a name from `toybb models`"
 TEXT_HELP = (f"text SOURCE: a text file, a folder, a .jsonl file (field 'text') or a built-in corpus "
              f"({', '.join(BUILTINS)}); relative paths are also looked up under $TOYBB_DATA when it is set")
 
@@ -198,10 +198,12 @@ def add_list(p, flag: str, item: Callable, default: tuple | None, help: str, **k
 
 
 def add_model(p, help: str = MODEL_HELP, metavar: str = "MODEL", tokenizer: bool = True) -> None:
-    """The positional MODEL, --dtype and (for commands that tokenize) --tokenizer."""
+    """The positional MODEL, --dtype, --step and (for commands that tokenize) --tokenizer."""
     p.add_argument("model", metavar=metavar, help=help)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="parameter and activation dtype")
+    p.add_argument("--step", type=int, default=None, metavar="N",
+                   help="the checkpoint of a `toybb pretrain` folder's series (default: its latest)")
     if tokenizer:
         p.add_argument("--tokenizer", metavar="TOKENIZER_JSON", default=None,
                        help="tokenizer.json to use instead of the checkpoint's own")

@@ -108,14 +108,18 @@ class Subject:
 
 
 def load_subject(model: str, *, domains=(), samples: int = 16, seq_len: int = 128, batch: int = 8, run: int = 0,
-                 dtype: str = "float32", tokenizer: str | None = None, bos: bool = True, check=None) -> Subject:
+                 dtype: str = "float32", tokenizer: str | None = None, bos: bool = True, check=None,
+                 step: int | None = None) -> Subject:
     """A toy run folder (its task's samples; `domains` NAME=task or NAME=task:SEED, `run` its run index) or
     a pretrained model (`domains` NAME=SOURCE texts as in `toybb probe`; `seq_len` tokens per sample, BOS
-    first unless `bos` is False). `samples` per domain in batches of `batch`. `check(sites, batches)` runs
-    once the model's sites (from its config) and the samples are known, before any weights load."""
+    first unless `bos` is False; `step` the checkpoint of a `toybb pretrain` folder's series). `samples` per
+    domain in batches of `batch`. `check(sites, batches)` runs once the model's sites (from its config) and
+    the samples are known, before any weights load."""
     if is_run_folder(model):
+        if step is not None:
+            raise ConfigError(f"{model}: --step chooses a checkpoint of a `toybb pretrain` folder; this is not one")
         return _toy_subject(model, domains, samples, batch, run, check)
-    return _llm_subject(model, domains, samples, seq_len, batch, dtype, tokenizer, bos, check)
+    return _llm_subject(model, domains, samples, seq_len, batch, dtype, tokenizer, bos, check, step)
 
 
 def _toy_subject(path, domains, samples, batch, run, check) -> Subject:
@@ -142,13 +146,13 @@ def _toy_subject(path, domains, samples, batch, run, check) -> Subject:
                    {"kind": "toy", "step": step, "seed": seed, "lr": lr})
 
 
-def _llm_subject(source, domains, samples, seq_len, batch, dtype, tokenizer, bos, check) -> Subject:
+def _llm_subject(source, domains, samples, seq_len, batch, dtype, tokenizer, bos, check, step) -> Subject:
     path = resolve_existing(source)
     domains = [parse_domain(s) for s in domains]
     if not domains:
         raise ConfigError("a pretrained model needs text: give --text SOURCE or --domain NAME=SOURCE "
                           "(e.g. --text pydoc)")
-    ck = open_checkpoint(path, dtype=dtype, tokenizer=tokenizer)
+    ck = open_checkpoint(path, dtype=dtype, tokenizer=tokenizer, step=step)
     if seq_len > ck.cfg.max_positions:
         raise ConfigError(f"--seq-len {seq_len} is longer than the model context ({ck.cfg.max_positions})")
     if ck.tokenizer is None:
@@ -156,13 +160,14 @@ def _llm_subject(source, domains, samples, seq_len, batch, dtype, tokenizer, bos
     sites = ck.sites()
     if check is not None:
         check(sites, {})  # the sites and selectors that need no tokens, before any text is read
-    bos_id = ck.cfg.bos_token_id if bos else None
+    bos_id = ck.tokenizer.bos_id if bos else None  # the first token the model was trained with, as in `toybb probe`
     batches = {d.name: list(domain_batches(d, ck.tokenizer.encode, n=samples, seq_len=seq_len,
                                            batch=batch, bos_id=bos_id)) for d in domains}
     if check is not None:
         check(sites, batches)
     pre = ck.load_weights()
-    return Subject(pre.model, pre.source, batches, {"kind": "llm", "arch": pre.cfg.arch, "bos": bos_id is not None})
+    return Subject(pre.model, pre.source, batches, {"kind": "llm", "arch": pre.cfg.arch, "bos": bos_id is not None,
+                                                    **({} if pre.step is None else {"step": pre.step})})
 
 
 def check_interventions(sites: ModelSites, batches: dict, interventions: list[Intervention],

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
         "and requested captures per intervention and domain, against the unmodified model), config.json and "
         "interventions.png to --out. Sites are listed in the README (toybb.models.sites), e.g. "
         "blocks.0.mlp.out, blocks.*.attn.z, blocks.3.resid_post.")
-    add_model(p, "a `toybb train` folder, an HF model directory, a .gguf file or a name from `toybb models`",
+    add_model(p, "a `toybb train` folder, a `toybb pretrain` folder, an HF model directory, a .gguf file or a name "
+              "from `toybb models`",
               metavar="MODEL_OR_RUN")
     p.add_argument("--site", help="site pattern of one intervention, e.g. blocks.*.attn.z")
     p.add_argument("--op", choices=OPS, help="its operation")
@@ -132,7 +133,7 @@ def cmd_intervene(args) -> int:
         domains.insert(0, f"text={args.text}")
     subject = load_subject(args.model, domains=domains, samples=args.samples, seq_len=args.seq_len,
                            batch=args.batch, run=args.run, dtype=args.dtype, tokenizer=args.tokenizer,
-                           bos=not args.no_bos, check=check)
+                           bos=not args.no_bos, check=check, step=args.step)
     rows = measure(subject.model, subject.batches, ivs, capture.sites)
     write_outputs(out, rows, subject, {k: v for k, v in vars(args).items() if k != "func"})
     for r in rows:

@@ -21,16 +21,15 @@ import os
 import re
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from toybb import style
 from toybb.errors import ConfigError
-from toybb.llm.load import load
+from toybb.llm.load import load, open_checkpoint
 from toybb.models.forward import forward
 from toybb.models.capture import Capture
-from toybb.pretrain.runs import is_pretrain_folder, load_step, series_steps
+from toybb.pretrain.runs import is_pretrain_folder, series_steps
 from toybb.probes import metrics as M
 from toybb.records import atomic_open
 from toybb.train.checkpoint import CKPT_NAME
@@ -102,15 +101,11 @@ def llm_tokens(pre, text: str = FIXED_TEXT, n_random: int = 48) -> np.ndarray:
 
 def probe_llm(path: str | Path, text: str = FIXED_TEXT, step: int | None = None) -> list[dict]:
     """One row: per layer sink_attention_excl0_l{l}, value_drain_l{l}, value_others_l{l}, residual_peak_l{l},
-    residual_others_l{l}, residual_excess_l{l} of the model on the fixed text (BOS at position 0). A
-    `toybb pretrain` folder is read at `step` of its series."""
+    residual_others_l{l}, residual_excess_l{l} of the model on the fixed text (BOS at position 0). step: the
+    checkpoint of a `toybb pretrain` folder's series."""
     import jax.numpy as jnp
 
-    if is_pretrain_folder(path):
-        model, tok, cfg, _ = load_step(path, step)
-        pre = SimpleNamespace(model=model, tokenizer=tok, cfg=cfg)
-    else:
-        pre = load(str(path))
+    pre = load(str(path), step=step)
     tokens = llm_tokens(pre, text)
     _, cap = forward(pre.model, tokens, capture=Capture(LLM_SITES))
     row: dict = {"seed": "", "lr": "", "n_tokens": tokens.shape[1]}
@@ -140,13 +135,9 @@ def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = 
         if len(ckpts) > 1:
             raise ConfigError("a toybb pretrain folder holds a whole series; give it alone (with --steps to choose "
                               "checkpoints of it)")
-        saved = series_steps(ckpts[0])
-        if not saved:
-            raise ConfigError(f"{ckpts[0]} holds no checkpoint yet; train it first (toybb pretrain --out {ckpts[0]})")
-        missing = sorted(set(steps or []) - set(saved))
-        if missing:
-            raise ConfigError(f"{ckpts[0]} has no checkpoint of step {missing[0]}; its series: {saved}")
-        steps = list(steps or saved)
+        steps = list(steps or series_steps(ckpts[0]))
+        for s in steps or [None]:  # an empty series or a step it lacks: the loader's one line, before any probe
+            open_checkpoint(ckpts[0], step=s, with_tokenizer=False)
         ckpts = ckpts * len(steps)
     if steps is not None and len(steps) != len(ckpts):
         raise ConfigError(f"--steps has {len(steps)} value(s) for {len(ckpts)} checkpoint(s)")
@@ -167,7 +158,7 @@ def run_series(ckpts: list[str], out_dir: str | Path, steps: list[int] | None = 
             own, got = probe_toy(c, trainers)
             s = own if s is None else s
         else:
-            got = probe_llm(c, text, s)
+            got = probe_llm(c, text, s if pretrain else None)
         log(f"{c}: step {s}")
         rows += [{"checkpoint": str(c), "step": s, **r} for r in got]
     out = Path(out_dir)

@@ -1,7 +1,8 @@
 """`toybb inspect MODEL`, `toybb ppl MODEL --text SOURCE`, `toybb models`.
 
-MODEL is a Hugging Face model directory, a .gguf file, or the name of an offline checkpoint listed by
-`toybb models`. Imports of JAX and the loaders happen inside the commands so `toybb --help` stays fast.
+MODEL is a Hugging Face model directory, a .gguf file, a `toybb pretrain` folder (--step N: a checkpoint of
+its series), or the name of an offline checkpoint listed by `toybb models`. Imports of JAX and the loaders
+happen inside the commands so `toybb --help` stays fast.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def cmd_inspect(args) -> int:
     path = resolve(args.model)
     if not os.path.exists(path):
         raise ToybbError(f"{args.model}: no such file, directory or offline checkpoint (see `toybb models`)")
-    cfg, fmt = read_config(path, dtype=args.dtype)
+    cfg, fmt = read_config(path, dtype=args.dtype, step=args.step)
     shapes = param_shapes(cfg)
     n = sum(int(__import__("math").prod(s)) for s in shapes.values())
     windows = sorted({cfg.window(l) for l in range(cfg.n_layers)}, key=lambda w: (w is None, w or 0))
@@ -77,7 +78,7 @@ def cmd_ppl(args) -> int:
         raise ToybbError(f"--tokens must be >= 0 (0 = all tokens), got {args.tokens}")
     # ~10 characters per token at most: a built-in corpus is read only as far as --tokens needs
     text = read_source(args.text, "--text", max_chars=args.tokens * 16 or None)
-    ck = open_checkpoint(args.model, dtype=args.dtype, tokenizer=args.tokenizer)
+    ck = open_checkpoint(args.model, dtype=args.dtype, tokenizer=args.tokenizer, step=args.step)
     if ck.tokenizer is None:
         raise ToybbError(f"{ck.source}: no tokenizer found; pass --tokenizer tokenizer.json")
     pre = ck.load_weights()

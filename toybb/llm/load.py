@@ -1,5 +1,6 @@
-"""One entry point: `load(path)` for a Hugging Face model directory or a .gguf file. `open_checkpoint(path)`
-reads its config and tokenizer only, so a command checks its input before the weights load."""
+"""One entry point: `load(path)` for a Hugging Face model directory, a .gguf file or a `toybb pretrain` folder
+(a step of its series). `open_checkpoint(path)` reads its config and tokenizer only, so a command checks its
+input before the weights load."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toybb.device import release_host_memory
-from toybb.errors import CheckpointError
+from toybb.errors import CheckpointError, ConfigError
 from toybb.llm import gguf_loader, hf
 from toybb.models.config import ModelConfig
 from toybb.models.sites import ModelSites
 from toybb.models.transformer import Transformer, abstract_model
+from toybb.pretrain import runs as pretrain_runs
 from toybb.llm.registry import resolve
 from toybb.llm.sharding import param_putter
 from toybb.llm.tokenizer import TextTokenizer, check_matches, from_gguf_metadata, from_tokenizer_json
@@ -26,12 +28,13 @@ class Pretrained:
     cfg: ModelConfig
     tokenizer: TextTokenizer | None
     source: str
-    fmt: str  # "hf" | "gguf"
+    fmt: str  # "hf" | "gguf" | "toybb pretrain"
+    step: int | None = None  # the step of a pretrain folder's series
 
 
-def read_config(path: str, *, dtype: str = "float32") -> tuple[ModelConfig, str]:
+def read_config(path: str, *, dtype: str = "float32", step: int | None = None) -> tuple[ModelConfig, str]:
     """(config, format) without loading any weights."""
-    ck = open_checkpoint(path, dtype=dtype, with_tokenizer=False)
+    ck = open_checkpoint(path, dtype=dtype, with_tokenizer=False, step=step)
     return ck.cfg, ck.fmt
 
 
@@ -43,7 +46,8 @@ class Checkpoint:
     cfg: ModelConfig
     tokenizer: TextTokenizer | None
     source: str
-    fmt: str  # "hf" | "gguf"
+    fmt: str  # "hf" | "gguf" | "toybb pretrain"
+    step: int | None = None  # the step of a pretrain folder's series
     _gguf: object = None
 
     def sites(self) -> ModelSites:
@@ -55,21 +59,32 @@ class Checkpoint:
         put = param_putter(mesh) if mesh is not None else None
         if self.fmt == "hf":
             arrays = hf.map_names(self.cfg, hf.open_tensors(self.source), self.source)
+        elif self.fmt == "toybb pretrain":  # stored as trained; build_model casts them to self.cfg.dtype
+            arrays = {k: (lambda a=a: a) for k, a in pretrain_runs.step_params(self.source, self.step).items()}
         else:
             arrays = gguf_loader.tensor_thunks(self._gguf, self.cfg, quantized)
         model = build_model(self.cfg, arrays, self.source, put=put)
         self._gguf = None
         release_host_memory()
-        return Pretrained(model, self.cfg, self.tokenizer, self.source, self.fmt)
+        return Pretrained(model, self.cfg, self.tokenizer, self.source, self.fmt, self.step)
 
 
 def open_checkpoint(path: str, *, dtype: str = "float32", tokenizer: str | None = None,
-                    rope_pairing: str = "half", with_tokenizer: bool = True) -> Checkpoint:
-    """The config and tokenizer of a checkpoint (HF directory or .gguf file, or the name of an offline
-    checkpoint), without reading any weights. tokenizer: a tokenizer.json instead of the checkpoint's own."""
+                    rope_pairing: str = "half", with_tokenizer: bool = True, step: int | None = None) -> Checkpoint:
+    """The config and tokenizer of a checkpoint (HF directory, .gguf file, `toybb pretrain` folder, or the name
+    of an offline checkpoint), without reading any weights. tokenizer: a tokenizer.json instead of the
+    checkpoint's own. step: the checkpoint of a pretrain folder's series (default: its latest); a step the
+    series lacks is a ConfigError naming the steps it holds."""
     path = resolve(path)
     tok = None
-    if os.path.isdir(path):
+    if pretrain_runs.is_pretrain_folder(path):
+        cfg, tok, step = pretrain_runs.open_step(path, step, tokenizer)
+        cfg = cfg.with_dtype(dtype)
+        tok = tok if with_tokenizer else None
+        ck = Checkpoint(cfg, tok, path, "toybb pretrain", step)
+    elif step is not None:
+        raise ConfigError(f"{path}: a step chooses a checkpoint of a `toybb pretrain` folder; this is not one")
+    elif os.path.isdir(path):
         cfg = hf.read_config(path, dtype)
         tok_path = tokenizer or (str(Path(path) / "tokenizer.json") if (Path(path) / "tokenizer.json").is_file()
                                  else None)
@@ -82,9 +97,9 @@ def open_checkpoint(path: str, *, dtype: str = "float32", tokenizer: str | None 
         if with_tokenizer:
             tok = (from_tokenizer_json(tokenizer, cfg.bos_token_id) if tokenizer
                    else from_gguf_metadata(g.meta, path))
-        ck = Checkpoint(cfg, tok, path, "gguf", g)
+        ck = Checkpoint(cfg, tok, path, "gguf", _gguf=g)
     else:
-        raise CheckpointError(f"{path}: not a Hugging Face model directory or a .gguf file")
+        raise CheckpointError(f"{path}: not a Hugging Face model directory, a .gguf file or a `toybb pretrain` folder")
     if tok is not None:
         check_matches(tok, cfg.vocab_size, path)
     return ck
@@ -99,8 +114,10 @@ def load(
     rope_pairing: str = "half",
     with_tokenizer: bool = True,
     quantized: bool = False,
+    step: int | None = None,
 ) -> Pretrained:
-    """Load a checkpoint (HF directory or .gguf file, or the name of an offline checkpoint).
+    """Load a checkpoint (HF directory, .gguf file, `toybb pretrain` folder, or the name of an offline
+    checkpoint).
 
     tokenizer: path of a tokenizer.json to use instead of the checkpoint's own.
     mesh: a jax.sharding.Mesh with axes ("data", "model") to shard the parameters over.
@@ -108,9 +125,10 @@ def load(
       stored rows and rotates interleaved pairs (same logits).
     quantized (GGUF only): keep Q4_0/Q4_1/Q8_0 weights packed and dequantise them inside the compiled
       forward (same logits, a fraction of the memory); with a mesh, packed matrices are split over whole
-      rows or 32-weight blocks."""
+      rows or 32-weight blocks.
+    step (pretrain folder only): the checkpoint of its series (default: its latest)."""
     return open_checkpoint(path, dtype=dtype, tokenizer=tokenizer, rope_pairing=rope_pairing,
-                           with_tokenizer=with_tokenizer).load_weights(mesh=mesh, quantized=quantized)
+                           with_tokenizer=with_tokenizer, step=step).load_weights(mesh=mesh, quantized=quantized)
 
 
 def _hf_adds_bos(model_dir: str) -> bool:

@@ -131,7 +131,7 @@ def _load(args, check=None):
     """The model of `args.model`; `check(cfg)` runs on its config before the weights load."""
     if args.block < 1:
         raise ConfigError(f"--block must be a positive number of query rows, got {args.block}")
-    ck = open_checkpoint(resolve(args.model), dtype=args.dtype, tokenizer=args.tokenizer)
+    ck = open_checkpoint(resolve(args.model), dtype=args.dtype, tokenizer=args.tokenizer, step=args.step)
     if check is not None:
         check(ck.cfg)
     return ck.load_weights()

@@ -1,20 +1,22 @@
 """Pretrain run folders (written by `toybb pretrain`): config.json ({"kind": "pretrain", "config": {"model",
 "pretrain"}, ...}), tokenizer.json, metrics.csv, checkpoint.npz (the training state to resume from),
 series/step_NNNNNNN.npz (the parameters at each step of the series) and summary.json. Checking a folder
-before a run, and reading a step of the series back as a model."""
+before a run, and reading a step of the series back: its config and tokenizer (`open_step`), then its
+parameters (`step_params`); `toybb.llm.load.open_checkpoint` builds the model from them as from any checkpoint."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 from flax import nnx
 
 from toybb.config import section_from_dict
 from toybb.errors import ConfigError
 from toybb.llm.tokenizer import TextTokenizer
 from toybb.models.config import ModelConfig
-from toybb.models.transformer import Transformer, abstract_model
+from toybb.models.transformer import abstract_model
 from toybb.pretrain.config import PretrainConfig
 from toybb.pretrain.data import TOKENIZER_NAME, text_tokenizer
 from toybb.records import out_folder, read_json
@@ -71,18 +73,26 @@ def check_pretrain_folder(out: str | Path, cfg: PretrainConfig, model: ModelConf
                           "use another --out or delete the folder")
 
 
-def load_step(folder: str | Path, step: int | None = None) -> tuple[Transformer, TextTokenizer, ModelConfig, int]:
-    """(model, tokenizer, model config, step) of a pretrain folder: the parameters at `step` of its series,
-    or (None) at the latest step it holds."""
+def open_step(folder: str | Path, step: int | None = None,
+              tokenizer: str | Path | None = None) -> tuple[ModelConfig, TextTokenizer, int]:
+    """(model config, tokenizer, step) of a pretrain folder at `step` of its series (None: the latest step it
+    holds), without reading any parameters. tokenizer: a tokenizer.json instead of the run's own. An empty
+    series, or a step it lacks, is a ConfigError naming the steps it holds."""
     folder = Path(folder)
     cfg, model_cfg = read_configs(folder)
     saved = series_steps(folder)
+    if not saved:
+        raise ConfigError(f"{folder} holds no checkpoint yet; train it first (toybb pretrain --out {folder})")
     if step is None:
-        if not saved:
-            raise ConfigError(f"{folder} holds no checkpoint yet; train it first (toybb pretrain --out {folder})")
         step = saved[-1]
     if step not in saved:
-        raise ConfigError(f"{folder} has no checkpoint of step {step}; its series: {saved or 'none yet'}")
-    graphdef, template = nnx.split(abstract_model(model_cfg))
-    state, got = load_checkpoint(series_path(folder, step), template)
-    return nnx.merge(graphdef, state), text_tokenizer(folder / TOKENIZER_NAME, cfg), model_cfg, got
+        raise ConfigError(f"{folder} has no checkpoint of step {step}; its series: {saved}")
+    return model_cfg, text_tokenizer(Path(tokenizer or folder / TOKENIZER_NAME), cfg), step
+
+
+def step_params(folder: str | Path, step: int) -> dict[str, np.ndarray]:
+    """The parameters at `step` of the series ({"blocks.0.attn.wq": array, ...}, as trained), for
+    `toybb.llm.weights.build_model`."""
+    _, template = nnx.split(abstract_model(read_configs(folder)[1]))
+    state, _ = load_checkpoint(series_path(folder, step), template)
+    return {".".join(map(str, p)): np.asarray(v) for p, v in nnx.to_flat_state(state)}

@@ -51,7 +51,7 @@ def cmd_probe(args) -> int:
                              intervene_heads=args.intervene_heads)
     settings.check(max_positions=10**9)  # context checked once the model's config is read
 
-    ck = open_checkpoint(resolve_existing(args.model), dtype=args.dtype, tokenizer=args.tokenizer)
+    ck = open_checkpoint(resolve_existing(args.model), dtype=args.dtype, tokenizer=args.tokenizer, step=args.step)
     check_probe(ck, domains, settings)  # context, tokenizer and every text's length, before the weights load
     pre = ck.load_weights()
 

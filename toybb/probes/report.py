@@ -81,7 +81,8 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
     out.mkdir(parents=True, exist_ok=True)
 
     atomic_write(out / "config.json", lambda f: f.write(json.dumps({
-        "command": command if command is not None else sys.argv, "model": pre.source, "dtype": cfg.dtype,
+        "command": command if command is not None else sys.argv, "model": pre.source,
+        **({} if pre.step is None else {"step": pre.step}), "dtype": cfg.dtype,
         "domains": {d.name: d.source for d in domains}, "settings": settings.__dict__,
         "massive_rule": {"abs": M.MASSIVE_ABS, "ratio_to_median": M.MASSIVE_RATIO},
         "versions": package_versions()}, indent=2)), mode="w")
@@ -107,7 +108,8 @@ def run_probe(pre, domains: list[Domain], settings: ProbeSettings, out: Path, *,
 
     st = settings
     about = {"model": Path(pre.source.rstrip("/")).name, "config": {"domains": ", ".join(names), "samples": st.samples,
-                                             "tokens": st.seq_len, "BOS": st.bos, "dtype": cfg.dtype}}
+                                             "tokens": st.seq_len, "BOS": st.bos, "dtype": cfg.dtype,
+                                             **({} if pre.step is None else {"step": pre.step})}}
     plots.write_all(out, stats, names, sel, rows, maps, summary, about)
     return summary
 
