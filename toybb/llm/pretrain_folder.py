@@ -25,13 +25,14 @@ KIND = "pretrain"
 SERIES = "series"
 TOKENIZER_NAME = "tokenizer.json"
 BOS_TOKEN, EOS_TOKEN = "<|bos|>", "<|endoftext|>"  # the tokenizer's special tokens (ids 1 and 0)
+DEFAULT_BOS = "token"
 T = TypeVar("T")
 
 
 def parse_bos(text: str) -> str:
     """--bos: "token" (the tokenizer's <|bos|> first in every sequence), "none", or "fixed:ID" (token ID
     first in every sequence: a fixed first token, as Gu et al. 2025)."""
-    t = text.strip()
+    t = text.strip() if isinstance(text, str) else ""
     if t in ("token", "none"):
         return t
     if t.startswith("fixed:") and t[6:].isdigit():
@@ -44,6 +45,13 @@ def first_token(bos: str) -> int | None:
     if bos == "none":
         return None
     return 1 if bos == "token" else int(bos[6:])
+
+
+def check_first_token(bos: str, vocab_size: int) -> None:
+    """A fixed first token must be a token of the vocabulary."""
+    first = first_token(bos)
+    if first is not None and first >= vocab_size:
+        raise ConfigError(f"--bos {bos}: the token id must be below --vocab-size ({vocab_size})")
 
 
 def text_tokenizer(path: Path, bos: str) -> TextTokenizer:
@@ -75,14 +83,14 @@ def read_record(folder: str | Path, parse: Callable[[Any], T]) -> tuple[T, Model
     meta = read_json(Path(folder) / "config.json", "run config", f"delete {folder} to start over")
     try:
         c = meta["config"]
-        return parse(c["pretrain"]), section_from_dict(ModelConfig, c["model"], "model")
+        return parse({**c["pretrain"]}), section_from_dict(ModelConfig, c["model"], "model")  # {**}: it must be a mapping
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{folder}/config.json is not a toybb pretrain record ({e}); delete the folder") from None
 
 
 def bos_setting(section: dict[str, Any]) -> str:
     """The --bos of a saved pretrain section (what reading the tokenizer back needs of it)."""
-    return parse_bos(section["bos"])
+    return parse_bos(section.get("bos", DEFAULT_BOS))
 
 
 def open_step(folder: str | Path, step: int | None = None,
@@ -92,6 +100,7 @@ def open_step(folder: str | Path, step: int | None = None,
     series, or a step it lacks, is a ConfigError naming the steps it holds."""
     folder = Path(folder)
     bos, model_cfg = read_record(folder, bos_setting)
+    check_first_token(bos, model_cfg.vocab_size)
     saved = series_steps(folder)
     if not saved:
         raise ConfigError(f"{folder} holds no checkpoint yet; train it first (toybb pretrain --out {folder})")

@@ -12,7 +12,7 @@ from typing import Any
 
 from toybb.config import OPTIMIZERS, PRECISIONS, OptimConfig, section_from_dict
 from toybb.errors import ConfigError
-from toybb.llm.pretrain_folder import parse_bos
+from toybb.llm.pretrain_folder import DEFAULT_BOS, check_first_token, parse_bos
 from toybb.models.config import LIMITS, ModelConfig, check_count
 
 # the model a pretraining run trains unless told otherwise: Llama-style (RoPE, RMSNorm, gated SiLU MLP)
@@ -35,7 +35,7 @@ class PretrainConfig:
     text: tuple[str, ...] = ("pride", "emma", "mobydick", "shakespeare", "pydoc")
     max_chars: int | None = None
     vocab_size: int = 1024
-    bos: str = "token"
+    bos: str = DEFAULT_BOS
     seq_len: int = 64
     batch: int = 16
     steps: int = 3000
@@ -74,9 +74,7 @@ class PretrainConfig:
         _check(all(isinstance(s, int) and 0 < s <= self.steps for s in self.series_steps),
                f"--series-steps must lie in 1..{self.steps} (--steps), got {list(self.series_steps)}")
         _check(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
-        if self.bos.startswith("fixed:"):
-            _check(int(self.bos[6:]) < self.vocab_size,
-                   f"--bos {self.bos}: the token id must be below --vocab-size ({self.vocab_size})")
+        check_first_token(self.bos, self.vocab_size)
 
     @property
     def optim(self) -> OptimConfig:
