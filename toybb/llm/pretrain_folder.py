@@ -49,8 +49,7 @@ def first_token(bos: str) -> int | None:
 
 def check_first_token(bos: str, vocab_size: int) -> None:
     """A fixed first token must be a token of the vocabulary."""
-    first = first_token(bos)
-    if first is not None and first >= vocab_size:
+    if bos.startswith("fixed:") and first_token(bos) >= vocab_size:
         raise ConfigError(f"--bos {bos}: the token id must be below --vocab-size ({vocab_size})")
 
 
