@@ -17,10 +17,10 @@ import pytest
 
 import toybb
 from toybb.cli import main
+from toybb.llm.pretrain_folder import first_token, series_steps
 from toybb.pretrain.config import PretrainConfig, build_model_config, log_steps
 from toybb.pretrain.data import heldout_batch, prepare_data
 from toybb.pretrain.loop import pretrain
-from toybb.llm.pretrain_folder import first_token, series_steps
 from toybb.pretrain.runs import read_configs
 from toybb.probes.metrics import token_nll
 from toybb.records import read_csv
