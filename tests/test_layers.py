@@ -11,8 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "toybb"
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [
-    ("toybb._version", "toybb.errors", "toybb.names", "toybb.records", "toybb.device", "toybb.style",
-     "toybb.cliargs", "toybb.texts"),
+    ("toybb._version", "toybb.errors", "toybb.names", "toybb.records", "toybb.checkpoints", "toybb.device",
+     "toybb.style", "toybb.cliargs", "toybb.texts"),
     ("toybb.models.config",),  # the model section of a run config sits with the models
     ("toybb.config",),
     ("toybb.task", "toybb.reference", "toybb.reference.build"),

@@ -17,10 +17,11 @@ import pytest
 
 import toybb
 from toybb.cli import main
+from toybb.llm.pretrain_folder import first_token, series_steps
 from toybb.pretrain.config import PretrainConfig, build_model_config, log_steps
-from toybb.pretrain.data import first_token, heldout_batch, prepare_data
+from toybb.pretrain.data import heldout_batch, prepare_data
 from toybb.pretrain.loop import pretrain
-from toybb.pretrain.runs import read_configs, series_steps
+from toybb.pretrain.runs import read_configs
 from toybb.probes.metrics import token_nll
 from toybb.records import read_csv
 
@@ -61,7 +62,7 @@ def test_series_is_written_and_loads_at_each_step(run):
     cfg, model_cfg = read_configs(run)
     assert series_steps(run) == list(cfg.series()) == [1, 2, 3, 6, 10, 18, 32, 40]
     data, _ = prepare_data(cfg, run)
-    tokens = heldout_batch(data.heldout, cfg.eval_batch, cfg.seq_len, first_token(cfg))
+    tokens = heldout_batch(data.heldout, cfg.eval_batch, cfg.seq_len, first_token(cfg.bos))
     by_step = {int(r["step"]): float(r["heldout_loss"]) for r in _csv(run)}
     for step in (1, 10, 40):
         m = toybb.load(run, step=step)
@@ -94,8 +95,8 @@ def test_load_gives_the_logits_of_the_stored_parameters(run):
     from flax import nnx
 
     from toybb.models.transformer import abstract_model
-    from toybb.pretrain.runs import series_path
-    from toybb.train.checkpoint import load_checkpoint
+    from toybb.checkpoints import load_checkpoint
+    from toybb.llm.pretrain_folder import series_path
 
     graphdef, template = nnx.split(abstract_model(read_configs(run)[1]))
     for step in (2, 40):

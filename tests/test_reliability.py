@@ -152,7 +152,7 @@ def test_train_into_another_runs_folder_fails_before_compiling(run_dir, tmp_path
 
 
 def test_divergence_exit_3_keeps_last_checkpoint(tmp_path, capsys):
-    from toybb.train.checkpoint import CKPT_NAME
+    from toybb.checkpoints import CKPT_NAME
     from toybb.train.runs import load_models
 
     out = tmp_path / "div"

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from toybb import style
+from toybb.checkpoints import CKPT_NAME
 from toybb.errors import ConfigError
 from toybb.llm.load import load, open_checkpoint
+from toybb.llm.pretrain_folder import is_pretrain_folder, series_steps
 from toybb.models.forward import forward
 from toybb.models.capture import Capture
-from toybb.pretrain.runs import is_pretrain_folder, series_steps
 from toybb.probes import metrics as M
 from toybb.records import atomic_open
-from toybb.train.checkpoint import CKPT_NAME
 from toybb.train.runs import is_run_folder, run_config
 from toybb.train.trainer import Trainer, trainer_key
 

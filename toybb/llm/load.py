@@ -10,11 +10,10 @@ from pathlib import Path
 
 from toybb.device import release_host_memory
 from toybb.errors import CheckpointError, ConfigError
-from toybb.llm import gguf_loader, hf
+from toybb.llm import gguf_loader, hf, pretrain_folder
 from toybb.models.config import ModelConfig
 from toybb.models.sites import ModelSites
 from toybb.models.transformer import Transformer, abstract_model
-from toybb.pretrain import runs as pretrain_runs
 from toybb.llm.registry import resolve
 from toybb.llm.sharding import param_putter
 from toybb.llm.tokenizer import TextTokenizer, check_matches, from_gguf_metadata, from_tokenizer_json
@@ -60,7 +59,7 @@ class Checkpoint:
         if self.fmt == "hf":
             arrays = hf.map_names(self.cfg, hf.open_tensors(self.source), self.source)
         elif self.fmt == "toybb pretrain":  # stored as trained; build_model casts them to self.cfg.dtype
-            arrays = {k: (lambda a=a: a) for k, a in pretrain_runs.step_params(self.source, self.step).items()}
+            arrays = {k: (lambda a=a: a) for k, a in pretrain_folder.step_params(self.source, self.step).items()}
         else:
             arrays = gguf_loader.tensor_thunks(self._gguf, self.cfg, quantized)
         model = build_model(self.cfg, arrays, self.source, put=put)
@@ -77,8 +76,8 @@ def open_checkpoint(path: str, *, dtype: str = "float32", tokenizer: str | None 
     series lacks is a ConfigError naming the steps it holds."""
     path = resolve(path)
     tok = None
-    if pretrain_runs.is_pretrain_folder(path):
-        cfg, tok, step = pretrain_runs.open_step(path, step, tokenizer)
+    if pretrain_folder.is_pretrain_folder(path):
+        cfg, tok, step = pretrain_folder.open_step(path, step, tokenizer)
         cfg = cfg.with_dtype(dtype)
         tok = tok if with_tokenizer else None
         ck = Checkpoint(cfg, tok, path, "toybb pretrain", step)

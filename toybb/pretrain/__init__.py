@@ -7,5 +7,6 @@ real text, followed as it trains: `toybb pretrain`.
   token stream, its held-out tail, and the batch of a step (a function of the step alone).
 - `loop.py`: the compiled training segment (data parallel over every device), the emergence metrics of
   each evaluation into metrics.csv, the checkpoint series, resume.
-- `runs.py`: pretrain run folders: what one holds, reading a checkpoint of the series back.
+- `runs.py`: pretrain run folders: reading one's run config back, checking one before a run (their format,
+  and reading a checkpoint of the series back, are `toybb.llm.pretrain_folder`'s).
 """

@@ -12,28 +12,17 @@ from typing import Any
 
 from toybb.config import OPTIMIZERS, PRECISIONS, OptimConfig, section_from_dict
 from toybb.errors import ConfigError
+from toybb.llm.pretrain_folder import DEFAULT_BOS, check_first_token, parse_bos
 from toybb.models.config import LIMITS, ModelConfig, check_count
 
 # the model a pretraining run trains unless told otherwise: Llama-style (RoPE, RMSNorm, gated SiLU MLP)
 # the CPU configuration (benchmarks/bench_pretrain.py): 4 layers x d_model 128, 1.3 M parameters
 DEFAULT_MODEL = dict(arch="llama", n_layers=4, d_model=128, n_heads=4, mlp_dim=512)
-BOS_TOKEN, EOS_TOKEN = "<|bos|>", "<|endoftext|>"  # the tokenizer's special tokens (ids 1 and 0)
 
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
-
-
-def parse_bos(text: str) -> str:
-    """--bos: "token" (the tokenizer's <|bos|> first in every sequence), "none", or "fixed:ID" (token ID
-    first in every sequence: a fixed first token, as Gu et al. 2025)."""
-    t = text.strip()
-    if t in ("token", "none"):
-        return t
-    if t.startswith("fixed:") and t[6:].isdigit():
-        return f"fixed:{int(t[6:])}"
-    raise ConfigError(f"--bos must be token, none or fixed:ID (a token id), got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -46,7 +35,7 @@ class PretrainConfig:
     text: tuple[str, ...] = ("pride", "emma", "mobydick", "shakespeare", "pydoc")
     max_chars: int | None = None
     vocab_size: int = 1024
-    bos: str = "token"
+    bos: str = DEFAULT_BOS
     seq_len: int = 64
     batch: int = 16
     steps: int = 3000
@@ -85,9 +74,7 @@ class PretrainConfig:
         _check(all(isinstance(s, int) and 0 < s <= self.steps for s in self.series_steps),
                f"--series-steps must lie in 1..{self.steps} (--steps), got {list(self.series_steps)}")
         _check(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
-        if self.bos.startswith("fixed:"):
-            _check(int(self.bos[6:]) < self.vocab_size,
-                   f"--bos {self.bos}: the token id must be below --vocab-size ({self.vocab_size})")
+        check_first_token(self.bos, self.vocab_size)
 
     @property
     def optim(self) -> OptimConfig:

@@ -14,12 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from toybb.errors import ConfigError
-from toybb.llm.tokenizer import TextTokenizer, from_tokenizer_json
-from toybb.pretrain.config import BOS_TOKEN, EOS_TOKEN, PretrainConfig
+from toybb.llm.pretrain_folder import BOS_TOKEN, EOS_TOKEN, TOKENIZER_NAME, first_token, text_tokenizer
+from toybb.llm.tokenizer import TextTokenizer
+from toybb.pretrain.config import PretrainConfig
 from toybb.records import atomic_write
 from toybb.texts import iter_documents, resolve_source
-
-TOKENIZER_NAME = "tokenizer.json"
 
 
 def read_documents(cfg: PretrainConfig) -> list[str]:
@@ -66,19 +65,6 @@ def train_tokenizer(docs: list[str], vocab_size: int):
     return tok
 
 
-def first_token(cfg: PretrainConfig) -> int | None:
-    """The id every sequence starts with: <|bos|> (1), the fixed id, or None."""
-    if cfg.bos == "none":
-        return None
-    return 1 if cfg.bos == "token" else int(cfg.bos[6:])
-
-
-def text_tokenizer(path: Path, cfg: PretrainConfig) -> TextTokenizer:
-    """The run's tokenizer.json as the probes' tokenizer: its first token in front of every text."""
-    bos = first_token(cfg)
-    return from_tokenizer_json(path, bos_id=bos, add_bos=bos is not None)
-
-
 @dataclass
 class TokenData:
     """The packed token stream of a run: train [n_train] and heldout [n_heldout] int32 ids."""
@@ -99,7 +85,7 @@ def prepare_data(cfg: PretrainConfig, folder: Path | None) -> tuple[TokenData, T
     docs = read_documents(cfg)
     path = None if folder is None else folder / TOKENIZER_NAME
     if path is not None and path.is_file():
-        tok = text_tokenizer(path, cfg).backend
+        tok = text_tokenizer(path, cfg.bos).backend
     else:
         tok = train_tokenizer(docs, cfg.vocab_size)
         if path is not None:
@@ -108,12 +94,12 @@ def prepare_data(cfg: PretrainConfig, folder: Path | None) -> tuple[TokenData, T
     ids = [e.ids + [0] for e in tok.encode_batch(docs, add_special_tokens=False)]
     stream = np.fromiter((i for doc in ids for i in doc), np.int32)
     n_held = int(len(stream) * cfg.heldout)
-    need = cfg.seq_len + 1 - (first_token(cfg) is not None)  # stream tokens per sequence
+    need = cfg.seq_len + 1 - (first_token(cfg.bos) is not None)  # stream tokens per sequence
     if n_held < need or len(stream) - n_held < need:
         raise ConfigError(f"the text gives {len(stream)} tokens: too few for sequences of {cfg.seq_len} tokens with "
                           f"{cfg.heldout:g} of them held out; give more text or lower --seq-len")
     data = TokenData(stream[: len(stream) - n_held], stream[len(stream) - n_held:], len(docs))
-    tt = TextTokenizer(tok, first_token(cfg), first_token(cfg) is not None, str(path or "trained"))
+    tt = TextTokenizer(tok, first_token(cfg.bos), first_token(cfg.bos) is not None, str(path or "trained"))
     return data, tt
 
 

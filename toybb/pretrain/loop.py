@@ -5,7 +5,7 @@ count, so a run resumed from its checkpoint computes exactly what an uninterrupt
 
 At each evaluation step the fixed held-out batch gives the held-out loss and, per layer, the emergence
 metrics of `toybb.probes.metrics` (`metric_names`), appended to metrics.csv; at the steps of the series
-the parameters are saved (`toybb.pretrain.runs.series_path`), and every ckpt_every steps the whole
+the parameters are saved (`toybb.llm.pretrain_folder.series_path`), and every ckpt_every steps the whole
 training state (checkpoint.npz), always after the rows it covers are on disk.
 """
 
@@ -24,18 +24,18 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from toybb.checkpoints import CKPT_NAME, load_checkpoint, save_checkpoint
 from toybb.errors import CheckpointError, ConfigError, TrainingDiverged
+from toybb.llm.pretrain_folder import KIND, first_token, series_path
 from toybb.models.capture import Capture, capture_call
 from toybb.models.config import ModelConfig
 from toybb.models.transformer import Transformer, abstract_model
 from toybb.names import column
 from toybb.plot import plot_emergence
 from toybb.pretrain.config import PretrainConfig
-from toybb.pretrain.data import TokenData, batch_at, first_token, heldout_batch
-from toybb.pretrain.runs import KIND, series_path
+from toybb.pretrain.data import TokenData, batch_at, heldout_batch
 from toybb.probes import metrics as M
 from toybb.records import append_lines, atomic_write, package_versions, read_csv, read_json, remove_temporaries
-from toybb.train.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
 from toybb.train.optim import make_optimizer
 from toybb.train.trainer import with_precision
 
@@ -102,7 +102,7 @@ class Pretrainer:
         self.sharded = NamedSharding(self.mesh, P("data"))
         self.names = metric_names(model)
         self.tx = make_optimizer(cfg.optim)
-        self.first = first_token(cfg)
+        self.first = first_token(cfg.bos)
         self.train_tokens = jax.device_put(jnp.asarray(data.train), self.replicated)
         self.eval_tokens = jax.device_put(jnp.asarray(heldout_batch(data.heldout, cfg.eval_batch, cfg.seq_len,
                                                                     self.first)), self.replicated)

@@ -1,55 +1,21 @@
-"""Pretrain run folders (written by `toybb pretrain`): config.json ({"kind": "pretrain", "config": {"model",
-"pretrain"}, ...}), tokenizer.json, metrics.csv, checkpoint.npz (the training state to resume from),
-series/step_NNNNNNN.npz (the parameters at each step of the series) and summary.json. Checking a folder
-before a run, and reading a step of the series back: its config and tokenizer (`open_step`), then its
-parameters (`step_params`); `toybb.llm.load.open_checkpoint` builds the model from them as from any checkpoint."""
+"""Pretrain run folders (written by `toybb pretrain`; their format, and reading a step of their series back as a
+checkpoint, are `toybb.llm.pretrain_folder`'s): reading a folder's run config, and checking a folder before a
+run."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
-from flax import nnx
-
-from toybb.config import section_from_dict
 from toybb.errors import ConfigError
-from toybb.llm.tokenizer import TextTokenizer
+from toybb.llm.pretrain_folder import is_pretrain_folder, read_record
 from toybb.models.config import ModelConfig
-from toybb.models.transformer import abstract_model
 from toybb.pretrain.config import PretrainConfig
-from toybb.pretrain.data import TOKENIZER_NAME, text_tokenizer
-from toybb.records import out_folder, read_json
-from toybb.train.checkpoint import load_checkpoint
-
-KIND = "pretrain"
-SERIES = "series"
-
-
-def series_path(folder: Path, step: int) -> Path:
-    return Path(folder) / SERIES / f"step_{step:07d}.npz"
-
-
-def series_steps(folder: str | Path) -> list[int]:
-    """The steps of the series saved in `folder`."""
-    return sorted(int(p.stem[5:]) for p in (Path(folder) / SERIES).glob("step_*.npz") if p.stem[5:].isdigit())
-
-
-def is_pretrain_folder(path: str | Path) -> bool:
-    p = Path(path) / "config.json"
-    if not p.is_file():
-        return False
-    meta = read_json(p, "config", "repair or delete it")
-    return isinstance(meta, dict) and meta.get("kind") == KIND
+from toybb.records import out_folder
 
 
 def read_configs(folder: str | Path) -> tuple[PretrainConfig, ModelConfig]:
-    meta = read_json(Path(folder) / "config.json", "run config", f"delete {folder} to start over")
-    try:
-        c = meta["config"]
-        return PretrainConfig.from_dict(c["pretrain"]), section_from_dict(ModelConfig, c["model"], "model")
-    except (KeyError, TypeError) as e:
-        raise ConfigError(f"{folder}/config.json is not a toybb pretrain record ({e}); delete the folder") from None
+    return read_record(folder, PretrainConfig.from_dict)
 
 
 def check_pretrain_folder(out: str | Path, cfg: PretrainConfig, model: ModelConfig) -> None:
@@ -71,28 +37,3 @@ def check_pretrain_folder(out: str | Path, cfg: PretrainConfig, model: ModelConf
     if diffs:
         raise ConfigError(f"--out {out} holds a pretrain run of another configuration ({'; '.join(diffs[:4])}); "
                           "use another --out or delete the folder")
-
-
-def open_step(folder: str | Path, step: int | None = None,
-              tokenizer: str | Path | None = None) -> tuple[ModelConfig, TextTokenizer, int]:
-    """(model config, tokenizer, step) of a pretrain folder at `step` of its series (None: the latest step it
-    holds), without reading any parameters. tokenizer: a tokenizer.json instead of the run's own. An empty
-    series, or a step it lacks, is a ConfigError naming the steps it holds."""
-    folder = Path(folder)
-    cfg, model_cfg = read_configs(folder)
-    saved = series_steps(folder)
-    if not saved:
-        raise ConfigError(f"{folder} holds no checkpoint yet; train it first (toybb pretrain --out {folder})")
-    if step is None:
-        step = saved[-1]
-    if step not in saved:
-        raise ConfigError(f"{folder} has no checkpoint of step {step}; its series: {saved}")
-    return model_cfg, text_tokenizer(Path(tokenizer or folder / TOKENIZER_NAME), cfg), step
-
-
-def step_params(folder: str | Path, step: int) -> dict[str, np.ndarray]:
-    """The parameters at `step` of the series ({"blocks.0.attn.wq": array, ...}, as trained), for
-    `toybb.llm.weights.build_model`."""
-    _, template = nnx.split(abstract_model(read_configs(folder)[1]))
-    state, _ = load_checkpoint(series_path(folder, step), template)
-    return {".".join(map(str, p)): np.asarray(v) for p, v in nnx.to_flat_state(state)}

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from toybb import style
+from toybb.checkpoints import CKPT_NAME
 from toybb.config import RunConfig
 from toybb.errors import ConfigError
 from toybb.records import atomic_open, load_metrics
 from toybb.task import BBTask
 from toybb.theory import rates as R
-from toybb.train.checkpoint import CKPT_NAME
 from toybb.train.trainer import Trainer
 
 # quantity -> (metric base, fitted key, predicted value, description)

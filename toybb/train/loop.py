@@ -1,6 +1,6 @@
 """The training loop of toy models on the BB task: every run of a config (seeds x learning rates) trained
 by one `Trainer` (`toybb.train.trainer`), metrics on a fixed evaluation batch on a grid of steps
-appended to metrics.csv, atomic checkpoints (`toybb.train.checkpoint`) and resume, then the final
+appended to metrics.csv, atomic checkpoints (`toybb.checkpoints`) and resume, then the final
 probes (`toybb.train.final`) and the dynamics figure.
 """
 
@@ -16,14 +16,14 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from toybb.checkpoints import CKPT_NAME
 from toybb.config import RunConfig, config_diffs
 from toybb.errors import CheckpointError, ConfigError, TrainingDiverged
 from toybb.plot import plot_dynamics
 from toybb.records import (append_metrics_csv, atomic_write, folder_lock, package_versions, read_metrics_csv,
                            remove_temporaries, write_metrics_csv)
-from toybb.train.checkpoint import CKPT_NAME, DIVERGED_NAME
 from toybb.train.final import write_final_probes
-from toybb.train.runs import check_run_folder
+from toybb.train.runs import DIVERGED_NAME, check_run_folder
 from toybb.train.trainer import RunResult, Trainer
 
 

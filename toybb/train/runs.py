@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toybb.checkpoints import CKPT_NAME, checkpoint_step
 from toybb.config import RunConfig, config_diffs
 from toybb.errors import ConfigError, TrainingDiverged
 from toybb.records import out_folder, read_json, read_run_config
-from toybb.train.checkpoint import CKPT_NAME, DIVERGED_NAME, checkpoint_step
 from toybb.train.trainer import Trainer
 
-
+DIVERGED_NAME = "diverged.json"  # written when a run diverges: a rerun says so instead of diverging again
 RUN_FILES = ("config.json", "metrics.csv", CKPT_NAME, "summary.json", "active_dormant.csv", "interventions.csv",
              "dynamics.png", DIVERGED_NAME)
 

@@ -23,6 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from toybb import device
+from toybb.checkpoints import load_checkpoint, save_checkpoint
 from toybb.config import PRECISIONS, RunConfig
 from toybb.errors import ConfigError
 from toybb.models import build_model
@@ -30,7 +31,6 @@ from toybb.models.transformer import Transformer
 from toybb.probes import bb as bbprobes
 from toybb.probes.metrics import token_nll
 from toybb.task import BBTask
-from toybb.train.checkpoint import load_checkpoint, save_checkpoint
 from toybb.train.optim import make_optimizer
 
 

@@ -1,5 +1,6 @@
-"""Atomic checkpoints of a training state: every leaf of the pytree as one array of an .npz file, with
-the step and the leaf count, checked leaf by leaf against the state a config expects when read back."""
+"""Atomic checkpoints of a training state (or of any pytree of arrays): every leaf of the pytree as one array
+of an .npz file, with the step and the leaf count, checked leaf by leaf against the state a config expects
+when read back. Written by `toybb.train` and `toybb.pretrain`, read by them and by `toybb.llm`."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import numpy as np
 from toybb.errors import CheckpointError
 from toybb.records import atomic_write
 
-CKPT_NAME = "checkpoint.npz"
-DIVERGED_NAME = "diverged.json"  # written when a run diverges: a rerun says so instead of diverging again
+CKPT_NAME = "checkpoint.npz"  # the state a run folder resumes from
 
 
 def checkpoint_step(path: Path) -> int | None:
