@@ -290,9 +290,27 @@ def test_append_on_a_full_disk_leaves_no_partial_line(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(records.os, "write", write)
-    with pytest.raises(OSError):
+    with pytest.raises(toybb.EnvironmentFault, match="t.csv"):
         records.append_lines(path, "3,4\n5,6\n")
     assert path.read_text() == "a,b\n1,2\n"
+
+
+@pytest.mark.parametrize("err, kind", [(errno.ENOSPC, toybb.EnvironmentFault), (errno.EDQUOT, toybb.EnvironmentFault),
+                                       (errno.EIO, toybb.EnvironmentFault), (errno.EROFS, toybb.ConfigError)])
+def test_library_train_turns_a_full_disk_into_a_toybb_error(err, kind, finished, tmp_path, monkeypatch):
+    """From Python too (not only in the CLI): the writers of toybb.records convert the OSError, once."""
+    from toybb.train import train
+    from toybb.train.runs import run_config
+
+    def fsync(fd):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(records.os, "fsync", fsync)
+    out = tmp_path / "run"
+    with pytest.raises(kind, match=os.strerror(err)) as e:
+        train(run_config(finished), out, progress=False, write_figure=False)
+    assert e.value.exit_code == (4 if kind is toybb.EnvironmentFault else 2) and str(out) in str(e.value)
+    assert not list(out.glob(".*.tmp")) and not (out / LOCK_NAME).exists()
 
 
 # ---- environment -------------------------------------------------------------------------------------------

@@ -145,23 +145,13 @@ def _capture_arg(capture):
 
 
 def _edits_arg(edits):
-    """`edits=`: None, an Edit or a list of them, each with a string site and numeric value / min_abs."""
+    """`edits=`: None, an Edit or a list of them (each Edit checks its own fields when it is built)."""
     if edits is None or isinstance(edits, Edits):
         return edits
     listed = [edits] if isinstance(edits, Edit) else edits
     if not isinstance(listed, (list, tuple)) or not all(isinstance(e, Edit) for e in listed):
         raise ArgumentTypeError(f"edits takes an Edit or a list of Edits (toybb.Edit), got {type(edits).__name__} "
                                 f"{edits!r:.60}")
-    for e in listed:
-        if not isinstance(e.site, str):
-            raise ArgumentTypeError(f"Edit site must be a site pattern (a string), got {e.site!r:.60}")
-        for name in ("value", "min_abs"):
-            v = getattr(e, name)
-            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                      or np.issubdtype(np.asarray(v).dtype, np.number)):
-                raise ArgumentTypeError(f"Edit {name} must be a number or a numeric array, got {v!r:.60}")
-        if e.min_abs is not None and np.ndim(e.min_abs) != 0:
-            raise ArgumentTypeError(f"Edit min_abs must be one number, got an array of shape {np.shape(e.min_abs)}")
     return listed
 
 
