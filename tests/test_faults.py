@@ -386,6 +386,37 @@ def test_python_api_bad_arguments_raise_toybb_errors(name, loaded, finished):
     assert len(str(e.value).splitlines()) == 1 and str(e.value)
 
 
+@pytest.mark.parametrize("kwargs, kind, needle", [
+    (dict(site=3, op="zero"), toybb.ArgumentTypeError, "site must be a site pattern"),
+    (dict(site="", op="zero"), toybb.ArgumentTypeError, "site must be a site pattern"),
+    (dict(site="embed", op=None), toybb.ConfigError, "unknown intervention op None"),
+    (dict(site="embed", op="scale", value="x"), toybb.ArgumentTypeError, "value must be a number"),
+    (dict(site="embed", op="scale", value=True), toybb.ArgumentTypeError, "value must be a number"),
+    (dict(site="embed", op="scale", value=[1, [2]]), toybb.ArgumentTypeError, "value must be a number"),
+    (dict(site="embed", op="zero", min_abs="x"), toybb.ArgumentTypeError, "min_abs must be a number"),
+    (dict(site="embed", op="zero", min_abs=[1.0, 2.0]), toybb.ArgumentTypeError, "min_abs must be one number"),
+    (dict(site="embed", op="zero", layer="a"), toybb.ConfigError, "layer selector 'a'"),
+    (dict(site="embed", op="zero", layer=1.5), toybb.ArgumentTypeError, "layer must be an integer"),
+    (dict(site="embed", op="zero", head=[[0, 1]]), toybb.ArgumentTypeError, "head must be an integer"),
+    (dict(site="embed", op="zero", feature=[True]), toybb.ArgumentTypeError, "feature must be an integer"),
+    (dict(site="embed", op="zero", position="first:abc"), toybb.ConfigError, "position selector 'first:abc'"),
+    (dict(site="embed", op="zero", key="bos"), toybb.ConfigError, "key selector 'bos'"),
+])
+def test_edit_is_checked_when_built(kwargs, kind, needle):
+    with pytest.raises(kind, match=needle):
+        toybb.Edit(**kwargs)
+
+
+def test_edit_takes_every_documented_selector():
+    import jax.numpy as jnp
+
+    for sel in (0, -1, [0, 1], (1,), [], np.array([0, 2]), jnp.arange(2), slice(0, 2), "0:2", "1,2", ":", "-2:"):
+        toybb.Edit("blocks.*.attn.z", "zero", layer=sel, head=sel)
+    for pos in ("bos", "first", "last", "first:7", " 3 ", np.int64(2)):
+        toybb.Edit("blocks.*.attn.z", "scale", value=np.float32(0.5), position=pos)
+    toybb.Edit("blocks.*.resid_post", "set", value=jnp.zeros((2, 3), jnp.bfloat16), min_abs=np.float64(3.0))
+
+
 # ---- fuzz: corrupted metrics tables -------------------------------------------------------------------------
 FIELD = st.one_of(st.text(max_size=6), st.integers(-5, 10**20).map(str), st.sampled_from(["nan", "1e400", "-0", " 3"]))
 
@@ -655,3 +686,103 @@ def test_jsonl_not_utf8_is_one_line(tiny_llm, tmp_path, capsys, no_weights):
     _fails(["ppl", str(model), "--text", str(t)], capsys, 2, "t.jsonl:2: not UTF-8 text", untouched=tmp_path)
     _fails(["probe", str(model), "--text", str(t), "--seq-len", "16", "--out", str(tmp_path / "o")], capsys, 2,
            "t.jsonl:2: not UTF-8")
+
+
+# ---- issue 27, last residuals: a mistyped command, a named model's note, text checked whole before loading --------
+@pytest.mark.parametrize("argv, needle", [
+    (["trian"], "invalid choice: 'trian'"), (["longctx", "tyo"], "did you mean toy?"),
+    (["Train"], "did you mean train"), (["ppl", "m", "--dtype", "float23"], "did you mean float32"),
+])
+def test_mistyped_subcommand_or_choice_names_the_closest(argv, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = _fails(argv, capsys, 2, needle, "did you mean", untouched=tmp_path)
+    assert line.endswith("(see --help)")
+
+
+@pytest.fixture
+def by_name(tiny_llm, tmp_path, monkeypatch):
+    """The tiny Llama reachable by its name 'm' only (as an offline model of $TOYBB_MODELS)."""
+    model, texts = tiny_llm
+    monkeypatch.setenv("TOYBB_MODELS", str(model.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no_hub"))
+    monkeypatch.chdir(tmp_path)
+    return model, texts
+
+
+def test_named_model_error_is_one_line(by_name, no_weights, tmp_path, capsys):
+    _, texts = by_name
+    _fails(["probe", "m", "--domain", f"a={texts / 'short.txt'}", "--seq-len", "32", "--out", "o"], capsys, 2,
+           "holds no text of 32 tokens")
+    _fails(["intervene", "m", "--text", str(texts / "words.txt"), "--site", "blocks.*.atn.z", "--op", "zero",
+            "--out", "o"], capsys, 2, "no site matches")
+    assert not (tmp_path / "o").exists()
+
+
+def test_named_model_note_is_said_once_when_the_weights_load(by_name, capsys):
+    from toybb.llm.load import open_checkpoint
+
+    model, _ = by_name
+    ck = open_checkpoint("m")
+    assert capsys.readouterr().err == ""  # nothing said while the input is checked
+    ck.load_weights()
+    ck.load_weights()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"m: {model} (Hugging Face safetensors, float32 weights)"], err
+
+
+def _deep(tmp_path, name: str, bad: bytes, lines: int = 5000) -> Path:
+    f = tmp_path / name
+    good = b'{"text": "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18"}\n' if name.endswith(".jsonl") \
+        else b"w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18\n"
+    f.write_bytes(good * lines + bad + good)
+    return f
+
+
+@pytest.mark.parametrize("name, bad, needle", [
+    ("t.jsonl", b'{"text": "w3 \xff"}\n', "t.jsonl:5001: not UTF-8 text (byte "),
+    ("t.jsonl", b'{"text": 3}\n', "t.jsonl:5001: no string 'text' field"),
+    ("t.jsonl", b'{"text": "w3\n', "t.jsonl:5001: not a JSON line"),
+    ("t.txt", b"w1 \xc3\x28\n", "t.txt:5001: not UTF-8 text (byte "),
+])
+def test_text_checked_whole_before_the_weights_load(name, bad, needle, tiny_llm, no_weights, tmp_path, capsys):
+    model, texts = tiny_llm
+    f = _deep(tmp_path, name, bad)
+    line = _fails(["probe", str(model), "--domain", f"a={f}", "--seq-len", "16", "--out", str(tmp_path / "o")],
+                  capsys, 2, needle)
+    if "byte" in needle:
+        at = int(line.split("(byte ")[1].split(")")[0])
+        assert f.read_bytes()[at] in (0xFF, 0xC3)
+    _fails(["intervene", str(model), "--text", str(f), "--seq-len", "16", "--site", "embed", "--op", "zero",
+            "--out", str(tmp_path / "o")], capsys, 2, needle)
+    _fails(["ppl", str(model), "--text", str(f), "--seq-len", "8", "--tokens", "16", "--no-progress"], capsys, 2,
+           needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_text_check_finds_a_character_split_between_chunks(tmp_path, monkeypatch):
+    """The check reads big files in chunks: a character cut by a chunk's end is still valid, a bad byte after it
+    is still found, with the right line."""
+    from toybb import texts
+
+    f = tmp_path / "t.txt"
+    f.write_bytes(("é" * 10 + "\n").encode() * 3 + b"\xff")
+    real = open
+
+    class Small:  # 5-byte chunks: every é straddles one
+        def __init__(self, *a):
+            self.f = real(*a)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def read(self, n):
+            return self.f.read(5)
+
+    monkeypatch.setattr(texts, "open", Small, raising=False)
+    with pytest.raises(toybb.ConfigError, match=r"t.txt:4: not UTF-8 text \(byte 63\)"):
+        texts.resolve_source(str(f))
+    f.write_bytes(("é" * 10 + "\n").encode() * 3)
+    assert texts.resolve_source(str(f)) == str(f)
