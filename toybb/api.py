@@ -59,6 +59,7 @@ class Loaded:
         """The Flax NNX module: run (seed, lr) of a toy run folder (default: the one chosen at load)."""
         if seed is None and lr is None:
             return self._get_model(self._current)
+        _check_run(seed, lr, "Loaded.model")
         return self._get_model(_pick(self.runs, seed, lr, self.name))
 
     def sites(self):
@@ -155,6 +156,14 @@ def _edits_arg(edits):
     return listed
 
 
+def _check_run(seed, lr, where: str) -> None:
+    """seed / lr choosing a run of a toy run folder: an integer and a number (or None)."""
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
+        raise ArgumentTypeError(f"{where}: seed must be an integer (a seed of the run folder), got {seed!r:.60}")
+    if lr is not None and (not isinstance(lr, (int, float, np.number)) or isinstance(lr, bool)):
+        raise ArgumentTypeError(f"{where}: lr must be a number (a learning rate of the run folder), got {lr!r:.60}")
+
+
 def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None = None, dtype: str = "float32",
          tokenizer: str | None = None, step: int | None = None) -> Loaded:
     """A toy run folder (written by `toybb train`), a `toybb pretrain` folder, a Hugging Face model directory,
@@ -163,10 +172,7 @@ def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None
     dtype and tokenizer (a tokenizer.json) apply to pretrained models."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ArgumentTypeError(f"toybb.load takes a path or a model name, got {source!r:.60}")
-    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
-        raise ArgumentTypeError(f"toybb.load: seed must be an integer (a seed of the run folder), got {seed!r:.60}")
-    if lr is not None and (not isinstance(lr, (int, float, np.number)) or isinstance(lr, bool)):
-        raise ArgumentTypeError(f"toybb.load: lr must be a number (a learning rate of the run folder), got {lr!r:.60}")
+    _check_run(seed, lr, "toybb.load")
     if not isinstance(dtype, str):
         raise ArgumentTypeError(f"toybb.load: dtype must be a name such as 'float32' or 'bfloat16', got {dtype!r:.60}")
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):

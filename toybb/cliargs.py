@@ -189,9 +189,12 @@ def comma_list(item: Callable = str, what: str = "values") -> Callable[[str], tu
 
     def parse(text: str) -> tuple:
         try:
-            return tuple(item(x.strip()) for x in text.split(",") if x.strip())
+            out = tuple(item(x.strip()) for x in text.split(",") if x.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+            out = ()
+        if not out:  # nothing parsable, or nothing at all ('', ','): not a silent default
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        return out
 
     parse.__name__ = f"list of {what}"
     return parse

@@ -303,12 +303,17 @@ def load_metrics(run_dir: str | Path) -> tuple[dict, list[dict[str, str]]]:
         raise ConfigError(f"{d} is not a toybb run folder (no metrics.csv/config.json); give the --out of `toybb train`")
     meta = read_run_config(d)
     rows = read_csv(d / "metrics.csv", "metrics table", required=("step", "seed", "lr"))
+    seen = set()
     for r in rows:
         try:
-            int(r["step"]), int(r["seed"]), float(r["lr"])
+            key = int(r["step"]), int(r["seed"]), float(r["lr"])
         except ValueError:
             raise ConfigError(f"metrics table {str(d / 'metrics.csv')!r} has a row whose step, seed or lr is not a "
                               f"number ({r['step']!r}, {r['seed']!r}, {r['lr']!r}); repair or delete it") from None
+        if key in seen:  # one row per (step, run): a second one means a second writer, or an edited table
+            raise ConfigError(f"metrics table {str(d / 'metrics.csv')!r} holds step {key[0]} of run seed {key[1]}, "
+                              f"lr {r['lr']} twice; rerun `toybb train` into a new folder")
+        seen.add(key)
     return meta, rows
 
 
