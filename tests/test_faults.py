@@ -376,6 +376,9 @@ BAD_CALLS = {
     "Edit layer='a'": lambda m, d: m.run("ab", edits=[toybb.Edit("blocks.*.attn.z", "zero", layer="a")]),
     "Edit head=99": lambda m, d: m.run("ab", edits=[toybb.Edit("blocks.*.attn.z", "zero", head=99)]),
     "run(1.5)": lambda m, d: m.run(np.array([1.5])),
+    "capture='embed@'": lambda m, d: m.run("ab", capture="embed@"),
+    "run(seed='a')": lambda m, d: m.run("ab", seed="a"),
+    "model(lr='x')": lambda m, d: m.model(lr="x"),
 }
 
 
@@ -786,3 +789,46 @@ def test_text_check_finds_a_character_split_between_chunks(tmp_path, monkeypatch
         texts.resolve_source(str(f))
     f.write_bytes(("é" * 10 + "\n").encode() * 3)
     assert texts.resolve_source(str(f)) == str(f)
+
+
+# ---- issue 27, adversarial pass: inputs a hostile user tries, each one line before anything is built ---------
+_HOSTILE = {
+    "dup.yaml": "model: {d_model: 16}\nmodel: {d_model: 32}\n",
+    "dup_inner.yaml": "model: {d_model: 16, d_model: 32}\n",
+    "dup.json": '{"model": {"d_model": 16, "d_model": 32}}',
+    "huge.json": '{"train": {"steps": ' + "9" * 5000 + "}}",
+    "sweep_dup.yaml": "grid: {optim.lr: [0.001]}\ngrid: {optim.lr: [0.002]}\n",
+    "table.npz": "not a table",
+}
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--config", "dup.yaml"], "key(s) ['model'] given twice in one mapping"),
+    (["train", "--config", "dup_inner.yaml"], "key(s) ['d_model'] given twice"),
+    (["train", "--config", "dup.json"], "key(s) ['d_model'] given twice"),
+    (["train", "--config", "huge.json"], "an integer of more than 4,300 digits"),
+    (["sweep", "sweep_dup.yaml", "--dry-run"], "key(s) ['grid'] given twice"),
+    (["train", "--lr", ","], "--lr: expected comma-separated numbers, got ','"),
+    (["train", "--lr", ""], "--lr: expected comma-separated numbers, got ''"),
+    (["train", "--table", "table.npz"], "is not a valid bigram table (not a .npz file of arrays); build one with"),
+])
+def test_hostile_inputs_one_line_before_anything_is_built(argv, needle, tmp_path, capsys, monkeypatch):
+    import toybb.train.trainer
+
+    monkeypatch.setattr(toybb.train.trainer.Trainer, "__init__", lambda *a, **k: pytest.fail("built a trainer"))
+    for name, text in _HOSTILE.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    line = _fails([*argv, "--out", str(tmp_path / "o")], capsys, 2, needle, untouched=tmp_path)
+    assert "pickle" not in line and "sys.set_int" not in line  # no advice of the libraries underneath
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", [["plot"], ["compare", "--reference", "one_layer_adam"]])
+def test_metrics_row_written_twice(command, run_copy, capsys):
+    """Two rows of one (step, run): what a second writer leaves; plot and compare say so instead of drawing one."""
+    last = (run_copy / "metrics.csv").read_text().splitlines()[-1]
+    with open(run_copy / "metrics.csv", "a") as f:
+        f.write(last + "\n")
+    _fails([command[0], str(run_copy), *command[1:]], capsys, 2, "holds step 12 of run seed 0, lr 0.5 twice",
+           untouched=run_copy)
