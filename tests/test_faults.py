@@ -488,6 +488,8 @@ def no_weights(monkeypatch):
     (["--site", "embed", "--op", "zero", "--domain", "a=nosuch.txt"], "'nosuch.txt' is neither a file"),
     (["--site", "embed", "--op", "zero", "--domain", "a=SHORT"], "holds no text of 16 tokens"),
     (["--site", "embed", "--op", "zero", "--seq-len", "100"], "longer than the model context (64)"),
+    (["--site", "embed", "--op", "zero", "--batch", "1000000000"], "--batch must be an integer from 1 to 1,048,576"),
+    (["--edit", "blocks.*.attn.z:zero:layer=0,layer=1"], "layer given twice; give it once"),
 ])
 def test_intervene_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, capsys, argv, needle):
     model, texts = tiny_llm
@@ -517,6 +519,8 @@ def test_mistyped_site_fails_before_the_checkpoint_is_read(site, tiny_llm, tmp_p
     (["--domain", "a=SHORT", "--seq-len", "32"], "holds no text of 32 tokens"),
     (["--domain", "a=WORDS", "--seq-len", "100"], "longer than the model context (64 tokens)"),
     (["--domain", "a=WORDS", "--domain", "a=WORDS", "--seq-len", "16"], "names must differ"),
+    (["--domain", "a=WORDS", "--batch", "1000000000"], "--batch must be an integer from 1 to 1,048,576"),
+    (["--domain", "a=WORDS", "--samples", "1000000000000"], "--samples must be an integer from 1 to 1,048,576"),
 ])
 def test_probe_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, capsys, argv, needle):
     model, texts = tiny_llm
