@@ -179,6 +179,12 @@ def test_sweep_with_a_diverging_group_exits_3(tmp_path, capsys):
     assert not (tmp_path / "sw" / "results.csv").exists()
 
 
+def test_divergence_before_any_checkpoint_says_so():
+    e = toybb.TrainingDiverged(2, [], None, "runs/x")
+    assert "no checkpoint of runs/x was written before" in str(e) and "None" not in str(e)
+    assert "last good checkpoint (step 4) kept in runs/x" in str(toybb.TrainingDiverged(6, [0], 4, "runs/x"))
+
+
 def test_longctx_toy_model_diverging_names_the_step():
     from toybb.config import ModelConfig
     from toybb.longctx.toy import train_char_lm

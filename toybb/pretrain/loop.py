@@ -35,7 +35,7 @@ from toybb.pretrain.data import TokenData, batch_at, first_token, heldout_batch
 from toybb.pretrain.runs import KIND, series_path
 from toybb.probes import metrics as M
 from toybb.records import append_lines, atomic_write, package_versions, read_csv, read_json, remove_temporaries
-from toybb.train.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
+from toybb.train.checkpoint import CKPT_NAME, checkpoint_step, load_checkpoint, save_checkpoint
 from toybb.train.optim import make_optimizer
 from toybb.train.trainer import with_precision
 
@@ -232,7 +232,7 @@ def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str 
             trained_s += time.perf_counter() - t0
             trained_steps += target - step
             if not np.isfinite(loss):
-                raise TrainingDiverged(target, [0], None, str(out))
+                raise TrainingDiverged(target, [], checkpoint_step(out / CKPT_NAME), str(out))
             prev, step = step, target
             last = trainer.evaluate(state)
             append_lines(out / "metrics.csv", _row_text(trainer.names, step, step * per_step, last))

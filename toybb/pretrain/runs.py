@@ -18,7 +18,7 @@ from toybb.models.transformer import Transformer, abstract_model
 from toybb.pretrain.config import PretrainConfig
 from toybb.pretrain.data import TOKENIZER_NAME, text_tokenizer
 from toybb.records import out_folder, read_json
-from toybb.train.checkpoint import load_checkpoint
+from toybb.train.checkpoint import CKPT_NAME, checkpoint_step, load_checkpoint
 
 KIND = "pretrain"
 SERIES = "series"
@@ -52,7 +52,8 @@ def read_configs(folder: str | Path) -> tuple[PretrainConfig, ModelConfig]:
 
 def check_pretrain_folder(out: str | Path, cfg: PretrainConfig, model: ModelConfig) -> None:
     """Before anything is read or compiled: `out` is a folder (or creatable) holding nothing, or a pretrain
-    run of the same configuration (only --steps, --eval-every, --ckpt-every and the series may differ)."""
+    run of the same configuration (only --steps, --eval-every, --ckpt-every and the series may differ) whose
+    checkpoint is not past --steps."""
     out_folder(out)
     p = Path(out) / "config.json"
     if not p.exists():
@@ -69,6 +70,10 @@ def check_pretrain_folder(out: str | Path, cfg: PretrainConfig, model: ModelConf
     if diffs:
         raise ConfigError(f"--out {out} holds a pretrain run of another configuration ({'; '.join(diffs[:4])}); "
                           "use another --out or delete the folder")
+    step = checkpoint_step(Path(out) / CKPT_NAME)
+    if step is not None and step > cfg.steps:  # as `toybb train` says it
+        raise ConfigError(f"run folder {out} holds a checkpoint at step {step}, past --steps {cfg.steps}; "
+                          f"give --steps {step} or more to continue it, or use another --out")
 
 
 def load_step(folder: str | Path, step: int | None = None) -> tuple[Transformer, TextTokenizer, ModelConfig, int]:
