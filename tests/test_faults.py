@@ -821,6 +821,7 @@ _HOSTILE = {
     (["train", "--lr", ","], "--lr: expected comma-separated numbers, got ','"),
     (["train", "--lr", ""], "--lr: expected comma-separated numbers, got ''"),
     (["train", "--table", "table.npz"], "is not a valid bigram table (not a .npz file of arrays); build one with"),
+    (["plot", "run", "--metrics", ","], "--metrics: expected comma-separated names, got ','"),
 ])
 def test_hostile_inputs_one_line_before_anything_is_built(argv, needle, tmp_path, capsys, monkeypatch):
     import toybb.train.trainer
@@ -829,7 +830,8 @@ def test_hostile_inputs_one_line_before_anything_is_built(argv, needle, tmp_path
     for name, text in _HOSTILE.items():
         (tmp_path / name).write_text(text)
     monkeypatch.chdir(tmp_path)
-    line = _fails([*argv, "--out", str(tmp_path / "o")], capsys, 2, needle, untouched=tmp_path)
+    line = _fails([*argv, "--out", str(tmp_path / ("o.png" if argv[0] == "plot" else "o"))], capsys, 2, needle,
+                  untouched=tmp_path)
     assert "pickle" not in line and "sys.set_int" not in line  # no advice of the libraries underneath
     assert not (tmp_path / "o").exists()
 
