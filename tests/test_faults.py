@@ -385,6 +385,8 @@ BAD_CALLS = {
     "capture='embed@'": lambda m, d: m.run("ab", capture="embed@"),
     "run(seed='a')": lambda m, d: m.run("ab", seed="a"),
     "model(lr='x')": lambda m, d: m.model(lr="x"),
+    "load(toy, dtype=...)": lambda m, d: toybb.load(d, dtype="bfloat16"),
+    "grad metric not scalar": lambda m, d: m.grad("abc", "embed", metric=lambda lg, t: lg.sum(-1)),
 }
 
 

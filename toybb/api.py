@@ -60,6 +60,8 @@ class Loaded:
         if seed is None and lr is None:
             return self._get_model(self._current)
         _check_run(seed, lr, "Loaded.model")
+        if self.runs == [(None, None)]:
+            raise ConfigError(f"{self.name}: seed and lr choose a run of a toy run folder; this model has one")
         return self._get_model(_pick(self.runs, seed, lr, self.name))
 
     def sites(self):
@@ -179,6 +181,9 @@ def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None
         raise ArgumentTypeError(f"toybb.load: tokenizer must be the path of a tokenizer.json, got {tokenizer!r:.60}")
 
     path = Path(source)
+    if (dtype != "float32" or tokenizer is not None) and (is_pretrain_folder(path) or is_run_folder(path)):
+        raise ConfigError(f"{source}: dtype and tokenizer apply to pretrained checkpoints; a toybb run folder "
+                          "keeps its own")
     if is_pretrain_folder(path):
         if seed is not None or lr is not None:
             raise ConfigError(f"{source}: a pretrain folder holds one run; choose a checkpoint with step=")
