@@ -4,8 +4,9 @@
   `--lr 1e-3,2e-3`); flags whose items contain commas (`--edit`, `--domain`) are repeated instead.
 - A scalar flag given twice is an error (one line, exit 2), not a silent override.
 - A flag renamed since an earlier release is an error naming the new one (`RENAMED_FLAGS`); an unknown flag,
-  subcommand or choice names the closest ones (`--stpes`, `trian`: did you mean --steps, train?); a stray positional of a command that takes
-  `--text` says to give it as `--text` (the old `toybb ppl MODEL FILE` form).
+  subcommand or choice names the closest ones (`--stpes`, `trian`: did you mean --steps, train?); a stray
+  positional of a command that takes `--text` says to give it as `--text` (the old `toybb ppl MODEL FILE` form).
+- A list flag given nothing (`--lr ,`) is an error, not the default.
 - One flag per concept: `--text SOURCE` wherever one text is meant, `--domain NAME=SOURCE` (repeated) wherever
   several named texts are compared.
 - Every help text shows the default (`DefaultsFormatter`).

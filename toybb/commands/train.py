@@ -245,8 +245,8 @@ def add_plot(sub) -> None:
     p.add_argument("--out", metavar="FILE", help="image path (default: RUN/dynamics.png; several runs: "
                    "NAME1_vs_NAME2.png beside the first run)")
     p.add_argument("--labels", metavar="A,B", help="one label per run (default: the settings in which they differ)")
-    p.add_argument("--metrics", metavar="NAMES", type=STRS, help="comma-separated metric names (the README's vocabulary table, "
-                   "e.g. sink_attention,residual_peak; default: the dynamics figure's panels)")
+    p.add_argument("--metrics", metavar="NAMES", type=STRS, help="comma-separated metric names (the README's "
+                   "vocabulary table, e.g. sink_attention,residual_peak; default: the dynamics figure's panels)")
     p.add_argument("--attn-layer", type=int, help="one run: layer for Attn<s> and ||Val<s>|| (default: 0, or 1 if deeper)")
     p.add_argument("--resid-layer", type=int, help="one run: layer after which ||Res<s>|| is read (default: 0)")
     p.add_argument("--reference", metavar="NAME", help="one run: draw this reference (a built-in name or a CSV) even "

@@ -144,7 +144,8 @@ class Edit:
 
     def __post_init__(self):  # every field checked here, not when the edit is first used
         if not isinstance(self.site, str) or not self.site.strip():
-            raise ArgumentTypeError(f"Edit site must be a site pattern such as 'blocks.*.attn.z', got {self.site!r:.60}")
+            raise ArgumentTypeError(f"Edit site must be a site pattern such as 'blocks.*.attn.z', got "
+                                    f"{self.site!r:.60}")
         if not isinstance(self.op, str) or self.op not in OPS:
             raise SiteError(f"unknown intervention op {self.op!r:.60}; use one of {', '.join(OPS)}")
         if self.op in ("scale", "set", "add") and self.value is None:
