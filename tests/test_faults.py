@@ -179,6 +179,12 @@ def test_sweep_with_a_diverging_group_exits_3(tmp_path, capsys):
     assert not (tmp_path / "sw" / "results.csv").exists()
 
 
+def test_divergence_before_any_checkpoint_says_so():
+    e = toybb.TrainingDiverged(2, [], None, "runs/x")
+    assert "no checkpoint of runs/x was written before" in str(e) and "None" not in str(e)
+    assert "last good checkpoint (step 4) kept in runs/x" in str(toybb.TrainingDiverged(6, [0], 4, "runs/x"))
+
+
 def test_longctx_toy_model_diverging_names_the_step():
     from toybb.config import ModelConfig
     from toybb.longctx.toy import train_char_lm
@@ -290,9 +296,27 @@ def test_append_on_a_full_disk_leaves_no_partial_line(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(records.os, "write", write)
-    with pytest.raises(OSError):
+    with pytest.raises(toybb.EnvironmentFault, match="t.csv"):
         records.append_lines(path, "3,4\n5,6\n")
     assert path.read_text() == "a,b\n1,2\n"
+
+
+@pytest.mark.parametrize("err, kind", [(errno.ENOSPC, toybb.EnvironmentFault), (errno.EDQUOT, toybb.EnvironmentFault),
+                                       (errno.EIO, toybb.EnvironmentFault), (errno.EROFS, toybb.ConfigError)])
+def test_library_train_turns_a_full_disk_into_a_toybb_error(err, kind, finished, tmp_path, monkeypatch):
+    """From Python too (not only in the CLI): the writers of toybb.records convert the OSError, once."""
+    from toybb.train import train
+    from toybb.train.runs import run_config
+
+    def fsync(fd):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(records.os, "fsync", fsync)
+    out = tmp_path / "run"
+    with pytest.raises(kind, match=os.strerror(err)) as e:
+        train(run_config(finished), out, progress=False, write_figure=False)
+    assert e.value.exit_code == (4 if kind is toybb.EnvironmentFault else 2) and str(out) in str(e.value)
+    assert not list(out.glob(".*.tmp")) and not (out / LOCK_NAME).exists()
 
 
 # ---- environment -------------------------------------------------------------------------------------------
@@ -358,6 +382,11 @@ BAD_CALLS = {
     "Edit layer='a'": lambda m, d: m.run("ab", edits=[toybb.Edit("blocks.*.attn.z", "zero", layer="a")]),
     "Edit head=99": lambda m, d: m.run("ab", edits=[toybb.Edit("blocks.*.attn.z", "zero", head=99)]),
     "run(1.5)": lambda m, d: m.run(np.array([1.5])),
+    "capture='embed@'": lambda m, d: m.run("ab", capture="embed@"),
+    "run(seed='a')": lambda m, d: m.run("ab", seed="a"),
+    "model(lr='x')": lambda m, d: m.model(lr="x"),
+    "load(toy, dtype=...)": lambda m, d: toybb.load(d, dtype="bfloat16"),
+    "grad metric not scalar": lambda m, d: m.grad("abc", "embed", metric=lambda lg, t: lg.sum(-1)),
 }
 
 
@@ -366,6 +395,37 @@ def test_python_api_bad_arguments_raise_toybb_errors(name, loaded, finished):
     with pytest.raises(toybb.Error) as e:
         BAD_CALLS[name](loaded, str(finished))
     assert len(str(e.value).splitlines()) == 1 and str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, kind, needle", [
+    (dict(site=3, op="zero"), toybb.ArgumentTypeError, "site must be a site pattern"),
+    (dict(site="", op="zero"), toybb.ArgumentTypeError, "site must be a site pattern"),
+    (dict(site="embed", op=None), toybb.ConfigError, "unknown intervention op None"),
+    (dict(site="embed", op="scale", value="x"), toybb.ArgumentTypeError, "value must be a number"),
+    (dict(site="embed", op="scale", value=True), toybb.ArgumentTypeError, "value must be a number"),
+    (dict(site="embed", op="scale", value=[1, [2]]), toybb.ArgumentTypeError, "value must be a number"),
+    (dict(site="embed", op="zero", min_abs="x"), toybb.ArgumentTypeError, "min_abs must be a number"),
+    (dict(site="embed", op="zero", min_abs=[1.0, 2.0]), toybb.ArgumentTypeError, "min_abs must be one number"),
+    (dict(site="embed", op="zero", layer="a"), toybb.ConfigError, "layer selector 'a'"),
+    (dict(site="embed", op="zero", layer=1.5), toybb.ArgumentTypeError, "layer must be an integer"),
+    (dict(site="embed", op="zero", head=[[0, 1]]), toybb.ArgumentTypeError, "head must be an integer"),
+    (dict(site="embed", op="zero", feature=[True]), toybb.ArgumentTypeError, "feature must be an integer"),
+    (dict(site="embed", op="zero", position="first:abc"), toybb.ConfigError, "position selector 'first:abc'"),
+    (dict(site="embed", op="zero", key="bos"), toybb.ConfigError, "key selector 'bos'"),
+])
+def test_edit_is_checked_when_built(kwargs, kind, needle):
+    with pytest.raises(kind, match=needle):
+        toybb.Edit(**kwargs)
+
+
+def test_edit_takes_every_documented_selector():
+    import jax.numpy as jnp
+
+    for sel in (0, -1, [0, 1], (1,), [], np.array([0, 2]), jnp.arange(2), slice(0, 2), "0:2", "1,2", ":", "-2:"):
+        toybb.Edit("blocks.*.attn.z", "zero", layer=sel, head=sel)
+    for pos in ("bos", "first", "last", "first:7", " 3 ", np.int64(2)):
+        toybb.Edit("blocks.*.attn.z", "scale", value=np.float32(0.5), position=pos)
+    toybb.Edit("blocks.*.resid_post", "set", value=jnp.zeros((2, 3), jnp.bfloat16), min_abs=np.float64(3.0))
 
 
 # ---- fuzz: corrupted metrics tables -------------------------------------------------------------------------
@@ -436,6 +496,8 @@ def no_weights(monkeypatch):
     (["--site", "embed", "--op", "zero", "--domain", "a=nosuch.txt"], "'nosuch.txt' is neither a file"),
     (["--site", "embed", "--op", "zero", "--domain", "a=SHORT"], "holds no text of 16 tokens"),
     (["--site", "embed", "--op", "zero", "--seq-len", "100"], "longer than the model context (64)"),
+    (["--site", "embed", "--op", "zero", "--batch", "1000000000"], "--batch must be an integer from 1 to 1,048,576"),
+    (["--edit", "blocks.*.attn.z:zero:layer=0,layer=1"], "layer given twice; give it once"),
 ])
 def test_intervene_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, capsys, argv, needle):
     model, texts = tiny_llm
@@ -465,6 +527,8 @@ def test_mistyped_site_fails_before_the_checkpoint_is_read(site, tiny_llm, tmp_p
     (["--domain", "a=SHORT", "--seq-len", "32"], "holds no text of 32 tokens"),
     (["--domain", "a=WORDS", "--seq-len", "100"], "longer than the model context (64 tokens)"),
     (["--domain", "a=WORDS", "--domain", "a=WORDS", "--seq-len", "16"], "names must differ"),
+    (["--domain", "a=WORDS", "--batch", "1000000000"], "--batch must be an integer from 1 to 1,048,576"),
+    (["--domain", "a=WORDS", "--samples", "1000000000000"], "--samples must be an integer from 1 to 1,048,576"),
 ])
 def test_probe_checks_before_the_weights_load(tiny_llm, no_weights, tmp_path, capsys, argv, needle):
     model, texts = tiny_llm
@@ -637,3 +701,148 @@ def test_jsonl_not_utf8_is_one_line(tiny_llm, tmp_path, capsys, no_weights):
     _fails(["ppl", str(model), "--text", str(t)], capsys, 2, "t.jsonl:2: not UTF-8 text", untouched=tmp_path)
     _fails(["probe", str(model), "--text", str(t), "--seq-len", "16", "--out", str(tmp_path / "o")], capsys, 2,
            "t.jsonl:2: not UTF-8")
+
+
+# ---- issue 27, last residuals: a mistyped command, a named model's note, text checked whole before loading --------
+@pytest.mark.parametrize("argv, needle", [
+    (["trian"], "invalid choice: 'trian'"), (["longctx", "tyo"], "did you mean toy?"),
+    (["Train"], "did you mean train"), (["ppl", "m", "--dtype", "float23"], "did you mean float32"),
+])
+def test_mistyped_subcommand_or_choice_names_the_closest(argv, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = _fails(argv, capsys, 2, needle, "did you mean", untouched=tmp_path)
+    assert line.endswith("(see --help)")
+
+
+@pytest.fixture
+def by_name(tiny_llm, tmp_path, monkeypatch):
+    """The tiny Llama reachable by its name 'm' only (as an offline model of $TOYBB_MODELS)."""
+    model, texts = tiny_llm
+    monkeypatch.setenv("TOYBB_MODELS", str(model.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no_hub"))
+    monkeypatch.chdir(tmp_path)
+    return model, texts
+
+
+def test_named_model_error_is_one_line(by_name, no_weights, tmp_path, capsys):
+    _, texts = by_name
+    _fails(["probe", "m", "--domain", f"a={texts / 'short.txt'}", "--seq-len", "32", "--out", "o"], capsys, 2,
+           "holds no text of 32 tokens")
+    _fails(["intervene", "m", "--text", str(texts / "words.txt"), "--site", "blocks.*.atn.z", "--op", "zero",
+            "--out", "o"], capsys, 2, "no site matches")
+    assert not (tmp_path / "o").exists()
+
+
+def test_named_model_note_is_said_once_when_the_weights_load(by_name, capsys):
+    from toybb.llm.load import open_checkpoint
+
+    model, _ = by_name
+    ck = open_checkpoint("m")
+    assert capsys.readouterr().err == ""  # nothing said while the input is checked
+    ck.load_weights()
+    ck.load_weights()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"m: {model} (Hugging Face safetensors, float32 weights)"], err
+
+
+def _deep(tmp_path, name: str, bad: bytes, lines: int = 5000) -> Path:
+    f = tmp_path / name
+    good = b'{"text": "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18"}\n' if name.endswith(".jsonl") \
+        else b"w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18\n"
+    f.write_bytes(good * lines + bad + good)
+    return f
+
+
+@pytest.mark.parametrize("name, bad, needle", [
+    ("t.jsonl", b'{"text": "w3 \xff"}\n', "t.jsonl:5001: not UTF-8 text (byte "),
+    ("t.jsonl", b'{"text": 3}\n', "t.jsonl:5001: no string 'text' field"),
+    ("t.jsonl", b'{"text": "w3\n', "t.jsonl:5001: not a JSON line"),
+    ("t.txt", b"w1 \xc3\x28\n", "t.txt:5001: not UTF-8 text (byte "),
+])
+def test_text_checked_whole_before_the_weights_load(name, bad, needle, tiny_llm, no_weights, tmp_path, capsys):
+    model, texts = tiny_llm
+    f = _deep(tmp_path, name, bad)
+    line = _fails(["probe", str(model), "--domain", f"a={f}", "--seq-len", "16", "--out", str(tmp_path / "o")],
+                  capsys, 2, needle)
+    if "byte" in needle:
+        at = int(line.split("(byte ")[1].split(")")[0])
+        assert f.read_bytes()[at] in (0xFF, 0xC3)
+    _fails(["intervene", str(model), "--text", str(f), "--seq-len", "16", "--site", "embed", "--op", "zero",
+            "--out", str(tmp_path / "o")], capsys, 2, needle)
+    _fails(["ppl", str(model), "--text", str(f), "--seq-len", "8", "--tokens", "16", "--no-progress"], capsys, 2,
+           needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_text_check_finds_a_character_split_between_chunks(tmp_path, monkeypatch):
+    """The check reads big files in chunks: a character cut by a chunk's end is still valid, a bad byte after it
+    is still found, with the right line."""
+    from toybb import texts
+
+    f = tmp_path / "t.txt"
+    f.write_bytes(("é" * 10 + "\n").encode() * 3 + b"\xff")
+    real = open
+
+    class Small:  # 5-byte chunks: every é straddles one
+        def __init__(self, *a):
+            self.f = real(*a)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def read(self, n):
+            return self.f.read(5)
+
+    monkeypatch.setattr(texts, "open", Small, raising=False)
+    with pytest.raises(toybb.ConfigError, match=r"t.txt:4: not UTF-8 text \(byte 63\)"):
+        texts.resolve_source(str(f))
+    f.write_bytes(("é" * 10 + "\n").encode() * 3)
+    assert texts.resolve_source(str(f)) == str(f)
+
+
+# ---- issue 27, adversarial pass: inputs a hostile user tries, each one line before anything is built ---------
+_HOSTILE = {
+    "dup.yaml": "model: {d_model: 16}\nmodel: {d_model: 32}\n",
+    "dup_inner.yaml": "model: {d_model: 16, d_model: 32}\n",
+    "dup.json": '{"model": {"d_model": 16, "d_model": 32}}',
+    "huge.json": '{"train": {"steps": ' + "9" * 5000 + "}}",
+    "sweep_dup.yaml": "grid: {optim.lr: [0.001]}\ngrid: {optim.lr: [0.002]}\n",
+    "table.npz": "not a table",
+}
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--config", "dup.yaml"], "key(s) ['model'] given twice in one mapping"),
+    (["train", "--config", "dup_inner.yaml"], "key(s) ['d_model'] given twice"),
+    (["train", "--config", "dup.json"], "key(s) ['d_model'] given twice"),
+    (["train", "--config", "huge.json"], "an integer of more than 4,300 digits"),
+    (["sweep", "sweep_dup.yaml", "--dry-run"], "key(s) ['grid'] given twice"),
+    (["train", "--lr", ","], "--lr: expected comma-separated numbers, got ','"),
+    (["train", "--lr", ""], "--lr: expected comma-separated numbers, got ''"),
+    (["train", "--table", "table.npz"], "is not a valid bigram table (not a .npz file of arrays); build one with"),
+    (["plot", "run", "--metrics", ","], "--metrics: expected comma-separated names, got ','"),
+])
+def test_hostile_inputs_one_line_before_anything_is_built(argv, needle, tmp_path, capsys, monkeypatch):
+    import toybb.train.trainer
+
+    monkeypatch.setattr(toybb.train.trainer.Trainer, "__init__", lambda *a, **k: pytest.fail("built a trainer"))
+    for name, text in _HOSTILE.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    line = _fails([*argv, "--out", str(tmp_path / ("o.png" if argv[0] == "plot" else "o"))], capsys, 2, needle,
+                  untouched=tmp_path)
+    assert "pickle" not in line and "sys.set_int" not in line  # no advice of the libraries underneath
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", [["plot"], ["compare", "--reference", "one_layer_adam"]])
+def test_metrics_row_written_twice(command, run_copy, capsys):
+    """Two rows of one (step, run): what a second writer leaves; plot and compare say so instead of drawing one."""
+    last = (run_copy / "metrics.csv").read_text().splitlines()[-1]
+    with open(run_copy / "metrics.csv", "a") as f:
+        f.write(last + "\n")
+    _fails([command[0], str(run_copy), *command[1:]], capsys, 2, "holds step 12 of run seed 0, lr 0.5 twice",
+           untouched=run_copy)

@@ -260,6 +260,16 @@ def test_toy_train_refuses_a_pretrain_folder(run, capsys):
     assert len(err) == 1 and "another kind of run" in err[0], err
 
 
+def test_fewer_steps_than_the_checkpoint_is_refused_untouched(run, capsys):
+    """As `toybb train` does (it was a traceback after rewriting config.json and metrics.csv)."""
+    before = {q: q.read_bytes() for q in sorted(run.rglob("*")) if q.is_file()}
+    argv = [a if a != "40" else "20" for a in TINY]
+    assert main(["pretrain", "--out", str(run), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a checkpoint at step 40, past --steps 20; give --steps 40 or more" in err[0], err
+    assert {q: q.read_bytes() for q in sorted(run.rglob("*")) if q.is_file()} == before
+
+
 def test_emergence_figure_has_every_line_in_its_legend(run, tmp_path, monkeypatch):
     from toybb import plot, style
 

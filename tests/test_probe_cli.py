@@ -13,8 +13,8 @@ HAVE_SMOLLM2 = any(f.name == "smollm2-135m-instruct" for f in find_models())
 @pytest.mark.parametrize("extra, message", [
     (["--domain", "prose"], "malformed"),
     (["--domain", "code=/no/such/corpus"], "neither a file"),
-    (["--domain", "code=stdlib", "--samples", "0"], "--samples must be a positive"),
-    (["--domain", "code=stdlib", "--batch", "-1"], "--batch must be a positive"),
+    (["--domain", "code=stdlib", "--samples", "0"], "--samples must be an integer from 1"),
+    (["--domain", "code=stdlib", "--batch", "-1"], "--batch must be an integer from 1"),
     ([], "give a text: --text SOURCE, or several named ones: --domain NAME=SOURCE"),
 ])
 def test_bad_input_exits_2(tmp_path, capsys, extra, message):

@@ -58,6 +58,9 @@ class Loaded:
         """The Flax NNX module: run (seed, lr) of a toy run folder (default: the one chosen at load)."""
         if seed is None and lr is None:
             return self._get_model(self._current)
+        _check_run(seed, lr, "Loaded.model")
+        if self.runs == [(None, None)]:
+            raise ConfigError(f"{self.name}: seed and lr choose a run of a toy run folder; this model has one")
         return self._get_model(_pick(self.runs, seed, lr, self.name))
 
     def sites(self):
@@ -144,24 +147,22 @@ def _capture_arg(capture):
 
 
 def _edits_arg(edits):
-    """`edits=`: None, an Edit or a list of them, each with a string site and numeric value / min_abs."""
+    """`edits=`: None, an Edit or a list of them (each Edit checks its own fields when it is built)."""
     if edits is None or isinstance(edits, Edits):
         return edits
     listed = [edits] if isinstance(edits, Edit) else edits
     if not isinstance(listed, (list, tuple)) or not all(isinstance(e, Edit) for e in listed):
         raise ArgumentTypeError(f"edits takes an Edit or a list of Edits (toybb.Edit), got {type(edits).__name__} "
                                 f"{edits!r:.60}")
-    for e in listed:
-        if not isinstance(e.site, str):
-            raise ArgumentTypeError(f"Edit site must be a site pattern (a string), got {e.site!r:.60}")
-        for name in ("value", "min_abs"):
-            v = getattr(e, name)
-            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                      or np.issubdtype(np.asarray(v).dtype, np.number)):
-                raise ArgumentTypeError(f"Edit {name} must be a number or a numeric array, got {v!r:.60}")
-        if e.min_abs is not None and np.ndim(e.min_abs) != 0:
-            raise ArgumentTypeError(f"Edit min_abs must be one number, got an array of shape {np.shape(e.min_abs)}")
     return listed
+
+
+def _check_run(seed, lr, where: str) -> None:
+    """seed / lr choosing a run of a toy run folder: an integer and a number (or None)."""
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
+        raise ArgumentTypeError(f"{where}: seed must be an integer (a seed of the run folder), got {seed!r:.60}")
+    if lr is not None and (not isinstance(lr, (int, float, np.number)) or isinstance(lr, bool)):
+        raise ArgumentTypeError(f"{where}: lr must be a number (a learning rate of the run folder), got {lr!r:.60}")
 
 
 def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None = None, dtype: str = "float32",
@@ -172,10 +173,7 @@ def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None
     dtype and tokenizer (a tokenizer.json) apply to pretrained models."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ArgumentTypeError(f"toybb.load takes a path or a model name, got {source!r:.60}")
-    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
-        raise ArgumentTypeError(f"toybb.load: seed must be an integer (a seed of the run folder), got {seed!r:.60}")
-    if lr is not None and (not isinstance(lr, (int, float, np.number)) or isinstance(lr, bool)):
-        raise ArgumentTypeError(f"toybb.load: lr must be a number (a learning rate of the run folder), got {lr!r:.60}")
+    _check_run(seed, lr, "toybb.load")
     if not isinstance(dtype, str):
         raise ArgumentTypeError(f"toybb.load: dtype must be a name such as 'float32' or 'bfloat16', got {dtype!r:.60}")
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
@@ -188,6 +186,9 @@ def load(source: str | os.PathLike, *, seed: int | None = None, lr: float | None
     if is_run_folder(path):
         if step is not None:
             raise ConfigError(f"{source}: step chooses a checkpoint of a `toybb pretrain` folder; this is not one")
+        if dtype != "float32" or tokenizer is not None:
+            raise ConfigError(f"{source}: dtype and tokenizer apply to pretrained checkpoints; a toybb run folder "
+                              "keeps its own")
         return _load_run(path, seed, lr)
     if seed is not None or lr is not None:
         raise ConfigError(f"{source}: seed and lr choose a run of a toy run folder; this is not one")

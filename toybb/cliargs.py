@@ -3,9 +3,10 @@
 - A list flag takes comma-separated values and accumulates when repeated (`--lr 1e-3 --lr 2e-3` is
   `--lr 1e-3,2e-3`); flags whose items contain commas (`--edit`, `--domain`) are repeated instead.
 - A scalar flag given twice is an error (one line, exit 2), not a silent override.
-- A flag renamed since an earlier release is an error naming the new one (`RENAMED_FLAGS`); an unknown flag
-  names the closest ones (`--stpes`: did you mean --steps?); a stray positional of a command that takes
-  `--text` says to give it as `--text` (the old `toybb ppl MODEL FILE` form).
+- A flag renamed since an earlier release is an error naming the new one (`RENAMED_FLAGS`); an unknown flag,
+  subcommand or choice names the closest ones (`--stpes`, `trian`: did you mean --steps, train?); a stray
+  positional of a command that takes `--text` says to give it as `--text` (the old `toybb ppl MODEL FILE` form).
+- A list flag given nothing (`--lr ,`) is an error, not the default.
 - One flag per concept: `--text SOURCE` wherever one text is meant, `--domain NAME=SOURCE` (repeated) wherever
   several named texts are compared.
 - Every help text shows the default (`DefaultsFormatter`).
@@ -115,6 +116,13 @@ class Parser(argparse.ArgumentParser):
         self.register("action", "list", ListAction)
         self.register("action", "renamed", Renamed)
 
+    def _check_value(self, action, value):  # an unknown subcommand or choice: the closest ones too
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as e:
+            raise argparse.ArgumentError(action, e.message + did_you_mean(str(value), map(str, action.choices))) \
+                from None
+
     def error(self, message):  # one line, exit 2 (argparse prints the whole usage otherwise)
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
@@ -152,6 +160,12 @@ def chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentPar
         parser = subs[0].choices[name]
 
 
+def did_you_mean(name: str, choices) -> str:
+    """'; did you mean X or Y?' naming the closest of `choices` to a mistyped `name`, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
 def unrecognized(parser: argparse.ArgumentParser, rest: list[str]) -> str:
     """The message for arguments `parser` does not take: the closest flags of an unknown flag, and for a
     stray positional of a command with --text, the --text form."""
@@ -159,8 +173,7 @@ def unrecognized(parser: argparse.ArgumentParser, rest: list[str]) -> str:
     for arg in rest:
         if arg.startswith("-") and len(arg) > 1:
             name = arg.split("=", 1)[0]
-            close = difflib.get_close_matches(name, flags, n=2, cutoff=0.6)
-            return f"unknown flag {name}" + (f"; did you mean {' or '.join(close)}?" if close else "")
+            return f"unknown flag {name}" + did_you_mean(name, flags)
     if "--text" in flags:
         return f"unexpected argument {rest[0]!r}; a text is given as --text {rest[0]}"
     return f"unexpected argument{'s' if len(rest) > 1 else ''} {' '.join(rest)}"
@@ -177,9 +190,12 @@ def comma_list(item: Callable = str, what: str = "values") -> Callable[[str], tu
 
     def parse(text: str) -> tuple:
         try:
-            return tuple(item(x.strip()) for x in text.split(",") if x.strip())
+            out = tuple(item(x.strip()) for x in text.split(",") if x.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+            out = ()
+        if not out:  # nothing parsable, or nothing at all ('', ','): not a silent default
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        return out
 
     parse.__name__ = f"list of {what}"
     return parse

@@ -298,19 +298,40 @@ def section_from_dict(cls: type, d: dict[str, Any], section: str):
     return cls(**kwargs)
 
 
+def _unique_keys(pairs: list[tuple]) -> dict:
+    """A mapping of a config file, refusing a key given twice (the parsers keep the last one silently)."""
+    keys = [k for k, _ in pairs]
+    twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"key(s) {twice} given twice in one mapping; keep one")
+    return dict(pairs)
+
+
+def _yaml_unique_keys(text: str) -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            self.flatten_mapping(node)  # merge keys (<<) first
+            _unique_keys([(self.construct_object(k, deep=True), None) for k, _ in node.value])
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=Loader)
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON run config into a dict (validated later by RunConfig.from_dict)."""
     p = Path(path)
     text = read_text(p, "config file")
     try:
         if p.suffix == ".json":
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=_unique_keys)
         else:
-            import yaml
-
-            d = yaml.safe_load(text)
+            d = _yaml_unique_keys(text)
     except Exception as e:  # the parsers' own messages name the line
-        raise ConfigError(f"config file {str(p)!r} is malformed: {str(e).splitlines()[0]}") from None
+        why = str(e).splitlines()[0]
+        why = "an integer of more than 4,300 digits" if "int_max_str_digits" in why else why
+        raise ConfigError(f"config file {str(p)!r} is malformed: {why}") from None
     if d is None:
         d = {}
     if not isinstance(d, dict):

@@ -57,7 +57,8 @@ class TrainingDiverged(Error):
     def __init__(self, step: int, runs: list[int], last_good_step: int | None, out_dir: str | None,
                  what: str | None = None):
         self.step, self.runs, self.last_good_step = step, runs, last_good_step
-        where = f"; last good checkpoint (step {last_good_step}) kept in {out_dir}" if out_dir else ""
+        where = ("" if not out_dir else f"; last good checkpoint (step {last_good_step}) kept in {out_dir}"
+                 if last_good_step is not None else f"; no checkpoint of {out_dir} was written before")
         who = f"{what}: " if what else ""
         of = f" (runs {runs})" if runs else ""
         super().__init__(

@@ -17,6 +17,7 @@ from toybb.intervene import (SELECTORS, EditSpec, check_interventions, intervent
                              write_outputs)
 from toybb.models import check_site_pattern
 from toybb.models.capture import Capture
+from toybb.models.config import check_count
 from toybb.models.sites import OPS
 from toybb.records import finite, out_folder
 from toybb.train.runs import is_run_folder
@@ -84,7 +85,7 @@ def _parse_edit(text: str) -> EditSpec:
     parts = text.split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise ConfigError(f"--edit {text!r}: write SITE:OP[:NAME=VALUE;...], e.g. blocks.0.mlp.out:zero")
-    sel, value, min_abs, source = {}, None, None, None
+    sel, value, min_abs, source, given = {}, None, None, None, set()
     # fields are separated by ',' (no shell quoting) or ';'; a ',' inside a list value (head=0,2) is not
     # followed by NAME=
     for item in (_FIELD_SEP.split(parts[2]) if len(parts) == 3 and parts[2] else []):
@@ -93,6 +94,9 @@ def _parse_edit(text: str) -> EditSpec:
         if not eq or k not in SELECTORS + ("value", "min_abs", "source"):
             raise ConfigError(f"--edit {text!r}: {item!r} is not NAME=VALUE with NAME one of "
                               f"{', '.join(SELECTORS + ('value', 'min_abs', 'source'))}")
+        if k in given:  # not a silent override
+            raise ConfigError(f"--edit {text!r}: {k} given twice; give it once")
+        given.add(k)
         if k in ("value", "min_abs"):
             try:
                 num = float(v)
@@ -112,8 +116,7 @@ def cmd_intervene(args) -> int:
 
     out = out_folder(args.out)
     for flag in ("samples", "batch", "seq_len"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+        check_count(getattr(args, flag), f"--{flag.replace('_', '-')}", flag)
     finite(args.value, "--value")
     finite(args.min_abs, "--min-abs", minimum=0.0)
     capture = Capture(tuple(args.capture))  # reductions checked before anything is read

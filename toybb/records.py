@@ -95,22 +95,25 @@ def _lock_file(d: Path) -> int | None:
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", newline: str | None = None) -> Iterator[IO]:
     """`with atomic_open(path) as f:` writes a temporary file in the same folder, fsyncs it and renames
-    it over `path` when the block ends without an exception (else deletes it)."""
+    it over `path` when the block ends without an exception (else deletes it). A failing write (a full disk,
+    a read-only place) is a toybb error (`toybb.errors.os_error`) naming `path`, from the library as from the CLI."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:  # name the file asked for, not the temporary one
-        raise OSError(e.errno, e.strerror, str(path)) from None
+        raise os_error(OSError(e.errno, e.strerror, str(path))) from e
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": newline, "encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise os_error(OSError(e.errno, e.strerror, str(path) if e.filename in (None, tmp) else e.filename)) from e
         raise
 
 
@@ -132,15 +135,18 @@ def append_lines(path: str | Path, text: str) -> None:
     killed process leaves either all of them or none (a crash of the machine at most a last line
     without newline, which `read_csv` drops)."""
     data = text.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise os_error(e) from e
     start = os.fstat(fd).st_size
     try:
         view = memoryview(data)
         while view:  # a regular file takes the whole buffer in one call; loop only for safety
             view = view[os.write(fd, view):]
-    except OSError:  # a full disk mid-write: take the partial lines back
+    except OSError as e:  # a full disk mid-write: take the partial lines back
         os.ftruncate(fd, start)
-        raise
+        raise os_error(OSError(e.errno, e.strerror, str(path))) from e
     finally:
         os.close(fd)
 
@@ -297,12 +303,17 @@ def load_metrics(run_dir: str | Path) -> tuple[dict, list[dict[str, str]]]:
         raise ConfigError(f"{d} is not a toybb run folder (no metrics.csv/config.json); give the --out of `toybb train`")
     meta = read_run_config(d)
     rows = read_csv(d / "metrics.csv", "metrics table", required=("step", "seed", "lr"))
+    seen = set()
     for r in rows:
         try:
-            int(r["step"]), int(r["seed"]), float(r["lr"])
+            key = int(r["step"]), int(r["seed"]), float(r["lr"])
         except ValueError:
             raise ConfigError(f"metrics table {str(d / 'metrics.csv')!r} has a row whose step, seed or lr is not a "
                               f"number ({r['step']!r}, {r['seed']!r}, {r['lr']!r}); repair or delete it") from None
+        if key in seen:  # one row per (step, run): a second one means a second writer, or an edited table
+            raise ConfigError(f"metrics table {str(d / 'metrics.csv')!r} holds step {key[0]} of run seed {key[1]}, "
+                              f"lr {r['lr']} twice; rerun `toybb train` into a new folder")
+        seen.add(key)
     return meta, rows
 
 

@@ -14,6 +14,8 @@ one's own corpora: `TOYBB_DATA=~/corpora toybb ... --text novels/emma.txt` works
 
 from __future__ import annotations
 
+import codecs
+import functools
 import json
 import os
 import sysconfig
@@ -33,18 +35,45 @@ def data_dir() -> str | None:
 
 
 def resolve_source(source: str, flag: str = "--text") -> str:
-    """A built-in corpus name, or the path of an existing file or folder (as given, else under $TOYBB_DATA)."""
+    """A built-in corpus name, or the path of an existing file or folder (as given, else under $TOYBB_DATA).
+    A file is checked whole (UTF-8; a .jsonl file line by line) here, before any model loads."""
     source = source.strip()
     if source in BUILTINS:
         return source
     root = data_dir()
     for cand in (source, os.path.join(root, source) if root else None):
         if source and cand and os.path.exists(cand):
+            if os.path.isfile(cand):
+                st = os.stat(cand)
+                _check_file(cand, st.st_size, st.st_mtime_ns)
             return cand
     where = (f"relative paths are also tried under $TOYBB_DATA = {root}" if root else
              "set $TOYBB_DATA to a folder of your own texts to name them by relative path")
     raise ConfigError(f"{flag}: {source!r} is neither a file, a folder nor a built-in corpus ({', '.join(BUILTINS)}); "
                       f"give a path to your own text, or {where}")
+
+
+@functools.lru_cache(maxsize=32)  # keyed by size and time too: a file checked once per version
+def _check_file(path: str, size: int, mtime_ns: int) -> None:
+    """A .jsonl file: every line (as `_jsonl` reads it); another file: UTF-8 throughout, read in chunks."""
+    if path.endswith(".jsonl"):
+        for _ in _jsonl(path):
+            pass
+        return
+    line, offset, rest = 1, 0, b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 24)
+            data = rest + chunk
+            try:
+                _, used = codecs.utf_8_decode(data, "strict", not chunk)  # keeps a split character for the next
+            except UnicodeDecodeError as e:
+                at = line + data.count(b"\n", 0, e.start)
+                raise ConfigError(f"{path}:{at}: not UTF-8 text (byte {offset + e.start}); give a UTF-8 text "
+                                  "file") from None
+            line, offset, rest = line + data.count(b"\n", 0, used), offset + used, data[used:]
+            if not chunk:
+                return
 
 
 def _read(path: Path) -> str | None:
@@ -55,13 +84,15 @@ def _read(path: Path) -> str | None:
 
 
 def _jsonl(source: str) -> Iterator[str]:
+    offset = 0
     with open(source, "rb") as f:
         for i, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ConfigError(f"{source}:{i}: not UTF-8 text; a .jsonl file holds one UTF-8 JSON object per "
-                                  "line") from None
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{source}:{i}: not UTF-8 text (byte {offset + e.start}); a .jsonl file holds "
+                                  "one UTF-8 JSON object per line") from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
@@ -99,7 +130,8 @@ def iter_documents(source: str) -> Iterator[str]:
     elif os.path.isfile(source):
         t = _read(Path(source))
         if t is None:
-            raise ConfigError(f"{source}: not UTF-8 text")
+            _check_file(source, -1, -1)  # names the line and byte
+            raise ConfigError(f"{source}: cannot be read")
         yield t
     else:
         raise ConfigError(f"{source!r} is neither a file, a folder nor a built-in corpus ({', '.join(BUILTINS)})")

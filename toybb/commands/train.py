@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax
 
-from toybb.cliargs import FLOATS, INTS, add_list
+from toybb.cliargs import FLOATS, INTS, STRS, add_list
 from toybb.config import DEFAULT_LR, PRECISIONS, PRESETS, RunConfig, check_count, load_config_file, paper_learning_rate
 from toybb.errors import ConfigError
 from toybb.plot import plot_dynamics, plot_runs
@@ -218,7 +218,7 @@ def cmd_plot(args) -> int:
         other = Path(ref).parent if Path(ref).is_file() else Path(ref)
         raise ConfigError(f"--reference {ref} is a run, not the authors' reference (a built-in name or a reference "
                           f"CSV); to draw runs side by side give them all: toybb plot {' '.join(runs)} {other}")
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    metrics = list(args.metrics) if args.metrics else None
     labels = [l.strip() for l in args.labels.split(",")] if args.labels else None
     if len(runs) == 1 and metrics is None and labels is None:
         if args.out is not None or Path(runs[0]).is_dir():
@@ -245,8 +245,8 @@ def add_plot(sub) -> None:
     p.add_argument("--out", metavar="FILE", help="image path (default: RUN/dynamics.png; several runs: "
                    "NAME1_vs_NAME2.png beside the first run)")
     p.add_argument("--labels", metavar="A,B", help="one label per run (default: the settings in which they differ)")
-    p.add_argument("--metrics", metavar="NAMES", help="comma-separated metric names (the README's vocabulary table, "
-                   "e.g. sink_attention,residual_peak; default: the dynamics figure's panels)")
+    p.add_argument("--metrics", metavar="NAMES", type=STRS, help="comma-separated metric names (the README's "
+                   "vocabulary table, e.g. sink_attention,residual_peak; default: the dynamics figure's panels)")
     p.add_argument("--attn-layer", type=int, help="one run: layer for Attn<s> and ||Val<s>|| (default: 0, or 1 if deeper)")
     p.add_argument("--resid-layer", type=int, help="one run: layer after which ||Res<s>|| is read (default: 0)")
     p.add_argument("--reference", metavar="NAME", help="one run: draw this reference (a built-in name or a CSV) even "

@@ -14,7 +14,7 @@ from toybb.llm import gguf_loader, hf, pretrain_folder
 from toybb.models.config import ModelConfig
 from toybb.models.sites import ModelSites
 from toybb.models.transformer import Transformer, abstract_model
-from toybb.llm.registry import resolve
+from toybb.llm.registry import resolve, say_found
 from toybb.llm.sharding import param_putter
 from toybb.llm.tokenizer import TextTokenizer, check_matches, from_gguf_metadata, from_tokenizer_json
 from toybb.llm.weights import build_model
@@ -56,6 +56,7 @@ class Checkpoint:
     def load_weights(self, *, mesh=None, quantized: bool = False) -> Pretrained:
         """The model (see `load` for `mesh` and `quantized`)."""
         put = param_putter(mesh) if mesh is not None else None
+        say_found(self.source)
         if self.fmt == "hf":
             arrays = hf.map_names(self.cfg, hf.open_tensors(self.source), self.source)
         elif self.fmt == "toybb pretrain":  # stored as trained; build_model casts them to self.cfg.dtype

@@ -83,15 +83,26 @@ def weights(fmt: str, path: str) -> str:
         return f"{fmt}, unreadable"
 
 
+_FOUND: dict[str, tuple[str, Found]] = {}  # path of a checkpoint found by name -> (the name, what was found)
+
+
 def resolve(name_or_path: str) -> str:
-    """A path as given, or the path of an offline checkpoint found by its name (said on stderr)."""
+    """A path as given, or the path of an offline checkpoint found by its name (said on stderr by
+    `say_found` when its weights load, so an error in the input stays the only line)."""
     if os.path.exists(name_or_path):
         return name_or_path
     for f in find_models():
         if f.name.lower() == name_or_path.lower():
-            print(f"{name_or_path}: {f.path} ({weights(f.fmt, f.path)})", file=sys.stderr)
+            _FOUND[f.path] = (name_or_path, f)
             return f.path
     return name_or_path
+
+
+def say_found(path: str) -> None:
+    """Once the input is checked and the weights of `path` load: which file a model name resolved to."""
+    if path in _FOUND:
+        name, f = _FOUND.pop(path)
+        print(f"{name}: {f.path} ({weights(f.fmt, f.path)})", file=sys.stderr)
 
 
 def resolve_existing(name_or_path: str) -> str:

@@ -52,7 +52,7 @@ class Capture:
             if not isinstance(s, str):
                 raise SiteError(f"capture sites must be strings (site patterns), got {s!r}")
             base, _, red = s.partition("@")
-            if red and red not in REDUCTIONS:
+            if "@" in s and red not in REDUCTIONS:  # 'embed@' too: not a silent whole capture
                 raise SiteError(f"unknown capture reduction '@{red}' in {s!r}; known: {', '.join(sorted(REDUCTIONS))}")
 
     def __bool__(self) -> bool:

@@ -58,6 +58,7 @@ LIMITS = {
     "sweep_runs": 10**5,  # runs of one sweep file (settings x seeds)
     "batch": 2**20,  # sequences per step or evaluation
     "seq_len": 2**20,  # tokens per training sequence
+    "samples": 2**20,  # text samples per domain of a probe or an intervention
 }
 
 

@@ -176,7 +176,11 @@ def _gradients(model, capture, metric, tokens, edits, probe, deltas):
     def value(deltas):  # the model is rebuilt inside the transform, where capture may write to it
         arrays = tuple(a[:3] + (d,) for a, d in zip(probe.arrays, deltas))
         logits, cache = capture_call(nnx.merge(graphdef, state), tokens, capture=capture, edits=edits + Edits(probe.static, arrays))
-        return jnp.asarray(_metric(metric, logits, tokens), jnp.float32), cache
+        out = jnp.asarray(_metric(metric, logits, tokens), jnp.float32)
+        if out.ndim:  # checked while tracing: the function's output, not JAX's message about it
+            raise SiteError(f"metric must return one number (a scalar), got shape {tuple(out.shape)}; reduce it, "
+                            "e.g. with .sum() or .mean()")
+        return out, cache
 
     (v, cache), grads = jax.value_and_grad(value, has_aux=True)(deltas)
     return v, grads, cache

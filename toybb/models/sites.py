@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toybb.errors import ConfigError
+from toybb.errors import ArgumentTypeError, ConfigError
 from toybb.names import renamed_site
 
 RESID = ("batch", "pos", "d_model")
@@ -142,13 +142,53 @@ class Edit:
     min_abs: float | None = None
     source: Any = field(default=None, compare=False)
 
-    def __post_init__(self):
-        if self.op not in OPS:
-            raise SiteError(f"unknown intervention op {self.op!r}; use one of {', '.join(OPS)}")
+    def __post_init__(self):  # every field checked here, not when the edit is first used
+        if not isinstance(self.site, str) or not self.site.strip():
+            raise ArgumentTypeError(f"Edit site must be a site pattern such as 'blocks.*.attn.z', got "
+                                    f"{self.site!r:.60}")
+        if not isinstance(self.op, str) or self.op not in OPS:
+            raise SiteError(f"unknown intervention op {self.op!r:.60}; use one of {', '.join(OPS)}")
         if self.op in ("scale", "set", "add") and self.value is None:
             raise SiteError(f"op {self.op!r} needs a value (e.g. value=0.5)")
         if self.op in ("mean", "patch") and self.source is None:
             raise SiteError(f"op {self.op!r} needs source token ids (the reference run's input)")
+        for name in ("value", "min_abs"):
+            v = getattr(self, name)
+            if v is not None and not _of_kind(v, jnp.number):
+                raise ArgumentTypeError(f"Edit {name} must be a number or a numeric array, got {v!r:.60}")
+        if self.min_abs is not None and np.ndim(self.min_abs) != 0:
+            raise ArgumentTypeError(f"Edit min_abs must be one number, got an array of shape {np.shape(self.min_abs)}")
+        for name in ("layer", *(n for n, _ in _SELECTORS)):
+            check_selector(getattr(self, name), name)
+
+
+def _of_kind(v, kind) -> bool:
+    """v is a number or an array (NumPy, JAX, a nested list) whose dtype is a `kind` (jnp.number, jnp.integer)."""
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    try:
+        dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
+    except (ValueError, TypeError):  # a ragged list
+        return False
+    return bool(jnp.issubdtype(dtype, kind))
+
+
+_SELECTOR_TEXT = {True: re.compile(r"bos|first|last|first:\d+|-?\d*:-?\d*(:-?\d+)?|-?\d+(,-?\d+)*"),
+                  False: re.compile(r"-?\d*:-?\d*(:-?\d+)?|-?\d+(,-?\d+)*")}  # position or another selector
+
+
+def check_selector(sel, what: str) -> None:
+    """A selector: None, an integer, integers (a list or an array), a slice, or its text (see the module doc)."""
+    if sel is None or isinstance(sel, slice) or isinstance(sel, (list, tuple)) and not sel:
+        return
+    if isinstance(sel, str):
+        if not _SELECTOR_TEXT[what == "position"].fullmatch(sel.strip()):
+            raise SiteError(f"{what} selector {sel!r:.60}: use an integer, a list 'a,b', a slice 'a:b'"
+                            + (", 'bos', 'last' or 'first:TOKEN_ID'" if what == "position" else ""))
+        return
+    if not _of_kind(sel, jnp.integer) or np.ndim(sel) > 1:
+        raise ArgumentTypeError(f"Edit {what} must be an integer, a list of integers, a slice or a text such as "
+                                f"'0:2', got {sel!r:.60}")
 
 
 @jax.tree_util.register_pytree_node_class
@@ -217,6 +257,7 @@ def _along(mask: jax.Array, axes: tuple[str, ...], ax: str, ndim: int) -> jax.Ar
 
 def selector_mask(sel, n: int, what: str, tokens: np.ndarray | None = None) -> np.ndarray:
     """A selector -> boolean mask [n] (positions with token-dependent selectors: [batch, n])."""
+    check_selector(sel, what)
     if isinstance(sel, str):
         s = sel.strip()
         if what == "position" and s in ("bos", "first"):
@@ -234,11 +275,8 @@ def selector_mask(sel, n: int, what: str, tokens: np.ndarray | None = None) -> n
         elif re.fullmatch(r"-?\d*:-?\d*(:-?\d+)?", s):
             parts = [int(p) if p else None for p in s.split(":")]
             sel = slice(*parts)
-        elif re.fullmatch(r"-?\d+(,-?\d+)*", s):
+        else:  # a list 'a,b' (the syntax is checked above)
             sel = [int(p) for p in s.split(",")]
-        else:
-            raise SiteError(f"{what} selector {sel!r}: use an integer, a list 'a,b', a slice 'a:b'"
-                            + (", 'bos', 'last' or 'first:TOKEN_ID'" if what == "position" else ""))
     mask = np.zeros(n, bool)
     if isinstance(sel, slice):
         mask[sel] = True

@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from toybb.checkpoints import CKPT_NAME, load_checkpoint, save_checkpoint
+from toybb.checkpoints import CKPT_NAME, checkpoint_step, load_checkpoint, save_checkpoint
 from toybb.errors import CheckpointError, ConfigError, TrainingDiverged
 from toybb.llm.pretrain_folder import KIND, first_token, series_path
 from toybb.models.capture import Capture, capture_call
@@ -232,7 +232,7 @@ def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str 
             trained_s += time.perf_counter() - t0
             trained_steps += target - step
             if not np.isfinite(loss):
-                raise TrainingDiverged(target, [0], None, str(out))
+                raise TrainingDiverged(target, [], checkpoint_step(out / CKPT_NAME), str(out))
             prev, step = step, target
             last = trainer.evaluate(state)
             append_lines(out / "metrics.csv", _row_text(trainer.names, step, step * per_step, last))

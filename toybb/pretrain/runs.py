@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from toybb.checkpoints import CKPT_NAME, checkpoint_step
 from toybb.errors import ConfigError
 from toybb.llm.pretrain_folder import is_pretrain_folder, read_record
 from toybb.models.config import ModelConfig
@@ -20,7 +21,8 @@ def read_configs(folder: str | Path) -> tuple[PretrainConfig, ModelConfig]:
 
 def check_pretrain_folder(out: str | Path, cfg: PretrainConfig, model: ModelConfig) -> None:
     """Before anything is read or compiled: `out` is a folder (or creatable) holding nothing, or a pretrain
-    run of the same configuration (only --steps, --eval-every, --ckpt-every and the series may differ)."""
+    run of the same configuration (only --steps, --eval-every, --ckpt-every and the series may differ) whose
+    checkpoint is not past --steps."""
     out_folder(out)
     p = Path(out) / "config.json"
     if not p.exists():
@@ -37,3 +39,7 @@ def check_pretrain_folder(out: str | Path, cfg: PretrainConfig, model: ModelConf
     if diffs:
         raise ConfigError(f"--out {out} holds a pretrain run of another configuration ({'; '.join(diffs[:4])}); "
                           "use another --out or delete the folder")
+    step = checkpoint_step(Path(out) / CKPT_NAME)
+    if step is not None and step > cfg.steps:  # as `toybb train` says it
+        raise ConfigError(f"run folder {out} holds a checkpoint at step {step}, past --steps {cfg.steps}; "
+                          f"give --steps {step} or more to continue it, or use another --out")

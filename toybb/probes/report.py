@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from toybb.errors import ConfigError
+from toybb.models.config import check_count
 from toybb.models.forward import forward
 from toybb.models.capture import Capture
 from toybb.probes import llm as P
@@ -47,7 +48,9 @@ class ProbeSettings:
     max_per_doc: int = 16
 
     def check(self, max_positions: int) -> None:
-        for name in ("samples", "batch", "k_first", "intervene_samples", "max_per_doc"):
+        for name, limit in (("samples", "samples"), ("intervene_samples", "samples"), ("batch", "batch")):
+            check_count(getattr(self, name), f"--{name.replace('_', '-')}", limit)  # a batch is padded: bounded
+        for name in ("k_first", "max_per_doc"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")

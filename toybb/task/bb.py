@@ -64,7 +64,9 @@ def load_bigram_table(table: str | Path = "tinyshakespeare") -> BigramTable:
     except ConfigError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ConfigError(f"{bad} ({type(e).__name__}: {e})") from None
+        why = "not a .npz file of arrays" if "pickle" in str(e) else f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        raise ConfigError(f"{bad} ({why}); build one with `python -m toybb.task.build_bigram TEXTFILE -o OUT.npz`") \
+            from None
     if version != FORMAT_VERSION:
         raise ConfigError(f"{bad}: format version {version}, expected {FORMAT_VERSION}; rebuild it")
     n = codes.shape[0] if codes.ndim == 1 else -1
