@@ -156,12 +156,11 @@ def test_probe_report_states_the_rule_and_what_was_edited(model, tmp_path):
     heads from the ranking, and the printed summary gives one perplexity and names the edited entries."""
     import csv
     import json
-    from types import SimpleNamespace
-
+    from toybb.llm.load import Pretrained
     from toybb.probes.corpus import Domain
     from toybb.probes.report import DORMANT_RULE, ProbeSettings, run_probe, summary_lines
 
-    pre = SimpleNamespace(cfg=CFG, model=model, source="wired", tokenizer=_CharTokenizer())
+    pre = Pretrained(model, CFG, _CharTokenizer(), "wired", "hf")
     settings = ProbeSettings(samples=4, seq_len=16, batch=4, k_first=4, intervene_samples=2, intervene_heads=2)
     summary = run_probe(pre, [Domain("prose", "pride"), Domain("code", "stdlib")], settings, tmp_path, progress=False)
     rows = {(int(r["layer"]), int(r["head"])): r for r in csv.DictReader(open(tmp_path / "heads.csv"))}
