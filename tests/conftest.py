@@ -18,3 +18,13 @@ def pytest_sessionfinish(session):
     if os.environ.get("TOYBB_TEST_OWNS_XLA_CACHE") == str(os.getpid()):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
+
+
+# The longest files first: each file runs whole on one worker (--dist loadfile), in collection order, so a long
+# file collected last would run alone at the end.
+LONGEST_FIRST = ("test_phenomena.py", "test_theory_experiment.py", "test_forward.py", "test_pretrain.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
