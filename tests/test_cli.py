@@ -80,6 +80,8 @@ def test_train_and_plot_end_to_end(tmp_path, capsys):
     assert run_labels([load_metrics(out), load_metrics(other)], ["run", "sgd"]) == ["optimizer adam", "optimizer sgd"]
     assert main(["plot", str(out), "--reference", str(other / "metrics.csv")]) == 2  # a run is not a reference
     assert f"toybb plot {out} {other}" in capsys.readouterr().err
+    assert main(["plot", str(out), str(tmp_path / "run" / ".")]) == 2  # the same run twice
+    assert "given twice; give each run once" in capsys.readouterr().err
     # rerunning a finished run resumes from its final checkpoint and changes nothing
     before = (out / "metrics.csv").read_text()
     assert main(["train", *TINY, "--config", str(cfg), "--out", str(out)]) == 0

@@ -270,6 +270,21 @@ def test_fewer_steps_than_the_checkpoint_is_refused_untouched(run, capsys):
     assert {q: q.read_bytes() for q in sorted(run.rglob("*")) if q.is_file()} == before
 
 
+def test_a_diverged_run_says_so_when_rerun(tmp_path, capsys):
+    """A run that diverged records it (diverged.json, as `toybb train` does); a rerun says so at once (exit 3)
+    instead of training into NaN again, and changes nothing."""
+    out = tmp_path / "nan"
+    argv = [a if a != "3e-3" else "1e9" for a in TINY]
+    assert main(["pretrain", "--out", str(out), *argv]) == 3
+    assert json.loads((out / "diverged.json").read_text())["step"] >= 1  # the first step evaluated in NaN
+    capsys.readouterr()
+    before = {q: q.read_bytes() for q in sorted(out.rglob("*")) if q.is_file()}
+    assert main(["pretrain", "--out", str(out), *argv]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "diverged before (diverged.json; delete it to retry)" in err[0], err
+    assert {q: q.read_bytes() for q in sorted(out.rglob("*")) if q.is_file()} == before
+
+
 def test_emergence_figure_has_every_line_in_its_legend(run, tmp_path, monkeypatch):
     from toybb import plot, style
 

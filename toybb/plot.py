@@ -158,6 +158,10 @@ def plot_runs(run_dirs, out_path: str | Path, *, labels: list[str] | None = None
     panels are the dynamics figure's (each run read in its own layers, as `plot_dynamics` reads it) or the
     vocabulary names in `metrics`; the authors' trajectory dashed where a run's configuration matches one."""
     run_dirs = [Path(d) for d in run_dirs]
+    seen = [d.resolve() for d in run_dirs]
+    twice = sorted({str(d) for d, r in zip(run_dirs, seen) if seen.count(r) > 1})
+    if twice:
+        raise ConfigError(f"run {twice[0]} given twice; give each run once")
     loaded = [load_metrics(d) for d in run_dirs]
     for d, (_, rows) in zip(run_dirs, loaded):
         if not rows:

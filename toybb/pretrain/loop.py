@@ -37,6 +37,7 @@ from toybb.pretrain.data import TokenData, batch_at, heldout_batch
 from toybb.probes import metrics as M
 from toybb.records import append_lines, atomic_write, package_versions, read_csv, read_json, remove_temporaries
 from toybb.train.optim import make_optimizer
+from toybb.train.runs import record_divergence
 from toybb.train.trainer import with_precision
 
 ATTN_METRICS = ("sink_attention_excl0", "sink_rate", "value_drain", "value_ratio")
@@ -232,7 +233,9 @@ def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str 
             trained_s += time.perf_counter() - t0
             trained_steps += target - step
             if not np.isfinite(loss):
-                raise TrainingDiverged(target, [], checkpoint_step(out / CKPT_NAME), str(out))
+                diverged = TrainingDiverged(target, [], checkpoint_step(out / CKPT_NAME), str(out))
+                record_divergence(out, diverged)  # a rerun says so instead of training into NaN again
+                raise diverged
             prev, step = step, target
             last = trainer.evaluate(state)
             append_lines(out / "metrics.csv", _row_text(trainer.names, step, step * per_step, last))

@@ -13,6 +13,7 @@ from toybb.llm.pretrain_folder import is_pretrain_folder, read_record
 from toybb.models.config import ModelConfig
 from toybb.pretrain.config import PretrainConfig
 from toybb.records import out_folder
+from toybb.train.runs import check_not_diverged
 
 
 def read_configs(folder: str | Path) -> tuple[PretrainConfig, ModelConfig]:
@@ -39,6 +40,7 @@ def check_pretrain_folder(out: str | Path, cfg: PretrainConfig, model: ModelConf
     if diffs:
         raise ConfigError(f"--out {out} holds a pretrain run of another configuration ({'; '.join(diffs[:4])}); "
                           "use another --out or delete the folder")
+    check_not_diverged(out)
     step = checkpoint_step(Path(out) / CKPT_NAME)
     if step is not None and step > cfg.steps:  # as `toybb train` says it
         raise ConfigError(f"run folder {out} holds a checkpoint at step {step}, past --steps {cfg.steps}; "

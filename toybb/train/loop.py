@@ -23,7 +23,7 @@ from toybb.plot import plot_dynamics
 from toybb.records import (append_metrics_csv, atomic_write, folder_lock, package_versions, read_metrics_csv,
                            remove_temporaries, write_metrics_csv)
 from toybb.train.final import write_final_probes
-from toybb.train.runs import DIVERGED_NAME, check_run_folder
+from toybb.train.runs import check_run_folder, record_divergence
 from toybb.train.trainer import RunResult, Trainer
 
 
@@ -120,8 +120,7 @@ def train(
         try:
             return _train(cfg, Path(out_dir), progress, trainer, stop_after, write_figure)
         except TrainingDiverged as e:
-            rec = {"step": e.step, "runs": e.runs, "last_good_step": e.last_good_step}
-            atomic_write(Path(out_dir) / DIVERGED_NAME, lambda f: f.write(json.dumps(rec)), mode="w")
+            record_divergence(out_dir, e)
             raise
 
 

@@ -4,12 +4,13 @@ config (so figures and series reuse it instead of training again)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from toybb.checkpoints import CKPT_NAME, checkpoint_step
 from toybb.config import RunConfig, config_diffs
 from toybb.errors import ConfigError, TrainingDiverged
-from toybb.records import out_folder, read_json, read_run_config
+from toybb.records import atomic_write, out_folder, read_json, read_run_config
 from toybb.train.trainer import Trainer
 
 DIVERGED_NAME = "diverged.json"  # written when a run diverges: a rerun says so instead of diverging again
@@ -35,16 +36,29 @@ def check_run_folder(out_dir: str | Path, cfg: RunConfig) -> None:
                 f"run folder {out_dir} holds a run with another config ({'; '.join(diffs[:4])}); "
                 "use another --out or delete the folder"
             )
+    check_not_diverged(d)
+    step = checkpoint_step(d / CKPT_NAME)
+    if step is not None and step > cfg.train.steps:
+        raise ConfigError(f"run folder {d} holds a checkpoint at step {step}, past --steps {cfg.train.steps}; "
+                          f"give --steps {step} or more to continue it, or use another --out")
+
+
+def check_not_diverged(folder: str | Path) -> None:
+    """A run folder (of `toybb train` or `toybb pretrain`) whose run diverged before holds its record
+    (diverged.json): TrainingDiverged (exit 3) naming the step, instead of training into NaN again."""
+    d = Path(folder)
     if (d / DIVERGED_NAME).exists():
         rec = read_json(d / DIVERGED_NAME, "divergence record", "delete it to train the folder again")
         if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
             raise ConfigError(f"divergence record {str(d / DIVERGED_NAME)!r} is malformed; delete it to train again")
         raise TrainingDiverged(rec["step"], rec.get("runs") or [], rec.get("last_good_step"), str(d),
                                what=f"run folder {d} diverged before ({DIVERGED_NAME}; delete it to retry)")
-    step = checkpoint_step(d / CKPT_NAME)
-    if step is not None and step > cfg.train.steps:
-        raise ConfigError(f"run folder {d} holds a checkpoint at step {step}, past --steps {cfg.train.steps}; "
-                          f"give --steps {step} or more to continue it, or use another --out")
+
+
+def record_divergence(folder: str | Path, e: TrainingDiverged) -> None:
+    """Write the divergence record that `check_not_diverged` reads."""
+    rec = {"step": e.step, "runs": e.runs, "last_good_step": e.last_good_step}
+    atomic_write(Path(folder) / DIVERGED_NAME, lambda f: f.write(json.dumps(rec)), mode="w")
 
 
 def is_run_folder(path: str | Path) -> bool:
