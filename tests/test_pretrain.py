@@ -112,7 +112,9 @@ def test_ppl_and_intervene_read_a_pretrain_folder(run, tmp_path, capsys):
     for step in ([], ["--step", "1"], ["--step", "40"]):
         assert main(["ppl", str(run), "--text", "pride", "--tokens", "150", "--seq-len", "16", "--no-progress",
                      *step]) == 0
-        ppl[tuple(step)] = float(capsys.readouterr().out.split()[1])
+        out = capsys.readouterr().out
+        ppl[tuple(step)] = float(out.split()[1])
+        assert f"step {step[1] if step else 40})" in out  # the step scored is named
     assert ppl[()] == ppl[("--step", "40")] < ppl[("--step", "1")] / 2  # the latest is the trained one
 
     nll = {}

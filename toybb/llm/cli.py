@@ -85,7 +85,7 @@ def cmd_ppl(args) -> int:
     r = perplexity(pre, text, max_tokens=args.tokens or None, window=args.seq_len,
                    progress=not args.no_progress)
     print(f"perplexity {r.ppl:.3f}  (nll {r.nll:.4f} nats/token over {r.n_predicted} predicted tokens of "
-          f"{r.n_tokens}, seq-len {r.window}, {pre.cfg.dtype})")
+          f"{r.n_tokens}, seq-len {r.window}, {pre.cfg.dtype}{'' if ck.step is None else f', step {ck.step}'})")
     return 0
 
 
