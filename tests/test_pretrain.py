@@ -310,3 +310,49 @@ def test_emergence_figure_has_every_line_in_its_legend(run, tmp_path, monkeypatc
     value = fig.axes[len(plot.EMERGENCE_PANELS) + 1].get_lines()[0].get_ydata()
     np.testing.assert_allclose(value, [0.5, 0.375, 0.25])  # ||Val<s>|| over the others' mean, per step
     style.pyplot().close(fig)
+
+
+def test_learning_rate_warmup_and_cosine_schedule_reach_the_optimizer():
+    """--warmup and --schedule: linear from 0 to --lr, then constant or cosine to COSINE_FINAL x --lr at --steps;
+    the optimiser's injected learning rate follows them step by step; no warmup and constant is --lr itself."""
+    import jax
+
+    from toybb.pretrain.config import COSINE_FINAL
+    from toybb.train.optim import make_optimizer
+
+    assert PretrainConfig().learning_rate() == 1e-3  # the default run's numbers are unchanged
+    cos = PretrainConfig(steps=100, lr=2e-3, warmup=10, schedule="cosine")
+    const = PretrainConfig(steps=100, lr=2e-3, warmup=10)
+    for step, want_cos, want_const in ((0, 0.0, 0.0), (5, 1e-3, 1e-3), (10, 2e-3, 2e-3),
+                                       (55, 2e-3 * (COSINE_FINAL + (1 - COSINE_FINAL) / 2), 2e-3),
+                                       (100, 2e-3 * COSINE_FINAL, 2e-3)):
+        assert float(cos.learning_rate()(step)) == pytest.approx(want_cos, rel=1e-5, abs=1e-12), step
+        assert float(const.learning_rate()(step)) == pytest.approx(want_const, rel=1e-5, abs=1e-12), step
+    params = {"w": jnp.ones((3, 3))}
+    for name in ("adam", "sgd", "muon"):
+        c = PretrainConfig(steps=100, lr=2e-3, warmup=10, schedule="cosine", optimizer=name)
+        tx = make_optimizer(c.optim, lr=c.learning_rate())
+        state = tx.init(params)
+        for _ in range(5):
+            _, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+        assert float(state.hyperparams["learning_rate"]) == pytest.approx(float(c.learning_rate()(4)), rel=1e-6), name  # set before the 5th update
+    with pytest.raises(toybb.Error, match="--warmup 40 must be below --steps 40"):
+        PretrainConfig(steps=40, warmup=40)
+
+
+def test_a_cosine_run_resumes_only_with_its_own_steps(run, tmp_path, capsys):
+    """The cosine decay ends at --steps, so another --steps is another run (a constant one may grow)."""
+    import shutil
+
+    cos = tmp_path / "cos"
+    shutil.copytree(run, cos)
+    meta = json.loads((cos / "config.json").read_text())
+    meta["config"]["pretrain"]["schedule"] = "cosine"
+    (cos / "config.json").write_text(json.dumps(meta))
+    argv = [a if a != "40" else "80" for a in TINY]
+    assert main(["pretrain", "--out", str(cos), *argv, "--schedule", "cosine"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another configuration (steps: 40 -> 80)" in err[0], err
+    assert main(["pretrain", "--out", str(run), *TINY, "--schedule", "cosine"]) == 2  # constant -> cosine
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "schedule: 'constant' -> 'cosine'" in err[0], err

@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from toybb.cliargs import INTS, STRS, add_list
-from toybb.config import PRECISIONS
+from toybb.config import OPTIMIZERS, PRECISIONS
 from toybb.errors import ConfigError
-from toybb.pretrain.config import DEFAULT_MODEL, PretrainConfig, build_model_config, parse_model_set
+from toybb.pretrain.config import (COSINE_FINAL, DEFAULT_MODEL, SCHEDULES, PretrainConfig, build_model_config,
+                                   parse_model_set)
 from toybb.pretrain.data import prepare_data
 from toybb.pretrain.loop import pretrain
 from toybb.pretrain.runs import check_pretrain_folder
@@ -52,8 +53,11 @@ def add_pretrain(sub) -> None:
     g.add_argument("--seq-len", type=int, default=D.seq_len, metavar="N", help="positions per sequence, BOS included")
     g.add_argument("--batch", type=int, default=D.batch, help="sequences per step (a multiple of the devices)")
     g.add_argument("--steps", type=int, default=D.steps, help="training steps")
-    g.add_argument("--optimizer", default=D.optimizer, help="adam or sgd (toybb.train.optim)")
-    g.add_argument("--lr", type=float, default=D.lr, help="learning rate")
+    g.add_argument("--optimizer", default=D.optimizer, help=f"{', '.join(OPTIMIZERS)} (toybb.train.optim)")
+    g.add_argument("--lr", type=float, default=D.lr, help="learning rate (the peak, with a warmup or a schedule)")
+    g.add_argument("--warmup", type=int, default=D.warmup, help="steps of linear warmup from 0 to --lr")
+    g.add_argument("--schedule", default=D.schedule, choices=SCHEDULES, help=f"learning rate after the warmup: {' or '.join(SCHEDULES)} "
+                   f"(a cosine decay to {COSINE_FINAL:g} x --lr at --steps)")
     g.add_argument("--weight-decay", type=float, default=D.weight_decay, help="weight decay")
     g.add_argument("--seed", type=int, default=D.seed, help="seed of the initialisation and the batches")
     g.add_argument("--precision", choices=tuple(PRECISIONS), default=D.precision, help="float32 matmul precision")
@@ -74,7 +78,8 @@ def add_pretrain(sub) -> None:
 def cmd_pretrain(args) -> int:
     cfg = PretrainConfig(
         text=tuple(args.text), max_chars=args.max_chars, vocab_size=args.vocab_size, bos=args.bos, seq_len=args.seq_len,
-        batch=args.batch, steps=args.steps, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        batch=args.batch, steps=args.steps, optimizer=args.optimizer, lr=args.lr, warmup=args.warmup,
+        schedule=args.schedule, weight_decay=args.weight_decay,
         seed=args.seed, eval_every=args.eval_every, eval_batch=args.eval_batch, heldout=args.heldout,
         ckpt_every=args.ckpt_every, series_per_decade=args.series_per_decade,
         series_steps=tuple(args.series_steps or ()), precision=args.precision)

@@ -18,6 +18,9 @@ from toybb.models.config import LIMITS, ModelConfig, check_count
 # the model a pretraining run trains unless told otherwise: Llama-style (RoPE, RMSNorm, gated SiLU MLP)
 # the CPU configuration (benchmarks/bench_pretrain.py): 4 layers x d_model 128, 1.3 M parameters
 DEFAULT_MODEL = dict(arch="llama", n_layers=4, d_model=128, n_heads=4, mlp_dim=512)
+# learning-rate schedules after the linear warmup: the constant --lr, or a cosine decay to COSINE_FINAL x --lr at --steps
+SCHEDULES = ("constant", "cosine")
+COSINE_FINAL = 0.1
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -41,6 +44,8 @@ class PretrainConfig:
     steps: int = 3000
     optimizer: str = "adam"
     lr: float = 1e-3
+    warmup: int = 0
+    schedule: str = "constant"
     weight_decay: float = 0.0
     seed: int = 0
     eval_every: int = 100
@@ -68,6 +73,9 @@ class PretrainConfig:
                f"got {self.vocab_size}")
         _check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _check(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr!r}")
+        check_count(self.warmup, "--warmup", "steps", low=0)
+        _check(self.warmup < self.steps, f"--warmup {self.warmup} must be below --steps {self.steps}")
+        _check(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
                f"--weight-decay must be >= 0, got {self.weight_decay!r}")
         _check(0 < self.heldout < 0.5, f"--heldout must lie in (0, 0.5), got {self.heldout!r}")
@@ -79,6 +87,18 @@ class PretrainConfig:
     @property
     def optim(self) -> OptimConfig:
         return OptimConfig(name=self.optimizer, lr=self.lr, weight_decay=self.weight_decay)
+
+    def learning_rate(self):
+        """The learning rate: --lr itself (constant, no warmup), or an optax schedule of the step: linear from 0
+        to --lr over --warmup steps, then constant or a cosine decay to COSINE_FINAL x --lr at --steps."""
+        if self.warmup == 0 and self.schedule == "constant":
+            return self.lr
+        import optax  # not at import: the CLI checks a config before JAX loads
+
+        if self.schedule == "cosine":
+            return optax.warmup_cosine_decay_schedule(0.0, self.lr, self.warmup, self.steps, COSINE_FINAL * self.lr)
+        return optax.join_schedules([optax.linear_schedule(0.0, self.lr, self.warmup), optax.constant_schedule(self.lr)],
+                                    [self.warmup])
 
     def series(self) -> tuple[int, ...]:
         """The steps of the checkpoint series (the last step always among them)."""

@@ -102,7 +102,7 @@ class Pretrainer:
         self.replicated = NamedSharding(self.mesh, P())
         self.sharded = NamedSharding(self.mesh, P("data"))
         self.names = metric_names(model)
-        self.tx = make_optimizer(cfg.optim)
+        self.tx = make_optimizer(cfg.optim, lr=cfg.learning_rate())
         self.first = first_token(cfg.bos)
         self.train_tokens = jax.device_put(jnp.asarray(data.train), self.replicated)
         self.eval_tokens = jax.device_put(jnp.asarray(heldout_batch(data.heldout, cfg.eval_batch, cfg.seq_len,
