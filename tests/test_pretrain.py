@@ -356,3 +356,25 @@ def test_a_cosine_run_resumes_only_with_its_own_steps(run, tmp_path, capsys):
     assert main(["pretrain", "--out", str(run), *TINY, "--schedule", "cosine"]) == 2  # constant -> cosine
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "schedule: 'constant' -> 'cosine'" in err[0], err
+
+
+def test_bb_text_script_writes_the_toy_tasks_sequences_as_documents(tmp_path, monkeypatch):
+    """scripts/bb_text.py (the positive control of figures/README.md): one BB sequence per .jsonl document, in the
+    toy task's characters, each trigger followed by a copy of the character before it, read back by --text."""
+    import importlib.util
+
+    from toybb.task import BBTask
+    from toybb.texts import iter_documents
+
+    spec = importlib.util.spec_from_file_location("bb_text", ROOT / "scripts" / "bb_text.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "bb.jsonl"
+    monkeypatch.setattr(sys, "argv", ["bb_text.py", "--out", str(out), "--docs", "6", "--len", "40"])
+    mod.main()
+    docs = list(iter_documents(str(out)))
+    task = BBTask()
+    triggers = set(task.decode(task.triggers))
+    assert len(docs) == 6 and all(len(d) == 40 and set(d) <= set(task.chars) for d in docs)
+    copies = [(d[i - 1], d[i + 1]) for d in docs for i in range(1, 39) if d[i] in triggers]
+    assert copies and all(a == b for a, b in copies)
