@@ -310,6 +310,9 @@ def load_metrics(run_dir: str | Path) -> tuple[dict, list[dict[str, str]]]:
         except ValueError:
             raise ConfigError(f"metrics table {str(d / 'metrics.csv')!r} has a row whose step, seed or lr is not a "
                               f"number ({r['step']!r}, {r['seed']!r}, {r['lr']!r}); repair or delete it") from None
+        if not all(-2**63 <= v < 2**63 for v in key[:2]):  # beyond any step or seed a run has (numpy's int64)
+            raise ConfigError(f"metrics table {str(d / 'metrics.csv')!r} has a row whose step or seed is out of range "
+                              f"({r['step']!r}, {r['seed']!r}); repair or delete it")
         if key in seen:  # one row per (step, run): a second one means a second writer, or an edited table
             raise ConfigError(f"metrics table {str(d / 'metrics.csv')!r} holds step {key[0]} of run seed {key[1]}, "
                               f"lr {r['lr']} twice; rerun `toybb train` into a new folder")
