@@ -14,6 +14,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+# Hypothesis draws the same examples in every run (derandomized): CI is repeatable, and a failure is found again by
+# rerunning. Run with TOYBB_HYPOTHESIS_RANDOM=1 to search new examples.
+if not os.environ.get("TOYBB_HYPOTHESIS_RANDOM"):
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("toybb", derandomize=True)
+    _hypothesis_settings.load_profile("toybb")
+
+
 def pytest_sessionfinish(session):
     if os.environ.get("TOYBB_TEST_OWNS_XLA_CACHE") == str(os.getpid()):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
