@@ -56,8 +56,9 @@ def add_pretrain(sub) -> None:
     g.add_argument("--optimizer", default=D.optimizer, help=f"{', '.join(OPTIMIZERS)} (toybb.train.optim)")
     g.add_argument("--lr", type=float, default=D.lr, help="learning rate (the peak, with a warmup or a schedule)")
     g.add_argument("--warmup", type=int, default=D.warmup, help="steps of linear warmup from 0 to --lr")
-    g.add_argument("--schedule", default=D.schedule, choices=SCHEDULES, help=f"learning rate after the warmup: {' or '.join(SCHEDULES)} "
-                   f"(a cosine decay to {COSINE_FINAL:g} x --lr at --steps)")
+    g.add_argument("--schedule", default=D.schedule, choices=SCHEDULES,
+                   help=f"learning rate after the warmup: {' or '.join(SCHEDULES)} (a cosine decay to {COSINE_FINAL:g} "
+                   "x --lr at --steps)")
     g.add_argument("--weight-decay", type=float, default=D.weight_decay, help="weight decay")
     g.add_argument("--seed", type=int, default=D.seed, help="seed of the initialisation and the batches")
     g.add_argument("--precision", choices=tuple(PRECISIONS), default=D.precision, help="float32 matmul precision")

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import optax
+
 from toybb.config import OPTIMIZERS, PRECISIONS, OptimConfig, section_from_dict
 from toybb.errors import ConfigError
 from toybb.llm.pretrain_folder import DEFAULT_BOS, check_first_token, parse_bos
@@ -93,8 +95,6 @@ class PretrainConfig:
         to --lr over --warmup steps, then constant or a cosine decay to COSINE_FINAL x --lr at --steps."""
         if self.warmup == 0 and self.schedule == "constant":
             return self.lr
-        import optax  # not at import: the CLI checks a config before JAX loads
-
         if self.schedule == "cosine":
             return optax.warmup_cosine_decay_schedule(0.0, self.lr, self.warmup, self.steps, COSINE_FINAL * self.lr)
         return optax.join_schedules([optax.linear_schedule(0.0, self.lr, self.warmup), optax.constant_schedule(self.lr)],

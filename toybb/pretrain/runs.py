@@ -34,7 +34,7 @@ def check_pretrain_folder(out: str | Path, cfg: PretrainConfig, model: ModelConf
     old_cfg, old_model = read_configs(out)
     free = ("steps", "eval_every", "ckpt_every", "series_per_decade", "series_steps")
     if "cosine" in (old_cfg.schedule, cfg.schedule):  # the cosine decay ends at --steps: another --steps is another run
-        free = free[1:]
+        free = tuple(k for k in free if k != "steps")
     a, b = old_cfg.to_dict(), cfg.to_dict()
     diffs = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in free and a[k] != b[k]]
     ma, mb = json.loads(json.dumps(old_model.to_dict())), json.loads(json.dumps(model.to_dict()))
