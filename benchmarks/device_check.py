@@ -18,6 +18,15 @@ Rows (full size; --tiny shrinks every shape and step count and says so in the ta
   smollm2-*    SmolLM2-135M probe passes (reduced capture: @norm residuals, @key0 pattern) at 4k and
                16k tokens, and a plain forward at the same length: tokens/s, peak device memory
   prec-*       the paper 1-layer training step at train.precision highest / tf32 / bf16
+  pretrain     `toybb pretrain` at the GPU configuration (GPT-2-small size, Llama-style: 12 layers x d 768,
+               12 heads, MLP 2,048, BPE vocabulary 8,192 trained on the stdlib, pydoc and the excerpts, sequence
+               512, batch 64, bf16 matmuls, Adam 6e-4 with 100 warmup steps and a cosine decay, 1,000 steps =
+               32.8 M tokens): tokens/s, the held-out loss, and Sink^eps, attention on the first token, the
+               value and residual ratios of its last evaluation per layer. Not in the default rows: `--only
+               pretrain`. Its size is an estimate, not yet a measurement (no GPU has been lent to toybb's
+               sessions since the row was written): 22 TFLOP per step, so about 2 minutes of training at
+               200 TFLOP/s of bf16, plus the tokenizer on 8.5 M training tokens (106 s on 2 CPU cores), the
+               compilation and the evaluations: about 5 minutes
 
 A row that cannot run says "skipped: <reason>"; a row that fails says "FAILED: <reason>" and the script
 exits 1. No number in the table is typed in: each is measured in this run (the datasheet peak aside,
@@ -72,6 +81,17 @@ SIZES = {
     "llm_tokens": ((4096, 16384), (32, 64)),
     "prec_steps": (200, 10),
     "matmul_n": (8192, 256),
+    # `toybb pretrain` flags of the pretrain row (data from the Python installation and the package: the device
+    # machine has no network)
+    "pretrain": ((["--text", "stdlib,pydoc,pride,emma,mobydick,shakespeare", "--max-chars", "40000000",
+                   "--vocab-size", "8192", "--layers", "12", "--d-model", "768", "--heads", "12",
+                   "--model-set", "mlp_dim=2048", "--seq-len", "512", "--batch", "64", "--steps", "1000",
+                   "--lr", "6e-4", "--warmup", "100", "--schedule", "cosine", "--precision", "bf16",
+                   "--eval-every", "100", "--eval-batch", "16", "--ckpt-every", "250"]),
+                 (["--text", "pride", "--max-chars", "30000", "--vocab-size", "300", "--layers", "2",
+                   "--d-model", "32", "--heads", "2", "--seq-len", "16", "--batch", "8", "--steps", "20",
+                   "--lr", "3e-3", "--warmup", "5", "--schedule", "cosine", "--eval-every", "10",
+                   "--eval-batch", "8", "--ckpt-every", "10"])),
 }
 
 
@@ -334,13 +354,50 @@ def row_precision(t: Table, tiny: bool, peaks: dict):
               note + f"; {'tiny' if tiny else 'paper'} 1-layer step, {steps} steps", s_per_step=dt)
 
 
-ROWS = ("tests", "paper1", "paper3", "sweep", "llm", "prec")
+def row_pretrain(t: Table, tiny: bool):
+    import csv
+    import tempfile
+
+    from toybb.cli import main as toybb
+
+    flags = SIZES["pretrain"][tiny]
+    with tempfile.TemporaryDirectory(prefix="toybb-device-pretrain-") as d:
+        s = time.perf_counter()
+        code = toybb(["pretrain", "--out", d, "--no-progress", "--no-plot", *flags])
+        wall = time.perf_counter() - s
+        if code != 0:
+            t.add("pretrain", f"FAILED: toybb pretrain exited {code}", wall)
+            return
+        with open(os.path.join(d, "summary.json")) as f:
+            summary = json.load(f)
+        with open(os.path.join(d, "metrics.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+        with open(os.path.join(d, "config.json")) as f:
+            data = json.load(f)["data"]
+    first, last = rows[0], rows[-1]
+    layers = sorted({int(k.rsplit("_l", 1)[1]) for k in last if k.startswith("sink_rate_l")})
+    per_layer = {m: "/".join(f"{float(last[f'{m}_l{i}']):.2f}" for i in layers)
+                 for m in ("sink_rate", "sink_attention_excl0", "value_ratio", "residual_ratio")}
+    t.add("pretrain", f"{summary['tokens_per_second']:,.0f} tokens/s over {summary['step']} steps "
+          f"({summary['tokens_seen'] / 1e6:.1f} M tokens); held-out loss {float(first['heldout_loss']):.2f} -> "
+          f"{float(last['heldout_loss']):.2f}", wall,
+          f"{' '.join(flags)}; {data['train_tokens']:,} training tokens ({data['distinct_train_tokens']:,} distinct); "
+          f"last evaluation per layer: Sink^eps {per_layer['sink_rate']}, attention on the first token "
+          f"{per_layer['sink_attention_excl0']}, value ratio {per_layer['value_ratio']}, residual ratio "
+          f"{per_layer['residual_ratio']}", tokens_per_s=summary["tokens_per_second"],
+          heldout_loss=float(last["heldout_loss"]), seconds_training=summary["seconds_training"],
+          seconds_compiling=summary["seconds_compiling"], last_eval=last)
+
+
+ROWS = ("tests", "paper1", "paper3", "sweep", "llm", "prec", "pretrain")
+DEFAULT_ROWS = ROWS[:-1]  # the pretrain row takes about 5 minutes of its own: --only pretrain
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="every row at tiny sizes (CPU, about a minute)")
-    ap.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS), help="run these rows only")
+    ap.add_argument("--only", nargs="+", choices=ROWS, default=list(DEFAULT_ROWS),
+                    help="run these rows only (default: all but pretrain)")
     ap.add_argument("--json", help="also write the table to this file")
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -361,7 +418,8 @@ def main() -> int:
               None, f"measured: float32 {n}x{n} matmul, best of 5, per jax.default_matmul_precision")
     work = {"tests": lambda: row_tests(t, tiny), "paper1": lambda: row_paper1(t, tiny, peaks),
             "paper3": lambda: row_paper3(t, tiny), "sweep": lambda: row_sweep(t, tiny),
-            "llm": lambda: row_llm(t, tiny), "prec": lambda: row_precision(t, tiny, peaks)}
+            "llm": lambda: row_llm(t, tiny), "prec": lambda: row_precision(t, tiny, peaks),
+            "pretrain": lambda: row_pretrain(t, tiny)}
     for name in ROWS:
         if name not in a.only:
             continue

@@ -41,3 +41,18 @@ def test_tiny_runs_every_row(tmp_path):
 def test_full_size_refuses_a_cpu():
     r = _run("--only", "tests")  # full sizes on the CPU would take hours
     assert r.returncode == 2 and "use --tiny" in r.stderr
+
+
+def test_tiny_pretrain_row(tmp_path):
+    """The pretrain row (issue: the GPU configuration of `toybb pretrain`) at its tiny size: a measured rate, a
+    held-out loss that falls, and the last evaluation's emergence metrics per layer."""
+    out = tmp_path / "check.json"
+    r = _run("--tiny", "--only", "pretrain", "--json", str(out))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    row = {row["check"]: row for row in json.loads(out.read_text())["rows"]}["pretrain"]
+    assert row["tokens_per_s"] > 0 and row["seconds_training"] > 0, row
+    assert re.search(r"held-out loss (\d+\.\d+) -> (\d+\.\d+)", row["result"]), row["result"]
+    first, last = map(float, re.search(r"held-out loss (\d+\.\d+) -> (\d+\.\d+)", row["result"]).groups())
+    assert last < first and row["heldout_loss"] == pytest.approx(last, abs=0.006)
+    assert row["last_eval"]["step"] == "20"
+    assert re.search(r"Sink\^eps \d\.\d\d/\d\.\d\d, attention on the first token \d\.\d\d/\d\.\d\d,", row["note"]), row["note"]

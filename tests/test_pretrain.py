@@ -378,3 +378,28 @@ def test_bb_text_script_writes_the_toy_tasks_sequences_as_documents(tmp_path, mo
     assert len(docs) == 6 and all(len(d) == 40 and set(d) <= set(task.chars) for d in docs)
     copies = [(d[i - 1], d[i + 1]) for d in docs for i in range(1, 39) if d[i] in triggers]
     assert copies and all(a == b for a, b in copies)
+
+
+def test_mitigations_script_tables_every_row_over_its_seeds(run, tmp_path, capsys):
+    """scripts/pretrain_mitigations.py (figures/README.md's pretraining table): a finished run is read, not trained
+    again; a missing seed is trained; each column is the median [min-max] of the seeds' last evaluations."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("pretrain_mitigations", ROOT / "scripts" / "pretrain_mitigations.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "mit"
+    shutil.copytree(run, out / "softmax" / "seed0")
+    before = (out / "softmax" / "seed0" / "metrics.csv").read_bytes()
+    model = [a for i, a in enumerate(TINY) if a != "--no-progress" and "--steps" not in TINY[max(i - 1, 0):i + 1]]
+    assert mod.main(["--out", str(out), "--rows", "softmax", "--seeds", "0", "1", "--steps", "40", "--", *model]) == 0
+    assert (out / "softmax" / "seed0" / "metrics.csv").read_bytes() == before  # finished: not trained again
+    losses = [float(_csv(out / "softmax" / f"seed{s}")[-1]["heldout_loss"]) for s in (0, 1)]
+    assert losses[0] != losses[1]
+    rows = read_csv(out / "mitigations.csv", required=("row", "seed", "held-out loss"))
+    assert [(r["row"], r["seed"], r["step"]) for r in rows] == [("softmax", "0", "40"), ("softmax", "1", "40")]
+    assert [float(r["held-out loss"]) for r in rows] == pytest.approx(losses, abs=1e-5)
+    line = [l for l in (out / "mitigations.md").read_text().splitlines() if l.startswith("| softmax")][0]
+    lo, hi = sorted(losses)
+    assert f"| 2 | {(lo + hi) / 2:.3f} [{lo:.3f}-{hi:.3f}] |" in line, line
