@@ -1,6 +1,8 @@
 """Figure gallery: the registry names every figure; figures render from a tiny trained run with
 labelled axes (the gallery's own runs are far too long for a test)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,37 @@ def test_cached_figures_reuse_a_finished_run_and_copy_its_files(tmp_path):
     got = ctx.cached("demo", {"b.png": "demo_b.png"}, lambda d: made.append(d) or (d / "b.png").write_bytes(b"b"))
     assert made == [run] and got[0].read_bytes() == b"b"
     assert {"probe_smollm2", "longctx_toy"} <= set(F.FIGURES)
+
+
+def test_pretrain_figure_trains_what_the_default_command_trains(tmp_path, monkeypatch):
+    """The gallery's pretraining figure is `toybb pretrain --out DIR --bb-run <the 1-layer BB run>`: the same
+    configuration and model as the command's defaults, the figure drawn with the BB curves beside it."""
+    from types import SimpleNamespace
+
+    import toybb.commands.pretrain as cmd
+    import toybb.gallery.pretrain as G
+
+    seen = {}
+    fake = SimpleNamespace(train=np.zeros(4, np.int32), distinct=3)
+
+    def capture(who):
+        def pretrain(cfg, model, data, out, progress, write_figure, bb_run):
+            seen[who] = (cfg, model, write_figure, bb_run)
+            (Path(out) / "emergence.png").write_bytes(b"png")
+            return {"step": cfg.steps, "heldout_loss": 0.0, "tokens_per_second": 1.0, "seconds_training": 0.0}
+        return pretrain
+
+    for mod, who in ((cmd, "command"), (G, "gallery")):
+        monkeypatch.setattr(mod, "prepare_data", lambda cfg, d: (Path(d).mkdir(parents=True, exist_ok=True), fake, None)[1:])
+        monkeypatch.setattr(mod, "pretrain", capture(who))
+    bb = tmp_path / "bb"
+
+    class Ctx(F.FigureContext):
+        def one_layer(self):
+            return bb
+
+    assert main(["pretrain", "--out", str(tmp_path / "cmd"), "--no-progress"]) == 0
+    paths = F.FIGURES["pretrain_emergence"].make(Ctx(tmp_path / "out", runs=tmp_path / "runs", log=lambda s: None))
+    assert [p.name for p in paths] == ["pretrain_emergence_cpu.png"] and paths[0].read_bytes() == b"png"
+    assert seen["gallery"][:2] == seen["command"][:2]
+    assert seen["gallery"][2:] == (True, bb)

@@ -8,7 +8,7 @@ Scales: `cpu` (minutes on 2 cores) and `paper` (SPEC §2: d 256, sequence 256, b
 4 seeds; meant for a GPU).
 """
 
-from toybb.gallery import toy, theory, circuit, probes, longctx  # noqa: F401 (they register in this order)
+from toybb.gallery import toy, theory, circuit, probes, longctx, pretrain  # noqa: F401 (they register in this order)
 from toybb.gallery.configs import (SCALES, base_config, small_config, theory_trained_configs,  # noqa: F401
                                    variant_configs)
 from toybb.gallery.registry import FIGURES, Figure, FigureContext, make_figures, register_figure  # noqa: F401
