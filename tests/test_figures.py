@@ -93,7 +93,8 @@ def test_cached_figures_reuse_a_finished_run_and_copy_its_files(tmp_path):
 
 def test_pretrain_figure_trains_what_the_default_command_trains(tmp_path, monkeypatch):
     """The gallery's pretraining figure is `toybb pretrain --out DIR --bb-run <the 1-layer BB run>`: the same
-    configuration and model as the command's defaults, the figure drawn with the BB curves beside it."""
+    configuration and model as the command's defaults, the figure drawn with the BB curves beside it (also
+    from a cached run that is finished but has no figure)."""
     from types import SimpleNamespace
 
     import toybb.commands.pretrain as cmd
@@ -103,15 +104,19 @@ def test_pretrain_figure_trains_what_the_default_command_trains(tmp_path, monkey
     fake = SimpleNamespace(train=np.zeros(4, np.int32), distinct=3)
 
     def capture(who):
-        def pretrain(cfg, model, data, out, progress, write_figure, bb_run):
-            seen[who] = (cfg, model, write_figure, bb_run)
-            (Path(out) / "emergence.png").write_bytes(b"png")
+        def pretrain(cfg, model, data, out, progress, write_figure, bb_run=None):
+            seen[who] = (cfg, model)
             return {"step": cfg.steps, "heldout_loss": 0.0, "tokens_per_second": 1.0, "seconds_training": 0.0}
         return pretrain
+
+    def plot(out, bb_run):
+        seen["plot"] = bb_run
+        (Path(out) / "emergence.png").write_bytes(b"png")
 
     for mod, who in ((cmd, "command"), (G, "gallery")):
         monkeypatch.setattr(mod, "prepare_data", lambda cfg, d: (Path(d).mkdir(parents=True, exist_ok=True), fake, None)[1:])
         monkeypatch.setattr(mod, "pretrain", capture(who))
+    monkeypatch.setattr(G, "plot_emergence", plot)
     bb = tmp_path / "bb"
 
     class Ctx(F.FigureContext):
@@ -121,5 +126,4 @@ def test_pretrain_figure_trains_what_the_default_command_trains(tmp_path, monkey
     assert main(["pretrain", "--out", str(tmp_path / "cmd"), "--no-progress"]) == 0
     paths = F.FIGURES["pretrain_emergence"].make(Ctx(tmp_path / "out", runs=tmp_path / "runs", log=lambda s: None))
     assert [p.name for p in paths] == ["pretrain_emergence_cpu.png"] and paths[0].read_bytes() == b"png"
-    assert seen["gallery"][:2] == seen["command"][:2]
-    assert seen["gallery"][2:] == (True, bb)
+    assert seen["gallery"] == seen["command"] and seen["plot"] == bb

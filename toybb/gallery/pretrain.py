@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from toybb.gallery.registry import FigureContext, register_figure
+from toybb.plot import plot_emergence
 from toybb.pretrain.config import PretrainConfig, build_model_config
 from toybb.pretrain.data import prepare_data
 from toybb.pretrain.loop import pretrain
@@ -20,6 +21,7 @@ def fig_pretrain_emergence(ctx: FigureContext) -> list[Path]:
         cfg = PretrainConfig()  # the command's defaults: the same at both scales
         model = build_model_config({}, cfg.vocab_size, cfg.seq_len)
         data, _ = prepare_data(cfg, d)
-        pretrain(cfg, model, data, d, progress=ctx.progress, write_figure=True, bb_run=ctx.one_layer())
+        pretrain(cfg, model, data, d, progress=ctx.progress, write_figure=False)  # a finished run returns at once
+        plot_emergence(d, bb_run=ctx.one_layer())
 
     return ctx.cached("pretrain", {"emergence.png": "pretrain_emergence_cpu.png"}, produce)
