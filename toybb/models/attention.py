@@ -245,14 +245,21 @@ def _plain_blocked(q, k, v, *, scale, window, block, key_cols=()) -> AttentionRe
             e = jnp.where(vis, e, 0.0)  # a row with no visible key in this chunk adds nothing
         return m, jnp.sum(e, axis=-1, keepdims=True), jnp.einsum("bkqgs,bksd->bkqgd", e.astype(v.dtype), vc)
 
-    outs, maxes, sums = [], [], []
-    for s in range(0, t, block):
-        e = min(s + block, t)
-        qb = qt[:, :, s:e]
-        acc = part(qb, s, kt[:, :, s:e], vt[:, :, s:e], s, True)  # its own keys: every row sees one
-        first = 0 if window is None else max(0, s - window + 1) // block
+    nb = -(-t // block)  # query blocks (and key chunks); the sequence padded to whole blocks
+    if nb * block != t:  # padded keys sit after every real query, so no real row sees them
+        pad = [(0, 0), (0, 0), (0, nb * block - t)]
+        qt = jnp.pad(qt, pad + [(0, 0), (0, 0)])
+        kt, vt = jnp.pad(kt, pad + [(0, 0)]), jnp.pad(vt, pad + [(0, 0)])
 
-        def step(c, acc, qb=qb, s=s):
+    def query_block(_, i):
+        """Block i of query rows: its own (masked) key chunk, then the earlier visible chunks in order."""
+        s = i * block
+        qb = jax.lax.dynamic_slice_in_dim(qt, s, block, axis=2)
+        own = [jax.lax.dynamic_slice_in_dim(a, s, block, axis=2) for a in (kt, vt)]
+        acc = part(qb, s, *own, s, True)  # its own keys: every row sees one
+        first = 0 if window is None else jnp.maximum(0, s - window + 1) // block
+
+        def step(c, acc):
             lo = c * block
             kc, vc = (jax.lax.dynamic_slice_in_dim(a, lo, block, axis=2) for a in (kt, vt))
             m2, l2, o2 = part(qb, s, kc, vc, lo, window is not None)
@@ -261,18 +268,26 @@ def _plain_blocked(q, k, v, *, scale, window, block, key_cols=()) -> AttentionRe
             a1, a2 = jnp.exp(m1 - m), jnp.exp(m2 - m)
             return m, l1 * a1 + l2 * a2, o1 * a1.astype(o1.dtype) + o2 * a2.astype(o2.dtype)
 
-        if s // block > first:
-            acc = jax.lax.fori_loop(first, s // block, step, acc)
-        outs.append(acc[2] / acc[1].astype(acc[2].dtype))
-        maxes.append(acc[0])
-        sums.append(acc[1])
-    out = jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3, 4).reshape(b, t, h, dh)
+        # a loop of fixed length (reverse-differentiable) that skips the chunks this block does not see
+        acc = jax.lax.fori_loop(0, nb - 1, lambda c, acc: jax.lax.cond((c >= first) & (c < i), step,
+                                                                       lambda c, acc: acc, c, acc), acc)
+        return None, (acc[2] / acc[1].astype(acc[2].dtype), acc[0], acc[1])
+
+    # one program for every query block (a scan, not an unrolled loop: compile time does not grow with t)
+    _, (o, mx, sm) = jax.lax.scan(query_block, None, jnp.arange(nb))
+
+    def rows(a):  # [nb, b, hk, block, ...] -> [b, hk, t, ...]
+        a = jnp.moveaxis(a, 0, 2)
+        return a.reshape(a.shape[:2] + (nb * block,) + a.shape[4:])[:, :, :t]
+
+    out = rows(o).transpose(0, 2, 1, 3, 4).reshape(b, t, h, dh)
+    maxes, sums = [rows(mx)], [rows(sm)]
     if not key_cols:
         return AttentionResult(out, None, None)
     idx = np.asarray([c for c in key_cols if c < t], np.int64)
     if not len(idx):
         return AttentionResult(out, None, None, jnp.zeros((b, h, t, len(key_cols)), v.dtype))
-    x = logits(qt, kt[:, :, idx])  # [b, hk, t, g, n]
+    x = logits(qt[:, :, :t], kt[:, :, idx])  # [b, hk, t, g, n] (qt, kt padded to whole blocks)
     shape = x.shape[2:]
     vis = visible(jax.lax.broadcasted_iota(jnp.int32, shape, 0), jnp.asarray(idx, jnp.int32))
     w = jnp.where(vis, jnp.exp(x - jnp.concatenate(maxes, 2)) / jnp.concatenate(sums, 2), 0.0)
