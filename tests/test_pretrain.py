@@ -194,14 +194,27 @@ def test_interrupted_run_resumes_to_the_same_metrics(run, tmp_path):
         assert (out / "series" / f"step_{step:07d}.npz").read_bytes() == (run / "series" / f"step_{step:07d}.npz").read_bytes()
 
 
-def test_four_devices_equal_one(run, tmp_path):
-    out = tmp_path / "four"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+def test_two_hosts_of_two_devices_equal_one_device(run, tmp_path):
+    """Data parallel over 4 devices in 2 processes (`--distributed`, jax.distributed on CPU through gloo): the
+    numbers of the 1-device run; process 0 writes the folder, process 1 nothing."""
+    import socket
+
+    with socket.socket() as sock:  # a free port for the coordinator
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "two_hosts"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "-m", "toybb.cli", "pretrain", "--out", str(out), *TINY],
-                       capture_output=True, text=True, env=env, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads((out / "config.json").read_text())["devices"] == 4
+    procs = [subprocess.Popen([sys.executable, "-m", "toybb.cli", "pretrain", "--out", str(out), *TINY, "--distributed",
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+             for i in (0, 1)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, results):
+        assert p.returncode == 0, e[-2000:]
+    assert "on 2 processes" in results[0][0] and "toybb pretrain" not in results[1][0]  # process 0 reports
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["devices"] == 4 and meta["processes"] == 2
     one, four = _csv(run), _csv(out)
     assert [r["step"] for r in one] == [r["step"] for r in four]
     for a, b in zip(one, four):

@@ -18,7 +18,7 @@ import sys
 
 from toybb import intervene_cli
 from toybb._version import __version__
-from toybb.cliargs import Parser, chosen_parser
+from toybb.cliargs import Parser, check_distributed, chosen_parser, distributed_process
 from toybb.commands import compare, figures, mitigations, pretrain, series
 from toybb.commands import train as train_commands
 from toybb.errors import EnvironmentFault, Error, os_error
@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folders = output_folders(parser, args)
         check_text_sources(parser, args)
+        if hasattr(args, "distributed"):  # a multi-host run joins before anything starts a JAX backend
+            check_distributed(args)
+            distributed_process(args)
         check_platform()
         with contextlib.ExitStack() as held:  # one writer per output folder (sweep locks its own)
             for d in folders if getattr(args, "lock_out", True) else ():

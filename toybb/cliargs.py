@@ -236,3 +236,36 @@ def add_text(p, default: str | tuple | None, many: bool = False, help: str = TEX
         add_list(p, "--text", STRS, default, help, metavar="SOURCE", **kw)
     else:
         p.add_argument("--text", default=default, metavar="SOURCE", help=help, **kw)
+
+
+def add_distributed(p, what: str) -> None:
+    """--distributed (also TOYBB_DISTRIBUTED=1) and, outside SLURM/TPU, --coordinator, --num-processes and
+    --process-id; `what` says what the processes share."""
+    p.add_argument("--distributed", action="store_true",
+                   help=f"multi-host: call jax.distributed.initialize() (SLURM/TPU environment) and {what} "
+                   "(also TOYBB_DISTRIBUTED=1)")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed, outside SLURM/TPU: process 0's address")
+    p.add_argument("--num-processes", type=int, help="with --distributed, outside SLURM/TPU: number of processes")
+    p.add_argument("--process-id", type=int, help="with --distributed, outside SLURM/TPU: this process's index")
+
+
+def check_distributed(args) -> None:
+    """The multi-host flags' values, before anything starts."""
+    from toybb.errors import ConfigError
+
+    for flag, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id)):
+        if v is not None and v < (1 if flag == "--num-processes" else 0):
+            raise ConfigError(f"{flag} must be {'>= 1' if flag == '--num-processes' else '>= 0'}, got {v}")
+
+
+def distributed_process(args) -> tuple[int, int]:
+    """(index, count) of this process: (0, 1) unless --distributed or TOYBB_DISTRIBUTED=1 starts a multi-host run."""
+    import os
+
+    if getattr(args, "process", None) is None:  # joined once (`toybb.cli.main` does it before any JAX backend starts)
+        args.process = (0, 1)
+        if args.distributed or os.environ.get("TOYBB_DISTRIBUTED") == "1":
+            from toybb.device import start_distributed
+
+            args.process = start_distributed(args.coordinator, args.num_processes, args.process_id)
+    return args.process

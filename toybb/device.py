@@ -66,3 +66,19 @@ def release_host_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def start_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                      process_id: int | None = None) -> tuple[int, int]:
+    """Join a multi-host run (`jax.distributed.initialize`; arguments from SLURM or the TPU environment when
+    None) and return (this process's index, the process count). On CPU hosts the collectives go through gloo.
+    A failure is a ConfigError naming what to give."""
+    from toybb.errors import ConfigError
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; accelerators keep their own
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    except Exception as e:  # no cluster environment found, coordinator unreachable, ...
+        raise ConfigError(f"jax.distributed.initialize() failed ({str(e).splitlines()[0]}); run under srun or "
+                          "on every TPU host, or give --coordinator, --num-processes and --process-id") from None
+    return jax.process_index(), jax.process_count()

@@ -8,9 +8,12 @@ sequence length. Bad input gives one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-from toybb.cliargs import INTS, STRS, add_list
+import numpy as np
+
+from toybb.cliargs import INTS, STRS, add_distributed, add_list, check_distributed, distributed_process
 from toybb.config import OPTIMIZERS, PRECISIONS
 from toybb.errors import ConfigError
 from toybb.pretrain.config import (COSINE_FINAL, DEFAULT_MODEL, SCHEDULES, PretrainConfig, build_model_config,
@@ -18,6 +21,7 @@ from toybb.pretrain.config import (COSINE_FINAL, DEFAULT_MODEL, SCHEDULES, Pretr
 from toybb.pretrain.data import prepare_data
 from toybb.pretrain.loop import pretrain
 from toybb.pretrain.runs import check_pretrain_folder
+from toybb.records import folder_lock
 from toybb.texts import BUILTINS
 from toybb.train.runs import is_run_folder
 
@@ -73,10 +77,13 @@ def add_pretrain(sub) -> None:
     p.add_argument("--no-plot", action="store_true", help="no emergence.png")
     p.add_argument("--bb-run", metavar="RUN", help="a `toybb train` run folder whose sink attention, value drain and "
                    "residual peak emergence.png draws beside the pretraining curves")
-    p.set_defaults(func=cmd_pretrain)
+    add_distributed(p, "train one model data parallel over every process's devices (the same flags, text and "
+                    "--out, on a shared filesystem, in every process); process 0 writes the folder")
+    p.set_defaults(func=cmd_pretrain, lock_out=False)  # process 0 locks --out (the others only read it)
 
 
 def cmd_pretrain(args) -> int:
+    check_distributed(args)
     cfg = PretrainConfig(
         text=tuple(args.text), max_chars=args.max_chars, vocab_size=args.vocab_size, bos=args.bos, seq_len=args.seq_len,
         batch=args.batch, steps=args.steps, optimizer=args.optimizer, lr=args.lr, warmup=args.warmup,
@@ -90,12 +97,26 @@ def cmd_pretrain(args) -> int:
     check_pretrain_folder(args.out, cfg, model)
     if args.bb_run is not None and not (is_run_folder(args.bb_run) and (Path(args.bb_run) / "metrics.csv").is_file()):
         raise ConfigError(f"--bb-run {args.bb_run}: not a `toybb train` run folder (config.json and metrics.csv)")
-    data, _ = prepare_data(cfg, Path(args.out))
-    print(f"toybb pretrain: {model.n_layers} layers x d_model {model.d_model}, vocabulary {cfg.vocab_size}, "
-          f"{data.train.size:,} training tokens ({data.distinct:,} distinct), {cfg.steps} steps of "
-          f"{cfg.batch} x {cfg.seq_len} -> {args.out}", flush=True)
-    s = pretrain(cfg, model, data, args.out, progress=not args.no_progress, write_figure=not args.no_plot,
-                 bb_run=args.bb_run)
-    print(f"step {s['step']}: held-out loss {s['heldout_loss']:.4f}, {s['tokens_per_second'] or 0:,.0f} tokens/s "
-          f"({s['seconds_training']:.0f} s training)")
+    pid, count = distributed_process(args)
+    with contextlib.ExitStack() as held:
+        if pid == 0:  # one writer of the folder
+            held.enter_context(folder_lock(args.out))
+        data, tok = prepare_data(cfg, Path(args.out), write=pid == 0)
+        if count > 1:  # every process must train on the same tokens
+            from jax.experimental import multihost_utils
+            import hashlib
+
+            digest = hashlib.sha256(tok.backend.to_str().encode() + data.train.tobytes()).digest()
+            multihost_utils.assert_equal(np.frombuffer(digest, np.uint8), "the processes' tokenizers or token "
+                                         "streams differ: give every process the same --text, --max-chars and --out")
+        if pid == 0:
+            print(f"toybb pretrain: {model.n_layers} layers x d_model {model.d_model}, vocabulary {cfg.vocab_size}, "
+                  f"{data.train.size:,} training tokens ({data.distinct:,} distinct), {cfg.steps} steps of "
+                  f"{cfg.batch} x {cfg.seq_len}" + (f" on {count} processes" if count > 1 else "") + f" -> {args.out}",
+                  flush=True)
+        s = pretrain(cfg, model, data, args.out, progress=not args.no_progress and pid == 0,
+                     write_figure=not args.no_plot, bb_run=args.bb_run, write=pid == 0)
+    if pid == 0:
+        print(f"step {s['step']}: held-out loss {s['heldout_loss']:.4f}, {s['tokens_per_second'] or 0:,.0f} "
+              f"tokens/s ({s['seconds_training']:.0f} s training)")
     return 0

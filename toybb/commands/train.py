@@ -6,12 +6,9 @@ Bad input gives one line on stderr and exit code 2; a diverged run exits with 3 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import jax
-
-from toybb.cliargs import FLOATS, INTS, STRS, add_list
+from toybb.cliargs import FLOATS, INTS, STRS, add_distributed, add_list, check_distributed, distributed_process
 from toybb.config import DEFAULT_LR, PRECISIONS, PRESETS, RunConfig, check_count, load_config_file, paper_learning_rate
 from toybb.errors import ConfigError
 from toybb.plot import plot_dynamics, plot_runs
@@ -263,12 +260,7 @@ def add_sweep(subparsers) -> None:
         "DIR/results.csv (one row per run x step) and DIR/groups/<group>/.")
     p.add_argument("file", metavar="FILE", help="sweep file (.yaml/.yml/.json)")
     p.add_argument("--out", metavar="DIR", required=True, help="sweep folder")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-host: call jax.distributed.initialize() (SLURM/TPU environment) and split "
-                   "the groups over the processes; process 0 writes the table (also TOYBB_DISTRIBUTED=1)")
-    p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed, outside SLURM/TPU: process 0's address")
-    p.add_argument("--num-processes", type=int, help="with --distributed, outside SLURM/TPU: number of processes")
-    p.add_argument("--process-id", type=int, help="with --distributed, outside SLURM/TPU: this process's index")
+    add_distributed(p, "split the groups over the processes; process 0 writes the table")
     p.add_argument("--max-memory-gb", type=float, help="memory one group may use (default: detected)")
     p.add_argument("--dry-run", action="store_true", help="print the groups and their memory estimate, train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -278,19 +270,10 @@ def add_sweep(subparsers) -> None:
 
 def cmd_sweep(args) -> int:
     finite(args.max_memory_gb, "--max-memory-gb", positive=True)
-    for flag, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id)):
-        if v is not None and v < (1 if flag == "--num-processes" else 0):
-            raise ConfigError(f"{flag} must be {'>= 1' if flag == '--num-processes' else '>= 0'}, got {v}")
+    check_distributed(args)
     spec = load_sweep_file(args.file)
     plan = plan_sweep(spec, f"sweep file {args.file!r}")
-    process = (0, 1)
-    if args.distributed or os.environ.get("TOYBB_DISTRIBUTED") == "1":
-        try:
-            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-        except Exception as e:  # no cluster environment found, coordinator unreachable, ...
-            raise ConfigError(f"jax.distributed.initialize() failed ({str(e).splitlines()[0]}); run under srun or "
-                              "on every TPU host, or give --coordinator, --num-processes and --process-id") from None
-        process = (jax.process_index(), jax.process_count())
+    process = distributed_process(args)
     limit = None if args.max_memory_gb is None else int(min(args.max_memory_gb, 2.0**40) * 2**30)
     for g in plan.groups:
         check_memory(g.cfg, f"group {g.name}", limit)

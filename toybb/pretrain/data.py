@@ -78,17 +78,17 @@ class TokenData:
         return int(np.unique(self.train).size)
 
 
-def prepare_data(cfg: PretrainConfig, folder: Path | None) -> tuple[TokenData, TextTokenizer]:
+def prepare_data(cfg: PretrainConfig, folder: Path | None, write: bool = True) -> tuple[TokenData, TextTokenizer]:
     """Documents read, the tokenizer trained (or read back from `folder`/tokenizer.json when resuming) and
-    saved there, the stream packed and split; too little text for one sequence is a ConfigError. Runs before
-    anything compiles."""
+    saved there (unless not `write`: the other processes of a multi-host run), the stream packed and split;
+    too little text for one sequence is a ConfigError. Runs before anything compiles."""
     docs = read_documents(cfg)
     path = None if folder is None else folder / TOKENIZER_NAME
     if path is not None and path.is_file():
         tok = text_tokenizer(path, cfg.bos).backend
     else:
         tok = train_tokenizer(docs, cfg.vocab_size)
-        if path is not None:
+        if path is not None and write:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: f.write(tok.to_str()), mode="w")
     ids = [e.ids + [0] for e in tok.encode_batch(docs, add_special_tokens=False)]

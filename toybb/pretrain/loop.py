@@ -104,9 +104,9 @@ class Pretrainer:
         self.names = metric_names(model)
         self.tx = make_optimizer(cfg.optim, lr=cfg.learning_rate())
         self.first = first_token(cfg.bos)
-        self.train_tokens = jax.device_put(jnp.asarray(data.train), self.replicated)
-        self.eval_tokens = jax.device_put(jnp.asarray(heldout_batch(data.heldout, cfg.eval_batch, cfg.seq_len,
-                                                                    self.first)), self.replicated)
+        self.train_tokens = self.replicate(jnp.asarray(data.train))
+        self.eval_tokens = self.replicate(jnp.asarray(heldout_batch(data.heldout, cfg.eval_batch, cfg.seq_len,
+                                                                    self.first)))
         init_key, data_key = jax.random.split(jax.random.key(cfg.seed))
         self.init_key, self.data_key = init_key, jax.random.key_data(data_key)
         self.graphdef = nnx.graphdef(abstract_model(model))
@@ -141,8 +141,15 @@ class Pretrainer:
         self._segment = jax.jit(with_precision(segment, prec), donate_argnums=0, out_shardings=self.replicated)
         self._evaluate = jax.jit(with_precision(evaluate, prec))
 
+    def replicate(self, tree):
+        """`tree` (the same values in every process) as arrays replicated over the mesh. Across processes each
+        builds its copies from its own values (`device_put` would compare them, and NaN != NaN)."""
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+        return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, self.replicated, lambda i: a[i]), tree)
+
     def init_state(self):
-        return jax.device_put(self._init(self.init_key), self.replicated)
+        return self.replicate(self._init(self.init_key))
 
     def compile(self, state) -> float:
         """Compile the training segment for `state` ahead of time (so tokens/s leaves compilation out);
@@ -154,7 +161,7 @@ class Pretrainer:
 
     def load(self, path: Path):
         state, step = load_checkpoint(path, jax.eval_shape(self._init, self.init_key))
-        return jax.device_put(state, self.replicated), step
+        return self.replicate(state), step
 
     def train(self, state, start: int, stop: int):
         return self._compiled(state, self.train_tokens, self.data_key, jnp.int32(start), jnp.int32(stop))
@@ -185,36 +192,43 @@ def _resume(trainer: Pretrainer, out: Path) -> tuple[Any, int, list[dict]]:
 
 def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str | Path, *, progress: bool = True,
              stop_after: int | None = None, info: dict | None = None, write_figure: bool = True,
-             bb_run: str | Path | None = None) -> dict:
+             bb_run: str | Path | None = None, write: bool = True) -> dict:
     """Train (or resume) the run in folder `out` up to cfg.steps (or `stop_after`, as if interrupted there);
     returns the summary (also summary.json once the run is finished). `data` and the folder's tokenizer.json
     come from `toybb.pretrain.data.prepare_data`; `info` is added to config.json. A finished run draws
     emergence.png (`toybb.plot.plot_emergence`, with the `toybb train` run `bb_run` beside it when given)
-    unless not `write_figure`."""
+    unless not `write_figure`. With several processes (`jax.distributed`) every process runs this on the same
+    data and folder (a shared filesystem) and only the one with `write` writes it; the others train their
+    share of each batch and read the folder to resume."""
     out = Path(out)
     if (out / "summary.json").is_file():
         done = read_json(out / "summary.json", "run summary", f"delete it to finish {out} again")
         if isinstance(done, dict) and done.get("step") == cfg.steps:
             return done  # finished already: nothing to train, nothing rewritten
-    out.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(out)
-    (out / "series").mkdir(exist_ok=True)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out)
+        (out / "series").mkdir(exist_ok=True)
     trainer = Pretrainer(cfg, model, data)
     meta = {"kind": KIND, "config": {"model": model.to_dict(), "pretrain": cfg.to_dict()},
-            "precision": cfg.precision, "devices": len(jax.devices()), "versions": package_versions(),
+            "precision": cfg.precision, "devices": len(jax.devices()), "processes": jax.process_count(),
+            "versions": package_versions(),
             "command": " ".join(sys.argv),
             "data": {"documents": data.n_documents, "train_tokens": int(data.train.size),
                      "heldout_tokens": int(data.heldout.size), "distinct_train_tokens": data.distinct},
             **(info or {})}
-    atomic_write(out / "config.json", lambda f: f.write(json.dumps(meta, indent=2)), mode="w")
+    if write:
+        atomic_write(out / "config.json", lambda f: f.write(json.dumps(meta, indent=2)), mode="w")
     state, step, rows = _resume(trainer, out)
     header = ["step", "tokens", *trainer.names]
     text = "".join(",".join(r[k] for k in header) + "\n" for r in rows)  # the rows as they were appended
-    atomic_write(out / "metrics.csv", lambda f: f.write(",".join(header) + "\n" + text), mode="w")
+    if write:
+        atomic_write(out / "metrics.csv", lambda f: f.write(",".join(header) + "\n" + text), mode="w")
     per_step = cfg.batch * cfg.seq_len  # positions the model reads per step
     if step == 0:
         row = trainer.evaluate(state)
-        append_lines(out / "metrics.csv", _row_text(trainer.names, 0, 0, row))
+        if write:
+            append_lines(out / "metrics.csv", _row_text(trainer.names, 0, 0, row))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -234,15 +248,17 @@ def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str 
             trained_steps += target - step
             if not np.isfinite(loss):
                 diverged = TrainingDiverged(target, [], checkpoint_step(out / CKPT_NAME), str(out))
-                record_divergence(out, diverged)  # a rerun says so instead of training into NaN again
+                if write:
+                    record_divergence(out, diverged)  # a rerun says so instead of training into NaN again
                 raise diverged
             prev, step = step, target
             last = trainer.evaluate(state)
-            append_lines(out / "metrics.csv", _row_text(trainer.names, step, step * per_step, last))
-            if step in series:
-                save_checkpoint(series_path(out, step), state["params"], step)
-            if step // cfg.ckpt_every > prev // cfg.ckpt_every or step == cfg.steps:
-                save_checkpoint(out / CKPT_NAME, state, step)
+            if write:
+                append_lines(out / "metrics.csv", _row_text(trainer.names, step, step * per_step, last))
+                if step in series:
+                    save_checkpoint(series_path(out, step), state["params"], step)
+                if step // cfg.ckpt_every > prev // cfg.ckpt_every or step == cfg.steps:
+                    save_checkpoint(out / CKPT_NAME, state, step)
             if bar is not None:  # the postfix first: the update draws it
                 bar.set_postfix(loss=f"{loss:.3f}", heldout=f"{last[column('heldout_loss')]:.3f}",
                                 tok_s=f"{trained_steps * per_step / max(trained_s, 1e-9):,.0f}", refresh=False)
@@ -257,7 +273,7 @@ def pretrain(cfg: PretrainConfig, model: ModelConfig, data: TokenData, out: str 
                "seconds_compiling": round(compile_s, 3), "devices": len(jax.devices()),
                "tokens_per_second": round(trained_steps * per_step / trained_s, 1) if trained_s else None,
                "heldout_loss": None if last is None else last[column("heldout_loss")]}
-    if step == cfg.steps:
+    if step == cfg.steps and write:
         atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2)), mode="w")
         if write_figure:
             plot_emergence(out, bb_run=bb_run)
