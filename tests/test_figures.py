@@ -104,7 +104,7 @@ def test_pretrain_figure_trains_what_the_default_command_trains(tmp_path, monkey
     fake = SimpleNamespace(train=np.zeros(4, np.int32), distinct=3)
 
     def capture(who):
-        def pretrain(cfg, model, data, out, progress, write_figure, bb_run=None):
+        def pretrain(cfg, model, data, out, progress, write_figure, bb_run=None, write=True):
             seen[who] = (cfg, model)
             return {"step": cfg.steps, "heldout_loss": 0.0, "tokens_per_second": 1.0, "seconds_training": 0.0}
         return pretrain
@@ -114,7 +114,8 @@ def test_pretrain_figure_trains_what_the_default_command_trains(tmp_path, monkey
         (Path(out) / "emergence.png").write_bytes(b"png")
 
     for mod, who in ((cmd, "command"), (G, "gallery")):
-        monkeypatch.setattr(mod, "prepare_data", lambda cfg, d: (Path(d).mkdir(parents=True, exist_ok=True), fake, None)[1:])
+        monkeypatch.setattr(mod, "prepare_data",
+                            lambda cfg, d, write=True: (Path(d).mkdir(parents=True, exist_ok=True), fake, None)[1:])
         monkeypatch.setattr(mod, "pretrain", capture(who))
     monkeypatch.setattr(G, "plot_emergence", plot)
     bb = tmp_path / "bb"

@@ -416,3 +416,22 @@ def test_mitigations_script_tables_every_row_over_its_seeds(run, tmp_path, capsy
     line = [l for l in (out / "mitigations.md").read_text().splitlines() if l.startswith("| softmax")][0]
     lo, hi = sorted(losses)
     assert f"| 2 | {(lo + hi) / 2:.3f} [{lo:.3f}-{hi:.3f}] |" in line, line
+
+
+def test_a_given_tokenizer_is_used_instead_of_training_one(run, tmp_path, capsys):
+    """--tokenizer: a checkpoint's tokenizer (here the fixture run's folder) replaces the trained one; its size is
+    the vocabulary and its BOS the first token, so the fixture's own tokenizer gives the fixture's numbers.
+    A tokenizer that cannot be read, or --vocab-size beside it, is one line and exit 2."""
+    out = tmp_path / "given"
+    args = [a for a in TINY if a not in ("--vocab-size", "300")]
+    assert main(["pretrain", "--out", str(out), *args, "--tokenizer", str(run)]) == 0
+    cfg = json.loads((out / "config.json").read_text())["config"]["pretrain"]
+    assert cfg["tokenizer"] == str(run) and cfg["vocab_size"] == 300 and cfg["bos"] == "fixed:1"
+    assert (out / "tokenizer.json").read_text() == (run / "tokenizer.json").read_text()
+    assert [r["heldout_loss"] for r in _csv(out)] == [r["heldout_loss"] for r in _csv(run)]
+    capsys.readouterr()
+    for extra, needle in ((["--tokenizer", str(tmp_path / "none.json")], "--tokenizer"),
+                          (["--tokenizer", str(run / "tokenizer.json"), "--vocab-size", "300"], "give one of them")):
+        assert main(["pretrain", "--out", str(tmp_path / "bad"), *args, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from typing import Callable
 
+from toybb.device import start_distributed
+from toybb.errors import ConfigError
 from toybb.texts import BUILTINS
 
 MODEL_HELP = "HF model directory, .gguf file, `toybb pretrain` folder, or a name from `toybb models`"
@@ -251,8 +254,6 @@ def add_distributed(p, what: str) -> None:
 
 def check_distributed(args) -> None:
     """The multi-host flags' values, before anything starts."""
-    from toybb.errors import ConfigError
-
     for flag, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id)):
         if v is not None and v < (1 if flag == "--num-processes" else 0):
             raise ConfigError(f"{flag} must be {'>= 1' if flag == '--num-processes' else '>= 0'}, got {v}")
@@ -260,12 +261,8 @@ def check_distributed(args) -> None:
 
 def distributed_process(args) -> tuple[int, int]:
     """(index, count) of this process: (0, 1) unless --distributed or TOYBB_DISTRIBUTED=1 starts a multi-host run."""
-    import os
-
     if getattr(args, "process", None) is None:  # joined once (`toybb.cli.main` does it before any JAX backend starts)
         args.process = (0, 1)
         if args.distributed or os.environ.get("TOYBB_DISTRIBUTED") == "1":
-            from toybb.device import start_distributed
-
             args.process = start_distributed(args.coordinator, args.num_processes, args.process_id)
     return args.process

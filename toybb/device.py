@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from toybb.errors import ConfigError
+
 
 def backend() -> str:
     """The default JAX backend: "cpu", "gpu" or "tpu"."""
@@ -73,8 +75,6 @@ def start_distributed(coordinator: str | None = None, num_processes: int | None 
     """Join a multi-host run (`jax.distributed.initialize`; arguments from SLURM or the TPU environment when
     None) and return (this process's index, the process count). On CPU hosts the collectives go through gloo.
     A failure is a ConfigError naming what to give."""
-    from toybb.errors import ConfigError
-
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; accelerators keep their own
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id)

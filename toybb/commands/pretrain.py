@@ -18,7 +18,8 @@ from toybb.config import OPTIMIZERS, PRECISIONS
 from toybb.errors import ConfigError
 from toybb.pretrain.config import (COSINE_FINAL, DEFAULT_MODEL, SCHEDULES, PretrainConfig, build_model_config,
                                    parse_model_set)
-from toybb.pretrain.data import prepare_data
+from toybb.llm.pretrain_folder import parse_bos
+from toybb.pretrain.data import given_tokenizer, prepare_data
 from toybb.pretrain.loop import pretrain
 from toybb.pretrain.runs import check_pretrain_folder
 from toybb.records import folder_lock
@@ -42,7 +43,12 @@ def add_pretrain(sub) -> None:
     add_list(g, "--text", STRS, D.text, f"text SOURCEs: files, folders, .jsonl files (field 'text') or built-in "
              f"corpora ({', '.join(BUILTINS)})", metavar="SOURCE")
     g.add_argument("--max-chars", type=int, default=D.max_chars, help="read at most this many characters")
-    g.add_argument("--vocab-size", type=int, default=D.vocab_size, help="tokens of the byte-level BPE tokenizer")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help=f"tokens of the byte-level BPE tokenizer trained on --text (default: {D.vocab_size})")
+    g.add_argument("--tokenizer", metavar="TOKENIZER", default=None,
+                   help="use this tokenizer instead of training one: a tokenizer.json, or a checkpoint (a Hugging Face "
+                   "folder, a .gguf file, an offline model's name, a pretrain folder); the vocabulary is its size, "
+                   "--bos token its BOS")
     g.add_argument("--bos", default=D.bos,
                    help="first token of every sequence: token (<|bos|>), none, or fixed:ID")
     g.add_argument("--heldout", type=float, default=D.heldout, help="fraction of the token stream held out")
@@ -84,8 +90,19 @@ def add_pretrain(sub) -> None:
 
 def cmd_pretrain(args) -> int:
     check_distributed(args)
+    vocab_size, bos = (D.vocab_size if args.vocab_size is None else args.vocab_size), args.bos
+    if args.tokenizer is not None:  # its size, and its BOS first in every sequence
+        if args.vocab_size is not None:
+            raise ConfigError("--vocab-size and --tokenizer: a given tokenizer has its own size; give one of them")
+        tok, bos_id = given_tokenizer(args.tokenizer)
+        vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        if parse_bos(bos) == "token":
+            if bos_id is None:
+                raise ConfigError(f"--tokenizer {args.tokenizer} has no BOS token; give --bos fixed:ID or --bos none")
+            bos = f"fixed:{bos_id}"
     cfg = PretrainConfig(
-        text=tuple(args.text), max_chars=args.max_chars, vocab_size=args.vocab_size, bos=args.bos, seq_len=args.seq_len,
+        text=tuple(args.text), max_chars=args.max_chars, vocab_size=vocab_size, tokenizer=args.tokenizer, bos=bos,
+        seq_len=args.seq_len,
         batch=args.batch, steps=args.steps, optimizer=args.optimizer, lr=args.lr, warmup=args.warmup,
         schedule=args.schedule, weight_decay=args.weight_decay,
         seed=args.seed, eval_every=args.eval_every, eval_batch=args.eval_batch, heldout=args.heldout,

@@ -40,6 +40,7 @@ class PretrainConfig:
     text: tuple[str, ...] = ("pride", "emma", "mobydick", "shakespeare", "pydoc")
     max_chars: int | None = None
     vocab_size: int = 1024
+    tokenizer: str | None = None  # a tokenizer.json or a checkpoint whose tokenizer is used instead of training one
     bos: str = DEFAULT_BOS
     seq_len: int = 64
     batch: int = 16
@@ -71,8 +72,8 @@ class PretrainConfig:
                f"{self.steps:,} steps; at most {LIMITS['evaluations']:,}: evaluate less often")
         _check(self.seq_len >= 2, f"--seq-len must be at least 2, got {self.seq_len}")
         _check(self.max_chars is None or self.max_chars > 0, f"--max-chars must be positive, got {self.max_chars}")
-        _check(self.vocab_size >= 258, f"--vocab-size must be at least 258 (256 bytes and 2 special tokens), "
-               f"got {self.vocab_size}")
+        _check(self.tokenizer is not None or self.vocab_size >= 258, f"--vocab-size must be at least 258 (256 "
+               f"bytes and 2 special tokens), got {self.vocab_size}")
         _check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _check(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr!r}")
         check_count(self.warmup, "--warmup", "steps", low=0)

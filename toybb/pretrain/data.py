@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toybb.errors import ConfigError
+from toybb.errors import ConfigError, Error
 from toybb.llm.pretrain_folder import BOS_TOKEN, EOS_TOKEN, TOKENIZER_NAME, first_token, text_tokenizer
-from toybb.llm.tokenizer import TextTokenizer
+from toybb.llm.load import open_checkpoint
+from toybb.llm.tokenizer import TextTokenizer, from_tokenizer_json
 from toybb.pretrain.config import PretrainConfig
 from toybb.records import atomic_write
 from toybb.texts import iter_documents, resolve_source
@@ -65,6 +66,35 @@ def train_tokenizer(docs: list[str], vocab_size: int):
     return tok
 
 
+END_OF_TEXT = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>")  # the document separator, first found
+BEGIN_OF_TEXT = (BOS_TOKEN, "<s>", "<bos>", "<|begin_of_text|>")  # a bare tokenizer.json's BOS, first found
+
+
+def given_tokenizer(source: str) -> tuple[object, int | None]:
+    """(tokenizers.Tokenizer, its BOS id or None) of --tokenizer SOURCE: a tokenizer.json file, or any checkpoint
+    `toybb.load` reads (a Hugging Face folder, a .gguf file, an offline model's name, a pretrain folder), whose
+    weights are not read. Anything else is a ConfigError."""
+    if str(source).endswith(".json") and Path(source).is_file():
+        tok = from_tokenizer_json(source, bos_id=None).backend
+        return tok, next((tok.token_to_id(t) for t in BEGIN_OF_TEXT if tok.token_to_id(t) is not None), None)
+    try:
+        ck = open_checkpoint(str(source), with_tokenizer=True)
+    except Error as e:  # not a checkpoint (a missing path, another format)
+        raise ConfigError(f"--tokenizer: {e}; give a tokenizer.json or a checkpoint") from None
+    if ck.tokenizer is None or ck.tokenizer.backend is None:
+        raise ConfigError(f"--tokenizer {source}: the checkpoint has no tokenizer; give a tokenizer.json")
+    return ck.tokenizer.backend, ck.tokenizer.bos_id
+
+
+def end_of_text(tok) -> int:
+    """The id put between packed documents: the first of END_OF_TEXT the tokenizer has (0 in toybb's own)."""
+    for t in END_OF_TEXT:
+        if tok.token_to_id(t) is not None:
+            return tok.token_to_id(t)
+    raise ConfigError(f"the tokenizer has none of the end-of-text tokens {', '.join(END_OF_TEXT)} that separate "
+                      "the packed documents; give another --tokenizer or none (toybb trains one)")
+
+
 @dataclass
 class TokenData:
     """The packed token stream of a run: train [n_train] and heldout [n_heldout] int32 ids."""
@@ -87,11 +117,12 @@ def prepare_data(cfg: PretrainConfig, folder: Path | None, write: bool = True) -
     if path is not None and path.is_file():
         tok = text_tokenizer(path, cfg.bos).backend
     else:
-        tok = train_tokenizer(docs, cfg.vocab_size)
+        tok = given_tokenizer(cfg.tokenizer)[0] if cfg.tokenizer else train_tokenizer(docs, cfg.vocab_size)
         if path is not None and write:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: f.write(tok.to_str()), mode="w")
-    ids = [e.ids + [0] for e in tok.encode_batch(docs, add_special_tokens=False)]
+    eos = end_of_text(tok)
+    ids = [e.ids + [eos] for e in tok.encode_batch(docs, add_special_tokens=False)]
     stream = np.fromiter((i for doc in ids for i in doc), np.int32)
     n_held = int(len(stream) * cfg.heldout)
     need = cfg.seq_len + 1 - (first_token(cfg.bos) is not None)  # stream tokens per sequence
