@@ -355,10 +355,10 @@ def row_precision(t: Table, tiny: bool, peaks: dict):
 
 
 def row_pretrain(t: Table, tiny: bool):
-    import csv
     import tempfile
 
     from toybb.cli import main as toybb
+    from toybb.records import read_csv
 
     flags = SIZES["pretrain"][tiny]
     with tempfile.TemporaryDirectory(prefix="toybb-device-pretrain-") as d:
@@ -370,8 +370,7 @@ def row_pretrain(t: Table, tiny: bool):
             return
         with open(os.path.join(d, "summary.json")) as f:
             summary = json.load(f)
-        with open(os.path.join(d, "metrics.csv"), newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = read_csv(os.path.join(d, "metrics.csv"), "metrics table", required=("step", "heldout_loss"))
         with open(os.path.join(d, "config.json")) as f:
             data = json.load(f)["data"]
     first, last = rows[0], rows[-1]

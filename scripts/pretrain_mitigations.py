@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from toybb.cli import main as toybb
+from toybb.records import atomic_open, read_csv
+
 # row: (flags of `toybb pretrain`, what it is); each row is one flag away from the baseline
 ROWS = {
     "softmax": ((), "softmax, Adam (baseline)"),
@@ -46,8 +49,7 @@ COLUMNS = {
 
 def last_row(run: Path) -> dict[str, float]:
     """Each column's value at the last evaluation of a finished run folder (the layers reduced)."""
-    with open(run / "metrics.csv", newline="") as f:
-        row = list(csv.DictReader(f))[-1]
+    row = read_csv(run / "metrics.csv", "metrics table", required=("step", "heldout_loss"))[-1]
     layers = sorted({int(k.rsplit("_l", 1)[1]) for k in row if k.startswith("sink_rate_l")})
     out = {"step": int(row["step"])}
     for col, (name, reduce, _) in COLUMNS.items():
@@ -84,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds of every row (default: 0 1)")
     p.add_argument("--steps", type=int, default=1000, help="steps of every run (default: 1000)")
     a = p.parse_args(argv)
-    from toybb.cli import main as toybb
-    from toybb.records import atomic_open
 
     out = Path(a.out)
     results: dict[str, list[dict[str, float]]] = {}

@@ -115,7 +115,7 @@ def test_pretrain_figure_trains_what_the_default_command_trains(tmp_path, monkey
 
     for mod, who in ((cmd, "command"), (G, "gallery")):
         monkeypatch.setattr(mod, "prepare_data",
-                            lambda cfg, d, write=True: (Path(d).mkdir(parents=True, exist_ok=True), fake, None)[1:])
+                            lambda cfg, d, **kw: (Path(d).mkdir(parents=True, exist_ok=True), fake, None)[1:])
         monkeypatch.setattr(mod, "pretrain", capture(who))
     monkeypatch.setattr(G, "plot_emergence", plot)
     bb = tmp_path / "bb"

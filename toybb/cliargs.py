@@ -253,7 +253,7 @@ def add_distributed(p, what: str) -> None:
 
 
 def check_distributed(args) -> None:
-    """The multi-host flags' values, before anything starts."""
+    """The multi-host flags' values, before anything starts (`toybb.cli.main`, for every command that has them)."""
     for flag, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id)):
         if v is not None and v < (1 if flag == "--num-processes" else 0):
             raise ConfigError(f"{flag} must be {'>= 1' if flag == '--num-processes' else '>= 0'}, got {v}")

@@ -9,11 +9,13 @@ sequence length. Bad input gives one line on stderr and exit code 2.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 
 import numpy as np
+from jax.experimental import multihost_utils
 
-from toybb.cliargs import INTS, STRS, add_distributed, add_list, check_distributed, distributed_process
+from toybb.cliargs import INTS, STRS, add_distributed, add_list, distributed_process
 from toybb.config import OPTIMIZERS, PRECISIONS
 from toybb.errors import ConfigError
 from toybb.pretrain.config import (COSINE_FINAL, DEFAULT_MODEL, SCHEDULES, PretrainConfig, build_model_config,
@@ -89,13 +91,12 @@ def add_pretrain(sub) -> None:
 
 
 def cmd_pretrain(args) -> int:
-    check_distributed(args)
-    vocab_size, bos = (D.vocab_size if args.vocab_size is None else args.vocab_size), args.bos
+    vocab_size, bos, given = (D.vocab_size if args.vocab_size is None else args.vocab_size), args.bos, None
     if args.tokenizer is not None:  # its size, and its BOS first in every sequence
         if args.vocab_size is not None:
             raise ConfigError("--vocab-size and --tokenizer: a given tokenizer has its own size; give one of them")
-        tok, bos_id = given_tokenizer(args.tokenizer)
-        vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        given, bos_id = given_tokenizer(args.tokenizer)
+        vocab_size = given.get_vocab_size(with_added_tokens=True)
         if parse_bos(bos) == "token":
             if bos_id is None:
                 raise ConfigError(f"--tokenizer {args.tokenizer} has no BOS token; give --bos fixed:ID or --bos none")
@@ -118,11 +119,8 @@ def cmd_pretrain(args) -> int:
     with contextlib.ExitStack() as held:
         if pid == 0:  # one writer of the folder
             held.enter_context(folder_lock(args.out))
-        data, tok = prepare_data(cfg, Path(args.out), write=pid == 0)
+        data, tok = prepare_data(cfg, Path(args.out), write=pid == 0, given=given)
         if count > 1:  # every process must train on the same tokens
-            from jax.experimental import multihost_utils
-            import hashlib
-
             digest = hashlib.sha256(tok.backend.to_str().encode() + data.train.tobytes()).digest()
             multihost_utils.assert_equal(np.frombuffer(digest, np.uint8), "the processes' tokenizers or token "
                                          "streams differ: give every process the same --text, --max-chars and --out")

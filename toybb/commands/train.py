@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from toybb.cliargs import FLOATS, INTS, STRS, add_distributed, add_list, check_distributed, distributed_process
+from toybb.cliargs import FLOATS, INTS, STRS, add_distributed, add_list, distributed_process
 from toybb.config import DEFAULT_LR, PRECISIONS, PRESETS, RunConfig, check_count, load_config_file, paper_learning_rate
 from toybb.errors import ConfigError
 from toybb.plot import plot_dynamics, plot_runs
@@ -270,7 +270,6 @@ def add_sweep(subparsers) -> None:
 
 def cmd_sweep(args) -> int:
     finite(args.max_memory_gb, "--max-memory-gb", positive=True)
-    check_distributed(args)
     spec = load_sweep_file(args.file)
     plan = plan_sweep(spec, f"sweep file {args.file!r}")
     process = distributed_process(args)

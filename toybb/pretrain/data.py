@@ -108,16 +108,21 @@ class TokenData:
         return int(np.unique(self.train).size)
 
 
-def prepare_data(cfg: PretrainConfig, folder: Path | None, write: bool = True) -> tuple[TokenData, TextTokenizer]:
+def prepare_data(cfg: PretrainConfig, folder: Path | None, write: bool = True,
+                 given=None) -> tuple[TokenData, TextTokenizer]:
     """Documents read, the tokenizer trained (or read back from `folder`/tokenizer.json when resuming) and
     saved there (unless not `write`: the other processes of a multi-host run), the stream packed and split;
-    too little text for one sequence is a ConfigError. Runs before anything compiles."""
+    too little text for one sequence is a ConfigError. Runs before anything compiles. `given`: cfg.tokenizer's
+    tokenizers.Tokenizer when the caller has read it already (`given_tokenizer`)."""
     docs = read_documents(cfg)
     path = None if folder is None else folder / TOKENIZER_NAME
     if path is not None and path.is_file():
         tok = text_tokenizer(path, cfg.bos).backend
     else:
-        tok = given_tokenizer(cfg.tokenizer)[0] if cfg.tokenizer else train_tokenizer(docs, cfg.vocab_size)
+        if cfg.tokenizer:
+            tok = given if given is not None else given_tokenizer(cfg.tokenizer)[0]
+        else:
+            tok = train_tokenizer(docs, cfg.vocab_size)
         if path is not None and write:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: f.write(tok.to_str()), mode="w")
