@@ -435,3 +435,22 @@ def test_a_given_tokenizer_is_used_instead_of_training_one(run, tmp_path, capsys
         assert main(["pretrain", "--out", str(tmp_path / "bad"), *args, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
+
+
+def test_a_given_tokenizer_without_bos_or_end_of_text_is_one_line(tmp_path, capsys):
+    """A tokenizer.json with no BOS token under --bos token, or with no end-of-text token to separate the packed
+    documents: one line naming what to give, exit 2, before anything trains."""
+    from tokenizers import Tokenizer, models
+
+    from toybb.pretrain.data import end_of_text
+
+    bare = Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[]))
+    path = tmp_path / "bare.json"
+    path.write_text(bare.to_str())
+    args = [a for a in TINY if a not in ("--vocab-size", "300")]
+    assert main(["pretrain", "--out", str(tmp_path / "o"), *args, "--tokenizer", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no BOS token; give --bos fixed:ID or --bos none" in err[0], err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(toybb.ConfigError, match="none of the end-of-text tokens"):
+        end_of_text(bare)
