@@ -97,11 +97,13 @@ def test_fast_path_matches_exact(hk, window, scale):
     np.testing.assert_allclose(fast2.out, exact.out, atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("t, hk, window, block, cols", [(10, 2, None, 4, (0, 30)), (9, 1, 5, 3, (1,))])
-def test_plain_blocked_matches_exact(t, hk, window, block, cols):
+@pytest.mark.parametrize("t, hk, dh, window, block, cols", [(10, 2, 8, None, 4, (0, 30)), (9, 1, 8, 5, 3, (1,)),
+                                                          (21, 2, 16, 9, 2, (0, 5))])
+def test_plain_blocked_matches_exact(t, hk, dh, window, block, cols):
     """Blocked contiguous softmax attention without weights (query blocks, key chunks, running softmax):
-    the same output, key columns and gradient as the dense exact path, with a partial last block."""
-    q, k, v = _qkv(t=t, hk=hk)
+    the same output, key columns and gradient as the dense exact path, with a partial last block, several
+    key chunks inside and outside a window, and a logit scale folded into q (head_dim 16: 1/4)."""
+    q, k, v = _qkv(t=t, hk=hk, dh=dh)
 
     @jax.jit
     def both(q):
@@ -116,6 +118,23 @@ def test_plain_blocked_matches_exact(t, hk, window, block, cols):
     want = np.stack([exact.pattern[..., c] if c < t else np.zeros(exact.pattern.shape[:-1]) for c in cols], -1)
     np.testing.assert_allclose(got.key_cols, want, atol=2e-6, rtol=1e-5)
     np.testing.assert_allclose(g_got, g_exact, atol=1e-5, rtol=1e-4)
+
+
+def test_long_plain_inputs_block_by_default(monkeypatch):
+    """On the CPU, plain attention over at least AUTO_BLOCK_FROM query rows takes the flash-style blocks
+    without a `block` (no pattern is built; same output as the dense path); shorter ones, weights, or
+    explicit positions keep the dense path."""
+    import toybb.models.attention as core
+
+    monkeypatch.setattr(core, "AUTO_BLOCK_FROM", 8)
+    monkeypatch.setattr(core, "AUTO_BLOCK", 4)
+    q, k, v = _qkv(t=10)
+    exact = attention(q, k, v)
+    got = attention(q, k, v, weights=False, contiguous=True)
+    assert got.pattern is None and exact.pattern is not None
+    np.testing.assert_allclose(got.out, exact.out, atol=2e-6, rtol=1e-5)
+    assert attention(q[:, :6], k[:, :6], v[:, :6], weights=False, contiguous=True).pattern is not None
+    assert attention(q, k, v, contiguous=True).pattern is not None
 
 
 def test_fast_path_only_where_exact():

@@ -23,13 +23,16 @@ bias, soft-cap, far logits or sinks), the core can call `jax.nn.dot_product_atte
 flash attention on NVIDIA GPUs for 16-bit inputs, XLA's fused attention elsewhere. Whether it does by
 default is one backend decision (`toybb.device.fast_attention`: on accelerators, not on the CPU);
 `fast=True` forces it (tests compare both paths on the CPU). Where it does not, the same plain case with
-`block` and `contiguous` set (pretrained models with `attn_block`) takes `_plain_blocked`: key chunks with a
+`contiguous` set and `block` set (pretrained models with `attn_block`), or on the CPU with at least
+`AUTO_BLOCK_FROM` query rows and no `block` (then `AUTO_BLOCK`), takes `_plain_blocked`: key chunks with a
 running softmax, as flash attention computes it (and the `key_cols` weights from each row's final max and
-sum); `fast=False` keeps the blocked exact path (benchmarks/README.md, issue 29).
+sum); `fast=False` keeps the exact path (benchmarks/README.md, issue 29).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -149,6 +152,8 @@ def attention(
             res = _fast_result(q, k, v, window=window, scale=scale, block=block, forced=bool(fast))
             if res is not None:
                 return res
+        if plain is None and contiguous and block is None and tq >= AUTO_BLOCK_FROM and device.cpu_heuristics():
+            block = AUTO_BLOCK  # long plain inputs on the CPU: flash-style blocks beat the dense path
         plain_blocks = plain is None and contiguous and block is not None and tq > block
     elif fast and weights:
         raise ValueError("attention: fast=True needs weights=False (the fast path returns no logits or pattern)")
@@ -164,6 +169,10 @@ def attention(
                  sink_logits=sink_logits, clip=clip, sigmoid_bias=sigmoid_bias,
                  edit_logits=edit_logits, edit_pattern=edit_pattern)
     return res._replace(key_cols=_cols(res.pattern, key_cols, np.arange(k.shape[1])))
+
+
+AUTO_BLOCK = 256  # query rows per block of `_plain_blocked` where the caller sets no `block` ...
+AUTO_BLOCK_FROM = 1024  # ... from this many query rows (benchmarks/README.md, issue 29)
 
 
 def _fast_result(q, k, v, *, window, scale, block, forced: bool) -> AttentionResult | None:
@@ -211,88 +220,123 @@ def _fast(q, k, v, *, window, scale, impl) -> jax.Array:
 
 def _plain_blocked(q, k, v, *, scale, window, block, key_cols=()) -> AttentionResult:
     """Causal (sliding-window) softmax attention at default positions, computed as flash attention does:
-    query blocks of `block` rows, each visiting only its visible key chunks of `block` keys (its own,
-    masked, then a loop over the earlier ones) with a running max, sum and output, so every intermediate
-    stays [block * group, block] per kv head (cache-sized) and the division happens once per output row.
-    Logits are [rows, keys] with keys on the minor axis (no [q, k]-sized transpose). The weights of
-    `key_cols` come from their logits and each row's final max and sum.
+    query blocks of `block` rows, each visiting only its visible key chunks of 2 * `block` keys (the chunk
+    holding its own rows, masked, then a loop over the earlier visible ones) with a running max, sum and
+    output, so every intermediate stays [block * group, 2 * block] per kv head (cache-sized) and the division
+    happens once per output row. Logits are [rows, keys] with keys on the minor axis (no [q, k]-sized
+    transpose). The weights of `key_cols` come from their logits and each row's final max and sum.
+    The forward loops over exactly the visible chunks (a loop of traced length); its gradient is that of
+    the same computation as a fixed-length loop (`_flash_blocks`), recomputed in the backward pass, so the
+    path is reverse-differentiable (not forward: no `jax.jvp` through it).
     q [batch, seq, heads, head_dim], k/v [batch, seq, kv_heads, head_dim] -> out [batch, seq, heads, head_dim]
     (and key_cols [batch, heads, seq, len(key_cols)])."""
     b, t, h, dh = q.shape
     hk = k.shape[2]
     g = h // hk
-    scale = dh**-0.5 if scale is None else scale
+    scale = dh**-0.5 if scale is None else float(scale)
     qt = q.reshape(b, t, hk, g, dh).transpose(0, 2, 1, 3, 4)  # [b, hk, t, g, dh]
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, hk, t, dh]
+    if math.frexp(scale)[0] == 0.5:  # a power of two (head_dim 64, 256): scaling q is exact and saves a pass
+        qt, scale = qt * jnp.asarray(scale, qt.dtype), 1.0
+    span = 2 * block  # keys per chunk
+    tp = -(-t // span) * span  # the sequence padded to whole chunks
+    if tp != t:  # padded keys sit after every real query, so no real row sees them
+        pad = [(0, 0), (0, 0), (0, tp - t)]
+        qt = jnp.pad(qt, pad + [(0, 0), (0, 0)])
+        kt, vt = jnp.pad(kt, pad + [(0, 0)]), jnp.pad(vt, pad + [(0, 0)])
+    o, mx, sm = _flash(qt, kt, vt, scale, window, block)
 
-    def visible(qp, kp):
-        return kp <= qp if window is None else (kp <= qp) & (qp - kp < window)
+    def rows(a):  # [nb, b, hk, block, ...] -> [b, hk, t, ...]
+        a = jnp.moveaxis(a, 0, 2)
+        return a.reshape(a.shape[:2] + (tp,) + a.shape[4:])[:, :, :t]
 
-    def logits(qb, kc):  # [b, hk, n, g, dh] x [b, hk, m, dh] -> [b, hk, n, g, m] float32
-        return jnp.einsum("bkqgd,bksd->bkqgs", qb, kc).astype(jnp.float32) * scale
+    out = rows(o).transpose(0, 2, 1, 3, 4).reshape(b, t, h, dh)
+    if not key_cols:
+        return AttentionResult(out, None, None)
+    idx = np.asarray([c for c in key_cols if c < t], np.int64)
+    if not len(idx):
+        return AttentionResult(out, None, None, jnp.zeros((b, h, t, len(key_cols)), v.dtype))
+    x = _block_logits(qt[:, :, :t], kt[:, :, idx], scale)  # [b, hk, t, g, n]
+    shape = x.shape[2:]
+    vis = _visible(jax.lax.broadcasted_iota(jnp.int32, shape, 0), jnp.asarray(idx, jnp.int32), window)
+    w = jnp.where(vis, jnp.exp(x - rows(mx)) / rows(sm), 0.0)
+    w = w.transpose(0, 1, 3, 2, 4).reshape(b, h, t, len(idx)).astype(v.dtype)
+    return AttentionResult(out, None, None, _cols(w, key_cols, idx))
+
+
+def _visible(qp, kp, window):
+    return kp <= qp if window is None else (kp <= qp) & (qp - kp < window)
+
+
+def _block_logits(qb, kc, scale):  # [b, hk, n, g, dh] x [b, hk, m, dh] -> [b, hk, n, g, m] float32
+    x = jnp.einsum("bkqgd,bksd->bkqgs", qb, kc).astype(jnp.float32)
+    return x if scale == 1.0 else x * scale
+
+
+def _flash_blocks(qt, kt, vt, scale, window, block, *, skip: bool):
+    """`_plain_blocked`'s loop on padded [b, hk, seq, (g,) dh] inputs: per query block of `block` rows, its
+    unnormalised output divided by its row sums, its row maxima and row sums ([blocks, b, hk, block, g, .]).
+    skip=True visits only the visible key chunks (a loop of traced length: fast, not reverse-differentiable);
+    skip=False the same chunks in a loop of fixed length that passes over the others with a `lax.cond`."""
+    span, tp = 2 * block, qt.shape[2]
 
     def part(qb, s, kc, vc, lo, masked):
         """Queries s.. against keys lo..: (row max, row sum, unnormalised output) [b, hk, n, g, 1 | dh]."""
-        x = logits(qb, kc)
+        x = _block_logits(qb, kc, scale)
         if masked:
             shape = x.shape[2:]
-            vis = visible(s + jax.lax.broadcasted_iota(jnp.int32, shape, 0),
-                          lo + jax.lax.broadcasted_iota(jnp.int32, shape, 2))
+            vis = _visible(s + jax.lax.broadcasted_iota(jnp.int32, shape, 0),
+                           lo + jax.lax.broadcasted_iota(jnp.int32, shape, 2), window)
             x = jnp.where(vis, x, jnp.finfo(jnp.float32).min)
         m = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
         e = jnp.exp(x - m)
         if masked:
             e = jnp.where(vis, e, 0.0)  # a row with no visible key in this chunk adds nothing
-        return m, jnp.sum(e, axis=-1, keepdims=True), jnp.einsum("bkqgs,bksd->bkqgd", e.astype(v.dtype), vc)
-
-    nb = -(-t // block)  # query blocks (and key chunks); the sequence padded to whole blocks
-    if nb * block != t:  # padded keys sit after every real query, so no real row sees them
-        pad = [(0, 0), (0, 0), (0, nb * block - t)]
-        qt = jnp.pad(qt, pad + [(0, 0), (0, 0)])
-        kt, vt = jnp.pad(kt, pad + [(0, 0)]), jnp.pad(vt, pad + [(0, 0)])
+        return m, jnp.sum(e, axis=-1, keepdims=True), jnp.einsum("bkqgs,bksd->bkqgd", e.astype(vt.dtype), vc)
 
     def query_block(_, i):
-        """Block i of query rows: its own (masked) key chunk, then the earlier visible chunks in order."""
+        """Block i of query rows: the key chunk holding its rows (masked), then the earlier visible ones."""
         s = i * block
         qb = jax.lax.dynamic_slice_in_dim(qt, s, block, axis=2)
-        own = [jax.lax.dynamic_slice_in_dim(a, s, block, axis=2) for a in (kt, vt)]
-        acc = part(qb, s, *own, s, True)  # its own keys: every row sees one
-        first = 0 if window is None else jnp.maximum(0, s - window + 1) // block
+        own = s // span
+        kc, vc = (jax.lax.dynamic_slice_in_dim(a, own * span, span, axis=2) for a in (kt, vt))
+        acc = part(qb, s, kc, vc, own * span, True)
+        first = 0 if window is None else jnp.maximum(0, s - window + 1) // span
 
         def step(c, acc):
-            lo = c * block
-            kc, vc = (jax.lax.dynamic_slice_in_dim(a, lo, block, axis=2) for a in (kt, vt))
+            lo = c * span
+            kc, vc = (jax.lax.dynamic_slice_in_dim(a, lo, span, axis=2) for a in (kt, vt))
             m2, l2, o2 = part(qb, s, kc, vc, lo, window is not None)
             m1, l1, o1 = acc
             m = jnp.maximum(m1, m2)
             a1, a2 = jnp.exp(m1 - m), jnp.exp(m2 - m)
             return m, l1 * a1 + l2 * a2, o1 * a1.astype(o1.dtype) + o2 * a2.astype(o2.dtype)
 
-        # a loop of fixed length (reverse-differentiable) that skips the chunks this block does not see
-        acc = jax.lax.fori_loop(0, nb - 1, lambda c, acc: jax.lax.cond((c >= first) & (c < i), step,
-                                                                       lambda c, acc: acc, c, acc), acc)
+        if skip:
+            acc = jax.lax.fori_loop(first, own, step, acc)
+        else:
+            acc = jax.lax.fori_loop(0, tp // span - 1, lambda c, acc: jax.lax.cond(
+                (c >= first) & (c < own), step, lambda c, acc: acc, c, acc), acc)
         return None, (acc[2] / acc[1].astype(acc[2].dtype), acc[0], acc[1])
 
-    # one program for every query block (a scan, not an unrolled loop: compile time does not grow with t)
-    _, (o, mx, sm) = jax.lax.scan(query_block, None, jnp.arange(nb))
+    # one program for every query block (a scan, not an unrolled loop: compile time does not grow with seq)
+    return jax.lax.scan(query_block, None, jnp.arange(tp // block))[1]
 
-    def rows(a):  # [nb, b, hk, block, ...] -> [b, hk, t, ...]
-        a = jnp.moveaxis(a, 0, 2)
-        return a.reshape(a.shape[:2] + (nb * block,) + a.shape[4:])[:, :, :t]
 
-    out = rows(o).transpose(0, 2, 1, 3, 4).reshape(b, t, h, dh)
-    maxes, sums = [rows(mx)], [rows(sm)]
-    if not key_cols:
-        return AttentionResult(out, None, None)
-    idx = np.asarray([c for c in key_cols if c < t], np.int64)
-    if not len(idx):
-        return AttentionResult(out, None, None, jnp.zeros((b, h, t, len(key_cols)), v.dtype))
-    x = logits(qt[:, :, :t], kt[:, :, idx])  # [b, hk, t, g, n] (qt, kt padded to whole blocks)
-    shape = x.shape[2:]
-    vis = visible(jax.lax.broadcasted_iota(jnp.int32, shape, 0), jnp.asarray(idx, jnp.int32))
-    w = jnp.where(vis, jnp.exp(x - jnp.concatenate(maxes, 2)) / jnp.concatenate(sums, 2), 0.0)
-    w = w.transpose(0, 1, 3, 2, 4).reshape(b, h, t, len(idx)).astype(v.dtype)
-    return AttentionResult(out, None, None, _cols(w, key_cols, idx))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _flash(qt, kt, vt, scale, window, block):
+    return _flash_blocks(qt, kt, vt, scale, window, block, skip=True)
+
+
+def _flash_fwd(qt, kt, vt, scale, window, block):
+    return _flash(qt, kt, vt, scale, window, block), (qt, kt, vt)
+
+
+def _flash_bwd(scale, window, block, res, ct):
+    return jax.vjp(lambda *a: _flash_blocks(*a, scale, window, block, skip=False), *res)[1](ct)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def _cols(pattern: jax.Array, key_cols: tuple[int, ...], idx: np.ndarray) -> jax.Array | None:
