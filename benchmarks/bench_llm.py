@@ -21,8 +21,8 @@ row takes; the issue's target for a probe pass is <= 1.5).
     python benchmarks/bench_llm.py --tokens 512 4096 --transformers plain --rows toybb_plain toybb_reduced \
         --before /tmp/old      # before/after in one run (/tmp/old: `git archive OLD toybb | tar -x -C /tmp/old`)
 
-The plain and reduced rows run toybb's attention as a user gets it: on the CPU, from 1024 tokens on,
-flash-style blocks of 256 query rows (`--attn-block N` sets other blocks): each query block sees only the
+The plain and reduced rows run toybb's attention as a user gets it: on the CPU, from 512 tokens on,
+flash-style blocks of 128 query rows (256 from 4096 tokens) (`--attn-block N` sets other blocks): each query block sees only the
 keys the causal mask lets it see, and `@key0` comes out of each block as a key column, so no layer ever
 holds a [T, T] pattern. Full rows cannot block. After the table, the matmul-bound ceiling:
 model FLOPs per token against a measured fp32 matmul peak of the same machine.
@@ -200,8 +200,8 @@ def main() -> int:
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="toybb rows to run")
     ap.add_argument("--attn-block", type=int, default=0,
                     help="toybb query rows per attention block where the capture allows blocking; 0 (default): "
-                         "the model's own choice, as a user gets it (on the CPU, flash-style blocks of 256 rows "
-                         "from 1024 tokens on)")
+                         "the model's own choice, as a user gets it (on the CPU, flash-style blocks of 128 rows "
+                         "from 512 tokens on, 256 from 4096)")
     ap.add_argument("--transformers", choices=("both", "plain", "full"), default="both",
                     help="transformers rows: eager with full capture ('full', the base of the 'x' columns; it holds "
                          "every layer's [T, T] patterns, 18 GB at 4096 tokens), SDPA without capture ('plain'), or both")

@@ -109,7 +109,11 @@ def test_plain_blocked_matches_exact(t, hk, dh, window, block, cols):
     def both(q):
         exact = attention(q, k, v, window=window)
         got = attention(q, k, v, window=window, block=block, contiguous=True, weights=False, key_cols=cols)
-        return exact, got, [jax.grad(lambda q, kw=kw: jnp.sum(jnp.sin(attention(q, k, v, window=window, **kw).out)))(q)
+        def f(q, k, v, **kw):  # through the output and the key columns (the row sums' gradient)
+            r = attention(q, k, v, window=window, key_cols=cols, **kw)
+            return jnp.sum(jnp.sin(r.out)) + jnp.sum(jnp.cos(3 * r.key_cols))
+
+        return exact, got, [jax.grad(f, argnums=(0, 1, 2))(q, k, v, **kw)
                             for kw in ({}, dict(block=block, contiguous=True, weights=False))]
 
     exact, got, (g_exact, g_got) = both(q)
@@ -117,7 +121,8 @@ def test_plain_blocked_matches_exact(t, hk, dh, window, block, cols):
     np.testing.assert_allclose(got.out, exact.out, atol=2e-6, rtol=1e-5)
     want = np.stack([exact.pattern[..., c] if c < t else np.zeros(exact.pattern.shape[:-1]) for c in cols], -1)
     np.testing.assert_allclose(got.key_cols, want, atol=2e-6, rtol=1e-5)
-    np.testing.assert_allclose(g_got, g_exact, atol=1e-5, rtol=1e-4)
+    for a, b in zip(g_got, g_exact):  # d/dq, d/dk, d/dv
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_long_plain_inputs_block_by_default(monkeypatch):
@@ -127,7 +132,7 @@ def test_long_plain_inputs_block_by_default(monkeypatch):
     import toybb.models.attention as core
 
     monkeypatch.setattr(core, "AUTO_BLOCK_FROM", 8)
-    monkeypatch.setattr(core, "AUTO_BLOCK", 4)
+    monkeypatch.setattr(core, "auto_block", lambda rows: 4)
     q, k, v = _qkv(t=10)
     exact = attention(q, k, v)
     got = attention(q, k, v, weights=False, contiguous=True)

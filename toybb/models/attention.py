@@ -24,7 +24,7 @@ flash attention on NVIDIA GPUs for 16-bit inputs, XLA's fused attention elsewher
 default is one backend decision (`toybb.device.fast_attention`: on accelerators, not on the CPU);
 `fast=True` forces it (tests compare both paths on the CPU). Where it does not, the same plain case with
 `contiguous` set and `block` set (pretrained models with `attn_block`), or on the CPU with at least
-`AUTO_BLOCK_FROM` query rows and no `block` (then `AUTO_BLOCK`), takes `_plain_blocked`: key chunks with a
+`AUTO_BLOCK_FROM` query rows and no `block` (then `auto_block`), takes `_plain_blocked`: key chunks with a
 running softmax, as flash attention computes it (and the `key_cols` weights from each row's final max and
 sum); `fast=False` keeps the exact path (benchmarks/README.md, issue 29).
 """
@@ -153,7 +153,7 @@ def attention(
             if res is not None:
                 return res
         if plain is None and contiguous and block is None and tq >= AUTO_BLOCK_FROM and device.cpu_heuristics():
-            block = AUTO_BLOCK  # long plain inputs on the CPU: flash-style blocks beat the dense path
+            block = auto_block(tq)  # long plain inputs on the CPU: flash-style blocks beat the dense path
         plain_blocks = plain is None and contiguous and block is not None and tq > block
     elif fast and weights:
         raise ValueError("attention: fast=True needs weights=False (the fast path returns no logits or pattern)")
@@ -171,8 +171,13 @@ def attention(
     return res._replace(key_cols=_cols(res.pattern, key_cols, np.arange(k.shape[1])))
 
 
-AUTO_BLOCK = 256  # query rows per block of `_plain_blocked` where the caller sets no `block` ...
-AUTO_BLOCK_FROM = 1024  # ... from this many query rows (benchmarks/README.md, issue 29)
+AUTO_BLOCK_FROM = 512  # plain attention over this many query rows or more is blocked on the CPU ...
+
+
+def auto_block(rows: int) -> int:
+    """... in blocks of this many query rows (the fastest forward and gradient on a 2-core CPU for
+    SmolLM2's heads, benchmarks/README.md, issue 29)."""
+    return 128 if rows < 4096 else 256
 
 
 def _fast_result(q, k, v, *, window, scale, block, forced: bool) -> AttentionResult | None:
@@ -225,9 +230,8 @@ def _plain_blocked(q, k, v, *, scale, window, block, key_cols=()) -> AttentionRe
     output, so every intermediate stays [block * group, 2 * block] per kv head (cache-sized) and the division
     happens once per output row. Logits are [rows, keys] with keys on the minor axis (no [q, k]-sized
     transpose). The weights of `key_cols` come from their logits and each row's final max and sum.
-    The forward loops over exactly the visible chunks (a loop of traced length); its gradient is that of
-    the same computation as a fixed-length loop (`_flash_blocks`), recomputed in the backward pass, so the
-    path is reverse-differentiable (not forward: no `jax.jvp` through it).
+    Each block loops over exactly its visible chunks (a loop of traced length); the gradient is flash
+    attention's backward pass over the same tiles (`_flash`: reverse mode only, no `jax.jvp` through it).
     q [batch, seq, heads, head_dim], k/v [batch, seq, kv_heads, head_dim] -> out [batch, seq, heads, head_dim]
     (and key_cols [batch, heads, seq, len(key_cols)])."""
     b, t, h, dh = q.shape
@@ -273,35 +277,43 @@ def _block_logits(qb, kc, scale):  # [b, hk, n, g, dh] x [b, hk, m, dh] -> [b, h
     return x if scale == 1.0 else x * scale
 
 
-def _flash_blocks(qt, kt, vt, scale, window, block, *, skip: bool):
+def _chunk_mask(s, lo, shape, window):
+    """Visibility of keys lo.. to queries s.. over a [rows, group, keys] tile."""
+    return _visible(s + jax.lax.broadcasted_iota(jnp.int32, shape, 0),
+                    lo + jax.lax.broadcasted_iota(jnp.int32, shape, 2), window)
+
+
+def _visible_chunks(s, block, window):
+    """The key chunks (of 2 * block keys) that query block s.. sees: the earlier ones first..own - 1 (in a
+    loop of traced length), then its own (masked)."""
+    span = 2 * block
+    return (0 if window is None else jnp.maximum(0, s - window + 1) // span), s // span
+
+
+def _flash_forward(qt, kt, vt, scale, window, block):
     """`_plain_blocked`'s loop on padded [b, hk, seq, (g,) dh] inputs: per query block of `block` rows, its
-    unnormalised output divided by its row sums, its row maxima and row sums ([blocks, b, hk, block, g, .]).
-    skip=True visits only the visible key chunks (a loop of traced length: fast, not reverse-differentiable);
-    skip=False the same chunks in a loop of fixed length that passes over the others with a `lax.cond`."""
+    output (divided by its row sums), row maxima and row sums ([blocks, b, hk, block, g, dh | 1]). Each block
+    visits only its visible key chunks."""
     span, tp = 2 * block, qt.shape[2]
 
     def part(qb, s, kc, vc, lo, masked):
         """Queries s.. against keys lo..: (row max, row sum, unnormalised output) [b, hk, n, g, 1 | dh]."""
         x = _block_logits(qb, kc, scale)
         if masked:
-            shape = x.shape[2:]
-            vis = _visible(s + jax.lax.broadcasted_iota(jnp.int32, shape, 0),
-                           lo + jax.lax.broadcasted_iota(jnp.int32, shape, 2), window)
+            vis = _chunk_mask(s, lo, x.shape[2:], window)
             x = jnp.where(vis, x, jnp.finfo(jnp.float32).min)
-        m = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+        m = jnp.max(x, axis=-1, keepdims=True)
         e = jnp.exp(x - m)
         if masked:
             e = jnp.where(vis, e, 0.0)  # a row with no visible key in this chunk adds nothing
         return m, jnp.sum(e, axis=-1, keepdims=True), jnp.einsum("bkqgs,bksd->bkqgd", e.astype(vt.dtype), vc)
 
     def query_block(_, i):
-        """Block i of query rows: the key chunk holding its rows (masked), then the earlier visible ones."""
         s = i * block
         qb = jax.lax.dynamic_slice_in_dim(qt, s, block, axis=2)
-        own = s // span
+        first, own = _visible_chunks(s, block, window)
         kc, vc = (jax.lax.dynamic_slice_in_dim(a, own * span, span, axis=2) for a in (kt, vt))
         acc = part(qb, s, kc, vc, own * span, True)
-        first = 0 if window is None else jnp.maximum(0, s - window + 1) // span
 
         def step(c, acc):
             lo = c * span
@@ -312,12 +324,8 @@ def _flash_blocks(qt, kt, vt, scale, window, block, *, skip: bool):
             a1, a2 = jnp.exp(m1 - m), jnp.exp(m2 - m)
             return m, l1 * a1 + l2 * a2, o1 * a1.astype(o1.dtype) + o2 * a2.astype(o2.dtype)
 
-        if skip:
-            acc = jax.lax.fori_loop(first, own, step, acc)
-        else:
-            acc = jax.lax.fori_loop(0, tp // span - 1, lambda c, acc: jax.lax.cond(
-                (c >= first) & (c < own), step, lambda c, acc: acc, c, acc), acc)
-        return None, (acc[2] / acc[1].astype(acc[2].dtype), acc[0], acc[1])
+        m, l, o = jax.lax.fori_loop(first, own, step, acc)
+        return None, (o / l.astype(o.dtype), m, l)
 
     # one program for every query block (a scan, not an unrolled loop: compile time does not grow with seq)
     return jax.lax.scan(query_block, None, jnp.arange(tp // block))[1]
@@ -325,15 +333,55 @@ def _flash_blocks(qt, kt, vt, scale, window, block, *, skip: bool):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _flash(qt, kt, vt, scale, window, block):
-    return _flash_blocks(qt, kt, vt, scale, window, block, skip=True)
+    """(output, row max, row sum) of `_flash_forward`, with flash attention's backward pass: the weights of
+    each (query block, key chunk) tile are recomputed from the saved row max and sum, so the gradient also
+    holds no more than a tile at a time. The row max carries no gradient (the result does not depend on it)."""
+    return _flash_forward(qt, kt, vt, scale, window, block)
 
 
 def _flash_fwd(qt, kt, vt, scale, window, block):
-    return _flash(qt, kt, vt, scale, window, block), (qt, kt, vt)
+    out = _flash_forward(qt, kt, vt, scale, window, block)
+    return out, (qt, kt, vt) + out
 
 
 def _flash_bwd(scale, window, block, res, ct):
-    return jax.vjp(lambda *a: _flash_blocks(*a, scale, window, block, skip=False), *res)[1](ct)
+    qt, kt, vt, o, mx, sm = res
+    do, _, dsm = ct  # the row maxima have no gradient
+    span = 2 * block
+    f32 = jnp.float32
+    do = do.astype(f32)
+    # d logit_j = p_j (do . v_j - do . o) + dsm * e_j, with e_j = p_j * sum: one row term, as in FlashAttention-2
+    row = jnp.sum(do * o.astype(f32), axis=-1, keepdims=True) - dsm.astype(f32) * sm
+
+    def query_block(carry, xs):
+        dk, dv = carry
+        i, dob, rb, mb, smb = xs
+        s = i * block
+        qb = jax.lax.dynamic_slice_in_dim(qt, s, block, axis=2)
+        first, own = _visible_chunks(s, block, window)
+
+        def chunk(c, acc, masked):
+            dq, dk, dv = acc
+            lo = c * span
+            kc, vc = (jax.lax.dynamic_slice_in_dim(a, lo, span, axis=2) for a in (kt, vt))
+            p = jnp.exp(_block_logits(qb, kc, scale) - mb) / smb
+            if masked:
+                p = jnp.where(_chunk_mask(s, lo, p.shape[2:], window), p, 0.0)
+            ds = p * (jnp.einsum("bkqgd,bksd->bkqgs", dob, vc.astype(f32)) - rb) * scale
+            dq = dq + jnp.einsum("bkqgs,bksd->bkqgd", ds, kc.astype(f32))
+            grads = (jnp.einsum("bkqgs,bkqgd->bksd", ds, qb.astype(f32)), jnp.einsum("bkqgs,bkqgd->bksd", p, dob))
+            dk, dv = (jax.lax.dynamic_update_slice_in_dim(a, jax.lax.dynamic_slice_in_dim(a, lo, span, 2) + d, lo, 2)
+                      for a, d in zip((dk, dv), grads))
+            return dq, dk, dv
+
+        acc = chunk(own, (jnp.zeros(qb.shape, f32), dk, dv), True)
+        dq, dk, dv = jax.lax.fori_loop(first, own, lambda c, acc: chunk(c, acc, window is not None), acc)
+        return (dk, dv), dq
+
+    zeros = (jnp.zeros(kt.shape, f32), jnp.zeros(vt.shape, f32))
+    (dk, dv), dq = jax.lax.scan(query_block, zeros, (jnp.arange(qt.shape[2] // block), do, row, mx, sm))
+    dq = jnp.moveaxis(dq, 0, 2).reshape(qt.shape)
+    return dq.astype(qt.dtype), dk.astype(kt.dtype), dv.astype(vt.dtype)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
