@@ -4,7 +4,8 @@ size; the CPU-scale and paper-scale versions are in the gallery (figures/README.
 
 Sizes: 1 layer d 32, sequence 64 (the active/dormant probe [BOS] + all 62 non-triggers + [v] fits),
 batch 32, Adam lr 1e-2, 600 steps (every guard holds from step 600 on); 3 layers d 64, sequence 32, batch 16,
-800 steps (the attention bias's needs them); 2 seeds each."""
+800 steps (the attention bias's needs them); 2 seeds each; evaluated at the first and the last step only (the
+guards read nothing between, and each evaluation costs a pass over the eval batch)."""
 
 import pytest
 
@@ -14,10 +15,10 @@ from toybb.train.loop import train
 from toybb.train.trainer import Trainer
 
 ONE = RunConfig(model=ModelConfig(d_model=32, max_len=64), task=TaskConfig(seq_len=64), optim=OptimConfig(lr=1e-2),
-                train=TrainConfig(steps=600, batch=32, seeds=(0, 1), eval_batch=64, eval_schedule=((100, 0),)))
+                train=TrainConfig(steps=600, batch=32, seeds=(0, 1), eval_batch=64, eval_schedule=((600, 0),)))
 THREE = RunConfig(model=ModelConfig(d_model=64, max_len=32, n_layers=3), task=TaskConfig(seq_len=32),
                   optim=OptimConfig(lr=2e-3),
-                  train=TrainConfig(steps=800, batch=16, seeds=(0, 1), eval_batch=64, eval_schedule=((100, 0),)))
+                  train=TrainConfig(steps=800, batch=16, seeds=(0, 1), eval_batch=64, eval_schedule=((800, 0),)))
 RUNS: dict = {}
 
 
