@@ -44,7 +44,7 @@ from flax import nnx
 from toybb import device
 from toybb.models.config import ATTENTION_KINDS as KINDS, ATTENTION_GATES as GATES, ATTENTION_SINKS as SINKS
 from toybb.models.capture import NO_TAP, Tap
-from toybb.models.layers import Norm, fetch, param, pv
+from toybb.models.layers import Norm, fetch, matmul, param, pv
 from toybb.models.positional import PositionConfig, attention_options, rotate
 from toybb.models.sites import RESID
 
@@ -653,9 +653,9 @@ class Attention(nnx.Module):
     def _project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         spec = self.spec
         x, (wq, wk, wv) = fetch(x, self.wq, self.wk, self.wv)
-        q = jnp.einsum("btd,dhe->bthe", x, wq)
-        k = jnp.einsum("btd,dhe->bthe", x, wk)
-        v = jnp.einsum("btd,dhe->bthe", x, wv)
+        q = matmul(x, wq)
+        k = matmul(x, wk)
+        v = matmul(x, wv)
         if self.bq is not None:
             q, k, v = q + pv(self.bq), k + pv(self.bk), v + pv(self.bv)
         if spec.clip_qkv is not None:
@@ -693,10 +693,10 @@ class Attention(nnx.Module):
         z = site("attn.z", res.out)
         if self.w_gate is not None:
             x, (wg,) = fetch(x, self.w_gate)
-            g = jax.nn.sigmoid(jnp.einsum("btd,dh...->bth...", x, wg))
+            g = jax.nn.sigmoid(matmul(x, wg))
             z = z * (g[..., None] if g.ndim == 3 else g).astype(z.dtype)
         z, (wo,) = fetch(z, self.wo)
-        out = jnp.einsum("bthe,hed->btd", z, wo)
+        out = matmul(z, wo, contract=2)
         if self.bo is not None:
             out = out + pv(self.bo)
         if tap.capture.wants(f"blocks.{l}.attn.v_out"):

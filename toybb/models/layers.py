@@ -7,6 +7,7 @@ compiled forward, only once the activation that uses them exists.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,18 @@ def fetch(x: jax.Array, *vars: nnx.Variable) -> tuple[jax.Array, list[jax.Array]
         zero = jnp.isnan(x.reshape(-1)[0]).astype(jnp.float16) * jnp.float16(0)
         vals = [dataclasses.replace(v, d=v.d + zero) if isinstance(v, QArray) else v for v in vals]
     return x, [qvalue(v) for v in vals]
+
+
+def matmul(x: jax.Array, w: jax.Array, contract: int = 1, preferred_element_type=None) -> jax.Array:
+    """x [..., K] @ w [K, ...], where K is the last `contract` axes of x and the first of w, computed as one
+    2-D matmul [rows, K] x [K, N] and reshaped back. With several leading axes (batch, seq) XLA's CPU backend
+    lays the gradient of the weights out transposed, a strided copy of every MLP hidden and logit gradient
+    (a third of a small training step); the 2-D form needs none and gives the same products."""
+    lead, k = x.shape[: x.ndim - contract], x.shape[x.ndim - contract :]
+    tail = w.shape[contract:]
+    kk = math.prod(k)
+    out = jnp.matmul(x.reshape(-1, kk), w.reshape(kk, -1), preferred_element_type=preferred_element_type)
+    return out.reshape(*lead, *tail)
 
 
 class Norm(nnx.Module):

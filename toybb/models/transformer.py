@@ -36,7 +36,7 @@ from flax import nnx
 from toybb.models.attention import Attention, AttentionSpec
 from toybb.models.capture import NO_CAPTURE, Capture, Tap
 from toybb.models.config import ModelConfig
-from toybb.models.layers import param, pv
+from toybb.models.layers import matmul, param, pv
 from toybb.models.quant import QArray
 from toybb.models.sites import NO_EDITS, RESID, SLOT, Edits, ModelSites, declared
 from toybb.models.trunk import Block, BlockSpec, MLPSpec, NormSpec, make_norm, site_fn
@@ -150,7 +150,7 @@ class Transformer(nnx.Module):
         if isinstance(emb, QArray):
             x = emb.take_rows(tokens)
         elif emb.shape[0] <= ONE_HOT_VOCAB:
-            x = jax.nn.one_hot(tokens, emb.shape[0], dtype=emb.dtype) @ emb
+            x = matmul(jax.nn.one_hot(tokens, emb.shape[0], dtype=emb.dtype), emb)
         else:
             x = jnp.take(emb, tokens, axis=0)
         if cfg.embed_scale:
@@ -174,7 +174,7 @@ class Transformer(nnx.Module):
             logits = _packed_unembed(x, packed)
         else:
             w = pv(self.token_embed).T if self.unembed is None else pv(self.unembed)
-            logits = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+            logits = matmul(x, w, preferred_element_type=jnp.float32)
         if cfg.final_softcap is not None:
             logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
         return tap(self, None, "logits", logits[:, 1:] if self.sink_embed is not None else logits)

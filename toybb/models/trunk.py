@@ -20,7 +20,7 @@ from flax import nnx
 from toybb.models.config import ACTIVATIONS as ACTIVATION_NAMES, NORMS, PLACEMENTS
 from toybb.models.attention import Attention, AttentionSpec
 from toybb.models.capture import NO_TAP, Tap
-from toybb.models.layers import Norm, fetch, param, pv
+from toybb.models.layers import Norm, fetch, matmul, param, pv
 from toybb.models.sites import RESID, SLOT, declared
 
 ACTIVATIONS = {
@@ -115,12 +115,12 @@ class MLP(nnx.Module):
         """x [batch, seq, d_model] -> the MLP output (before its site `mlp.out`, tapped by the block).
         real: the index of the real positions behind a sink slot (the site `mlp.hidden` covers those)."""
         x, ws = fetch(x, *(v for v in (self.w_in, self.w_gate) if v is not None))
-        up = x @ ws[0]
+        up = matmul(x, ws[0])
         if self.b_in is not None:
             up = up + pv(self.b_in)
         act = ACTIVATIONS[self.act]
         if self.w_gate is not None:
-            gate = x @ ws[1]
+            gate = matmul(x, ws[1])
             if self.b_gate is not None:
                 gate = gate + pv(self.b_gate)
             hid = act(gate) * up
@@ -128,7 +128,7 @@ class MLP(nnx.Module):
             hid = act(up)
         hid = tap.part(self, self.layer, "mlp.hidden", hid, real) if real else tap(self, self.layer, "mlp.hidden", hid)
         hid, (w,) = fetch(hid, self.w_out)
-        out = hid @ w
+        out = matmul(hid, w)
         if self.b_out is not None:
             out = out + pv(self.b_out)
         return out
