@@ -242,7 +242,7 @@ def _plain_blocked(q, k, v, *, scale, window, block, key_cols=()) -> AttentionRe
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, hk, t, dh]
     if math.frexp(scale)[0] == 0.5:  # a power of two (head_dim 64, 256): scaling q is exact and saves a pass
         qt, scale = qt * jnp.asarray(scale, qt.dtype), 1.0
-    span = 2 * block  # keys per chunk
+    span = _span(block)
     tp = -(-t // span) * span  # the sequence padded to whole chunks
     if tp != t:  # padded keys sit after every real query, so no real row sees them
         pad = [(0, 0), (0, 0), (0, tp - t)]
@@ -283,10 +283,15 @@ def _chunk_mask(s, lo, shape, window):
                     lo + jax.lax.broadcasted_iota(jnp.int32, shape, 2), window)
 
 
+def _span(block: int) -> int:
+    """Keys per key chunk of `_plain_blocked` for query blocks of `block` rows."""
+    return 2 * block
+
+
 def _visible_chunks(s, block, window):
-    """The key chunks (of 2 * block keys) that query block s.. sees: the earlier ones first..own - 1 (in a
-    loop of traced length), then its own (masked)."""
-    span = 2 * block
+    """The key chunks (of `_span(block)` keys) that query block s.. sees: the earlier ones first..own - 1 (in
+    a loop of traced length), then its own (masked)."""
+    span = _span(block)
     return (0 if window is None else jnp.maximum(0, s - window + 1) // span), s // span
 
 
@@ -294,7 +299,7 @@ def _flash_forward(qt, kt, vt, scale, window, block):
     """`_plain_blocked`'s loop on padded [b, hk, seq, (g,) dh] inputs: per query block of `block` rows, its
     output (divided by its row sums), row maxima and row sums ([blocks, b, hk, block, g, dh | 1]). Each block
     visits only its visible key chunks."""
-    span, tp = 2 * block, qt.shape[2]
+    span, tp = _span(block), qt.shape[2]
 
     def part(qb, s, kc, vc, lo, masked):
         """Queries s.. against keys lo..: (row max, row sum, unnormalised output) [b, hk, n, g, 1 | dh]."""
@@ -347,7 +352,7 @@ def _flash_fwd(qt, kt, vt, scale, window, block):
 def _flash_bwd(scale, window, block, res, ct):
     qt, kt, vt, o, mx, sm = res
     do, _, dsm = ct  # the row maxima have no gradient
-    span = 2 * block
+    span = _span(block)
     f32 = jnp.float32
     do = do.astype(f32)
     # d logit_j = p_j (do . v_j - do . o) + dsm * e_j, with e_j = p_j * sum: one row term, as in FlashAttention-2
